@@ -1,1 +1,10 @@
+//! sotto: an end-to-end encrypted voice and video call engine.
+//!
+//! Media is sealed frame by frame with [SFrame](sframe) (RFC 9605) before it reaches the
+//! transport, so nobody in the middle (signaling server, relay, TURN server, operator) can
+//! hear, see or read a call.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
 pub mod sframe;
