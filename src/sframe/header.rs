@@ -144,7 +144,7 @@ mod tests {
     fn non_minimal_encoding_parses() {
         // KID 5 written in one extension byte, CTR 1 in two.
         assert_eq!(
-            Header::parse(&[0x81, 0x05, 0x00, 0x01]),
+            Header::parse(&[0x89, 0x05, 0x00, 0x01]),
             Ok((Header::new(5, 1), 4))
         );
     }
