@@ -2,9 +2,7 @@
 //! replays and exhausted counters. Each must be refused with the right error, count in the
 //! stats, leave the receiver's state alone, and never panic.
 
-use sotto::sframe::{
-    CipherSuite, ReceiverConfig, ReceiverContext, SenderContext, SframeError,
-};
+use sotto::sframe::{CipherSuite, ReceiverConfig, ReceiverContext, SenderContext, SframeError};
 
 const KEY: &[u8] = b"sixteen byte key";
 const KID: u64 = 0x1234;
@@ -23,7 +21,9 @@ fn every_single_bit_flip_is_rejected() {
         let (tx, mut rx) = pair(suite);
         let mut tx = tx.with_counter(300);
         let metadata = b"rtp header bits";
-        let frame = tx.encrypt_to_vec(metadata, b"an encoded opus frame").unwrap();
+        let frame = tx
+            .encrypt_to_vec(metadata, b"an encoded opus frame")
+            .unwrap();
         assert_eq!(frame.len(), 1 + 2 + 2 + 21 + suite.tag_len());
         for bit in 0..frame.len() * 8 {
             let mut bad = frame.clone();
@@ -70,7 +70,10 @@ fn every_truncation_is_rejected() {
         let (mut tx, mut rx) = pair(suite);
         let frame = tx.encrypt_to_vec(&[], b"payload").unwrap();
         for cut in 0..frame.len() {
-            assert!(rx.decrypt_to_vec(&[], &frame[..cut]).is_err(), "{suite} cut {cut}");
+            assert!(
+                rx.decrypt_to_vec(&[], &frame[..cut]).is_err(),
+                "{suite} cut {cut}"
+            );
         }
         // Extra bytes appended are refused too (they would be taken as tag).
         let mut longer = frame.clone();
@@ -122,7 +125,8 @@ fn wrong_key_and_unknown_kid_are_rejected() {
     let mut tx = SenderContext::new(CipherSuite::AesGcm128Sha256, KID, KEY).unwrap();
     let frame = tx.encrypt_to_vec(&[], &[0u8; 32]).unwrap();
     let mut rx = ReceiverContext::new();
-    rx.add_key(CipherSuite::AesCtr128HmacSha256_80, KID, KEY).unwrap();
+    rx.add_key(CipherSuite::AesCtr128HmacSha256_80, KID, KEY)
+        .unwrap();
     assert!(rx.decrypt_to_vec(&[], &frame).is_err());
 }
 
@@ -253,7 +257,10 @@ fn caller_buffer_errors_are_typed_and_do_not_consume_a_counter() {
     let mut buf = [0u8; 64];
     assert!(matches!(
         tx.encrypt_in_place(&[], &mut buf, 1, 4),
-        Err(SframeError::HeadroomTooSmall { needed: 3, available: 1 })
+        Err(SframeError::HeadroomTooSmall {
+            needed: 3,
+            available: 1
+        })
     ));
     let big_metadata = vec![0u8; sotto::sframe::MAX_METADATA_LEN + 1];
     assert!(matches!(
@@ -288,11 +295,13 @@ fn limits_are_enforced() {
         rx.add_key(CipherSuite::AesGcm128Sha256, 3, KEY),
         Err(SframeError::TooManyKeys { max: 2 })
     );
-    assert!(ReceiverContext::with_config(ReceiverConfig {
-        replay_window: 0,
-        ..ReceiverConfig::default()
-    })
-    .is_err());
+    assert!(
+        ReceiverContext::with_config(ReceiverConfig {
+            replay_window: 0,
+            ..ReceiverConfig::default()
+        })
+        .is_err()
+    );
     assert_eq!(
         SenderContext::new(CipherSuite::AesGcm128Sha256, 1, &[]).unwrap_err(),
         SframeError::EmptyBaseKey

@@ -54,7 +54,11 @@ fn we_decrypt_what_they_encrypt() {
                 let encrypted = media.encrypt_into(&key, &mut out).unwrap();
                 let frame = encrypted.sframe_cipher_text().to_vec();
                 let (header, pt) = rx.decrypt_to_vec(metadata, &frame).unwrap();
-                assert_eq!(header, Header::new(kid, 250 + i as u64), "{suite} kid {kid}");
+                assert_eq!(
+                    header,
+                    Header::new(kid, 250 + i as u64),
+                    "{suite} kid {kid}"
+                );
                 assert_eq!(pt, payload);
             }
             assert_eq!(rx.stats().decrypted, 2);

@@ -70,7 +70,10 @@ fn per_frame_encrypt_and_decrypt_do_not_allocate() {
                 assert!(rx.decrypt(metadata, &frame[..n], &mut out).is_err());
             }
             let per_frame = allocations() - before;
-            assert_eq!(per_frame, 0, "{suite}: {per_frame} allocations in {FRAMES} frames");
+            assert_eq!(
+                per_frame, 0,
+                "{suite}: {per_frame} allocations in {FRAMES} frames"
+            );
         }
     }
 }

@@ -71,7 +71,13 @@ fn header_vectors_encode_and_parse() {
     for hv in v {
         let header = Header::new(hv.kid, hv.ctr);
         let (bytes, len) = header.to_bytes();
-        assert_eq!(hex::encode(&bytes[..len]), hv.encoded, "kid {} ctr {}", hv.kid, hv.ctr);
+        assert_eq!(
+            hex::encode(&bytes[..len]),
+            hv.encoded,
+            "kid {} ctr {}",
+            hv.kid,
+            hv.ctr
+        );
         assert_eq!(header.encoded_len(), len);
         let encoded = h(&hv.encoded);
         assert_eq!(Header::parse(&encoded), Ok((header, encoded.len())));
@@ -84,7 +90,11 @@ fn header_vectors_encode_and_parse() {
 
 fn check_ctr_hmac(aead: CtrHmacAead, v: &AeadVector) {
     let key = h(&v.key);
-    assert_eq!(key, [h(&v.enc_key), h(&v.auth_key)].concat(), "key = enc_key || auth_key");
+    assert_eq!(
+        key,
+        [h(&v.enc_key), h(&v.auth_key)].concat(),
+        "key = enc_key || auth_key"
+    );
     let nonce = nonce12(&v.nonce);
     let ct = aead.encrypt(&key, &nonce, &h(&v.aad), &h(&v.pt)).unwrap();
     assert_eq!(hex::encode(&ct), v.ct, "suite {} encrypt", v.cipher_suite);
@@ -118,7 +128,10 @@ fn aes_256_ctr_hmac_vectors() {
             other => panic!("unexpected suite {other}"),
         };
         assert!(CipherSuite::from_id(av.cipher_suite).is_err());
-        check_ctr_hmac(CtrHmacAead::new(32, CtrHmacHash::Sha512, tag_len).unwrap(), av);
+        check_ctr_hmac(
+            CtrHmacAead::new(32, CtrHmacHash::Sha512, tag_len).unwrap(),
+            av,
+        );
     }
 }
 
@@ -140,10 +153,18 @@ fn sframe_vectors_key_schedule_encrypt_and_decrypt() {
         assert_eq!(hex::encode(&expected_salt_label), sv.sframe_salt_label);
 
         let derived = DerivedKey::derive(suite, sv.kid, &base_key).unwrap();
-        assert_eq!(hex::encode(derived.secret()), sv.sframe_secret, "{suite} secret");
+        assert_eq!(
+            hex::encode(derived.secret()),
+            sv.sframe_secret,
+            "{suite} secret"
+        );
         assert_eq!(hex::encode(derived.key()), sv.sframe_key, "{suite} key");
         assert_eq!(hex::encode(derived.salt()), sv.sframe_salt, "{suite} salt");
-        assert_eq!(hex::encode(derived.nonce(sv.ctr)), sv.nonce, "{suite} nonce");
+        assert_eq!(
+            hex::encode(derived.nonce(sv.ctr)),
+            sv.nonce,
+            "{suite} nonce"
+        );
 
         let (header, header_len) = Header::new(sv.kid, sv.ctr).to_bytes();
         let metadata = h(&sv.metadata);

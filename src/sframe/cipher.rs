@@ -10,8 +10,8 @@
 //! ```
 
 use aes::{Aes128, Aes256};
-use ctr::{Ctr128BE, CtrCore};
 use ctr::cipher::{InnerIvInit, KeyInit, StreamCipher};
+use ctr::{Ctr128BE, CtrCore};
 use ring::{aead, hmac};
 use subtle::ConstantTimeEq;
 

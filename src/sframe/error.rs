@@ -24,7 +24,9 @@ pub enum SframeError {
     #[error("SFrame base key is empty")]
     EmptyBaseKey,
     /// After the header there are fewer bytes than the authentication tag needs.
-    #[error("SFrame ciphertext too short: {available} bytes after the header, the tag alone needs {tag_len}")]
+    #[error(
+        "SFrame ciphertext too short: {available} bytes after the header, the tag alone needs {tag_len}"
+    )]
     CiphertextTooShort {
         /// Bytes after the header.
         available: usize,

@@ -1,1 +1,61 @@
-fn main(){}
+//! `sotto`: the command-line front end of the sotto call engine.
+
+mod demo;
+mod hexarg;
+mod sframe_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// sotto: end-to-end encrypted calls (SFrame, RFC 9605).
+#[derive(Debug, Parser)]
+#[command(name = "sotto", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Encrypt or decrypt single SFrame frames (for interop and debugging).
+    Sframe(sframe_cmd::SframeArgs),
+    /// Show E2EE frame protection end to end on the embedded defaults.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    let result = match cli.command {
+        Command::Sframe(args) => sframe_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("sotto: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; any other parse error is one line on stderr
+/// and status 1, so scripts see the same failure shape as for every other error.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("sotto: {first} (see --help)");
+    ExitCode::FAILURE
+}
