@@ -52,3 +52,15 @@ pub use suite::CipherSuite;
 
 /// Longest metadata (extra authenticated data beside the header) a frame may carry.
 pub const MAX_METADATA_LEN: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_can_move_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SenderContext>();
+        assert_send_sync::<ReceiverContext>();
+    }
+}
