@@ -16,8 +16,8 @@ use ring::{aead, hmac};
 use subtle::ConstantTimeEq;
 
 use super::suite::NONCE_LEN;
-use super::wipe::Wiped;
 use super::{CipherSuite, DerivedKey, SframeError};
+use crate::wipe::Wiped;
 
 /// Associated data of one frame: the encoded header followed by the application's metadata.
 ///
@@ -142,7 +142,12 @@ impl FrameCipher {
                 .map_err(|_| SframeError::AuthenticationFailed)
             }
             FrameCipher::CtrHmac { aes, mac, tag_len } => {
-                let ct_len = ct_and_tag.len() - tag_len;
+                let ct_len = ct_and_tag.len().checked_sub(*tag_len).ok_or(
+                    SframeError::CiphertextTooShort {
+                        available: ct_and_tag.len(),
+                        tag_len: *tag_len,
+                    },
+                )?;
                 let (ct, tag) = ct_and_tag.split_at_mut(ct_len);
                 let expected = ctr_hmac_tag(mac, *tag_len, nonce, &aad, ct);
                 if !bool::from(expected.as_ref()[..*tag_len].ct_eq(tag)) {

@@ -39,7 +39,6 @@ mod replay;
 mod schedule;
 mod sender;
 mod suite;
-mod wipe;
 
 pub use cipher::{CtrHmacAead, CtrHmacHash};
 pub use error::SframeError;
