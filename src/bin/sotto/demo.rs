@@ -1,17 +1,23 @@
-//! `sotto demo`: a sender, a hostile relay and two receivers, in one process.
+//! `sotto demo`: two endpoints, a hostile relay and an eavesdropper, in one process.
 //!
-//! Alice seals 20 ms frames of a 440 Hz tone with SFrame. The relay between her and Bob sees
-//! only ciphertext and misbehaves: it flips bits, replays, reorders and drops frames. Bob must
-//! play every genuine frame exactly once and refuse the rest; Eve, who has the frames but not
-//! the key, must decrypt nothing. Until the handshake and call exist, the shared base key is
-//! random per run.
+//! Alice and Bob run the authenticated handshake through the relay and compare safety codes;
+//! a second attempt in which the relay swaps ephemeral keys must be refused. Alice then seals
+//! 20 ms frames of a 440 Hz tone with SFrame, rotating keys every second. The relay sees only
+//! ciphertext and misbehaves: it flips bits, replays, reorders and drops frames. Bob must get
+//! every genuine frame exactly once and refuse the rest; Eve, who has every frame but not the
+//! keys, must decrypt nothing. Time is virtual (20 ms per frame), so the run takes a moment.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
-use sotto::sframe::{CipherSuite, ReceiverContext, SenderContext};
+use sotto::handshake::{
+    Direction, DirectionKey, Established, Handshake, HandshakeError, Identity, MediaReceiver,
+    MediaSender, RotationConfig,
+};
+use sotto::sframe::CipherSuite;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -29,7 +35,13 @@ pub struct DemoArgs {
 /// What the demo observed; every count comes from the run, none is assumed.
 #[derive(Debug, Serialize)]
 struct Report {
+    alice_fingerprint: String,
+    bob_fingerprint: String,
+    alice_safety_code: String,
+    bob_safety_code: String,
+    relay_key_swap_refused: bool,
     cipher_suite: String,
+    key_rotations: u64,
     frames_sent: u64,
     relay_tampered: u64,
     relay_replayed: u64,
@@ -73,32 +85,82 @@ fn tone_frame(index: u32) -> Vec<u8> {
         .collect()
 }
 
+/// Runs the handshake with the relay passing messages through `tamper`.
+fn handshake(
+    alice: &Arc<Identity>,
+    bob: &Arc<Identity>,
+    mut tamper: impl FnMut(usize, Vec<u8>) -> Vec<u8>,
+) -> Result<(Established, Established), HandshakeError> {
+    let (mut a, hello) = Handshake::initiator(alice.clone(), "demo-room", "alice")?;
+    let mut b = Handshake::responder(bob.clone(), "demo-room", "bob")?;
+    let closed = || HandshakeError::Closed;
+    let reply = b.handle(&tamper(0, hello))?.send.ok_or_else(closed)?;
+    let reveal = a.handle(&tamper(1, reply))?.send.ok_or_else(closed)?;
+    let step = b.handle(&tamper(2, reveal))?;
+    let bob_done = step.established.ok_or_else(closed)?;
+    let confirm = step.send.ok_or_else(closed)?;
+    let alice_done = a
+        .handle(&tamper(3, confirm))?
+        .established
+        .ok_or_else(closed)?;
+    Ok((alice_done, bob_done))
+}
+
+/// The relay replaces the responder's ephemeral key in `reply` with one of its own.
+fn swap_ephemeral(index: usize, msg: Vec<u8>) -> Vec<u8> {
+    if index != 1 {
+        return msg;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&msg) else {
+        return msg;
+    };
+    v["ephemeral"] = serde_json::Value::String("09".repeat(32));
+    serde_json::to_vec(&v).unwrap_or(msg)
+}
+
 pub fn run(args: DemoArgs) -> Result<(), String> {
     let suite = CipherSuite::from_id(args.suite).map_err(|e| e.to_string())?;
-    let mut base_key = zeroize::Zeroizing::new([0u8; 32]);
-    SystemRandom::new()
-        .fill(base_key.as_mut())
-        .map_err(|_| "no system randomness available".to_string())?;
+    let err = |e: HandshakeError| e.to_string();
+    // Identities live in memory only: the demo writes nothing to disk.
+    let alice_id = Arc::new(Identity::generate().map_err(err)?);
+    let bob_id = Arc::new(Identity::generate().map_err(err)?);
+    let relay_key_swap_refused = matches!(
+        handshake(&alice_id, &bob_id, swap_ephemeral),
+        Err(HandshakeError::BadSignature | HandshakeError::BadPublicKey)
+    );
+    let (alice_hs, bob_hs) = handshake(&alice_id, &bob_id, |_, m| m).map_err(err)?;
+
+    let start = Instant::now();
+    let rotation = RotationConfig {
+        interval: Some(Duration::from_secs(1)),
+        overlap: Duration::from_millis(500),
+    };
+    let mut alice = MediaSender::new(suite, alice_hs.keys.send, rotation, start).map_err(err)?;
+    let mut bob = MediaReceiver::new(suite, bob_hs.keys.recv, rotation).map_err(err)?;
+    // Eve listens to Alice's direction with a random key of her own.
     let mut eve_key = [0u8; 32];
     SystemRandom::new()
         .fill(&mut eve_key)
         .map_err(|_| "no system randomness available".to_string())?;
-
-    let kid = 1;
-    let err = |e: sotto::sframe::SframeError| e.to_string();
-    let mut alice = SenderContext::new(suite, kid, base_key.as_ref()).map_err(err)?;
-    let mut bob = ReceiverContext::new();
-    bob.add_key(suite, kid, base_key.as_ref()).map_err(err)?;
-    let mut eve = ReceiverContext::new();
-    eve.add_key(suite, kid, &eve_key).map_err(err)?;
+    let eve_key = DirectionKey::from_bytes(eve_key, Direction::InitiatorToResponder);
+    let mut eve = MediaReceiver::new(suite, eve_key, rotation).map_err(err)?;
 
     let originals: Vec<Vec<u8>> = (0..args.frames).map(tone_frame).collect();
+    let frame_time = |i: usize| start + Duration::from_millis(20 * i as u64);
     let mut crypto_ns = 0u128;
+    let mut key_rotations = 0u64;
     let mut wire: Vec<Vec<u8>> = Vec::with_capacity(originals.len());
-    for pcm in &originals {
+    for (i, pcm) in originals.iter().enumerate() {
+        if alice.poll(frame_time(i)).map_err(err)?.is_some() {
+            key_rotations += 1;
+        }
         let t = Instant::now();
-        wire.push(alice.encrypt_to_vec(&[], pcm).map_err(err)?);
+        let frame = alice
+            .context()
+            .encrypt_to_vec(&[], pcm)
+            .map_err(|e| e.to_string())?;
         crypto_ns += t.elapsed().as_nanos();
+        wire.push(frame);
     }
     // The relay looks for any 16-byte run of plaintext in what it carries.
     let relay_saw_plaintext = wire.iter().zip(&originals).any(|(ct, pt)| {
@@ -108,7 +170,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     });
 
     let mut rng = XorShift(0x5eed_cafe_f00d_d00d);
-    let mut relayed: Vec<Vec<u8>> = Vec::with_capacity(wire.len() + wire.len() / 10);
+    // Each relayed frame keeps the send index it travels with, for the virtual arrival time.
+    let mut relayed: Vec<(usize, Vec<u8>)> = Vec::with_capacity(wire.len() + wire.len() / 10);
     let (mut tampered, mut replayed, mut reordered, mut dropped) = (0u64, 0u64, 0u64, 0u64);
     // Counters of genuine frames that reach Bob intact at least once (a replay of a frame
     // whose first copy was tampered with is its first intact delivery).
@@ -126,12 +189,12 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         } else {
             delivered.insert(i);
         }
-        relayed.push(f);
+        relayed.push((i, f));
         if rng.chance(2) && i > 0 {
-            // Replay one of the last 64 genuine frames (inside Bob's replay window, so only
-            // the window's duplicate check can stop it).
-            let j = i - 1 - (rng.next() as usize) % i.min(64);
-            relayed.push(wire[j].clone());
+            // Replay one of the last 16 genuine frames (inside Bob's replay window and the key
+            // overlap, so only the duplicate check can stop it).
+            let j = i - 1 - (rng.next() as usize) % i.min(16);
+            relayed.push((i, wire[j].clone()));
             delivered.insert(j);
             replayed += 1;
         }
@@ -144,11 +207,12 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
 
     let mut matched = 0u64;
     let mut buf = Vec::new();
-    for frame in &relayed {
+    for (i, frame) in &relayed {
+        let now = frame_time(*i) + Duration::from_millis(30);
         buf.clear();
         buf.extend_from_slice(frame);
         let t = Instant::now();
-        let result = bob.decrypt_in_place(&[], &mut buf);
+        let result = bob.decrypt_in_place(&[], &mut buf, now);
         crypto_ns += t.elapsed().as_nanos();
         if let Ok(decrypted) = result {
             let index = decrypted.header.ctr as usize;
@@ -156,12 +220,20 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                 matched += 1;
             }
         }
-        let _ = eve.decrypt_to_vec(&[], frame);
+        buf.clear();
+        buf.extend_from_slice(frame);
+        let _ = eve.decrypt_in_place(&[], &mut buf, now);
     }
 
-    let bob_stats = bob.stats();
-    let eve_stats = eve.stats();
+    let bob_stats = bob.context().stats();
+    let eve_stats = eve.context().stats();
     let report = Report {
+        alice_fingerprint: alice_id.public_key().fingerprint(),
+        bob_fingerprint: bob_id.public_key().fingerprint(),
+        alice_safety_code: alice_hs.safety_code.to_string(),
+        bob_safety_code: bob_hs.safety_code.to_string(),
+        relay_key_swap_refused,
+        key_rotations,
         cipher_suite: suite.name().to_string(),
         frames_sent: wire.len() as u64,
         relay_tampered: tampered,
@@ -174,7 +246,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         bob_auth_failures: bob_stats.auth_failures + bob_stats.unknown_kid + bob_stats.malformed,
         bob_replays_rejected: bob_stats.replays + bob_stats.too_old,
         eve_decrypted: eve_stats.decrypted,
-        eve_auth_failures: eve_stats.auth_failures,
+        eve_auth_failures: eve_stats.auth_failures + eve_stats.unknown_kid + eve_stats.malformed,
         mean_encrypt_decrypt_ns: (crypto_ns / u128::from(args.frames.max(1))) as u64,
     };
 
@@ -191,6 +263,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         || report.bob_decrypted != expected_genuine
         || report.eve_decrypted != 0
         || report.relay_saw_plaintext
+        || report.alice_safety_code != report.bob_safety_code
+        || !report.relay_key_swap_refused
     {
         return Err("demo invariant violated: see the report above".into());
     }
@@ -199,55 +273,81 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
 
 fn print_table(r: &Report) {
     println!(
-        "sotto demo: SFrame ({}) between Alice and Bob through a hostile relay",
-        r.cipher_suite
+        "sotto demo: an end-to-end encrypted exchange between Alice and Bob through a hostile relay"
+    );
+    println!();
+    println!("  handshake through the relay (X25519, Ed25519 identities, key confirmation)");
+    println!(
+        "    Alice  identity {}  safety code {}",
+        r.alice_fingerprint, r.alice_safety_code
+    );
+    println!(
+        "    Bob    identity {}  safety code {}",
+        r.bob_fingerprint, r.bob_safety_code
+    );
+    println!(
+        "    codes {}; a relay swapping ephemeral keys was {}",
+        if r.alice_safety_code == r.bob_safety_code {
+            "match"
+        } else {
+            "DIFFER"
+        },
+        if r.relay_key_swap_refused {
+            "refused"
+        } else {
+            "NOT REFUSED"
+        }
     );
     println!();
     println!(
-        "  Alice sent                      {:>6} frames (20 ms, 440 Hz tone)",
+        "  media: SFrame {}, key rotated {} times (every second of audio)",
+        r.cipher_suite, r.key_rotations
+    );
+    println!(
+        "    Alice sent                      {:>6} frames (20 ms, 440 Hz tone)",
         r.frames_sent
     );
     println!(
-        "  relay saw plaintext             {:>6}",
+        "    relay saw plaintext             {:>6}",
         if r.relay_saw_plaintext { "YES" } else { "no" }
     );
     println!(
-        "  relay flipped a bit in          {:>6} frames",
+        "    relay flipped a bit in          {:>6} frames",
         r.relay_tampered
     );
     println!(
-        "  relay replayed                  {:>6} frames",
+        "    relay replayed                  {:>6} frames",
         r.relay_replayed
     );
     println!(
-        "  relay reordered                 {:>6} pairs",
+        "    relay reordered                 {:>6} pairs",
         r.relay_reordered
     );
     println!(
-        "  relay dropped                   {:>6} frames",
+        "    relay dropped                   {:>6} frames",
         r.relay_dropped
     );
     println!();
     println!(
-        "  Bob decrypted                   {:>6} frames, {} identical to what Alice sent",
+        "    Bob decrypted                   {:>6} frames, {} identical to what Alice sent",
         r.bob_decrypted, r.bob_matched_original
     );
     println!(
-        "  Bob refused as forged           {:>6}",
+        "    Bob refused as forged           {:>6}",
         r.bob_auth_failures
     );
     println!(
-        "  Bob refused as replayed         {:>6}",
+        "    Bob refused as replayed         {:>6}",
         r.bob_replays_rejected
     );
     println!(
-        "  Eve (wrong key) decrypted       {:>6} of {} tries",
+        "    Eve (wrong key) decrypted       {:>6} of {} tries",
         r.eve_decrypted,
         r.eve_decrypted + r.eve_auth_failures
     );
     println!();
     println!(
-        "  mean SFrame cost per frame: {} ns encrypt + decrypt (1920-byte frames)",
+        "    mean SFrame cost per frame: {} ns encrypt + decrypt (1920-byte frames)",
         r.mean_encrypt_decrypt_ns
     );
 }

@@ -2,6 +2,7 @@
 
 mod demo;
 mod hexarg;
+mod identity_cmd;
 mod sframe_cmd;
 
 use std::process::ExitCode;
@@ -20,7 +21,9 @@ struct Cli {
 enum Command {
     /// Encrypt or decrypt single SFrame frames (for interop and debugging).
     Sframe(sframe_cmd::SframeArgs),
-    /// Show E2EE frame protection end to end on the embedded defaults.
+    /// Create (on first use) and show this device's identity key.
+    Identity(identity_cmd::IdentityArgs),
+    /// Show the handshake and E2EE frame protection end to end, on the embedded defaults.
     Demo(demo::DemoArgs),
 }
 
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sframe(args) => sframe_cmd::run(args),
+        Command::Identity(args) => identity_cmd::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

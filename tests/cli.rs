@@ -1,4 +1,4 @@
-//! The `sotto sframe` and `sotto demo` commands, run as a user would run them.
+//! The `sotto` commands (`sframe`, `identity`, `demo`), run as a user would run them.
 
 use std::process::{Command, Output};
 
@@ -219,6 +219,31 @@ fn demo_runs_and_reports_json() {
     assert_eq!(report["eve_decrypted"], 0);
     assert_eq!(report["bob_decrypted"], report["bob_matched_original"]);
     assert!(report["bob_decrypted"].as_u64().unwrap() > 350);
+    assert_eq!(report["alice_safety_code"], report["bob_safety_code"]);
+    assert_eq!(report["relay_key_swap_refused"], true);
+    assert!(report["key_rotations"].as_u64().unwrap() >= 7);
     assert!(report["bob_auth_failures"].as_u64().unwrap() > 0);
     assert!(report["bob_replays_rejected"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn identity_is_created_once_and_shown() {
+    let dir = std::env::temp_dir().join(format!("sotto-cli-id-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("id.json");
+    let path_s = path.to_str().unwrap();
+    let first = sotto(&["identity", "--identity", path_s, "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let first: serde_json::Value = serde_json::from_str(stdout(&first).trim()).unwrap();
+    assert_eq!(first["created"], true);
+    let second = sotto(&["identity", "--identity", path_s, "--json"]);
+    let second: serde_json::Value = serde_json::from_str(stdout(&second).trim()).unwrap();
+    assert_eq!(second["created"], false);
+    assert_eq!(first["fingerprint"], second["fingerprint"]);
+    // A directory where the file should be is a clean error.
+    assert_clean_failure(
+        &sotto(&["identity", "--identity", dir.to_str().unwrap()]),
+        "dir",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
