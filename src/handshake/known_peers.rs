@@ -180,6 +180,15 @@ impl KnownPeers {
                 self.peers.insert(name.to_string(), (*key, false));
                 Ok(trust)
             }
+            (TrustPolicy::TrustOnFirstUse, PeerTrust::Changed { previous }) => {
+                tracing::warn!(
+                    peer = name,
+                    previous = %previous,
+                    presented = %key,
+                    "PEER IDENTITY CHANGED: compare safety codes before trusting this call"
+                );
+                Ok(trust)
+            }
             _ => Ok(trust),
         }
     }
