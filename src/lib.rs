@@ -10,4 +10,5 @@
 
 pub mod handshake;
 pub mod sframe;
+pub mod signal;
 mod wipe;

@@ -1,6 +1,177 @@
-//! `sotto-signaling`: the relay that carries SDP, ICE and handshake messages between peers.
+//! `sotto-signaling`: run the relay, or mint a join token.
 
-fn main() {
-    eprintln!("sotto-signaling: the server is not built yet (see issue 5)");
-    std::process::exit(1);
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sotto_signaling::token::{mint, unix_now};
+use sotto_signaling::{App, Limits, ServerConfig, serve};
+use tokio_util::sync::CancellationToken;
+
+/// The sotto signaling relay: rooms and message relay for end-to-end encrypted calls.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sotto-signaling",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a join token for a user in a room (HMAC-SHA256 with the server's secret).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Require join tokens minted with this secret.
+    #[arg(long, env = "SOTTO_SIGNALING_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Directory served at `/` (the web client).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
+    web_dir: PathBuf,
+    /// Largest client message, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Peers per room.
+    #[arg(long, default_value_t = Limits::default().max_peers_per_room)]
+    max_peers_per_room: usize,
+    /// Open connections.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Sustained messages per second per connection.
+    #[arg(long, default_value_t = Limits::default().rate_per_sec)]
+    rate_limit: u32,
+    /// Burst of messages per connection above the sustained rate.
+    #[arg(long, default_value_t = Limits::default().rate_burst)]
+    rate_burst: u32,
+    /// Seconds between server pings.
+    #[arg(long, default_value_t = Limits::default().heartbeat.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_secs: u64,
+    /// Seconds of silence after which a client is disconnected.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The server's secret.
+    #[arg(long, env = "SOTTO_SIGNALING_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// User (display name) the token admits.
+    #[arg(long)]
+    user: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    ttl_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Some(Command::Token(t)) => {
+            if t.secret.is_empty() {
+                eprintln!("sotto-signaling: the secret must not be empty");
+                return ExitCode::FAILURE;
+            }
+            let expiry = unix_now().saturating_add(t.ttl_secs);
+            println!("{}", mint(t.secret.as_bytes(), &t.room, &t.user, expiry));
+            ExitCode::SUCCESS
+        }
+        None => match run(cli.serve) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sotto-signaling: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(args: ServeArgs) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let secret = match args.secret {
+        Some(s) if s.is_empty() => return Err("the secret must not be empty".into()),
+        other => other.map(String::into_bytes),
+    };
+    let config = ServerConfig {
+        limits: Limits {
+            max_message_bytes: args.max_message_bytes,
+            max_peers_per_room: args.max_peers_per_room,
+            max_connections: args.max_connections,
+            rate_per_sec: args.rate_limit,
+            rate_burst: args.rate_burst,
+            heartbeat: Duration::from_secs(args.heartbeat_secs),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            ..Limits::default()
+        },
+        secret,
+        web_dir: args.web_dir.is_dir().then_some(args.web_dir),
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // One parseable line on stdout: tools wait for it to learn the port.
+        println!("listening on ws://{addr}/ws");
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        serve(listener, App::new(config, shutdown))
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!("sotto-signaling stopped");
+        Ok(())
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
 }

@@ -1,0 +1,101 @@
+//! Counters and gauges, rendered in the Prometheus text format at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use sotto::signal::ErrorCode;
+
+/// Server-wide metrics; lock-free counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Rooms with at least one peer.
+    pub rooms: AtomicU64,
+    /// Peers in rooms.
+    pub peers: AtomicU64,
+    /// Client messages received.
+    pub messages_received: AtomicU64,
+    /// Messages delivered to peers by relay (one per recipient).
+    pub messages_relayed: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    /// Counts one error sent to a client.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Errors of `code` so far.
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        ErrorCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.errors[i].load(Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP sotto_signaling_{name} {help}");
+            let _ = writeln!(out, "# TYPE sotto_signaling_{name} {kind}");
+            let _ = writeln!(out, "sotto_signaling_{name} {value}");
+        };
+        metric(
+            "connections",
+            "gauge",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed),
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        metric(
+            "rooms",
+            "gauge",
+            "Rooms with at least one peer.",
+            self.rooms.load(Relaxed),
+        );
+        metric(
+            "peers",
+            "gauge",
+            "Peers in rooms.",
+            self.peers.load(Relaxed),
+        );
+        metric(
+            "messages_received_total",
+            "counter",
+            "Client messages received.",
+            self.messages_received.load(Relaxed),
+        );
+        metric(
+            "messages_relayed_total",
+            "counter",
+            "Messages delivered to peers by relay.",
+            self.messages_relayed.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sotto_signaling_errors_total Errors sent to clients, by code."
+        );
+        let _ = writeln!(out, "# TYPE sotto_signaling_errors_total counter");
+        for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "sotto_signaling_errors_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                n.load(Relaxed)
+            );
+        }
+        out
+    }
+}

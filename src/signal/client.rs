@@ -1,0 +1,359 @@
+//! The signaling client: joins a room, relays messages, and reconnects with exponential
+//! backoff and jitter when the connection drops, rejoining the room each time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerInfo, ServerMessage};
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct SignalConfig {
+    /// The server's WebSocket URL, as it prints it (`ws://HOST:PORT/ws`).
+    pub url: String,
+    /// Room to join.
+    pub room: String,
+    /// Display name.
+    pub name: String,
+    /// Join token, for servers with a secret.
+    pub token: Option<String>,
+    /// First reconnect delay; doubles per failed attempt.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Give up after this many consecutive failed attempts (`None`: never).
+    pub max_attempts: Option<u32>,
+    /// Time allowed for one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl SignalConfig {
+    /// Defaults for `url`, `room` and `name`: backoff from 200 ms to 10 s, retrying forever.
+    pub fn new(url: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
+        SignalConfig {
+            url: url.into(),
+            room: room.into(),
+            name: name.into(),
+            token: None,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            max_attempts: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happens on the signaling connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SignalEvent {
+    /// Joined (or rejoined) the room.
+    Joined {
+        /// Our id in the room.
+        peer_id: String,
+        /// Peers already there.
+        peers: Vec<PeerInfo>,
+    },
+    /// A peer joined.
+    PeerJoined(PeerInfo),
+    /// A peer left.
+    PeerLeft {
+        /// Its id.
+        peer_id: String,
+    },
+    /// A relayed message.
+    Message {
+        /// Sender's peer id (stamped by the server).
+        from: String,
+        /// The payload as the sender sent it.
+        data: Box<RawValue>,
+    },
+    /// The server refused something.
+    ServerError {
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The connection dropped.
+    Disconnected {
+        /// What happened.
+        reason: String,
+    },
+    /// Waiting before the next connection attempt.
+    Reconnecting {
+        /// Consecutive failed attempts so far.
+        attempt: u32,
+        /// How long until the next one.
+        delay: Duration,
+    },
+    /// The client stopped for good (closed, gave up, or refused by the server).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Errors of the client API.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// Not currently joined to the room; the message was not sent.
+    #[error("not connected to the signaling server")]
+    NotConnected,
+    /// The payload could not be serialised.
+    #[error("payload is not serialisable: {0}")]
+    Payload(String),
+    /// The client was closed.
+    #[error("signaling client closed")]
+    Closed,
+}
+
+enum Command {
+    Send(String),
+    Close,
+}
+
+/// A running signaling client. Dropping it closes the connection.
+#[derive(Debug)]
+pub struct SignalClient {
+    commands: mpsc::Sender<Command>,
+    joined: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Errors after which reconnecting cannot help.
+fn is_fatal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::BadToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::RoomFull
+            | ErrorCode::UnsupportedVersion
+    )
+}
+
+fn jitter(delay: Duration) -> Duration {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 2];
+    let r = SystemRandom::new().fill(&mut b).map_or(0.5, |()| {
+        f64::from(u16::from_be_bytes(b)) / f64::from(u16::MAX)
+    });
+    // Between half and all of the delay, so clients dropped together do not return together.
+    delay.mul_f64(0.5 + 0.5 * r)
+}
+
+enum SessionEnd {
+    Dropped(String),
+    Fatal(String),
+    ClosedByUser,
+}
+
+impl SignalClient {
+    /// Starts connecting on the current tokio runtime; events arrive on the returned channel.
+    pub fn connect(config: SignalConfig) -> (Self, mpsc::Receiver<SignalEvent>) {
+        let (commands, command_rx) = mpsc::channel(256);
+        let (events, event_rx) = mpsc::channel(256);
+        let joined = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(config, command_rx, events, joined.clone()));
+        (
+            SignalClient {
+                commands,
+                joined,
+                task: Some(task),
+            },
+            event_rx,
+        )
+    }
+
+    /// Whether the client is in the room right now.
+    pub fn is_joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
+    async fn signal(&self, to: Option<&str>, data: &impl Serialize) -> Result<(), SignalError> {
+        if !self.is_joined() {
+            return Err(SignalError::NotConnected);
+        }
+        let data = serde_json::value::to_raw_value(data)
+            .map_err(|e| SignalError::Payload(e.to_string()))?;
+        let msg = ClientMessage::Signal {
+            v: PROTOCOL_VERSION,
+            to: to.map(str::to_string),
+            data,
+        };
+        let text = serde_json::to_string(&msg).map_err(|e| SignalError::Payload(e.to_string()))?;
+        self.commands
+            .send(Command::Send(text))
+            .await
+            .map_err(|_| SignalError::Closed)
+    }
+
+    /// Relays `data` to one peer.
+    pub async fn send_to(&self, peer_id: &str, data: &impl Serialize) -> Result<(), SignalError> {
+        self.signal(Some(peer_id), data).await
+    }
+
+    /// Relays `data` to every other peer in the room.
+    pub async fn broadcast(&self, data: &impl Serialize) -> Result<(), SignalError> {
+        self.signal(None, data).await
+    }
+
+    /// Leaves the room, closes the connection and waits for the client to stop.
+    pub async fn close(mut self) {
+        let _ = self.commands.send(Command::Close).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SignalClient {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn run(
+    config: SignalConfig,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<SignalEvent>,
+    joined: Arc<AtomicBool>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let end = session(&config, &mut commands, &events, &joined, &mut failures).await;
+        joined.store(false, Ordering::Release);
+        let reason = match end {
+            SessionEnd::ClosedByUser => "closed".to_string(),
+            SessionEnd::Fatal(reason) => reason,
+            SessionEnd::Dropped(reason) => {
+                let _ = events
+                    .send(SignalEvent::Disconnected {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                failures = failures.saturating_add(1);
+                if config.max_attempts.is_some_and(|max| failures >= max) {
+                    format!("gave up after {failures} attempts: {reason}")
+                } else {
+                    let exp = config
+                        .backoff_initial
+                        .saturating_mul(1u32 << (failures - 1).min(16));
+                    let delay = jitter(exp.min(config.backoff_max));
+                    let _ = events
+                        .send(SignalEvent::Reconnecting {
+                            attempt: failures,
+                            delay,
+                        })
+                        .await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => continue,
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::Close) | None => "closed".to_string(),
+                            // Nothing can be sent while disconnected; callers see NotConnected.
+                            Some(Command::Send(_)) => continue,
+                        },
+                    }
+                }
+            }
+        };
+        let _ = events.send(SignalEvent::Closed { reason }).await;
+        return;
+    }
+}
+
+/// One connection: connect, join, relay until it ends.
+async fn session(
+    config: &SignalConfig,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<SignalEvent>,
+    joined: &AtomicBool,
+    failures: &mut u32,
+) -> SessionEnd {
+    let connect = tokio_tungstenite::connect_async(config.url.as_str());
+    let ws = match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return SessionEnd::Dropped(format!("connect failed: {e}")),
+        Err(_) => return SessionEnd::Dropped("connect timed out".into()),
+    };
+    let (mut sink, mut stream) = ws.split();
+    let join = ClientMessage::Join {
+        v: PROTOCOL_VERSION,
+        room: config.room.clone(),
+        name: config.name.clone(),
+        token: config.token.clone(),
+    };
+    let Ok(join) = serde_json::to_string(&join) else {
+        return SessionEnd::Fatal("cannot encode join".into());
+    };
+    if let Err(e) = sink.send(Message::text(join)).await {
+        return SessionEnd::Dropped(format!("send failed: {e}"));
+    }
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Send(text)) => {
+                    if let Err(e) = sink.send(Message::text(text)).await {
+                        return SessionEnd::Dropped(format!("send failed: {e}"));
+                    }
+                }
+                Some(Command::Close) | None => {
+                    let _ = sink.send(Message::text(format!(r#"{{"v":{PROTOCOL_VERSION},"type":"leave"}}"#))).await;
+                    let _ = sink.close().await;
+                    return SessionEnd::ClosedByUser;
+                }
+            },
+            inbound = stream.next() => {
+                let text = match inbound {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(frame))) => {
+                        let why = frame.map_or_else(|| "closed by server".to_string(), |f| format!("closed by server: {}", f.reason));
+                        return SessionEnd::Dropped(why);
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return SessionEnd::Dropped(format!("connection error: {e}")),
+                    None => return SessionEnd::Dropped("connection closed".into()),
+                };
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
+                    tracing::warn!("ignoring an unparseable message from the signaling server");
+                    continue;
+                };
+                let event = match msg {
+                    ServerMessage::Welcome { peer_id, peers, .. } => {
+                        joined.store(true, Ordering::Release);
+                        *failures = 0;
+                        SignalEvent::Joined { peer_id, peers }
+                    }
+                    ServerMessage::PeerJoined { peer_id, name, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name }),
+                    ServerMessage::PeerLeft { peer_id, .. } => SignalEvent::PeerLeft { peer_id },
+                    ServerMessage::Signal { from, data, .. } => SignalEvent::Message { from, data },
+                    ServerMessage::Pong { .. } => continue,
+                    ServerMessage::Error { code, message, .. } => {
+                        let fatal = is_fatal(code);
+                        let _ = events.send(SignalEvent::ServerError { code, message: message.clone() }).await;
+                        if fatal {
+                            return SessionEnd::Fatal(format!("refused by server: {}: {message}", code.as_str()));
+                        }
+                        continue;
+                    }
+                };
+                if events.send(event).await.is_err() {
+                    // Nobody listens any more.
+                    return SessionEnd::ClosedByUser;
+                }
+            }
+        }
+    }
+}

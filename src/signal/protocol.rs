@@ -1,0 +1,330 @@
+//! The signaling wire protocol, version 1 (documented in `signaling/PROTOCOL.md`).
+//!
+//! JSON text messages over a WebSocket. Every message has `"v": 1` and a `"type"`. The server
+//! relays `data` of `signal` messages without reading it: SDP, ICE candidates and handshake
+//! messages are opaque to it, and it never holds a media key.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest room name, in bytes.
+pub const MAX_ROOM_LEN: usize = 128;
+/// Longest display name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// What a client sends.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Join a room (once per connection).
+    Join {
+        /// Protocol version.
+        v: u32,
+        /// Room name.
+        room: String,
+        /// Display name shown to the other peers.
+        name: String,
+        /// Join token, required when the server has a secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Leave the room (the connection stays open).
+    Leave {
+        /// Protocol version.
+        v: u32,
+    },
+    /// Relay `data` to one peer (`to`) or to everyone else in the room (no `to`).
+    Signal {
+        /// Protocol version.
+        v: u32,
+        /// Recipient peer id; absent for the whole room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        /// Opaque payload (any JSON value).
+        data: Box<RawValue>,
+    },
+    /// Application-level keepalive; answered with `pong`.
+    Ping {
+        /// Protocol version.
+        v: u32,
+    },
+}
+
+impl ClientMessage {
+    /// The message's version field.
+    pub fn version(&self) -> u32 {
+        match self {
+            ClientMessage::Join { v, .. }
+            | ClientMessage::Leave { v }
+            | ClientMessage::Signal { v, .. }
+            | ClientMessage::Ping { v } => *v,
+        }
+    }
+}
+
+/// A peer as the server describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Server-assigned id, unique per server run.
+    pub peer_id: String,
+    /// The display name the peer gave.
+    pub name: String,
+}
+
+/// What the server sends.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `join`: our id and who is already in the room.
+    Welcome {
+        /// Protocol version.
+        v: u32,
+        /// Our peer id.
+        peer_id: String,
+        /// The room joined.
+        room: String,
+        /// Peers already in the room, oldest first.
+        peers: Vec<PeerInfo>,
+    },
+    /// Someone joined our room.
+    PeerJoined {
+        /// Protocol version.
+        v: u32,
+        /// The new peer's id.
+        peer_id: String,
+        /// The new peer's display name.
+        name: String,
+    },
+    /// Someone left our room (or disconnected).
+    PeerLeft {
+        /// Protocol version.
+        v: u32,
+        /// The peer's id.
+        peer_id: String,
+    },
+    /// Relayed data; `from` is stamped by the server.
+    Signal {
+        /// Protocol version.
+        v: u32,
+        /// Sender peer id.
+        from: String,
+        /// The payload exactly as sent.
+        data: Box<RawValue>,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// Protocol version.
+        v: u32,
+    },
+    /// Something was wrong; see `code`.
+    Error {
+        /// Protocol version.
+        v: u32,
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable detail (never contains payload data).
+        message: String,
+    },
+}
+
+/// Why the server refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Not valid JSON.
+    BadJson,
+    /// A `type` the server does not know.
+    UnknownType,
+    /// Valid JSON of a known type, but a field is missing, unknown or malformed.
+    BadMessage,
+    /// A version the server does not speak.
+    UnsupportedVersion,
+    /// The message exceeds the size limit (the connection is closed).
+    TooLarge,
+    /// Too many messages; this one was dropped.
+    RateLimited,
+    /// The room has as many peers as allowed.
+    RoomFull,
+    /// The server has as many connections as allowed (the connection is closed).
+    ServerFull,
+    /// A token is required and was missing or did not verify.
+    BadToken,
+    /// The token has expired.
+    TokenExpired,
+    /// `signal` or `leave` before `join`.
+    NotJoined,
+    /// A second `join` on one connection.
+    AlreadyJoined,
+    /// `to` names no peer in the room.
+    UnknownPeer,
+    /// No traffic for too long (the connection is closed).
+    IdleTimeout,
+    /// The connection could not keep up with its messages (it is closed).
+    SlowConsumer,
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::BadJson,
+        ErrorCode::UnknownType,
+        ErrorCode::BadMessage,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::RoomFull,
+        ErrorCode::ServerFull,
+        ErrorCode::BadToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::UnknownPeer,
+        ErrorCode::IdleTimeout,
+        ErrorCode::SlowConsumer,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The snake_case name used on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::ServerFull => "server_full",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Why a client message could not be parsed, as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The code to send back.
+    pub code: ErrorCode,
+    /// Detail without payload content.
+    pub message: String,
+}
+
+/// Parses one client message, classifying failures into error codes. The payload is not
+/// echoed into error messages.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        v: Option<u32>,
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let err = |code, message: String| ParseError { code, message };
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        err(
+            ErrorCode::BadJson,
+            format!(
+                "not a JSON object (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    match envelope.v {
+        Some(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(err(
+                ErrorCode::UnsupportedVersion,
+                format!("version {v} is not supported; this server speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        None => return Err(err(ErrorCode::BadMessage, "missing field `v`".into())),
+    }
+    match envelope.kind.as_deref() {
+        Some("join" | "leave" | "signal" | "ping") => {}
+        Some(other) => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(err(
+                ErrorCode::UnknownType,
+                format!("unknown message type {shown:?}"),
+            ));
+        }
+        None => return Err(err(ErrorCode::BadMessage, "missing field `type`".into())),
+    }
+    let msg: ClientMessage = serde_json::from_str(text).map_err(|e| {
+        // serde's messages name fields and expectations, never values of `data`.
+        let detail = e.to_string();
+        let detail = detail
+            .split(" at line")
+            .next()
+            .unwrap_or("malformed message");
+        err(ErrorCode::BadMessage, detail.to_string())
+    })?;
+    if let ClientMessage::Join { room, name, .. } = &msg {
+        check_text("room", room, MAX_ROOM_LEN).map_err(|m| err(ErrorCode::BadMessage, m))?;
+        check_text("name", name, MAX_NAME_LEN).map_err(|m| err(ErrorCode::BadMessage, m))?;
+    }
+    Ok(msg)
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.is_empty() || value.len() > max {
+        return Err(format!("`{field}` must be 1 to {max} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("`{field}` contains control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_bad_input() {
+        let code = |t: &str| parse_client_message(t).map(|_| ()).unwrap_err().code;
+        assert_eq!(code("nope"), ErrorCode::BadJson);
+        assert_eq!(code("[1]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"join"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(r#"{"v":2,"type":"join"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(code(r#"{"v":1,"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(r#"{"v":1,"type":"join","room":"r"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(code(r#"{"v":1,"type":"signal"}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(r#"{"v":1,"type":"join","room":"","name":"a"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"ping","x":1}"#),
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn signal_data_passes_through_untouched() {
+        let text = r#"{"v":1,"type":"signal","to":"p2","data":{"sdp":"v=0\r\n","n":[1,2]}}"#;
+        let ClientMessage::Signal { to, data, .. } = parse_client_message(text).unwrap() else {
+            panic!("not a signal");
+        };
+        assert_eq!(to.as_deref(), Some("p2"));
+        assert_eq!(data.get(), r#"{"sdp":"v=0\r\n","n":[1,2]}"#);
+    }
+}
