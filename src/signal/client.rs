@@ -326,7 +326,7 @@ async fn session(
                     Some(Err(e)) => return SessionEnd::Dropped(format!("connection error: {e}")),
                     None => return SessionEnd::Dropped("connection closed".into()),
                 };
-                let Ok(msg) = serde_json::from_str::<ServerMessage>(text.as_str()) else {
+                let Ok(msg) = ServerMessage::parse(text.as_str()) else {
                     tracing::warn!("ignoring an unparseable message from the signaling server");
                     continue;
                 };

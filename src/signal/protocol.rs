@@ -15,8 +15,11 @@ pub const MAX_ROOM_LEN: usize = 128;
 pub const MAX_NAME_LEN: usize = 128;
 
 /// What a client sends.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Parsed with [`parse_client_message`] (serde cannot keep `data` raw inside an internally
+/// tagged enum, so each type is parsed on its own).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Join a room (once per connection).
     Join {
@@ -73,8 +76,8 @@ pub struct PeerInfo {
     pub name: String,
 }
 
-/// What the server sends.
-#[derive(Debug, Serialize, Deserialize)]
+/// What the server sends. Parsed with [`ServerMessage::parse`].
+#[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// Answer to `join`: our id and who is already in the room.
@@ -262,7 +265,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
         }
         None => return Err(err(ErrorCode::BadMessage, "missing field `type`".into())),
     }
-    let msg: ClientMessage = serde_json::from_str(text).map_err(|e| {
+    let bad = |e: serde_json::Error| {
         // serde's messages name fields and expectations, never values of `data`.
         let detail = e.to_string();
         let detail = detail
@@ -270,12 +273,178 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
             .next()
             .unwrap_or("malformed message");
         err(ErrorCode::BadMessage, detail.to_string())
-    })?;
+    };
+    let msg = match envelope.kind.as_deref() {
+        Some("join") => {
+            let m: wire::Join = serde_json::from_str(text).map_err(bad)?;
+            ClientMessage::Join {
+                v: m.v,
+                room: m.room,
+                name: m.name,
+                token: m.token,
+            }
+        }
+        Some("signal") => {
+            let m: wire::Signal = serde_json::from_str(text).map_err(bad)?;
+            ClientMessage::Signal {
+                v: m.v,
+                to: m.to,
+                data: m.data,
+            }
+        }
+        Some("leave") => {
+            let m: wire::Bare = serde_json::from_str(text).map_err(bad)?;
+            ClientMessage::Leave { v: m.v }
+        }
+        _ => {
+            let m: wire::Bare = serde_json::from_str(text).map_err(bad)?;
+            ClientMessage::Ping { v: m.v }
+        }
+    };
     if let ClientMessage::Join { room, name, .. } = &msg {
         check_text("room", room, MAX_ROOM_LEN).map_err(|m| err(ErrorCode::BadMessage, m))?;
         check_text("name", name, MAX_NAME_LEN).map_err(|m| err(ErrorCode::BadMessage, m))?;
     }
     Ok(msg)
+}
+
+/// Per-type shapes for parsing: strict (unknown fields refused), with `data` kept raw.
+mod wire {
+    use serde::Deserialize;
+    use serde::de::IgnoredAny;
+    use serde_json::value::RawValue;
+
+    use super::PeerInfo;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Join {
+        pub v: u32,
+        #[serde(rename = "type")]
+        pub _kind: IgnoredAny,
+        pub room: String,
+        pub name: String,
+        #[serde(default)]
+        pub token: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Signal {
+        pub v: u32,
+        #[serde(rename = "type")]
+        pub _kind: IgnoredAny,
+        #[serde(default)]
+        pub to: Option<String>,
+        pub data: Box<RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Bare {
+        pub v: u32,
+        #[serde(rename = "type")]
+        pub _kind: IgnoredAny,
+    }
+
+    // Server messages: lenient (a newer server may add fields).
+    #[derive(Deserialize)]
+    pub(super) struct Welcome {
+        pub peer_id: String,
+        pub room: String,
+        pub peers: Vec<PeerInfo>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct PeerJoined {
+        pub peer_id: String,
+        pub name: String,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct PeerLeft {
+        pub peer_id: String,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct SignalFrom {
+        pub from: String,
+        pub data: Box<RawValue>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Error {
+        pub code: super::ErrorCode,
+        pub message: String,
+    }
+}
+
+impl ServerMessage {
+    /// Parses a message from the server. Unknown types and versions are errors.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            v: u32,
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        let env: Envelope = serde_json::from_str(text)?;
+        if env.v != PROTOCOL_VERSION {
+            return Err(serde::de::Error::custom(format!(
+                "unsupported version {}",
+                env.v
+            )));
+        }
+        let v = env.v;
+        Ok(match env.kind.as_str() {
+            "welcome" => {
+                let m: wire::Welcome = serde_json::from_str(text)?;
+                ServerMessage::Welcome {
+                    v,
+                    peer_id: m.peer_id,
+                    room: m.room,
+                    peers: m.peers,
+                }
+            }
+            "peer_joined" => {
+                let m: wire::PeerJoined = serde_json::from_str(text)?;
+                ServerMessage::PeerJoined {
+                    v,
+                    peer_id: m.peer_id,
+                    name: m.name,
+                }
+            }
+            "peer_left" => {
+                let m: wire::PeerLeft = serde_json::from_str(text)?;
+                ServerMessage::PeerLeft {
+                    v,
+                    peer_id: m.peer_id,
+                }
+            }
+            "signal" => {
+                let m: wire::SignalFrom = serde_json::from_str(text)?;
+                ServerMessage::Signal {
+                    v,
+                    from: m.from,
+                    data: m.data,
+                }
+            }
+            "pong" => ServerMessage::Pong { v },
+            "error" => {
+                let m: wire::Error = serde_json::from_str(text)?;
+                ServerMessage::Error {
+                    v,
+                    code: m.code,
+                    message: m.message,
+                }
+            }
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown message type {other:?}"
+                )));
+            }
+        })
+    }
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
@@ -316,6 +485,23 @@ mod tests {
             code(r#"{"v":1,"type":"ping","x":1}"#),
             ErrorCode::BadMessage
         );
+    }
+
+    #[test]
+    fn server_messages_roundtrip() {
+        let data = RawValue::from_string(r#"{"a":[1,2]}"#.into()).unwrap();
+        let msg = ServerMessage::Signal {
+            v: 1,
+            from: "p1".into(),
+            data,
+        };
+        let text = serde_json::to_string(&msg).unwrap();
+        let ServerMessage::Signal { from, data, .. } = ServerMessage::parse(&text).unwrap() else {
+            panic!("not a signal");
+        };
+        assert_eq!((from.as_str(), data.get()), ("p1", r#"{"a":[1,2]}"#));
+        assert!(ServerMessage::parse(r#"{"v":1,"type":"nope"}"#).is_err());
+        assert!(ServerMessage::parse(r#"{"v":3,"type":"pong"}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,539 @@
+//! The signaling server over real WebSockets: protocol round trips, every kind of bad input,
+//! limits, tokens, metrics, and the engine's reconnecting client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sotto::signal::{ErrorCode, SignalClient, SignalConfig, SignalEvent};
+use sotto_signaling::token::{mint, unix_now};
+use sotto_signaling::{App, Limits, ServerConfig, serve};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(config: ServerConfig) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    async fn start_on(addr: SocketAddr, config: ServerConfig) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = App::new(config, shutdown.clone());
+        let task = tokio::spawn(serve(listener, app));
+        Server {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Ws,
+}
+
+impl Client {
+    async fn connect(server: &Server) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(server.url())
+            .await
+            .unwrap();
+        Client { ws }
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// The next JSON message (skipping pings), or None when the connection closes.
+    async fn recv(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn expect(&mut self, kind: &str) -> Value {
+        let v = self
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+        assert_eq!(v["type"], kind, "got {v}");
+        v
+    }
+
+    async fn expect_error(&mut self, code: &str) -> Value {
+        let v = self.expect("error").await;
+        assert_eq!(v["code"], code, "got {v}");
+        v
+    }
+
+    async fn join(&mut self, room: &str, name: &str) -> Value {
+        self.send(json!({"v":1,"type":"join","room":room,"name":name}))
+            .await;
+        self.expect("welcome").await
+    }
+
+    /// Proves the connection is still served.
+    async fn ping(&mut self) {
+        self.send(json!({"v":1,"type":"ping"})).await;
+        self.expect("pong").await;
+    }
+}
+
+#[tokio::test]
+async fn join_relay_and_leave_round_trip() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut alice = Client::connect(&server).await;
+    let mut bob = Client::connect(&server).await;
+    let mut carol = Client::connect(&server).await;
+
+    let w = alice.join("room", "alice").await;
+    assert_eq!(w["v"], 1);
+    assert_eq!(w["peers"], json!([]));
+    let alice_id = w["peer_id"].as_str().unwrap().to_string();
+    let w = bob.join("room", "bob").await;
+    assert_eq!(w["peers"], json!([{"peer_id": alice_id, "name": "alice"}]));
+    let bob_id = w["peer_id"].as_str().unwrap().to_string();
+    let joined = alice.expect("peer_joined").await;
+    assert_eq!(
+        (joined["peer_id"].as_str(), joined["name"].as_str()),
+        (Some(bob_id.as_str()), Some("bob"))
+    );
+    carol.join("other-room", "carol").await;
+
+    // Addressed relay: the payload arrives untouched, stamped with the sender.
+    let sdp =
+        json!({"kind":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n","nested":[1,{"a":null}]});
+    alice
+        .send(json!({"v":1,"type":"signal","to":bob_id,"data":sdp}))
+        .await;
+    let got = bob.expect("signal").await;
+    assert_eq!(got["from"], alice_id.as_str());
+    assert_eq!(got["data"], sdp);
+
+    // Room broadcast reaches the room only, not the sender or other rooms.
+    bob.send(json!({"v":1,"type":"signal","data":"hello room"}))
+        .await;
+    assert_eq!(alice.expect("signal").await["data"], "hello room");
+    carol.ping().await;
+
+    // Unknown recipient.
+    alice
+        .send(json!({"v":1,"type":"signal","to":"p999","data":1}))
+        .await;
+    alice.expect_error("unknown_peer").await;
+
+    bob.send(json!({"v":1,"type":"leave"})).await;
+    assert_eq!(alice.expect("peer_left").await["peer_id"], bob_id.as_str());
+    // A disconnect announces too.
+    let mut dave = Client::connect(&server).await;
+    let dave_id = dave.join("room", "dave").await["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    alice.expect("peer_joined").await;
+    drop(dave);
+    assert_eq!(alice.expect("peer_left").await["peer_id"], dave_id.as_str());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_get_errors_and_the_connection_survives() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut c = Client::connect(&server).await;
+    let cases = [
+        ("not json", "bad_json"),
+        ("[1,2,3]", "bad_json"),
+        (r#"{"type":"join"}"#, "bad_message"),
+        (
+            r#"{"v":7,"type":"join","room":"r","name":"n"}"#,
+            "unsupported_version",
+        ),
+        (r#"{"v":1,"type":"teleport"}"#, "unknown_type"),
+        (r#"{"v":1,"type":"join","room":"r"}"#, "bad_message"),
+        (
+            r#"{"v":1,"type":"join","room":"","name":"n"}"#,
+            "bad_message",
+        ),
+        (
+            r#"{"v":1,"type":"join","room":"r","name":"a\u0000b"}"#,
+            "bad_message",
+        ),
+        (r#"{"v":1,"type":"signal","data":1}"#, "not_joined"),
+        (r#"{"v":1,"type":"leave"}"#, "not_joined"),
+        (r#"{"v":1,"type":"signal"}"#, "bad_message"),
+    ];
+    for (text, code) in cases {
+        c.send_text(text).await;
+        let err = c.expect_error(code).await;
+        assert!(!err["message"].as_str().unwrap().is_empty());
+    }
+    c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    c.expect_error("bad_message").await;
+    c.join("r", "n").await;
+    c.send(json!({"v":1,"type":"join","room":"r2","name":"n"}))
+        .await;
+    c.expect_error("already_joined").await;
+    c.ping().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_and_closed_without_hurting_others() {
+    let config = ServerConfig {
+        limits: Limits {
+            max_message_bytes: 1024,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut other = Client::connect(&server).await;
+    other.join("r", "other").await;
+    let mut big = Client::connect(&server).await;
+    big.join("r", "big").await;
+    other.expect("peer_joined").await;
+    let payload = "x".repeat(1500);
+    big.send(json!({"v":1,"type":"signal","data":payload}))
+        .await;
+    big.expect_error("too_large").await;
+    assert!(big.recv().await.is_none(), "connection must close");
+    assert_eq!(other.expect("peer_left").await["type"], "peer_left");
+    other.ping().await;
+    // Far beyond the limit: cut off by the WebSocket layer, the server keeps going.
+    let mut huge = Client::connect(&server).await;
+    let _ = huge.ws.send(Message::text("y".repeat(100_000))).await;
+    assert!(huge.recv().await.is_none());
+    other.ping().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn room_and_connection_limits() {
+    let config = ServerConfig {
+        limits: Limits {
+            max_peers_per_room: 2,
+            max_connections: 4,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    let mut c = Client::connect(&server).await;
+    a.join("small", "a").await;
+    b.join("small", "b").await;
+    a.expect("peer_joined").await;
+    c.send(json!({"v":1,"type":"join","room":"small","name":"c"}))
+        .await;
+    c.expect_error("room_full").await;
+    c.join("elsewhere", "c").await;
+    let mut d = Client::connect(&server).await;
+    d.ping().await;
+    let mut e = Client::connect(&server).await;
+    e.expect_error("server_full").await;
+    assert!(e.recv().await.is_none());
+    a.ping().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_are_required_checked_and_expire() {
+    let secret = b"server secret".to_vec();
+    let config = ServerConfig {
+        secret: Some(secret.clone()),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut c = Client::connect(&server).await;
+    let join = |token: Option<String>| json!({"v":1,"type":"join","room":"r","name":"alice","token":token});
+
+    c.send(join(None)).await;
+    c.expect_error("bad_token").await;
+    c.send(join(Some("garbage".into()))).await;
+    c.expect_error("bad_token").await;
+    c.send(join(Some(mint(
+        b"wrong secret",
+        "r",
+        "alice",
+        unix_now() + 60,
+    ))))
+    .await;
+    c.expect_error("bad_token").await;
+    c.send(join(Some(mint(&secret, "r", "mallory", unix_now() + 60))))
+        .await;
+    c.expect_error("bad_token").await;
+    c.send(join(Some(mint(&secret, "other", "alice", unix_now() + 60))))
+        .await;
+    c.expect_error("bad_token").await;
+    c.send(join(Some(mint(&secret, "r", "alice", unix_now() - 5))))
+        .await;
+    c.expect_error("token_expired").await;
+    c.send(join(Some(mint(&secret, "r", "alice", unix_now() + 60))))
+        .await;
+    c.expect("welcome").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn floods_are_rate_limited_per_connection() {
+    let config = ServerConfig {
+        limits: Limits {
+            rate_per_sec: 10,
+            rate_burst: 20,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut quiet = Client::connect(&server).await;
+    quiet.join("r", "quiet").await;
+    let mut flood = Client::connect(&server).await;
+    flood.join("r", "flood").await;
+    quiet.expect("peer_joined").await;
+    for i in 0..500 {
+        flood.send(json!({"v":1,"type":"signal","data":i})).await;
+    }
+    // The flooder hears about it; most of its messages never reach the room.
+    let mut relayed = 0;
+    loop {
+        let v = tokio::time::timeout(Duration::from_millis(500), quiet.recv()).await;
+        match v {
+            Ok(Some(v)) if v["type"] == "signal" => relayed += 1,
+            _ => break,
+        }
+    }
+    // The burst (20, one spent on the join) and what refills while sending pass; nothing more.
+    assert!((15..100).contains(&relayed), "relayed {relayed} of 500");
+    let mut saw_rate_error = false;
+    while let Ok(Some(v)) = tokio::time::timeout(Duration::from_millis(300), flood.recv()).await {
+        if v["code"] == "rate_limited" {
+            saw_rate_error = true;
+        }
+    }
+    assert!(saw_rate_error);
+    quiet.ping().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_clients_are_disconnected() {
+    let config = ServerConfig {
+        limits: Limits {
+            heartbeat: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    // A raw TCP client that completes the upgrade, then neither reads nor answers pings.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Everything the server sent: the 101 response, pings, the error and the close frame.
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    let got_idle = text.contains("\"code\":\"idle_timeout\"");
+    assert!(got_idle);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.join("m", "a").await;
+    let b_id = b.join("m", "b").await["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.expect("peer_joined").await;
+    a.send(json!({"v":1,"type":"signal","to":b_id,"data":{}}))
+        .await;
+    b.expect("signal").await;
+    a.send_text("nope").await;
+    a.expect_error("bad_json").await;
+
+    let body = http_get(server.addr, "/healthz").await;
+    assert!(body.ends_with("ok\n"), "{body}");
+    let body = http_get(server.addr, "/metrics").await;
+    for line in [
+        "sotto_signaling_connections 2",
+        "sotto_signaling_rooms 1",
+        "sotto_signaling_peers 2",
+        "sotto_signaling_messages_relayed_total 1",
+        "sotto_signaling_errors_total{code=\"bad_json\"} 1",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in\n{body}");
+    }
+    server.stop().await;
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_why() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut c = Client::connect(&server).await;
+    c.join("r", "c").await;
+    server.shutdown.cancel();
+    c.expect_error("shutting_down").await;
+    assert!(c.recv().await.is_none());
+    server.task.await.unwrap().unwrap();
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<SignalEvent>) -> SignalEvent {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("event")
+        .expect("open")
+}
+
+#[tokio::test]
+async fn engine_client_relays_and_reconnects_with_backoff() {
+    let server = Server::start(ServerConfig::default()).await;
+    let addr = server.addr;
+    let mut cfg = SignalConfig::new(server.url(), "call", "alice");
+    cfg.backoff_initial = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(400);
+    let (alice, mut alice_events) = SignalClient::connect(cfg);
+    let (bob, mut bob_events) =
+        SignalClient::connect(SignalConfig::new(server.url(), "call", "bob"));
+
+    assert!(matches!(
+        next(&mut alice_events).await,
+        SignalEvent::Joined { .. }
+    ));
+    let SignalEvent::Joined { peers, .. } = next(&mut bob_events).await else {
+        panic!()
+    };
+    let alice_id = peers.first().map(|p| p.peer_id.clone());
+    let SignalEvent::PeerJoined(bob_info) = next(&mut alice_events).await else {
+        panic!()
+    };
+    alice
+        .send_to(&bob_info.peer_id, &json!({"sdp": "offer"}))
+        .await
+        .unwrap();
+    let SignalEvent::Message { from, data } = next(&mut bob_events).await else {
+        panic!()
+    };
+    assert_eq!(Some(from), alice_id);
+    assert_eq!(data.get(), r#"{"sdp":"offer"}"#);
+
+    // The server goes away: alice sees it, backs off, and rejoins when it is back.
+    server.stop().await;
+    let mut saw_reconnecting = 0;
+    loop {
+        match next(&mut alice_events).await {
+            SignalEvent::Reconnecting { delay, .. } => {
+                assert!(delay <= Duration::from_millis(400));
+                saw_reconnecting += 1;
+                if saw_reconnecting == 3 {
+                    break;
+                }
+            }
+            SignalEvent::Disconnected { .. }
+            | SignalEvent::PeerLeft { .. }
+            | SignalEvent::ServerError {
+                code: ErrorCode::ShuttingDown,
+                ..
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        alice.send_to("p1", &1).await.is_err(),
+        "no sends while disconnected"
+    );
+    let server = Server::start_on(addr, ServerConfig::default()).await;
+    loop {
+        if let SignalEvent::Joined { .. } = next(&mut alice_events).await {
+            break;
+        }
+    }
+    assert!(alice.is_joined());
+    alice.close().await;
+    bob.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn engine_client_stops_on_a_refused_token() {
+    let config = ServerConfig {
+        secret: Some(b"s".to_vec()),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let (_c, mut events) = SignalClient::connect(SignalConfig::new(server.url(), "r", "x"));
+    let mut saw_error = false;
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            Some(SignalEvent::ServerError { code, .. }) => saw_error = code == ErrorCode::BadToken,
+            Some(SignalEvent::Closed { reason }) => {
+                assert!(reason.contains("bad_token"), "{reason}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed without a Closed event"),
+        }
+    }
+    assert!(saw_error);
+    server.stop().await;
+}
