@@ -1,1 +1,219 @@
-fn main() {}
+//! `sotto-signaling-load`: many concurrent WebSocket clients against a running server.
+//!
+//! Clients join rooms of `--room-size` peers; each sends a small message to its room every
+//! `--interval-ms`, stamped with its send time; receivers record the relay latency (sender and
+//! receivers share this process's clock). Prints one JSON object with the figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::{Barrier, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Load generator for sotto-signaling.
+#[derive(Debug, Parser)]
+#[command(name = "sotto-signaling-load", version, about)]
+struct Args {
+    /// Server URL (`ws://HOST:PORT/ws`).
+    #[arg(long)]
+    url: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Peers per room.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..))]
+    room_size: u32,
+    /// Seconds of steady traffic after everyone joined.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Each client sends one message per this many milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Connections opened at once while ramping up.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// PID of the server, to report its memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args).await {
+        eprintln!("sotto-signaling-load: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let epoch = Instant::now();
+    let connect_gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let all_joined = Arc::new(Barrier::new(args.clients + 1));
+    let sent = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop_at = Arc::new(AtomicU64::new(u64::MAX));
+    let room_size = args.room_size as usize;
+
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let (url, gate, barrier) = (args.url.clone(), connect_gate.clone(), all_joined.clone());
+        let (sent, received, errors, stop_at) = (
+            sent.clone(),
+            received.clone(),
+            errors.clone(),
+            stop_at.clone(),
+        );
+        let interval = Duration::from_millis(args.interval_ms);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u64> = Vec::new();
+            let ws = {
+                let _permit = gate.acquire().await;
+                tokio_tungstenite::connect_async(url.as_str()).await
+            };
+            let Ok((ws, _)) = ws else {
+                errors.fetch_add(1, Relaxed);
+                barrier.wait().await;
+                return latencies;
+            };
+            let (mut sink, mut stream) = ws.split();
+            let room = format!("load-{}", i / room_size);
+            let join = json!({"v":1,"type":"join","room":room,"name":format!("c{i}")});
+            if sink.send(Message::text(join.to_string())).await.is_err() {
+                errors.fetch_add(1, Relaxed);
+            }
+            // Wait for our welcome before counting as joined.
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = msg
+                    && t.as_str().contains("\"welcome\"")
+                {
+                    break;
+                }
+            }
+            barrier.wait().await;
+            // Stagger senders across the interval so the load is steady, not bursty.
+            let offset = interval.mul_f64((i % 1000) as f64 / 1000.0);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+            loop {
+                let stop = stop_at.load(Relaxed);
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        if now >= stop { break; }
+                        let msg = format!(r#"{{"v":1,"type":"signal","data":{{"t":{now}}}}}"#);
+                        if sink.send(Message::text(msg)).await.is_err() {
+                            errors.fetch_add(1, Relaxed);
+                            break;
+                        }
+                        sent.fetch_add(1, Relaxed);
+                    }
+                    msg = stream.next() => match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            let t = t.as_str();
+                            if let Some(rest) = t.split("\"t\":").nth(1) {
+                                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                                if let Ok(at) = digits.parse::<u64>() {
+                                    let now = epoch.elapsed().as_micros() as u64;
+                                    latencies.push(now.saturating_sub(at));
+                                    received.fetch_add(1, Relaxed);
+                                }
+                            } else if t.contains("\"error\"") {
+                                errors.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => { errors.fetch_add(1, Relaxed); break; }
+                    }
+                }
+            }
+            // Drain briefly so in-flight messages are counted.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Some(Ok(Message::Text(t))) = stream.next().await {
+                    if let Some(rest) = t.as_str().split("\"t\":").nth(1) {
+                        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                        if let Ok(at) = digits.parse::<u64>() {
+                            latencies.push((epoch.elapsed().as_micros() as u64).saturating_sub(at));
+                            received.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            })
+            .await;
+            let _ = sink.close().await;
+            latencies
+        }));
+    }
+
+    all_joined.wait().await;
+    let connect_s = epoch.elapsed().as_secs_f64();
+    let rss_joined = args.server_pid.and_then(rss_mb);
+    let start = epoch.elapsed();
+    stop_at.store(
+        (start + Duration::from_secs(args.duration)).as_micros() as u64,
+        Relaxed,
+    );
+    tokio::time::sleep(Duration::from_secs(args.duration) / 2).await;
+    let rss_mid = args.server_pid.and_then(rss_mb);
+
+    let mut all = Vec::new();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    all.sort_unstable();
+    let mean = if all.is_empty() {
+        0.0
+    } else {
+        all.iter().sum::<u64>() as f64 / all.len() as f64 / 1000.0
+    };
+    let report = json!({
+        "clients": args.clients,
+        "room_size": args.room_size,
+        "rooms": args.clients.div_ceil(room_size),
+        "duration_s": args.duration,
+        "interval_ms": args.interval_ms,
+        "connect_and_join_s": (connect_s * 100.0).round() / 100.0,
+        "messages_sent": sent.load(Relaxed),
+        "messages_received": received.load(Relaxed),
+        "errors": errors.load(Relaxed),
+        "latency_ms": {
+            "p50": percentile(&all, 0.50),
+            "p95": percentile(&all, 0.95),
+            "p99": percentile(&all, 0.99),
+            "max": percentile(&all, 1.0),
+            "mean": (mean * 1000.0).round() / 1000.0,
+        },
+        "server_rss_mb": {"after_join": rss_joined, "under_load": rss_mid},
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
