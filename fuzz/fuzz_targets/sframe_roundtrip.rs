@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let (metadata, payload) = data[20..].split_at(meta_len);
 
     let key = b"roundtrip fuzzing key";
-    let mut tx = SenderContext::new(suite, kid, key).unwrap().with_counter(ctr);
+    let mut tx = SenderContext::new(suite, kid, key)
+        .unwrap()
+        .with_counter(ctr);
     let frame = tx.encrypt_to_vec(metadata, payload).unwrap();
 
     let mut rx = ReceiverContext::new();
