@@ -1,1 +1,3 @@
+pub mod media;
+pub mod playout;
 pub mod sframe;
