@@ -113,16 +113,39 @@ fn id_of(d: &cpal::Device) -> String {
 }
 
 fn ranges<I: Iterator<Item = cpal::SupportedStreamConfigRange>>(it: I) -> Vec<String> {
-    it.map(|c| {
-        format!(
-            "{} ch, {}-{} Hz, {}",
-            c.channels(),
-            c.min_sample_rate(),
-            c.max_sample_rate(),
-            c.sample_format()
-        )
-    })
-    .collect()
+    // Devices such as ALSA plugins offer every channel count from 1 to 64 in every format:
+    // fold channel counts into one line per (format, rate range).
+    let mut groups: Vec<(String, u32, u32, u16, u16)> = Vec::new();
+    for c in it {
+        let fmt = c.sample_format().to_string();
+        let (lo, hi, ch) = (c.min_sample_rate(), c.max_sample_rate(), c.channels());
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == fmt && g.1 == lo && g.2 == hi)
+        {
+            Some(g) => {
+                g.3 = g.3.min(ch);
+                g.4 = g.4.max(ch);
+            }
+            None => groups.push((fmt, lo, hi, ch, ch)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(fmt, lo, hi, cmin, cmax)| {
+            let ch = if cmin == cmax {
+                format!("{cmin} ch")
+            } else {
+                format!("{cmin}-{cmax} ch")
+            };
+            let rate = if lo == hi {
+                format!("{lo} Hz")
+            } else {
+                format!("{lo}-{hi} Hz")
+            };
+            format!("{ch}, {rate}, {fmt}")
+        })
+        .collect()
 }
 
 /// Lists the default host's devices with their supported configurations.
@@ -287,9 +310,14 @@ where
                 }
             }
         },
-        move |e| {
-            tracing::warn!("input stream error: {e}");
-            err_shared.failed.store(true, Ordering::Relaxed);
+        move |e: cpal::Error| {
+            // An xrun is a glitch, not a failure; anything else means the device is in trouble.
+            if matches!(e.kind(), cpal::ErrorKind::Xrun) {
+                err_shared.xruns.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tracing::warn!("input stream error: {e}");
+                err_shared.failed.store(true, Ordering::Relaxed);
+            }
         },
         None,
     )
@@ -449,9 +477,14 @@ where
                 shared.xruns.fetch_add(1, Ordering::Relaxed);
             }
         },
-        move |e| {
-            tracing::warn!("output stream error: {e}");
-            err_shared.failed.store(true, Ordering::Relaxed);
+        move |e: cpal::Error| {
+            // An xrun is a glitch, not a failure; anything else means the device is in trouble.
+            if matches!(e.kind(), cpal::ErrorKind::Xrun) {
+                err_shared.xruns.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tracing::warn!("output stream error: {e}");
+                err_shared.failed.store(true, Ordering::Relaxed);
+            }
         },
         None,
     )

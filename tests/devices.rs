@@ -1,0 +1,73 @@
+//! Real devices: play a tone on the output device and capture it back through the input
+//! device (scripts/test starts a PulseAudio null sink whose monitor is the default source).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use sotto::media::{AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, dbfs};
+
+#[test]
+fn tone_loops_back_through_real_devices() {
+    let (sink, source) = match (DeviceSink::open(None), DeviceSource::open(None)) {
+        (Ok(s), Ok(r)) => (s, r),
+        (s, r) => {
+            let why = [s.err().map(|e| e.to_string()), r.err().map(|e| e.to_string())]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            if common::devices_required() {
+                panic!("audio devices required (CI or SOTTO_REQUIRE_DEVICES=1) but: {why}");
+            }
+            eprintln!("SKIPPED tone_loops_back_through_real_devices: no audio device ({why}); run scripts/test for real devices");
+            return;
+        }
+    };
+    let mut source = source;
+    eprintln!(
+        "output {} {:?}, input {} {:?}",
+        sink.name(),
+        sink.native_format(),
+        source.name(),
+        source.native_format()
+    );
+    let player = std::thread::spawn(move || {
+        let mut sink = sink;
+        let mut tone = ToneSource::new(1000.0, 0.5);
+        let mut frame = [0.0f32; 480];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2500) {
+            tone.read_frame(&mut frame).unwrap();
+            sink.write_frame(&frame).unwrap();
+        }
+        sink.take_events()
+    });
+    let mut captured = Vec::new();
+    let mut frame = [0.0f32; 480];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2000) {
+        assert!(source.read_frame(&mut frame).unwrap());
+        captured.extend_from_slice(&frame);
+    }
+    let sink_events = player.join().unwrap();
+    let tail = &captured[captured.len().saturating_sub(24_000)..];
+    let ratio = common::tone_ratio(tail, 48_000.0, 1000.0);
+    let level = dbfs(tail);
+    eprintln!(
+        "captured {} samples, 1 kHz share {ratio:.3}, level {level:.1} dBFS, events in {:?} out {:?}",
+        captured.len(),
+        source.take_events(),
+        sink_events
+    );
+    assert!(ratio > 0.8, "1 kHz share {ratio}");
+    assert!(level > -20.0, "level {level} dBFS");
+}
+
+#[test]
+fn missing_named_device_is_a_clear_error() {
+    let err = DeviceSource::open(Some("no-such-device-xyz")).unwrap_err().to_string();
+    assert!(err.contains("no-such-device-xyz"), "{err}");
+    assert!(err.contains("--input file.wav"), "{err}");
+    assert!(err.contains("Available input devices"), "{err}");
+}
