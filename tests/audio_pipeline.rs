@@ -86,11 +86,11 @@ fn run(
     let warm = (Duration::from_secs(1).as_millis() / frame.duration().as_millis()) as usize;
     let (mut delay_sum, mut delay_n) = (0.0, 0);
     let mut kinds = [0u64; 4];
-    let pops = frames + 50;
+    let pops = frames;
     for j in 0..pops {
         let now = frame.duration() * j as u32 + Duration::from_millis(3);
         while next < wire.len() && wire[next].0 <= now {
-            playout.insert(wire[next].1.clone(), now);
+            playout.insert(wire[next].1.clone(), wire[next].0);
             next += 1;
         }
         let kind = playout.next_frame(now, &mut frame_out);
