@@ -12,15 +12,20 @@ fn tone_loops_back_through_real_devices() {
     let (sink, source) = match (DeviceSink::open(None), DeviceSource::open(None)) {
         (Ok(s), Ok(r)) => (s, r),
         (s, r) => {
-            let why = [s.err().map(|e| e.to_string()), r.err().map(|e| e.to_string())]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("; ");
+            let why = [
+                s.err().map(|e| e.to_string()),
+                r.err().map(|e| e.to_string()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
             if common::devices_required() {
                 panic!("audio devices required (CI or SOTTO_REQUIRE_DEVICES=1) but: {why}");
             }
-            eprintln!("SKIPPED tone_loops_back_through_real_devices: no audio device ({why}); run scripts/test for real devices");
+            eprintln!(
+                "SKIPPED tone_loops_back_through_real_devices: no audio device ({why}); run scripts/test for real devices"
+            );
             return;
         }
     };
@@ -66,7 +71,9 @@ fn tone_loops_back_through_real_devices() {
 
 #[test]
 fn missing_named_device_is_a_clear_error() {
-    let err = DeviceSource::open(Some("no-such-device-xyz")).unwrap_err().to_string();
+    let err = DeviceSource::open(Some("no-such-device-xyz"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no-such-device-xyz"), "{err}");
     assert!(err.contains("--input file.wav"), "{err}");
     assert!(err.contains("Available input devices"), "{err}");

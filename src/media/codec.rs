@@ -81,7 +81,9 @@ pub struct OpusEncoder {
 
 impl std::fmt::Debug for OpusEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusEncoder").field("cfg", &self.cfg).finish()
+        f.debug_struct("OpusEncoder")
+            .field("cfg", &self.cfg)
+            .finish()
     }
 }
 
@@ -181,7 +183,8 @@ impl std::fmt::Debug for OpusDecoder {
 impl OpusDecoder {
     /// A decoder that outputs frames of `frame` length.
     pub fn new(frame: FrameDuration) -> Result<Self, CodecError> {
-        let dec = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(CodecError::Setup)?;
+        let dec =
+            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(CodecError::Setup)?;
         Ok(Self {
             dec,
             frame: frame.samples(),

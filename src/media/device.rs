@@ -153,7 +153,9 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
     let host = cpal::default_host();
     let def_in = host.default_input_device().map(|d| id_of(&d));
     let def_out = host.default_output_device().map(|d| id_of(&d));
-    let devices = host.devices().map_err(|e| DeviceError::Host(e.to_string()))?;
+    let devices = host
+        .devices()
+        .map_err(|e| DeviceError::Host(e.to_string()))?;
     Ok(devices
         .map(|d| {
             let id = id_of(&d);
@@ -161,14 +163,8 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
                 name: describe(&d),
                 default_input: def_in.as_deref() == Some(id.as_str()),
                 default_output: def_out.as_deref() == Some(id.as_str()),
-                input_configs: d
-                    .supported_input_configs()
-                    .map(ranges)
-                    .unwrap_or_default(),
-                output_configs: d
-                    .supported_output_configs()
-                    .map(ranges)
-                    .unwrap_or_default(),
+                input_configs: d.supported_input_configs().map(ranges).unwrap_or_default(),
+                output_configs: d.supported_output_configs().map(ranges).unwrap_or_default(),
                 id,
             }
         })

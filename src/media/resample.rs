@@ -155,7 +155,9 @@ mod tests {
         let mut r = StreamResampler::new(44_100, 48_000, 48_000).unwrap();
         // A 1 kHz tone at 44.1 kHz, built by hand.
         let step = std::f64::consts::TAU * 1000.0 / 44_100.0;
-        let input: Vec<f32> = (0..44_100).map(|i| (0.5 * (i as f64 * step).sin()) as f32).collect();
+        let input: Vec<f32> = (0..44_100)
+            .map(|i| (0.5 * (i as f64 * step).sin()) as f32)
+            .collect();
         for c in input.chunks(441) {
             r.push(c).unwrap();
         }

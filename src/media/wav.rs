@@ -64,7 +64,9 @@ pub struct WavSource {
 
 impl std::fmt::Debug for WavSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WavSource").field("path", &self.path).finish()
+        f.debug_struct("WavSource")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -131,7 +133,11 @@ impl WavSource {
             Format::Float => {
                 for s in self.reader.samples::<f32>().take(READ_CHUNK * ch) {
                     let v = s.map_err(|e| io(&self.path, e))?;
-                    acc += if v.is_finite() { v.clamp(-1.0, 1.0) } else { 0.0 };
+                    acc += if v.is_finite() {
+                        v.clamp(-1.0, 1.0)
+                    } else {
+                        0.0
+                    };
                     k += 1;
                     if k == ch {
                         self.mono.push(acc / ch as f32);

@@ -94,6 +94,9 @@ pub struct PlayoutBuffer {
     played_mask: u64,
     jitter: JitterEstimator,
     above_target: u32,
+    /// Deliberate waits (expand, or waiting for a missing head) in a row; bounded by the
+    /// target so a stream that simply stopped still plays out its last packets.
+    wait_run: i64,
     stats: PlayoutStats,
 }
 
@@ -122,6 +125,7 @@ impl PlayoutBuffer {
             played_mask: 0,
             jitter: JitterEstimator::new(),
             above_target: 0,
+            wait_run: 0,
             stats: PlayoutStats::default(),
         }
     }
@@ -187,6 +191,16 @@ impl PlayoutBuffer {
                 self.stats.overflow += 1;
                 return;
             }
+        } else if let (Some((&lo, _)), Some((&hi, _))) = (
+            self.packets.first_key_value(),
+            self.packets.last_key_value(),
+        ) {
+            // Not started yet: keep the held packets within one window of each other.
+            let w = self.cfg.max_packets as i64;
+            if ext <= hi - w || ext >= lo + w {
+                self.stats.overflow += 1;
+                return;
+            }
         }
         if self.packets.contains_key(&ext) {
             self.stats.duplicate += 1;
@@ -219,7 +233,9 @@ impl PlayoutBuffer {
     /// Frames from the play point to the newest packet held.
     fn level(&self) -> i64 {
         match (self.next_seq, self.packets.last_key_value()) {
-            (Some(next), Some((&last, _))) => (last + 1 - next).max(0),
+            (Some(next), Some((&last, _))) => {
+                (last + 1 - next).clamp(0, self.cfg.max_packets as i64)
+            }
             _ => 0,
         }
     }
@@ -244,7 +260,9 @@ impl PlayoutBuffer {
     /// Decides the next frame. Call once per frame period; `now` is only used for bookkeeping
     /// symmetry with [`Self::insert`] (all decisions depend on what has arrived).
     pub fn pop(&mut self, _now: Duration) -> Playout {
-        let Some(next) = self.next_seq.or_else(|| self.packets.first_key_value().map(|(&k, _)| k))
+        let Some(next) = self
+            .next_seq
+            .or_else(|| self.packets.first_key_value().map(|(&k, _)| k))
         else {
             return Playout::NotStarted;
         };
@@ -272,7 +290,8 @@ impl PlayoutBuffer {
 
         if self.packets.contains_key(&next) {
             // Grow towards the target before a jitter spike forces it (hysteresis: 2 frames).
-            if level + 1 < target && self.stats.played > 0 {
+            if level + 1 < target && self.stats.played > 0 && self.wait_run < target {
+                self.wait_run += 1;
                 self.stats.expanded += 1;
                 self.stats.concealed += 1;
                 return Playout::Wait;
@@ -287,7 +306,8 @@ impl PlayoutBuffer {
             return Playout::Wait;
         }
         // The head is missing but later packets are here: wait while under target, else lost.
-        if level <= target {
+        if level <= target && self.wait_run < target {
+            self.wait_run += 1;
             self.stats.expanded += 1;
             self.stats.concealed += 1;
             return Playout::Wait;
@@ -304,6 +324,7 @@ impl PlayoutBuffer {
         };
         match self.packets.remove(&next) {
             Some(p) => {
+                self.wait_run = 0;
                 self.advance(true);
                 self.stats.played += 1;
                 Playout::Packet(p)
@@ -341,5 +362,137 @@ impl PlayoutBuffer {
     /// Mutable counters, for the decoding layer's own figures (FEC, decode errors).
     pub fn stats_mut(&mut self) -> &mut PlayoutStats {
         &mut self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn pkt(seq: u16) -> Packet {
+        Packet {
+            seq,
+            timestamp: u32::from(seq.wrapping_sub(60_000)).wrapping_mul(960),
+            payload: vec![seq as u8],
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn orders_reordered_packets_and_wraps_sequence_numbers() {
+        let mut b = PlayoutBuffer::new(PlayoutConfig::default());
+        assert_eq!(b.pop(ms(0)), Playout::NotStarted);
+        // Pairs swapped on the wire, each pair inside one frame period.
+        let arrivals = [
+            (65535u16, 0),
+            (65534, 1),
+            (1, 40),
+            (0, 41),
+            (3, 80),
+            (2, 81),
+        ];
+        let mut played = Vec::new();
+        let mut next = 0;
+        for i in 0..12 {
+            let now = ms(20 * i + 10);
+            while next < arrivals.len() && ms(arrivals[next].1) <= now {
+                b.insert(pkt(arrivals[next].0), ms(arrivals[next].1));
+                next += 1;
+            }
+            if let Playout::Packet(p) = b.pop(now) {
+                played.push(p.seq);
+            }
+        }
+        assert_eq!(b.stats().late + b.stats().lost, 0, "{:?}", b.stats());
+        assert_eq!(played, vec![65534, 65535, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn counts_duplicates_late_and_loss() {
+        let mut b = PlayoutBuffer::new(PlayoutConfig::default());
+        b.insert(pkt(10), ms(0));
+        b.insert(pkt(10), ms(0));
+        assert_eq!(b.stats().duplicate, 1);
+        assert!(matches!(b.pop(ms(0)), Playout::Packet(p) if p.seq == 10));
+        b.insert(pkt(10), ms(5));
+        assert_eq!(b.stats().duplicate, 2);
+        // 11 missing, 12..=16 present: the buffer waits while under target, then declares 11 lost.
+        for s in 12..=16 {
+            b.insert(pkt(s), ms(20));
+        }
+        let mut lost = None;
+        for i in 0..3 {
+            if let Playout::Lost { seq } = b.pop(ms(20 + i)) {
+                lost = Some(seq);
+                assert_eq!(b.peek_next().map(|p| p.seq), Some(12));
+                break;
+            }
+        }
+        assert_eq!(lost, Some(11));
+        b.insert(pkt(11), ms(60));
+        assert_eq!(b.stats().late, 1);
+        assert_eq!(b.stats().lost, 1);
+    }
+
+    #[test]
+    fn hostile_input_keeps_memory_bounded_and_never_panics() {
+        let cfg = PlayoutConfig {
+            max_packets: 64,
+            ..PlayoutConfig::default()
+        };
+        let mut b = PlayoutBuffer::new(cfg);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for i in 0..50_000u64 {
+            let len = rng.random_range(0..2000usize);
+            let p = Packet {
+                seq: rng.random(),
+                timestamp: rng.random(),
+                payload: vec![0; len],
+            };
+            b.insert(p, ms(i));
+            assert!(b.len() <= 64);
+            if i % 3 == 0 {
+                let _ = b.pop(ms(i));
+            }
+        }
+        assert!(b.stats().overflow > 0);
+        assert!(b.stats().max_delay <= cfg.max_delay + cfg.frame * 64);
+    }
+
+    #[test]
+    fn delay_falls_back_after_a_jitter_spike() {
+        let mut b = PlayoutBuffer::new(PlayoutConfig::default());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut arrivals: Vec<(Duration, u16)> = (0..3000u16)
+            .map(|s| {
+                let jitter = if (500..1000).contains(&s) {
+                    rng.random_range(0..80)
+                } else {
+                    0
+                };
+                (ms(u64::from(s) * 20 + 5 + jitter), s)
+            })
+            .collect();
+        arrivals.sort();
+        let mut next = 0;
+        let mut spike_target = Duration::ZERO;
+        for j in 0..3000u64 {
+            let now = ms(j * 20 + 10);
+            while next < arrivals.len() && arrivals[next].0 <= now {
+                b.insert(pkt(arrivals[next].1), arrivals[next].0);
+                next += 1;
+            }
+            let _ = b.pop(now);
+            if j == 990 {
+                spike_target = b.stats().target;
+            }
+        }
+        assert!(spike_target >= ms(60), "{spike_target:?}");
+        assert_eq!(b.stats().target, ms(20));
+        assert!(b.stats().delay <= ms(40), "{:?}", b.stats());
     }
 }
