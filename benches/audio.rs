@@ -1,5 +1,18 @@
 //! Per-frame cost of the audio path: Opus encode, decode, PLC, FEC recovery, and a playout
 //! buffer insert+pop cycle. 48 kHz mono, 32 kbit/s, FEC on.
+//!
+//! Run with `cargo bench --profile dev --bench audio` (the project's one profile: libopus and
+//! every dependency at opt-level 3). One run on the 2-core build machine, under load from
+//! other builds (median per frame):
+//!
+//! | operation | 20 ms frame | 10 ms frame |
+//! |---|---|---|
+//! | encode, complexity 10 | 172 us (0.9 % of real time) | 79 us |
+//! | encode, complexity 5 | 121 us | 56 us |
+//! | decode | 24 us | 10 us |
+//! | decode + PLC frame (`opus_plc_*`) | 44 us | 20 us |
+//! | FEC recovery | 19 us | 8.5 us |
+//! | playout buffer insert + pop | 0.45 us | |
 
 use std::hint::black_box;
 use std::time::Duration;
