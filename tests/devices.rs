@@ -3,12 +3,18 @@
 
 mod common;
 
+/// The device tests share one sound server; one at a time.
+static DEVICES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 use std::time::{Duration, Instant};
 
-use sotto::media::{AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, dbfs};
+use sotto::media::{
+    AudioSink, AudioSource, DeviceEvent, DeviceSink, DeviceSource, ToneSource, dbfs,
+};
 
 #[test]
 fn tone_loops_back_through_real_devices() {
+    let _one = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     let (sink, source) = match (DeviceSink::open(None), DeviceSource::open(None)) {
         (Ok(s), Ok(r)) => (s, r),
         (s, r) => {
@@ -77,4 +83,56 @@ fn missing_named_device_is_a_clear_error() {
     assert!(err.contains("no-such-device-xyz"), "{err}");
     assert!(err.contains("--input file.wav"), "{err}");
     assert!(err.contains("Available input devices"), "{err}");
+}
+
+/// Runs `pactl` against the test PulseAudio; false when it is not there.
+fn pactl(args: &[&str]) -> bool {
+    std::process::Command::new("pactl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_device_that_stops_mid_call_yields_silence_and_an_event() {
+    let _one = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
+    // Needs the scripts/pulse server (its null sink is called "sotto") to pull the plug.
+    if std::env::var_os("PULSE_SERVER").is_none() || !pactl(&["info"]) {
+        if common::devices_required() {
+            panic!("devices required but no PulseAudio server from scripts/pulse (PULSE_SERVER)");
+        }
+        eprintln!("SKIPPED a_device_that_stops_mid_call: no scripts/pulse server");
+        return;
+    }
+    let mut source = DeviceSource::open(None).expect("input device");
+    let mut frame = [0.0f32; 480];
+    for _ in 0..20 {
+        assert!(source.read_frame(&mut frame).unwrap());
+    }
+    assert!(pactl(&["suspend-sink", "sotto", "1"]), "pactl suspend-sink");
+    let start = Instant::now();
+    let mut events = Vec::new();
+    let mut reads = 0;
+    while start.elapsed() < Duration::from_millis(1500) {
+        // Never an error, never a hang: silence stands in for the missing audio.
+        assert!(source.read_frame(&mut frame).unwrap());
+        reads += 1;
+        events.extend(source.take_events());
+    }
+    assert!(pactl(&["suspend-sink", "sotto", "0"]), "pactl resume");
+    let again = Instant::now();
+    while again.elapsed() < Duration::from_millis(1500) {
+        assert!(source.read_frame(&mut frame).unwrap());
+        events.extend(source.take_events());
+    }
+    eprintln!("{reads} reads while suspended; events {events:?}");
+    // Paced at about one frame per 10 ms while stalled, not one per stall timeout.
+    assert!(reads > 50, "{reads} reads in 1.5 s");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Stalled { .. } | DeviceEvent::Failed { .. })),
+        "{events:?}"
+    );
 }

@@ -26,6 +26,11 @@ const RING_SECONDS: f64 = 0.2;
 /// Most samples the output path keeps queued ahead of the device (delay bound): 30 ms.
 const MAX_QUEUED_OUT: Duration = Duration::from_millis(30);
 
+/// Real-time length of `samples` at 48 kHz.
+fn frame_time(samples: usize) -> Duration {
+    Duration::from_micros(samples as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
+}
+
 /// Device errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -411,6 +416,12 @@ impl DeviceSource {
 impl AudioSource for DeviceSource {
     fn read_frame(&mut self, out: &mut [f32]) -> Result<bool, MediaError> {
         let start = Instant::now();
+        // Once stalled, keep the caller paced at one frame of silence per frame period.
+        let patience = if self.stalled {
+            frame_time(out.len())
+        } else {
+            STALL
+        };
         loop {
             self.drain()?;
             if self.resampler.pull(out) {
@@ -428,7 +439,7 @@ impl AudioSource for DeviceSource {
                     name: self.name.clone(),
                 });
             }
-            if start.elapsed() >= STALL {
+            if start.elapsed() >= patience {
                 if !self.stalled {
                     self.stalled = true;
                     self.events.push(DeviceEvent::Stalled {
@@ -590,6 +601,11 @@ impl AudioSink for DeviceSink {
     fn write_frame(&mut self, frame: &[f32]) -> Result<(), MediaError> {
         self.resampler.push(frame)?;
         let start = Instant::now();
+        let patience = if self.stalled {
+            frame_time(frame.len())
+        } else {
+            STALL
+        };
         loop {
             if self.shared.failed.load(Ordering::Relaxed) && !self.failed_reported {
                 self.failed_reported = true;
@@ -619,7 +635,7 @@ impl AudioSink for DeviceSink {
                 }
                 continue;
             }
-            if start.elapsed() >= STALL {
+            if start.elapsed() >= patience {
                 // The device is not consuming: drop this audio rather than block the call.
                 let mut left = self.resampler.available();
                 while left > 0 {
