@@ -54,7 +54,7 @@ impl Default for PlayoutConfig {
             max_packets: 256,
             max_payload: 1500,
             max_delay: Duration::from_millis(500),
-            compress_after: 25,
+            compress_after: 12,
         }
     }
 }
