@@ -77,6 +77,7 @@ fn tone_loops_back_through_real_devices() {
 
 #[test]
 fn missing_named_device_is_a_clear_error() {
+    let _one = DEVICES.lock().unwrap_or_else(|e| e.into_inner());
     let err = DeviceSource::open(Some("no-such-device-xyz"))
         .unwrap_err()
         .to_string();

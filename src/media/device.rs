@@ -217,7 +217,11 @@ fn pick(
     let device = match name {
         Some(n) => list
             .iter()
-            .find(|d| describe(d) == n || id_of(d) == n)
+            .find(|d| {
+                let id = id_of(d);
+                // Accept the description, the full id ("alsa:pulse") or the bare PCM name.
+                describe(d) == n || id == n || id.split_once(':').is_some_and(|(_, pcm)| pcm == n)
+            })
             .cloned()
             .ok_or_else(|| fail("no device of that name".into()))?,
         None => match dir {
