@@ -206,7 +206,7 @@ fn pick(
     let fail = |reason: String| DeviceError::NotAvailable {
         direction: dir.word(),
         wanted: name.map(|n| format!(" \"{n}\"")).unwrap_or_default(),
-        reason,
+        reason: reason.trim_end_matches('.').to_string(),
         available: if names.is_empty() {
             "none".into()
         } else {

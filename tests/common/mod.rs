@@ -32,3 +32,12 @@ pub fn devices_required() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
         || std::env::var("SOTTO_REQUIRE_DEVICES").is_ok_and(|v| v == "1")
 }
+
+/// Prints a skip notice past the test harness' output capture, so it shows in a normal run.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why} (run scripts/test for real devices; CI or SOTTO_REQUIRE_DEVICES=1 makes this a failure)"
+    );
+}
