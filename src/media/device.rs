@@ -72,7 +72,9 @@ pub enum DeviceError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DeviceEvent {
-    /// The stream reported an error (the device may be gone); audio continues as silence.
+    /// The stream reported an error other than an xrun: the device may be gone, or (ALSA's
+    /// pulse plugin) an underrun surfaced as EIO. Audio continues; silence stands in for
+    /// whatever the device does not deliver.
     Failed {
         /// Device name.
         name: String,
