@@ -80,6 +80,8 @@ fn tone_loops_back_through_real_devices() {
         sink_events
     );
     assert!(good * 10 >= frames * 7, "{good}/{frames} clean frames");
+    let last = source.last_callback().expect("input callbacks ran");
+    assert!(last.elapsed() < Duration::from_secs(1));
     assert!(level > -20.0, "level {level} dBFS");
 }
 

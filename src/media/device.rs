@@ -246,6 +246,23 @@ fn pick(
 struct Shared {
     failed: AtomicBool,
     xruns: AtomicU64,
+    /// Nanoseconds from `origin` to the start of the last callback (0: none yet), for the
+    /// per-stage latency measurements. cpal's own timestamps of two streams are not comparable.
+    last_callback_ns: AtomicU64,
+}
+
+impl Shared {
+    fn mark(&self, origin: Instant) {
+        let ns = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_callback_ns.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    fn last_callback(&self, origin: Instant) -> Option<Instant> {
+        match self.last_callback_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => origin.checked_add(Duration::from_nanos(ns)),
+        }
+    }
 }
 
 /// Builds a stream, asking for ~10 ms periods first and the device default if refused.
@@ -276,6 +293,7 @@ pub struct DeviceSource {
     _stream: cpal::Stream,
     ring: rtrb::Consumer<f32>,
     shared: Arc<Shared>,
+    origin: Instant,
     resampler: StreamResampler,
     scratch: Vec<f32>,
     events: Vec<DeviceEvent>,
@@ -298,6 +316,7 @@ fn input_stream<T>(
     config: cpal::StreamConfig,
     mut tx: rtrb::Producer<f32>,
     shared: Arc<Shared>,
+    origin: Instant,
 ) -> Result<cpal::Stream, cpal::Error>
 where
     T: SizedSample,
@@ -309,6 +328,7 @@ where
     device.build_input_stream::<T, _, _>(
         config,
         move |data: &[T], _| {
+            shared.mark(origin);
             for frame in data.chunks_exact(ch) {
                 let sum: f32 = frame.iter().map(|s| s.to_sample::<f32>()).sum();
                 if tx.push(sum * inv).is_err() {
@@ -339,6 +359,7 @@ impl DeviceSource {
         let format = supported.sample_format();
         let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
         let shared = Arc::new(Shared::default());
+        let origin = Instant::now();
         let mut ring = None;
         let stream = build(Dir::In, &dname, |bs| {
             let (tx, rx) = rtrb::RingBuffer::new(cap);
@@ -350,14 +371,14 @@ impl DeviceSource {
             };
             let s = shared.clone();
             match format {
-                SampleFormat::I8 => input_stream::<i8>(&device, config, tx, s),
-                SampleFormat::I16 => input_stream::<i16>(&device, config, tx, s),
-                SampleFormat::I32 => input_stream::<i32>(&device, config, tx, s),
-                SampleFormat::U8 => input_stream::<u8>(&device, config, tx, s),
-                SampleFormat::U16 => input_stream::<u16>(&device, config, tx, s),
-                SampleFormat::U32 => input_stream::<u32>(&device, config, tx, s),
-                SampleFormat::F64 => input_stream::<f64>(&device, config, tx, s),
-                _ => input_stream::<f32>(&device, config, tx, s),
+                SampleFormat::I8 => input_stream::<i8>(&device, config, tx, s, origin),
+                SampleFormat::I16 => input_stream::<i16>(&device, config, tx, s, origin),
+                SampleFormat::I32 => input_stream::<i32>(&device, config, tx, s, origin),
+                SampleFormat::U8 => input_stream::<u8>(&device, config, tx, s, origin),
+                SampleFormat::U16 => input_stream::<u16>(&device, config, tx, s, origin),
+                SampleFormat::U32 => input_stream::<u32>(&device, config, tx, s, origin),
+                SampleFormat::F64 => input_stream::<f64>(&device, config, tx, s, origin),
+                _ => input_stream::<f32>(&device, config, tx, s, origin),
             }
         })?;
         let ring = ring.ok_or_else(|| DeviceError::Stream {
@@ -373,6 +394,7 @@ impl DeviceSource {
             _stream: stream,
             ring,
             shared,
+            origin,
             resampler: StreamResampler::new(rate, SAMPLE_RATE, SAMPLE_RATE as usize / 5)?,
             scratch: vec![0.0; 4096],
             events: Vec::new(),
@@ -389,6 +411,11 @@ impl DeviceSource {
     /// The device's native rate and channel count.
     pub fn native_format(&self) -> (u32, u16) {
         (self.rate, self.channels)
+    }
+
+    /// When the device last delivered audio (start of its last callback).
+    pub fn last_callback(&self) -> Option<Instant> {
+        self.shared.last_callback(self.origin)
     }
 
     /// Samples the callback had to drop because the consumer fell behind.
@@ -465,6 +492,7 @@ fn output_stream<T>(
     config: cpal::StreamConfig,
     mut rx: rtrb::Consumer<f32>,
     shared: Arc<Shared>,
+    origin: Instant,
 ) -> Result<cpal::Stream, cpal::Error>
 where
     T: SizedSample + FromSample<f32>,
@@ -474,6 +502,7 @@ where
     device.build_output_stream::<T, _, _>(
         config,
         move |data: &mut [T], _| {
+            shared.mark(origin);
             let mut under = false;
             for frame in data.chunks_exact_mut(ch) {
                 let v = match rx.pop() {
@@ -511,6 +540,7 @@ pub struct DeviceSink {
     _stream: cpal::Stream,
     ring: rtrb::Producer<f32>,
     shared: Arc<Shared>,
+    origin: Instant,
     resampler: StreamResampler,
     scratch: Vec<f32>,
     max_queued: usize,
@@ -538,6 +568,7 @@ impl DeviceSink {
         let format = supported.sample_format();
         let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
         let shared = Arc::new(Shared::default());
+        let origin = Instant::now();
         let mut ring = None;
         let stream = build(Dir::Out, &dname, |bs| {
             let (tx, rx) = rtrb::RingBuffer::new(cap);
@@ -549,14 +580,14 @@ impl DeviceSink {
             };
             let s = shared.clone();
             match format {
-                SampleFormat::I8 => output_stream::<i8>(&device, config, rx, s),
-                SampleFormat::I16 => output_stream::<i16>(&device, config, rx, s),
-                SampleFormat::I32 => output_stream::<i32>(&device, config, rx, s),
-                SampleFormat::U8 => output_stream::<u8>(&device, config, rx, s),
-                SampleFormat::U16 => output_stream::<u16>(&device, config, rx, s),
-                SampleFormat::U32 => output_stream::<u32>(&device, config, rx, s),
-                SampleFormat::F64 => output_stream::<f64>(&device, config, rx, s),
-                _ => output_stream::<f32>(&device, config, rx, s),
+                SampleFormat::I8 => output_stream::<i8>(&device, config, rx, s, origin),
+                SampleFormat::I16 => output_stream::<i16>(&device, config, rx, s, origin),
+                SampleFormat::I32 => output_stream::<i32>(&device, config, rx, s, origin),
+                SampleFormat::U8 => output_stream::<u8>(&device, config, rx, s, origin),
+                SampleFormat::U16 => output_stream::<u16>(&device, config, rx, s, origin),
+                SampleFormat::U32 => output_stream::<u32>(&device, config, rx, s, origin),
+                SampleFormat::F64 => output_stream::<f64>(&device, config, rx, s, origin),
+                _ => output_stream::<f32>(&device, config, rx, s, origin),
             }
         })?;
         let ring = ring.ok_or_else(|| DeviceError::Stream {
@@ -573,6 +604,7 @@ impl DeviceSink {
             _stream: stream,
             ring,
             shared,
+            origin,
             resampler: StreamResampler::new(SAMPLE_RATE, rate, rate as usize / 5)?,
             scratch: vec![0.0; 4096],
             max_queued,
@@ -590,6 +622,11 @@ impl DeviceSink {
     /// The device's native rate and channel count.
     pub fn native_format(&self) -> (u32, u16) {
         (self.rate, self.channels)
+    }
+
+    /// When the device last asked for audio (start of its last callback).
+    pub fn last_callback(&self) -> Option<Instant> {
+        self.shared.last_callback(self.origin)
     }
 
     /// Callbacks that ran short of audio (played silence).
