@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod handshake;
+pub mod media;
+pub mod playout;
 pub mod sframe;
 pub mod signal;
 mod wipe;

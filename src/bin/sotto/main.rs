@@ -1,6 +1,7 @@
 //! `sotto`: the command-line front end of the sotto call engine.
 
 mod demo;
+mod devices;
 mod hexarg;
 mod identity_cmd;
 mod sframe_cmd;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Encrypt or decrypt single SFrame frames (for interop and debugging).
     Sframe(sframe_cmd::SframeArgs),
+    /// List audio input and output devices with their supported configurations.
+    Devices(devices::DevicesArgs),
     /// Create (on first use) and show this device's identity key.
     Identity(identity_cmd::IdentityArgs),
     /// Show the handshake and E2EE frame protection end to end, on the embedded defaults.
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sframe(args) => sframe_cmd::run(args),
+        Command::Devices(args) => devices::run(args).map_err(|e| e.to_string()),
         Command::Identity(args) => identity_cmd::run(args),
         Command::Demo(args) => demo::run(args),
     };

@@ -1,0 +1,700 @@
+//! Audio devices through cpal: listing, an input [`DeviceSource`] and an output [`DeviceSink`].
+//!
+//! The cpal callbacks only move samples: the input callback mixes each device frame to mono
+//! and pushes it into a lock-free SPSC ring (`rtrb`); the output callback pops mono samples and
+//! copies them to every channel. Format conversion to/from the device's sample type happens in
+//! the callback per sample (no allocation, no lock). Resampling to and from 48 kHz happens on
+//! the caller's thread. Trouble is reported through atomics and surfaces as [`DeviceEvent`]s:
+//! a device that fails mid-call yields silence, never a panic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample};
+
+use super::resample::StreamResampler;
+use super::sink::AudioSink;
+use super::source::AudioSource;
+use super::{MediaError, SAMPLE_RATE};
+
+/// How long a live source or sink waits for its device before reporting a stall.
+const STALL: Duration = Duration::from_millis(250);
+/// Ring capacity in seconds of device audio (bounds memory and the delay a stall can add).
+const RING_SECONDS: f64 = 0.2;
+/// Most samples the output path keeps queued ahead of the device (delay bound): 30 ms.
+const MAX_QUEUED_OUT: Duration = Duration::from_millis(30);
+
+/// Real-time length of `samples` at 48 kHz.
+fn frame_time(samples: usize) -> Duration {
+    Duration::from_micros(samples as u64 * 1_000_000 / u64::from(SAMPLE_RATE))
+}
+
+/// Device errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// No usable device: names what exists and suggests a file instead.
+    #[error(
+        "no usable {direction} device{wanted}: {reason}. Available {direction} devices: {available}. \
+         Use --{flag} file.wav to use a WAV file instead"
+    )]
+    NotAvailable {
+        /// "input" or "output".
+        direction: &'static str,
+        /// " \"name\"" when a name was asked for, else empty.
+        wanted: String,
+        /// What went wrong.
+        reason: String,
+        /// Device names that exist, comma separated, or "none".
+        available: String,
+        /// The CLI flag to suggest ("input" or "output").
+        flag: &'static str,
+    },
+    /// The device exists but a stream could not be built or started.
+    #[error("cannot open {direction} device {name}: {reason}")]
+    Stream {
+        /// "input" or "output".
+        direction: &'static str,
+        /// Device name.
+        name: String,
+        /// What cpal said.
+        reason: String,
+    },
+    /// Enumerating devices failed.
+    #[error("cannot list audio devices: {0}")]
+    Host(String),
+}
+
+/// Something that happened to a device; collected by the source or sink and handed out by
+/// `take_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceEvent {
+    /// The stream reported an error other than an xrun: the device may be gone, or (ALSA's
+    /// pulse plugin) an underrun surfaced as EIO. Audio continues; silence stands in for
+    /// whatever the device does not deliver.
+    Failed {
+        /// Device name.
+        name: String,
+    },
+    /// No audio moved for a while; silence was substituted.
+    Stalled {
+        /// Device name.
+        name: String,
+    },
+    /// Audio is moving again after a stall.
+    Recovered {
+        /// Device name.
+        name: String,
+    },
+}
+
+/// A device and what it supports, for `sotto devices`.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Human-readable name (what `--input`/`--output` match against).
+    pub name: String,
+    /// cpal's stable id.
+    pub id: String,
+    /// Whether this is the host's default input.
+    pub default_input: bool,
+    /// Whether this is the host's default output.
+    pub default_output: bool,
+    /// Supported input configurations, e.g. "2 ch, 8000-192000 Hz, i16".
+    pub input_configs: Vec<String>,
+    /// Supported output configurations.
+    pub output_configs: Vec<String>,
+}
+
+fn describe(d: &cpal::Device) -> String {
+    d.description()
+        .map(|x| x.name().to_string())
+        .or_else(|_| d.id().map(|i| i.to_string()))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn id_of(d: &cpal::Device) -> String {
+    d.id().map(|i| i.to_string()).unwrap_or_default()
+}
+
+fn ranges<I: Iterator<Item = cpal::SupportedStreamConfigRange>>(it: I) -> Vec<String> {
+    // Devices such as ALSA plugins offer every channel count from 1 to 64 in every format:
+    // fold channel counts into one line per (format, rate range).
+    let mut groups: Vec<(String, u32, u32, u16, u16)> = Vec::new();
+    for c in it {
+        let fmt = c.sample_format().to_string();
+        let (lo, hi, ch) = (c.min_sample_rate(), c.max_sample_rate(), c.channels());
+        match groups
+            .iter_mut()
+            .find(|g| g.0 == fmt && g.1 == lo && g.2 == hi)
+        {
+            Some(g) => {
+                g.3 = g.3.min(ch);
+                g.4 = g.4.max(ch);
+            }
+            None => groups.push((fmt, lo, hi, ch, ch)),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(fmt, lo, hi, cmin, cmax)| {
+            let ch = if cmin == cmax {
+                format!("{cmin} ch")
+            } else {
+                format!("{cmin}-{cmax} ch")
+            };
+            let rate = if lo == hi {
+                format!("{lo} Hz")
+            } else {
+                format!("{lo}-{hi} Hz")
+            };
+            format!("{ch}, {rate}, {fmt}")
+        })
+        .collect()
+}
+
+/// Lists the default host's devices with their supported configurations.
+pub fn list_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
+    let host = cpal::default_host();
+    let def_in = host.default_input_device().map(|d| id_of(&d));
+    let def_out = host.default_output_device().map(|d| id_of(&d));
+    let devices = host
+        .devices()
+        .map_err(|e| DeviceError::Host(e.to_string()))?;
+    Ok(devices
+        .map(|d| {
+            let id = id_of(&d);
+            DeviceInfo {
+                name: describe(&d),
+                default_input: def_in.as_deref() == Some(id.as_str()),
+                default_output: def_out.as_deref() == Some(id.as_str()),
+                input_configs: d.supported_input_configs().map(ranges).unwrap_or_default(),
+                output_configs: d.supported_output_configs().map(ranges).unwrap_or_default(),
+                id,
+            }
+        })
+        .collect())
+}
+
+#[derive(Clone, Copy)]
+enum Dir {
+    In,
+    Out,
+}
+
+impl Dir {
+    fn word(self) -> &'static str {
+        match self {
+            Dir::In => "input",
+            Dir::Out => "output",
+        }
+    }
+}
+
+/// Finds a device by name/id (or the default) and its default config for `dir`.
+fn pick(
+    dir: Dir,
+    name: Option<&str>,
+) -> Result<(cpal::Device, cpal::SupportedStreamConfig, String), DeviceError> {
+    let host = cpal::default_host();
+    let list: Vec<cpal::Device> = match dir {
+        Dir::In => host.input_devices().map(|d| d.collect()),
+        Dir::Out => host.output_devices().map(|d| d.collect()),
+    }
+    .unwrap_or_default();
+    let names: Vec<String> = list.iter().map(describe).collect();
+    let fail = |reason: String| DeviceError::NotAvailable {
+        direction: dir.word(),
+        wanted: name.map(|n| format!(" \"{n}\"")).unwrap_or_default(),
+        reason: reason.trim_end_matches('.').to_string(),
+        available: if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        },
+        flag: dir.word(),
+    };
+    let device = match name {
+        Some(n) => list
+            .iter()
+            .find(|d| {
+                let id = id_of(d);
+                // Accept the description, the full id ("alsa:pulse") or the bare PCM name.
+                describe(d) == n || id == n || id.split_once(':').is_some_and(|(_, pcm)| pcm == n)
+            })
+            .cloned()
+            .ok_or_else(|| fail("no device of that name".into()))?,
+        None => match dir {
+            Dir::In => host.default_input_device(),
+            Dir::Out => host.default_output_device(),
+        }
+        .ok_or_else(|| fail("the host has no default device".into()))?,
+    };
+    let config = match dir {
+        Dir::In => device.default_input_config(),
+        Dir::Out => device.default_output_config(),
+    }
+    .map_err(|e| fail(e.to_string()))?;
+    let dname = describe(&device);
+    Ok((device, config, dname))
+}
+
+/// State shared between a stream's callbacks and its owner (atomics only).
+#[derive(Debug, Default)]
+struct Shared {
+    failed: AtomicBool,
+    xruns: AtomicU64,
+    /// Nanoseconds from `origin` to the start of the last callback (0: none yet), for the
+    /// per-stage latency measurements. cpal's own timestamps of two streams are not comparable.
+    last_callback_ns: AtomicU64,
+}
+
+impl Shared {
+    fn mark(&self, origin: Instant) {
+        let ns = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_callback_ns.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    fn last_callback(&self, origin: Instant) -> Option<Instant> {
+        match self.last_callback_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => origin.checked_add(Duration::from_nanos(ns)),
+        }
+    }
+}
+
+/// Builds a stream, asking for ~10 ms periods first and the device default if refused.
+fn build<F>(dir: Dir, name: &str, mut make: F) -> Result<cpal::Stream, DeviceError>
+where
+    F: FnMut(cpal::BufferSize) -> Result<cpal::Stream, cpal::Error>,
+{
+    let stream = make(cpal::BufferSize::Fixed(480))
+        .or_else(|_| make(cpal::BufferSize::Default))
+        .map_err(|e| DeviceError::Stream {
+            direction: dir.word(),
+            name: name.into(),
+            reason: e.to_string(),
+        })?;
+    stream.play().map_err(|e| DeviceError::Stream {
+        direction: dir.word(),
+        name: name.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(stream)
+}
+
+/// Live input from a cpal device, as 48 kHz mono frames.
+pub struct DeviceSource {
+    name: String,
+    rate: u32,
+    channels: u16,
+    _stream: cpal::Stream,
+    ring: rtrb::Consumer<f32>,
+    shared: Arc<Shared>,
+    origin: Instant,
+    resampler: StreamResampler,
+    scratch: Vec<f32>,
+    events: Vec<DeviceEvent>,
+    stalled: bool,
+    failed_reported: bool,
+}
+
+impl std::fmt::Debug for DeviceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSource")
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .field("channels", &self.channels)
+            .finish()
+    }
+}
+
+fn input_stream<T>(
+    device: &cpal::Device,
+    config: cpal::StreamConfig,
+    mut tx: rtrb::Producer<f32>,
+    shared: Arc<Shared>,
+    origin: Instant,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    T: SizedSample,
+    f32: FromSample<T>,
+{
+    let ch = usize::from(config.channels.max(1));
+    let inv = 1.0 / ch as f32;
+    let err_shared = shared.clone();
+    device.build_input_stream::<T, _, _>(
+        config,
+        move |data: &[T], _| {
+            shared.mark(origin);
+            for frame in data.chunks_exact(ch) {
+                let sum: f32 = frame.iter().map(|s| s.to_sample::<f32>()).sum();
+                if tx.push(sum * inv).is_err() {
+                    shared.xruns.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        },
+        move |e: cpal::Error| {
+            // An xrun is a glitch, not a failure; anything else means the device is in trouble.
+            if matches!(e.kind(), cpal::ErrorKind::Xrun) {
+                err_shared.xruns.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tracing::warn!("input stream error: {e}");
+                err_shared.failed.store(true, Ordering::Relaxed);
+            }
+        },
+        None,
+    )
+}
+
+impl DeviceSource {
+    /// Opens the input device called `name` (as listed by `sotto devices`), or the default.
+    pub fn open(name: Option<&str>) -> Result<Self, MediaError> {
+        let (device, supported, dname) = pick(Dir::In, name)?;
+        let rate = supported.sample_rate();
+        let channels = supported.channels();
+        let format = supported.sample_format();
+        let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
+        let shared = Arc::new(Shared::default());
+        let origin = Instant::now();
+        let mut ring = None;
+        let stream = build(Dir::In, &dname, |bs| {
+            let (tx, rx) = rtrb::RingBuffer::new(cap);
+            ring = Some(rx);
+            let config = cpal::StreamConfig {
+                channels,
+                sample_rate: rate,
+                buffer_size: bs,
+            };
+            let s = shared.clone();
+            match format {
+                SampleFormat::I8 => input_stream::<i8>(&device, config, tx, s, origin),
+                SampleFormat::I16 => input_stream::<i16>(&device, config, tx, s, origin),
+                SampleFormat::I32 => input_stream::<i32>(&device, config, tx, s, origin),
+                SampleFormat::U8 => input_stream::<u8>(&device, config, tx, s, origin),
+                SampleFormat::U16 => input_stream::<u16>(&device, config, tx, s, origin),
+                SampleFormat::U32 => input_stream::<u32>(&device, config, tx, s, origin),
+                SampleFormat::F64 => input_stream::<f64>(&device, config, tx, s, origin),
+                _ => input_stream::<f32>(&device, config, tx, s, origin),
+            }
+        })?;
+        let ring = ring.ok_or_else(|| DeviceError::Stream {
+            direction: "input",
+            name: dname.clone(),
+            reason: "no ring".into(),
+        })?;
+        tracing::info!("input device {dname}: {rate} Hz, {channels} ch, {format}");
+        Ok(Self {
+            name: dname,
+            rate,
+            channels,
+            _stream: stream,
+            ring,
+            shared,
+            origin,
+            resampler: StreamResampler::new(rate, SAMPLE_RATE, SAMPLE_RATE as usize / 5)?,
+            scratch: vec![0.0; 4096],
+            events: Vec::new(),
+            stalled: false,
+            failed_reported: false,
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's native rate and channel count.
+    pub fn native_format(&self) -> (u32, u16) {
+        (self.rate, self.channels)
+    }
+
+    /// When the device last delivered audio (start of its last callback).
+    pub fn last_callback(&self) -> Option<Instant> {
+        self.shared.last_callback(self.origin)
+    }
+
+    /// Samples the callback had to drop because the consumer fell behind.
+    pub fn overruns(&self) -> u64 {
+        self.shared.xruns.load(Ordering::Relaxed)
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<DeviceEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn drain(&mut self) -> Result<(), MediaError> {
+        loop {
+            let n = self.ring.slots().min(self.scratch.len());
+            if n == 0 {
+                return Ok(());
+            }
+            let Ok(chunk) = self.ring.read_chunk(n) else {
+                return Ok(());
+            };
+            let (a, b) = chunk.as_slices();
+            self.scratch[..a.len()].copy_from_slice(a);
+            self.scratch[a.len()..a.len() + b.len()].copy_from_slice(b);
+            chunk.commit_all();
+            self.resampler.push(&self.scratch[..n])?;
+        }
+    }
+}
+
+impl AudioSource for DeviceSource {
+    fn read_frame(&mut self, out: &mut [f32]) -> Result<bool, MediaError> {
+        let start = Instant::now();
+        // Once stalled, keep the caller paced at one frame of silence per frame period.
+        let patience = if self.stalled {
+            frame_time(out.len())
+        } else {
+            STALL
+        };
+        loop {
+            self.drain()?;
+            if self.resampler.pull(out) {
+                if self.stalled {
+                    self.stalled = false;
+                    self.events.push(DeviceEvent::Recovered {
+                        name: self.name.clone(),
+                    });
+                }
+                return Ok(true);
+            }
+            if self.shared.failed.load(Ordering::Relaxed) && !self.failed_reported {
+                self.failed_reported = true;
+                self.events.push(DeviceEvent::Failed {
+                    name: self.name.clone(),
+                });
+            }
+            if start.elapsed() >= patience {
+                if !self.stalled {
+                    self.stalled = true;
+                    self.events.push(DeviceEvent::Stalled {
+                        name: self.name.clone(),
+                    });
+                }
+                out.fill(0.0);
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn output_stream<T>(
+    device: &cpal::Device,
+    config: cpal::StreamConfig,
+    mut rx: rtrb::Consumer<f32>,
+    shared: Arc<Shared>,
+    origin: Instant,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    T: SizedSample + FromSample<f32>,
+{
+    let ch = usize::from(config.channels.max(1));
+    let err_shared = shared.clone();
+    device.build_output_stream::<T, _, _>(
+        config,
+        move |data: &mut [T], _| {
+            shared.mark(origin);
+            let mut under = false;
+            for frame in data.chunks_exact_mut(ch) {
+                let v = match rx.pop() {
+                    Ok(v) => v,
+                    Err(_) => {
+                        under = true;
+                        0.0
+                    }
+                };
+                let s = T::from_sample(v);
+                frame.fill(s);
+            }
+            if under {
+                shared.xruns.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+        move |e: cpal::Error| {
+            // An xrun is a glitch, not a failure; anything else means the device is in trouble.
+            if matches!(e.kind(), cpal::ErrorKind::Xrun) {
+                err_shared.xruns.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tracing::warn!("output stream error: {e}");
+                err_shared.failed.store(true, Ordering::Relaxed);
+            }
+        },
+        None,
+    )
+}
+
+/// Live output to a cpal device, from 48 kHz mono frames.
+pub struct DeviceSink {
+    name: String,
+    rate: u32,
+    channels: u16,
+    _stream: cpal::Stream,
+    ring: rtrb::Producer<f32>,
+    shared: Arc<Shared>,
+    origin: Instant,
+    resampler: StreamResampler,
+    scratch: Vec<f32>,
+    max_queued: usize,
+    events: Vec<DeviceEvent>,
+    stalled: bool,
+    failed_reported: bool,
+}
+
+impl std::fmt::Debug for DeviceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSink")
+            .field("name", &self.name)
+            .field("rate", &self.rate)
+            .field("channels", &self.channels)
+            .finish()
+    }
+}
+
+impl DeviceSink {
+    /// Opens the output device called `name`, or the default.
+    pub fn open(name: Option<&str>) -> Result<Self, MediaError> {
+        let (device, supported, dname) = pick(Dir::Out, name)?;
+        let rate = supported.sample_rate();
+        let channels = supported.channels();
+        let format = supported.sample_format();
+        let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
+        let shared = Arc::new(Shared::default());
+        let origin = Instant::now();
+        let mut ring = None;
+        let stream = build(Dir::Out, &dname, |bs| {
+            let (tx, rx) = rtrb::RingBuffer::new(cap);
+            ring = Some(tx);
+            let config = cpal::StreamConfig {
+                channels,
+                sample_rate: rate,
+                buffer_size: bs,
+            };
+            let s = shared.clone();
+            match format {
+                SampleFormat::I8 => output_stream::<i8>(&device, config, rx, s, origin),
+                SampleFormat::I16 => output_stream::<i16>(&device, config, rx, s, origin),
+                SampleFormat::I32 => output_stream::<i32>(&device, config, rx, s, origin),
+                SampleFormat::U8 => output_stream::<u8>(&device, config, rx, s, origin),
+                SampleFormat::U16 => output_stream::<u16>(&device, config, rx, s, origin),
+                SampleFormat::U32 => output_stream::<u32>(&device, config, rx, s, origin),
+                SampleFormat::F64 => output_stream::<f64>(&device, config, rx, s, origin),
+                _ => output_stream::<f32>(&device, config, rx, s, origin),
+            }
+        })?;
+        let ring = ring.ok_or_else(|| DeviceError::Stream {
+            direction: "output",
+            name: dname.clone(),
+            reason: "no ring".into(),
+        })?;
+        tracing::info!("output device {dname}: {rate} Hz, {channels} ch, {format}");
+        let max_queued = (u128::from(rate) * MAX_QUEUED_OUT.as_millis() / 1000) as usize;
+        Ok(Self {
+            name: dname,
+            rate,
+            channels,
+            _stream: stream,
+            ring,
+            shared,
+            origin,
+            resampler: StreamResampler::new(SAMPLE_RATE, rate, rate as usize / 5)?,
+            scratch: vec![0.0; 4096],
+            max_queued,
+            events: Vec::new(),
+            stalled: false,
+            failed_reported: false,
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's native rate and channel count.
+    pub fn native_format(&self) -> (u32, u16) {
+        (self.rate, self.channels)
+    }
+
+    /// When the device last asked for audio (start of its last callback).
+    pub fn last_callback(&self) -> Option<Instant> {
+        self.shared.last_callback(self.origin)
+    }
+
+    /// Callbacks that ran short of audio (played silence).
+    pub fn underruns(&self) -> u64 {
+        self.shared.xruns.load(Ordering::Relaxed)
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<DeviceEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+impl AudioSink for DeviceSink {
+    fn write_frame(&mut self, frame: &[f32]) -> Result<(), MediaError> {
+        self.resampler.push(frame)?;
+        let start = Instant::now();
+        let patience = if self.stalled {
+            frame_time(frame.len())
+        } else {
+            STALL
+        };
+        loop {
+            if self.shared.failed.load(Ordering::Relaxed) && !self.failed_reported {
+                self.failed_reported = true;
+                self.events.push(DeviceEvent::Failed {
+                    name: self.name.clone(),
+                });
+            }
+            let queued = self.ring.buffer().capacity() - self.ring.slots();
+            let n = self.resampler.available().min(self.scratch.len());
+            if n == 0 {
+                return Ok(());
+            }
+            if queued + n <= self.max_queued.max(n) && self.ring.slots() >= n {
+                self.resampler.pull(&mut self.scratch[..n]);
+                if let Ok(mut chunk) = self.ring.write_chunk(n) {
+                    let (a, b) = chunk.as_mut_slices();
+                    let k = a.len();
+                    a.copy_from_slice(&self.scratch[..k]);
+                    b.copy_from_slice(&self.scratch[k..n]);
+                    chunk.commit_all();
+                }
+                if self.stalled {
+                    self.stalled = false;
+                    self.events.push(DeviceEvent::Recovered {
+                        name: self.name.clone(),
+                    });
+                }
+                continue;
+            }
+            if start.elapsed() >= patience {
+                // The device is not consuming: drop this audio rather than block the call.
+                let mut left = self.resampler.available();
+                while left > 0 {
+                    let k = left.min(self.scratch.len());
+                    self.resampler.pull(&mut self.scratch[..k]);
+                    left -= k;
+                }
+                if !self.stalled {
+                    self.stalled = true;
+                    self.events.push(DeviceEvent::Stalled {
+                        name: self.name.clone(),
+                    });
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

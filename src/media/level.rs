@@ -1,0 +1,85 @@
+//! Audio level (dBFS per frame) and mute.
+
+/// The level reported for digital silence.
+pub const SILENCE_DBFS: f32 = -127.0;
+
+/// RMS level of `frame` in dBFS (0 dBFS is a full-scale square wave; a full-scale sine is
+/// about -3 dBFS). Silence and empty frames give [`SILENCE_DBFS`].
+pub fn dbfs(frame: &[f32]) -> f32 {
+    if frame.is_empty() {
+        return SILENCE_DBFS;
+    }
+    let sum: f64 = frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (sum / frame.len() as f64).sqrt();
+    if rms <= 0.0 {
+        return SILENCE_DBFS;
+    }
+    (20.0 * rms.log10()).max(f64::from(SILENCE_DBFS)) as f32
+}
+
+/// Measures each frame's level and applies mute in place.
+#[derive(Debug, Default, Clone)]
+pub struct LevelMeter {
+    muted: bool,
+    last_dbfs: Option<f32>,
+}
+
+impl LevelMeter {
+    /// A meter, unmuted.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Mutes or unmutes; a muted frame is zeroed after its level is measured, so a UI can
+    /// still show "you are talking while muted".
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
+    /// Whether mute is on.
+    pub fn is_muted(&self) -> bool {
+        self.muted
+    }
+
+    /// Measures `frame` (before mute), zeroes it when muted, and returns the level in dBFS.
+    pub fn process(&mut self, frame: &mut [f32]) -> f32 {
+        let level = dbfs(frame);
+        if self.muted {
+            frame.fill(0.0);
+        }
+        self.last_dbfs = Some(level);
+        level
+    }
+
+    /// The level of the last processed frame.
+    pub fn last_dbfs(&self) -> Option<f32> {
+        self.last_dbfs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_scale_sine_is_minus_three_db() {
+        let f: Vec<f32> = (0..960)
+            .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 48_000.0).sin())
+            .collect();
+        let l = dbfs(&f);
+        assert!((l + 3.01).abs() < 0.05, "{l}");
+    }
+
+    #[test]
+    fn silence_and_mute() {
+        assert_eq!(dbfs(&[0.0; 480]), SILENCE_DBFS);
+        assert_eq!(dbfs(&[]), SILENCE_DBFS);
+        let mut m = LevelMeter::new();
+        m.set_muted(true);
+        let mut f = [0.5f32; 480];
+        let l = m.process(&mut f);
+        assert!((l - 20.0 * 0.5f32.log10()).abs() < 0.01);
+        assert!(f.iter().all(|&s| s == 0.0));
+        assert!(m.is_muted());
+    }
+}

@@ -1,0 +1,88 @@
+//! Media: audio sources and sinks, resampling, the Opus codec and the level meter.
+//!
+//! Everything here speaks one internal format: 48 kHz mono `f32` frames of 10 or 20 ms
+//! ([`SAMPLE_RATE`], [`FrameDuration`]). Adapters at the edges (device, WAV) convert from and
+//! to whatever the outside world offers with a proper (windowed-sinc) resampler.
+//!
+//! Threads: device callbacks run on cpal's real-time thread and only copy samples through a
+//! lock-free SPSC ring (`rtrb`); the resampler, codec and everything else run on the caller's
+//! thread and reuse their buffers per frame.
+
+pub mod codec;
+pub mod device;
+pub mod level;
+pub mod resample;
+pub mod sink;
+pub mod source;
+pub mod tone;
+pub mod wav;
+
+pub use codec::{CodecError, DecodeKind, OpusConfig, OpusDecoder, OpusEncoder};
+pub use device::{DeviceError, DeviceEvent, DeviceSink, DeviceSource, list_devices};
+pub use level::{LevelMeter, dbfs};
+pub use resample::StreamResampler;
+pub use sink::{AudioSink, NullSink};
+pub use source::{AudioSource, Rebuffer};
+pub use tone::ToneSource;
+pub use wav::{WavError, WavSink, WavSource};
+
+use std::time::Duration;
+
+/// The internal sample rate of every frame (Hz).
+pub const SAMPLE_RATE: u32 = 48_000;
+
+/// Length of one codec frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FrameDuration {
+    /// 10 ms (480 samples): lowest delay.
+    Ms10,
+    /// 20 ms (960 samples): the WebRTC default.
+    #[default]
+    Ms20,
+}
+
+impl FrameDuration {
+    /// Samples per frame at 48 kHz mono.
+    pub const fn samples(self) -> usize {
+        match self {
+            Self::Ms10 => 480,
+            Self::Ms20 => 960,
+        }
+    }
+
+    /// The frame length as a duration.
+    pub const fn duration(self) -> Duration {
+        match self {
+            Self::Ms10 => Duration::from_millis(10),
+            Self::Ms20 => Duration::from_millis(20),
+        }
+    }
+
+    /// Parses a length in milliseconds (10 or 20).
+    pub fn from_millis(ms: u32) -> Option<Self> {
+        match ms {
+            10 => Some(Self::Ms10),
+            20 => Some(Self::Ms20),
+            _ => None,
+        }
+    }
+}
+
+/// Errors of the media layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediaError {
+    /// An audio device could not be found, opened or run.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A WAV file could not be read or written.
+    #[error(transparent)]
+    Wav(#[from] WavError),
+    /// The Opus codec refused a setting or a frame.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The resampler could not be built for these rates.
+    #[error("resampler: {0}")]
+    Resample(String),
+}
