@@ -212,7 +212,15 @@ fn help_goes_to_stdout_with_status_zero() {
 
 #[test]
 fn demo_runs_and_reports_json() {
-    let o = sotto(&["demo", "--json", "--frames", "400"]);
+    let wav = std::env::temp_dir().join(format!("sotto-demo-{}.wav", std::process::id()));
+    let o = sotto(&[
+        "demo",
+        "--json",
+        "--frames",
+        "400",
+        "--output",
+        wav.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(report["relay_saw_plaintext"], false);
@@ -224,6 +232,19 @@ fn demo_runs_and_reports_json() {
     assert!(report["key_rotations"].as_u64().unwrap() >= 7);
     assert!(report["bob_auth_failures"].as_u64().unwrap() > 0);
     assert!(report["bob_replays_rejected"].as_u64().unwrap() > 0);
+    // What Bob heard, through Opus, SFrame, the relay, the playout buffer and FEC/PLC.
+    assert!(
+        (report["bob_heard_hz"].as_f64().unwrap() - 440.0).abs() <= 3.0,
+        "{report}"
+    );
+    assert!(
+        report["playout_fec_recovered"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let spec = hound::WavReader::open(&wav).unwrap();
+    assert_eq!((spec.spec().sample_rate, spec.spec().channels), (48_000, 1));
+    assert!(spec.len() >= 400 * 960);
+    let _ = std::fs::remove_file(&wav);
 }
 
 #[test]

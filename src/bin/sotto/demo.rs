@@ -1,11 +1,13 @@
 //! `sotto demo`: two endpoints, a hostile relay and an eavesdropper, in one process.
 //!
 //! Alice and Bob run the authenticated handshake through the relay and compare safety codes;
-//! a second attempt in which the relay swaps ephemeral keys must be refused. Alice then seals
-//! 20 ms frames of a 440 Hz tone with SFrame, rotating keys every second. The relay sees only
-//! ciphertext and misbehaves: it flips bits, replays, reorders and drops frames. Bob must get
-//! every genuine frame exactly once and refuse the rest; Eve, who has every frame but not the
-//! keys, must decrypt nothing. Time is virtual (20 ms per frame), so the run takes a moment.
+//! a second attempt in which the relay swaps ephemeral keys must be refused. Alice then encodes
+//! a 440 Hz tone with Opus in 20 ms frames and seals each with SFrame, rotating keys every
+//! second. The relay sees only ciphertext and misbehaves: it flips bits, replays, reorders,
+//! delays and drops frames. Bob must accept every genuine frame exactly once and refuse the
+//! rest, and his playout buffer and decoder (FEC, concealment) must still give back the tone;
+//! Eve, who has every frame but not the keys, must decrypt nothing. Time is virtual (20 ms per
+//! frame), so the run takes a moment.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,10 @@ use sotto::handshake::{
     Direction, DirectionKey, Established, Handshake, HandshakeError, Identity, MediaReceiver,
     MediaSender, RotationConfig,
 };
+use sotto::media::{
+    AudioSink, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource, WavSink, dbfs,
+};
+use sotto::playout::{AudioPlayout, Packet, PlayoutConfig};
 use sotto::sframe::CipherSuite;
 
 #[derive(Debug, Args)]
@@ -30,6 +36,9 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write what Bob hears to this WAV file (48 kHz mono).
+    #[arg(long, value_name = "PATH")]
+    output: Option<std::path::PathBuf>,
 }
 
 /// What the demo observed; every count comes from the run, none is assumed.
@@ -55,9 +64,17 @@ struct Report {
     eve_decrypted: u64,
     eve_auth_failures: u64,
     mean_encrypt_decrypt_ns: u64,
+    bob_heard_hz: f64,
+    bob_heard_dbfs: f32,
+    playout_target_ms: u64,
+    playout_max_delay_ms: u64,
+    playout_lost: u64,
+    playout_fec_recovered: u64,
+    playout_concealed: u64,
 }
 
 const SAMPLES_PER_FRAME: usize = 960; // 20 ms at 48 kHz
+const TONE_HZ: f64 = 440.0;
 
 /// A tiny deterministic generator so the relay misbehaves the same way every run.
 struct XorShift(u64);
@@ -74,15 +91,29 @@ impl XorShift {
     }
 }
 
-fn tone_frame(index: u32) -> Vec<u8> {
-    let start = index as usize * SAMPLES_PER_FRAME;
-    (start..start + SAMPLES_PER_FRAME)
-        .flat_map(|n| {
-            let t = n as f64 / 48_000.0;
-            let s = (2.0 * std::f64::consts::PI * 440.0 * t).sin() * 0.5 * f64::from(i16::MAX);
-            (s as i16).to_le_bytes()
-        })
-        .collect()
+/// Power of `freq` in `samples` (Goertzel).
+fn goertzel(samples: &[f32], freq: f64) -> f64 {
+    let coeff = 2.0 * (std::f64::consts::TAU * freq / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// The strongest frequency from 100 Hz to 2 kHz, to 1 Hz.
+fn dominant_hz(samples: &[f32]) -> f64 {
+    let best = |lo: u32, hi: u32, step: u32| {
+        (lo..=hi)
+            .step_by(step as usize)
+            .map(f64::from)
+            .max_by(|a, b| goertzel(samples, *a).total_cmp(&goertzel(samples, *b)))
+            .unwrap_or(0.0)
+    };
+    let coarse = best(100, 2000, 10) as u32;
+    best(coarse.saturating_sub(10), coarse + 10, 1)
 }
 
 /// Runs the handshake with the relay passing messages through `tamper`.
@@ -145,7 +176,19 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let eve_key = DirectionKey::from_bytes(eve_key, Direction::InitiatorToResponder);
     let mut eve = MediaReceiver::new(suite, eve_key, rotation).map_err(err)?;
 
-    let originals: Vec<Vec<u8>> = (0..args.frames).map(tone_frame).collect();
+    // Alice's microphone is a tone; each 20 ms of it becomes one Opus packet.
+    let mut tone = ToneSource::new(TONE_HZ, 0.5);
+    let mut encoder = OpusEncoder::new(OpusConfig::default()).map_err(|e| e.to_string())?;
+    let mut pcm = vec![0f32; SAMPLES_PER_FRAME];
+    let mut packet = [0u8; 1500];
+    let mut originals: Vec<Vec<u8>> = Vec::with_capacity(args.frames as usize);
+    for _ in 0..args.frames {
+        tone.fill(&mut pcm);
+        let len = encoder
+            .encode(&pcm, &mut packet)
+            .map_err(|e| e.to_string())?;
+        originals.push(packet[..len].to_vec());
+    }
     let frame_time = |i: usize| start + Duration::from_millis(20 * i as u64);
     let mut crypto_ns = 0u128;
     let mut key_rotations = 0u64;
@@ -205,25 +248,75 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         }
     }
 
+    // Each frame reaches Bob 10-40 ms after it was sent, in arrival order (so the relay's
+    // swaps and the jitter reorder frames). Bob's clock plays one frame every 20 ms.
+    let mut arrivals: Vec<(Duration, usize, usize)> = relayed
+        .iter()
+        .enumerate()
+        .map(|(k, (i, _))| {
+            let jitter = Duration::from_millis(10 + rng.next() % 30);
+            (frame_time(*i) - start + jitter, k, *i)
+        })
+        .collect();
+    arrivals.sort();
+    let mut playout = AudioPlayout::new(
+        PlayoutConfig::default(),
+        OpusDecoder::new(FrameDuration::Ms20).map_err(|e| e.to_string())?,
+    );
+    let mut heard: Vec<f32> = Vec::with_capacity(originals.len() * SAMPLES_PER_FRAME);
+    let mut out = vec![0f32; SAMPLES_PER_FRAME];
     let mut matched = 0u64;
     let mut buf = Vec::new();
-    for (i, frame) in &relayed {
-        let now = frame_time(*i) + Duration::from_millis(30);
-        buf.clear();
-        buf.extend_from_slice(frame);
-        let t = Instant::now();
-        let result = bob.decrypt_in_place(&[], &mut buf, now);
-        crypto_ns += t.elapsed().as_nanos();
-        if let Ok(decrypted) = result {
-            let index = decrypted.header.ctr as usize;
-            if originals.get(index).map(Vec::as_slice) == Some(&*decrypted.payload) {
-                matched += 1;
+    let mut next_arrival = 0;
+    let end = frame_time(originals.len()) - start + Duration::from_millis(60);
+    let mut clock = Duration::from_millis(5);
+    while clock < end {
+        while let Some(&(at, k, _)) = arrivals.get(next_arrival) {
+            if at > clock {
+                break;
             }
+            next_arrival += 1;
+            let frame = &relayed[k].1;
+            buf.clear();
+            buf.extend_from_slice(frame);
+            let t = Instant::now();
+            let result = bob.decrypt_in_place(&[], &mut buf, start + at);
+            crypto_ns += t.elapsed().as_nanos();
+            if let Ok(decrypted) = result {
+                let index = decrypted.header.ctr as usize;
+                if originals.get(index).map(Vec::as_slice) == Some(&*decrypted.payload) {
+                    matched += 1;
+                }
+                // RTP would carry sequence number and timestamp; the SFrame counter stands in.
+                let ctr = decrypted.header.ctr;
+                playout.insert(
+                    Packet {
+                        seq: ctr as u16,
+                        timestamp: (ctr as u32).wrapping_mul(SAMPLES_PER_FRAME as u32),
+                        payload: decrypted.payload.to_vec(),
+                    },
+                    at,
+                );
+            }
+            buf.clear();
+            buf.extend_from_slice(frame);
+            let _ = eve.decrypt_in_place(&[], &mut buf, start + at);
         }
-        buf.clear();
-        buf.extend_from_slice(frame);
-        let _ = eve.decrypt_in_place(&[], &mut buf, now);
+        playout.next_frame(clock, &mut out);
+        heard.extend_from_slice(&out);
+        clock += Duration::from_millis(20);
     }
+    if let Some(path) = &args.output {
+        let mut wav = WavSink::create(path).map_err(|e| e.to_string())?;
+        wav.write_frame(&heard).map_err(|e| e.to_string())?;
+        wav.finish().map_err(|e| e.to_string())?;
+    }
+    // Judge the steady part: skip the first half second (buffering) and the tail.
+    let steady = heard
+        .get(24_000..heard.len().saturating_sub(24_000))
+        .filter(|s| s.len() >= 9600)
+        .unwrap_or(&heard);
+    let playout_stats = *playout.stats();
 
     let bob_stats = bob.context().stats();
     let eve_stats = eve.context().stats();
@@ -248,6 +341,13 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         eve_decrypted: eve_stats.decrypted,
         eve_auth_failures: eve_stats.auth_failures + eve_stats.unknown_kid + eve_stats.malformed,
         mean_encrypt_decrypt_ns: (crypto_ns / u128::from(args.frames.max(1))) as u64,
+        bob_heard_hz: dominant_hz(steady),
+        bob_heard_dbfs: (dbfs(steady) * 10.0).round() / 10.0,
+        playout_target_ms: playout_stats.target.as_millis() as u64,
+        playout_max_delay_ms: playout_stats.max_delay.as_millis() as u64,
+        playout_lost: playout_stats.lost,
+        playout_fec_recovered: playout_stats.fec_recovered,
+        playout_concealed: playout_stats.concealed,
     };
 
     if args.json {
@@ -265,6 +365,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         || report.relay_saw_plaintext
         || report.alice_safety_code != report.bob_safety_code
         || !report.relay_key_swap_refused
+        || (report.bob_heard_hz - TONE_HZ).abs() > 3.0
     {
         return Err("demo invariant violated: see the report above".into());
     }
@@ -304,7 +405,7 @@ fn print_table(r: &Report) {
         r.cipher_suite, r.key_rotations
     );
     println!(
-        "    Alice sent                      {:>6} frames (20 ms, 440 Hz tone)",
+        "    Alice sent                      {:>6} Opus frames (20 ms of a 440 Hz tone each)",
         r.frames_sent
     );
     println!(
@@ -345,9 +446,19 @@ fn print_table(r: &Report) {
         r.eve_decrypted,
         r.eve_decrypted + r.eve_auth_failures
     );
+    println!(
+        "    Bob heard                       {:>6.0} Hz at {:.1} dBFS (playout target {} ms, max {} ms; {} lost: {} recovered by FEC, {} concealed)",
+        r.bob_heard_hz,
+        r.bob_heard_dbfs,
+        r.playout_target_ms,
+        r.playout_max_delay_ms,
+        r.playout_lost,
+        r.playout_fec_recovered,
+        r.playout_concealed
+    );
     println!();
     println!(
-        "    mean SFrame cost per frame: {} ns encrypt + decrypt (1920-byte frames)",
+        "    mean SFrame cost per frame: {} ns encrypt + decrypt",
         r.mean_encrypt_decrypt_ns
     );
 }
