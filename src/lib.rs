@@ -13,4 +13,5 @@ pub mod media;
 pub mod playout;
 pub mod sframe;
 pub mod signal;
+pub mod transport;
 mod wipe;

@@ -1,0 +1,419 @@
+//! The WebRTC transport of one two-party call (webrtc-rs): one Opus audio track each way,
+//! ICE/DTLS/SRTP underneath, and nothing but SFrame-sealed frames on the track.
+//!
+//! Only [`SealedFrame`]s can be sent, and only the SFrame layer makes them, so no code path
+//! can hand plaintext media to the network. Received RTP payloads come out as
+//! [`ReceivedFrame`]s still sealed, for the caller to decrypt.
+//!
+//! Negotiation is non-trickle: each side's SDP is sent once ICE gathering completes, as one
+//! opaque JSON string the caller relays over signaling.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::media::Sample;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceServer;
+use rtc::rtp_transceiver::PayloadType;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
+
+/// Errors of the transport.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// webrtc-rs refused an operation.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+    /// The peer's session description is not valid JSON SDP.
+    #[error("bad session description from peer: {0}")]
+    BadDescription(String),
+    /// ICE gathering or connection did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The connection is closed.
+    #[error("transport closed")]
+    Closed,
+    /// Sealing a frame failed.
+    #[error(transparent)]
+    Sframe(#[from] SframeError),
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::WebRtc(e.to_string())
+}
+
+/// ICE servers and local addresses.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// STUN/TURN servers (`stun:host:port`, `turn:host:port` with credentials).
+    pub ice_servers: Vec<IceServer>,
+    /// Local UDP addresses to gather host candidates on. `127.0.0.1:0` for loopback calls;
+    /// a wildcard address skips loopback.
+    pub udp_addrs: Vec<String>,
+    /// How long ICE gathering may take.
+    pub gather_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            ice_servers: Vec::new(),
+            udp_addrs: vec!["127.0.0.1:0".into()],
+            gather_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A STUN or TURN server.
+#[derive(Debug, Clone, Default)]
+pub struct IceServer {
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    pub username: String,
+    /// TURN credential.
+    pub credential: String,
+}
+
+/// An SFrame frame ready for the wire. Only [`seal`] makes one, from a [`SenderContext`].
+#[derive(Debug, Clone)]
+pub struct SealedFrame(Bytes);
+
+impl SealedFrame {
+    /// The bytes that go on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Seals `payload` with `sender` into a frame the transport will send.
+pub fn seal(sender: &mut SenderContext, payload: &[u8]) -> Result<SealedFrame, SframeError> {
+    let mut buf = vec![0u8; MAX_HEADER_LEN + payload.len() + sender.max_overhead()];
+    buf[MAX_HEADER_LEN..MAX_HEADER_LEN + payload.len()].copy_from_slice(payload);
+    let range = sender.encrypt_in_place(&[], &mut buf, MAX_HEADER_LEN, payload.len())?;
+    let bytes = Bytes::from(buf).slice(range);
+    Ok(SealedFrame(bytes))
+}
+
+/// A frame as it came off the wire, still sealed.
+#[derive(Debug, Clone)]
+pub struct ReceivedFrame {
+    /// RTP sequence number.
+    pub seq: u16,
+    /// RTP timestamp (48 kHz).
+    pub timestamp: u32,
+    /// The SFrame frame.
+    pub payload: Bytes,
+    /// When it arrived.
+    pub arrival: Instant,
+}
+
+/// Connection progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportState {
+    /// Negotiating.
+    Connecting,
+    /// ICE and DTLS are up: media flows.
+    Connected,
+    /// The path was lost; ICE may recover it.
+    Disconnected,
+    /// Failed or closed for good.
+    Closed,
+}
+
+struct Handler {
+    gathered: watch::Sender<bool>,
+    state: watch::Sender<TransportState>,
+    frames: mpsc::Sender<ReceivedFrame>,
+    runtime: Arc<dyn webrtc::runtime::Runtime>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let s = match state {
+            RTCPeerConnectionState::Connected => TransportState::Connected,
+            RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                TransportState::Closed
+            }
+            _ => TransportState::Connecting,
+        };
+        let _ = self.state.send(s);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let frames = self.frames.clone();
+        self.runtime.spawn(Box::pin(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    // Padding-only packets carry no frame.
+                    if packet.payload.is_empty() {
+                        continue;
+                    }
+                    let frame = ReceivedFrame {
+                        seq: packet.header.sequence_number,
+                        timestamp: packet.header.timestamp,
+                        payload: packet.payload.clone(),
+                        arrival: Instant::now(),
+                    };
+                    // A full queue means the receiver stalled: drop rather than buffer.
+                    if frames.try_send(frame).is_err() && frames.is_closed() {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+}
+
+/// One peer connection with an outgoing Opus track and the incoming frames.
+pub struct MediaTransport {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticSample>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    payload_type: Option<PayloadType>,
+    gathered: watch::Receiver<bool>,
+    state: watch::Receiver<TransportState>,
+    frames: mpsc::Receiver<ReceivedFrame>,
+    gather_timeout: Duration,
+}
+
+impl std::fmt::Debug for MediaTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaTransport")
+            .field("ssrc", &self.ssrc)
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+impl MediaTransport {
+    /// A peer connection with one outgoing audio track.
+    pub async fn new(config: TransportConfig) -> Result<Self, TransportError> {
+        let runtime = webrtc::runtime::default_runtime()
+            .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(rtc_err)?;
+        let ice_servers = config
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect();
+        let rtc_config = RTCConfigurationBuilder::new()
+            .with_ice_servers(ice_servers)
+            .build();
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (state_tx, state) = watch::channel(TransportState::Connecting);
+        let (frames_tx, frames) = mpsc::channel(512);
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(rtc_config)
+            .with_media_engine(media)
+            .with_handler(Arc::new(Handler {
+                gathered: gathered_tx,
+                state: state_tx,
+                frames: frames_tx,
+                runtime: runtime.clone(),
+            }))
+            .with_runtime(runtime)
+            .with_udp_addrs(config.udp_addrs.clone())
+            .build()
+            .await
+            .map_err(rtc_err)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        let ssrc = {
+            use ring::rand::{SecureRandom, SystemRandom};
+            let mut b = [0u8; 4];
+            SystemRandom::new()
+                .fill(&mut b)
+                .map_err(|_| rtc_err("no randomness"))?;
+            u32::from_be_bytes(b)
+        };
+        let track = Arc::new(
+            TrackLocalStaticSample::new(
+                Instant::now(),
+                MediaStreamTrack::new(
+                    "sotto".to_owned(),
+                    "sotto-audio".to_owned(),
+                    "sotto-audio".to_owned(),
+                    RtpCodecKind::Audio,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: opus_codec(),
+                        ..Default::default()
+                    }],
+                ),
+            )
+            .map_err(rtc_err)?,
+        );
+        let sender = pc
+            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await
+            .map_err(rtc_err)?;
+        Ok(MediaTransport {
+            pc,
+            track,
+            sender,
+            ssrc,
+            payload_type: None,
+            gathered,
+            state,
+            frames,
+            gather_timeout: config.gather_timeout,
+        })
+    }
+
+    async fn local_description(&mut self) -> Result<String, TransportError> {
+        let wait = self.gathered.wait_for(|done| *done);
+        tokio::time::timeout(self.gather_timeout, wait)
+            .await
+            .map_err(|_| TransportError::Timeout("ICE gathering"))?
+            .map_err(|_| TransportError::Closed)?;
+        let desc = self
+            .pc
+            .local_description()
+            .await
+            .ok_or_else(|| rtc_err("no local description"))?;
+        serde_json::to_string(&desc).map_err(rtc_err)
+    }
+
+    fn parse(sdp: &str) -> Result<RTCSessionDescription, TransportError> {
+        serde_json::from_str(sdp).map_err(|e| TransportError::BadDescription(e.to_string()))
+    }
+
+    /// Creates the offer; returns it for the peer, once ICE candidates are gathered.
+    pub async fn create_offer(&mut self) -> Result<String, TransportError> {
+        let offer = self.pc.create_offer(None).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_err)?;
+        self.local_description().await
+    }
+
+    /// Takes the peer's offer; returns the answer for the peer.
+    pub async fn accept_offer(&mut self, offer: &str) -> Result<String, TransportError> {
+        self.pc
+            .set_remote_description(Self::parse(offer)?)
+            .await
+            .map_err(rtc_err)?;
+        let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(rtc_err)?;
+        self.local_description().await
+    }
+
+    /// Takes the peer's answer to our offer.
+    pub async fn accept_answer(&mut self, answer: &str) -> Result<(), TransportError> {
+        self.pc
+            .set_remote_description(Self::parse(answer)?)
+            .await
+            .map_err(rtc_err)
+    }
+
+    /// Waits until media can flow.
+    pub async fn connected(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        let wait = self
+            .state
+            .wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
+        let state = *tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| TransportError::Timeout("connection"))?
+            .map_err(|_| TransportError::Closed)?;
+        if state == TransportState::Closed {
+            return Err(TransportError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> TransportState {
+        *self.state.borrow()
+    }
+
+    /// Sends one sealed frame lasting `duration` of audio.
+    pub async fn send(
+        &mut self,
+        frame: &SealedFrame,
+        duration: Duration,
+    ) -> Result<(), TransportError> {
+        let pt = match self.payload_type {
+            Some(pt) => pt,
+            None => {
+                let params = self.sender.get_parameters().await.map_err(rtc_err)?;
+                let pt = params
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.payload_type)
+                    .ok_or_else(|| rtc_err("no negotiated codec"))?;
+                self.payload_type = Some(pt);
+                pt
+            }
+        };
+        self.track
+            .sample_writer(self.ssrc, pt)
+            .write_sample(&Sample {
+                data: frame.0.clone(),
+                duration,
+                ..Sample::new(Instant::now())
+            })
+            .await
+            .map_err(rtc_err)
+    }
+
+    /// The next received (still sealed) frame, or `None` once the connection is gone.
+    pub async fn recv(&mut self) -> Option<ReceivedFrame> {
+        self.frames.recv().await
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) -> Result<(), TransportError> {
+        self.pc.close().await.map_err(rtc_err)
+    }
+}
