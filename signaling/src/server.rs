@@ -10,6 +10,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -103,6 +104,12 @@ pub fn router(app: Arc<App>) -> Router {
 /// a reason and waits (up to 5 s) for them to finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
     let shutdown = app.shutdown.clone();
+    // Signaling messages are small and latency-bound: send each at once (no Nagle delay).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
