@@ -285,6 +285,87 @@ where
     Ok(stream)
 }
 
+/// Calls `$f::<T>(args)` with `T` the Rust sample type of the cpal format `$format`.
+macro_rules! with_sample_type {
+    ($format:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match $format {
+            SampleFormat::I8 => $f::<i8>($($arg),*),
+            SampleFormat::I16 => $f::<i16>($($arg),*),
+            SampleFormat::I32 => $f::<i32>($($arg),*),
+            SampleFormat::U8 => $f::<u8>($($arg),*),
+            SampleFormat::U16 => $f::<u16>($($arg),*),
+            SampleFormat::U32 => $f::<u32>($($arg),*),
+            SampleFormat::F64 => $f::<f64>($($arg),*),
+            _ => $f::<f32>($($arg),*),
+        }
+    };
+}
+
+/// A started device stream and the end of its ring the pipeline keeps.
+struct Opened<K> {
+    name: String,
+    rate: u32,
+    channels: u16,
+    stream: cpal::Stream,
+    ring: K,
+    shared: Arc<Shared>,
+    origin: Instant,
+}
+
+/// Picks the device, makes its ring, and starts its stream. `split` says which ring end the
+/// pipeline keeps (`K`) and which the callback gets (`G`); `start` builds the stream.
+fn open_stream<K, G>(
+    dir: Dir,
+    name: Option<&str>,
+    split: impl Fn(rtrb::Producer<f32>, rtrb::Consumer<f32>) -> (K, G),
+    start: impl Fn(
+        &cpal::Device,
+        cpal::StreamConfig,
+        SampleFormat,
+        G,
+        Arc<Shared>,
+        Instant,
+    ) -> Result<cpal::Stream, cpal::Error>,
+) -> Result<Opened<K>, DeviceError> {
+    let (device, supported, dname) = pick(dir, name)?;
+    let rate = supported.sample_rate();
+    let channels = supported.channels();
+    let format = supported.sample_format();
+    let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
+    let shared = Arc::new(Shared::default());
+    let origin = Instant::now();
+    let mut kept = None;
+    let stream = build(dir, &dname, |bs| {
+        let (tx, rx) = rtrb::RingBuffer::new(cap);
+        let (keep, give) = split(tx, rx);
+        kept = Some(keep);
+        let config = cpal::StreamConfig {
+            channels,
+            sample_rate: rate,
+            buffer_size: bs,
+        };
+        start(&device, config, format, give, shared.clone(), origin)
+    })?;
+    let ring = kept.ok_or_else(|| DeviceError::Stream {
+        direction: dir.word(),
+        name: dname.clone(),
+        reason: "no ring".into(),
+    })?;
+    tracing::info!(
+        "{} device {dname}: {rate} Hz, {channels} ch, {format}",
+        dir.word()
+    );
+    Ok(Opened {
+        name: dname,
+        rate,
+        channels,
+        stream,
+        ring,
+        shared,
+        origin,
+    })
+}
+
 /// Live input from a cpal device, as 48 kHz mono frames.
 pub struct DeviceSource {
     name: String,
@@ -353,40 +434,23 @@ where
 impl DeviceSource {
     /// Opens the input device called `name` (as listed by `sotto devices`), or the default.
     pub fn open(name: Option<&str>) -> Result<Self, MediaError> {
-        let (device, supported, dname) = pick(Dir::In, name)?;
-        let rate = supported.sample_rate();
-        let channels = supported.channels();
-        let format = supported.sample_format();
-        let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
-        let shared = Arc::new(Shared::default());
-        let origin = Instant::now();
-        let mut ring = None;
-        let stream = build(Dir::In, &dname, |bs| {
-            let (tx, rx) = rtrb::RingBuffer::new(cap);
-            ring = Some(rx);
-            let config = cpal::StreamConfig {
-                channels,
-                sample_rate: rate,
-                buffer_size: bs,
-            };
-            let s = shared.clone();
-            match format {
-                SampleFormat::I8 => input_stream::<i8>(&device, config, tx, s, origin),
-                SampleFormat::I16 => input_stream::<i16>(&device, config, tx, s, origin),
-                SampleFormat::I32 => input_stream::<i32>(&device, config, tx, s, origin),
-                SampleFormat::U8 => input_stream::<u8>(&device, config, tx, s, origin),
-                SampleFormat::U16 => input_stream::<u16>(&device, config, tx, s, origin),
-                SampleFormat::U32 => input_stream::<u32>(&device, config, tx, s, origin),
-                SampleFormat::F64 => input_stream::<f64>(&device, config, tx, s, origin),
-                _ => input_stream::<f32>(&device, config, tx, s, origin),
-            }
-        })?;
-        let ring = ring.ok_or_else(|| DeviceError::Stream {
-            direction: "input",
-            name: dname.clone(),
-            reason: "no ring".into(),
-        })?;
-        tracing::info!("input device {dname}: {rate} Hz, {channels} ch, {format}");
+        let Opened {
+            name: dname,
+            rate,
+            channels,
+            stream,
+            ring,
+            shared,
+            origin,
+            ..
+        } = open_stream(
+            Dir::In,
+            name,
+            |tx, rx| (rx, tx),
+            |device, config, format, tx, shared, origin| {
+                with_sample_type!(format, input_stream(device, config, tx, shared, origin))
+            },
+        )?;
         Ok(Self {
             name: dname,
             rate,
@@ -562,40 +626,23 @@ impl std::fmt::Debug for DeviceSink {
 impl DeviceSink {
     /// Opens the output device called `name`, or the default.
     pub fn open(name: Option<&str>) -> Result<Self, MediaError> {
-        let (device, supported, dname) = pick(Dir::Out, name)?;
-        let rate = supported.sample_rate();
-        let channels = supported.channels();
-        let format = supported.sample_format();
-        let cap = (f64::from(rate) * RING_SECONDS) as usize + 4096;
-        let shared = Arc::new(Shared::default());
-        let origin = Instant::now();
-        let mut ring = None;
-        let stream = build(Dir::Out, &dname, |bs| {
-            let (tx, rx) = rtrb::RingBuffer::new(cap);
-            ring = Some(tx);
-            let config = cpal::StreamConfig {
-                channels,
-                sample_rate: rate,
-                buffer_size: bs,
-            };
-            let s = shared.clone();
-            match format {
-                SampleFormat::I8 => output_stream::<i8>(&device, config, rx, s, origin),
-                SampleFormat::I16 => output_stream::<i16>(&device, config, rx, s, origin),
-                SampleFormat::I32 => output_stream::<i32>(&device, config, rx, s, origin),
-                SampleFormat::U8 => output_stream::<u8>(&device, config, rx, s, origin),
-                SampleFormat::U16 => output_stream::<u16>(&device, config, rx, s, origin),
-                SampleFormat::U32 => output_stream::<u32>(&device, config, rx, s, origin),
-                SampleFormat::F64 => output_stream::<f64>(&device, config, rx, s, origin),
-                _ => output_stream::<f32>(&device, config, rx, s, origin),
-            }
-        })?;
-        let ring = ring.ok_or_else(|| DeviceError::Stream {
-            direction: "output",
-            name: dname.clone(),
-            reason: "no ring".into(),
-        })?;
-        tracing::info!("output device {dname}: {rate} Hz, {channels} ch, {format}");
+        let Opened {
+            name: dname,
+            rate,
+            channels,
+            stream,
+            ring,
+            shared,
+            origin,
+            ..
+        } = open_stream(
+            Dir::Out,
+            name,
+            |tx, rx| (tx, rx),
+            |device, config, format, rx, shared, origin| {
+                with_sample_type!(format, output_stream(device, config, rx, shared, origin))
+            },
+        )?;
         let max_queued = (u128::from(rate) * MAX_QUEUED_OUT.as_millis() / 1000) as usize;
         Ok(Self {
             name: dname,

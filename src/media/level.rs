@@ -17,6 +17,27 @@ pub fn dbfs(frame: &[f32]) -> f32 {
     (20.0 * rms.log10()).max(f64::from(SILENCE_DBFS)) as f32
 }
 
+/// Power of the `freq` component of `samples` at sample rate `rate` (Goertzel), unnormalised.
+pub fn goertzel_power(samples: &[f32], rate: f64, freq: f64) -> f64 {
+    let c = 2.0 * (std::f64::consts::TAU * freq / rate).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &v in samples {
+        let s0 = f64::from(v) + c * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - c * s1 * s2
+}
+
+/// Share of the power of `samples` that lies at `freq`, 0 to 1: a clean tone at `freq` gives
+/// about 1, silence 0. For checking what came out of a pipeline.
+pub fn tone_share(samples: &[f32], rate: f64, freq: f64) -> f64 {
+    let energy: f64 = samples.iter().map(|&v| f64::from(v).powi(2)).sum();
+    if energy == 0.0 {
+        return 0.0;
+    }
+    2.0 * goertzel_power(samples, rate, freq) / (samples.len() as f64 * energy)
+}
 /// Measures each frame's level and applies mute in place.
 #[derive(Debug, Default, Clone)]
 pub struct LevelMeter {

@@ -135,19 +135,8 @@ impl StreamResampler {
 mod tests {
     use super::*;
 
-    /// Goertzel power of `freq` in `x` relative to total power.
     fn tone_ratio(x: &[f32], rate: f64, freq: f64) -> f64 {
-        let w = std::f64::consts::TAU * freq / rate;
-        let c = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &v in x {
-            let s0 = f64::from(v) + c * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let p = s1 * s1 + s2 * s2 - c * s1 * s2;
-        let e: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
-        2.0 * p / (x.len() as f64 * e)
+        crate::media::tone_share(x, rate, freq)
     }
 
     #[test]

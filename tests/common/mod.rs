@@ -3,20 +3,7 @@
 
 /// Share of `x`'s power at `freq` (Goertzel), 0..=1. A clean tone at `freq` gives ~1.
 pub fn tone_ratio(x: &[f32], rate: f64, freq: f64) -> f64 {
-    let w = std::f64::consts::TAU * freq / rate;
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in x {
-        let s0 = f64::from(v) + c * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let p = s1 * s1 + s2 * s2 - c * s1 * s2;
-    let e: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
-    if e == 0.0 {
-        return 0.0;
-    }
-    2.0 * p / (x.len() as f64 * e)
+    sotto::media::tone_share(x, rate, freq)
 }
 
 /// The strongest frequency in `x` among `candidates` (Hz).

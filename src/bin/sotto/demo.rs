@@ -21,6 +21,7 @@ use sotto::handshake::{
 };
 use sotto::media::{
     AudioSink, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource, WavSink, dbfs,
+    goertzel_power,
 };
 use sotto::playout::{AudioPlayout, Packet, PlayoutConfig};
 use sotto::sframe::CipherSuite;
@@ -91,16 +92,8 @@ impl XorShift {
     }
 }
 
-/// Power of `freq` in `samples` (Goertzel).
 fn goertzel(samples: &[f32], freq: f64) -> f64 {
-    let coeff = 2.0 * (std::f64::consts::TAU * freq / 48_000.0).cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
+    goertzel_power(samples, 48_000.0, freq)
 }
 
 /// The strongest frequency from 100 Hz to 2 kHz, to 1 Hz.
