@@ -1,0 +1,435 @@
+// The sotto browser client: UI, signaling, WebRTC and the encrypted control channel.
+// Protocol: docs/call-protocol.md (roles, payloads, media, control); the handshake is in
+// handshake.js, media encryption in sframe-worker.js. Never joins without end-to-end
+// encryption: a browser without RTCRtpScriptTransform is told so and does not connect.
+
+import { Handshake } from './handshake.js';
+import { fingerprint, loadOrCreateIdentity } from './identity.js';
+import { controlKey } from './keys.js';
+import { SframeReceiver, SframeSender } from './sframe.js';
+
+const MAX_CONTROL_MESSAGE = 4096;
+const GATHER_TIMEOUT_MS = 10_000;
+const PING_EVERY_MS = 5_000;
+
+const $ = (id) => document.getElementById(id);
+const t0 = performance.now();
+
+/// What tests and curious people can read: window.sotto.
+const call = {
+  status: 'starting',
+  role: null,
+  safetyCode: null,
+  peer: null, // { id, name }
+  muted: false,
+  peerMuted: false,
+  rttMs: null,
+  timings: {}, // ms since page start: joined, established, connected, ended
+  control: { sent: 0, received: 0, decryptFailures: 0, droppedNoKey: 0, ignored: 0 },
+  handshakeError: null,
+};
+window.sotto = call;
+
+function setStatus(text) {
+  call.status = text;
+  $('status').textContent = text;
+}
+
+function mark(event) {
+  call.timings[event] ??= Math.round(performance.now() - t0);
+}
+
+/// What is missing for an end-to-end encrypted call here, or null when nothing is.
+async function missingSupport() {
+  if (typeof RTCPeerConnection !== 'function') return 'WebRTC';
+  if (typeof RTCRtpScriptTransform !== 'function') return 'encoded transforms (RTCRtpScriptTransform)';
+  if (!globalThis.crypto?.subtle) return 'WebCrypto (a secure context is needed)';
+  try {
+    await crypto.subtle.generateKey({ name: 'X25519' }, false, ['deriveBits']);
+    await crypto.subtle.generateKey({ name: 'Ed25519' }, false, ['sign']);
+  } catch {
+    return 'WebCrypto X25519/Ed25519';
+  }
+  if (!globalThis.indexedDB) return 'IndexedDB';
+  return null;
+}
+
+function showPeers(peers) {
+  const list = $('peers');
+  list.replaceChildren(
+    ...[...peers.values()].map((p) => {
+      const li = document.createElement('li');
+      li.textContent = p.id === call.peer?.id && call.peerMuted ? `${p.name} (muted)` : p.name;
+      return li;
+    }),
+  );
+}
+
+function waitGathered(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === 'complete') resolve();
+    };
+    pc.addEventListener('icegatheringstatechange', done);
+    setTimeout(resolve, GATHER_TIMEOUT_MS); // Go with the candidates there are.
+  });
+}
+
+async function main() {
+  const params = new URLSearchParams(location.search);
+  const room = params.get('room');
+  const name = params.get('name') || 'guest';
+  const missing = await missingSupport();
+  if (missing) {
+    // Never fall back to an unencrypted call.
+    setStatus(`unsupported: this browser lacks ${missing}, so it cannot make an end-to-end encrypted call`);
+    return;
+  }
+  if (!room) {
+    $('join').hidden = false;
+    setStatus('enter a room and a name to join');
+    return;
+  }
+  $('room').textContent = room;
+  $('call').hidden = false;
+
+  const identity = await loadOrCreateIdentity();
+  $('fingerprint').textContent = await fingerprint(identity.publicKey);
+
+  setStatus('opening the microphone');
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
+  const track = stream.getAudioTracks()[0];
+
+  const worker = new Worker('sframe-worker.js', { type: 'module' });
+  const workerStats = () =>
+    new Promise((resolve) => {
+      const onMessage = (e) => {
+        if (e.data?.type !== 'stats') return;
+        worker.removeEventListener('message', onMessage);
+        resolve(e.data.stats);
+      };
+      worker.addEventListener('message', onMessage);
+      worker.postMessage({ type: 'stats' });
+    });
+
+  const roomPeers = new Map();
+  let pc = null;
+  let channel = null;
+  let handshake = null;
+  let established = null;
+  let control = null; // { sender, receiver }
+  let ended = false;
+  let hsQueue = Promise.resolve();
+  let sdpQueue = Promise.resolve();
+  let controlQueue = Promise.resolve();
+  let pingId = 0;
+  const pingsSent = new Map();
+
+  const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+  const sendServer = (msg) => {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, ...msg }));
+  };
+  const signal = (data) => sendServer({ type: 'signal', to: call.peer.id, data });
+  const keepalive = setInterval(() => sendServer({ type: 'ping' }), 20_000);
+
+  function end(reason) {
+    if (ended) return;
+    ended = true;
+    mark('ended');
+    clearInterval(keepalive);
+    setStatus(`ended: ${reason}`);
+    track.stop();
+    pc?.close();
+    sendServer({ type: 'leave' });
+    ws.close();
+    $('mute').disabled = true;
+    $('hangup').disabled = true;
+  }
+  const fail = (what) => (e) => {
+    if (!ended) end(`${what}: ${e?.message ?? e}`);
+  };
+
+  function updateConnected() {
+    if (!ended && established && pc?.connectionState === 'connected') {
+      mark('connected');
+      setStatus('connected: end-to-end encrypted');
+    }
+  }
+
+  async function sendControl(msg) {
+    if (!control || channel?.readyState !== 'open') return false;
+    const frame = await control.sender.encrypt(new TextEncoder().encode(JSON.stringify(msg)));
+    channel.send(frame);
+    call.control.sent += 1;
+    return true;
+  }
+
+  async function onControl(data) {
+    if (!(data instanceof ArrayBuffer) || data.byteLength > MAX_CONTROL_MESSAGE) {
+      call.control.ignored += 1;
+      return;
+    }
+    if (!control) {
+      call.control.droppedNoKey += 1;
+      return;
+    }
+    let msg;
+    try {
+      const { plaintext } = await control.receiver.decrypt(new Uint8Array(data));
+      msg = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(plaintext));
+    } catch (e) {
+      if (e instanceof SyntaxError || e instanceof TypeError) call.control.ignored += 1;
+      else call.control.decryptFailures += 1;
+      return;
+    }
+    call.control.received += 1;
+    if (msg === null || typeof msg !== 'object') return;
+    if (msg.type === 'mute' && typeof msg.muted === 'boolean') {
+      call.peerMuted = msg.muted;
+      showPeers(roomPeers);
+    } else if (msg.type === 'hangup') {
+      end('the peer hung up');
+    } else if (msg.type === 'ping' && Number.isSafeInteger(msg.id)) {
+      await sendControl({ type: 'pong', id: msg.id });
+    } else if (msg.type === 'pong' && pingsSent.has(msg.id)) {
+      call.rttMs = Math.round(performance.now() - pingsSent.get(msg.id));
+      pingsSent.delete(msg.id);
+      $('rtt').textContent = `${call.rttMs} ms`;
+    } else {
+      call.control.ignored += 1;
+    }
+  }
+
+  async function onEstablished(done) {
+    established = done;
+    mark('established');
+    call.safetyCode = done.safetyCode;
+    $('safety-code').textContent = done.safetyCode;
+    $('peer-fingerprint').textContent = await fingerprint(done.peerIdentity);
+    const sendControlKey = await controlKey(done.sendKey);
+    const recvControlKey = await controlKey(done.recvKey);
+    const receiver = new SframeReceiver();
+    await receiver.addKey(BigInt(done.recvDirection), recvControlKey);
+    control = {
+      sender: await SframeSender.create(sendControlKey, BigInt(done.sendDirection)),
+      receiver,
+    };
+    sendControlKey.fill(0);
+    recvControlKey.fill(0);
+    // The worker gets copies (transferred); ours are erased.
+    const send = Uint8Array.from(done.sendKey);
+    const recv = Uint8Array.from(done.recvKey);
+    done.sendKey.fill(0);
+    done.recvKey.fill(0);
+    worker.postMessage(
+      {
+        type: 'keys',
+        send,
+        recv,
+        sendDirection: done.sendDirection,
+        recvDirection: done.recvDirection,
+      },
+      [send.buffer, recv.buffer],
+    );
+    setStatus('keys agreed; connecting media');
+    if (channel.readyState === 'open') onChannelOpen();
+    updateConnected();
+  }
+
+  function onChannelOpen() {
+    if (!control) return; // Runs again once the keys exist.
+    if (call.muted) sendControl({ type: 'mute', muted: true }).catch(() => {});
+    const ping = () => {
+      pingId += 1;
+      pingsSent.set(pingId, performance.now());
+      sendControl({ type: 'ping', id: pingId }).catch(() => {});
+    };
+    ping();
+    const timer = setInterval(() => (ended ? clearInterval(timer) : ping()), PING_EVERY_MS);
+  }
+
+  async function onHandshake(message) {
+    if (!handshake || handshake.closed) return;
+    let step;
+    try {
+      step = await handshake.handle(message);
+    } catch (e) {
+      call.handshakeError = e.code ?? String(e);
+      throw e;
+    }
+    if (step.send) signal({ kind: 'handshake', message: step.send });
+    if (step.established) await onEstablished(step.established);
+  }
+
+  function addSender() {
+    const sender = pc.addTrack(track, stream);
+    sender.transform = new RTCRtpScriptTransform(worker, { side: 'send' });
+  }
+
+  function startCall(role, peer) {
+    call.role = role;
+    call.peer = peer;
+    setStatus(`handshake with ${peer.name}`);
+    pc = new RTCPeerConnection({ iceServers: [] });
+    pc.ontrack = (e) => {
+      // Set before any media can arrive: every incoming frame goes through SFrame.
+      e.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv' });
+      const audio = $('remote-audio');
+      audio.srcObject = new MediaStream([e.track]);
+      audio.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed') end('the connection failed');
+      updateConnected();
+    };
+    channel = pc.createDataChannel('sotto-control', { negotiated: true, id: 0, ordered: true });
+    channel.binaryType = 'arraybuffer';
+    channel.onopen = onChannelOpen;
+    channel.onmessage = (e) => {
+      controlQueue = controlQueue.then(() => onControl(e.data)).catch(() => {});
+    };
+    if (role === 'initiator') {
+      hsQueue = hsQueue.then(async () => {
+        const started = await Handshake.initiator(identity, room, name);
+        handshake = started.handshake;
+        signal({ kind: 'handshake', message: started.hello });
+      });
+      hsQueue.catch(fail('handshake failed'));
+      sdpQueue = hsQueue.then(async () => {
+        addSender();
+        await pc.setLocalDescription(await pc.createOffer());
+        await waitGathered(pc);
+        signal({ kind: 'offer', sdp: pc.localDescription.sdp });
+      });
+      sdpQueue.catch(fail('could not offer'));
+    } else {
+      handshake = Handshake.responder(identity, room, name);
+    }
+  }
+
+  function onSignal(from, data) {
+    if (!call.peer || from !== call.peer.id || ended) return; // A third peer: ignored.
+    if (data === null || typeof data !== 'object') return;
+    if (data.kind === 'handshake') {
+      hsQueue = hsQueue.then(() => onHandshake(data.message));
+      hsQueue.catch(fail('handshake failed'));
+    } else if (data.kind === 'offer' && call.role === 'responder' && typeof data.sdp === 'string') {
+      sdpQueue = sdpQueue.then(async () => {
+        await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
+        addSender();
+        await pc.setLocalDescription(await pc.createAnswer());
+        await waitGathered(pc);
+        signal({ kind: 'answer', sdp: pc.localDescription.sdp });
+      });
+      sdpQueue.catch(fail('could not answer'));
+    } else if (data.kind === 'answer' && call.role === 'initiator' && typeof data.sdp === 'string') {
+      sdpQueue = sdpQueue.then(() => pc.setRemoteDescription({ type: 'answer', sdp: data.sdp }));
+      sdpQueue.catch(fail('could not accept the answer'));
+    }
+  }
+
+  ws.onopen = () => {
+    setStatus('joining');
+    sendServer({ type: 'join', room, name });
+  };
+  ws.onclose = () => {
+    if (!ended) end('lost the signaling server');
+  };
+  ws.onmessage = (e) => {
+    let msg;
+    try {
+      msg = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    if (msg === null || typeof msg !== 'object' || msg.v !== 1) return;
+    const peerInfo = (p) =>
+      p && typeof p.peer_id === 'string' && typeof p.name === 'string'
+        ? { id: p.peer_id, name: p.name }
+        : null;
+    switch (msg.type) {
+      case 'welcome': {
+        mark('joined');
+        roomPeers.set(msg.peer_id, { id: msg.peer_id, name: `${name} (you)` });
+        const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
+        for (const p of peers) roomPeers.set(p.id, p);
+        showPeers(roomPeers);
+        if (peers.length) startCall('initiator', peers[0]);
+        else setStatus('waiting for someone to join');
+        break;
+      }
+      case 'peer_joined': {
+        const p = peerInfo(msg);
+        if (!p) break;
+        roomPeers.set(p.id, p);
+        showPeers(roomPeers);
+        if (!call.peer && !ended) startCall('responder', p);
+        break;
+      }
+      case 'peer_left':
+        roomPeers.delete(msg.peer_id);
+        showPeers(roomPeers);
+        if (msg.peer_id === call.peer?.id) end('the peer left');
+        break;
+      case 'signal':
+        onSignal(msg.from, msg.data);
+        break;
+      case 'error':
+        if (['room_full', 'bad_token', 'token_expired', 'server_full'].includes(msg.code)) {
+          end(`the server refused: ${msg.code}`);
+        }
+        break;
+      default:
+        break;
+    }
+  };
+
+  $('mute').onclick = () => {
+    call.muted = !call.muted;
+    track.enabled = !call.muted;
+    $('mute').textContent = call.muted ? 'Unmute' : 'Mute';
+    sendControl({ type: 'mute', muted: call.muted }).catch(() => {});
+  };
+  $('hangup').onclick = () => call.hangup();
+
+  call.hangup = async () => {
+    if (ended) return;
+    try {
+      if (await sendControl({ type: 'hangup' })) {
+        // Let the message leave before the connection closes.
+        const until = performance.now() + 1000;
+        while (channel.bufferedAmount > 0 && performance.now() < until) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      end('hung up');
+    }
+  };
+
+  /// Everything the tests check: SFrame counters from the worker and WebRTC's own stats.
+  call.stats = async () => {
+    const out = { media: await workerStats(), inbound: null, outbound: null };
+    if (pc) {
+      for (const s of (await pc.getStats()).values()) {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+          out.inbound = {
+            packetsReceived: s.packetsReceived,
+            totalAudioEnergy: s.totalAudioEnergy,
+            totalSamplesReceived: s.totalSamplesReceived,
+            concealedSamples: s.concealedSamples,
+          };
+        } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
+          out.outbound = { packetsSent: s.packetsSent };
+        }
+      }
+    }
+    return JSON.parse(JSON.stringify({ ...out, control: call.control }));
+  };
+}
+
+main().catch((e) => setStatus(`error: ${e?.message ?? e}`));
