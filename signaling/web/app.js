@@ -404,7 +404,7 @@ async function main() {
         while (channel.bufferedAmount > 0 && performance.now() < until) {
           await new Promise((r) => setTimeout(r, 20));
         }
-        await new Promise((r) => setTimeout(r, 100));
+        await new Promise((r) => setTimeout(r, 250));
       }
     } finally {
       end('hung up');

@@ -1,0 +1,341 @@
+//! A small Chrome DevTools Protocol driver for headless Chromium: launch, open isolated pages,
+//! evaluate JavaScript, poll for conditions. Only what the browser tests need.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>;
+
+/// Whether a missing Chromium must fail the tests (CI sets `SOTTO_REQUIRE_BROWSER=1`).
+pub fn browser_required() -> bool {
+    std::env::var("SOTTO_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+}
+
+/// The Chromium binary: `$SOTTO_CHROMIUM`, else `chromium` (Debian) or `chromium-browser`.
+pub fn find_chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SOTTO_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
+        .find(|p| p.is_file())
+}
+
+/// Console messages and uncaught exceptions of every page, for failure reports.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    /// Everything logged so far, one line per entry.
+    pub fn dump(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A running headless Chromium with a fresh profile; killed and cleaned up on drop.
+pub struct Browser {
+    child: Child,
+    profile: PathBuf,
+    conn: Conn,
+    log: Log,
+}
+
+#[derive(Clone)]
+struct Conn {
+    sink: Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>,
+    pending: Pending,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Conn {
+    async fn call(&self, session: Option<&str>, method: &str, params: Value) -> Value {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        self.sink
+            .lock()
+            .await
+            .send(Message::text(msg.to_string()))
+            .await
+            .expect("DevTools connection open");
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => panic!("DevTools {method} failed: {e}"),
+            Ok(Err(_)) => panic!("DevTools connection closed during {method}"),
+            Err(_) => panic!("DevTools {method}: no answer in 60 s"),
+        }
+    }
+}
+
+static PROFILE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Browser {
+    /// Starts Chromium with the flags of `../shared/notes/platform-notes.md`; `fake_audio` is
+    /// the WAV file its fake microphone plays. `None` when Chromium is not installed and not
+    /// required (the caller skips).
+    pub async fn launch(fake_audio: Option<&Path>) -> Option<Browser> {
+        let Some(binary) = find_chromium() else {
+            assert!(
+                !browser_required(),
+                "SOTTO_REQUIRE_BROWSER=1 but no Chromium found (scripts/setup installs it)"
+            );
+            return None;
+        };
+        let profile = std::env::temp_dir().join(format!(
+            "sotto-chromium-{}-{}",
+            std::process::id(),
+            PROFILE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+        let mut cmd = Command::new(&binary);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--autoplay-policy=no-user-gesture-required",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+        if let Some(wav) = fake_audio {
+            cmd.arg(format!("--use-file-for-fake-audio-capture={}", wav.display()));
+        }
+        cmd.arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+
+        // Chromium writes its DevTools port and browser path into the profile once it listens.
+        let port_file = profile.join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                let mut lines = text.lines();
+                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                    break format!("ws://127.0.0.1:{port}{path}");
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("Chromium exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Chromium did not open DevTools in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect to DevTools");
+        let (sink, mut stream) = ws.split();
+        let pending: Pending = Arc::default();
+        let log = Log::default();
+        let (reader_pending, reader_log) = (pending.clone(), log.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Ok(text) = msg.to_text() else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                if let Some(id) = v["id"].as_u64() {
+                    if let Some(tx) = reader_pending.lock().unwrap().remove(&id) {
+                        let result = match v.get("error") {
+                            Some(e) => Err(e.to_string()),
+                            None => Ok(v["result"].clone()),
+                        };
+                        let _ = tx.send(result);
+                    }
+                } else {
+                    log_event(&reader_log, &v);
+                }
+            }
+        });
+        Some(Browser {
+            child,
+            profile,
+            conn: Conn {
+                sink: Arc::new(tokio::sync::Mutex::new(sink)),
+                pending,
+                next_id: Arc::new(AtomicU64::new(1)),
+            },
+            log,
+        })
+    }
+
+    /// A blank page in its own browser context (own storage, so its own IndexedDB identity),
+    /// with `init_script` (if any) run before every document's own scripts.
+    pub async fn new_page(&self, init_script: Option<&str>) -> Page {
+        let ctx = self
+            .conn
+            .call(None, "Target.createBrowserContext", json!({}))
+            .await;
+        let target = self
+            .conn
+            .call(
+                None,
+                "Target.createTarget",
+                json!({ "url": "about:blank", "browserContextId": ctx["browserContextId"] }),
+            )
+            .await;
+        let attached = self
+            .conn
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target["targetId"], "flatten": true }),
+            )
+            .await;
+        let page = Page {
+            conn: self.conn.clone(),
+            log: self.log.clone(),
+            session: attached["sessionId"].as_str().unwrap().to_string(),
+        };
+        page.call("Runtime.enable", json!({})).await;
+        page.call("Page.enable", json!({})).await;
+        if let Some(script) = init_script {
+            page.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": script }),
+            )
+            .await;
+        }
+        page
+    }
+}
+
+fn log_event(log: &Log, v: &Value) {
+    match v["method"].as_str() {
+        Some("Runtime.consoleAPICalled") => {
+            let args: Vec<String> = v["params"]["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| a.get("value").unwrap_or(&a["description"]).to_string())
+                .collect();
+            log.push(format!("console.{}: {}", v["params"]["type"], args.join(" ")));
+        }
+        Some("Runtime.exceptionThrown") => log.push(format!(
+            "exception: {}",
+            v["params"]["exceptionDetails"]["exception"]["description"]
+        )),
+        _ => {}
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// One tab, attached through a flat DevTools session.
+pub struct Page {
+    conn: Conn,
+    log: Log,
+    session: String,
+}
+
+impl Page {
+    async fn call(&self, method: &str, params: Value) -> Value {
+        self.conn.call(Some(&self.session), method, params).await
+    }
+
+    /// Loads `url`.
+    pub async fn goto(&self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+    }
+
+    /// Evaluates `expr` (awaiting a promise) and returns its JSON value, or the exception.
+    pub async fn try_eval(&self, expr: &str) -> Result<Value, String> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expr, "awaitPromise": true, "returnByValue": true }),
+            )
+            .await;
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e["exception"]["description"]
+                .as_str()
+                .map_or_else(|| e.to_string(), str::to_string)),
+            None => Ok(r["result"].get("value").cloned().unwrap_or(Value::Null)),
+        }
+    }
+
+    /// Evaluates `expr`; panics on an exception.
+    pub async fn eval(&self, expr: &str) -> Value {
+        self.try_eval(expr)
+            .await
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    /// Polls `expr` every 100 ms until it gives something other than null/false (and no
+    /// exception); returns that value. Panics with `what` and `detail` after `timeout`.
+    pub async fn wait_for(&self, expr: &str, timeout: Duration, what: &str) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Err("not evaluated".to_string());
+        loop {
+            // A page load in progress can swallow an evaluation; poll again.
+            if let Ok(v) =
+                tokio::time::timeout(Duration::from_secs(10), self.try_eval(expr)).await
+            {
+                last = v.clone();
+                if let Ok(v) = v
+                    && !v.is_null()
+                    && v != Value::Bool(false)
+                {
+                    return v;
+                }
+            }
+            if Instant::now() >= deadline {
+                let status = self
+                    .try_eval("document.getElementById('status')?.textContent")
+                    .await;
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} ({expr}): last {last:?}, #status {status:?}\npage log:\n{}",
+                    self.log.dump()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The text of the element with `id`, or null.
+    pub async fn text(&self, id: &str) -> Value {
+        self.eval(&format!("document.getElementById({id:?})?.textContent ?? null"))
+            .await
+    }
+}
