@@ -135,18 +135,21 @@ async function main() {
   const signal = (data) => sendServer({ type: 'signal', to: call.peer.id, data });
   const keepalive = setInterval(() => sendServer({ type: 'ping' }), 20_000);
 
-  function end(reason) {
+  /// Ends the call; `before` (a promise) runs before the connections close.
+  function end(reason, before = Promise.resolve()) {
     if (ended) return;
     ended = true;
     mark('ended');
     clearInterval(keepalive);
     setStatus(`ended: ${reason}`);
     track.stop();
-    pc?.close();
-    sendServer({ type: 'leave' });
-    ws.close();
     $('mute').disabled = true;
     $('hangup').disabled = true;
+    before.finally(() => {
+      pc?.close();
+      sendServer({ type: 'leave' });
+      ws.close();
+    });
   }
   const fail = (what) => (e) => {
     if (!ended) end(`${what}: ${e?.message ?? e}`);
@@ -264,9 +267,29 @@ async function main() {
     if (step.established) await onEstablished(step.established);
   }
 
+  // Both transforms go on before any description is applied: Chrome short-circuits encoded
+  // streams that have no transform once negotiation runs, and a later transform is ignored.
+  // The responder's addTrack happens before the offer too, so the offer's m-line reuses it.
   function addSender() {
     const sender = pc.addTrack(track, stream);
     sender.transform = new RTCRtpScriptTransform(worker, { side: 'send' });
+    const transceiver = pc.getTransceivers().find((t) => t.sender === sender);
+    transceiver.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv' });
+  }
+
+  // A transform that was not applied would send Opus in the clear, or play ciphertext: if
+  // packets flow but none went through SFrame, the call ends.
+  async function checkTransforms() {
+    if (ended || !pc) return;
+    const s = await call.stats();
+    const m = s.media;
+    if ((s.outbound?.packetsSent ?? 0) > 50 && m.encrypted === 0 && m.sendDroppedNoKey === 0) {
+      end('media bypassed encryption; call ended');
+    }
+    const seen = m.decrypted + m.decryptFailures + m.recvDroppedNoKey + m.padding;
+    if ((s.inbound?.packetsReceived ?? 0) > 50 && seen === 0) {
+      end('incoming media bypassed decryption; call ended');
+    }
   }
 
   function startCall(role, peer) {
@@ -275,8 +298,10 @@ async function main() {
     setStatus(`handshake with ${peer.name}`);
     pc = new RTCPeerConnection({ iceServers: [] });
     pc.ontrack = (e) => {
-      // Set before any media can arrive: every incoming frame goes through SFrame.
-      e.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv' });
+      if (!e.receiver.transform) {
+        // Not expected (addSender covers our one audio m-line); checkTransforms guards it.
+        e.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv' });
+      }
       const audio = $('remote-audio');
       audio.srcObject = new MediaStream([e.track]);
       audio.play().catch(() => {});
@@ -285,6 +310,7 @@ async function main() {
       if (pc.connectionState === 'failed') end('the connection failed');
       updateConnected();
     };
+    const guard = setInterval(() => (ended ? clearInterval(guard) : checkTransforms()), 2000);
     channel = pc.createDataChannel('sotto-control', { negotiated: true, id: 0, ordered: true });
     channel.binaryType = 'arraybuffer';
     channel.onopen = onChannelOpen;
@@ -318,8 +344,8 @@ async function main() {
       hsQueue.catch(fail('handshake failed'));
     } else if (data.kind === 'offer' && call.role === 'responder' && typeof data.sdp === 'string') {
       sdpQueue = sdpQueue.then(async () => {
-        await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
         addSender();
+        await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
         await pc.setLocalDescription(await pc.createAnswer());
         await waitGathered(pc);
         signal({ kind: 'answer', sdp: pc.localDescription.sdp });
@@ -397,18 +423,22 @@ async function main() {
 
   call.hangup = async () => {
     if (ended) return;
+    let sent = false;
     try {
-      if (await sendControl({ type: 'hangup' })) {
-        // Let the message leave before the connection closes.
-        const until = performance.now() + 1000;
-        while (channel.bufferedAmount > 0 && performance.now() < until) {
-          await new Promise((r) => setTimeout(r, 20));
-        }
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    } finally {
-      end('hung up');
+      sent = await sendControl({ type: 'hangup' });
+    } catch {
+      // Ending anyway; the peer learns from peer_left.
     }
+    // Let the message leave before the connection closes.
+    const drained = (async () => {
+      const until = performance.now() + 1000;
+      while (sent && channel.bufferedAmount > 0 && performance.now() < until) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      if (sent) await new Promise((r) => setTimeout(r, 250));
+    })();
+    end('hung up', drained);
+    await drained;
   };
 
   /// Everything the tests check: SFrame counters from the worker and WebRTC's own stats.

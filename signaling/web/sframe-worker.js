@@ -19,6 +19,7 @@ const stats = {
   failureKinds: {},
   padding: 0,
   sendErrors: 0,
+  transforms: { send: 0, recv: 0 },
 };
 
 self.onmessage = async (event) => {
@@ -85,6 +86,7 @@ async function decryptFrame(frame, controller) {
 self.onrtctransform = (event) => {
   const transformer = event.transformer;
   const side = transformer.options?.side;
+  stats.transforms[side === 'send' ? 'send' : 'recv'] += 1;
   const transform = side === 'send' ? encryptFrame : decryptFrame;
   transformer.readable
     .pipeThrough(new TransformStream({ transform }))

@@ -303,8 +303,21 @@ impl Page {
     }
 
     /// Polls `expr` every 100 ms until it gives something other than null/false (and no
-    /// exception); returns that value. Panics with `what` and `detail` after `timeout`.
+    /// exception); returns that value. Panics with `what` after `timeout`.
     pub async fn wait_for(&self, expr: &str, timeout: Duration, what: &str) -> Value {
+        self.wait_until(expr, |v| !v.is_null() && *v != Value::Bool(false), timeout, what)
+            .await
+    }
+
+    /// Polls `expr` every 100 ms until `done` holds for its value; returns that value.
+    /// Panics with `what`, the last value and the page log after `timeout`.
+    pub async fn wait_until(
+        &self,
+        expr: &str,
+        done: impl Fn(&Value) -> bool,
+        timeout: Duration,
+        what: &str,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         let mut last = Err("not evaluated".to_string());
         loop {
@@ -312,13 +325,12 @@ impl Page {
             if let Ok(v) =
                 tokio::time::timeout(Duration::from_secs(10), self.try_eval(expr)).await
             {
-                last = v.clone();
-                if let Ok(v) = v
-                    && !v.is_null()
-                    && v != Value::Bool(false)
+                if let Ok(v) = &v
+                    && done(v)
                 {
-                    return v;
+                    return v.clone();
                 }
+                last = v;
             }
             if Instant::now() >= deadline {
                 let status = self
