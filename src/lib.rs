@@ -8,6 +8,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod call;
 pub mod handshake;
 pub mod media;
 pub mod playout;

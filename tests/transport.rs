@@ -14,6 +14,9 @@ async fn sealed_frames_cross_a_real_peer_connection_both_ways() {
     let mut b = MediaTransport::new(TransportConfig::default())
         .await
         .unwrap();
+    let mut a_frames = a.take_frames().unwrap();
+    let mut b_frames = b.take_frames().unwrap();
+    let mut b_control = b.take_control().unwrap();
     let offer = a.create_offer().await.unwrap();
     let answer = b.accept_offer(&offer).await.unwrap();
     a.accept_answer(&answer).await.unwrap();
@@ -52,14 +55,14 @@ async fn sealed_frames_cross_a_real_peer_connection_both_ways() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while (got_at_b < 90 || got_at_a < 90) && tokio::time::Instant::now() < deadline {
         tokio::select! {
-            Some(f) = b.recv() => {
+            Some(f) = b_frames.recv() => {
                 let wire = f.payload.to_vec();
                 assert!(!wire.windows(16).any(|w| plaintext(0).windows(16).any(|p| p == w)), "plaintext on the wire");
                 let (header, pt) = b_rx.decrypt_to_vec(&[], &wire).unwrap();
                 assert_eq!(pt, plaintext(header.ctr as u32));
                 got_at_b += 1;
             }
-            Some(f) = a.recv() => {
+            Some(f) = a_frames.recv() => {
                 let (header, pt) = a_rx.decrypt_to_vec(&[], &f.payload).unwrap();
                 assert_eq!(pt, plaintext(1000 + header.ctr as u32));
                 got_at_a += 1;
@@ -72,6 +75,23 @@ async fn sealed_frames_cross_a_real_peer_connection_both_ways() {
         "received {got_at_b} at b, {got_at_a} at a"
     );
     assert_eq!(b_rx.stats().auth_failures + a_rx.stats().auth_failures, 0);
+
+    // The negotiated control channel opens on both sides and carries sealed messages.
+    let mut open = a.control_open_watch();
+    tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o))
+        .await
+        .unwrap()
+        .unwrap();
+    let control = b"{\"type\":\"mute\",\"muted\":true}";
+    a.send_control(&seal(&mut a_tx, control).unwrap())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), b_control.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!got.windows(8).any(|w| control.windows(8).any(|p| p == w)));
+    assert_eq!(b_rx.decrypt_to_vec(&[], &got).unwrap().1, control);
     a.close().await.unwrap();
     b.close().await.unwrap();
 }

@@ -511,6 +511,10 @@ impl DeviceSource {
 }
 
 impl AudioSource for DeviceSource {
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn read_frame(&mut self, out: &mut [f32]) -> Result<bool, MediaError> {
         let start = Instant::now();
         // Once stalled, keep the caller paced at one frame of silence per frame period.
@@ -688,6 +692,10 @@ impl DeviceSink {
 }
 
 impl AudioSink for DeviceSink {
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn write_frame(&mut self, frame: &[f32]) -> Result<(), MediaError> {
         self.resampler.push(frame)?;
         let start = Instant::now();

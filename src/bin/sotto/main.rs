@@ -1,5 +1,6 @@
 //! `sotto`: the command-line front end of the sotto call engine.
 
+mod call_cmd;
 mod demo;
 mod devices;
 mod hexarg;
@@ -26,6 +27,8 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Create (on first use) and show this device's identity key.
     Identity(identity_cmd::IdentityArgs),
+    /// Call a peer: join a room on a signaling server, agree keys, talk end-to-end encrypted.
+    Call(call_cmd::CallArgs),
     /// Show the handshake and E2EE frame protection end to end, on the embedded defaults.
     Demo(demo::DemoArgs),
 }
@@ -35,11 +38,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    init_logging();
     let result = match cli.command {
         Command::Sframe(args) => sframe_cmd::run(args),
         Command::Devices(args) => devices::run(args).map_err(|e| e.to_string()),
         Command::Identity(args) => identity_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Call(args) => call_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,6 +53,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Help and version go to stdout with status 0; any other parse error is one line on stderr
