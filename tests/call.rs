@@ -127,16 +127,27 @@ async fn two_peers_hear_each_others_tone_end_to_end_encrypted() {
     let (a_reason, a_stats) = alice.ended.unwrap();
     let (b_reason, b_stats) = bob.ended.unwrap();
     assert_eq!(a_reason, EndReason::LocalHangup);
-    assert_eq!(b_reason, EndReason::RemoteHangup, "bob was not told over the control channel");
+    assert_eq!(
+        b_reason,
+        EndReason::RemoteHangup,
+        "bob was not told over the control channel"
+    );
     for (who, s) in [("alice", &a_stats), ("bob", &b_stats)] {
         eprintln!("{who}: {s:?}");
         assert!(s.frames_sent >= 150, "{who} sent {}", s.frames_sent);
-        assert!(s.frames_decrypted >= 150, "{who} decrypted {}", s.frames_decrypted);
+        assert!(
+            s.frames_decrypted >= 150,
+            "{who} decrypted {}",
+            s.frames_decrypted
+        );
         assert_eq!(s.decrypt_failures, 0, "{who}");
         assert_eq!(s.replays_rejected, 0, "{who}");
         assert_eq!(s.frames_decrypted, s.frames_received, "{who}");
         assert!(s.frames_played >= 150, "{who} played {}", s.frames_played);
-        assert!(s.rtt_ms.is_some(), "{who} measured no RTT over the control channel");
+        assert!(
+            s.rtt_ms.is_some(),
+            "{who} measured no RTT over the control channel"
+        );
         assert!(s.setup_ms.is_some(), "{who} recorded no set-up time");
     }
     assert!(alice.first_audio_ms.is_some() && bob.first_audio_ms.is_some());
@@ -174,7 +185,11 @@ async fn a_peer_with_the_wrong_keys_hears_nothing_and_counts_failures() {
     let (_, b_stats) = bob.ended.unwrap();
     eprintln!("alice: {a_stats:?}\nbob: {b_stats:?}");
     // Every frame reached Bob and every one was refused; nothing was played.
-    assert!(b_stats.frames_received >= 100, "{}", b_stats.frames_received);
+    assert!(
+        b_stats.frames_received >= 100,
+        "{}",
+        b_stats.frames_received
+    );
     assert_eq!(b_stats.frames_decrypted, 0);
     assert_eq!(b_stats.decrypt_failures, b_stats.frames_received);
     assert_eq!(b_stats.frames_played, 0);
@@ -214,7 +229,10 @@ async fn strangers_in_the_room_cannot_disturb_the_call() {
     // Mallory joins third and throws junk and a fake handshake at everyone.
     let (mallory, mut mallory_events) =
         SignalClient::connect(SignalConfig::new(server.url.clone(), "crowded", "mallory"));
-    while !matches!(mallory_events.recv().await, Some(SignalEvent::Joined { .. })) {}
+    while !matches!(
+        mallory_events.recv().await,
+        Some(SignalEvent::Joined { .. })
+    ) {}
     for junk in [
         json!("x"),
         json!({"kind": "handshake", "message": {"v": 1, "type": "hello"}}),

@@ -95,3 +95,81 @@ async fn sealed_frames_cross_a_real_peer_connection_both_ways() {
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// Real Opus audio through a real peer connection: the receiver's wire bytes do not decode as
+/// the tone (they are ciphertext), and decrypting first gives the tone back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_audio_on_the_wire_does_not_decode_as_the_plaintext() {
+    use sotto::media::{AudioSource, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder};
+
+    let a = MediaTransport::new(TransportConfig::default())
+        .await
+        .unwrap();
+    let mut b = MediaTransport::new(TransportConfig::default())
+        .await
+        .unwrap();
+    let mut b_frames = b.take_frames().unwrap();
+    let answer = b
+        .accept_offer(&a.create_offer().await.unwrap())
+        .await
+        .unwrap();
+    a.accept_answer(&answer).await.unwrap();
+    a.connected(Duration::from_secs(10)).await.unwrap();
+    b.connected(Duration::from_secs(10)).await.unwrap();
+
+    let suite = CipherSuite::AesGcm128Sha256;
+    let mut tx = SenderContext::new(suite, 0, b"audio key").unwrap();
+    let mut rx = ReceiverContext::new();
+    rx.add_key(suite, 0, b"audio key").unwrap();
+    let mut tone = sotto::media::ToneSource::new(440.0, 0.3);
+    let mut enc = OpusEncoder::new(OpusConfig::default()).unwrap();
+    let mut pcm = [0f32; 960];
+    let mut packet = [0u8; 1500];
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..60 {
+        ticker.tick().await;
+        tone.read_frame(&mut pcm).unwrap();
+        let len = enc.encode(&pcm, &mut packet).unwrap();
+        a.send(
+            &seal(&mut tx, &packet[..len]).unwrap(),
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap();
+    }
+
+    let mut raw_dec = OpusDecoder::new(FrameDuration::Ms20).unwrap();
+    let mut dec = OpusDecoder::new(FrameDuration::Ms20).unwrap();
+    let (mut raw_audio, mut audio, mut raw_errors) = (Vec::new(), Vec::new(), 0);
+    let mut out = [0f32; 960];
+    while audio.len() < 50 * 960 {
+        let f = tokio::time::timeout(Duration::from_secs(5), b_frames.recv())
+            .await
+            .expect("frames stopped")
+            .unwrap();
+        // An eavesdropper's view: the RTP payload straight into Opus.
+        match raw_dec.decode(&f.payload, &mut out) {
+            Ok(()) => raw_audio.extend_from_slice(&out),
+            Err(_) => raw_errors += 1,
+        }
+        let (_, pt) = rx.decrypt_to_vec(&[], &f.payload).unwrap();
+        dec.decode(&pt, &mut out).unwrap();
+        audio.extend_from_slice(&out);
+    }
+    let share = sotto::media::tone_share(&audio[10 * 960..], 48_000.0, 440.0);
+    let raw_share = if raw_audio.len() > 20 * 960 {
+        sotto::media::tone_share(&raw_audio[10 * 960..], 48_000.0, 440.0)
+    } else {
+        0.0
+    };
+    eprintln!(
+        "decrypted 440 Hz share {share:.3}; raw wire bytes: share {raw_share:.3}, {raw_errors} undecodable"
+    );
+    assert!(share > 0.9, "decrypted audio is not the tone: {share}");
+    assert!(
+        raw_share < 0.05,
+        "the wire carries the tone in the clear: {raw_share}"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

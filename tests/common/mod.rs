@@ -42,10 +42,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let app = sotto_signaling::App::new(
-            sotto_signaling::ServerConfig::default(),
-            shutdown.clone(),
-        );
+        let app =
+            sotto_signaling::App::new(sotto_signaling::ServerConfig::default(), shutdown.clone());
         tokio::spawn(sotto_signaling::serve(listener, app));
         TestServer { url, shutdown }
     }

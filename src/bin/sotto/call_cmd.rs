@@ -173,6 +173,9 @@ pub fn run(args: CallArgs) -> Result<(), String> {
             args.server
         ));
     }
+    // Open devices and files first, so a bad one fails before anything is created or joined.
+    let source = open_source(&args)?;
+    let sink = open_sink(&args)?;
     let id_path = args
         .identity
         .clone()
@@ -183,9 +186,6 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     }
     let peers_path = id_path.with_file_name("known_peers.json");
     let known_peers = KnownPeers::load(&peers_path).map_err(|e| e.to_string())?;
-    // Open devices and files before joining, so a bad one fails before anyone is called.
-    let source = open_source(&args)?;
-    let sink = open_sink(&args)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
