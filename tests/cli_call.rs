@@ -319,3 +319,38 @@ fn an_unreachable_server_ends_the_call_with_an_error() {
     assert_eq!(stats(&dir.join("s.json"))["frames_sent"], 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_a_call_and_reports_matching_codes() {
+    let server = TestServer::start().await;
+    let out = sotto()
+        .args([
+            "demo",
+            "--tones",
+            "--json",
+            "--duration",
+            "2",
+            "--server",
+            &server.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(report["safety_codes_match"], true, "{report}");
+    assert_eq!(report["e2ee"], true);
+    for (side, hz) in [("alice", 660.0), ("bob", 440.0)] {
+        let s = &report[side];
+        assert_eq!(s["decrypt_failures"], 0, "{report}");
+        assert!(s["frames_decrypted"].as_u64().unwrap() >= 75, "{report}");
+        assert!(
+            (s["heard_hz"].as_f64().unwrap() - hz).abs() <= 3.0,
+            "{report}"
+        );
+    }
+}

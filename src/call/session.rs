@@ -31,13 +31,16 @@ const HANGUP_LINGER: Duration = Duration::from_millis(150);
 /// How long signaling may keep failing before a call that is not connected yet gives up.
 const SIGNAL_ATTEMPTS: u32 = 5;
 
+/// The application's source and sink.
+pub(crate) type AudioIo = (Box<dyn AudioSource>, Box<dyn AudioSink>);
+
 pub(crate) struct Session {
     pub config: CallConfig,
     pub identity: Arc<Identity>,
     pub known_peers: KnownPeers,
     /// The application's audio I/O until the media threads take it (a mutex only so the
     /// session is `Sync`; it is locked once).
-    pub audio: std::sync::Mutex<Option<(Box<dyn AudioSource>, Box<dyn AudioSink>)>>,
+    pub audio: std::sync::Mutex<Option<AudioIo>>,
     pub events: mpsc::Sender<CallEvent>,
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
@@ -325,7 +328,7 @@ impl Session {
                 Ok(false)
             }
             SignalEvent::Message { from, data } => {
-                if !run.peer.as_ref().is_some_and(|p| p.id == from) {
+                if run.peer.as_ref().is_none_or(|p| p.id != from) {
                     tracing::debug!(%from, "ignoring a message from a peer not in this call");
                     return Ok(false);
                 }

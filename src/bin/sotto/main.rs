@@ -5,6 +5,7 @@ mod demo;
 mod devices;
 mod hexarg;
 mod identity_cmd;
+mod relay_demo;
 mod sframe_cmd;
 
 use std::process::ExitCode;
@@ -29,8 +30,10 @@ enum Command {
     Identity(identity_cmd::IdentityArgs),
     /// Call a peer: join a room on a signaling server, agree keys, talk end-to-end encrypted.
     Call(call_cmd::CallArgs),
-    /// Show the handshake and E2EE frame protection end to end, on the embedded defaults.
+    /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
     Demo(demo::DemoArgs),
+    /// The handshake and frame protection against a hostile relay, in one process.
+    RelayDemo(relay_demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Devices(args) => devices::run(args).map_err(|e| e.to_string()),
         Command::Identity(args) => identity_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::RelayDemo(args) => relay_demo::run(args),
         Command::Call(args) => call_cmd::run(args),
     };
     match result {
