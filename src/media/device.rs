@@ -423,8 +423,10 @@ where
             if matches!(e.kind(), cpal::ErrorKind::Xrun) {
                 err_shared.xruns.fetch_add(1, Ordering::Relaxed);
             } else {
-                tracing::warn!("input stream error: {e}");
-                err_shared.failed.store(true, Ordering::Relaxed);
+                // Only the first error is logged: a dead stream repeats it thousands of times.
+                if !err_shared.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("input stream error: {e}");
+                }
             }
         },
         None,
@@ -592,8 +594,10 @@ where
             if matches!(e.kind(), cpal::ErrorKind::Xrun) {
                 err_shared.xruns.fetch_add(1, Ordering::Relaxed);
             } else {
-                tracing::warn!("output stream error: {e}");
-                err_shared.failed.store(true, Ordering::Relaxed);
+                // Only the first error is logged: a dead stream repeats it thousands of times.
+                if !err_shared.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("output stream error: {e}");
+                }
             }
         },
         None,
