@@ -12,6 +12,9 @@ use sotto::call::{Call, CallBuilder, CallEvent, CallStats, EndReason};
 use sotto::media::ToneSource;
 use sotto::signal::{SignalClient, SignalConfig, SignalEvent};
 
+/// Calls in this binary run one at a time: each is real-time audio on a 2-core machine.
+static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Collects events until the call ends, asserting nothing along the way.
 struct Observed {
     safety_code: Option<String>,
@@ -109,6 +112,7 @@ async fn talk(alice: CallBuilder, bob: CallBuilder, talk: Duration) -> (Observed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_peers_hear_each_others_tone_end_to_end_encrypted() {
+    let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
     let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
     let (alice, bob) = talk(
@@ -172,6 +176,7 @@ async fn two_peers_hear_each_others_tone_end_to_end_encrypted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_the_wrong_keys_hears_nothing_and_counts_failures() {
+    let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
     let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
     let (alice, bob) = talk(
@@ -203,6 +208,7 @@ async fn a_peer_with_the_wrong_keys_hears_nothing_and_counts_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_in_the_room_cannot_disturb_the_call() {
+    let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
     let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
     let mut alice = call(&server, "crowded", "alice", 440.0, &heard_by_alice)

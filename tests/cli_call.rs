@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{TestServer, tone_ratio};
 use sotto::media::{AudioSource, WavSource};
 
-/// The device tests of this binary share one sound server.
+/// The calls of this binary run one at a time (real-time audio on 2 cores; one sound server).
 static DEVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn sotto() -> Command {
@@ -114,6 +114,7 @@ fn check_report(report: &serde_json::Value, min_frames: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cli_peers_exchange_tones_and_agree_on_the_safety_code() {
+    let _one = DEVICES.lock().await;
     let server = TestServer::start().await;
     let dir = temp_dir("tones");
     let mut alice = sotto();
@@ -322,6 +323,7 @@ fn an_unreachable_server_ends_the_call_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_a_call_and_reports_matching_codes() {
+    let _one = DEVICES.lock().await;
     let server = TestServer::start().await;
     let out = sotto()
         .args([

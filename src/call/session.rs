@@ -609,13 +609,9 @@ impl Session {
             .map_err(|e| EndReason::SignalingFailed(e.to_string()))
     }
 
-    /// Tells the peer (if we end it), stops the media threads, closes everything.
+    /// Stops the media threads, tells the peer (if we end it), closes everything. Media stops
+    /// first, so nothing is played after the hang-up.
     async fn shutdown(&mut self, run: &mut Run, reason: &EndReason) {
-        if *reason == EndReason::LocalHangup
-            && self.send_control(run, &ControlMessage::Hangup).await
-        {
-            tokio::time::sleep(HANGUP_LINGER).await;
-        }
         if let Some(media) = run.media.take() {
             media.stop.store(true, Relaxed);
             media.decrypt.abort();
@@ -631,6 +627,11 @@ impl Session {
             {
                 tracing::warn!("a media thread did not stop in time");
             }
+        }
+        if *reason == EndReason::LocalHangup
+            && self.send_control(run, &ControlMessage::Hangup).await
+        {
+            tokio::time::sleep(HANGUP_LINGER).await;
         }
         if let Err(e) = run.transport.close().await {
             tracing::debug!("closing the peer connection: {e}");
