@@ -10,6 +10,7 @@
 
 pub mod call;
 pub mod handshake;
+pub mod latency;
 pub mod media;
 pub mod playout;
 pub mod sframe;

@@ -493,6 +493,18 @@ impl MediaTransport {
             .map_err(rtc_err)
     }
 
+    /// Sends an Opus payload **without** SFrame. Only the latency benchmark uses this, to
+    /// measure what E2EE adds against the same pipeline without it; calls never do.
+    #[doc(hidden)]
+    pub async fn send_unprotected_for_latency_baseline(
+        &self,
+        payload: &[u8],
+        duration: Duration,
+    ) -> Result<(), TransportError> {
+        self.send(&SealedFrame(Bytes::copy_from_slice(payload)), duration)
+            .await
+    }
+
     /// Sends one sealed control message.
     pub async fn send_control(&self, frame: &SealedFrame) -> Result<(), TransportError> {
         if !*self.control_open.borrow() {

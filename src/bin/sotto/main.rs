@@ -5,6 +5,7 @@ mod demo;
 mod devices;
 mod hexarg;
 mod identity_cmd;
+mod latency_cmd;
 mod relay_demo;
 mod sframe_cmd;
 
@@ -32,6 +33,8 @@ enum Command {
     Call(call_cmd::CallArgs),
     /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
     Demo(demo::DemoArgs),
+    /// Measure mouth-to-ear latency per stage, with and without E2EE, over WebRTC loopback.
+    Latency(latency_cmd::LatencyArgs),
     /// The handshake and frame protection against a hostile relay, in one process.
     RelayDemo(relay_demo::DemoArgs),
 }
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::RelayDemo(args) => relay_demo::run(args),
         Command::Call(args) => call_cmd::run(args),
+        Command::Latency(args) => latency_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
