@@ -299,7 +299,7 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
             let mut period_no: u64 = 0;
             let mut frame_no: u64 = 0;
             // Clicks land in every slot of the frame and anywhere in a period, as speech does.
-            let mut place = rand_chacha::ChaCha8Rng::seed_from_u64(0x5077_0);
+            let mut place = rand_chacha::ChaCha8Rng::seed_from_u64(0x5077);
             let mut next_click = impulse_periods * 3;
             let mut click_offset = 0;
             while !shared.stop.load(Relaxed) {
