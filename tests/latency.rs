@@ -39,7 +39,7 @@ async fn clicks_come_through_and_the_stages_add_up() {
                 + st.playback_buffering;
             assert!(
                 sum <= s.total + Duration::from_micros(100),
-                "{sum:?} > {:?}",
+                "{sum:?} > {:?}: {st:?}",
                 s.total
             );
             assert!(
@@ -113,4 +113,46 @@ fn the_latency_command_writes_json_and_a_plot() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--devices`: clicks played on the PulseAudio output, heard by its input, sent through the
+/// pipeline and played on a second output (scripts/pulse's `sotto_ear`).
+#[test]
+fn the_latency_command_measures_through_real_devices() {
+    let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+        || std::env::var("SOTTO_REQUIRE_DEVICES").is_ok_and(|v| v == "1");
+    if sotto::media::DeviceSource::open(None).is_err() && !required {
+        eprintln!("SKIPPED the_latency_command_measures_through_real_devices: no audio device");
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("sotto-latency-dev-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args([
+            "latency",
+            "--devices",
+            "--duration",
+            "3",
+            "--frame-ms",
+            "20",
+            "--no-impaired",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    eprintln!("{report}");
+    for run in report["runs"].as_array().unwrap() {
+        assert!(run["samples"].as_u64().unwrap() >= 5, "{run}");
+        // Through real device buffers it takes longer than a frame, and far less than a second.
+        let p50 = run["p50_ms"].as_f64().unwrap();
+        assert!(p50 > 20.0 && p50 < 1000.0, "{run}");
+    }
+    let _ = std::fs::remove_file(&json);
 }

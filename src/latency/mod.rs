@@ -75,6 +75,20 @@ pub struct LatencyConfig {
     pub impulse_every: Duration,
     /// Loss and jitter, if any.
     pub impairment: Option<Impairment>,
+    /// Real devices instead of virtual ones: `None` for virtual devices.
+    pub devices: Option<DeviceNames>,
+}
+
+/// The real devices of a `--devices` run. The mouth plays clicks into the room the
+/// microphone hears; the ear must be a speaker the microphone does not hear.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceNames {
+    /// Output the clicks are played on (`None`: the default output).
+    pub mouth: Option<String>,
+    /// Input that hears the mouth (`None`: the default input).
+    pub microphone: Option<String>,
+    /// Output the receiver plays on.
+    pub ear: String,
 }
 
 impl LatencyConfig {
@@ -86,6 +100,7 @@ impl LatencyConfig {
             duration,
             impulse_every: Duration::from_millis(200),
             impairment: None,
+            devices: None,
         }
     }
 }
@@ -242,11 +257,9 @@ fn agree_keys(suite: CipherSuite) -> Result<(MediaSender, MediaReceiver), Latenc
 
 /// Runs one measurement on the current tokio runtime (multi-threaded).
 pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> {
-    let frame_samples = config.frame.samples();
-    let periods_per_frame = frame_samples / PERIOD_SAMPLES;
     let mouth = Arc::new(MediaTransport::new(TransportConfig::default()).await?);
     let mut ear = MediaTransport::new(TransportConfig::default()).await?;
-    let mut incoming = ear
+    let incoming = ear
         .take_frames()
         .ok_or_else(|| LatencyError::Pipeline("no frame stream".into()))?;
     let answer = ear.accept_offer(&mouth.create_offer().await?).await?;
@@ -255,15 +268,16 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
     ear.connected(Duration::from_secs(10)).await?;
 
     let suite = CipherSuite::AesGcm128Sha256;
-    let (mut sender, mut receiver) = agree_keys(suite)?;
+    let (sender, receiver) = agree_keys(suite)?;
     let opus = OpusConfig {
         frame: config.frame,
         ..OpusConfig::default()
     };
     let mut encoder = OpusEncoder::new(opus)?;
+    let frame_samples = config.frame.samples();
     let lookahead = encoder.lookahead()?;
     let decoder = OpusDecoder::new(config.frame)?;
-    let mut playout = AudioPlayout::new(
+    let playout = AudioPlayout::new(
         PlayoutConfig {
             frame: config.frame.duration(),
             ..PlayoutConfig::default()
@@ -280,235 +294,54 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
         frames_sent: Default::default(),
         error: Mutex::new(None),
     });
-    let runtime = tokio::runtime::Handle::current();
-    let start = Instant::now() + Duration::from_millis(50);
-
-    // Microphone + sender: one thread, as a device callback feeding the codec thread would
-    // be, without the hand-off (which the capture-buffering stage would otherwise hide).
-    let tx_shared = Arc::clone(&shared);
-    let tx_mouth = Arc::clone(&mouth);
     let e2ee = config.e2ee;
-    let impulse_periods = (config.impulse_every.as_millis() / 10).max(2) as u64;
-    let mic = std::thread::Builder::new()
-        .name("latency-mouth".into())
-        .spawn(move || {
-            let shared = tx_shared;
-            let mut pcm = vec![0f32; frame_samples];
-            let mut packet = vec![0u8; 1500];
-            let mut click_at: Option<Instant> = None;
-            let mut period_no: u64 = 0;
-            let mut frame_no: u64 = 0;
-            // Clicks land in every slot of the frame and anywhere in a period, as speech does.
-            let mut place = rand_chacha::ChaCha8Rng::seed_from_u64(0x5077);
-            let mut next_click = impulse_periods * 3;
-            let mut click_offset = 0;
-            while !shared.stop.load(Relaxed) {
-                let slot = (period_no % periods_per_frame as u64) as usize;
-                sleep_until(start + DEVICE_PERIOD * (period_no as u32 + 1));
-                let callback = Instant::now();
-                let period = &mut pcm[slot * PERIOD_SAMPLES..(slot + 1) * PERIOD_SAMPLES];
-                period.fill(0.0);
-                // The first clicks come after the playout buffer has settled.
-                if period_no == next_click {
-                    write_click(period, click_offset);
-                    click_at = Some(callback);
-                    next_click += impulse_periods + place.random_range(0..periods_per_frame as u64);
-                    click_offset = place.random_range(0..PERIOD_SAMPLES - CLICK_SAMPLES);
-                }
-                period_no += 1;
-                if slot + 1 < periods_per_frame {
-                    continue;
-                }
-                let ready = Instant::now();
-                let t = Instant::now();
-                let len = match encoder.encode(&pcm, &mut packet) {
-                    Ok(n) => n,
-                    Err(e) => return shared.fail(e),
-                };
-                let encode = t.elapsed();
-                let t = Instant::now();
-                let sent_result = if e2ee {
-                    if let Err(e) = sender.poll(t) {
-                        return shared.fail(e);
-                    }
-                    match seal(sender.context(), &packet[..len]) {
-                        Ok(sealed) => {
-                            let encrypt = t.elapsed();
-                            let sent = Instant::now();
-                            runtime
-                                .block_on(tx_mouth.send(&sealed, opus.frame.duration()))
-                                .map(|()| (encrypt, sent))
-                        }
-                        Err(e) => return shared.fail(e),
-                    }
-                } else {
-                    let sent = Instant::now();
-                    runtime
-                        .block_on(tx_mouth.send_unprotected_for_latency_baseline(
-                            &packet[..len],
-                            opus.frame.duration(),
-                        ))
-                        .map(|()| (Duration::ZERO, sent))
-                };
-                let (encrypt, sent) = match sent_result {
-                    Ok(v) => v,
-                    Err(e) => return shared.fail(e),
-                };
-                lock(&shared.sends).put(
-                    frame_no,
-                    SendRecord {
-                        frame: frame_no,
-                        ready,
-                        encode,
-                        encrypt,
-                        sent,
-                    },
-                );
-                if let Some(at) = click_at.take() {
-                    lock(&shared.clicks).push((at, frame_no));
-                }
-                shared.frames_sent.fetch_add(1, Relaxed);
-                frame_no += 1;
-            }
-        })
-        .map_err(|e| LatencyError::Pipeline(e.to_string()))?;
+    let send_path = SendPath {
+        encoder,
+        sender,
+        e2ee,
+        transport: Arc::clone(&mouth),
+        runtime: tokio::runtime::Handle::current(),
+        shared: Arc::clone(&shared),
+        frame: config.frame,
+        packet: vec![0u8; 1500],
+        frame_no: 0,
+    };
 
     // Receiver: transport -> (impairment) -> decrypt -> playout queue.
     let (packets_tx, packets_rx) = std::sync::mpsc::sync_channel::<(Packet, Instant, u64)>(256);
-    let rx_shared = Arc::clone(&shared);
-    let impairment = config.impairment;
-    let receive = tokio::spawn(async move {
-        let shared = rx_shared;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |i| i.seed));
-        let mut first_ts: Option<u32> = None;
-        let (delayed_tx, mut delayed_rx) = tokio::sync::mpsc::channel(512);
-        loop {
-            let (frame, arrival) = tokio::select! {
-                f = incoming.recv() => match f {
-                    None => break,
-                    Some(f) => {
-                        if let Some(imp) = impairment {
-                            if rng.random_bool((imp.loss_percent / 100.0).clamp(0.0, 1.0)) {
-                                shared.dropped.fetch_add(1, Relaxed);
-                                continue;
-                            }
-                            let delay = imp.jitter.mul_f64(rng.random::<f64>());
-                            let tx = delayed_tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(delay).await;
-                                let _ = tx.send((f, Instant::now())).await;
-                            });
-                            continue;
-                        }
-                        let arrival = f.arrival;
-                        (f, arrival)
-                    }
-                },
-                Some(d) = delayed_rx.recv() => d,
-            };
-            let base = *first_ts.get_or_insert(frame.timestamp);
-            let frame_no = u64::from(frame.timestamp.wrapping_sub(base)) / frame_samples as u64;
-            let mut buf = frame.payload.to_vec();
-            let t = Instant::now();
-            let payload = if e2ee {
-                match receiver.decrypt_in_place(&[], &mut buf, t) {
-                    Ok(d) => d.payload.to_vec(),
-                    Err(e) => {
-                        shared.fail(format!("decrypt: {e}"));
-                        break;
-                    }
-                }
-            } else {
-                buf
-            };
-            let decrypted = Instant::now();
-            lock(&shared.recvs).put(
-                frame_no,
-                RecvRecord {
-                    frame: frame_no,
-                    arrival: Some(arrival),
-                    decrypt: if e2ee { decrypted - t } else { Duration::ZERO },
-                    decrypted: Some(decrypted),
-                    ..RecvRecord::default()
-                },
-            );
-            let packet = Packet {
-                seq: frame.seq,
-                timestamp: frame.timestamp,
-                payload,
-            };
-            if packets_tx.try_send((packet, arrival, frame_no)).is_err() {
-                break;
-            }
-        }
-    });
-
-    // Speaker: one period per 10 ms; decodes a frame whenever its queue runs low.
-    let sp_shared = Arc::clone(&shared);
-    let speaker = std::thread::Builder::new()
-        .name("latency-ear".into())
-        .spawn(move || {
-            let shared = sp_shared;
-            let epoch = Instant::now();
-            let mut queue: VecDeque<f32> = VecDeque::with_capacity(frame_samples * 3);
-            let mut pcm = vec![0f32; frame_samples];
-            let mut base_ts: Option<u32> = None;
-            let mut quiet_since_click = true;
-            let mut quiet_samples = 0usize;
-            let mut period_no: u64 = 0;
-            while !shared.stop.load(Relaxed) {
-                sleep_until(start + SPEAKER_PHASE + DEVICE_PERIOD * (period_no as u32 + 1));
-                period_no += 1;
-                let callback = Instant::now();
-                while let Ok((packet, arrival, frame_no)) = packets_rx.try_recv() {
-                    base_ts.get_or_insert(
-                        packet
-                            .timestamp
-                            .wrapping_sub((frame_no as u32).wrapping_mul(frame_samples as u32)),
-                    );
-                    playout.insert(packet, arrival.saturating_duration_since(epoch));
-                }
-                while queue.len() < PERIOD_SAMPLES {
-                    let popped = Instant::now();
-                    let t = Instant::now();
-                    playout.next_frame(popped.saturating_duration_since(epoch), &mut pcm);
-                    let decode = t.elapsed();
-                    if let (Some(ts), Some(base)) = (playout.last_played(), base_ts) {
-                        let frame_no = u64::from(ts.wrapping_sub(base)) / frame_samples as u64;
-                        let mut recvs = lock(&shared.recvs);
-                        if let Some(mut r) = recvs.get(frame_no).filter(|r| r.frame == frame_no) {
-                            r.popped = Some(popped);
-                            r.decode = decode;
-                            recvs.put(frame_no, r);
-                        }
-                    }
-                    queue.extend(pcm.iter().copied());
-                }
-                // Play one period; a click is the first loud sample after 50 ms of quiet.
-                for s in queue.drain(..PERIOD_SAMPLES) {
-                    if s.abs() > 0.2 {
-                        if quiet_since_click {
-                            lock(&shared.heard).push(callback);
-                            quiet_since_click = false;
-                        }
-                        quiet_samples = 0;
-                    } else {
-                        quiet_samples += 1;
-                        if quiet_samples > 2400 {
-                            quiet_since_click = true;
-                        }
-                    }
-                }
-            }
-        })
-        .map_err(|e| LatencyError::Pipeline(e.to_string()))?;
+    let receive = tokio::spawn(receive_frames(
+        incoming,
+        receiver,
+        packets_tx,
+        Arc::clone(&shared),
+        config.impairment,
+        e2ee,
+        frame_samples,
+    ));
+    let play_path = PlayPath {
+        playout,
+        packets: packets_rx,
+        shared: Arc::clone(&shared),
+        epoch: Instant::now(),
+        base_ts: None,
+        frame_samples,
+    };
+    let threads = match &config.devices {
+        None => virtual_devices(send_path, play_path, &shared, &config)?,
+        Some(names) => real_devices(send_path, play_path, &shared, &config, names)?,
+    };
 
     tokio::time::sleep(config.duration).await;
     shared.stop.store(true, Relaxed);
-    let joined = tokio::task::spawn_blocking(move || (mic.join(), speaker.join()))
-        .await
-        .map_err(|e| LatencyError::Pipeline(e.to_string()))?;
-    if joined.0.is_err() || joined.1.is_err() {
+    let joined = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| t.join().is_ok())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| LatencyError::Pipeline(e.to_string()))?;
+    if joined.iter().any(|ok| !ok) {
         return Err(LatencyError::Pipeline("a pipeline thread panicked".into()));
     }
     receive.abort();
@@ -568,4 +401,382 @@ fn match_clicks(shared: &Shared, spacing: Duration) -> Vec<ImpulseSample> {
         out.push(ImpulseSample { total, stages });
     }
     out
+}
+
+/// The sending half after the microphone: encode, seal (or not), send, record.
+struct SendPath {
+    encoder: OpusEncoder,
+    sender: MediaSender,
+    e2ee: bool,
+    transport: Arc<MediaTransport>,
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    frame: FrameDuration,
+    packet: Vec<u8>,
+    frame_no: u64,
+}
+
+impl SendPath {
+    /// Sends one complete frame; `click` is the microphone callback time of a click in it.
+    fn send(&mut self, pcm: &[f32], click: Option<Instant>) -> Result<(), String> {
+        let ready = Instant::now();
+        let len = self
+            .encoder
+            .encode(pcm, &mut self.packet)
+            .map_err(|e| e.to_string())?;
+        let encode = ready.elapsed();
+        let t = Instant::now();
+        let duration = self.frame.duration();
+        let (encrypt, sent, result) = if self.e2ee {
+            self.sender.poll(t).map_err(|e| e.to_string())?;
+            let sealed =
+                seal(self.sender.context(), &self.packet[..len]).map_err(|e| e.to_string())?;
+            let encrypt = t.elapsed();
+            let sent = Instant::now();
+            let r = self
+                .runtime
+                .block_on(self.transport.send(&sealed, duration));
+            (encrypt, sent, r)
+        } else {
+            let sent = Instant::now();
+            let r = self.runtime.block_on(
+                self.transport
+                    .send_unprotected_for_latency_baseline(&self.packet[..len], duration),
+            );
+            (Duration::ZERO, sent, r)
+        };
+        result.map_err(|e| e.to_string())?;
+        let frame = self.frame_no;
+        lock(&self.shared.sends).put(
+            frame,
+            SendRecord {
+                frame,
+                ready,
+                encode,
+                encrypt,
+                sent,
+            },
+        );
+        if let Some(at) = click {
+            lock(&self.shared.clicks).push((at, frame));
+        }
+        self.shared.frames_sent.fetch_add(1, Relaxed);
+        self.frame_no += 1;
+        Ok(())
+    }
+}
+
+/// Transport -> (impairment) -> SFrame open -> playout queue, recording each frame's times.
+async fn receive_frames(
+    mut incoming: tokio::sync::mpsc::Receiver<crate::transport::ReceivedFrame>,
+    mut receiver: MediaReceiver,
+    packets: std::sync::mpsc::SyncSender<(Packet, Instant, u64)>,
+    shared: Arc<Shared>,
+    impairment: Option<Impairment>,
+    e2ee: bool,
+    frame_samples: usize,
+) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |i| i.seed));
+    let mut first_ts: Option<u32> = None;
+    let (delayed_tx, mut delayed_rx) = tokio::sync::mpsc::channel(512);
+    loop {
+        let (frame, arrival) = tokio::select! {
+            f = incoming.recv() => match f {
+                None => break,
+                Some(f) => {
+                    if let Some(imp) = impairment {
+                        if rng.random_bool((imp.loss_percent / 100.0).clamp(0.0, 1.0)) {
+                            shared.dropped.fetch_add(1, Relaxed);
+                            continue;
+                        }
+                        let delay = imp.jitter.mul_f64(rng.random::<f64>());
+                        let tx = delayed_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = tx.send((f, Instant::now())).await;
+                        });
+                        continue;
+                    }
+                    let arrival = f.arrival;
+                    (f, arrival)
+                }
+            },
+            Some(d) = delayed_rx.recv() => d,
+        };
+        let base = *first_ts.get_or_insert(frame.timestamp);
+        let frame_no = u64::from(frame.timestamp.wrapping_sub(base)) / frame_samples as u64;
+        let mut buf = frame.payload.to_vec();
+        let t = Instant::now();
+        let payload = if e2ee {
+            match receiver.decrypt_in_place(&[], &mut buf, t) {
+                Ok(d) => d.payload.to_vec(),
+                Err(e) => {
+                    shared.fail(format!("decrypt: {e}"));
+                    break;
+                }
+            }
+        } else {
+            buf
+        };
+        let decrypted = Instant::now();
+        lock(&shared.recvs).put(
+            frame_no,
+            RecvRecord {
+                frame: frame_no,
+                arrival: Some(arrival),
+                decrypt: if e2ee { decrypted - t } else { Duration::ZERO },
+                decrypted: Some(decrypted),
+                ..RecvRecord::default()
+            },
+        );
+        let packet = Packet {
+            seq: frame.seq,
+            timestamp: frame.timestamp,
+            payload,
+        };
+        if packets.try_send((packet, arrival, frame_no)).is_err() {
+            break;
+        }
+    }
+}
+
+/// The receiving half before the speaker: playout buffer and decoder.
+struct PlayPath {
+    playout: AudioPlayout<OpusDecoder>,
+    packets: std::sync::mpsc::Receiver<(Packet, Instant, u64)>,
+    shared: Arc<Shared>,
+    epoch: Instant,
+    base_ts: Option<u32>,
+    frame_samples: usize,
+}
+
+impl PlayPath {
+    /// Produces the next frame of output for a device that asked for it at `asked`,
+    /// recording that as the time its packet left the buffer.
+    fn next_frame(&mut self, pcm: &mut [f32], asked: Instant) {
+        while let Ok((packet, arrival, frame_no)) = self.packets.try_recv() {
+            self.base_ts.get_or_insert(
+                packet
+                    .timestamp
+                    .wrapping_sub((frame_no as u32).wrapping_mul(self.frame_samples as u32)),
+            );
+            self.playout
+                .insert(packet, arrival.saturating_duration_since(self.epoch));
+        }
+        let popped = asked;
+        let t = Instant::now();
+        self.playout
+            .next_frame(t.saturating_duration_since(self.epoch), pcm);
+        let decode = t.elapsed();
+        if let (Some(ts), Some(base)) = (self.playout.last_played(), self.base_ts) {
+            let frame_no = u64::from(ts.wrapping_sub(base)) / self.frame_samples as u64;
+            let mut recvs = lock(&self.shared.recvs);
+            if let Some(mut r) = recvs.get(frame_no).filter(|r| r.frame == frame_no) {
+                r.popped = Some(popped);
+                r.decode = decode;
+                recvs.put(frame_no, r);
+            }
+        }
+    }
+}
+
+/// Finds click onsets: the first loud sample after 50 ms of quiet.
+#[derive(Debug, Default)]
+struct Onsets {
+    quiet: usize,
+    loud: bool,
+}
+
+impl Onsets {
+    /// The index of the first onset in `samples`, if any.
+    fn scan(&mut self, samples: &[f32]) -> Option<usize> {
+        let mut found = None;
+        for (i, s) in samples.iter().enumerate() {
+            if s.abs() > 0.2 {
+                if !self.loud && found.is_none() {
+                    found = Some(i);
+                }
+                self.loud = true;
+                self.quiet = 0;
+            } else {
+                self.quiet += 1;
+                if self.quiet > 2400 {
+                    self.loud = false;
+                }
+            }
+        }
+        found
+    }
+}
+
+fn spawn(
+    name: &str,
+    shared: &Arc<Shared>,
+    body: impl FnOnce(&Shared) -> Result<(), String> + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, LatencyError> {
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = body(&shared) {
+                shared.fail(e);
+            }
+        })
+        .map_err(|e| LatencyError::Pipeline(e.to_string()))
+}
+
+/// Virtual microphone and speaker: 10 ms periods on a real-time clock.
+fn virtual_devices(
+    mut send: SendPath,
+    mut play: PlayPath,
+    shared: &Arc<Shared>,
+    config: &LatencyConfig,
+) -> Result<Vec<std::thread::JoinHandle<()>>, LatencyError> {
+    let frame_samples = config.frame.samples();
+    let periods_per_frame = frame_samples / PERIOD_SAMPLES;
+    let impulse_periods = (config.impulse_every.as_millis() / 10).max(2) as u64;
+    let start = Instant::now() + Duration::from_millis(50);
+    // Microphone + sender in one thread, as a device callback feeding the codec would be,
+    // without a hand-off that would blur the capture-buffering stage.
+    let mic = spawn("latency-mouth", shared, move |shared| {
+        let mut pcm = vec![0f32; frame_samples];
+        let mut click_at: Option<Instant> = None;
+        // Clicks land in every slot of the frame and anywhere in a period, as speech does.
+        let mut place = rand_chacha::ChaCha8Rng::seed_from_u64(0x5077);
+        let mut next_click = impulse_periods * 3;
+        let mut click_offset = 0;
+        let mut period_no: u64 = 0;
+        while !shared.stop.load(Relaxed) {
+            let slot = (period_no % periods_per_frame as u64) as usize;
+            sleep_until(start + DEVICE_PERIOD * (period_no as u32 + 1));
+            let callback = Instant::now();
+            let period = &mut pcm[slot * PERIOD_SAMPLES..(slot + 1) * PERIOD_SAMPLES];
+            period.fill(0.0);
+            // The first clicks come after the playout buffer has settled.
+            if period_no == next_click {
+                write_click(period, click_offset);
+                click_at = Some(callback);
+                next_click += impulse_periods + place.random_range(0..periods_per_frame as u64);
+                click_offset = place.random_range(0..PERIOD_SAMPLES - CLICK_SAMPLES);
+            }
+            period_no += 1;
+            if slot + 1 == periods_per_frame {
+                send.send(&pcm, click_at.take())?;
+            }
+        }
+        Ok(())
+    })?;
+    // Speaker: one period per 10 ms; decodes a frame whenever its queue runs low.
+    let speaker = spawn("latency-ear", shared, move |shared| {
+        let mut queue: VecDeque<f32> = VecDeque::with_capacity(frame_samples * 3);
+        let mut pcm = vec![0f32; frame_samples];
+        let mut onsets = Onsets::default();
+        let mut period_no: u64 = 0;
+        while !shared.stop.load(Relaxed) {
+            sleep_until(start + SPEAKER_PHASE + DEVICE_PERIOD * (period_no as u32 + 1));
+            period_no += 1;
+            let callback = Instant::now();
+            while queue.len() < PERIOD_SAMPLES {
+                play.next_frame(&mut pcm, callback);
+                queue.extend(pcm.iter().copied());
+            }
+            let period: Vec<f32> = queue.drain(..PERIOD_SAMPLES).collect();
+            // The period reaches the device when the callback returns, decoding included.
+            let delivered = Instant::now();
+            if onsets.scan(&period).is_some() {
+                lock(&shared.heard).push(delivered);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(vec![mic, speaker])
+}
+
+/// Real devices: the mouth plays clicks into the room, the microphone hears them, the ear
+/// plays what arrives; times come from the devices' own callbacks.
+fn real_devices(
+    mut send: SendPath,
+    mut play: PlayPath,
+    shared: &Arc<Shared>,
+    config: &LatencyConfig,
+    names: &DeviceNames,
+) -> Result<Vec<std::thread::JoinHandle<()>>, LatencyError> {
+    use crate::media::{AudioSink, AudioSource, DeviceSink, DeviceSource};
+    let dev = |e: crate::media::MediaError| LatencyError::Pipeline(e.to_string());
+    let mut mouth = DeviceSink::open(names.mouth.as_deref()).map_err(dev)?;
+    let mut mic = DeviceSource::open(names.microphone.as_deref()).map_err(dev)?;
+    let mut ear = DeviceSink::open(Some(&names.ear)).map_err(|e| {
+        LatencyError::Pipeline(format!(
+            "{e} (--devices needs an output the microphone does not hear; scripts/pulse \
+             makes one called sotto_ear)"
+        ))
+    })?;
+    for (what, rate) in [
+        ("microphone", mic.native_format().0),
+        ("ear", ear.native_format().0),
+    ] {
+        if rate != crate::media::SAMPLE_RATE {
+            return Err(LatencyError::Pipeline(format!(
+                "the {what} runs at {rate} Hz; --devices measures 48 kHz devices only"
+            )));
+        }
+    }
+    let frame_samples = config.frame.samples();
+    let every = config.impulse_every;
+    let player = spawn("latency-mouth", shared, move |shared| {
+        let mut period = vec![0f32; PERIOD_SAMPLES];
+        let mut place = rand_chacha::ChaCha8Rng::seed_from_u64(0x5077);
+        let mut next = Instant::now() + Duration::from_millis(1500);
+        while !shared.stop.load(Relaxed) {
+            period.fill(0.0);
+            if Instant::now() >= next {
+                write_click(
+                    &mut period,
+                    place.random_range(0..PERIOD_SAMPLES - CLICK_SAMPLES),
+                );
+                next += every;
+            }
+            mouth.write_frame(&period).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    let sender = spawn("latency-mic", shared, move |shared| {
+        let mut pcm = vec![0f32; frame_samples];
+        let mut onsets = Onsets::default();
+        let mut read: u64 = 0;
+        while !shared.stop.load(Relaxed) {
+            mic.read_frame(&mut pcm).map_err(|e| e.to_string())?;
+            let click = onsets
+                .scan(&pcm)
+                .and_then(|i| mic.capture_callback_of(read + i as u64));
+            read += frame_samples as u64;
+            send.send(&pcm, click)?;
+        }
+        Ok(())
+    })?;
+    let speaker = spawn("latency-ear", shared, move |shared| {
+        let mut pcm = vec![0f32; frame_samples];
+        let mut onsets = Onsets::default();
+        let mut written: u64 = 0;
+        let mut pending: VecDeque<u64> = VecDeque::new();
+        while !shared.stop.load(Relaxed) {
+            play.next_frame(&mut pcm, Instant::now());
+            if let Some(i) = onsets.scan(&pcm) {
+                pending.push_back(written + i as u64);
+            }
+            ear.write_frame(&pcm).map_err(|e| e.to_string())?;
+            written += frame_samples as u64;
+            while let Some(&sample) = pending.front() {
+                match ear.playback_callback_of(sample) {
+                    Some(t) => {
+                        lock(&shared.heard).push(t);
+                        pending.pop_front();
+                    }
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(vec![player, sender, speaker])
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use sotto::latency::{Impairment, LatencyConfig, LatencyRun, RunSummary, measure};
+use sotto::latency::{DeviceNames, Impairment, LatencyConfig, LatencyRun, RunSummary, measure};
 use sotto::media::FrameDuration;
 
 #[derive(Debug, Args)]
@@ -23,7 +23,10 @@ pub struct LatencyArgs {
     /// Write an SVG plot of the latency distributions to this file.
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
-    /// Use the real (PulseAudio) devices instead of real-time clocked virtual ones.
+    /// Use the real (PulseAudio) devices instead of real-time clocked virtual ones: clicks are
+    /// played on the default output, heard by the default input, and the receiver plays on
+    /// the output named by SOTTO_LATENCY_EAR (default `sotto_ear`, set up by scripts/pulse),
+    /// which the input must not hear.
     #[arg(long)]
     devices: bool,
     /// Skip the runs under simulated 5 % loss and 30 ms jitter.
@@ -54,7 +57,7 @@ struct Output {
     impaired_runs: Vec<RunSummary>,
     /// E2EE's cost at the median per frame length: p50 with E2EE minus p50 without, ms.
     e2ee_p50_cost_ms: Vec<(u32, f64)>,
-    devices: &'static str,
+    devices: String,
 }
 
 /// The plans of one invocation: (config, impaired?).
@@ -65,15 +68,24 @@ fn plan(args: &LatencyArgs) -> Vec<(LatencyConfig, bool)> {
         None => vec![FrameDuration::Ms10, FrameDuration::Ms20],
     };
     let secs = Duration::from_secs_f64(args.duration);
+    let devices = args.devices.then(|| DeviceNames {
+        mouth: None,
+        microphone: None,
+        ear: std::env::var("SOTTO_LATENCY_EAR").unwrap_or_else(|_| "sotto_ear".into()),
+    });
+    let new = |frame, e2ee| LatencyConfig {
+        devices: devices.clone(),
+        ..LatencyConfig::new(frame, e2ee, secs)
+    };
     let mut plans = Vec::new();
     for &frame in &frames {
         for e2ee in [true, false] {
-            plans.push((LatencyConfig::new(frame, e2ee, secs), false));
+            plans.push((new(frame, e2ee), false));
         }
     }
     if !args.no_impaired {
         for &frame in &frames {
-            let mut c = LatencyConfig::new(frame, true, secs);
+            let mut c = new(frame, true);
             c.impairment = Some(Impairment {
                 loss_percent: 5.0,
                 jitter: Duration::from_millis(30),
@@ -149,7 +161,7 @@ fn plot(path: &Path, runs: &[(String, Vec<f64>)]) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "sotto mouth-to-ear latency (WebRTC loopback, virtual devices)",
+            "sotto mouth-to-ear latency (WebRTC loopback)",
             ("sans-serif", 20),
         )
         .margin(15)
@@ -189,12 +201,6 @@ fn plot(path: &Path, runs: &[(String, Vec<f64>)]) -> Result<(), String> {
 }
 
 pub fn run(args: LatencyArgs) -> Result<(), String> {
-    if args.devices {
-        return Err(
-            "--devices is not available yet: measurements use real-time clocked virtual devices"
-                .into(),
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -253,7 +259,11 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
             runs: runs.clone(),
             impaired_runs: impaired_runs.clone(),
             e2ee_p50_cost_ms: e2ee_cost,
-            devices: "virtual, real-time clocked, 10 ms periods",
+            devices: if args.devices {
+                "real (default input and output, SOTTO_LATENCY_EAR for the receiver)".into()
+            } else {
+                "virtual, real-time clocked, 10 ms periods".into()
+            },
         };
         let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("--json {}: {e}", path.display()))?;
