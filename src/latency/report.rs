@@ -25,7 +25,9 @@ pub struct LatencyRun {
     pub samples: Vec<ImpulseSample>,
 }
 
-/// Median of each stage over the clicks whose frame arrived, in ms.
+/// Mean of each stage over the clicks whose frame arrived, in ms. Means, not medians, so the
+/// stages add up to the mean total (several stages are bimodal: a click either makes the
+/// next device period or waits one more).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StageSummary {
     /// Microphone callback until the codec frame is complete.
@@ -61,8 +63,10 @@ pub struct RunSummary {
     pub p99_ms: f64,
     /// Clicks measured.
     pub samples: usize,
-    /// Stage medians, ms.
+    /// Stage means, ms.
     pub stages: StageSummary,
+    /// Mouth to ear, mean, ms.
+    pub mean_ms: f64,
     /// Lowest, ms.
     pub min_ms: f64,
     /// Highest, ms.
@@ -88,10 +92,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn median_of(samples: &[Stages], f: impl Fn(&Stages) -> Duration) -> f64 {
-    let mut v: Vec<f64> = samples.iter().map(|s| ms(f(s))).collect();
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 50.0)
+fn mean_of(samples: &[Stages], f: impl Fn(&Stages) -> Duration) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.iter().map(|s| ms(f(s))).sum::<f64>() / samples.len() as f64
 }
 
 impl LatencyRun {
@@ -102,7 +107,7 @@ impl LatencyRun {
         v
     }
 
-    /// Percentiles and stage medians.
+    /// Percentiles and stage means.
     pub fn summary(&self) -> RunSummary {
         let sorted = self.sorted_ms();
         let stages: Vec<Stages> = self.samples.iter().filter_map(|s| s.stages).collect();
@@ -113,15 +118,20 @@ impl LatencyRun {
             p95_ms: percentile(&sorted, 95.0),
             p99_ms: percentile(&sorted, 99.0),
             samples: sorted.len(),
+            mean_ms: if sorted.is_empty() {
+                f64::NAN
+            } else {
+                sorted.iter().sum::<f64>() / sorted.len() as f64
+            },
             stages: StageSummary {
-                capture_buffering: median_of(&stages, |s| s.capture_buffering),
-                encode: median_of(&stages, |s| s.encode),
-                encrypt: median_of(&stages, |s| s.encrypt),
-                network: median_of(&stages, |s| s.network),
-                playout_wait: median_of(&stages, |s| s.playout_wait),
-                decrypt: median_of(&stages, |s| s.decrypt),
-                decode: median_of(&stages, |s| s.decode),
-                playback_buffering: median_of(&stages, |s| s.playback_buffering),
+                capture_buffering: mean_of(&stages, |s| s.capture_buffering),
+                encode: mean_of(&stages, |s| s.encode),
+                encrypt: mean_of(&stages, |s| s.encrypt),
+                network: mean_of(&stages, |s| s.network),
+                playout_wait: mean_of(&stages, |s| s.playout_wait),
+                decrypt: mean_of(&stages, |s| s.decrypt),
+                decode: mean_of(&stages, |s| s.decode),
+                playback_buffering: mean_of(&stages, |s| s.playback_buffering),
             },
             min_ms: sorted.first().copied().unwrap_or(f64::NAN),
             max_ms: sorted.last().copied().unwrap_or(f64::NAN),
