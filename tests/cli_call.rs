@@ -74,6 +74,7 @@ fn show(who: &str, out: &Output) {
 
 fn call_args(cmd: &mut Command, url: &str, room: &str, name: &str, dir: &Path) {
     cmd.args(["call", "--server", url, "--room", room, "--name", name])
+        .args(["--bind", "127.0.0.1:0"])
         .arg("--identity")
         .arg(dir.join(name).join("identity.json"))
         .arg("--stats-json")

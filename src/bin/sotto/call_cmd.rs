@@ -8,6 +8,7 @@ use clap::Args;
 use serde::Serialize;
 use sotto::call::{CallBuilder, CallConfig, CallEvent, CallState, CallStats, EndReason, PeerInfo};
 use sotto::handshake::{Identity, KnownPeers, PeerTrust, default_config_dir};
+use sotto::transport::IceServer;
 use sotto::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
@@ -52,6 +53,19 @@ pub struct CallArgs {
     /// Join token, for servers with a secret.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Local UDP address for media (repeatable). The default, 0.0.0.0:0, offers every
+    /// interface but loopback; use 127.0.0.1:0 for two peers on one machine without a network.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    bind: Vec<std::net::SocketAddr>,
+    /// STUN or TURN server URL, e.g. stun:stun.example.org:3478 (repeatable).
+    #[arg(long, value_name = "URL")]
+    ice_server: Vec<String>,
+    /// User name for the TURN servers.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    ice_username: String,
+    /// Credential for the TURN servers.
+    #[arg(long, value_name = "SECRET", default_value = "")]
+    ice_credential: String,
 }
 
 fn parse_tone(s: &str) -> Result<f64, String> {
@@ -207,7 +221,15 @@ async fn call(
         "joining room {:?} on {} as {:?} (identity {fingerprint})",
         args.room, args.server, args.name
     );
-    let config = CallConfig::new(args.server.clone(), args.room.clone());
+    let mut config = CallConfig::new(args.server.clone(), args.room.clone());
+    config.transport.udp_addrs = args.bind.iter().map(|a| a.to_string()).collect();
+    if !args.ice_server.is_empty() {
+        config.transport.ice_servers = vec![IceServer {
+            urls: args.ice_server.clone(),
+            username: args.ice_username.clone(),
+            credential: args.ice_credential.clone(),
+        }];
+    }
     let suite = config.suite;
     let mut builder = CallBuilder::with_config(config)
         .name(args.name.clone())
