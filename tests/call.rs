@@ -21,6 +21,8 @@ struct Observed {
     peer_name: Option<String>,
     first_audio_ms: Option<f64>,
     ended: Option<(EndReason, CallStats)>,
+    peer_muted: Vec<bool>,
+    identity_changed: bool,
 }
 
 async fn observe(mut call: Call) -> Observed {
@@ -29,6 +31,8 @@ async fn observe(mut call: Call) -> Observed {
         peer_name: None,
         first_audio_ms: None,
         ended: None,
+        peer_muted: Vec::new(),
+        identity_changed: false,
     };
     while let Some(event) = call.next_event().await {
         match event {
@@ -38,6 +42,8 @@ async fn observe(mut call: Call) -> Observed {
             }
             CallEvent::FirstAudio { setup_ms } => seen.first_audio_ms = Some(setup_ms),
             CallEvent::Ended { reason, stats } => seen.ended = Some((reason, stats)),
+            CallEvent::PeerMuted(m) => seen.peer_muted.push(m),
+            CallEvent::PeerIdentityChanged { .. } => seen.identity_changed = true,
             _ => {}
         }
     }
@@ -66,10 +72,12 @@ async fn talk(alice: CallBuilder, bob: CallBuilder, talk: Duration) -> (Observed
     let bob_task = tokio::spawn(observe(bob));
     let mut connected = false;
     let mut early_safety = None;
+    let mut early_changed = false;
     while !connected {
         match tokio::time::timeout(Duration::from_secs(20), alice.next_event()).await {
             Ok(Some(CallEvent::State(sotto::call::CallState::Connected))) => connected = true,
             Ok(Some(CallEvent::SafetyCode(p))) => early_safety = Some((p.safety_code, p.name)),
+            Ok(Some(CallEvent::PeerIdentityChanged { .. })) => early_changed = true,
             Ok(Some(CallEvent::Ended { reason, .. })) => panic!("alice ended early: {reason}"),
             Ok(Some(_)) => {}
             other => panic!("alice never connected: {other:?}"),
@@ -80,11 +88,13 @@ async fn talk(alice: CallBuilder, bob: CallBuilder, talk: Duration) -> (Observed
         let hang_up_at = tokio::time::Instant::now() + talk;
         let mut first_audio_ms = None;
         let mut safety = early_safety;
+        let mut changed = early_changed;
         loop {
             tokio::select! {
                 ev = alice.next_event() => match ev {
                     Some(CallEvent::FirstAudio { setup_ms }) => first_audio_ms = Some(setup_ms),
                     Some(CallEvent::SafetyCode(p)) => safety = Some((p.safety_code, p.name)),
+                    Some(CallEvent::PeerIdentityChanged { .. }) => changed = true,
                     Some(CallEvent::Ended { reason, .. }) => panic!("alice ended early: {reason}"),
                     Some(_) => {}
                     None => panic!("alice's events stopped"),
@@ -94,9 +104,9 @@ async fn talk(alice: CallBuilder, bob: CallBuilder, talk: Duration) -> (Observed
         }
         let reason = alice.hang_up().await;
         let stats = alice.stats();
-        (reason, stats, first_audio_ms, safety)
+        (reason, stats, first_audio_ms, safety, changed)
     });
-    let (reason, stats, first_audio_ms, safety) = alice_task.await.unwrap();
+    let (reason, stats, first_audio_ms, safety, changed) = alice_task.await.unwrap();
     let bob_seen = tokio::time::timeout(Duration::from_secs(10), bob_task)
         .await
         .expect("bob's call did not end after alice hung up")
@@ -106,6 +116,8 @@ async fn talk(alice: CallBuilder, bob: CallBuilder, talk: Duration) -> (Observed
         peer_name: safety.map(|s| s.1),
         first_audio_ms,
         ended: Some((reason, stats)),
+        peer_muted: Vec::new(),
+        identity_changed: changed,
     };
     (alice_seen, bob_seen)
 }
@@ -249,7 +261,14 @@ async fn strangers_in_the_room_cannot_disturb_the_call() {
     }
     let bob_task = tokio::spawn(observe(bob));
     let hang_up_at = tokio::time::Instant::now() + Duration::from_secs(4);
+    // Alice mutes for the last second: Bob is told, and hears silence.
+    let mute_at = hang_up_at - Duration::from_secs(1);
+    let mut muted = false;
     loop {
+        if !muted && tokio::time::Instant::now() >= mute_at {
+            alice.set_muted(true).await;
+            muted = true;
+        }
         tokio::select! {
             ev = alice.next_event() => match ev {
                 Some(CallEvent::SafetyCode(p)) => code = Some(p.safety_code),
@@ -257,16 +276,67 @@ async fn strangers_in_the_room_cannot_disturb_the_call() {
                 Some(_) => {}
                 None => panic!("alice's events stopped"),
             },
-            _ = tokio::time::sleep_until(hang_up_at) => break,
+            _ = tokio::time::sleep_until(if muted { hang_up_at } else { mute_at }) => {
+                if muted { break }
+            }
         }
     }
     let stats = alice.stats();
+    assert!(stats.muted);
     assert_eq!(alice.hang_up().await, EndReason::LocalHangup);
     let bob_seen = bob_task.await.unwrap();
     assert_eq!(bob_seen.safety_code, code);
     assert_eq!(bob_seen.peer_name.as_deref(), Some("alice"));
     assert_eq!(stats.decrypt_failures, 0);
     assert_hears(&heard_by_alice.tail(1.5), 660.0, "alice");
-    assert_hears(&heard_by_bob.tail(1.5), 440.0, "bob");
+    assert_eq!(
+        bob_seen.peer_muted,
+        vec![true],
+        "bob was not told of the mute"
+    );
+    assert!(bob_seen.ended.as_ref().unwrap().1.peer_muted);
+    // Before the mute Bob heard Alice; in its last 0.7 s, nothing.
+    let heard = heard_by_bob.tail(3.0);
+    let split = heard.len() - (0.7 * 48_000.0) as usize;
+    assert_hears(&heard[..heard.len() - 48_000], 440.0, "bob before the mute");
+    let after = sotto::media::dbfs(&heard[split..]);
+    assert!(
+        after < -50.0,
+        "bob still hears alice after the mute: {after} dBFS"
+    );
     mallory.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_peer_with_a_new_identity_is_reported() {
+    use sotto::handshake::{Identity, KnownPeers};
+    use std::sync::Arc;
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start().await;
+    let dir = std::env::temp_dir().join(format!("sotto-known-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = dir.join("known_peers.json");
+    let alice_id = Arc::new(Identity::generate().unwrap());
+    let sink = CaptureSink::default();
+    let mut changed = Vec::new();
+    // Bob calls twice under the same name; the second time with a different identity.
+    for (round, room) in ["first", "second"].into_iter().enumerate() {
+        let alice = call(&server, room, "alice", 440.0, &sink)
+            .identity(alice_id.clone())
+            .known_peers(KnownPeers::load(&store).unwrap());
+        let bob = call(&server, room, "bob", 660.0, &sink)
+            .identity(Arc::new(Identity::generate().unwrap()));
+        let (alice_seen, bob_seen) = talk(alice, bob, Duration::from_millis(500)).await;
+        assert!(bob_seen.ended.is_some(), "round {round}");
+        changed.push(alice_seen.identity_changed);
+    }
+    assert_eq!(
+        changed,
+        vec![false, true],
+        "new peer pinned, then its change reported"
+    );
+    // The pin from the first call is in the file; the second call saw a changed key.
+    let pinned = KnownPeers::load(&store).unwrap().pinned("bob");
+    assert!(pinned.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,10 +8,10 @@ use clap::Args;
 use serde::Serialize;
 use sotto::call::{CallBuilder, CallConfig, CallEvent, CallState, CallStats, EndReason, PeerInfo};
 use sotto::handshake::{Identity, KnownPeers, PeerTrust, default_config_dir};
-use sotto::transport::IceServer;
 use sotto::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
+use sotto::transport::IceServer;
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
