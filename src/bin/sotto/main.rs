@@ -30,7 +30,7 @@ enum Command {
     /// Create (on first use) and show this device's identity key.
     Identity(identity_cmd::IdentityArgs),
     /// Call a peer: join a room on a signaling server, agree keys, talk end-to-end encrypted.
-    Call(call_cmd::CallArgs),
+    Call(Box<call_cmd::CallArgs>),
     /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
     Demo(demo::DemoArgs),
     /// Measure mouth-to-ear latency per stage, with and without E2EE, over WebRTC loopback.
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         Command::Identity(args) => identity_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::RelayDemo(args) => relay_demo::run(args),
-        Command::Call(args) => call_cmd::run(args),
+        Command::Call(args) => call_cmd::run(*args),
         Command::Latency(args) => latency_cmd::run(args),
     };
     match result {
