@@ -90,14 +90,20 @@ impl Session {
         }
         let stats = self.shared.snapshot();
         tracing::info!(%reason, "call ended");
-        let _ = self.events.send(CallEvent::State(CallState::Ended)).await;
-        let _ = self
-            .events
-            .send(CallEvent::Ended {
+        // The last events wait for room in the queue, but not forever: an application that
+        // stopped reading still gets the reason from `Call::ended`.
+        for event in [
+            CallEvent::State(CallState::Ended),
+            CallEvent::Ended {
                 reason: reason.clone(),
                 stats,
-            })
-            .await;
+            },
+        ] {
+            let send = self.events.send(event);
+            if tokio::time::timeout(Duration::from_secs(1), send).await.is_err() {
+                tracing::debug!("event queue full at the end of the call");
+            }
+        }
         reason
     }
 
