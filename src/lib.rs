@@ -8,7 +8,9 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod call;
 pub mod handshake;
+pub mod latency;
 pub mod media;
 pub mod playout;
 pub mod sframe;

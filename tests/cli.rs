@@ -1,4 +1,4 @@
-//! The `sotto` commands (`sframe`, `identity`, `demo`), run as a user would run them.
+//! The `sotto` commands (`sframe`, `identity`, `relay-demo`), run as a user would run them.
 
 use std::process::{Command, Output};
 
@@ -211,10 +211,10 @@ fn help_goes_to_stdout_with_status_zero() {
 }
 
 #[test]
-fn demo_runs_and_reports_json() {
+fn relay_demo_runs_and_reports_json() {
     let wav = std::env::temp_dir().join(format!("sotto-demo-{}.wav", std::process::id()));
     let o = sotto(&[
-        "demo",
+        "relay-demo",
         "--json",
         "--frames",
         "400",

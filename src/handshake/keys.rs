@@ -70,6 +70,19 @@ impl DirectionKey {
     }
 }
 
+impl DirectionKey {
+    /// The key of this direction's control channel (`docs/call-protocol.md`): derived from the
+    /// epoch-0 media base key with its own label, so it never collides with a media key.
+    pub fn control_key(&self) -> Result<Zeroizing<[u8; 32]>, HandshakeError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::from_prk(self.base.as_ref())
+            .ok()
+            .and_then(|hk| hk.expand(b"sotto v1 control", key.as_mut()).ok())
+            .ok_or(HandshakeError::Sframe(SframeError::Crypto))?;
+        Ok(key)
+    }
+}
+
 /// The media keys one side takes from a handshake: what it sends with and what it receives
 /// with.
 #[derive(Debug)]

@@ -145,6 +145,14 @@ impl OpusEncoder {
             .map_err(CodecError::Encode)
     }
 
+    /// The encoder's algorithmic delay (look-ahead), in samples at 48 kHz.
+    pub fn lookahead(&mut self) -> Result<u32, CodecError> {
+        self.enc
+            .get_lookahead()
+            .map(|n| n.max(0) as u32)
+            .map_err(CodecError::Encode)
+    }
+
     /// Whether the encoder is in DTX (the last frame was silence).
     pub fn in_dtx(&mut self) -> bool {
         self.enc.get_in_dtx().unwrap_or(false)

@@ -241,20 +241,75 @@ fn pick(
     Ok((device, config, dname))
 }
 
+/// Callbacks remembered by a stream's timeline (a few seconds of 10 ms periods).
+const TIMELINE: usize = 512;
+
 /// State shared between a stream's callbacks and its owner (atomics only).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     failed: AtomicBool,
     xruns: AtomicU64,
     /// Nanoseconds from `origin` to the start of the last callback (0: none yet), for the
     /// per-stage latency measurements. cpal's own timestamps of two streams are not comparable.
     last_callback_ns: AtomicU64,
+    /// Samples that went through the ring so far (pushed by an input callback, popped by an
+    /// output callback), device rate.
+    samples: AtomicU64,
+    /// Per callback: the sample count at its start and its time (ns from `origin`), written
+    /// by the callback only. Lets a latency measurement find when a given sample was captured
+    /// or played without the callback doing more than two stores.
+    timeline: Box<[(AtomicU64, AtomicU64)]>,
+    callbacks: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            failed: AtomicBool::new(false),
+            xruns: AtomicU64::new(0),
+            last_callback_ns: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            timeline: (0..TIMELINE)
+                .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
+                .collect(),
+            callbacks: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Shared {
     fn mark(&self, origin: Instant) {
         let ns = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_callback_ns.store(ns.max(1), Ordering::Relaxed);
+        let n = self.callbacks.fetch_add(1, Ordering::AcqRel);
+        let slot = &self.timeline[(n % TIMELINE as u64) as usize];
+        slot.0.store(u64::MAX, Ordering::Release);
+        slot.1.store(ns, Ordering::Release);
+        slot.0
+            .store(self.samples.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// The time of the callback that moved ring sample `sample` (device rate), if it is still
+    /// in the timeline.
+    fn callback_of(&self, sample: u64, origin: Instant) -> Option<Instant> {
+        let n = self.callbacks.load(Ordering::Acquire);
+        let mut best: Option<(u64, u64)> = None;
+        for k in n.saturating_sub(TIMELINE as u64 - 1)..n {
+            let slot = &self.timeline[(k % TIMELINE as u64) as usize];
+            let start = slot.0.load(Ordering::Acquire);
+            let ns = slot.1.load(Ordering::Acquire);
+            if start == u64::MAX || slot.0.load(Ordering::Acquire) != start {
+                continue; // being rewritten
+            }
+            if start <= sample && best.is_none_or(|(s, _)| start >= s) {
+                best = Some((start, ns));
+            }
+        }
+        // The sample must also have gone through by now (a later callback started past it).
+        if self.samples.load(Ordering::Acquire) <= sample {
+            return None;
+        }
+        best.and_then(|(_, ns)| origin.checked_add(Duration::from_nanos(ns)))
     }
 
     fn last_callback(&self, origin: Instant) -> Option<Instant> {
@@ -410,21 +465,26 @@ where
         config,
         move |data: &[T], _| {
             shared.mark(origin);
+            let mut pushed = 0;
             for frame in data.chunks_exact(ch) {
                 let sum: f32 = frame.iter().map(|s| s.to_sample::<f32>()).sum();
                 if tx.push(sum * inv).is_err() {
                     shared.xruns.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
+                pushed += 1;
             }
+            shared.samples.fetch_add(pushed, Ordering::AcqRel);
         },
         move |e: cpal::Error| {
             // An xrun is a glitch, not a failure; anything else means the device is in trouble.
             if matches!(e.kind(), cpal::ErrorKind::Xrun) {
                 err_shared.xruns.fetch_add(1, Ordering::Relaxed);
             } else {
-                tracing::warn!("input stream error: {e}");
-                err_shared.failed.store(true, Ordering::Relaxed);
+                // Only the first error is logged: a dead stream repeats it thousands of times.
+                if !err_shared.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("input stream error: {e}");
+                }
             }
         },
         None,
@@ -482,6 +542,13 @@ impl DeviceSource {
         self.shared.last_callback(self.origin)
     }
 
+    /// When the device callback delivered captured sample `sample` (counted from the stream's
+    /// start, at the device rate; equal to the 48 kHz count when the device runs at 48 kHz).
+    /// `None` once it is too old to remember, or before it was captured.
+    pub fn capture_callback_of(&self, sample: u64) -> Option<Instant> {
+        self.shared.callback_of(sample, self.origin)
+    }
+
     /// Samples the callback had to drop because the consumer fell behind.
     pub fn overruns(&self) -> u64 {
         self.shared.xruns.load(Ordering::Relaxed)
@@ -511,6 +578,10 @@ impl DeviceSource {
 }
 
 impl AudioSource for DeviceSource {
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn read_frame(&mut self, out: &mut [f32]) -> Result<bool, MediaError> {
         let start = Instant::now();
         // Once stalled, keep the caller paced at one frame of silence per frame period.
@@ -568,9 +639,13 @@ where
         move |data: &mut [T], _| {
             shared.mark(origin);
             let mut under = false;
+            let mut popped = 0;
             for frame in data.chunks_exact_mut(ch) {
                 let v = match rx.pop() {
-                    Ok(v) => v,
+                    Ok(v) => {
+                        popped += 1;
+                        v
+                    }
                     Err(_) => {
                         under = true;
                         0.0
@@ -579,6 +654,7 @@ where
                 let s = T::from_sample(v);
                 frame.fill(s);
             }
+            shared.samples.fetch_add(popped, Ordering::AcqRel);
             if under {
                 shared.xruns.fetch_add(1, Ordering::Relaxed);
             }
@@ -588,8 +664,10 @@ where
             if matches!(e.kind(), cpal::ErrorKind::Xrun) {
                 err_shared.xruns.fetch_add(1, Ordering::Relaxed);
             } else {
-                tracing::warn!("output stream error: {e}");
-                err_shared.failed.store(true, Ordering::Relaxed);
+                // Only the first error is logged: a dead stream repeats it thousands of times.
+                if !err_shared.failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("output stream error: {e}");
+                }
             }
         },
         None,
@@ -676,6 +754,13 @@ impl DeviceSink {
         self.shared.last_callback(self.origin)
     }
 
+    /// When the device callback took written sample `sample` (counted from the first
+    /// written, at the device rate; equal to the 48 kHz count when the device runs at 48 kHz)
+    /// to play it. `None` before that, or once too old to remember.
+    pub fn playback_callback_of(&self, sample: u64) -> Option<Instant> {
+        self.shared.callback_of(sample, self.origin)
+    }
+
     /// Callbacks that ran short of audio (played silence).
     pub fn underruns(&self) -> u64 {
         self.shared.xruns.load(Ordering::Relaxed)
@@ -688,6 +773,10 @@ impl DeviceSink {
 }
 
 impl AudioSink for DeviceSink {
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn write_frame(&mut self, frame: &[f32]) -> Result<(), MediaError> {
         self.resampler.push(frame)?;
         let start = Instant::now();

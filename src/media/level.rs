@@ -38,6 +38,22 @@ pub fn tone_share(samples: &[f32], rate: f64, freq: f64) -> f64 {
     }
     2.0 * goertzel_power(samples, rate, freq) / (samples.len() as f64 * energy)
 }
+
+/// The strongest frequency between 100 Hz and 2 kHz, to 1 Hz (a coarse Goertzel scan in 10 Hz
+/// steps, then a fine one around the peak). For checking what a listener heard.
+pub fn dominant_hz(samples: &[f32], rate: f64) -> f64 {
+    let best = |lo: u32, hi: u32, step: usize| {
+        (lo..=hi)
+            .step_by(step)
+            .map(f64::from)
+            .max_by(|a, b| {
+                goertzel_power(samples, rate, *a).total_cmp(&goertzel_power(samples, rate, *b))
+            })
+            .unwrap_or(0.0)
+    };
+    let coarse = best(100, 2000, 10) as u32;
+    best(coarse.saturating_sub(10), coarse + 10, 1)
+}
 /// Measures each frame's level and applies mute in place.
 #[derive(Debug, Default, Clone)]
 pub struct LevelMeter {

@@ -19,7 +19,7 @@ pub mod wav;
 
 pub use codec::{CodecError, DecodeKind, OpusConfig, OpusDecoder, OpusEncoder};
 pub use device::{DeviceError, DeviceEvent, DeviceSink, DeviceSource, list_devices};
-pub use level::{LevelMeter, dbfs, goertzel_power, tone_share};
+pub use level::{LevelMeter, dbfs, dominant_hz, goertzel_power, tone_share};
 pub use resample::StreamResampler;
 pub use sink::{AudioSink, NullSink};
 pub use source::{AudioSource, Rebuffer};

@@ -15,6 +15,12 @@ pub trait AudioSink: Send {
     fn finish(&mut self) -> Result<(), MediaError> {
         Ok(())
     }
+
+    /// Whether `write_frame` blocks at a real-time clock (a device). A call paces sinks that
+    /// are not live (files, analysers) itself.
+    fn is_live(&self) -> bool {
+        false
+    }
 }
 
 impl<S: AudioSink + ?Sized> AudioSink for Box<S> {
@@ -23,6 +29,9 @@ impl<S: AudioSink + ?Sized> AudioSink for Box<S> {
     }
     fn finish(&mut self) -> Result<(), MediaError> {
         (**self).finish()
+    }
+    fn is_live(&self) -> bool {
+        (**self).is_live()
     }
 }
 

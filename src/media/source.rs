@@ -11,11 +11,20 @@ pub trait AudioSource: Send {
     /// Returns `Ok(false)` at the end of the stream (`out` is then unspecified).
     /// A live source blocks until a frame's worth is ready.
     fn read_frame(&mut self, out: &mut [f32]) -> Result<bool, MediaError>;
+
+    /// Whether `read_frame` blocks at a real-time clock (a device). A call paces sources that
+    /// are not live (files, tones) itself, one frame per frame duration.
+    fn is_live(&self) -> bool {
+        false
+    }
 }
 
 impl<S: AudioSource + ?Sized> AudioSource for Box<S> {
     fn read_frame(&mut self, out: &mut [f32]) -> Result<bool, MediaError> {
         (**self).read_frame(out)
+    }
+    fn is_live(&self) -> bool {
+        (**self).is_live()
     }
 }
 

@@ -37,6 +37,7 @@ pub struct AudioPlayout<D: FrameDecoder> {
     buffer: PlayoutBuffer,
     decoder: D,
     conceal_run: u32,
+    last_played: Option<u32>,
 }
 
 impl<D: FrameDecoder> AudioPlayout<D> {
@@ -46,6 +47,7 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             buffer: PlayoutBuffer::new(cfg),
             decoder,
             conceal_run: 0,
+            last_played: None,
         }
     }
 
@@ -57,9 +59,13 @@ impl<D: FrameDecoder> AudioPlayout<D> {
     /// Produces the next frame into `out` and says how it was made. Never fails: a packet the
     /// decoder rejects is concealed and counted in `decode_errors`.
     pub fn next_frame(&mut self, now: Duration, out: &mut [f32]) -> DecodeKind {
+        self.last_played = None;
         let kind = match self.buffer.pop(now) {
             Playout::Packet(p) => match self.decoder.decode(&p.payload, out) {
-                Ok(()) => DecodeKind::Normal,
+                Ok(()) => {
+                    self.last_played = Some(p.timestamp);
+                    DecodeKind::Normal
+                }
                 Err(e) => {
                     tracing::debug!("playout: undecodable packet {}: {e}", p.seq);
                     self.buffer.stats_mut().decode_errors += 1;
@@ -100,6 +106,12 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             return DecodeKind::Silence;
         }
         DecodeKind::Plc
+    }
+
+    /// The RTP timestamp of the packet the last `next_frame` decoded, if it decoded one (for
+    /// tracing a frame through the pipeline).
+    pub fn last_played(&self) -> Option<u32> {
+        self.last_played
     }
 
     /// Counters and delay figures.

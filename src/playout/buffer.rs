@@ -97,8 +97,22 @@ pub struct PlayoutBuffer {
     /// Deliberate waits (expand, or waiting for a missing head) in a row; bounded by the
     /// target so a stream that simply stopped still plays out its last packets.
     wait_run: i64,
+    /// Arrival time (ticks) of recent packets, by extended sequence number modulo its length.
+    arrivals: [i64; ARRIVALS],
+    /// Shortest time a played packet waited in the buffer, over the current window.
+    min_wait: i64,
+    waits: u32,
+    /// Every packet of the last window waited over a frame: drop one frame of delay.
+    shrink: bool,
     stats: PlayoutStats,
 }
+
+/// Arrival times remembered (a power of two; more than a window's worth of packets).
+const ARRIVALS: usize = 64;
+/// Played packets per wait window.
+const WAIT_WINDOW: u32 = 50;
+/// Margin every packet must keep after a shrink, in ms.
+const WAIT_GUARD_MS: i64 = 2;
 
 /// Extended sequence numbers start here so that packets before the first never go negative.
 const SEQ_BASE: i64 = 1 << 32;
@@ -126,6 +140,10 @@ impl PlayoutBuffer {
             jitter: JitterEstimator::new(),
             above_target: 0,
             wait_run: 0,
+            arrivals: [i64::MIN; ARRIVALS],
+            min_wait: i64::MAX,
+            waits: 0,
+            shrink: false,
             stats: PlayoutStats::default(),
         }
     }
@@ -160,6 +178,9 @@ impl PlayoutBuffer {
         self.played_mask = 0;
         self.jitter = JitterEstimator::new();
         self.above_target = 0;
+        self.min_wait = i64::MAX;
+        self.waits = 0;
+        self.shrink = false;
     }
 
     /// Offers a packet that arrived at `now`. Late, duplicate, oversized and out-of-window
@@ -216,6 +237,7 @@ impl PlayoutBuffer {
             self.highest_ts = ext_ts;
         }
         self.jitter.record(self.ticks(now) - ext_ts);
+        self.arrivals[(ext as usize) % ARRIVALS] = self.ticks(now);
         self.packets.insert(ext, packet);
         self.stats.received += 1;
     }
@@ -259,7 +281,7 @@ impl PlayoutBuffer {
 
     /// Decides the next frame. Call once per frame period; `now` is only used for bookkeeping
     /// symmetry with [`Self::insert`] (all decisions depend on what has arrived).
-    pub fn pop(&mut self, _now: Duration) -> Playout {
+    pub fn pop(&mut self, now: Duration) -> Playout {
         let Some(next) = self
             .next_seq
             .or_else(|| self.packets.first_key_value().map(|(&k, _)| k))
@@ -270,6 +292,24 @@ impl PlayoutBuffer {
         let level = self.level();
         let target = self.target_frames();
         self.update_delay_stats(level);
+        let now_ticks = self.ticks(now);
+
+        // Under a frame of jitter the target rounds up to a whole extra frame; if every packet
+        // of the last window still waited more than a frame (plus a guard), that frame is
+        // not needed: drop it. Time-based, so it sees the arrival phase that levels cannot.
+        if self.shrink
+            && target <= 2
+            && self.packets.contains_key(&next)
+            && self.packets.contains_key(&(next + 1))
+        {
+            self.shrink = false;
+            self.packets.remove(&next);
+            self.advance(false);
+            self.stats.compressed += 1;
+            self.min_wait = i64::MAX;
+            self.waits = 0;
+            return self.take_head_at(now_ticks);
+        }
 
         // Compress: too much buffered for long enough (or far too much right now).
         if level > target + 1 {
@@ -285,7 +325,7 @@ impl PlayoutBuffer {
             self.advance(false);
             self.stats.compressed += 1;
             self.above_target = 0;
-            return self.take_head();
+            return self.take_head_at(now_ticks);
         }
 
         if self.packets.contains_key(&next) {
@@ -296,7 +336,7 @@ impl PlayoutBuffer {
                 self.stats.concealed += 1;
                 return Playout::Wait;
             }
-            return self.take_head();
+            return self.take_head_at(now_ticks);
         }
         if self.packets.is_empty() {
             self.stats.underruns += 1;
@@ -316,6 +356,26 @@ impl PlayoutBuffer {
         self.stats.lost += 1;
         self.stats.concealed += 1;
         Playout::Lost { seq: next as u16 }
+    }
+
+    /// Plays the head, noting how long it waited.
+    fn take_head_at(&mut self, now_ticks: i64) -> Playout {
+        if let Some(next) = self.next_seq
+            && self.packets.contains_key(&next)
+        {
+            let arrived = self.arrivals[(next as usize) % ARRIVALS];
+            if arrived != i64::MIN {
+                self.min_wait = self.min_wait.min(now_ticks - arrived);
+                self.waits += 1;
+                if self.waits >= WAIT_WINDOW {
+                    let guard = i64::from(self.cfg.clock_rate) * WAIT_GUARD_MS / 1000;
+                    self.shrink = self.min_wait > self.frame_ticks + guard;
+                    self.min_wait = i64::MAX;
+                    self.waits = 0;
+                }
+            }
+        }
+        self.take_head()
     }
 
     fn take_head(&mut self) -> Playout {
@@ -380,6 +440,31 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// A little jitter rounds the target up to two frames; when every packet still waits
+    /// more than a frame, the buffer drops that frame once and stays one frame deep.
+    #[test]
+    fn sheds_a_frame_of_delay_that_the_arrival_phase_makes_unneeded() {
+        let mut b = PlayoutBuffer::new(PlayoutConfig::default());
+        let mut played = 0;
+        for i in 0..400u64 {
+            // Packet i arrives 5 ms (+0.5 ms jitter) after its slot; pops are at 20 ms + 15.
+            let arrival = Duration::from_micros(20_000 * i + 5_000 + (i % 2) * 500);
+            b.insert(pkt(i as u16), arrival);
+            if i >= 1 {
+                // Start one frame deep, as a level-based buffer settles on this path.
+                let now = Duration::from_micros(20_000 * i + 15_000);
+                if matches!(b.pop(now), Playout::Packet(_)) {
+                    played += 1;
+                }
+            }
+        }
+        let s = b.stats();
+        assert_eq!(s.compressed, 1, "{s:?}");
+        assert_eq!((s.lost, s.late, s.underruns), (0, 0, 0), "{s:?}");
+        assert_eq!(s.delay, ms(20), "{s:?}");
+        assert_eq!(played, 399, "every pop played a packet");
     }
 
     #[test]

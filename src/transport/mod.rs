@@ -5,13 +5,18 @@
 //! can hand plaintext media to the network. Received RTP payloads come out as
 //! [`ReceivedFrame`]s still sealed, for the caller to decrypt.
 //!
-//! Negotiation is non-trickle: each side's SDP is sent once ICE gathering completes, as one
-//! opaque JSON string the caller relays over signaling.
+//! A negotiated data channel (`sotto-control`, stream id 0) carries control messages, which
+//! are sealed the same way (with the control keys of `docs/call-protocol.md`).
+//!
+//! Negotiation is non-trickle: each side's SDP (plain SDP text) is sent once ICE gathering
+//! completes, for the caller to relay over signaling.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use bytes::BytesMut;
+use rtc::data_channel::RTCDataChannelInit;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -24,6 +29,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -42,7 +48,7 @@ pub enum TransportError {
     /// webrtc-rs refused an operation.
     #[error("webrtc: {0}")]
     WebRtc(String),
-    /// The peer's session description is not valid JSON SDP.
+    /// The peer's session description is not valid SDP.
     #[error("bad session description from peer: {0}")]
     BadDescription(String),
     /// ICE gathering or connection did not finish in time.
@@ -51,6 +57,9 @@ pub enum TransportError {
     /// The connection is closed.
     #[error("transport closed")]
     Closed,
+    /// The control channel is not open (yet, or any more).
+    #[error("control channel not open")]
+    ControlNotOpen,
     /// Sealing a frame failed.
     #[error(transparent)]
     Sframe(#[from] SframeError),
@@ -126,6 +135,12 @@ pub struct ReceivedFrame {
     pub arrival: Instant,
 }
 
+/// Largest control message accepted from the peer (sealed), in bytes.
+pub const MAX_CONTROL_MESSAGE: usize = 2048;
+
+/// Label of the control data channel.
+pub const CONTROL_LABEL: &str = "sotto-control";
+
 /// Connection progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportState {
@@ -191,16 +206,20 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// One peer connection with an outgoing Opus track and the incoming frames.
+/// One peer connection with an outgoing Opus track, the incoming frames and the control
+/// channel. Sending takes `&self`, so a capture thread can share it with the call task.
 pub struct MediaTransport {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn RtpSender>,
+    control: Arc<dyn DataChannel>,
+    control_open: watch::Receiver<bool>,
     ssrc: u32,
-    payload_type: Option<PayloadType>,
+    payload_type: OnceLock<PayloadType>,
     gathered: watch::Receiver<bool>,
     state: watch::Receiver<TransportState>,
-    frames: mpsc::Receiver<ReceivedFrame>,
+    frames: Option<mpsc::Receiver<ReceivedFrame>>,
+    controls: Option<mpsc::Receiver<Bytes>>,
     gather_timeout: Duration,
 }
 
@@ -223,8 +242,48 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+fn random_ssrc() -> Result<u32, TransportError> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut b = [0u8; 4];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| rtc_err("no randomness"))?;
+    Ok(u32::from_be_bytes(b))
+}
+
+/// Forwards the control channel's events: open state, and sealed messages of sane size.
+async fn pump_control(
+    channel: Arc<dyn DataChannel>,
+    open: watch::Sender<bool>,
+    messages: mpsc::Sender<Bytes>,
+) {
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnOpen => {
+                let _ = open.send(true);
+            }
+            DataChannelEvent::OnMessage(msg) => {
+                if msg.is_string || msg.data.len() > MAX_CONTROL_MESSAGE {
+                    tracing::debug!(len = msg.data.len(), "control: dropped malformed message");
+                    continue;
+                }
+                // A peer flooding control messages loses them rather than growing a queue.
+                if messages.try_send(msg.data.freeze()).is_err() && messages.is_closed() {
+                    break;
+                }
+            }
+            DataChannelEvent::OnClose => {
+                let _ = open.send(false);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let _ = open.send(false);
+}
+
 impl MediaTransport {
-    /// A peer connection with one outgoing audio track.
+    /// A peer connection with one outgoing audio track and the control channel.
     pub async fn new(config: TransportConfig) -> Result<Self, TransportError> {
         let runtime = webrtc::runtime::default_runtime()
             .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
@@ -254,21 +313,14 @@ impl MediaTransport {
                 frames: frames_tx,
                 runtime: runtime.clone(),
             }))
-            .with_runtime(runtime)
+            .with_runtime(runtime.clone())
             .with_udp_addrs(config.udp_addrs.clone())
             .build()
             .await
             .map_err(rtc_err)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
-        let ssrc = {
-            use ring::rand::{SecureRandom, SystemRandom};
-            let mut b = [0u8; 4];
-            SystemRandom::new()
-                .fill(&mut b)
-                .map_err(|_| rtc_err("no randomness"))?;
-            u32::from_be_bytes(b)
-        };
+        let ssrc = random_ssrc()?;
         let track = Arc::new(
             TrackLocalStaticSample::new(
                 Instant::now(),
@@ -293,21 +345,46 @@ impl MediaTransport {
             .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
             .await
             .map_err(rtc_err)?;
+
+        // Negotiated out of band (both sides create stream 0), so no in-band announcement
+        // and no `on_data_channel` race.
+        let control = pc
+            .create_data_channel(
+                CONTROL_LABEL,
+                Some(RTCDataChannelInit {
+                    negotiated: Some(0),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(rtc_err)?;
+        let (open_tx, control_open) = watch::channel(false);
+        let (controls_tx, controls) = mpsc::channel(64);
+        runtime.spawn(Box::pin(pump_control(
+            Arc::clone(&control),
+            open_tx,
+            controls_tx,
+        )));
+
         Ok(MediaTransport {
             pc,
             track,
             sender,
+            control,
+            control_open,
             ssrc,
-            payload_type: None,
+            payload_type: OnceLock::new(),
             gathered,
             state,
-            frames,
+            frames: Some(frames),
+            controls: Some(controls),
             gather_timeout: config.gather_timeout,
         })
     }
 
-    async fn local_description(&mut self) -> Result<String, TransportError> {
-        let wait = self.gathered.wait_for(|done| *done);
+    async fn local_sdp(&self) -> Result<String, TransportError> {
+        let mut gathered = self.gathered.clone();
+        let wait = gathered.wait_for(|done| *done);
         tokio::time::timeout(self.gather_timeout, wait)
             .await
             .map_err(|_| TransportError::Timeout("ICE gathering"))?
@@ -317,50 +394,50 @@ impl MediaTransport {
             .local_description()
             .await
             .ok_or_else(|| rtc_err("no local description"))?;
-        serde_json::to_string(&desc).map_err(rtc_err)
+        Ok(desc.sdp)
     }
 
-    fn parse(sdp: &str) -> Result<RTCSessionDescription, TransportError> {
-        serde_json::from_str(sdp).map_err(|e| TransportError::BadDescription(e.to_string()))
-    }
-
-    /// Creates the offer; returns it for the peer, once ICE candidates are gathered.
-    pub async fn create_offer(&mut self) -> Result<String, TransportError> {
+    /// Creates the offer; returns its SDP for the peer once ICE candidates are gathered.
+    pub async fn create_offer(&self) -> Result<String, TransportError> {
         let offer = self.pc.create_offer(None).await.map_err(rtc_err)?;
         self.pc
             .set_local_description(offer)
             .await
             .map_err(rtc_err)?;
-        self.local_description().await
+        self.local_sdp().await
     }
 
-    /// Takes the peer's offer; returns the answer for the peer.
-    pub async fn accept_offer(&mut self, offer: &str) -> Result<String, TransportError> {
+    /// Takes the peer's offer SDP; returns the answer SDP for the peer.
+    pub async fn accept_offer(&self, offer: &str) -> Result<String, TransportError> {
+        let desc = RTCSessionDescription::offer(offer.to_owned())
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
         self.pc
-            .set_remote_description(Self::parse(offer)?)
+            .set_remote_description(desc)
             .await
-            .map_err(rtc_err)?;
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
         let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
         self.pc
             .set_local_description(answer)
             .await
             .map_err(rtc_err)?;
-        self.local_description().await
+        self.local_sdp().await
     }
 
-    /// Takes the peer's answer to our offer.
-    pub async fn accept_answer(&mut self, answer: &str) -> Result<(), TransportError> {
+    /// Takes the peer's answer SDP to our offer.
+    pub async fn accept_answer(&self, answer: &str) -> Result<(), TransportError> {
+        let desc = RTCSessionDescription::answer(answer.to_owned())
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
         self.pc
-            .set_remote_description(Self::parse(answer)?)
+            .set_remote_description(desc)
             .await
-            .map_err(rtc_err)
+            .map_err(|e| TransportError::BadDescription(e.to_string()))
     }
 
     /// Waits until media can flow.
-    pub async fn connected(&mut self, timeout: Duration) -> Result<(), TransportError> {
-        let wait = self
-            .state
-            .wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
+    pub async fn connected(&self, timeout: Duration) -> Result<(), TransportError> {
+        let mut state = self.state.clone();
+        let wait =
+            state.wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
         let state = *tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| TransportError::Timeout("connection"))?
@@ -376,14 +453,24 @@ impl MediaTransport {
         *self.state.borrow()
     }
 
+    /// A watch on the connection state, for select loops.
+    pub fn state_watch(&self) -> watch::Receiver<TransportState> {
+        self.state.clone()
+    }
+
+    /// A watch on whether the control channel is open.
+    pub fn control_open_watch(&self) -> watch::Receiver<bool> {
+        self.control_open.clone()
+    }
+
     /// Sends one sealed frame lasting `duration` of audio.
     pub async fn send(
-        &mut self,
+        &self,
         frame: &SealedFrame,
         duration: Duration,
     ) -> Result<(), TransportError> {
-        let pt = match self.payload_type {
-            Some(pt) => pt,
+        let pt = match self.payload_type.get() {
+            Some(pt) => *pt,
             None => {
                 let params = self.sender.get_parameters().await.map_err(rtc_err)?;
                 let pt = params
@@ -392,8 +479,7 @@ impl MediaTransport {
                     .first()
                     .map(|c| c.payload_type)
                     .ok_or_else(|| rtc_err("no negotiated codec"))?;
-                self.payload_type = Some(pt);
-                pt
+                *self.payload_type.get_or_init(|| pt)
             }
         };
         self.track
@@ -407,9 +493,39 @@ impl MediaTransport {
             .map_err(rtc_err)
     }
 
-    /// The next received (still sealed) frame, or `None` once the connection is gone.
-    pub async fn recv(&mut self) -> Option<ReceivedFrame> {
-        self.frames.recv().await
+    /// Sends an Opus payload **without** SFrame. Only the latency benchmark uses this, to
+    /// measure what E2EE adds against the same pipeline without it; calls never do.
+    #[doc(hidden)]
+    pub async fn send_unprotected_for_latency_baseline(
+        &self,
+        payload: &[u8],
+        duration: Duration,
+    ) -> Result<(), TransportError> {
+        self.send(&SealedFrame(Bytes::copy_from_slice(payload)), duration)
+            .await
+    }
+
+    /// Sends one sealed control message.
+    pub async fn send_control(&self, frame: &SealedFrame) -> Result<(), TransportError> {
+        if !*self.control_open.borrow() {
+            return Err(TransportError::ControlNotOpen);
+        }
+        self.control
+            .send(BytesMut::from(frame.as_bytes()))
+            .await
+            .map_err(rtc_err)
+    }
+
+    /// Takes the stream of received (still sealed) media frames; `None` after the first call.
+    /// It ends once the connection is gone.
+    pub fn take_frames(&mut self) -> Option<mpsc::Receiver<ReceivedFrame>> {
+        self.frames.take()
+    }
+
+    /// Takes the stream of received (still sealed) control messages; `None` after the first
+    /// call.
+    pub fn take_control(&mut self) -> Option<mpsc::Receiver<Bytes>> {
+        self.controls.take()
     }
 
     /// Closes the connection.

@@ -28,3 +28,62 @@ pub fn skip(test: &str, why: &str) {
         "SKIPPED {test}: {why} (run scripts/test for real devices; CI or SOTTO_REQUIRE_DEVICES=1 makes this a failure)"
     );
 }
+
+/// A signaling server running in-process on a free loopback port.
+pub struct TestServer {
+    /// `ws://127.0.0.1:PORT/ws`.
+    pub url: String,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl TestServer {
+    /// Starts the real server (default limits) on the current runtime.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let app =
+            sotto_signaling::App::new(sotto_signaling::ServerConfig::default(), shutdown.clone());
+        tokio::spawn(sotto_signaling::serve(listener, app));
+        TestServer { url, shutdown }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A sink that keeps everything played, for analysis after the call.
+#[derive(Clone, Default)]
+pub struct CaptureSink(pub std::sync::Arc<std::sync::Mutex<Vec<f32>>>);
+
+impl CaptureSink {
+    /// The last `seconds` of what was played (48 kHz).
+    pub fn tail(&self, seconds: f64) -> Vec<f32> {
+        let all = self.0.lock().unwrap();
+        let n = ((seconds * 48_000.0) as usize).min(all.len());
+        all[all.len() - n..].to_vec()
+    }
+}
+
+impl sotto::media::AudioSink for CaptureSink {
+    fn write_frame(&mut self, frame: &[f32]) -> Result<(), sotto::media::MediaError> {
+        self.0.lock().unwrap().extend_from_slice(frame);
+        Ok(())
+    }
+}
+
+/// Asserts that `heard` carries the tone `hz`: it is the strongest frequency and holds most of
+/// the power (a few concealed or resynchronised frames on a loaded machine are tolerated).
+pub fn assert_hears(heard: &[f32], hz: f64, who: &str) {
+    assert!(!heard.is_empty(), "{who} heard nothing");
+    let dominant = sotto::media::dominant_hz(heard, 48_000.0);
+    let share = tone_ratio(heard, 48_000.0, hz);
+    eprintln!("{who} hears {dominant:.0} Hz; {hz} Hz holds {share:.3} of the power");
+    assert!(
+        (dominant - hz).abs() <= 5.0 && share > 0.5,
+        "{who}: expected {hz} Hz, strongest is {dominant} Hz, share {share:.3}"
+    );
+}

@@ -1,9 +1,12 @@
 //! `sotto`: the command-line front end of the sotto call engine.
 
+mod call_cmd;
 mod demo;
 mod devices;
 mod hexarg;
 mod identity_cmd;
+mod latency_cmd;
+mod relay_demo;
 mod sframe_cmd;
 
 use std::process::ExitCode;
@@ -26,8 +29,14 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Create (on first use) and show this device's identity key.
     Identity(identity_cmd::IdentityArgs),
-    /// Show the handshake and E2EE frame protection end to end, on the embedded defaults.
+    /// Call a peer: join a room on a signaling server, agree keys, talk end-to-end encrypted.
+    Call(Box<call_cmd::CallArgs>),
+    /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
     Demo(demo::DemoArgs),
+    /// Measure mouth-to-ear latency per stage, with and without E2EE, over WebRTC loopback.
+    Latency(latency_cmd::LatencyArgs),
+    /// The handshake and frame protection against a hostile relay, in one process.
+    RelayDemo(relay_demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,11 +44,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    init_logging();
     let result = match cli.command {
         Command::Sframe(args) => sframe_cmd::run(args),
         Command::Devices(args) => devices::run(args).map_err(|e| e.to_string()),
         Command::Identity(args) => identity_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::RelayDemo(args) => relay_demo::run(args),
+        Command::Call(args) => call_cmd::run(*args),
+        Command::Latency(args) => latency_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,6 +61,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Help and version go to stdout with status 0; any other parse error is one line on stderr
@@ -62,8 +85,18 @@ fn usage_error(err: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let rendered = err.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // clap's first paragraph, on one line ("... not provided: --server <WS-URL>").
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let first = if first.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        first.join(" ")
+    };
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
     eprintln!("sotto: {first} (see --help)");
     ExitCode::FAILURE
 }

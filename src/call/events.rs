@@ -1,0 +1,121 @@
+//! What a call reports to the application.
+
+use crate::handshake::{IdentityKey, PeerTrust};
+
+use super::stats::CallStats;
+
+/// Where the call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallState {
+    /// Connecting to the signaling server and joining the room.
+    Joining,
+    /// In the room, waiting for the other peer.
+    WaitingForPeer,
+    /// Running the key agreement with the peer.
+    Handshaking,
+    /// Keys agreed; waiting for the WebRTC connection.
+    Connecting,
+    /// Media flows, end to end encrypted.
+    Connected,
+    /// The path dropped; ICE may bring it back.
+    Reconnecting,
+    /// Over.
+    Ended,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// We hung up (or the configured duration ran out).
+    LocalHangup,
+    /// The peer sent an authenticated hang-up.
+    RemoteHangup,
+    /// The signaling server says the peer left.
+    PeerLeft,
+    /// Key agreement failed; nothing was sent.
+    HandshakeFailed(String),
+    /// The peer's identity is not trusted under the configured policy.
+    PeerNotTrusted(String),
+    /// The WebRTC connection failed or could not be set up.
+    ConnectionFailed(String),
+    /// The signaling server refused us or went away for good.
+    SignalingFailed(String),
+    /// A local audio device or file failed.
+    MediaFailed(String),
+    /// A step took longer than its timeout.
+    Timeout(&'static str),
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::LocalHangup => write!(f, "hung up"),
+            EndReason::RemoteHangup => write!(f, "the peer hung up"),
+            EndReason::PeerLeft => write!(f, "the peer left"),
+            EndReason::HandshakeFailed(e) => write!(f, "key agreement failed: {e}"),
+            EndReason::PeerNotTrusted(e) => write!(f, "peer not trusted: {e}"),
+            EndReason::ConnectionFailed(e) => write!(f, "connection failed: {e}"),
+            EndReason::SignalingFailed(e) => write!(f, "signaling failed: {e}"),
+            EndReason::MediaFailed(e) => write!(f, "audio failed: {e}"),
+            EndReason::Timeout(what) => write!(f, "timed out: {what}"),
+        }
+    }
+}
+
+/// The authenticated peer: who the keys are shared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The name the peer gave.
+    pub name: String,
+    /// Its identity key, proven by its signature.
+    pub identity: IdentityKey,
+    /// The code both people compare ("0421 7736").
+    pub safety_code: String,
+    /// What the known-peers store says about this identity.
+    pub trust: PeerTrust,
+}
+
+/// Something the application may want to show or act on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// The call moved to a new state.
+    State(CallState),
+    /// Keys are agreed: show the safety code for the people to compare.
+    SafetyCode(PeerInfo),
+    /// The peer's identity key differs from the one pinned for its name. Until the people
+    /// compare safety codes, assume someone is in the middle.
+    PeerIdentityChanged {
+        /// The peer's name.
+        name: String,
+        /// The key pinned before.
+        pinned: IdentityKey,
+        /// The key it presented now.
+        presented: IdentityKey,
+    },
+    /// Periodic statistics.
+    Stats(CallStats),
+    /// Frames from the peer failed authentication (new failures since the last report).
+    AuthenticationFailures {
+        /// How many new failures.
+        new: u64,
+        /// How many in all.
+        total: u64,
+    },
+    /// The peer muted or unmuted.
+    PeerMuted(bool),
+    /// The first frame from the peer was decrypted and played.
+    FirstAudio {
+        /// Join to first played frame, in ms.
+        setup_ms: f64,
+    },
+    /// The call is over; the final statistics follow in `stats`.
+    Ended {
+        /// Why.
+        reason: EndReason,
+        /// Final figures.
+        stats: CallStats,
+    },
+}

@@ -1,0 +1,305 @@
+//! Two-party end-to-end encrypted calls: the object applications embed.
+//!
+//! A [`Call`] joins a room on a signaling server, runs the authenticated handshake with the
+//! other peer through it, sets up WebRTC, and then carries Opus audio sealed with SFrame both
+//! ways. Nothing is sent before keys exist, and every received frame is authenticated before
+//! it reaches the playout buffer. The wire contract is `docs/call-protocol.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sotto::call::CallError> {
+//! use sotto::call::{CallBuilder, CallEvent};
+//! use sotto::media::{NullSink, ToneSource};
+//!
+//! let mut call = CallBuilder::new("ws://127.0.0.1:8787/ws", "standup")
+//!     .name("alice")
+//!     .source(ToneSource::new(440.0, 0.3))
+//!     .sink(NullSink::default())
+//!     .start()?;
+//! while let Some(event) = call.next_event().await {
+//!     match event {
+//!         CallEvent::SafetyCode(peer) => println!("compare: {}", peer.safety_code),
+//!         CallEvent::Ended { reason, .. } => { println!("{reason}"); break }
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod control;
+mod events;
+mod media_loop;
+mod protocol;
+mod session;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+pub use control::{ControlCrypto, ControlError};
+pub use events::{CallEvent, CallState, EndReason, PeerInfo};
+pub use protocol::{
+    ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
+};
+pub use stats::CallStats;
+
+use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
+use crate::media::{AudioSink, AudioSource, OpusConfig};
+use crate::playout::PlayoutConfig;
+use crate::sframe::CipherSuite;
+use crate::transport::TransportConfig;
+
+use stats::SharedStats;
+
+/// Errors starting a call. Once a call runs, failures end it with an [`EndReason`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// A required part was not given.
+    #[error("call is missing {0}")]
+    Missing(&'static str),
+    /// A setting is out of range.
+    #[error("invalid call setting: {0}")]
+    Invalid(String),
+    /// The identity could not be created or loaded.
+    #[error(transparent)]
+    Identity(#[from] HandshakeError),
+    /// Not inside a tokio runtime.
+    #[error("a call must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Everything a call needs to know, with defaults for a loopback or LAN call.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// Signaling server URL as it prints it (`ws://HOST:PORT/ws`).
+    pub server_url: String,
+    /// Room to meet the peer in; also the handshake's call id.
+    pub room: String,
+    /// Our display name.
+    pub name: String,
+    /// Join token, for servers with a secret.
+    pub token: Option<String>,
+    /// SFrame cipher suite (both peers must use the same).
+    pub suite: CipherSuite,
+    /// Opus settings; `opus.frame` is the frame length of the whole call.
+    pub opus: OpusConfig,
+    /// Playout buffer settings.
+    pub playout: PlayoutConfig,
+    /// Key rotation.
+    pub rotation: RotationConfig,
+    /// ICE servers and local addresses.
+    pub transport: TransportConfig,
+    /// Which peer identities to accept.
+    pub trust: TrustPolicy,
+    /// How often [`CallEvent::Stats`] is emitted (and RTT measured).
+    pub stats_interval: Duration,
+    /// Time from finding the peer to media flowing, before the call gives up.
+    pub setup_timeout: Duration,
+}
+
+impl CallConfig {
+    /// Defaults for `server_url` and `room`.
+    pub fn new(server_url: impl Into<String>, room: impl Into<String>) -> Self {
+        CallConfig {
+            server_url: server_url.into(),
+            room: room.into(),
+            name: "sotto".into(),
+            token: None,
+            suite: CipherSuite::AesGcm128Sha256,
+            opus: OpusConfig::default(),
+            playout: PlayoutConfig::default(),
+            rotation: RotationConfig::default(),
+            transport: TransportConfig::default(),
+            trust: TrustPolicy::TrustOnFirstUse,
+            stats_interval: Duration::from_secs(1),
+            setup_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Builds a [`Call`].
+pub struct CallBuilder {
+    config: CallConfig,
+    identity: Option<Arc<Identity>>,
+    known_peers: Option<KnownPeers>,
+    source: Option<Box<dyn AudioSource>>,
+    sink: Option<Box<dyn AudioSink>>,
+    wrong_receive_key: bool,
+}
+
+impl std::fmt::Debug for CallBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallBuilder {
+    /// A call to `room` on the signaling server at `server_url`.
+    pub fn new(server_url: impl Into<String>, room: impl Into<String>) -> Self {
+        Self::with_config(CallConfig::new(server_url, room))
+    }
+
+    /// A call with every setting given.
+    pub fn with_config(config: CallConfig) -> Self {
+        CallBuilder {
+            config,
+            identity: None,
+            known_peers: None,
+            source: None,
+            sink: None,
+            wrong_receive_key: false,
+        }
+    }
+
+    /// Our display name (default "sotto").
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Join token for servers with a secret.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = Some(token.into());
+        self
+    }
+
+    /// Our long-term identity (default: a fresh one for this call only).
+    pub fn identity(mut self, identity: Arc<Identity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The known-peers store to check and pin the peer against (default: in memory).
+    pub fn known_peers(mut self, peers: KnownPeers) -> Self {
+        self.known_peers = Some(peers);
+        self
+    }
+
+    /// Where our audio comes from (required).
+    pub fn source(mut self, source: impl AudioSource + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Where the peer's audio goes (required).
+    pub fn sink(mut self, sink: impl AudioSink + 'static) -> Self {
+        self.sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Changes any setting.
+    pub fn configure(mut self, f: impl FnOnce(&mut CallConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Testing only: receive with a random key instead of the agreed one, to show that a
+    /// peer without the keys hears nothing. Never use in a real call.
+    #[doc(hidden)]
+    pub fn insecure_wrong_receive_key_for_tests(mut self) -> Self {
+        self.wrong_receive_key = true;
+        self
+    }
+
+    /// Starts the call on the current tokio runtime. Events arrive through
+    /// [`Call::next_event`].
+    pub fn start(self) -> Result<Call, CallError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CallError::NoRuntime)?;
+        let source = self.source.ok_or(CallError::Missing("an audio source"))?;
+        let sink = self.sink.ok_or(CallError::Missing("an audio sink"))?;
+        let c = &self.config;
+        if c.room.is_empty() || c.name.is_empty() {
+            return Err(CallError::Invalid("room and name must not be empty".into()));
+        }
+        if c.playout.frame != c.opus.frame.duration() {
+            return Err(CallError::Invalid(
+                "playout frame and Opus frame differ".into(),
+            ));
+        }
+        let identity = match self.identity {
+            Some(id) => id,
+            None => Arc::new(Identity::generate()?),
+        };
+        let (events_tx, events) = mpsc::channel(256);
+        let (commands_tx, commands) = mpsc::channel(16);
+        let shared = Arc::new(SharedStats::default());
+        let session = session::Session {
+            config: self.config,
+            identity,
+            known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
+            audio: std::sync::Mutex::new(Some((source, sink))),
+            events: events_tx,
+            commands,
+            shared: Arc::clone(&shared),
+            started: Instant::now(),
+            wrong_receive_key: self.wrong_receive_key,
+        };
+        let task = runtime.spawn(session.run());
+        Ok(Call {
+            commands: commands_tx,
+            events,
+            shared,
+            task: Some(task),
+        })
+    }
+}
+
+/// Commands from the application to the running call.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Mute(bool),
+    HangUp,
+}
+
+/// A running call. Dropping it hangs up.
+#[derive(Debug)]
+pub struct Call {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<CallEvent>,
+    shared: Arc<SharedStats>,
+    task: Option<tokio::task::JoinHandle<EndReason>>,
+}
+
+impl Call {
+    /// The next event; `None` after [`CallEvent::Ended`] has been delivered.
+    pub async fn next_event(&mut self) -> Option<CallEvent> {
+        self.events.recv().await
+    }
+
+    /// Mutes or unmutes our microphone (silence is sent; the peer is told).
+    pub async fn set_muted(&self, muted: bool) {
+        let _ = self.commands.send(Command::Mute(muted)).await;
+    }
+
+    /// Hangs up (the peer is told over the encrypted control channel) and waits until the
+    /// call has ended.
+    pub async fn hang_up(&mut self) -> EndReason {
+        let _ = self.commands.send(Command::HangUp).await;
+        self.ended().await
+    }
+
+    /// Waits until the call has ended, however it ends.
+    pub async fn ended(&mut self) -> EndReason {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| EndReason::MediaFailed(format!("call task failed: {e}"))),
+            None => EndReason::LocalHangup,
+        }
+    }
+
+    /// The figures right now (bitrates come with [`CallEvent::Stats`]).
+    pub fn stats(&self) -> CallStats {
+        self.shared.snapshot()
+    }
+}
+
+/// Where `sotto call` keeps identities by default.
+pub fn default_identity_path() -> PathBuf {
+    crate::handshake::default_config_dir().join("identity.json")
+}

@@ -1,0 +1,207 @@
+//! The call protocol's messages (`docs/call-protocol.md`): what peers send each other through
+//! the signaling server, and what travels (sealed) on the control channel. Parsing is
+//! Sans-I/O, bounded and never panics.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::handshake::MAX_MESSAGE_LEN;
+
+/// Largest SDP accepted from the peer, in bytes (well under the server's message limit).
+pub const MAX_SDP_LEN: usize = 32 * 1024;
+
+/// A signaling payload of the call protocol, as sent.
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OutgoingSignal<'a> {
+    /// One handshake message, embedded as the JSON object it is.
+    Handshake {
+        /// The handshake message.
+        message: &'a RawValue,
+    },
+    /// The initiator's SDP offer.
+    Offer {
+        /// Complete SDP text.
+        sdp: &'a str,
+    },
+    /// The responder's SDP answer.
+    Answer {
+        /// Complete SDP text.
+        sdp: &'a str,
+    },
+}
+
+/// A signaling payload of the call protocol, as received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IncomingSignal {
+    /// A handshake message (raw JSON bytes for the handshake machine).
+    Handshake(Vec<u8>),
+    /// An SDP offer.
+    Offer(String),
+    /// An SDP answer.
+    Answer(String),
+}
+
+/// Why a signaling payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// Not a JSON object of a known kind with the right fields.
+    #[error("malformed call payload: {0}")]
+    Malformed(String),
+    /// A field is over its size limit.
+    #[error("call payload field too large: {0}")]
+    TooLarge(&'static str),
+}
+
+/// The payload as it parses: a flat struct, because serde's tagged enums cannot carry a raw
+/// JSON value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    kind: &'a str,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(default)]
+    sdp: Option<String>,
+}
+
+/// Parses a relayed `data` payload.
+pub fn parse_signal(data: &str) -> Result<IncomingSignal, PayloadError> {
+    if data.len() > MAX_SDP_LEN + 1024 {
+        return Err(PayloadError::TooLarge("payload"));
+    }
+    let wire: Wire<'_> =
+        serde_json::from_str(data).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    let malformed = |what: &str| PayloadError::Malformed(what.to_string());
+    match (wire.kind, wire.message, wire.sdp) {
+        ("handshake", Some(message), None) => {
+            let bytes = message.get().as_bytes();
+            if bytes.len() > MAX_MESSAGE_LEN {
+                return Err(PayloadError::TooLarge("handshake message"));
+            }
+            Ok(IncomingSignal::Handshake(bytes.to_vec()))
+        }
+        ("offer" | "answer", None, Some(sdp)) if sdp.len() > MAX_SDP_LEN => {
+            Err(PayloadError::TooLarge("sdp"))
+        }
+        ("offer", None, Some(sdp)) => Ok(IncomingSignal::Offer(sdp)),
+        ("answer", None, Some(sdp)) => Ok(IncomingSignal::Answer(sdp)),
+        ("handshake" | "offer" | "answer", _, _) => Err(malformed("wrong fields for its kind")),
+        _ => Err(malformed("unknown kind")),
+    }
+}
+
+/// A control message (plaintext inside a sealed control-channel frame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ControlMessage {
+    /// The sender muted or unmuted its microphone.
+    Mute {
+        /// Muted now.
+        muted: bool,
+    },
+    /// The sender ends the call.
+    Hangup,
+    /// Asks for a `Pong` with the same id (round-trip time).
+    Ping {
+        /// Echoed back.
+        id: u64,
+    },
+    /// Answers a `Ping`.
+    Pong {
+        /// The ping's id.
+        id: u64,
+    },
+}
+
+impl ControlMessage {
+    /// The JSON text that gets sealed.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising these plain enums cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses decrypted control plaintext; `None` for unknown or malformed messages, which
+    /// the protocol says to ignore.
+    pub fn parse(plaintext: &[u8]) -> Option<Self> {
+        serde_json::from_slice(plaintext).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_payloads_round_trip() {
+        let msg = RawValue::from_string(r#"{"type":"hello","v":1}"#.into()).unwrap();
+        let out = serde_json::to_string(&OutgoingSignal::Handshake { message: &msg }).unwrap();
+        assert_eq!(
+            out,
+            r#"{"kind":"handshake","message":{"type":"hello","v":1}}"#
+        );
+        assert_eq!(
+            parse_signal(&out).unwrap(),
+            IncomingSignal::Handshake(br#"{"type":"hello","v":1}"#.to_vec())
+        );
+        let out = serde_json::to_string(&OutgoingSignal::Offer { sdp: "v=0\r\n" }).unwrap();
+        assert_eq!(
+            parse_signal(&out).unwrap(),
+            IncomingSignal::Offer("v=0\r\n".into())
+        );
+        let out = serde_json::to_string(&OutgoingSignal::Answer { sdp: "v=0" }).unwrap();
+        assert_eq!(
+            parse_signal(&out).unwrap(),
+            IncomingSignal::Answer("v=0".into())
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_refused() {
+        for bad in [
+            "",
+            "null",
+            "[]",
+            r#"{"kind":"offer"}"#,
+            r#"{"kind":"offer","sdp":5}"#,
+            r#"{"kind":"bye"}"#,
+            r#"{"kind":"answer","sdp":"x","extra":1}"#,
+            r#"{"sdp":"x"}"#,
+        ] {
+            assert!(
+                matches!(parse_signal(bad), Err(PayloadError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let huge = format!(
+            r#"{{"kind":"offer","sdp":"{}"}}"#,
+            "a".repeat(MAX_SDP_LEN + 1)
+        );
+        assert_eq!(parse_signal(&huge), Err(PayloadError::TooLarge("sdp")));
+        let big_hs = format!(
+            r#"{{"kind":"handshake","message":{{"x":"{}"}}}}"#,
+            "a".repeat(MAX_MESSAGE_LEN)
+        );
+        assert_eq!(
+            parse_signal(&big_hs),
+            Err(PayloadError::TooLarge("handshake message"))
+        );
+    }
+
+    #[test]
+    fn control_messages_match_the_protocol_text() {
+        assert_eq!(
+            ControlMessage::Mute { muted: true }.to_json(),
+            br#"{"type":"mute","muted":true}"#
+        );
+        assert_eq!(ControlMessage::Hangup.to_json(), br#"{"type":"hangup"}"#);
+        assert_eq!(
+            ControlMessage::parse(br#"{"type":"ping","id":7}"#),
+            Some(ControlMessage::Ping { id: 7 })
+        );
+        assert_eq!(ControlMessage::parse(br#"{"type":"dance"}"#), None);
+        assert_eq!(ControlMessage::parse(b"\xff\x00"), None);
+    }
+}

@@ -1,0 +1,649 @@
+//! The call task: signaling, handshake, WebRTC negotiation, control channel and the media
+//! threads' lifecycle. All protocol decisions live in the Sans-I/O pieces (handshake machine,
+//! payload parsing, control crypto); this is the I/O edge that drives them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::handshake::{
+    CallKeys, DirectionKey, Established, Handshake, Identity, KnownPeers, MediaReceiver,
+    MediaSender, PeerTrust, Role,
+};
+use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
+use crate::playout::AudioPlayout;
+use crate::signal::{SignalClient, SignalConfig, SignalEvent};
+use crate::transport::{MediaTransport, TransportState};
+
+use super::control::{ControlCrypto, ControlError};
+use super::events::{CallEvent, CallState, EndReason, PeerInfo};
+use super::media_loop::{self, Capture, MediaNotice, PLAYBACK_QUEUE, Playback};
+use super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
+use super::stats::{RateMeter, SharedStats};
+use super::{CallConfig, Command};
+
+/// How long a hang-up message gets to leave before the connection closes.
+const HANGUP_LINGER: Duration = Duration::from_millis(150);
+
+/// How long signaling may keep failing before a call that is not connected yet gives up.
+const SIGNAL_ATTEMPTS: u32 = 5;
+
+/// The application's source and sink.
+pub(crate) type AudioIo = (Box<dyn AudioSource>, Box<dyn AudioSink>);
+
+pub(crate) struct Session {
+    pub config: CallConfig,
+    pub identity: Arc<Identity>,
+    pub known_peers: KnownPeers,
+    /// The application's audio I/O until the media threads take it (a mutex only so the
+    /// session is `Sync`; it is locked once).
+    pub audio: std::sync::Mutex<Option<AudioIo>>,
+    pub events: mpsc::Sender<CallEvent>,
+    pub commands: mpsc::Receiver<Command>,
+    pub shared: Arc<SharedStats>,
+    pub started: Instant,
+    pub wrong_receive_key: bool,
+}
+
+/// The peer we are calling and how far we got with it.
+struct Peer {
+    id: String,
+    handshake: Handshake,
+    /// When both of us were in the room, as seen here (set-up time starts here).
+    since: Instant,
+}
+
+/// Media threads and tasks once running.
+struct Media {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    decrypt: tokio::task::JoinHandle<()>,
+}
+
+/// Mutable state of one run.
+struct Run {
+    signal: Option<SignalClient>,
+    transport: Arc<MediaTransport>,
+    peer: Option<Peer>,
+    /// Set once the handshake completed.
+    established: bool,
+    /// The media keys, until the media threads take them.
+    keys: Option<CallKeys>,
+    control: Option<ControlCrypto>,
+    media: Option<Media>,
+    state: CallState,
+    ping: Option<(u64, Instant)>,
+    next_ping: u64,
+    reported_failures: u64,
+    signaling_up: bool,
+}
+
+impl Session {
+    /// Runs the call to its end; always emits `Ended` last.
+    pub(crate) async fn run(mut self) -> EndReason {
+        let (reason, run) = self.run_inner().await;
+        if let Some(mut run) = run {
+            self.shutdown(&mut run, &reason).await;
+        }
+        let stats = self.shared.snapshot();
+        tracing::info!(%reason, "call ended");
+        // The last events wait for room in the queue, but not forever: an application that
+        // stopped reading still gets the reason from `Call::ended`.
+        for event in [
+            CallEvent::State(CallState::Ended),
+            CallEvent::Ended {
+                reason: reason.clone(),
+                stats,
+            },
+        ] {
+            let send = self.events.send(event);
+            if tokio::time::timeout(Duration::from_secs(1), send).await.is_err() {
+                tracing::debug!("event queue full at the end of the call");
+            }
+        }
+        reason
+    }
+
+    fn emit(&self, event: CallEvent) {
+        // Never block the call on a slow application: stats may be dropped, the rest fits.
+        if self.events.try_send(event).is_err() {
+            tracing::debug!("event queue full; event dropped");
+        }
+    }
+
+    fn set_state(&self, run: &mut Run, state: CallState) {
+        if run.state != state {
+            run.state = state;
+            tracing::info!(?state, "call state");
+            self.emit(CallEvent::State(state));
+        }
+    }
+
+    async fn run_inner(&mut self) -> (EndReason, Option<Run>) {
+        self.emit(CallEvent::State(CallState::Joining));
+        // The transport starts first: its sockets and ICE agent get ready while we join.
+        let mut transport = match MediaTransport::new(self.config.transport.clone()).await {
+            Ok(t) => t,
+            Err(e) => return (EndReason::ConnectionFailed(e.to_string()), None),
+        };
+        let frames = transport.take_frames();
+        let mut controls = transport.take_control();
+        let transport = Arc::new(transport);
+        let mut signal_config = SignalConfig::new(
+            self.config.server_url.clone(),
+            self.config.room.clone(),
+            self.config.name.clone(),
+        );
+        signal_config.token = self.config.token.clone();
+        signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
+        let (signal, mut signal_events) = SignalClient::connect(signal_config);
+        let mut run = Run {
+            signal: Some(signal),
+            transport: Arc::clone(&transport),
+            peer: None,
+            established: false,
+            keys: None,
+            control: None,
+            media: None,
+            state: CallState::Joining,
+            ping: None,
+            next_ping: 1,
+            reported_failures: 0,
+            signaling_up: true,
+        };
+        let mut frames = frames;
+        let mut transport_state = transport.state_watch();
+        let (notices_tx, mut notices) = mpsc::unbounded_channel();
+        let mut stats_tick = tokio::time::interval(self.config.stats_interval);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rates = RateMeter::default();
+        let mut last_tick = Instant::now();
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut setup_deadline = far;
+
+        let reason = loop {
+            tokio::select! {
+                event = signal_events.recv(), if run.signaling_up => {
+                    let Some(event) = event else {
+                        run.signaling_up = false;
+                        if run.media.is_none() {
+                            break EndReason::SignalingFailed("signaling client stopped".into());
+                        }
+                        continue;
+                    };
+                    match self.on_signal(&mut run, event).await {
+                        Ok(true) => {
+                            setup_deadline = tokio::time::Instant::now() + self.config.setup_timeout;
+                        }
+                        Ok(false) => {}
+                        Err(reason) => break reason,
+                    }
+                    if let Err(reason) =
+                        self.maybe_start_media(&mut run, &mut frames, &notices_tx)
+                    {
+                        break reason;
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::HangUp) | None => break EndReason::LocalHangup,
+                    Some(Command::Mute(muted)) => {
+                        self.shared.muted.store(muted, Relaxed);
+                        self.send_control(&mut run, &ControlMessage::Mute { muted }).await;
+                    }
+                },
+                changed = transport_state.changed() => {
+                    if changed.is_err() {
+                        break EndReason::ConnectionFailed("transport stopped".into());
+                    }
+                    let state = *transport_state.borrow_and_update();
+                    match state {
+                        TransportState::Connected => {
+                            if run.established && run.media.is_none() {
+                                if let Err(reason) =
+                                    self.maybe_start_media(&mut run, &mut frames, &notices_tx)
+                                {
+                                    break reason;
+                                }
+                            } else if run.media.is_some() {
+                                self.set_state(&mut run, CallState::Connected);
+                            }
+                        }
+                        TransportState::Disconnected if run.media.is_some() => {
+                            self.set_state(&mut run, CallState::Reconnecting);
+                        }
+                        TransportState::Closed => {
+                            break EndReason::ConnectionFailed("peer connection closed".into());
+                        }
+                        _ => {}
+                    }
+                }
+                Some(message) = async {
+                    match controls.as_mut() {
+                        Some(c) => c.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(reason) = self.on_control(&mut run, &message).await {
+                        break reason;
+                    }
+                }
+                Some(notice) = notices.recv() => match notice {
+                    MediaNotice::FirstAudio(setup) => {
+                        let setup_ms = setup.as_secs_f64() * 1000.0;
+                        tracing::info!(setup_ms, "first audio played");
+                        self.emit(CallEvent::FirstAudio { setup_ms });
+                    }
+                    MediaNotice::Failed(e) => break EndReason::MediaFailed(e),
+                },
+                _ = stats_tick.tick() => {
+                    let now = Instant::now();
+                    let mut stats = self.shared.snapshot();
+                    rates.update(&self.shared, now - last_tick, &mut stats);
+                    last_tick = now;
+                    let failures = stats.decrypt_failures;
+                    if failures > run.reported_failures {
+                        self.emit(CallEvent::AuthenticationFailures {
+                            new: failures - run.reported_failures,
+                            total: failures,
+                        });
+                        run.reported_failures = failures;
+                    }
+                    if run.media.is_some() {
+                        self.emit(CallEvent::Stats(stats));
+                        let id = run.next_ping;
+                        run.next_ping += 1;
+                        if self.send_control(&mut run, &ControlMessage::Ping { id }).await {
+                            run.ping = Some((id, now));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(setup_deadline), if run.media.is_none() => {
+                    break EndReason::Timeout(if !run.established {
+                        "key agreement with the peer"
+                    } else {
+                        "WebRTC connection"
+                    });
+                }
+            }
+        };
+        (reason, Some(run))
+    }
+
+    /// Handles one signaling event. `Ok(true)` when a peer was found (set-up starts).
+    async fn on_signal(&mut self, run: &mut Run, event: SignalEvent) -> Result<bool, EndReason> {
+        match event {
+            SignalEvent::Joined { peer_id, peers } => {
+                tracing::info!(%peer_id, others = peers.len(), "joined the room");
+                if run.peer.is_some() {
+                    return Ok(false); // a rejoin after a reconnect: the call goes on
+                }
+                let Some(other) = peers.into_iter().next() else {
+                    self.set_state(run, CallState::WaitingForPeer);
+                    return Ok(false);
+                };
+                // The peer was there first: we initiate.
+                let (handshake, hello) = Handshake::initiator(
+                    Arc::clone(&self.identity),
+                    &self.config.room,
+                    &self.config.name,
+                )
+                .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
+                // Set-up time of the joiner counts from its own start.
+                run.peer = Some(Peer {
+                    id: other.peer_id,
+                    handshake,
+                    since: self.started,
+                });
+                self.set_state(run, CallState::Handshaking);
+                self.send_handshake(run, hello).await?;
+                let offer = run
+                    .transport
+                    .create_offer()
+                    .await
+                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                self.send_signal(run, &OutgoingSignal::Offer { sdp: &offer })
+                    .await?;
+                Ok(true)
+            }
+            SignalEvent::PeerJoined(info) => {
+                if run.peer.is_some() {
+                    tracing::info!(peer = %info.peer_id, "ignoring a third peer");
+                    return Ok(false);
+                }
+                let handshake = Handshake::responder(
+                    Arc::clone(&self.identity),
+                    &self.config.room,
+                    &self.config.name,
+                )
+                .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
+                run.peer = Some(Peer {
+                    id: info.peer_id,
+                    handshake,
+                    since: Instant::now(),
+                });
+                self.set_state(run, CallState::Handshaking);
+                Ok(true)
+            }
+            SignalEvent::PeerLeft { peer_id } => {
+                if run.peer.as_ref().is_some_and(|p| p.id == peer_id) {
+                    return Err(EndReason::PeerLeft);
+                }
+                Ok(false)
+            }
+            SignalEvent::Message { from, data } => {
+                if run.peer.as_ref().is_none_or(|p| p.id != from) {
+                    tracing::debug!(%from, "ignoring a message from a peer not in this call");
+                    return Ok(false);
+                }
+                match parse_signal(data.get()) {
+                    Ok(message) => self.on_call_message(run, message).await?,
+                    Err(e) => tracing::warn!("ignoring a bad payload from the peer: {e}"),
+                }
+                Ok(false)
+            }
+            SignalEvent::ServerError { code, message } => {
+                tracing::warn!(?code, %message, "signaling server refused a message");
+                Ok(false)
+            }
+            SignalEvent::Disconnected { reason } => {
+                tracing::warn!(%reason, "signaling connection lost");
+                Ok(false)
+            }
+            SignalEvent::Reconnecting { attempt, delay } => {
+                tracing::info!(attempt, ?delay, "reconnecting to signaling");
+                Ok(false)
+            }
+            SignalEvent::Closed { reason } => {
+                run.signaling_up = false;
+                if run.media.is_none() {
+                    return Err(EndReason::SignalingFailed(reason));
+                }
+                // Media is peer to peer: the call goes on without signaling.
+                tracing::warn!(%reason, "signaling closed; the call continues");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn on_call_message(
+        &mut self,
+        run: &mut Run,
+        message: IncomingSignal,
+    ) -> Result<(), EndReason> {
+        let Some(peer) = run.peer.as_mut() else {
+            return Ok(());
+        };
+        match message {
+            IncomingSignal::Handshake(bytes) => {
+                if run.established {
+                    return Err(EndReason::HandshakeFailed(
+                        "handshake message after the keys were agreed".into(),
+                    ));
+                }
+                let step = peer
+                    .handshake
+                    .handle(&bytes)
+                    .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
+                if let Some(reply) = step.send {
+                    self.send_handshake(run, reply).await?;
+                }
+                if let Some(established) = step.established {
+                    self.on_established(run, established)?;
+                }
+            }
+            IncomingSignal::Offer(sdp) => {
+                if peer.handshake.role() != Role::Responder {
+                    tracing::warn!("ignoring an offer: we are the offerer");
+                    return Ok(());
+                }
+                let answer = run
+                    .transport
+                    .accept_offer(&sdp)
+                    .await
+                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                self.send_signal(run, &OutgoingSignal::Answer { sdp: &answer })
+                    .await?;
+                if run.established {
+                    self.set_state(run, CallState::Connecting);
+                }
+            }
+            IncomingSignal::Answer(sdp) => {
+                if peer.handshake.role() != Role::Initiator {
+                    tracing::warn!("ignoring an answer: we did not offer");
+                    return Ok(());
+                }
+                run.transport
+                    .accept_answer(&sdp)
+                    .await
+                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_established(&mut self, run: &mut Run, established: Established) -> Result<(), EndReason> {
+        let Established {
+            peer_name: name,
+            peer_identity: key,
+            safety_code,
+            keys,
+            ..
+        } = established;
+        let trust = self
+            .known_peers
+            .evaluate(&name, &key, self.config.trust)
+            .map_err(|e| EndReason::PeerNotTrusted(e.to_string()))?;
+        if let Err(e) = self.known_peers.save() {
+            tracing::warn!("could not save known peers: {e}");
+        }
+        if let PeerTrust::Changed { previous } = &trust {
+            self.emit(CallEvent::PeerIdentityChanged {
+                name: name.clone(),
+                pinned: *previous,
+                presented: key,
+            });
+        }
+        let code = safety_code.to_string();
+        tracing::info!(peer = %name, safety_code = %code, "keys agreed");
+        self.emit(CallEvent::SafetyCode(PeerInfo {
+            name: name.clone(),
+            identity: key,
+            safety_code: code,
+            trust,
+        }));
+        run.control = Some(
+            ControlCrypto::new(self.config.suite, &keys)
+                .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?,
+        );
+        run.keys = Some(keys);
+        run.established = true;
+        self.set_state(run, CallState::Connecting);
+        Ok(())
+    }
+
+    /// Starts the media threads once keys are agreed and the transport is connected.
+    fn maybe_start_media(
+        &mut self,
+        run: &mut Run,
+        frames: &mut Option<mpsc::Receiver<crate::transport::ReceivedFrame>>,
+        notices: &mpsc::UnboundedSender<MediaNotice>,
+    ) -> Result<(), EndReason> {
+        if run.media.is_some()
+            || run.keys.is_none()
+            || run.transport.state() != TransportState::Connected
+        {
+            return Ok(());
+        }
+        let audio = self.audio.lock().ok().and_then(|mut a| a.take());
+        let (Some(keys), Some(frames), Some((source, sink))) =
+            (run.keys.take(), frames.take(), audio)
+        else {
+            return Ok(());
+        };
+        let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
+        let now = Instant::now();
+        let CallKeys {
+            send: send_key,
+            recv: mut recv_key,
+        } = keys;
+        if self.wrong_receive_key {
+            let mut random = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+                .map_err(|_| EndReason::MediaFailed("no randomness".into()))?;
+            recv_key = DirectionKey::from_bytes(random, recv_key.direction());
+        }
+        let sender = MediaSender::new(self.config.suite, send_key, self.config.rotation, now)
+            .map_err(|e| media_err(&e))?;
+        let receiver = MediaReceiver::new(self.config.suite, recv_key, self.config.rotation)
+            .map_err(|e| media_err(&e))?;
+        let encoder = OpusEncoder::new(self.config.opus).map_err(|e| media_err(&e))?;
+        let decoder = OpusDecoder::new(self.config.opus.frame).map_err(|e| media_err(&e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (packets_tx, packets_rx) = std::sync::mpsc::sync_channel(PLAYBACK_QUEUE);
+        let capture = Capture {
+            source,
+            encoder,
+            sender,
+            transport: Arc::clone(&run.transport),
+            runtime: tokio::runtime::Handle::current(),
+            shared: Arc::clone(&self.shared),
+            stop: Arc::clone(&stop),
+            frame: self.config.opus.frame,
+            notices: notices.clone(),
+        };
+        let playback = Playback {
+            sink,
+            playout: AudioPlayout::new(self.config.playout, decoder),
+            packets: packets_rx,
+            shared: Arc::clone(&self.shared),
+            stop: Arc::clone(&stop),
+            frame: self.config.opus.frame,
+            setup_start: run.peer.as_ref().map_or(self.started, |p| p.since),
+            notices: notices.clone(),
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| EndReason::MediaFailed(e.to_string()))
+        };
+        let threads = vec![
+            spawn("sotto-capture", Box::new(move || capture.run()))?,
+            spawn("sotto-playback", Box::new(move || playback.run()))?,
+        ];
+        let decrypt = tokio::spawn(media_loop::decrypt_frames(
+            frames,
+            receiver,
+            packets_tx,
+            Arc::clone(&self.shared),
+        ));
+        run.media = Some(Media {
+            stop,
+            threads,
+            decrypt,
+        });
+        self.set_state(run, CallState::Connected);
+        Ok(())
+    }
+
+    async fn on_control(&mut self, run: &mut Run, frame: &[u8]) -> Option<EndReason> {
+        let control = run.control.as_mut()?;
+        let message = match control.open(frame) {
+            Ok(m) => m,
+            Err(ControlError::Unknown) => return None,
+            Err(e) => {
+                self.shared.control_failures.fetch_add(1, Relaxed);
+                tracing::warn!("dropped a control message: {e}");
+                return None;
+            }
+        };
+        match message {
+            ControlMessage::Hangup => return Some(EndReason::RemoteHangup),
+            ControlMessage::Mute { muted } => {
+                self.shared.peer_muted.store(muted, Relaxed);
+                self.emit(CallEvent::PeerMuted(muted));
+            }
+            ControlMessage::Ping { id } => {
+                self.send_control(run, &ControlMessage::Pong { id }).await;
+            }
+            ControlMessage::Pong { id } => {
+                if let Some((sent_id, at)) = run.ping
+                    && sent_id == id
+                {
+                    SharedStats::set_duration(&self.shared.rtt_us, at.elapsed());
+                    run.ping = None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Seals and sends a control message; false if the channel is not up.
+    async fn send_control(&self, run: &mut Run, message: &ControlMessage) -> bool {
+        let Some(control) = run.control.as_mut() else {
+            return false;
+        };
+        let sealed = match control.seal(message) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("could not seal a control message: {e}");
+                return false;
+            }
+        };
+        run.transport.send_control(&sealed).await.is_ok()
+    }
+
+    async fn send_handshake(&self, run: &Run, message: Vec<u8>) -> Result<(), EndReason> {
+        let text =
+            String::from_utf8(message).map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
+        let raw =
+            RawValue::from_string(text).map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
+        self.send_signal(run, &OutgoingSignal::Handshake { message: &raw })
+            .await
+    }
+
+    async fn send_signal(&self, run: &Run, payload: &OutgoingSignal<'_>) -> Result<(), EndReason> {
+        let (Some(peer), Some(signal)) = (run.peer.as_ref(), run.signal.as_ref()) else {
+            return Ok(());
+        };
+        signal
+            .send_to(&peer.id, payload)
+            .await
+            .map_err(|e| EndReason::SignalingFailed(e.to_string()))
+    }
+
+    /// Stops the media threads, tells the peer (if we end it), closes everything. Media stops
+    /// first, so nothing is played after the hang-up.
+    async fn shutdown(&mut self, run: &mut Run, reason: &EndReason) {
+        if let Some(media) = run.media.take() {
+            media.stop.store(true, Relaxed);
+            media.decrypt.abort();
+            let threads = media.threads;
+            let joined = tokio::task::spawn_blocking(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+            });
+            if tokio::time::timeout(Duration::from_secs(5), joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a media thread did not stop in time");
+            }
+        }
+        if *reason == EndReason::LocalHangup
+            && self.send_control(run, &ControlMessage::Hangup).await
+        {
+            tokio::time::sleep(HANGUP_LINGER).await;
+        }
+        if let Err(e) = run.transport.close().await {
+            tracing::debug!("closing the peer connection: {e}");
+        }
+        if let Some(signal) = run.signal.take() {
+            signal.close().await;
+        }
+    }
+}

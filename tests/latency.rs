@@ -1,0 +1,158 @@
+//! The latency benchmark measures what it says: clicks go through the real pipeline over
+//! WebRTC, come out, and every stage of their frame is accounted for. No timing targets here
+//! (those are for `sotto latency` on a quiet machine); only structure and consistency.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sotto::latency::{LatencyConfig, measure};
+use sotto::media::FrameDuration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_come_through_and_the_stages_add_up() {
+    for e2ee in [true, false] {
+        let run = measure(LatencyConfig::new(
+            FrameDuration::Ms20,
+            e2ee,
+            Duration::from_secs(3),
+        ))
+        .await
+        .unwrap();
+        let summary = run.summary();
+        eprintln!("e2ee {e2ee}: {summary:?}");
+        assert!(
+            run.samples.len() >= 6,
+            "only {} clicks came through",
+            run.samples.len()
+        );
+        for s in &run.samples {
+            // At least what the frame needs to exist; far below the click spacing.
+            assert!(s.total > Duration::from_millis(5) && s.total < Duration::from_millis(200));
+            let st = s.stages.expect("a clean run loses no frame");
+            let sum = st.capture_buffering
+                + st.encode
+                + st.encrypt
+                + st.network
+                + st.decrypt
+                + st.playout_wait
+                + st.decode
+                + st.playback_buffering;
+            assert!(
+                sum <= s.total + Duration::from_micros(100),
+                "{sum:?} > {:?}: {st:?}",
+                s.total
+            );
+            assert!(
+                s.total.saturating_sub(sum) < Duration::from_millis(5),
+                "{st:?} vs {:?}",
+                s.total
+            );
+            assert_eq!(st.encrypt.is_zero(), !e2ee, "{st:?}");
+            assert_eq!(st.decrypt.is_zero(), !e2ee, "{st:?}");
+        }
+        assert!(summary.p50_ms <= summary.p95_ms && summary.p95_ms <= summary.p99_ms);
+        assert!(summary.codec_lookahead_ms > 0.0);
+    }
+}
+
+#[test]
+fn the_latency_command_writes_json_and_a_plot() {
+    let dir = std::env::temp_dir().join(format!("sotto-latency-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("latency.json"), dir.join("latency.svg"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args(["latency", "--duration", "2", "--frame-ms", "10", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("p50") && stdout.contains("E2EE on"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "10 ms with E2EE on and off");
+    for run in runs {
+        for key in [
+            "frame_ms", "e2ee", "p50_ms", "p95_ms", "p99_ms", "samples", "stages",
+        ] {
+            assert!(run.get(key).is_some(), "{key} missing: {run}");
+        }
+        assert_eq!(run["frame_ms"], 10);
+        for stage in [
+            "capture_buffering",
+            "encode",
+            "encrypt",
+            "network",
+            "playout_wait",
+            "decrypt",
+            "decode",
+            "playback_buffering",
+        ] {
+            assert!(run["stages"][stage].is_number(), "{stage}: {run}");
+        }
+    }
+    assert_eq!(report["impaired_runs"].as_array().unwrap().len(), 1);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.starts_with("<svg") && plot.contains("polyline"),
+        "not an SVG plot"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args(["latency", "--frame-ms", "15"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--devices`: clicks played on the PulseAudio output, heard by its input, sent through the
+/// pipeline and played on a second output (scripts/pulse's `sotto_ear`).
+#[test]
+fn the_latency_command_measures_through_real_devices() {
+    let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+        || std::env::var("SOTTO_REQUIRE_DEVICES").is_ok_and(|v| v == "1");
+    if sotto::media::DeviceSource::open(None).is_err() && !required {
+        eprintln!("SKIPPED the_latency_command_measures_through_real_devices: no audio device");
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("sotto-latency-dev-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args([
+            "latency",
+            "--devices",
+            "--duration",
+            "3",
+            "--frame-ms",
+            "20",
+            "--no-impaired",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    eprintln!("{report}");
+    for run in report["runs"].as_array().unwrap() {
+        assert!(run["samples"].as_u64().unwrap() >= 5, "{run}");
+        // Through real device buffers it takes longer than a frame, and far less than a second.
+        let p50 = run["p50_ms"].as_f64().unwrap();
+        assert!(p50 > 20.0 && p50 < 1000.0, "{run}");
+    }
+    let _ = std::fs::remove_file(&json);
+}
