@@ -80,6 +80,8 @@ async function main() {
   const params = new URLSearchParams(location.search);
   const room = params.get('room');
   const name = params.get('name') || 'guest';
+  // Key rotation interval (docs/handshake.md: 60 s by default); tests shorten it.
+  const rotateSecs = Math.max(1, Number(params.get('rotate')) || 60);
   const missing = await missingSupport();
   if (missing) {
     // Never fall back to an unencrypted call.
@@ -162,12 +164,18 @@ async function main() {
     }
   }
 
-  async function sendControl(msg) {
-    if (!control || channel?.readyState !== 'open') return false;
-    const frame = await control.sender.encrypt(new TextEncoder().encode(JSON.stringify(msg)));
-    channel.send(frame);
-    call.control.sent += 1;
-    return true;
+  // One at a time, so messages leave in the order they were made (mute, then unmute).
+  let controlSend = Promise.resolve();
+  function sendControl(msg) {
+    const next = controlSend.then(async () => {
+      if (!control || channel?.readyState !== 'open') return false;
+      const frame = await control.sender.encrypt(new TextEncoder().encode(JSON.stringify(msg)));
+      channel.send(frame);
+      call.control.sent += 1;
+      return true;
+    });
+    controlSend = next.catch(() => false);
+    return next;
   }
 
   async function onControl(data) {
@@ -234,6 +242,7 @@ async function main() {
         recv,
         sendDirection: done.sendDirection,
         recvDirection: done.recvDirection,
+        rotateMs: rotateSecs * 1000,
       },
       [send.buffer, recv.buffer],
     );

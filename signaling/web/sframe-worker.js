@@ -35,6 +35,8 @@ self.onmessage = async (event) => {
     receiver = recv;
     self.postMessage({ type: 'keys-installed' });
   } else if (msg?.type === 'stats') {
+    stats.sendEpoch = sender?.epoch ?? null;
+    stats.recvEpoch = receiver?.current ?? null;
     self.postMessage({ type: 'stats', stats: structuredClone(stats) });
   }
 };

@@ -4,6 +4,7 @@
 //! `SOTTO_REQUIRE_BROWSER=1` (scripts/test) makes that a failure.
 
 mod cdp;
+mod cli;
 mod peer;
 
 use std::net::SocketAddr;
@@ -16,8 +17,11 @@ use sotto_signaling::{App, ServerConfig, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Tests with live audio run one at a time: real-time media on 2 cores.
+pub static MEDIA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Connecting a call on a loaded 2-core machine can take a while; polling ends sooner.
-const CONNECT: Duration = Duration::from_secs(20);
+pub const CONNECT: Duration = Duration::from_secs(20);
 
 /// The signaling server in-process, serving `signaling/web` at `/`.
 pub struct Server {
@@ -60,7 +64,7 @@ impl Drop for Server {
 }
 
 /// Prints a skip notice past the test harness' output capture.
-fn skip(test: &str) {
+pub fn skip(test: &str) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
@@ -69,7 +73,7 @@ fn skip(test: &str) {
 }
 
 /// A unique room name per test, so tests never meet each other.
-fn room(test: &str) -> String {
+pub fn room(test: &str) -> String {
     format!("{test}-{}", std::process::id())
 }
 
@@ -112,7 +116,7 @@ async fn status(page: &Page) -> String {
     page.text("status").await.as_str().unwrap_or("").to_string()
 }
 
-async fn wait_status(page: &Page, prefix: &str, timeout: Duration) -> String {
+pub async fn wait_status(page: &Page, prefix: &str, timeout: Duration) -> String {
     let expr = format!(
         "(() => {{ const s = document.getElementById('status')?.textContent ?? ''; return s.startsWith({prefix:?}) ? s : null; }})()"
     );
@@ -291,6 +295,7 @@ async fn without_encoded_transforms_the_page_never_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_call_with_encrypted_audio_and_control() {
+    let _media = MEDIA.lock().await;
     let test = "two_browsers_call_with_encrypted_audio_and_control";
     let wav = tone_wav(440.0, 5);
     let Some(browser) = Browser::launch(Some(&wav)).await else {
@@ -362,6 +367,7 @@ async fn two_browsers_call_with_encrypted_audio_and_control() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_flows_both_ways_between_browser_and_rust_engine() {
+    let _media = MEDIA.lock().await;
     use sotto::handshake::{MediaReceiver, MediaSender, RotationConfig};
     use sotto::media::{FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource};
     use sotto::sframe::CipherSuite;
@@ -378,16 +384,17 @@ async fn audio_flows_both_ways_between_browser_and_rust_engine() {
     let rust = peer::RustPeer::join(&server.ws_url(), &room, "rust").await;
     let page = browser.new_page(None).await;
     let start = Instant::now();
-    page.goto(&server.page_url(&room, "web")).await;
+    // Both sides rotate keys every second here (60 s by default), so rotation is exercised.
+    page.goto(&format!("{}&rotate=1", server.page_url(&room, "web")))
+        .await;
     let done = rust.handshake(CONNECT).await;
     let offer = rust.offer(CONNECT).await;
     let mut transport = MediaTransport::new(TransportConfig::default())
         .await
         .unwrap();
-    // MediaTransport speaks RTCSessionDescription JSON; the signaling payload is bare SDP.
-    let offer = serde_json::json!({ "type": "offer", "sdp": offer }).to_string();
-    let answer: Value = serde_json::from_str(&transport.accept_offer(&offer).await.unwrap()).unwrap();
-    rust.send_answer(answer["sdp"].as_str().unwrap()).await;
+    let answer = transport.accept_offer(&offer).await.unwrap();
+    rust.send_answer(&answer).await;
+    let mut frames = transport.take_frames().unwrap();
     transport.connected(CONNECT).await.unwrap();
     wait_status(&page, "connected", CONNECT).await;
     let connected = start.elapsed();
@@ -399,7 +406,10 @@ async fn audio_flows_both_ways_between_browser_and_rust_engine() {
     // 4 s of a 660 Hz tone from Rust while the browser's fake microphone plays 440 Hz.
     let suite = CipherSuite::AesGcm128Sha256;
     let now = std::time::Instant::now();
-    let rotation = RotationConfig::default();
+    let rotation = RotationConfig {
+        interval: Some(Duration::from_secs(1)),
+        ..RotationConfig::default()
+    };
     let mut tx = MediaSender::new(suite, done.keys.send, rotation, now).unwrap();
     let mut rx = MediaReceiver::new(suite, done.keys.recv, rotation).unwrap();
     let mut encoder = OpusEncoder::new(OpusConfig::default()).unwrap();
@@ -414,12 +424,13 @@ async fn audio_flows_both_ways_between_browser_and_rust_engine() {
     while Instant::now() < end {
         tokio::select! {
             _ = ticker.tick() => {
+                tx.poll(std::time::Instant::now()).unwrap();
                 tone.fill(&mut pcm);
                 let n = encoder.encode(&pcm, &mut packet).unwrap();
                 let sealed = seal(tx.context(), &packet[..n]).unwrap();
                 transport.send(&sealed, Duration::from_millis(20)).await.unwrap();
             }
-            Some(frame) = transport.recv() => {
+            Some(frame) = frames.recv() => {
                 if frame.payload.is_empty() {
                     continue; // Padding.
                 }
@@ -459,10 +470,24 @@ async fn audio_flows_both_ways_between_browser_and_rust_engine() {
         )
         .await;
     assert_eq!(s["media"]["decryptFailures"], 0, "{s}");
+    // Each side followed the other's rotations.
+    assert!(rx.epoch() >= 2, "Rust receiver at epoch {}", rx.epoch());
+    assert!(s["media"]["recvEpoch"].as_u64() >= Some(2), "{s}");
+    assert!(s["media"]["sendEpoch"].as_u64() >= Some(2), "{s}");
     eprintln!(
         "browser <-> rust: connected in {connected:?}; browser timings {}; rust decrypted {decrypted}, failed {failed}, 440 Hz share {share:.3}; browser stats {s}",
         page.eval("window.sotto.timings").await
     );
     transport.close().await.unwrap();
     let _ = std::fs::remove_file(wav);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotto_call_cli_joins_a_browser_waiting_in_the_room() {
+    cli::call_with_cli("sotto_call_cli_joins_a_browser_waiting_in_the_room", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_joins_a_sotto_call_cli_waiting_in_the_room() {
+    cli::call_with_cli("browser_joins_a_sotto_call_cli_waiting_in_the_room", false).await;
 }
