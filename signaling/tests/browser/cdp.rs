@@ -127,7 +127,10 @@ impl Browser {
         ])
         .arg(format!("--user-data-dir={}", profile.display()));
         if let Some(wav) = fake_audio {
-            cmd.arg(format!("--use-file-for-fake-audio-capture={}", wav.display()));
+            cmd.arg(format!(
+                "--use-file-for-fake-audio-capture={}",
+                wav.display()
+            ));
         }
         cmd.arg("about:blank")
             .stdin(Stdio::null())
@@ -244,7 +247,11 @@ fn log_event(log: &Log, v: &Value) {
                 .flatten()
                 .map(|a| a.get("value").unwrap_or(&a["description"]).to_string())
                 .collect();
-            log.push(format!("console.{}: {}", v["params"]["type"], args.join(" ")));
+            log.push(format!(
+                "console.{}: {}",
+                v["params"]["type"],
+                args.join(" ")
+            ));
         }
         Some("Runtime.exceptionThrown") => log.push(format!(
             "exception: {}",
@@ -305,8 +312,13 @@ impl Page {
     /// Polls `expr` every 100 ms until it gives something other than null/false (and no
     /// exception); returns that value. Panics with `what` after `timeout`.
     pub async fn wait_for(&self, expr: &str, timeout: Duration, what: &str) -> Value {
-        self.wait_until(expr, |v| !v.is_null() && *v != Value::Bool(false), timeout, what)
-            .await
+        self.wait_until(
+            expr,
+            |v| !v.is_null() && *v != Value::Bool(false),
+            timeout,
+            what,
+        )
+        .await
     }
 
     /// Polls `expr` every 100 ms until `done` holds for its value; returns that value.
@@ -322,8 +334,7 @@ impl Page {
         let mut last = Err("not evaluated".to_string());
         loop {
             // A page load in progress can swallow an evaluation; poll again.
-            if let Ok(v) =
-                tokio::time::timeout(Duration::from_secs(10), self.try_eval(expr)).await
+            if let Ok(v) = tokio::time::timeout(Duration::from_secs(10), self.try_eval(expr)).await
             {
                 if let Ok(v) = &v
                     && done(v)
@@ -347,7 +358,9 @@ impl Page {
 
     /// The text of the element with `id`, or null.
     pub async fn text(&self, id: &str) -> Value {
-        self.eval(&format!("document.getElementById({id:?})?.textContent ?? null"))
-            .await
+        self.eval(&format!(
+            "document.getElementById({id:?})?.textContent ?? null"
+        ))
+        .await
     }
 }

@@ -78,18 +78,26 @@ pub async fn call_with_cli(test: &str, browser_first: bool) {
     let (out_wav, stats_json) = (dir.join("heard.wav"), dir.join("stats.json"));
     let secs = 8;
     let mut cli = Command::new(sotto_bin());
-    cli.args(["call", "--server", &server.ws_url(), "--room", &room, "--name", "cli"])
-        .args(["--bind", "127.0.0.1:0", "--tone", "660"])
-        .args(["--duration", &secs.to_string()])
-        .arg("--identity")
-        .arg(dir.join("identity.json"))
-        .arg("--output")
-        .arg(&out_wav)
-        .arg("--stats-json")
-        .arg(&stats_json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cli.args([
+        "call",
+        "--server",
+        &server.ws_url(),
+        "--room",
+        &room,
+        "--name",
+        "cli",
+    ])
+    .args(["--bind", "127.0.0.1:0", "--tone", "660"])
+    .args(["--duration", &secs.to_string()])
+    .arg("--identity")
+    .arg(dir.join("identity.json"))
+    .arg("--output")
+    .arg(&out_wav)
+    .arg("--stats-json")
+    .arg(&stats_json)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
 
     let page = browser.new_page(None).await;
     let start = Instant::now();
@@ -130,14 +138,21 @@ pub async fn call_with_cli(test: &str, browser_first: bool) {
     assert!(stdout.contains("the peer muted"), "{stdout}");
     assert!(stdout.contains("the peer unmuted"), "{stdout}");
 
-    let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats_json).unwrap()).unwrap();
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_json).unwrap()).unwrap();
     assert_eq!(stats["safety_code"], code, "{stats}");
     assert_eq!(stats["peer_name"], "web");
     assert_eq!(stats["decrypt_failures"], 0, "{stats}");
     assert_eq!(stats["control_failures"], 0, "{stats}");
     assert!(stats["frames_decrypted"].as_u64() >= Some(100), "{stats}");
-    assert_eq!(browser_stats["media"]["decryptFailures"], 0, "{browser_stats}");
-    assert_eq!(browser_stats["control"]["decryptFailures"], 0, "{browser_stats}");
+    assert_eq!(
+        browser_stats["media"]["decryptFailures"], 0,
+        "{browser_stats}"
+    );
+    assert_eq!(
+        browser_stats["control"]["decryptFailures"], 0,
+        "{browser_stats}"
+    );
 
     // What the CLI played out carries the browser's microphone tone.
     let heard = read_wav(&out_wav);
@@ -150,7 +165,11 @@ pub async fn call_with_cli(test: &str, browser_first: bool) {
     );
     eprintln!(
         "browser <-> sotto call ({}): connected in {connected:?}; browser timings {timings}; CLI hears {dominant:.0} Hz (share {share:.3}), decrypted {} failures {} setup {} ms; browser stats {browser_stats}",
-        if browser_first { "browser first" } else { "CLI first" },
+        if browser_first {
+            "browser first"
+        } else {
+            "CLI first"
+        },
         stats["frames_decrypted"],
         stats["decrypt_failures"],
         stats["setup_ms"],

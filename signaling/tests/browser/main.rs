@@ -134,11 +134,8 @@ async fn sframe_vectors_pass_in_chromium() {
     };
     let server = Server::start().await;
     let page = browser.new_page(None).await;
-    page.goto(&format!(
-        "http://{}/test/sframe-vectors.html",
-        server.addr
-    ))
-    .await;
+    page.goto(&format!("http://{}/test/sframe-vectors.html", server.addr))
+        .await;
     page.wait_for("window.vectorsReady === true", CONNECT, "the vector page")
         .await;
     let text = std::fs::read_to_string(
@@ -235,7 +232,10 @@ async fn handshake_against_rust(test: &str, browser_first: bool) {
         // As initiator the browser sends hello, then its offer without waiting.
         let offer = rust.offer(CONNECT).await;
         assert!(offer.starts_with("v=0"), "{offer}");
-        assert!(offer.contains("a=candidate"), "non-trickle: candidates included");
+        assert!(
+            offer.contains("a=candidate"),
+            "non-trickle: candidates included"
+        );
     }
     assert_eq!(page.eval("window.sotto.handshakeError").await, Value::Null);
 }
