@@ -80,9 +80,12 @@ pub fn room(test: &str) -> String {
 /// A mono 16-bit 48 kHz WAV of a sine at `freq` Hz, `secs` long, at about -12 dBFS: what the
 /// fake microphone plays (Chromium loops it).
 pub fn tone_wav(freq: f64, secs: u32) -> PathBuf {
+    // One file per call: tests run in parallel and each removes its own.
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let path = std::env::temp_dir().join(format!(
-        "sotto-tone-{}-{freq}-{secs}.wav",
-        std::process::id()
+        "sotto-tone-{}-{}-{freq}.wav",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let rate = 48_000u32;
     let samples: Vec<i16> = (0..rate * secs)
