@@ -494,3 +494,136 @@ async fn sotto_call_cli_joins_a_browser_waiting_in_the_room() {
 async fn browser_joins_a_sotto_call_cli_waiting_in_the_room() {
     cli::call_with_cli("browser_joins_a_sotto_call_cli_waiting_in_the_room", false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_plaintext_and_replayed_media_are_dropped_and_counted_never_played() {
+    use sotto::media::{OpusConfig, OpusEncoder, ToneSource};
+    use sotto::sframe::{CipherSuite, SenderContext};
+    use sotto::transport::{MediaTransport, TransportConfig, seal};
+
+    let _media = MEDIA.lock().await;
+    let test = "forged_plaintext_and_replayed_media_are_dropped_and_counted_never_played";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let room = room(test);
+    let rust = peer::RustPeer::join(&server.ws_url(), &room, "rust").await;
+    let page = browser.new_page(None).await;
+    page.goto(&server.page_url(&room, "web")).await;
+    let done = rust.handshake(CONNECT).await;
+    let offer = rust.offer(CONNECT).await;
+    let mut transport = MediaTransport::new(TransportConfig::default())
+        .await
+        .unwrap();
+    let answer = transport.accept_offer(&offer).await.unwrap();
+    rust.send_answer(&answer).await;
+    let _frames = transport.take_frames().unwrap();
+    transport.connected(CONNECT).await.unwrap();
+    wait_status(&page, "connected", CONNECT).await;
+
+    let suite = CipherSuite::AesGcm128Sha256;
+    // The right KID under a key the browser does not have, as a man in the middle would.
+    let kid = sotto::handshake::kid_for(0, done.keys.send.direction());
+    let mut forger = SenderContext::new(suite, kid, &[7u8; 32]).unwrap();
+    let mut encoder = OpusEncoder::new(OpusConfig::default()).unwrap();
+    let mut tone = ToneSource::new(660.0, 0.3);
+    let (mut pcm, mut packet) = (vec![0f32; 960], vec![0u8; 1500]);
+    let mut opus = || {
+        tone.fill(&mut pcm);
+        let n = encoder.encode(&pcm, &mut packet).unwrap();
+        packet[..n].to_vec()
+    };
+    let frame = Duration::from_millis(20);
+    let mut ticker = tokio::time::interval(frame);
+    // Phase 1: 100 forged frames and 100 plain Opus frames (what a sender without
+    // encryption would put on the wire). None may play.
+    for _ in 0..100 {
+        ticker.tick().await;
+        let forged = seal(&mut forger, &opus()).unwrap();
+        transport.send(&forged, frame).await.unwrap();
+        transport
+            .send_unprotected_for_latency_baseline(&opus(), frame)
+            .await
+            .unwrap();
+    }
+    let s = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| s["media"]["decryptFailures"].as_u64() >= Some(180),
+            CONNECT,
+            "forged and plain frames counted",
+        )
+        .await;
+    assert_eq!(s["media"]["decrypted"], 0, "{s}");
+    assert_eq!(s["inbound"]["totalAudioEnergy"].as_f64(), Some(0.0), "{s}");
+    assert_eq!(
+        s["inbound"]["totalSamplesReceived"].as_u64(),
+        Some(0),
+        "{s}"
+    );
+    assert!(
+        s["media"]["failureKinds"]["auth"].as_u64() >= Some(90),
+        "{s}"
+    );
+    eprintln!("forged media: {s}");
+
+    // Phase 2: genuine frames, each sent twice: the copies are refused as replays.
+    let now = std::time::Instant::now();
+    let rotation = sotto::handshake::RotationConfig::default();
+    let mut tx = sotto::handshake::MediaSender::new(suite, done.keys.send, rotation, now).unwrap();
+    for _ in 0..100 {
+        ticker.tick().await;
+        let sealed = seal(tx.context(), &opus()).unwrap();
+        transport.send(&sealed, frame).await.unwrap();
+        transport.send(&sealed, frame).await.unwrap();
+    }
+    let s = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| {
+                s["media"]["decrypted"].as_u64() >= Some(90)
+                    && s["media"]["failureKinds"]["replay"].as_u64() >= Some(90)
+            },
+            CONNECT,
+            "genuine frames decrypted once, copies refused",
+        )
+        .await;
+    assert!(s["media"]["decrypted"].as_u64() <= Some(100), "{s}");
+    assert!(s["inbound"]["totalAudioEnergy"].as_f64() > Some(0.0), "{s}");
+    eprintln!("replayed media: {s}");
+    transport.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_persists_in_indexeddb_and_cannot_be_exported() {
+    let test = "identity_persists_in_indexeddb_and_cannot_be_exported";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let page = browser.new_page(None).await;
+    let url = server.page_url(&room(test), "web");
+    page.goto(&url).await;
+    wait_status(&page, "waiting for someone", CONNECT).await;
+    let first = page.text("fingerprint").await;
+    assert!(first.as_str().is_some_and(|f| f.len() == 49), "{first}");
+    page.goto(&url).await;
+    wait_status(&page, "waiting for someone", CONNECT).await;
+    assert_eq!(page.text("fingerprint").await, first);
+    let id = stored_identity(&page).await;
+    assert_eq!(id["extractable"], false, "{id}");
+    let export = page
+        .try_eval(
+            r#"new Promise((resolve, reject) => {
+                const req = indexedDB.open('sotto');
+                req.onsuccess = () => {
+                    const get = req.result.transaction('identity').objectStore('identity').get('ed25519');
+                    get.onsuccess = () => crypto.subtle.exportKey('pkcs8', get.result.privateKey).then(resolve, reject);
+                };
+            })"#,
+        )
+        .await;
+    let err = export.expect_err("a non-extractable key must not export");
+    assert!(err.contains("InvalidAccessError"), "{err}");
+}
