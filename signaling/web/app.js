@@ -4,7 +4,7 @@
 // encryption: a browser without RTCRtpScriptTransform is told so and does not connect.
 
 import { Handshake } from './handshake.js';
-import { fingerprint, loadOrCreateIdentity } from './identity.js';
+import { checkKnownPeer, fingerprint, loadOrCreateIdentity } from './identity.js';
 import { controlKey } from './keys.js';
 import { SframeReceiver, SframeSender } from './sframe.js';
 
@@ -27,6 +27,7 @@ const call = {
   timings: {}, // ms since page start: joined, established, connected, ended
   control: { sent: 0, received: 0, decryptFailures: 0, droppedNoKey: 0, ignored: 0 },
   handshakeError: null,
+  peerTrust: null, // 'new' | 'known' | 'changed' (pinned per peer name, as the Rust engine)
 };
 window.sotto = call;
 
@@ -220,6 +221,14 @@ async function main() {
     call.safetyCode = done.safetyCode;
     $('safety-code').textContent = done.safetyCode;
     $('peer-fingerprint').textContent = await fingerprint(done.peerIdentity);
+    const known = await checkKnownPeer(done.peerName, done.peerIdentity);
+    call.peerTrust = known.trust;
+    $('peer-trust').textContent = {
+      new: 'first call with this name: compare the safety code aloud',
+      known: 'same identity as in earlier calls',
+      changed: `IDENTITY CHANGED since earlier calls (was ${known.previous}): compare the safety code before trusting this call`,
+    }[known.trust];
+    $('peer-trust').className = known.trust;
     const sendControlKey = await controlKey(done.sendKey);
     const recvControlKey = await controlKey(done.recvKey);
     const receiver = new SframeReceiver();

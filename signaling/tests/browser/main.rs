@@ -627,3 +627,58 @@ async fn identity_persists_in_indexeddb_and_cannot_be_exported() {
     let err = export.expect_err("a non-extractable key must not export");
     assert!(err.contains("InvalidAccessError"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_refuses_bad_and_tampered_messages_in_chromium() {
+    let test = "handshake_refuses_bad_and_tampered_messages_in_chromium";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let page = browser.new_page(None).await;
+    page.goto(&format!(
+        "http://{}/test/handshake-checks.html",
+        server.addr
+    ))
+    .await;
+    page.wait_for("window.checksReady === true", CONNECT, "the checks page")
+        .await;
+    let result = page.eval("runHandshakeChecks()").await;
+    assert_eq!(result["failures"], Value::Array(vec![]), "{result}");
+    assert!(result["passed"].as_u64() >= Some(28), "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_identity_changed_is_reported() {
+    let test = "a_peer_whose_identity_changed_is_reported";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let page = browser.new_page(None).await;
+    let first = std::sync::Arc::new(sotto::handshake::Identity::generate().unwrap());
+    let second = std::sync::Arc::new(sotto::handshake::Identity::generate().unwrap());
+    // Three calls from one browser profile with a peer called "rust": first identity, a
+    // different one, the first again.
+    for (i, (identity, want)) in [(&first, "new"), (&second, "changed"), (&first, "known")]
+        .into_iter()
+        .enumerate()
+    {
+        let room = format!("{}-{i}", room(test));
+        page.goto(&server.page_url(&room, "web")).await;
+        wait_status(&page, "waiting for someone", CONNECT).await;
+        let rust = peer::RustPeer::join_as(&server.ws_url(), &room, "rust", identity.clone()).await;
+        rust.handshake(CONNECT).await;
+        let trust = page
+            .wait_for("window.sotto.peerTrust", CONNECT, "the peer's trust")
+            .await;
+        assert_eq!(trust, want, "call {i}");
+        let shown = page.text("peer-trust").await;
+        assert_eq!(
+            shown.as_str().unwrap().contains("IDENTITY CHANGED"),
+            want == "changed",
+            "{shown}"
+        );
+        rust.client.close().await;
+    }
+}

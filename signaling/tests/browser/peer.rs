@@ -24,6 +24,11 @@ pub struct RustPeer {
 
 impl RustPeer {
     pub async fn join(url: &str, room: &str, name: &str) -> Self {
+        Self::join_as(url, room, name, Arc::new(Identity::generate().unwrap())).await
+    }
+
+    /// Joins with a given identity (to meet the page again as the same person).
+    pub async fn join_as(url: &str, room: &str, name: &str, identity: Arc<Identity>) -> Self {
         let (client, mut events) = SignalClient::connect(SignalConfig::new(url, room, name));
         let joined = loop {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
@@ -37,7 +42,7 @@ impl RustPeer {
         RustPeer {
             client,
             events: Mutex::new(events),
-            identity: Arc::new(Identity::generate().unwrap()),
+            identity,
             room: room.into(),
             name: name.into(),
             joined,
