@@ -100,7 +100,10 @@ impl Session {
             },
         ] {
             let send = self.events.send(event);
-            if tokio::time::timeout(Duration::from_secs(1), send).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(1), send)
+                .await
+                .is_err()
+            {
                 tracing::debug!("event queue full at the end of the call");
             }
         }
