@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub static MEDIA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Connecting a call on a loaded 2-core machine can take a while; polling ends sooner.
-pub const CONNECT: Duration = Duration::from_secs(20);
+pub const CONNECT: Duration = Duration::from_secs(60);
 
 /// The signaling server in-process, serving `signaling/web` at `/`.
 pub struct Server {
