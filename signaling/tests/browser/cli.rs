@@ -114,7 +114,14 @@ pub async fn call_with_cli(test: &str, browser_first: bool) {
     let cli = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
     wait_status(&page, "connected", CONNECT).await;
     let connected = start.elapsed();
-    // Mute and unmute over the control channel; the CLI prints both.
+    // Mute and unmute over the control channel once it is open (a ping came back); the CLI
+    // prints both.
+    page.wait_for(
+        "window.sotto.rttMs !== null",
+        CONNECT,
+        "the control channel",
+    )
+    .await;
     page.eval("document.getElementById('mute').click()").await;
     page.eval("document.getElementById('mute').click()").await;
     let browser_stats = browser_stats_when_flowing(&page).await;
@@ -134,7 +141,12 @@ pub async fn call_with_cli(test: &str, browser_first: bool) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(ended, "ended: the peer hung up");
+    // The CLI sends `hangup` and leaves 150 ms later; on a loaded machine `peer_left` may
+    // still win. The channel's CLI-to-browser direction is proven by the pongs (rttMs) either way.
+    assert!(
+        ended == "ended: the peer hung up" || ended == "ended: the peer left",
+        "{ended}"
+    );
     assert!(stdout.contains("the peer muted"), "{stdout}");
     assert!(stdout.contains("the peer unmuted"), "{stdout}");
 
@@ -164,7 +176,7 @@ pub async fn call_with_cli(test: &str, browser_first: bool) {
         "the CLI heard {dominant} Hz, 440 Hz share {share:.3}"
     );
     eprintln!(
-        "browser <-> sotto call ({}): connected in {connected:?}; browser timings {timings}; CLI hears {dominant:.0} Hz (share {share:.3}), decrypted {} failures {} setup {} ms; browser stats {browser_stats}",
+        "browser <-> sotto call ({}): connected in {connected:?}; browser timings {timings}; {ended}; CLI hears {dominant:.0} Hz (share {share:.3}), decrypted {} failures {} setup {} ms; browser stats {browser_stats}",
         if browser_first {
             "browser first"
         } else {
