@@ -216,7 +216,6 @@ async function main() {
   }
 
   async function onEstablished(done) {
-    established = done;
     mark('established');
     call.safetyCode = done.safetyCode;
     $('safety-code').textContent = done.safetyCode;
@@ -244,6 +243,14 @@ async function main() {
     const recv = Uint8Array.from(done.recvKey);
     done.sendKey.fill(0);
     done.recvKey.fill(0);
+    const installed = new Promise((resolve) => {
+      const onMessage = (e) => {
+        if (e.data?.type !== 'keys-installed') return;
+        worker.removeEventListener('message', onMessage);
+        resolve(e.data);
+      };
+      worker.addEventListener('message', onMessage);
+    });
     worker.postMessage(
       {
         type: 'keys',
@@ -255,6 +262,9 @@ async function main() {
       },
       [send.buffer, recv.buffer],
     );
+    const result = await installed;
+    if (!result.ok) throw new Error(`media keys not installed: ${result.error}`);
+    established = done; // Only now may the status say "connected": media keys are in place.
     setStatus('keys agreed; connecting media');
     if (channel.readyState === 'open') onChannelOpen();
     updateConnected();

@@ -25,15 +25,20 @@ const stats = {
 self.onmessage = async (event) => {
   const msg = event.data;
   if (msg?.type === 'keys') {
-    const send = await MediaSender.create(msg.send, msg.sendDirection, {
-      intervalMs: msg.rotateMs ?? 60_000,
-    });
-    const recv = await MediaReceiver.create(msg.recv, msg.recvDirection);
-    msg.send.fill(0);
-    msg.recv.fill(0);
-    sender = send;
-    receiver = recv;
-    self.postMessage({ type: 'keys-installed' });
+    try {
+      const send = await MediaSender.create(msg.send, msg.sendDirection, {
+        intervalMs: msg.rotateMs ?? 60_000,
+      });
+      const recv = await MediaReceiver.create(msg.recv, msg.recvDirection);
+      sender = send;
+      receiver = recv;
+      self.postMessage({ type: 'keys-installed', ok: true });
+    } catch (e) {
+      self.postMessage({ type: 'keys-installed', ok: false, error: String(e) });
+    } finally {
+      msg.send.fill(0);
+      msg.recv.fill(0);
+    }
   } else if (msg?.type === 'stats') {
     stats.sendEpoch = sender?.epoch ?? null;
     stats.recvEpoch = receiver?.current ?? null;
