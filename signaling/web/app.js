@@ -387,7 +387,9 @@ async function main() {
 
   ws.onopen = () => {
     setStatus('joining');
-    sendServer({ type: 'join', room, name });
+    // Servers with a secret need a join token (signaling/PROTOCOL.md): `&token=...`.
+    const token = params.get('token');
+    sendServer({ type: 'join', room, name, ...(token ? { token } : {}) });
   };
   ws.onclose = () => {
     if (!ended) end('lost the signaling server');
