@@ -2,6 +2,8 @@
 //! WebRTC, come out, and every stage of their frame is accounted for. No timing targets here
 //! (those are for `sotto latency` on a quiet machine); only structure and consistency.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -119,10 +121,11 @@ fn the_latency_command_writes_json_and_a_plot() {
 /// pipeline and played on a second output (scripts/pulse's `sotto_ear`).
 #[test]
 fn the_latency_command_measures_through_real_devices() {
-    let required = std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-        || std::env::var("SOTTO_REQUIRE_DEVICES").is_ok_and(|v| v == "1");
-    if sotto::media::DeviceSource::open(None).is_err() && !required {
-        eprintln!("SKIPPED the_latency_command_measures_through_real_devices: no audio device");
+    if sotto::media::DeviceSource::open(None).is_err() && !common::devices_required() {
+        common::skip(
+            "the_latency_command_measures_through_real_devices",
+            "no audio device",
+        );
         return;
     }
     let json = std::env::temp_dir().join(format!("sotto-latency-dev-{}.json", std::process::id()));

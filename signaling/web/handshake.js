@@ -8,6 +8,8 @@
 //     reveal {eI, sig_I(th), confirm_I}       ->
 //                                             <- confirm {sig_R(th), confirm_R}
 
+import { concat } from './sframe.js';
+
 export const PROTOCOL_VERSION = 1;
 export const MAX_MESSAGE_LEN = 4096;
 export const MAX_CALL_ID_LEN = 256;
@@ -88,15 +90,6 @@ export function decodeMessage(obj) {
   return out;
 }
 
-function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 const asBytes = (f) => (typeof f === 'string' ? te.encode(f) : f);
 

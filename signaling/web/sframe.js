@@ -77,7 +77,8 @@ function u64be(v) {
   return out;
 }
 
-function concat(...parts) {
+/** Joins byte arrays (shared with handshake.js). */
+export function concat(...parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
