@@ -10,14 +10,11 @@ use super::protocol::ControlMessage;
 pub struct ControlCrypto {
     sender: SenderContext,
     receiver: ReceiverContext,
-    peer_kid: u64,
 }
 
 impl std::fmt::Debug for ControlCrypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlCrypto")
-            .field("peer_kid", &self.peer_kid)
-            .finish_non_exhaustive()
+        f.debug_struct("ControlCrypto").finish_non_exhaustive()
     }
 }
 
@@ -46,11 +43,7 @@ impl ControlCrypto {
         })?;
         let peer_kid = keys.recv.direction() as u64;
         receiver.add_key(suite, peer_kid, recv_key.as_ref())?;
-        Ok(ControlCrypto {
-            sender,
-            receiver,
-            peer_kid,
-        })
+        Ok(ControlCrypto { sender, receiver })
     }
 
     /// Seals a control message for the channel.
@@ -60,12 +53,8 @@ impl ControlCrypto {
 
     /// Opens a sealed control frame from the peer.
     pub fn open(&mut self, frame: &[u8]) -> Result<ControlMessage, ControlError> {
-        let (header, plaintext) = self.receiver.decrypt_to_vec(&[], frame)?;
-        if header.kid != self.peer_kid {
-            return Err(ControlError::Sframe(SframeError::UnknownKid {
-                kid: header.kid,
-            }));
-        }
+        // The receiver holds the peer's control key only: any other KID is refused there.
+        let (_, plaintext) = self.receiver.decrypt_to_vec(&[], frame)?;
         ControlMessage::parse(&plaintext).ok_or(ControlError::Unknown)
     }
 

@@ -32,7 +32,6 @@ mod protocol;
 mod session;
 mod stats;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -297,9 +296,4 @@ impl Call {
     pub fn stats(&self) -> CallStats {
         self.shared.snapshot()
     }
-}
-
-/// Where `sotto call` keeps identities by default.
-pub fn default_identity_path() -> PathBuf {
-    crate::handshake::default_config_dir().join("identity.json")
 }

@@ -254,6 +254,11 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HandshakeEr
     result.map_err(io)
 }
 
+/// The default identity file: `identity.json` in [`default_config_dir`].
+pub fn default_identity_path() -> PathBuf {
+    default_config_dir().join("identity.json")
+}
+
 /// Where identities and known peers live by default: `$XDG_CONFIG_HOME/sotto`, else
 /// `$HOME/.config/sotto`, else `./.sotto`.
 pub fn default_config_dir() -> PathBuf {

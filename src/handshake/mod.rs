@@ -40,7 +40,7 @@ mod transcript;
 mod wire;
 
 pub use error::HandshakeError;
-pub use identity::{Identity, IdentityKey, default_config_dir};
+pub use identity::{Identity, IdentityKey, default_config_dir, default_identity_path};
 pub use keys::{
     CallKeys, Direction, DirectionKey, MediaReceiver, MediaSender, RotationConfig, kid_for,
 };

@@ -680,10 +680,17 @@ fn virtual_devices(
                 play.next_frame(&mut pcm, callback);
                 queue.extend(pcm.iter().copied());
             }
-            let period: Vec<f32> = queue.drain(..PERIOD_SAMPLES).collect();
+            let click = {
+                let (a, b) = queue.as_slices();
+                let first = a.len().min(PERIOD_SAMPLES);
+                let in_a = onsets.scan(&a[..first]).is_some();
+                let in_b = onsets.scan(&b[..PERIOD_SAMPLES - first]).is_some();
+                in_a || in_b
+            };
+            queue.drain(..PERIOD_SAMPLES);
             // The period reaches the device when the callback returns, decoding included.
             let delivered = Instant::now();
-            if onsets.scan(&period).is_some() {
+            if click {
                 lock(&shared.heard).push(delivered);
             }
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 use sotto::call::{CallBuilder, CallConfig, CallEvent, CallState, CallStats, EndReason, PeerInfo};
-use sotto::handshake::{Identity, KnownPeers, PeerTrust, default_config_dir};
+use sotto::handshake::{Identity, KnownPeers, PeerTrust, default_identity_path};
 use sotto::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
@@ -190,10 +190,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     // Open devices and files first, so a bad one fails before anything is created or joined.
     let source = open_source(&args)?;
     let sink = open_sink(&args)?;
-    let id_path = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| default_config_dir().join("identity.json"));
+    let id_path = args.identity.clone().unwrap_or_else(default_identity_path);
     let (identity, created) = Identity::load_or_create(&id_path).map_err(|e| e.to_string())?;
     if created {
         println!("created a new identity at {}", id_path.display());
@@ -201,11 +198,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     let peers_path = id_path.with_file_name("known_peers.json");
     let known_peers = KnownPeers::load(&peers_path).map_err(|e| e.to_string())?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = crate::runtime()?;
     runtime.block_on(call(args, identity, known_peers, source, sink))
 }
 

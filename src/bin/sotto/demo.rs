@@ -195,11 +195,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             (Some(s), url)
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = crate::runtime()?;
     let result = runtime.block_on(demo(&args, &url));
     drop(server);
     result

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use sotto::handshake::{Identity, default_config_dir};
+use sotto::handshake::{Identity, default_identity_path};
 
 #[derive(Debug, Args)]
 pub struct IdentityArgs {
@@ -17,9 +17,7 @@ pub struct IdentityArgs {
 }
 
 pub fn run(args: IdentityArgs) -> Result<(), String> {
-    let path = args
-        .identity
-        .unwrap_or_else(|| default_config_dir().join("identity.json"));
+    let path = args.identity.unwrap_or_else(default_identity_path);
     let (identity, created) = Identity::load_or_create(&path).map_err(|e| e.to_string())?;
     let key = identity.public_key();
     if args.json {

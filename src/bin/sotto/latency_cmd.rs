@@ -203,11 +203,7 @@ fn plot(path: &Path, runs: &[(String, Vec<f64>)]) -> Result<(), String> {
 }
 
 pub fn run(args: LatencyArgs) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = crate::runtime()?;
     let plans = plan(&args);
     let mut results: Vec<(LatencyRun, bool)> = Vec::new();
     for (config, impaired) in plans {

@@ -63,6 +63,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime of the commands that run calls: two workers (media threads are
+/// separate OS threads).
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 /// Logs go to stderr; `RUST_LOG` chooses what (warnings by default).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
