@@ -12,6 +12,7 @@ pub mod call;
 pub mod handshake;
 pub mod latency;
 pub mod media;
+pub mod names;
 pub mod playout;
 pub mod sframe;
 pub mod signal;
