@@ -3,14 +3,26 @@
 // handshake.js, media encryption in sframe-worker.js. Never joins without end-to-end
 // encryption: a browser without RTCRtpScriptTransform is told so and does not connect.
 
-import { Handshake } from './handshake.js';
-import { checkKnownPeer, fingerprint, loadOrCreateIdentity } from './identity.js';
+import { Handshake, normalDtls, sdpMatchesDtls } from './handshake.js';
+import {
+  checkKnownPeer,
+  fingerprint,
+  knownPeers,
+  loadOrCreateIdentity,
+  markVerified,
+} from './identity.js';
 import { controlKey } from './keys.js';
+import { canonical, isMixedScript } from './names.js';
 import { SframeReceiver, SframeSender } from './sframe.js';
 
 const MAX_CONTROL_MESSAGE = 4096;
 const GATHER_TIMEOUT_MS = 10_000;
 const PING_EVERY_MS = 5_000;
+const STATUS_CONNECTED = 'connected: end-to-end encrypted';
+const STATUS_UNDECRYPTABLE =
+  "connected, but the peer's media cannot be decrypted: keys differ (possible interception)";
+const DTLS_MISMATCH =
+  "the peer's DTLS fingerprint does not match its handshake (possible interception)";
 
 const $ = (id) => document.getElementById(id);
 const t0 = performance.now();
@@ -20,14 +32,22 @@ const call = {
   status: 'starting',
   role: null,
   safetyCode: null,
-  peer: null, // { id, name }
+  peer: null, // { id, name (as the server listed it), shown (canonical) }
   muted: false,
   peerMuted: false,
   rttMs: null,
   timings: {}, // ms since page start: joined, established, connected, ended
   control: { sent: 0, received: 0, decryptFailures: 0, droppedNoKey: 0, ignored: 0 },
   handshakeError: null,
-  peerTrust: null, // 'new' | 'known' | 'changed' (pinned per peer name, as the Rust engine)
+  // Handshake messages that arrived after the keys were agreed: ignored, only counted.
+  lateHandshakeMessages: 0,
+  // The peer's media has failed authentication for a second with nothing decrypting.
+  undecryptable: false,
+  // 'new' | 'known' | 'verified' | 'changed' | 'renamed' (pinned per canonical name).
+  peerTrust: null,
+  peerName: null, // The peer's canonical name, once the handshake is done.
+  lookalike: null, // A pinned name the peer's name looks like, if any.
+  mixedScript: false,
 };
 window.sotto = call;
 
@@ -38,6 +58,18 @@ function setStatus(text) {
 
 function mark(event) {
   call.timings[event] ??= Math.round(performance.now() - t0);
+}
+
+/// Our DTLS certificate and its sha-256 fingerprint in normal form (signed in the handshake).
+async function dtlsCertificate() {
+  const certificate = await RTCPeerConnection.generateCertificate({
+    name: 'ECDSA',
+    namedCurve: 'P-256',
+  });
+  const sha256 = certificate.getFingerprints().find((f) => f.algorithm === 'sha-256');
+  const dtls = sha256 ? normalDtls(`sha-256 ${sha256.value}`) : null;
+  if (!dtls) throw new Error('the DTLS certificate has no sha-256 fingerprint');
+  return { certificate, dtls };
 }
 
 /// What is missing for an end-to-end encrypted call here, or null when nothing is.
@@ -60,10 +92,27 @@ function showPeers(peers) {
   list.replaceChildren(
     ...[...peers.values()].map((p) => {
       const li = document.createElement('li');
-      li.textContent = p.id === call.peer?.id && call.peerMuted ? `${p.name} (muted)` : p.name;
+      li.textContent = p.id === call.peer?.id && call.peerMuted ? `${p.shown} (muted)` : p.shown;
       return li;
     }),
   );
+}
+
+/// The known-peers table: name (canonical), identity fingerprint, trust, first seen.
+async function showKnownPeers() {
+  const rows = [];
+  for (const p of await knownPeers()) {
+    const seen = p.firstSeen === null ? '-' : new Date(p.firstSeen).toISOString().slice(0, 16);
+    const cells = [p.name, await fingerprint(p.identity), p.verified ? 'verified' : 'unverified', seen];
+    const tr = document.createElement('tr');
+    for (const text of cells) {
+      const td = document.createElement('td');
+      td.textContent = text;
+      tr.append(td);
+    }
+    rows.push(tr);
+  }
+  $('known-peers').replaceChildren(...rows);
 }
 
 function waitGathered(pc) {
@@ -98,7 +147,9 @@ async function main() {
   $('call').hidden = false;
 
   const identity = await loadOrCreateIdentity();
+  const dtls = await dtlsCertificate();
   $('fingerprint').textContent = await fingerprint(identity.publicKey);
+  await showKnownPeers();
 
   setStatus('opening the microphone');
   const stream = await navigator.mediaDevices.getUserMedia({
@@ -118,11 +169,24 @@ async function main() {
       worker.postMessage({ type: 'stats' });
     });
 
+  worker.addEventListener('message', (e) => {
+    if (e.data?.type !== 'media-state') return;
+    call.undecryptable = e.data.undecryptable === true;
+    updateConnected();
+  });
+
   const roomPeers = new Map();
   let pc = null;
   let channel = null;
   let handshake = null;
-  let established = null;
+  let established = null; // Set once the media keys are installed.
+  let handshakeDone = false;
+  // The peer's SDP (offer or answer), once it arrived: bound to its signed DTLS fingerprint.
+  let resolvePeerSdp;
+  const peerSdp = new Promise((resolve) => {
+    resolvePeerSdp = resolve;
+  });
+  let peerSdpKnown = false;
   let control = null; // { sender, receiver }
   let ended = false;
   let hsQueue = Promise.resolve();
@@ -161,7 +225,8 @@ async function main() {
   function updateConnected() {
     if (!ended && established && pc?.connectionState === 'connected') {
       mark('connected');
-      setStatus('connected: end-to-end encrypted');
+      // Never "end-to-end encrypted" while the peer's frames fail authentication.
+      setStatus(call.undecryptable ? STATUS_UNDECRYPTABLE : STATUS_CONNECTED);
     }
   }
 
@@ -215,19 +280,92 @@ async function main() {
     }
   }
 
+  let peerKey = null; // The peer's identity key, for mark-verified.
+
+  /// #peer-trust (the trust word) and #trust-warning (as prominent as the CLI's warning).
+  function showTrustWarning(known) {
+    const name = call.peerName;
+    $('peer-trust').textContent = known.trust;
+    $('peer-trust').className = known.trust;
+    const warning = [];
+    const notes = [];
+    if (known.trust === 'changed' && known.lookalike) {
+      warning.push(
+        `WARNING: "${name}" looks like "${known.lookalike}", a known peer with another identity (${known.previous}). Someone may be imitating them or be in the middle of this call. Compare the safety code over another channel before you talk.`,
+      );
+    } else if (known.trust === 'changed') {
+      warning.push(
+        `WARNING: IDENTITY CHANGED: "${name}" presents another identity than the one pinned (${known.previous}): someone may be in the middle. Compare the safety code over another channel before you talk.`,
+      );
+    } else if (known.lookalike) {
+      notes.push(`Note: "${name}" looks like "${known.lookalike}", which has the same identity.`);
+    }
+    if (known.trust === 'renamed') {
+      notes.push(`Note: this identity was known as "${known.previousName}".`);
+    }
+    if (call.mixedScript) {
+      notes.push(
+        `Note: "${name}" mixes writing systems (for example Latin and Cyrillic), as lookalike names do.`,
+      );
+    }
+    const box = $('trust-warning');
+    box.replaceChildren(
+      ...warning.map((text) => Object.assign(document.createElement('p'), { textContent: text })),
+      ...notes.map((text) =>
+        Object.assign(document.createElement('p'), { textContent: text, className: 'note' }),
+      ),
+    );
+    box.hidden = warning.length + notes.length === 0;
+  }
+
+  /// Known peers (identity.js): pins a new peer, reports a changed or lookalike one.
+  async function showTrust(done) {
+    call.peerName = canonical(done.peerName);
+    call.mixedScript = isMixedScript(call.peerName);
+    peerKey = Uint8Array.from(done.peerIdentity);
+    const known = await checkKnownPeer(call.peerName, peerKey);
+    call.peerTrust = known.trust;
+    call.lookalike = known.lookalike ?? null;
+    showTrustWarning(known);
+    $('mark-verified').disabled = known.trust === 'verified';
+    await showKnownPeers();
+  }
+
+  $('mark-verified').onclick = async () => {
+    if (!peerKey || !call.peerName) return;
+    $('mark-verified').disabled = true;
+    await markVerified(call.peerName, peerKey);
+    call.peerTrust = 'verified';
+    call.lookalike = null;
+    showTrustWarning({ trust: 'verified' });
+    await showKnownPeers();
+  };
+
+  /// The handshake is done: check the peer's name against the server's attestation, show the
+  /// code and trust, then wait for the peer's SDP and check its DTLS fingerprint; only then
+  /// install the media and control keys.
   async function onEstablished(done) {
     mark('established');
+    // docs/call-protocol.md, "Names": the name the server listed for this peer must be the
+    // name it signed, after canonicalisation; otherwise no media.
+    const listed = canonical(call.peer.name);
+    const claimed = canonical(done.peerName);
+    if (listed !== claimed) {
+      call.handshakeError = 'PeerNotTrusted';
+      end(`the peer joined as "${listed}" but claims "${claimed}"`);
+      return;
+    }
     call.safetyCode = done.safetyCode;
     $('safety-code').textContent = done.safetyCode;
     $('peer-fingerprint').textContent = await fingerprint(done.peerIdentity);
-    const known = await checkKnownPeer(done.peerName, done.peerIdentity);
-    call.peerTrust = known.trust;
-    $('peer-trust').textContent = {
-      new: 'first call with this name: compare the safety code aloud',
-      known: 'same identity as in earlier calls',
-      changed: `IDENTITY CHANGED since earlier calls (was ${known.previous}): compare the safety code before trusting this call`,
-    }[known.trust];
-    $('peer-trust').className = known.trust;
+    await showTrust(done);
+    const sdp = await peerSdp;
+    if (ended) return;
+    if (!sdpMatchesDtls(sdp, done.peerDtls)) {
+      call.handshakeError = 'DtlsMismatch';
+      end(DTLS_MISMATCH);
+      return;
+    }
     const sendControlKey = await controlKey(done.sendKey);
     const recvControlKey = await controlKey(done.recvKey);
     const receiver = new SframeReceiver();
@@ -283,6 +421,11 @@ async function main() {
   }
 
   async function onHandshake(message) {
+    if (handshakeDone) {
+      // docs/call-protocol.md: never acted on, so nobody can end an established call with one.
+      call.lateHandshakeMessages += 1;
+      return;
+    }
     if (!handshake || handshake.closed) return;
     let step;
     try {
@@ -292,7 +435,11 @@ async function main() {
       throw e;
     }
     if (step.send) signal({ kind: 'handshake', message: step.send });
-    if (step.established) await onEstablished(step.established);
+    if (step.established) {
+      handshakeDone = true;
+      // Not awaited: it waits for the peer's SDP, and late messages must still be counted.
+      onEstablished(step.established).catch(fail('call setup failed'));
+    }
   }
 
   // Both transforms go on before any description is applied: Chrome short-circuits encoded
@@ -323,8 +470,9 @@ async function main() {
   function startCall(role, peer) {
     call.role = role;
     call.peer = peer;
-    setStatus(`handshake with ${peer.name}`);
-    pc = new RTCPeerConnection({ iceServers: [] });
+    setStatus(`handshake with ${peer.shown}`);
+    // Our own certificate: its fingerprint is the one we sign in the handshake.
+    pc = new RTCPeerConnection({ iceServers: [], certificates: [dtls.certificate] });
     pc.ontrack = (e) => {
       if (!e.receiver.transform) {
         // Not expected (addSender covers our one audio m-line); checkTransforms guards it.
@@ -347,7 +495,7 @@ async function main() {
     };
     if (role === 'initiator') {
       hsQueue = hsQueue.then(async () => {
-        const started = await Handshake.initiator(identity, room, name);
+        const started = await Handshake.initiator(identity, room, name, dtls.dtls);
         handshake = started.handshake;
         signal({ kind: 'handshake', message: started.hello });
       });
@@ -360,7 +508,7 @@ async function main() {
       });
       sdpQueue.catch(fail('could not offer'));
     } else {
-      handshake = Handshake.responder(identity, room, name);
+      handshake = Handshake.responder(identity, room, name, dtls.dtls);
     }
   }
 
@@ -371,6 +519,9 @@ async function main() {
       hsQueue = hsQueue.then(() => onHandshake(data.message));
       hsQueue.catch(fail('handshake failed'));
     } else if (data.kind === 'offer' && call.role === 'responder' && typeof data.sdp === 'string') {
+      if (peerSdpKnown) return; // One offer per call.
+      peerSdpKnown = true;
+      resolvePeerSdp(data.sdp);
       sdpQueue = sdpQueue.then(async () => {
         addSender();
         await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
@@ -380,6 +531,9 @@ async function main() {
       });
       sdpQueue.catch(fail('could not answer'));
     } else if (data.kind === 'answer' && call.role === 'initiator' && typeof data.sdp === 'string') {
+      if (peerSdpKnown) return; // One answer per call.
+      peerSdpKnown = true;
+      resolvePeerSdp(data.sdp);
       sdpQueue = sdpQueue.then(() => pc.setRemoteDescription({ type: 'answer', sdp: data.sdp }));
       sdpQueue.catch(fail('could not accept the answer'));
     }
@@ -404,12 +558,12 @@ async function main() {
     if (msg === null || typeof msg !== 'object' || msg.v !== 1) return;
     const peerInfo = (p) =>
       p && typeof p.peer_id === 'string' && typeof p.name === 'string'
-        ? { id: p.peer_id, name: p.name }
+        ? { id: p.peer_id, name: p.name, shown: canonical(p.name) }
         : null;
     switch (msg.type) {
       case 'welcome': {
         mark('joined');
-        roomPeers.set(msg.peer_id, { id: msg.peer_id, name: `${name} (you)` });
+        roomPeers.set(msg.peer_id, { id: msg.peer_id, shown: `${canonical(name)} (you)` });
         const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
         for (const p of peers) roomPeers.set(p.id, p);
         showPeers(roomPeers);
@@ -488,7 +642,13 @@ async function main() {
         }
       }
     }
-    return JSON.parse(JSON.stringify({ ...out, control: call.control }));
+    return JSON.parse(
+      JSON.stringify({
+        ...out,
+        control: call.control,
+        lateHandshakeMessages: call.lateHandshakeMessages,
+      }),
+    );
   };
 }
 

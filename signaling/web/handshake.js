@@ -1,19 +1,23 @@
-// The sotto handshake, version 1 (docs/handshake.md), on WebCrypto: X25519 ephemeral keys,
-// Ed25519 identity signatures, HKDF key schedule, HMAC key confirmation, safety code.
+// The sotto handshake, version 2 (docs/handshake.md), on WebCrypto: X25519 ephemeral keys,
+// Ed25519 identity signatures, HKDF key schedule, HMAC key confirmation, safety code, and each
+// side's DTLS fingerprint signed into the transcript.
 // Same messages and computation as src/handshake/ in Rust; messages are plain JSON objects.
 //
-//   Initiator                                   Responder
-//     hello  {call_id, name, identity, H(eI)} ->
-//                                             <- reply  {name, identity, eR}
+//   Initiator                                         Responder
+//     hello  {call_id, name, identity, dtls, H(eI)} ->
+//                                                   <- reply  {name, identity, dtls, eR}
 //     reveal {eI, sig_I(th), confirm_I}       ->
 //                                             <- confirm {sig_R(th), confirm_R}
 
 import { concat } from './sframe.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const MAX_MESSAGE_LEN = 4096;
 export const MAX_CALL_ID_LEN = 256;
 export const MAX_NAME_LEN = 128;
+export const MAX_DTLS_LEN = 160;
+/// The normal form of a DTLS fingerprint: `sha-256`, one space, 32 upper-case hex bytes.
+const DTLS_NORMAL = /^sha-256 [0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
 
 const te = new TextEncoder();
 
@@ -46,9 +50,47 @@ function checkText(field, value, max) {
   }
 }
 
+/// A DTLS fingerprint as SDP writes it (`a=fingerprint:<hash> <hex>`), in normal form: hash
+/// function in lower case, one space, hex digits in upper case. Null when it is not sha-256 or
+/// not well formed.
+export function normalDtls(text) {
+  if (typeof text !== 'string' || text.length > MAX_DTLS_LEN) return null;
+  const m = /^\s*(\S+)\s+(\S+)\s*$/.exec(text);
+  if (!m) return null;
+  const normal = `${m[1].toLowerCase()} ${m[2].toUpperCase()}`;
+  return DTLS_NORMAL.test(normal) ? normal : null;
+}
+
+function checkDtls(value) {
+  checkText('dtls', value, MAX_DTLS_LEN);
+  if (!/^[\x20-\x7e]*$/.test(value)) {
+    throw new HandshakeError('Malformed', 'dtls is not printable ASCII');
+  }
+  if (!DTLS_NORMAL.test(value)) {
+    throw new HandshakeError('Malformed', 'dtls is not a sha-256 fingerprint in normal form');
+  }
+}
+
+/// Every `a=fingerprint:` line of an SDP, in normal form (null for a line that is not a
+/// well-formed sha-256 fingerprint).
+export function sdpFingerprints(sdp) {
+  const out = [];
+  for (const line of String(sdp).split(/\r?\n/)) {
+    if (line.startsWith('a=fingerprint:')) out.push(normalDtls(line.slice('a=fingerprint:'.length)));
+  }
+  return out;
+}
+
+/// Whether the peer's SDP carries its signed DTLS fingerprint and no other (docs/handshake.md,
+/// "Binding the transport"): at least one `a=fingerprint:` line, each equal to `dtls`.
+export function sdpMatchesDtls(sdp, dtls) {
+  const prints = sdpFingerprints(sdp);
+  return prints.length > 0 && prints.every((p) => p === dtls);
+}
+
 const FIELDS = {
-  hello: { call_id: 'text', name: 'text', identity: 32, commitment: 32 },
-  reply: { name: 'text', identity: 32, ephemeral: 32 },
+  hello: { call_id: 'text', name: 'text', identity: 32, dtls: 'dtls', commitment: 32 },
+  reply: { name: 'text', identity: 32, dtls: 'dtls', ephemeral: 32 },
   reveal: { ephemeral: 32, signature: 64, confirm: 32 },
   confirm: { signature: 64, confirm: 32 },
 };
@@ -69,7 +111,13 @@ export function decodeMessage(obj) {
     throw new HandshakeError('Malformed', 'not an object');
   }
   if (!Number.isInteger(obj.v) || obj.v < 0) throw new HandshakeError('Malformed', 'bad v');
-  if (obj.v !== PROTOCOL_VERSION) throw new HandshakeError('UnsupportedVersion', `v ${obj.v}`);
+  if (obj.v !== PROTOCOL_VERSION) {
+    const why =
+      obj.v < PROTOCOL_VERSION
+        ? `the peer speaks handshake version ${obj.v}, which does not bind DTLS; version ${PROTOCOL_VERSION} is required (update the peer)`
+        : `the peer speaks handshake version ${obj.v}; this page speaks version ${PROTOCOL_VERSION}`;
+    throw new HandshakeError('UnsupportedVersion', why);
+  }
   const spec = Object.hasOwn(FIELDS, obj.type) ? FIELDS[obj.type] : null;
   if (!spec) throw new HandshakeError('Malformed', 'unknown type');
   const out = { type: obj.type };
@@ -82,6 +130,9 @@ export function decodeMessage(obj) {
     if (!Object.hasOwn(obj, key)) throw new HandshakeError('Malformed', `missing ${key}`);
     if (kind === 'text') {
       checkText(key, obj[key], key === 'call_id' ? MAX_CALL_ID_LEN : MAX_NAME_LEN);
+      out[key] = obj[key];
+    } else if (kind === 'dtls') {
+      checkDtls(obj[key]);
       out[key] = obj[key];
     } else {
       out[key] = fromHex(obj[key], kind, key);
@@ -186,20 +237,23 @@ const equalBytes = (a, b) => a.length === b.length && a.every((x, i) => x === b[
 
 /// One endpoint's side of one handshake; any error closes it for good.
 export class Handshake {
-  /// identity: { privateKey (Ed25519 CryptoKey), publicKey (32 bytes) }.
-  constructor(role, identity, callId, name) {
+  /// identity: { privateKey (Ed25519 CryptoKey), publicKey (32 bytes) }; dtls: our own DTLS
+  /// fingerprint in normal form (`sha-256 AB:CD:...`), as our SDP carries it.
+  constructor(role, identity, callId, name, dtls) {
     checkText('call_id', callId, MAX_CALL_ID_LEN);
     checkText('name', name, MAX_NAME_LEN);
+    checkDtls(dtls);
     this.role = role;
     this.identity = identity;
     this.callId = callId;
     this.name = name;
+    this.dtls = dtls;
     this.state = role === 'responder' ? { name: 'await_hello' } : null;
   }
 
   /// Starts as initiator: returns { handshake, hello } (hello as a JSON object).
-  static async initiator(identity, callId, name) {
-    const hs = new Handshake('initiator', identity, callId, name);
+  static async initiator(identity, callId, name, dtls) {
+    const hs = new Handshake('initiator', identity, callId, name, dtls);
     const eph = await newEphemeral();
     const commit = await commitment(callId, eph.publicKey);
     hs.state = { name: 'await_reply', eph, commit };
@@ -209,13 +263,14 @@ export class Handshake {
       call_id: callId,
       name,
       identity: toHex(identity.publicKey),
+      dtls,
       commitment: toHex(commit),
     };
     return { handshake: hs, hello };
   }
 
-  static responder(identity, callId, name) {
-    return new Handshake('responder', identity, callId, name);
+  static responder(identity, callId, name, dtls) {
+    return new Handshake('responder', identity, callId, name, dtls);
   }
 
   get closed() {
@@ -223,7 +278,8 @@ export class Handshake {
   }
 
   /// Feeds one message from the peer. Returns { send?, established? } where established is
-  /// { role, peerName, peerIdentity, safetyCode, sendKey, recvKey, sendDirection, recvDirection }.
+  /// { role, peerName, peerIdentity, peerDtls, safetyCode, sendKey, recvKey, sendDirection,
+  /// recvDirection }.
   async handle(obj) {
     const state = this.state;
     this.state = { name: 'closed' };
@@ -254,19 +310,25 @@ export class Handshake {
     return new Uint8Array(sig);
   }
 
-  transcript(iName, iIdentity, commit, rName, rIdentity, rEph, iEph) {
+  transcript(i, commit, r, rEph, iEph) {
     return hashFields(
       'sotto handshake',
       u32be(PROTOCOL_VERSION),
       this.callId,
-      iName,
-      iIdentity,
+      i.name,
+      i.identity,
+      i.dtls,
       commit,
-      rName,
-      rIdentity,
+      r.name,
+      r.identity,
+      r.dtls,
       rEph,
       iEph,
     );
+  }
+
+  get own() {
+    return { name: this.name, identity: this.identity.publicKey, dtls: this.dtls };
   }
 
   async on_hello(_state, msg) {
@@ -280,6 +342,7 @@ export class Handshake {
         v: PROTOCOL_VERSION,
         name: this.name,
         identity: toHex(this.identity.publicKey),
+        dtls: this.dtls,
         ephemeral: toHex(eph.publicKey),
       },
     };
@@ -288,11 +351,9 @@ export class Handshake {
   async on_reply(state, msg) {
     this.checkPeerIdentity(msg.identity);
     const th = await this.transcript(
-      this.name,
-      this.identity.publicKey,
+      this.own,
       state.commit,
-      msg.name,
-      msg.identity,
+      msg,
       msg.ephemeral,
       state.eph.publicKey,
     );
@@ -314,11 +375,9 @@ export class Handshake {
       throw new HandshakeError('CommitmentMismatch');
     }
     const th = await this.transcript(
-      peer.name,
-      peer.identity,
+      peer,
       peer.commitment,
-      this.name,
-      this.identity.publicKey,
+      this.own,
       state.eph.publicKey,
       msg.ephemeral,
     );
@@ -357,6 +416,7 @@ export class Handshake {
       role: this.role,
       peerName: peer.name,
       peerIdentity: peer.identity,
+      peerDtls: peer.dtls,
       safetyCode: await safetyCode(th),
       sendKey: initiator ? schedule.mediaInitiator : schedule.mediaResponder,
       recvKey: initiator ? schedule.mediaResponder : schedule.mediaInitiator,

@@ -1,6 +1,8 @@
 // The long-term Ed25519 identity, kept in IndexedDB. The private key is generated
 // non-extractable: the page can sign with it but no script can read it out. IndexedDB stores
-// the CryptoKey object itself (structured clone), not its bytes.
+// the CryptoKey object itself (structured clone), not its bytes. Known peers live beside it.
+
+import { skeleton } from './names.js';
 
 const DB_NAME = 'sotto';
 const STORE = 'identity';
@@ -56,23 +58,103 @@ export async function loadOrCreateIdentity() {
   }
 }
 
-/// Trust on first use, as the Rust engine's known peers: the first key a peer name presents is
-/// pinned; later calls report 'known', or 'changed' for a different key (never re-pinned
-/// silently). Returns { trust: 'new' | 'known' | 'changed', previous (fingerprint) }.
-export async function checkKnownPeer(name, publicKey) {
+const sameKey = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/// A stored pin: { identity (32 bytes), firstSeen (ms since 1970, or null), verified }. Pins
+/// written by older pages were the bare key.
+function pinOf(value) {
+  if (value instanceof Uint8Array && value.length === 32) {
+    return { identity: value, firstSeen: null, verified: false };
+  }
+  if (value?.identity instanceof Uint8Array && value.identity.length === 32) {
+    return {
+      identity: value.identity,
+      firstSeen: Number.isFinite(value.firstSeen) ? value.firstSeen : null,
+      verified: value.verified === true,
+    };
+  }
+  return null;
+}
+
+/// Every pin: [{ name (canonical), identity, firstSeen, verified }], sorted by name.
+export async function knownPeers() {
   const db = await openDb();
   try {
-    const pinned = await request(db, 'readonly', (s) => s.get(name), PEERS);
-    if (pinned instanceof Uint8Array && pinned.length === 32) {
-      const same = pinned.every((b, i) => b === publicKey[i]);
-      return same ? { trust: 'known' } : { trust: 'changed', previous: await fingerprint(pinned) };
-    }
-    const count = await request(db, 'readonly', (s) => s.count(), PEERS);
-    if (count < MAX_KNOWN_PEERS) {
-      await request(db, 'readwrite', (s) => s.put(Uint8Array.from(publicKey), name), PEERS);
-    }
-    return { trust: 'new' };
+    const tx = db.transaction(PEERS, 'readonly');
+    const store = tx.objectStore(PEERS);
+    const [keys, values] = await Promise.all(
+      [store.getAllKeys(), store.getAll()].map(
+        (req) =>
+          new Promise((resolve, reject) => {
+            req.onsuccess = () => resolve(req.result);
+            req.onerror = () => reject(req.error);
+          }),
+      ),
+    );
+    const out = [];
+    keys.forEach((name, i) => {
+      const pin = pinOf(values[i]);
+      if (typeof name === 'string' && pin) out.push({ name, ...pin });
+    });
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   } finally {
     db.close();
   }
+}
+
+async function putPin(name, pin) {
+  const db = await openDb();
+  try {
+    await request(db, 'readwrite', (s) => s.put(pin, name), PEERS);
+  } finally {
+    db.close();
+  }
+}
+
+/// Trust on first use, as the Rust engine's known peers, by canonical name (names.js), with
+/// lookalikes compared by skeleton. `name` must be canonical already. Returns
+/// { trust, previous?, lookalike?, previousName? } where trust is
+/// - 'new': neither the name, a lookalike of it, nor the key was seen: now pinned;
+/// - 'known' / 'verified': this name with its pinned key (verified: people compared codes);
+/// - 'changed': a different key than the one pinned under this name, or under a name that looks
+///   like it (`lookalike` is that name); `previous` is the pinned key's fingerprint. Never
+///   re-pinned silently: only markVerified replaces a pin;
+/// - 'renamed': a pinned key under a new name that looks like none pinned (`previousName`);
+///   the new name is pinned too.
+export async function checkKnownPeer(name, publicKey) {
+  const pins = await knownPeers();
+  const exact = pins.find((p) => p.name === name);
+  if (exact) {
+    if (!sameKey(exact.identity, publicKey)) {
+      return { trust: 'changed', previous: await fingerprint(exact.identity) };
+    }
+    return { trust: exact.verified ? 'verified' : 'known' };
+  }
+  const sk = skeleton(name);
+  const lookalike = pins.find((p) => skeleton(p.name) === sk);
+  if (lookalike) {
+    if (!sameKey(lookalike.identity, publicKey)) {
+      return {
+        trust: 'changed',
+        lookalike: lookalike.name,
+        previous: await fingerprint(lookalike.identity),
+      };
+    }
+    // The same person under a name that looks the same: not pinned again.
+    return { trust: lookalike.verified ? 'verified' : 'known', lookalike: lookalike.name };
+  }
+  const byKey = pins.find((p) => sameKey(p.identity, publicKey));
+  if (pins.length < MAX_KNOWN_PEERS) {
+    await putPin(name, { identity: Uint8Array.from(publicKey), firstSeen: Date.now(), verified: false });
+  }
+  return byKey ? { trust: 'renamed', previousName: byKey.name } : { trust: 'new' };
+}
+
+/// Records that people compared safety codes and trust `publicKey` for `name` (canonical),
+/// replacing a previous pin of that name.
+export async function markVerified(name, publicKey) {
+  const pins = await knownPeers();
+  const old = pins.find((p) => p.name === name);
+  const firstSeen = old && sameKey(old.identity, publicKey) ? old.firstSeen : Date.now();
+  await putPin(name, { identity: Uint8Array.from(publicKey), firstSeen, verified: true });
 }

@@ -1,12 +1,19 @@
 // The media worker: every encoded Opus frame goes through SFrame here, via
 // RTCRtpScriptTransform. Outgoing frames are dropped until the handshake has produced keys, so
 // nothing ever leaves unencrypted; incoming frames that fail authentication are dropped and
-// counted, never played.
+// counted, never played. Frames whose RTP timestamp order disagrees with their authenticated
+// SFrame counter order are dropped too (order.js). After a second in which the peer's frames
+// failed and none decrypted, the page is told (media-state): keys differ.
 //
 // Messages from the page: { type: 'keys', send, recv, sendDirection, recvDirection,
 // rotateMs } (base keys as bytes) and { type: 'stats' } (answered with { type: 'stats', ... }).
+// To the page, besides answers: { type: 'media-state', undecryptable }.
 
 import { MediaReceiver, MediaSender } from './keys.js';
+import { PlayoutOrder } from './order.js';
+
+/// How long the peer's frames must fail, with none decrypting, before the call says so.
+const UNDECRYPTABLE_AFTER_MS = 1000;
 
 let sender = null;
 let receiver = null;
@@ -20,7 +27,31 @@ const stats = {
   padding: 0,
   sendErrors: 0,
   transforms: { send: 0, recv: 0 },
+  reorderRejected: 0,
+  undecryptable: false,
+  timestampSource: null,
 };
+const order = new PlayoutOrder();
+let failingSince = null; // When frames started failing with none decrypting since.
+
+function setUndecryptable(value) {
+  if (stats.undecryptable === value) return;
+  stats.undecryptable = value;
+  self.postMessage({ type: 'media-state', undecryptable: value });
+}
+
+/// The RTP timestamp of a received frame: getMetadata().rtpTimestamp where the browser has it
+/// (Chromium 156 does, for audio), else the frame's own timestamp (the RTP timestamp in older
+/// Chromium audio frames).
+function rtpTimestamp(frame) {
+  const meta = typeof frame.getMetadata === 'function' ? frame.getMetadata() : null;
+  if (Number.isInteger(meta?.rtpTimestamp)) {
+    stats.timestampSource ??= 'rtpTimestamp';
+    return meta.rtpTimestamp;
+  }
+  stats.timestampSource ??= 'timestamp';
+  return frame.timestamp;
+}
 
 self.onmessage = async (event) => {
   const msg = event.data;
@@ -78,16 +109,30 @@ async function decryptFrame(frame, controller) {
     stats.recvDroppedNoKey += 1;
     return;
   }
+  let opened;
   try {
-    const { plaintext } = await receiver.decrypt(data);
-    frame.data = plaintext.buffer;
-    stats.decrypted += 1;
-    controller.enqueue(frame);
+    opened = await receiver.decrypt(data);
   } catch (e) {
     stats.decryptFailures += 1;
     const kind = e?.kind ?? 'error';
     stats.failureKinds[kind] = (stats.failureKinds[kind] ?? 0) + 1;
+    // A replay is a copy of a genuine frame: not a sign of other keys.
+    if (kind !== 'replay') {
+      const now = performance.now();
+      failingSince ??= now;
+      if (now - failingSince >= UNDECRYPTABLE_AFTER_MS) setUndecryptable(true);
+    }
+    return;
   }
+  stats.decrypted += 1;
+  failingSince = null;
+  setUndecryptable(false);
+  if (!order.accept(opened.ctr, rtpTimestamp(frame))) {
+    stats.reorderRejected += 1; // Authentic but out of its counter's place: never played.
+    return;
+  }
+  frame.data = opened.plaintext.buffer;
+  controller.enqueue(frame);
 }
 
 self.onrtctransform = (event) => {
