@@ -116,7 +116,9 @@ fn render(t: &Tables) -> String {
         writeln!(out, "  [0x{first:x}, 0x{last:x}],").unwrap();
     }
     out.push_str("];\n\n");
-    out.push_str("/// Code point, skeleton: for NFD-stable code points whose skeleton differs from them.\n");
+    out.push_str(
+        "/// Code point, skeleton: for NFD-stable code points whose skeleton differs from them.\n",
+    );
     out.push_str("export const PROTOTYPE = [\n");
     for (cp, sk) in &t.prototype {
         writeln!(out, "  0x{cp:x}, {},", js_string(sk)).unwrap();

@@ -6,6 +6,7 @@
 mod cdp;
 mod cli;
 mod peer;
+mod v2;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,16 @@ impl Server {
     }
 
     pub fn page_url(&self, room: &str, name: &str) -> String {
+        let name: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
         format!("http://{}/?room={room}&name={name}", self.addr)
     }
 }
@@ -341,6 +352,11 @@ async fn two_browsers_call_with_encrypted_audio_and_control() {
         assert_eq!(s["media"]["decryptFailures"], 0, "{s}");
         assert_eq!(s["control"]["decryptFailures"], 0, "{s}");
         assert!(s["media"]["encrypted"].as_u64().unwrap() >= 100, "{s}");
+        // Genuine frames keep their counter order; Chromium gives the RTP timestamp.
+        assert_eq!(s["media"]["reorderRejected"], 0, "{s}");
+        assert_eq!(s["media"]["timestampSource"], "rtpTimestamp", "{s}");
+        assert_eq!(s["media"]["undecryptable"], false, "{s}");
+        assert_eq!(status(page).await, "connected: end-to-end encrypted");
         stats.push(s);
     }
     let rtt = alice.eval("window.sotto.rttMs").await;
@@ -645,7 +661,9 @@ async fn handshake_refuses_bad_and_tampered_messages_in_chromium() {
         .await;
     let result = page.eval("runHandshakeChecks()").await;
     assert_eq!(result["failures"], Value::Array(vec![]), "{result}");
-    assert!(result["passed"].as_u64() >= Some(28), "{result}");
+    // 51 checks: parsing (v2 fields, dtls form, version 1 refused), tampering (the DTLS
+    // fingerprints included), the SDP binding.
+    assert!(result["passed"].as_u64() >= Some(51), "{result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,11 +691,14 @@ async fn a_peer_whose_identity_changed_is_reported() {
             .wait_for("window.sotto.peerTrust", CONNECT, "the peer's trust")
             .await;
         assert_eq!(trust, want, "call {i}");
-        let shown = page.text("peer-trust").await;
+        assert_eq!(page.text("peer-trust").await, want, "call {i}");
+        let warning = page
+            .eval("(() => { const w = document.getElementById('trust-warning'); return w.hidden ? '' : w.textContent; })()")
+            .await;
         assert_eq!(
-            shown.as_str().unwrap().contains("IDENTITY CHANGED"),
+            warning.as_str().unwrap().contains("IDENTITY CHANGED"),
             want == "changed",
-            "{shown}"
+            "{warning}"
         );
         rust.client.close().await;
     }
