@@ -504,11 +504,19 @@ async function main() {
         addSender();
         await pc.setLocalDescription(await pc.createOffer());
         await waitGathered(pc);
+        checkOwnSdp();
         signal({ kind: 'offer', sdp: pc.localDescription.sdp });
       });
       sdpQueue.catch(fail('could not offer'));
     } else {
       handshake = Handshake.responder(identity, room, name, dtls.dtls);
+    }
+  }
+
+  // Our SDP must carry the fingerprint we sign, or the peer would (rightly) end the call.
+  function checkOwnSdp() {
+    if (!sdpMatchesDtls(pc.localDescription.sdp, dtls.dtls)) {
+      throw new Error('the browser did not use the certificate whose fingerprint we sign');
     }
   }
 
@@ -527,6 +535,7 @@ async function main() {
         await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
         await pc.setLocalDescription(await pc.createAnswer());
         await waitGathered(pc);
+        checkOwnSdp();
         signal({ kind: 'answer', sdp: pc.localDescription.sdp });
       });
       sdpQueue.catch(fail('could not answer'));
