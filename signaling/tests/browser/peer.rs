@@ -1,6 +1,7 @@
 //! The Rust side of a call with the page, through the real signaling server: `sotto::signal`
 //! for signaling and `sotto::handshake` for the handshake, as docs/call-protocol.md says.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,12 +15,52 @@ pub struct RustPeer {
     events: Mutex<mpsc::Receiver<SignalEvent>>,
     identity: Arc<Identity>,
     room: String,
-    name: String,
     /// Our peer id and the ids already in the room when we joined.
     joined: (String, Vec<String>),
     /// The browser's peer id once known, and SDP it sent.
     pub browser: Mutex<Option<String>>,
     sdp: Mutex<Vec<(String, String)>>,
+    /// Other payloads that arrived while we waited for SDP.
+    pending: Mutex<VecDeque<Value>>,
+    /// The DTLS fingerprint we sign (normal form); a made-up one unless a test sets its
+    /// transport's.
+    dtls: std::sync::Mutex<String>,
+    /// The name we sign in the handshake (the name we joined with, unless a test lies).
+    claim: std::sync::Mutex<String>,
+    /// Every handshake message we sent, for tests that replay them.
+    pub sent: Mutex<Vec<Value>>,
+}
+
+/// A well-formed fingerprint no certificate here has.
+pub const FAKE_DTLS: &str = "sha-256 5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A";
+
+/// The `a=fingerprint:` of an SDP, in normal form (webrtc-rs writes one, upper-case hex).
+pub fn sdp_dtls(sdp: &str) -> String {
+    let line = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=fingerprint:"))
+        .expect("a fingerprint line");
+    let (hash, hex) = line.trim().split_once(' ').unwrap();
+    format!(
+        "{} {}",
+        hash.to_ascii_lowercase(),
+        hex.trim().to_ascii_uppercase()
+    )
+}
+
+/// `sdp` with every `a=fingerprint:` line replaced by `dtls`: what a relay that terminates
+/// DTLS itself would send.
+pub fn swap_dtls(sdp: &str, dtls: &str) -> String {
+    sdp.split("\r\n")
+        .map(|l| {
+            if l.starts_with("a=fingerprint:") {
+                format!("a=fingerprint:{dtls}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 impl RustPeer {
@@ -44,10 +85,38 @@ impl RustPeer {
             events: Mutex::new(events),
             identity,
             room: room.into(),
-            name: name.into(),
             joined,
             browser: Mutex::new(None),
             sdp: Mutex::new(Vec::new()),
+            pending: Mutex::new(VecDeque::new()),
+            dtls: std::sync::Mutex::new(FAKE_DTLS.into()),
+            claim: std::sync::Mutex::new(name.into()),
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Signs `dtls` (normal form) in the handshake instead of the made-up fingerprint.
+    pub fn set_dtls(&self, dtls: &str) {
+        *self.dtls.lock().unwrap() = dtls.into();
+    }
+
+    /// Signs `name` in the handshake instead of the name we joined with.
+    pub fn set_claim(&self, name: &str) {
+        *self.claim.lock().unwrap() = name.into();
+    }
+
+    /// A handshake of ours: (state machine, hello when initiating).
+    fn start(&self, initiator: bool) -> (Handshake, Option<Vec<u8>>) {
+        let claim = self.claim.lock().unwrap().clone();
+        let dtls = self.dtls.lock().unwrap().clone();
+        let _ = dtls; // TEMP until the v2 engine is on main.
+        if initiator {
+            let (hs, hello) =
+                Handshake::initiator(self.identity.clone(), &self.room, &claim).unwrap();
+            (hs, Some(hello))
+        } else {
+            let hs = Handshake::responder(self.identity.clone(), &self.room, &claim).unwrap();
+            (hs, None)
         }
     }
 
@@ -57,6 +126,9 @@ impl RustPeer {
 
     /// The next relayed payload from the browser, as JSON; offers and answers are stored.
     async fn next_message(&self, deadline: Instant) -> Value {
+        if let Some(v) = self.pending.lock().await.pop_front() {
+            return v;
+        }
         let mut events = self.events.lock().await;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -103,6 +175,12 @@ impl RustPeer {
 
     async fn send_handshake(&self, to: &str, message: &[u8]) {
         let message: Value = serde_json::from_slice(message).unwrap();
+        self.sent.lock().await.push(message.clone());
+        self.send_raw_handshake(to, message).await;
+    }
+
+    /// Sends any JSON as a handshake message (forged, replayed, old versions).
+    pub async fn send_raw_handshake(&self, to: &str, message: Value) {
         self.client
             .send_to(to, &json!({ "kind": "handshake", "message": message }))
             .await
@@ -115,14 +193,10 @@ impl RustPeer {
         let deadline = Instant::now() + timeout;
         let browser = self.wait_browser(deadline).await;
         let initiator = !self.joined.1.is_empty();
-        let mut hs = if initiator {
-            let (hs, hello) =
-                Handshake::initiator(self.identity.clone(), &self.room, &self.name).unwrap();
+        let (mut hs, hello) = self.start(initiator);
+        if let Some(hello) = hello {
             self.send_handshake(&browser, &hello).await;
-            hs
-        } else {
-            Handshake::responder(self.identity.clone(), &self.room, &self.name).unwrap()
-        };
+        }
         loop {
             let msg = self.next_message(deadline).await;
             assert_eq!(msg["kind"], "handshake", "{msg}");
@@ -142,9 +216,8 @@ impl RustPeer {
         let deadline = Instant::now() + timeout;
         let browser = self.wait_browser(deadline).await;
         assert!(!self.joined.1.is_empty(), "the Rust side must initiate");
-        let (mut hs, hello) =
-            Handshake::initiator(self.identity.clone(), &self.room, &self.name).unwrap();
-        self.send_handshake(&browser, &hello).await;
+        let (mut hs, hello) = self.start(true);
+        self.send_handshake(&browser, &hello.unwrap()).await;
         let reply = self.next_message(deadline).await;
         let bytes = serde_json::to_vec(&reply["message"]).unwrap();
         let reveal = hs.handle(&bytes).unwrap().send.unwrap();
@@ -158,9 +231,18 @@ impl RustPeer {
 
     /// The browser's SDP offer, once it arrives.
     pub async fn offer(&self, timeout: Duration) -> String {
+        self.sdp_of("offer", timeout).await
+    }
+
+    /// The browser's SDP answer, once it arrives.
+    pub async fn answer(&self, timeout: Duration) -> String {
+        self.sdp_of("answer", timeout).await
+    }
+
+    async fn sdp_of(&self, want: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((_, sdp)) = self.sdp.lock().await.iter().find(|(k, _)| k == "offer") {
+            if let Some((_, sdp)) = self.sdp.lock().await.iter().find(|(k, _)| k == want) {
                 return sdp.clone();
             }
             let mut events = self.events.lock().await;
@@ -170,10 +252,15 @@ impl RustPeer {
                     let v: Value = serde_json::from_str(data.get()).unwrap();
                     if let (Some(kind), Some(sdp)) = (v["kind"].as_str(), v["sdp"].as_str()) {
                         self.sdp.lock().await.push((kind.into(), sdp.into()));
+                    } else {
+                        self.pending.lock().await.push_back(v);
                     }
                 }
+                Ok(Some(SignalEvent::PeerJoined(p))) => {
+                    self.browser.lock().await.get_or_insert(p.peer_id);
+                }
                 Ok(Some(_)) => {}
-                other => panic!("no offer from the browser: {other:?}"),
+                other => panic!("no {want} from the browser: {other:?}"),
             }
         }
     }
@@ -182,10 +269,20 @@ impl RustPeer {
 impl RustPeer {
     /// Sends our SDP answer to the browser.
     pub async fn send_answer(&self, sdp: &str) {
+        self.send_sdp("answer", sdp).await;
+    }
+
+    /// Sends our SDP (`kind` "offer" or "answer") to the browser.
+    pub async fn send_sdp(&self, kind: &str, sdp: &str) {
         let to = self.browser.lock().await.clone().expect("browser known");
         self.client
-            .send_to(&to, &json!({ "kind": "answer", "sdp": sdp }))
+            .send_to(&to, &json!({ "kind": kind, "sdp": sdp }))
             .await
             .unwrap();
+    }
+
+    /// The browser's peer id, waiting for it to join if needed.
+    pub async fn browser_id(&self, timeout: Duration) -> String {
+        self.wait_browser(Instant::now() + timeout).await
     }
 }
