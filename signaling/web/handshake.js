@@ -16,8 +16,6 @@ export const MAX_MESSAGE_LEN = 4096;
 export const MAX_CALL_ID_LEN = 256;
 export const MAX_NAME_LEN = 128;
 export const MAX_DTLS_LEN = 160;
-/// The normal form of a DTLS fingerprint: `sha-256`, one space, 32 upper-case hex bytes.
-const DTLS_NORMAL = /^sha-256 [0-9A-F]{2}(:[0-9A-F]{2}){31}$/;
 
 const te = new TextEncoder();
 
@@ -50,25 +48,30 @@ function checkText(field, value, max) {
   }
 }
 
-/// A DTLS fingerprint as SDP writes it (`a=fingerprint:<hash> <hex>`), in normal form: hash
-/// function in lower case, one space, hex digits in upper case. Null when it is not sha-256 or
-/// not well formed.
+/// A DTLS fingerprint as SDP or a handshake message writes it (`<hash> <hex:hex:...>`), in
+/// normal form: `sha-256`, one space, 32 upper-case hex bytes joined by colons. Accepts what
+/// the engine's DtlsFingerprint::parse accepts (any letter case, spaces around the parts); null
+/// for anything else, or another hash function.
 export function normalDtls(text) {
-  if (typeof text !== 'string' || text.length > MAX_DTLS_LEN) return null;
-  const m = /^\s*(\S+)\s+(\S+)\s*$/.exec(text);
-  if (!m) return null;
-  const normal = `${m[1].toLowerCase()} ${m[2].toUpperCase()}`;
-  return DTLS_NORMAL.test(normal) ? normal : null;
+  if (typeof text !== 'string' || te.encode(text).length > MAX_DTLS_LEN) return null;
+  const trimmed = text.replace(/^\p{White_Space}+|\p{White_Space}+$/gu, '');
+  const space = trimmed.indexOf(' ');
+  if (space < 0) return null;
+  const hash = trimmed.slice(0, space).replace(/[A-Z]/g, (c) => c.toLowerCase());
+  const value = trimmed.slice(space + 1).replace(/^\p{White_Space}+/u, '');
+  if (hash !== 'sha-256') return null;
+  const bytes = value.split(':');
+  if (bytes.length !== 32 || !bytes.every((b) => /^[0-9A-Fa-f]{2}$/.test(b))) return null;
+  return `sha-256 ${bytes.join(':').toUpperCase()}`;
 }
 
-function checkDtls(value) {
-  checkText('dtls', value, MAX_DTLS_LEN);
-  if (!/^[\x20-\x7e]*$/.test(value)) {
-    throw new HandshakeError('Malformed', 'dtls is not printable ASCII');
+/// A `dtls` field: its normal form, or Malformed.
+function parseDtls(value) {
+  const normal = normalDtls(value);
+  if (normal === null) {
+    throw new HandshakeError('Malformed', 'dtls is not a sha-256 fingerprint');
   }
-  if (!DTLS_NORMAL.test(value)) {
-    throw new HandshakeError('Malformed', 'dtls is not a sha-256 fingerprint in normal form');
-  }
+  return normal;
 }
 
 /// Every `a=fingerprint:` line of an SDP, in normal form (null for a line that is not a
@@ -132,8 +135,7 @@ export function decodeMessage(obj) {
       checkText(key, obj[key], key === 'call_id' ? MAX_CALL_ID_LEN : MAX_NAME_LEN);
       out[key] = obj[key];
     } else if (kind === 'dtls') {
-      checkDtls(obj[key]);
-      out[key] = obj[key];
+      out[key] = parseDtls(obj[key]); // The transcript takes the normal form.
     } else {
       out[key] = fromHex(obj[key], kind, key);
     }
@@ -242,7 +244,9 @@ export class Handshake {
   constructor(role, identity, callId, name, dtls) {
     checkText('call_id', callId, MAX_CALL_ID_LEN);
     checkText('name', name, MAX_NAME_LEN);
-    checkDtls(dtls);
+    if (normalDtls(dtls) !== dtls) {
+      throw new HandshakeError('Malformed', 'our dtls is not a sha-256 fingerprint in normal form');
+    }
     this.role = role;
     this.identity = identity;
     this.callId = callId;

@@ -102,6 +102,15 @@ export async function knownPeers() {
   }
 }
 
+async function deletePin(name) {
+  const db = await openDb();
+  try {
+    await request(db, 'readwrite', (s) => s.delete(name), PEERS);
+  } finally {
+    db.close();
+  }
+}
+
 async function putPin(name, pin) {
   const db = await openDb();
   try {
@@ -111,43 +120,52 @@ async function putPin(name, pin) {
   }
 }
 
-/// Trust on first use, as the Rust engine's known peers, by canonical name (names.js), with
-/// lookalikes compared by skeleton. `name` must be canonical already. Returns
-/// { trust, previous?, lookalike?, previousName? } where trust is
-/// - 'new': neither the name, a lookalike of it, nor the key was seen: now pinned;
-/// - 'known' / 'verified': this name with its pinned key (verified: people compared codes);
-/// - 'changed': a different key than the one pinned under this name, or under a name that looks
-///   like it (`lookalike` is that name); `previous` is the pinned key's fingerprint. Never
-///   re-pinned silently: only markVerified replaces a pin;
-/// - 'renamed': a pinned key under a new name that looks like none pinned (`previousName`);
-///   the new name is pinned too.
+/// Trust on first use, as the Rust engine's known peers (src/handshake/known_peers.rs), by
+/// canonical name (names.js), with lookalikes compared by skeleton. `name` must be canonical
+/// already. Returns { trust, previous?, lookalike?, previousName? } where trust is
+/// - 'new': neither the name, a lookalike of it, nor the key was seen: now pinned (when the
+///   store is full, the oldest unverified pin makes room);
+/// - 'known' / 'verified': this name, or a lookalike, with its pinned key (verified: people
+///   compared codes);
+/// - 'changed': another key is pinned under this name, or under a name that looks like it
+///   (`lookalike` is that name); `previous` is the pinned key's fingerprint. Never re-pinned
+///   silently: only markVerified replaces a pin;
+/// - 'renamed': this key is pinned under another name that does not look like this one
+///   (`previousName`); nothing is pinned.
 export async function checkKnownPeer(name, publicKey) {
   const pins = await knownPeers();
+  const trustOf = (p) => (p.verified ? 'verified' : 'known');
   const exact = pins.find((p) => p.name === name);
   if (exact) {
     if (!sameKey(exact.identity, publicKey)) {
       return { trust: 'changed', previous: await fingerprint(exact.identity) };
     }
-    return { trust: exact.verified ? 'verified' : 'known' };
+    return { trust: trustOf(exact) };
   }
   const sk = skeleton(name);
-  const lookalike = pins.find((p) => skeleton(p.name) === sk);
-  if (lookalike) {
-    if (!sameKey(lookalike.identity, publicKey)) {
-      return {
-        trust: 'changed',
-        lookalike: lookalike.name,
-        previous: await fingerprint(lookalike.identity),
-      };
-    }
+  const lookalikes = pins.filter((p) => skeleton(p.name) === sk);
+  const same = lookalikes.find((p) => sameKey(p.identity, publicKey));
+  if (same) {
     // The same person under a name that looks the same: not pinned again.
-    return { trust: lookalike.verified ? 'verified' : 'known', lookalike: lookalike.name };
+    return { trust: trustOf(same), lookalike: same.name };
+  }
+  if (lookalikes.length) {
+    return {
+      trust: 'changed',
+      lookalike: lookalikes[0].name,
+      previous: await fingerprint(lookalikes[0].identity),
+    };
   }
   const byKey = pins.find((p) => sameKey(p.identity, publicKey));
-  if (pins.length < MAX_KNOWN_PEERS) {
-    await putPin(name, { identity: Uint8Array.from(publicKey), firstSeen: Date.now(), verified: false });
+  if (byKey) return { trust: 'renamed', previousName: byKey.name };
+  if (pins.length >= MAX_KNOWN_PEERS) {
+    const unverified = pins.filter((p) => !p.verified);
+    if (!unverified.length) return { trust: 'new' }; // Full of verified pins: not pinned.
+    const oldest = unverified.reduce((a, b) => ((a.firstSeen ?? 0) <= (b.firstSeen ?? 0) ? a : b));
+    await deletePin(oldest.name);
   }
-  return byKey ? { trust: 'renamed', previousName: byKey.name } : { trust: 'new' };
+  await putPin(name, { identity: Uint8Array.from(publicKey), firstSeen: Date.now(), verified: false });
+  return { trust: 'new' };
 }
 
 /// Records that people compared safety codes and trust `publicKey` for `name` (canonical),

@@ -264,7 +264,7 @@ async fn handshake_against_rust(test: &str, browser_first: bool) {
         sdp.contains("a=candidate"),
         "non-trickle: candidates included"
     );
-    let _ = peer::sdp_dtls(&sdp); // TEMP: assert_eq!(done.peer_dtls, peer::sdp_dtls(&sdp));
+    assert_eq!(done.peer_dtls.to_string(), peer::sdp_dtls(&sdp));
     transport.close().await.unwrap();
     assert_eq!(page.eval("window.sotto.handshakeError").await, Value::Null);
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sotto::handshake::{Established, Handshake, Identity};
+use sotto::handshake::{DtlsFingerprint, Established, Handshake, Identity};
 use sotto::signal::{SignalClient, SignalConfig, SignalEvent};
 use tokio::sync::{Mutex, mpsc};
 
@@ -24,7 +24,7 @@ pub struct RustPeer {
     pending: Mutex<VecDeque<Value>>,
     /// The DTLS fingerprint we sign (normal form); a made-up one unless a test sets its
     /// transport's.
-    dtls: std::sync::Mutex<String>,
+    dtls: std::sync::Mutex<DtlsFingerprint>,
     /// The name we sign in the handshake (the name we joined with, unless a test lies).
     claim: std::sync::Mutex<String>,
     /// Every handshake message we sent, for tests that replay them.
@@ -34,18 +34,11 @@ pub struct RustPeer {
 /// A well-formed fingerprint no certificate here has.
 pub const FAKE_DTLS: &str = "sha-256 5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A:5A";
 
-/// The `a=fingerprint:` of an SDP, in normal form (webrtc-rs writes one, upper-case hex).
+/// The `a=fingerprint:` of an SDP, in normal form (all of its lines carry the same one).
 pub fn sdp_dtls(sdp: &str) -> String {
-    let line = sdp
-        .lines()
-        .find_map(|l| l.strip_prefix("a=fingerprint:"))
-        .expect("a fingerprint line");
-    let (hash, hex) = line.trim().split_once(' ').unwrap();
-    format!(
-        "{} {}",
-        hash.to_ascii_lowercase(),
-        hex.trim().to_ascii_uppercase()
-    )
+    let all = DtlsFingerprint::all_in_sdp(sdp).unwrap();
+    assert!(!all.is_empty() && all.iter().all(|f| *f == all[0]), "{sdp}");
+    all[0].to_string()
 }
 
 /// `sdp` with every `a=fingerprint:` line replaced by `dtls`: what a relay that terminates
@@ -89,7 +82,7 @@ impl RustPeer {
             browser: Mutex::new(None),
             sdp: Mutex::new(Vec::new()),
             pending: Mutex::new(VecDeque::new()),
-            dtls: std::sync::Mutex::new(FAKE_DTLS.into()),
+            dtls: std::sync::Mutex::new(DtlsFingerprint::parse(FAKE_DTLS).unwrap()),
             claim: std::sync::Mutex::new(name.into()),
             sent: Mutex::new(Vec::new()),
         }
@@ -97,7 +90,7 @@ impl RustPeer {
 
     /// Signs `dtls` (normal form) in the handshake instead of the made-up fingerprint.
     pub fn set_dtls(&self, dtls: &str) {
-        *self.dtls.lock().unwrap() = dtls.into();
+        *self.dtls.lock().unwrap() = DtlsFingerprint::parse(dtls).unwrap();
     }
 
     /// Signs `name` in the handshake instead of the name we joined with.
@@ -109,13 +102,13 @@ impl RustPeer {
     fn start(&self, initiator: bool) -> (Handshake, Option<Vec<u8>>) {
         let claim = self.claim.lock().unwrap().clone();
         let dtls = self.dtls.lock().unwrap().clone();
-        let _ = dtls; // TEMP until the v2 engine is on main.
         if initiator {
             let (hs, hello) =
-                Handshake::initiator(self.identity.clone(), &self.room, &claim).unwrap();
+                Handshake::initiator(self.identity.clone(), &self.room, &claim, &dtls).unwrap();
             (hs, Some(hello))
         } else {
-            let hs = Handshake::responder(self.identity.clone(), &self.room, &claim).unwrap();
+            let hs =
+                Handshake::responder(self.identity.clone(), &self.room, &claim, &dtls).unwrap();
             (hs, None)
         }
     }

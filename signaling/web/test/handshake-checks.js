@@ -53,18 +53,18 @@ export async function runHandshakeChecks() {
     ['string v', { v: '2', type: 'confirm', signature: hex(64), confirm: hex(32) }],
     ['prototype type', { v: 2, type: '__proto__' }],
   ];
-  // dtls: a sha-256 fingerprint in normal form, nothing else.
+  // dtls: a sha-256 fingerprint (any letter case, as the engine parses it), nothing else.
   const reply = (dtls) => ({ v: 2, type: 'reply', name: 'b', identity: hex(32), dtls, ephemeral: hex(32) });
   const noDtls = reply(DTLS_B);
   delete noDtls.dtls;
   bad.push(
     ['hello without dtls', { v: 2, type: 'hello', call_id: 'r', name: 'a', identity: hex(32), commitment: hex(32) }],
     ['reply without dtls', noDtls],
-    ['lower-case dtls', reply(DTLS_B.toLowerCase())],
-    ['upper-case hash name', reply(`SHA-256 ${DTLS_B.slice(8)}`)],
     ['sha-1 dtls', reply(`sha-1 ${Array(20).fill('AB').join(':')}`)],
     ['short dtls', reply(`sha-256 ${Array(31).fill('AB').join(':')}`)],
-    ['dtls with two spaces', reply(`sha-256  ${DTLS_B.slice(8)}`)],
+    ['dtls without a space', reply(`sha-256:${DTLS_B.slice(8)}`)],
+    ['dtls with three-digit bytes', reply(DTLS_B.replace('B2:B2', 'B2B:2'))],
+    ['dtls with a trailing colon', reply(`${DTLS_B}:`)],
     ['dtls not a string', reply(7)],
     ['dtls too long', reply(`${DTLS_B}${' AB'.repeat(30)}`)],
     ['dtls not ASCII', reply(DTLS_B.replace('B2', 'B\u00b2'))],
@@ -84,6 +84,11 @@ export async function runHandshakeChecks() {
   await expectError('parse too large', 'MessageTooLarge', () =>
     decodeMessage({ v: 2, type: 'reply', name: 'x'.repeat(5000), identity: hex(32), dtls: DTLS_B, ephemeral: hex(32) }),
   );
+  // Other letter cases and spacing are read in normal form, which the transcript takes.
+  for (const variant of [DTLS_B.toLowerCase(), `SHA-256 ${DTLS_B.slice(8)}`, ` sha-256  ${DTLS_B.slice(8)} `]) {
+    const got = await expectOk(`parse dtls ${JSON.stringify(variant.slice(0, 12))}`, () => decodeMessage(reply(variant)));
+    if (got && got.dtls !== DTLS_B) result.failures.push(`dtls not normalised: ${got.dtls}`);
+  }
   await expectOk('parse uppercase hex (as Rust accepts)', () =>
     decodeMessage({ v: 2, type: 'confirm', signature: hex(64, 'AB'), confirm: hex(32, 'CD') }),
   );
@@ -142,6 +147,10 @@ export async function runHandshakeChecks() {
   await expectError('relay swaps the responder dtls', 'BadSignature', () =>
     run({ reply: (m) => ({ ...m, dtls: DTLS_M }) }),
   );
+  const relaxed = await expectOk('a relay that lower-cases a dtls changes nothing', () =>
+    run({ hello: (m) => ({ ...m, dtls: m.dtls.toLowerCase() }) }),
+  );
+  if (relaxed && relaxed.bobDone.peerDtls !== DTLS_A) result.failures.push('lower-cased dtls not normalised');
   await expectError('own dtls not in normal form', 'Malformed', () =>
     Handshake.initiator(alice, 'room', 'alice', DTLS_A.toLowerCase()),
   );
