@@ -421,11 +421,13 @@ async fn audio_flows_both_ways_between_browser_and_rust_engine() {
     // Both sides rotate keys every second here (60 s by default), so rotation is exercised.
     page.goto(&format!("{}&rotate=1", server.page_url(&room, "web")))
         .await;
-    let done = rust.handshake(CONNECT).await;
-    let offer = rust.offer(CONNECT).await;
+    // We sign our transport's DTLS fingerprint; the page checks our answer carries it.
     let mut transport = MediaTransport::new(TransportConfig::default())
         .await
         .unwrap();
+    rust.set_dtls(&transport.dtls_fingerprint().to_string());
+    let done = rust.handshake(CONNECT).await;
+    let offer = rust.offer(CONNECT).await;
     let answer = transport.accept_offer(&offer).await.unwrap();
     rust.send_answer(&answer).await;
     let mut frames = transport.take_frames().unwrap();
@@ -542,11 +544,12 @@ async fn forged_plaintext_and_replayed_media_are_dropped_and_counted_never_playe
     let rust = peer::RustPeer::join(&server.ws_url(), &room, "rust").await;
     let page = browser.new_page(None).await;
     page.goto(&server.page_url(&room, "web")).await;
-    let done = rust.handshake(CONNECT).await;
-    let offer = rust.offer(CONNECT).await;
     let mut transport = MediaTransport::new(TransportConfig::default())
         .await
         .unwrap();
+    rust.set_dtls(&transport.dtls_fingerprint().to_string());
+    let done = rust.handshake(CONNECT).await;
+    let offer = rust.offer(CONNECT).await;
     let answer = transport.accept_offer(&offer).await.unwrap();
     rust.send_answer(&answer).await;
     let _frames = transport.take_frames().unwrap();
