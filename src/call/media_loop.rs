@@ -267,8 +267,8 @@ pub(crate) async fn decrypt_frames(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::{Duration, Instant};
 
     use bytes::Bytes;
@@ -290,7 +290,12 @@ mod tests {
         let base = [9u8; 32];
         let dir = Direction::ResponderToInitiator;
         let rot = RotationConfig::default();
-        let tx = MediaSender::new(SUITE, DirectionKey::from_bytes(base, dir), rot, Instant::now());
+        let tx = MediaSender::new(
+            SUITE,
+            DirectionKey::from_bytes(base, dir),
+            rot,
+            Instant::now(),
+        );
         let rx = MediaReceiver::new(SUITE, DirectionKey::from_bytes(base, dir), rot);
         (tx.unwrap(), rx.unwrap())
     }

@@ -182,8 +182,12 @@ mod tests {
         // Any first frame, whatever its RTP values.
         g.admit(500, 0xdead_beef, 4321).unwrap();
         for i in 1..100u64 {
-            g.admit(500 + i, 0xdead_beef_u32.wrapping_add(ts(i)), 4321 + i as u16)
-                .unwrap();
+            g.admit(
+                500 + i,
+                0xdead_beef_u32.wrapping_add(ts(i)),
+                4321 + i as u16,
+            )
+            .unwrap();
         }
         assert_eq!(g.newest(), Some(599));
     }
