@@ -6,9 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sotto::handshake::{
-    Direction, Established, Handshake, HandshakeError, Identity, KnownPeers, MediaReceiver,
-    MediaSender, PeerTrust, RotationConfig, TrustPolicy, kid_for,
+    Direction, DtlsFingerprint, Established, Handshake, HandshakeError, Identity, KnownPeers,
+    MediaReceiver, MediaSender, PeerTrust, RotationConfig, TrustPolicy, kid_for,
 };
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 use sotto::sframe::{CipherSuite, MAX_HEADER_LEN, SframeError};
 
 const ROOM: &str = "room-42";
@@ -28,8 +33,8 @@ struct Run {
 }
 
 fn honest_run(alice: &Arc<Identity>, bob: &Arc<Identity>) -> Run {
-    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let reply = b.handle(&hello).unwrap().send.unwrap();
     let reveal = a.handle(&reply).unwrap().send.unwrap();
     let step = b.handle(&reveal).unwrap();
@@ -129,8 +134,8 @@ fn tampered_fields_are_rejected_with_typed_errors() {
     let (alice, bob) = (id(), id());
     let run = honest_run(&alice, &bob);
 
-    let fresh_responder = || Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
-    let fresh_initiator = || Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
+    let fresh_responder = || Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    let fresh_initiator = || Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
 
     // The initiator's reveal with a changed signature, confirmation or ephemeral key.
     for (field, expect) in [
@@ -209,15 +214,15 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
 
     // Reordered: a reveal or confirm before the hello.
     for msg in [&old.reveal, &old.confirm, &old.reply] {
-        let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+        let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
         assert!(matches!(
             b.handle(msg),
             Err(HandshakeError::UnexpectedMessage { .. })
         ));
     }
     // Duplicated hello: the second is unexpected.
-    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     b.handle(&hello).unwrap();
     assert!(matches!(
         b.handle(&hello),
@@ -226,13 +231,13 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
 
     // Replayed from an earlier call: the old reveal does not fit the new responder ephemeral
     // (its commitment was to the old hello), and an old reply/confirm fails the signature.
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     b.handle(&old.hello).unwrap();
     assert!(matches!(
         b.handle(&old.reveal),
         Err(HandshakeError::BadSignature)
     ));
-    let (mut a, _hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
+    let (mut a, _hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
     let reveal = a.handle(&old.reply).unwrap().send.unwrap();
     assert!(!reveal.is_empty());
     assert!(matches!(
@@ -241,7 +246,7 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
     ));
 
     // Oversized and malformed.
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let huge = edit(&old.hello, |o| {
         o.insert("name".into(), Value::String("x".repeat(5000)));
     });
@@ -249,7 +254,7 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
         b.handle(&huge),
         Err(HandshakeError::MessageTooLarge { .. })
     ));
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let long_name = edit(&old.hello, |o| {
         o.insert("name".into(), Value::String("x".repeat(200)));
     });
@@ -260,24 +265,26 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
     for garbage in [
         &b"not json"[..],
         b"{}",
-        b"{\"v\":1,\"type\":\"hello\"}",
+        b"{\"v\":2,\"type\":\"hello\"}",
         b"\xff\xfe",
     ] {
-        let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+        let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
         assert!(matches!(
             b.handle(garbage),
             Err(HandshakeError::Malformed(_))
         ));
     }
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
-    let v2 = edit(&old.hello, |o| {
-        o.insert("v".into(), Value::from(2));
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    // A version-1 peer (no DTLS binding) gets a clear refusal, never a weaker handshake.
+    let v1 = edit(&old.hello, |o| {
+        o.insert("v".into(), Value::from(1));
+        o.remove("dtls");
     });
     assert!(matches!(
-        b.handle(&v2),
+        b.handle(&v1),
         Err(HandshakeError::UnsupportedVersion {
-            got: 2,
-            supported: 1
+            got: 1,
+            supported: 2
         })
     ));
 }
@@ -285,8 +292,8 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
 #[test]
 fn a_reflected_handshake_is_refused() {
     let alice = id();
-    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut also_alice = Handshake::responder(alice, ROOM, "alice").unwrap();
+    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut also_alice = Handshake::responder(alice, ROOM, "alice", &DTLS_R).unwrap();
     assert!(matches!(
         also_alice.handle(&hello),
         Err(HandshakeError::ReflectedIdentity)
@@ -299,11 +306,12 @@ fn a_relay_that_swaps_ephemeral_keys_is_caught_by_the_signatures() {
     // The relay gives Bob its own ephemeral in place of Alice's (with a matching commitment,
     // which it can compute), and Alice its own in place of Bob's. Identities stay genuine.
     let mallory = id();
-    let (mut m_as_initiator, m_hello) = Handshake::initiator(mallory.clone(), ROOM, "x").unwrap();
-    let mut m_as_responder = Handshake::responder(mallory, ROOM, "x").unwrap();
+    let (mut m_as_initiator, m_hello) =
+        Handshake::initiator(mallory.clone(), ROOM, "x", &DTLS_I).unwrap();
+    let mut m_as_responder = Handshake::responder(mallory, ROOM, "x", &DTLS_R).unwrap();
 
-    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let forged_hello = edit(&hello, |o| {
         o.insert(
             "commitment".into(),
@@ -334,7 +342,7 @@ fn a_relay_that_swaps_ephemeral_keys_is_caught_by_the_signatures() {
         Err(HandshakeError::BadSignature)
     ));
     // And the untouched reveal fails against the forged commitment.
-    let mut b2 = Handshake::responder(bob, ROOM, "bob").unwrap();
+    let mut b2 = Handshake::responder(bob, ROOM, "bob", &DTLS_R).unwrap();
     b2.handle(&forged_hello).unwrap();
     assert!(matches!(
         b2.handle(&reveal),
@@ -361,10 +369,10 @@ fn a_full_man_in_the_middle_gets_different_codes_and_the_changed_key_warning() {
 
     // Mallory runs two honest-looking handshakes with identities of its own, relaying names.
     let (m1, m2) = (id(), id());
-    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut m_to_alice = Handshake::responder(m1.clone(), ROOM, "bob").unwrap();
-    let (mut m_to_bob, m_hello) = Handshake::initiator(m2, ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob, ROOM, "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut m_to_alice = Handshake::responder(m1.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    let (mut m_to_bob, m_hello) = Handshake::initiator(m2, ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob, ROOM, "bob", &DTLS_R).unwrap();
 
     let reply = m_to_alice.handle(&hello).unwrap().send.unwrap();
     let reveal = a.handle(&reply).unwrap().send.unwrap();
@@ -388,7 +396,8 @@ fn a_full_man_in_the_middle_gets_different_codes_and_the_changed_key_warning() {
             )
             .unwrap(),
         PeerTrust::Changed {
-            previous: first.initiator.peer_identity
+            previous: first.initiator.peer_identity,
+            pinned_name: "bob".into(),
         }
     );
     // The pin is not silently replaced, and a strict policy refuses the call.
@@ -418,12 +427,7 @@ fn known_peers_policy_and_file() {
         peers.evaluate("carol", &carol, TrustPolicy::RequireVerified),
         Err(HandshakeError::PeerRefused { .. })
     ));
-    assert_eq!(
-        peers
-            .evaluate("carol", &carol, TrustPolicy::TrustOnFirstUse)
-            .unwrap(),
-        PeerTrust::New
-    );
+    // The refused first contact was pinned (unverified), so it can be verified later.
     assert_eq!(
         peers
             .evaluate("carol", &carol, TrustPolicy::TrustOnFirstUse)
@@ -435,7 +439,7 @@ fn known_peers_policy_and_file() {
             .evaluate("carol", &carol, TrustPolicy::RequireVerified)
             .is_err()
     );
-    peers.mark_verified("carol", &carol);
+    peers.verify("carol", Some(&carol.fingerprint())).unwrap();
     assert_eq!(
         peers
             .evaluate("carol", &carol, TrustPolicy::RequireVerified)
@@ -448,10 +452,19 @@ fn known_peers_policy_and_file() {
     assert_eq!(reloaded.check("carol", &carol), PeerTrust::Verified);
     assert_eq!(
         reloaded.check("carol", &dave),
-        PeerTrust::Changed { previous: carol }
+        PeerTrust::Changed {
+            previous: carol,
+            pinned_name: "carol".into(),
+        }
     );
-    reloaded.accept_changed("carol", &dave);
-    assert_eq!(reloaded.check("carol", &dave), PeerTrust::Known);
+    // Carol reinstalled: the new key is noted when presented, and accepted only once people
+    // verified it by its fingerprint.
+    reloaded
+        .evaluate("carol", &dave, TrustPolicy::TrustOnFirstUse)
+        .unwrap();
+    assert_eq!(reloaded.pinned("carol"), Some(carol));
+    reloaded.verify("carol", Some(&dave.fingerprint())).unwrap();
+    assert_eq!(reloaded.check("carol", &dave), PeerTrust::Verified);
 
     std::fs::write(
         &path,

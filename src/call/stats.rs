@@ -42,6 +42,8 @@ pub struct CallStats {
     pub fec_recovered: u64,
     /// Control messages refused (authentication, replay).
     pub control_failures: u64,
+    /// Handshake messages that arrived after the keys were agreed, ignored.
+    pub late_handshake_messages: u64,
     /// Join to first decrypted frame played, in ms.
     pub setup_ms: Option<f64>,
     /// Whether our microphone is muted.
@@ -66,6 +68,7 @@ pub(crate) struct SharedStats {
     pub fec_recovered: AtomicU64,
     pub frames_lost: AtomicU64,
     pub control_failures: AtomicU64,
+    pub late_handshake_messages: AtomicU64,
     /// Microseconds.
     pub jitter_us: AtomicU64,
     pub playout_delay_us: AtomicU64,
@@ -110,6 +113,7 @@ impl SharedStats {
             frames_concealed: self.frames_concealed.load(Relaxed),
             fec_recovered: self.fec_recovered.load(Relaxed),
             control_failures: self.control_failures.load(Relaxed),
+            late_handshake_messages: self.late_handshake_messages.load(Relaxed),
             setup_ms: nonzero(self.setup_us.load(Relaxed)),
             muted: self.muted.load(Relaxed),
             peer_muted: self.peer_muted.load(Relaxed),

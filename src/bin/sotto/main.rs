@@ -6,6 +6,7 @@ mod devices;
 mod hexarg;
 mod identity_cmd;
 mod latency_cmd;
+mod peers_cmd;
 mod relay_demo;
 mod sframe_cmd;
 
@@ -30,6 +31,8 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Create (on first use) and show this device's identity key.
     Identity(identity_cmd::IdentityArgs),
+    /// List the known peers (pinned identity keys), verify one, or forget one.
+    Peers(peers_cmd::PeersArgs),
     /// Call a peer: join a room on a signaling server, agree keys, talk end-to-end encrypted.
     Call(Box<call_cmd::CallArgs>),
     /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Sframe(args) => sframe_cmd::run(args),
         Command::Devices(args) => devices::run(args).map_err(|e| e.to_string()),
         Command::Identity(args) => identity_cmd::run(args),
+        Command::Peers(args) => peers_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::RelayDemo(args) => relay_demo::run(args),
         Command::Call(args) => call_cmd::run(*args),
