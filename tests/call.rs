@@ -342,7 +342,11 @@ async fn a_known_peer_with_a_new_identity_is_reported() {
     // The pin from the first call is still the one in the file: the changed key was reported,
     // not silently pinned in its place.
     let pinned = KnownPeers::load(&store).unwrap().pinned("bob");
-    assert_eq!(pinned, Some(bobs[0].public_key()), "the first key stays pinned");
+    assert_eq!(
+        pinned,
+        Some(bobs[0].public_key()),
+        "the first key stays pinned"
+    );
     assert_ne!(pinned, Some(bobs[1].public_key()));
     let _ = std::fs::remove_dir_all(&dir);
 }
