@@ -112,10 +112,8 @@ async fn a_hostile_servers_text_reaches_the_demo_output_escaped() {
     );
 }
 
-// `sotto call` prints the end reason (which quotes the server) raw on stdout until
-// `call_cmd.rs` wraps it in `sotto::text::Printable`; run with `--ignored` to check.
+// `sotto call` prints the end reason, which quotes the server: escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "call_cmd.rs prints `call ended: {reason}` unescaped (lead's file)"]
 async fn a_hostile_servers_text_reaches_the_call_output_escaped() {
     let url = hostile_server().await;
     let dir = std::env::temp_dir().join(format!("sotto-cli-text-{}", std::process::id()));
