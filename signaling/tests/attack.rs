@@ -9,6 +9,8 @@
 
 #[path = "support/mitm.rs"]
 mod mitm;
+#[path = "support/sotto_bin.rs"]
+mod sotto_bin;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -274,6 +276,72 @@ async fn a_dtls_fingerprint_swapped_in_the_sdp_ends_the_call_before_media() {
             side.states
         );
         assert_eq!(side.frames_decrypted, 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_status_line_says_the_media_cannot_be_decrypted() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("cli");
+    let mitm = Mitm::start(
+        Attack::OwnHandshakes {
+            as_first: None,
+            as_second: None,
+        },
+        None,
+    )
+    .await;
+    let run = |who: &str, hz: &str| {
+        let mut cmd = std::process::Command::new(sotto_bin::sotto_bin());
+        cmd.args([
+            "call", "--server", &mitm.url, "--room", "cli", "--name", who,
+        ])
+        .args(["--bind", "127.0.0.1:0", "--tone", hz, "--duration", "4"])
+        .arg("--identity")
+        .arg(dir.join(who).join("identity.json"))
+        .arg("--output")
+        .arg(dir.join(format!("{who}.wav")))
+        .arg("--stats-json")
+        .arg(dir.join(format!("{who}.json")))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let alice = run("alice", "440").spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bob = run("bob", "660");
+    let bob = tokio::task::spawn_blocking(move || bob.output().unwrap());
+    let alice = tokio::task::spawn_blocking(move || alice.wait_with_output().unwrap());
+    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    for (who, out) in [("alice", &alice), ("bob", &bob)] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let shown = format!(
+            "{who}: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(
+                "state: connected, but the peer's media cannot be decrypted: keys differ (possible interception)"
+            ),
+            "{shown}"
+        );
+        // The last state shown before the end is the undecryptable one, never "end-to-end
+        // encrypted".
+        let last_state = stdout
+            .lines()
+            .filter(|l| l.starts_with("state: ") && !l.contains("ended"))
+            .last()
+            .unwrap();
+        assert!(last_state.contains("cannot be decrypted"), "{shown}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{who}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["undecryptable"], true, "{report}");
+        assert_eq!(report["frames_decrypted"], 0, "{report}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
