@@ -415,6 +415,196 @@ fn a_full_man_in_the_middle_gets_different_codes_and_the_changed_key_warning() {
     ));
 }
 
+/// The transcript hash and safety code computed directly from `docs/handshake.md`, so the
+/// attacker below can try ephemeral keys offline without running a handshake.
+mod spec {
+    use ring::digest::{Context, SHA256};
+
+    fn field(ctx: &mut Context, bytes: &[u8]) {
+        ctx.update(&(bytes.len() as u32).to_be_bytes());
+        ctx.update(bytes);
+    }
+
+    /// One side of the transcript: name, identity key, DTLS fingerprint (normal form).
+    pub type Side<'a> = (&'a str, [u8; 32], String);
+
+    pub fn transcript(
+        v: u32,
+        call_id: &str,
+        i: &Side<'_>,
+        commitment: &[u8; 32],
+        r: &Side<'_>,
+        r_ephemeral: &[u8; 32],
+        i_ephemeral: &[u8; 32],
+    ) -> [u8; 32] {
+        let mut ctx = Context::new(&SHA256);
+        field(&mut ctx, b"sotto handshake");
+        field(&mut ctx, &v.to_be_bytes());
+        field(&mut ctx, call_id.as_bytes());
+        for part in [i.0.as_bytes(), &i.1, i.2.as_bytes(), commitment] {
+            field(&mut ctx, part);
+        }
+        for part in [
+            r.0.as_bytes(),
+            &r.1,
+            r.2.as_bytes(),
+            r_ephemeral,
+            i_ephemeral,
+        ] {
+            field(&mut ctx, part);
+        }
+        ctx.finish().as_ref().try_into().unwrap()
+    }
+
+    pub fn safety_code(th: &[u8; 32]) -> String {
+        let mut ctx = Context::new(&SHA256);
+        field(&mut ctx, b"sotto safety code");
+        field(&mut ctx, th);
+        let h = ctx.finish();
+        let n = u64::from_be_bytes(h.as_ref()[..8].try_into().unwrap()) % 100_000_000;
+        format!("{:04} {:04}", n / 10_000, n % 10_000)
+    }
+
+    /// The initiator's key confirmation tag over `th` for the X25519 secret `shared`.
+    pub fn confirm_initiator(th: &[u8; 32], shared: &[u8]) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(th), shared)
+            .expand(b"sotto v1 confirm initiator", &mut k)
+            .unwrap();
+        let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k), th);
+        tag.as_ref().try_into().unwrap()
+    }
+}
+
+fn hex32(msg: &[u8], field: &str) -> [u8; 32] {
+    hex::decode(field_hex(msg, field))
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_search_for_matching_codes() {
+    use ring::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
+    use ring::rand::SystemRandom;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    let rng = SystemRandom::new();
+    let (alice, bob) = (id(), id());
+    // Mallory's identity towards Bob, with its signing key at hand for forged messages.
+    let m2_seed = [0x4d; 32];
+    let m2 = Arc::new(Identity::from_seed(&m2_seed).unwrap());
+    let m2_signer = Ed25519KeyPair::from_seed_unchecked(&m2_seed).unwrap();
+    assert_eq!(m2_signer.public_key().as_ref(), m2.public_key().as_bytes());
+
+    // Leg A, Alice and Mallory (as "bob"): Alice's code is fixed once it completes.
+    let (mut a, hello) = Handshake::initiator(alice, ROOM, "alice", &DTLS_I).unwrap();
+    let mut m1 = Handshake::responder(id(), ROOM, "bob", &DTLS_R).unwrap();
+    let reply = m1.handle(&hello).unwrap().send.unwrap();
+    let reveal = a.handle(&reply).unwrap().send.unwrap();
+    let confirm = m1.handle(&reveal).unwrap().send.unwrap();
+    let code_a = a.handle(&confirm).unwrap().established.unwrap().safety_code;
+    let code_a = code_a.as_str().to_string();
+
+    // Leg B, Mallory (as "alice") and Bob: Mallory's hello commits to its ephemeral key, and
+    // only then does Bob's reply show it Bob's.
+    let (mut m_to_bob, m_hello) = Handshake::initiator(m2.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    let b_reply = b.handle(&m_hello).unwrap().send.unwrap();
+    let v = serde_json::from_slice::<Value>(&m_hello).unwrap()["v"]
+        .as_u64()
+        .unwrap() as u32;
+    let commitment = hex32(&m_hello, "commitment");
+    let bob_ephemeral = hex32(&b_reply, "ephemeral");
+    let i_side: spec::Side<'_> = ("alice", *m2.public_key().as_bytes(), DTLS_I.to_string());
+    let r_side: spec::Side<'_> = ("bob", *bob.public_key().as_bytes(), DTLS_R.to_string());
+    let code_b = |i_ephemeral: &[u8; 32]| {
+        let th = spec::transcript(
+            v,
+            ROOM,
+            &i_side,
+            &commitment,
+            &r_side,
+            &bob_ephemeral,
+            i_ephemeral,
+        );
+        (th, spec::safety_code(&th))
+    };
+
+    // Without the commitment binding it, Mallory could now choose its ephemeral key after
+    // seeing Bob's: searching even a reduced code space (the first two digits, 1 in 100)
+    // succeeds within a few hundred keys. (The full 10^8 would take ~10^8, still offline.)
+    const K: usize = 20_000;
+    let mut found = None;
+    for tries in 1..=K {
+        let private = EphemeralPrivateKey::generate(&X25519, &rng).unwrap();
+        let public: [u8; 32] = private
+            .compute_public_key()
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
+        let (th, code) = code_b(&public);
+        if code[..2] == code_a[..2] {
+            found = Some((tries, private, public, th));
+            break;
+        }
+    }
+    let (tries, private, public, th) = found.expect("no 2-digit match in 20 000 keys");
+    eprintln!("reduced-space code match after {tries} ephemeral keys");
+
+    // The ground key in an otherwise valid reveal: signed by Mallory's identity over Bob's
+    // transcript, with the right key confirmation. Only the commitment stops it.
+    let shared = agree_ephemeral(
+        private,
+        &UnparsedPublicKey::new(&X25519, bob_ephemeral),
+        |s| s.to_vec(),
+    )
+    .unwrap();
+    let signed = [b"sotto v1 initiator signature".as_slice(), &th].concat();
+    let honest_reveal = m_to_bob.handle(&b_reply).unwrap().send.unwrap();
+    let forged = edit(&honest_reveal, |o| {
+        o.insert("ephemeral".into(), Value::String(hex::encode(public)));
+        o.insert(
+            "signature".into(),
+            Value::String(hex::encode(m2_signer.sign(&signed))),
+        );
+        o.insert(
+            "confirm".into(),
+            Value::String(hex::encode(spec::confirm_initiator(&th, &shared))),
+        );
+    });
+    let refused = b.handle(&forged);
+    assert!(
+        matches!(refused, Err(HandshakeError::CommitmentMismatch)),
+        "Bob accepted an ephemeral key chosen after his own: {:?}",
+        refused.map(|s| s.established.map(|e| e.safety_code))
+    );
+
+    // With the commitment, each try at a match is a whole handshake Bob takes part in, and
+    // its code is fixed before Mallory learns anything: K handshakes give no match of the
+    // full code (each has a 10^-8 chance).
+    for attempt in 0..64 {
+        let (mut m, hello) = Handshake::initiator(m2.clone(), ROOM, "alice", &DTLS_I).unwrap();
+        let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+        let reply = b.handle(&hello).unwrap().send.unwrap();
+        let reveal = m.handle(&reply).unwrap().send.unwrap();
+        let bob_done = b.handle(&reveal).unwrap().established.unwrap();
+        // The direct computation the search used is the handshake's own.
+        let th = spec::transcript(
+            v,
+            ROOM,
+            &i_side,
+            &hex32(&hello, "commitment"),
+            &r_side,
+            &hex32(&reply, "ephemeral"),
+            &hex32(&reveal, "ephemeral"),
+        );
+        assert_eq!(spec::safety_code(&th), bob_done.safety_code.as_str());
+        assert_ne!(bob_done.safety_code.as_str(), code_a, "attempt {attempt}");
+    }
+}
+
 #[test]
 fn known_peers_policy_and_file() {
     let dir = std::env::temp_dir().join(format!("sotto-known-{}", std::process::id()));

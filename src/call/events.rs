@@ -57,16 +57,20 @@ pub enum EndReason {
 
 impl std::fmt::Display for EndReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The texts may quote what a peer or server sent: never let it drive a terminal.
+        use crate::text::Printable as P;
         match self {
             EndReason::LocalHangup => write!(f, "hung up"),
             EndReason::RemoteHangup => write!(f, "the peer hung up"),
             EndReason::PeerLeft => write!(f, "the peer left"),
-            EndReason::HandshakeFailed(e) => write!(f, "key agreement failed: {e}"),
-            EndReason::PeerNotTrusted(e) => write!(f, "peer not trusted: {e}"),
-            EndReason::TransportNotBound(e) => write!(f, "transport not bound to the peer: {e}"),
-            EndReason::ConnectionFailed(e) => write!(f, "connection failed: {e}"),
-            EndReason::SignalingFailed(e) => write!(f, "signaling failed: {e}"),
-            EndReason::MediaFailed(e) => write!(f, "audio failed: {e}"),
+            EndReason::HandshakeFailed(e) => write!(f, "key agreement failed: {}", P(e)),
+            EndReason::PeerNotTrusted(e) => write!(f, "peer not trusted: {}", P(e)),
+            EndReason::TransportNotBound(e) => {
+                write!(f, "transport not bound to the peer: {}", P(e))
+            }
+            EndReason::ConnectionFailed(e) => write!(f, "connection failed: {}", P(e)),
+            EndReason::SignalingFailed(e) => write!(f, "signaling failed: {}", P(e)),
+            EndReason::MediaFailed(e) => write!(f, "audio failed: {}", P(e)),
             EndReason::Timeout(what) => write!(f, "timed out: {what}"),
         }
     }

@@ -31,6 +31,9 @@ pub struct CallStats {
     pub decrypt_failures: u64,
     /// Frames refused as replays or older than the replay window.
     pub replays_rejected: u64,
+    /// Frames that authenticated but were refused because their RTP sequence number or
+    /// timestamp contradicts their SFrame counter (reordered or spliced by a relay).
+    pub reorder_rejected: u64,
     /// Frames played from a received packet.
     pub frames_played: u64,
     /// Frames concealed (loss, underrun), FEC excluded.
@@ -59,6 +62,7 @@ pub(crate) struct SharedStats {
     pub frames_decrypted: AtomicU64,
     pub decrypt_failures: AtomicU64,
     pub replays_rejected: AtomicU64,
+    pub reorder_rejected: AtomicU64,
     pub frames_played: AtomicU64,
     pub frames_concealed: AtomicU64,
     pub fec_recovered: AtomicU64,
@@ -104,6 +108,7 @@ impl SharedStats {
             frames_decrypted: self.frames_decrypted.load(Relaxed),
             decrypt_failures: self.decrypt_failures.load(Relaxed),
             replays_rejected: self.replays_rejected.load(Relaxed),
+            reorder_rejected: self.reorder_rejected.load(Relaxed),
             frames_played: played,
             frames_concealed: self.frames_concealed.load(Relaxed),
             fec_recovered: self.fec_recovered.load(Relaxed),

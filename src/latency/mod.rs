@@ -484,6 +484,7 @@ async fn receive_frames(
 ) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |i| i.seed));
     let mut first_ts: Option<u32> = None;
+    let mut order = crate::transport::FrameOrder::new();
     let (delayed_tx, mut delayed_rx) = tokio::sync::mpsc::channel(512);
     loop {
         let (frame, arrival) = tokio::select! {
@@ -515,7 +516,14 @@ async fn receive_frames(
         let t = Instant::now();
         let payload = if e2ee {
             match receiver.decrypt_in_place(&[], &mut buf, t) {
-                Ok(d) => d.payload.to_vec(),
+                // The call's receive path: the RTP position must agree with the counter.
+                Ok(d) => match order.admit(d.header.ctr, frame.timestamp, frame.seq) {
+                    Ok(()) => d.payload.to_vec(),
+                    Err(e) => {
+                        tracing::debug!("latency: dropped a frame: {e}");
+                        continue;
+                    }
+                },
                 Err(e) => {
                     shared.fail(format!("decrypt: {e}"));
                     break;

@@ -3,7 +3,8 @@
 //!
 //! Only [`SealedFrame`]s can be sent, and only the SFrame layer makes them, so no code path
 //! can hand plaintext media to the network. Received RTP payloads come out as
-//! [`ReceivedFrame`]s still sealed, for the caller to decrypt.
+//! [`ReceivedFrame`]s still sealed, for the caller to decrypt; their RTP sequence number and
+//! timestamp are not authenticated, so [`FrameOrder`] checks them against the SFrame counter.
 //!
 //! A negotiated data channel (`sotto-control`, stream id 0) carries control messages, which
 //! are sealed the same way (with the control keys of `docs/call-protocol.md`).
@@ -42,6 +43,9 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use crate::handshake::DtlsFingerprint;
 use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
+
+mod order;
+pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
 
 /// Errors of the transport.
 #[derive(Debug, Error)]

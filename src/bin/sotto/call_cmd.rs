@@ -153,7 +153,7 @@ fn print_stats(s: &CallStats) {
     println!(
         "stats: rtt {rtt}, loss {:.1} %, jitter {:.1} ms, playout {:.0} ms, send {:.1} kbit/s, \
          recv {:.1} kbit/s, frames sent {} received {} decrypted {}, decrypt failures {}, \
-         replays {}",
+         replays {}, reordered {}",
         s.loss_percent,
         s.jitter_ms,
         s.playout_delay_ms,
@@ -163,7 +163,8 @@ fn print_stats(s: &CallStats) {
         s.frames_received,
         s.frames_decrypted,
         s.decrypt_failures,
-        s.replays_rejected
+        s.replays_rejected,
+        s.reorder_rejected
     );
 }
 

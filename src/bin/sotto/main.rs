@@ -13,6 +13,7 @@ mod sframe_cmd;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sotto::text::{EscapingWriter, Printable};
 
 /// sotto: end-to-end encrypted calls (SFrame, RFC 9605).
 #[derive(Debug, Parser)]
@@ -61,7 +62,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("sotto: {message}");
+            // Errors can quote a peer or the signaling server.
+            eprintln!("sotto: {}", Printable(&message));
             ExitCode::FAILURE
         }
     }
@@ -77,13 +79,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default).
+/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default). Log lines quote peers,
+/// servers and libraries, so every control and format character in them is escaped on the
+/// way out (which rules out colours).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| EscapingWriter(std::io::stderr()))
         .try_init();
 }
 
