@@ -1,8 +1,8 @@
 // The media worker: every encoded Opus frame goes through SFrame here, via
 // RTCRtpScriptTransform. Outgoing frames are dropped until the handshake has produced keys, so
 // nothing ever leaves unencrypted; incoming frames that fail authentication are dropped and
-// counted, never played. Frames whose RTP timestamp order disagrees with their authenticated
-// SFrame counter order are dropped too (order.js). After a second in which the peer's frames
+// counted, never played. Frames whose RTP timestamp does not fit their authenticated SFrame
+// counter's place are dropped too (order.js). After a second in which the peer's frames
 // failed and none decrypted, the page is told (media-state): keys differ.
 //
 // Messages from the page: { type: 'keys', send, recv, sendDirection, recvDirection,
@@ -127,7 +127,7 @@ async function decryptFrame(frame, controller) {
   stats.decrypted += 1;
   failingSince = null;
   setUndecryptable(false);
-  if (!order.accept(opened.ctr, rtpTimestamp(frame))) {
+  if (order.accept(opened.ctr, rtpTimestamp(frame)) !== null) {
     stats.reorderRejected += 1; // Authentic but out of its counter's place: never played.
     return;
   }

@@ -74,7 +74,7 @@ async fn playout_order_rule_in_the_page() {
     let page = unit_page(&browser, &server).await;
     let result = page.eval("window.runOrderChecks()").await;
     assert_eq!(result["failures"], Value::Array(vec![]), "{result}");
-    assert_eq!(result["passed"], 19, "{result}");
+    assert_eq!(result["passed"], 24, "{result}");
 }
 
 /// What `#trust-warning` shows ("" when hidden).

@@ -22,29 +22,35 @@ export function runOrderChecks() {
 
   // A genuine stream: counters and timestamps both grow, across the 32-bit wrap.
   const o = new PlayoutOrder();
-  let ts = 0xffff_ffff - 960 * 3 + 1;
+  const base = 0xffff_ffff - 960 * 3 + 1;
+  const tsOf = (c) => (base + Number(c - 10n) * 960) >>> 0;
   let all = true;
-  for (let c = 10n; c < 20n; c += 1n) {
-    all &&= o.accept(c, ts);
-    ts = (ts + 960) >>> 0;
-  }
+  // 13 and 16 are late (held back by the network).
+  for (const c of [10n, 11n, 12n, 14n, 15n, 17n, 18n, 19n]) all &&= o.accept(c, tsOf(c)) === null;
   expect('in-order stream across the wrap', all, true);
-  // Now at c_max = 19, t_max = ts - 960.
-  const tMax = (ts - 960) >>> 0;
-  expect('the first frame of a receiver sets the reference', new PlayoutOrder().accept(500n, 7), true);
-  expect('late genuine frame, earlier counter and timestamp', o.accept(15n, (tMax - 960 * 4) >>> 0), true);
-  expect('late frame does not move c_max', o.cMax, 19n);
-  expect('spliced old frame at a later timestamp', o.accept(12n, (tMax + 960) >>> 0), false);
-  expect('newer counter with an old timestamp', o.accept(21n, (tMax - 960) >>> 0), false);
-  expect('refused frames do not move the reference', o.cMax === 19n && o.tMax === tMax, true);
-  expect('newer counter with an equal timestamp', o.accept(22n, tMax), false);
-  expect('equal counter', o.accept(19n, (tMax + 960) >>> 0), false);
-  expect('next genuine frame', o.accept(20n, (tMax + 960) >>> 0), true);
+  expect('the first frame of a receiver is accepted', new PlayoutOrder().accept(500n, 7), null);
+  // A relay that held 13 and 16 back delivers them with their timestamps exchanged.
+  expect('held back, timestamps exchanged: 13', o.accept(13n, tsOf(16n)), 'misplaced');
+  expect('held back, timestamps exchanged: 16', o.accept(16n, tsOf(13n)), 'misplaced');
+  expect('an old frame spliced after the newest', o.accept(16n, tsOf(20n)), 'misplaced');
+  expect('a newer counter with an older timestamp', o.accept(20n, tsOf(18n)), 'misplaced');
+  expect('a newer counter with the newest timestamp', o.accept(20n, tsOf(19n)), 'misplaced');
+  expect('refused frames change nothing', o.newest === 19n && o.get(13n) === null, true);
+  expect('late genuine frame between its neighbours', o.accept(13n, tsOf(13n)), null);
+  expect('another late genuine frame', o.accept(16n, tsOf(16n)), null);
+  expect('a counter accepted already', o.accept(16n, tsOf(16n)), 'duplicate');
+  expect('the next genuine frame', o.accept(20n, tsOf(20n)), null);
+  // The window: 1024 counters below the newest and further are refused.
+  const w = new PlayoutOrder();
+  w.accept(2000n, 2000 * 960);
+  expect('1024 below the newest', w.accept(976n, 976 * 960), 'too_old');
+  expect('1023 below the newest, in order', w.accept(977n, 977 * 960), null);
+  expect('late, timestamp after its upper neighbour', w.accept(978n, 2001 * 960), 'misplaced');
   // Two frames swapped by a relay that rewrote their timestamps: the second one is refused.
   const s = new PlayoutOrder();
   s.accept(1n, 1000);
-  expect('swap: counter 3 arrives with slot 2', s.accept(3n, 1960), true);
-  expect('swap: counter 2 arrives with slot 3', s.accept(2n, 2920), false);
+  expect('swap: counter 3 arrives with slot 2', s.accept(3n, 1960), null);
+  expect('swap: counter 2 arrives with slot 3', s.accept(2n, 2920), 'misplaced');
   return result;
 }
 
