@@ -679,9 +679,9 @@ async fn handshake_refuses_bad_and_tampered_messages_in_chromium() {
         .await;
     let result = page.eval("runHandshakeChecks()").await;
     assert_eq!(result["failures"], Value::Array(vec![]), "{result}");
-    // 51 checks: parsing (v2 fields, dtls form, version 1 refused), tampering (the DTLS
+    // 55 checks: parsing (v2 fields, dtls form, version 1 refused), tampering (the DTLS
     // fingerprints included), the SDP binding.
-    assert!(result["passed"].as_u64() >= Some(51), "{result}");
+    assert!(result["passed"].as_u64() >= Some(55), "{result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
