@@ -5,6 +5,9 @@
 
 mod cdp;
 mod cli;
+#[path = "../support/mitm.rs"]
+mod mitm;
+mod mitm_pages;
 mod peer;
 mod v2;
 

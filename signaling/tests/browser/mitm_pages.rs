@@ -1,0 +1,107 @@
+//! Two pages through the hostile signaling server of `../support/mitm.rs`: what the page shows
+//! when the server runs its own handshakes, or swaps the DTLS fingerprints in the SDP.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::cdp::{Browser, Page};
+use crate::mitm::{Attack, Mitm};
+use crate::{CONNECT, room, skip, wait_status};
+
+const UNDECRYPTABLE: &str =
+    "connected, but the peer's media cannot be decrypted: keys differ (possible interception)";
+const DTLS_MISMATCH: &str =
+    "ended: the peer's DTLS fingerprint does not match its handshake (possible interception)";
+
+async fn mitm(attack: Attack) -> Mitm {
+    Mitm::start(
+        attack,
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("web")),
+    )
+    .await
+}
+
+/// Alice joins, then Bob, both through `server`.
+async fn alice_then_bob(server: &Mitm, test: &str, alice: &Page, bob: &Page) {
+    let room = room(test);
+    alice
+        .goto(&format!("{}/?room={room}&name=alice", server.http))
+        .await;
+    wait_status(alice, "waiting for someone", CONNECT).await;
+    bob.goto(&format!("{}/?room={room}&name=bob", server.http))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_running_its_own_handshakes_is_exposed_in_both_pages() {
+    let _media = crate::MEDIA.lock().await;
+    let test = "a_server_running_its_own_handshakes_is_exposed_in_both_pages";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = mitm(Attack::OwnHandshakes {
+        as_first: None,
+        as_second: None,
+    })
+    .await;
+    let (alice, bob) = (browser.new_page(None).await, browser.new_page(None).await);
+    alice_then_bob(&server, test, &alice, &bob).await;
+    // Media flows peer to peer (the attacker signed each side's real DTLS fingerprint), sealed
+    // under keys the two pages do not share: both say so instead of "end-to-end encrypted".
+    for page in [&alice, &bob] {
+        assert_eq!(
+            wait_status(page, "connected, but", CONNECT).await,
+            UNDECRYPTABLE
+        );
+        assert_eq!(page.eval("window.sotto.undecryptable").await, true);
+        let s = page.eval("window.sotto.stats()").await;
+        assert_eq!(s["media"]["decrypted"], 0, "{s}");
+        assert!(s["media"]["decryptFailures"].as_u64() >= Some(10), "{s}");
+    }
+    assert_eq!(server.handshakes_completed(), 2);
+    // The codes differ; each page met the attacker under the other's name.
+    let a_code = alice.eval("window.sotto.safetyCode").await;
+    let b_code = bob.eval("window.sotto.safetyCode").await;
+    assert!(a_code.is_string() && b_code.is_string());
+    assert_ne!(a_code, b_code);
+    assert_eq!(alice.eval("window.sotto.peerName").await, "bob");
+    assert_eq!(bob.eval("window.sotto.peerName").await, "alice");
+    let mallory = Value::from(server.fingerprint());
+    assert_eq!(alice.text("peer-fingerprint").await, mallory);
+    assert_eq!(bob.text("peer-fingerprint").await, mallory);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_swapping_dtls_fingerprints_ends_the_call_in_both_pages() {
+    let test = "a_server_swapping_dtls_fingerprints_ends_the_call_in_both_pages";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = mitm(Attack::SwapDtls).await;
+    let (alice, bob) = (browser.new_page(None).await, browser.new_page(None).await);
+    alice_then_bob(&server, test, &alice, &bob).await;
+    // Alice answers Bob's offer, so she has his (swapped) SDP as soon as her handshake is done:
+    // she ends the call before she answers. Bob then learns it from her leaving, or from the
+    // swapped answer when she had answered first: either way he never sends media.
+    assert_eq!(wait_status(&alice, "ended", CONNECT).await, DTLS_MISMATCH);
+    assert_eq!(
+        alice.eval("window.sotto.handshakeError").await,
+        "DtlsMismatch"
+    );
+    let bob_ended = wait_status(&bob, "ended", CONNECT).await;
+    assert!(
+        bob_ended == DTLS_MISMATCH || bob_ended == "ended: the peer left",
+        "{bob_ended}"
+    );
+    for page in [&alice, &bob] {
+        // No media key was installed: nothing was sent.
+        let media = page.eval("window.sotto.stats().then((s) => s.media)").await;
+        assert_eq!(media["encrypted"], 0, "{media}");
+    }
+    // The handshake itself was untouched: both sides agree on the code (Bob's confirm
+    // arrived before Alice left; it may be processed after he saw her leave).
+    let code = "window.sotto.safetyCode";
+    let b_code = bob.wait_for(code, CONNECT, "Bob's safety code").await;
+    assert_eq!(alice.eval(code).await, b_code);
+}
