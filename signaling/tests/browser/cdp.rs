@@ -287,6 +287,15 @@ impl Page {
         self.conn.call(Some(&self.session), method, params).await
     }
 
+    /// Runs `script` before every later document's own scripts.
+    pub async fn add_init_script(&self, script: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": script }),
+        )
+        .await;
+    }
+
     /// Loads `url`.
     pub async fn goto(&self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::cdp::{Browser, Page};
 use crate::mitm::{Attack, Mitm};
-use crate::{CONNECT, room, skip, wait_status};
+use crate::{CONNECT, Server, room, skip, wait_status};
 
 const UNDECRYPTABLE: &str =
     "connected, but the peer's media cannot be decrypted: keys differ (possible interception)";
@@ -104,4 +104,84 @@ async fn a_server_swapping_dtls_fingerprints_ends_the_call_in_both_pages() {
     let code = "window.sotto.safetyCode";
     let b_code = bob.wait_for(code, CONNECT, "Bob's safety code").await;
     assert_eq!(alice.eval(code).await, b_code);
+}
+
+/// From now on `page` talks to `server` for signaling while it still loads the client from its
+/// own origin (so its IndexedDB, with the pins of earlier calls, stays the same).
+async fn signal_through(page: &Page, server: &Mitm) {
+    page.add_init_script(&format!(
+        "{{ const Real = WebSocket; window.WebSocket = class extends Real {{ constructor(url, p) {{ super({:?}, p); }} }}; }}",
+        server.url
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_impersonating_pinned_peers_is_reported_in_both_pages() {
+    let _media = crate::MEDIA.lock().await;
+    let test = "a_server_impersonating_pinned_peers_is_reported_in_both_pages";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    // A genuine first call: each pins the other.
+    let honest = Server::start().await;
+    let (alice, bob) = (browser.new_page(None).await, browser.new_page(None).await);
+    let room1 = format!("{}-1", room(test));
+    alice.goto(&honest.page_url(&room1, "alice")).await;
+    wait_status(&alice, "waiting for someone", CONNECT).await;
+    bob.goto(&honest.page_url(&room1, "bob")).await;
+    for page in [&alice, &bob] {
+        assert_eq!(
+            wait_status(page, "connected", CONNECT).await,
+            "connected: end-to-end encrypted"
+        );
+        assert_eq!(page.eval("window.sotto.peerTrust").await, "new");
+    }
+    let bob_fp = bob.text("fingerprint").await;
+
+    // The next call goes through a server that runs its own handshakes, showing itself to
+    // Alice as "bоb" (Cyrillic о) and to Bob as "alice".
+    let server = mitm(Attack::OwnHandshakes {
+        as_first: Some("b\u{43e}b".into()),
+        as_second: None,
+    })
+    .await;
+    for page in [&alice, &bob] {
+        signal_through(page, &server).await;
+    }
+    let room2 = format!("{}-2", room(test));
+    alice.goto(&honest.page_url(&room2, "alice")).await;
+    wait_status(&alice, "waiting for someone", CONNECT).await;
+    bob.goto(&honest.page_url(&room2, "bob")).await;
+    for page in [&alice, &bob] {
+        page.wait_for("window.sotto.peerTrust", CONNECT, "the peer's trust")
+            .await;
+        assert_eq!(page.eval("window.sotto.peerTrust").await, "changed");
+        assert_eq!(page.text("peer-trust").await, "changed");
+        assert_eq!(page.text("peer-fingerprint").await, server.fingerprint());
+    }
+    let a_warn = crate::v2::trust_warning(&alice).await;
+    assert!(
+        a_warn.starts_with("WARNING: \"b\u{43e}b\" looks like \"bob\"")
+            && a_warn.contains(bob_fp.as_str().unwrap())
+            && a_warn.contains("mixes writing systems"),
+        "{a_warn}"
+    );
+    assert_eq!(alice.eval("window.sotto.lookalike").await, "bob");
+    let b_warn = crate::v2::trust_warning(&bob).await;
+    assert!(
+        b_warn.starts_with("WARNING: IDENTITY CHANGED: \"alice\""),
+        "{b_warn}"
+    );
+    // And the media the attacker relays cannot be decrypted on either side.
+    for page in [&alice, &bob] {
+        assert_eq!(
+            wait_status(page, "connected, but", CONNECT).await,
+            UNDECRYPTABLE
+        );
+    }
+    // The pins stay: Alice still has only Bob's real key under "bob".
+    let pins = crate::v2::known_peers(&alice).await;
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(pins[0][..2], ["bob", bob_fp.as_str().unwrap()]);
 }

@@ -78,7 +78,7 @@ async fn playout_order_rule_in_the_page() {
 }
 
 /// What `#trust-warning` shows ("" when hidden).
-async fn trust_warning(page: &Page) -> String {
+pub async fn trust_warning(page: &Page) -> String {
     page.eval(
         "(() => { const w = document.getElementById('trust-warning'); return w.hidden ? '' : w.textContent; })()",
     )
@@ -89,7 +89,7 @@ async fn trust_warning(page: &Page) -> String {
 }
 
 /// The rows of `#known-peers`: [name, fingerprint, trust, first seen].
-async fn known_peers(page: &Page) -> Vec<Vec<String>> {
+pub async fn known_peers(page: &Page) -> Vec<Vec<String>> {
     let rows = page
         .eval(
             "[...document.querySelectorAll('#known-peers tr')].map((tr) => [...tr.children].map((td) => td.textContent))",
