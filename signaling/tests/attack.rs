@@ -332,8 +332,7 @@ async fn the_cli_status_line_says_the_media_cannot_be_decrypted() {
         // encrypted".
         let last_state = stdout
             .lines()
-            .filter(|l| l.starts_with("state: ") && !l.contains("ended"))
-            .last()
+            .rfind(|l| l.starts_with("state: ") && !l.contains("ended"))
             .unwrap();
         assert!(last_state.contains("cannot be decrypted"), "{shown}");
         let report: serde_json::Value = serde_json::from_str(
