@@ -72,6 +72,7 @@ struct Seen {
     ended: Option<EndReason>,
     frames_decrypted: u64,
     decrypt_failures: u64,
+    late_handshake_messages: u64,
 }
 
 /// Reads `call`'s events until `done` says so (or the call ends); once the other side is done
@@ -96,6 +97,7 @@ async fn watch(
             Some(CallEvent::Ended { reason, stats }) => {
                 seen.frames_decrypted = stats.frames_decrypted;
                 seen.decrypt_failures = stats.decrypt_failures;
+                seen.late_handshake_messages = stats.late_handshake_messages;
                 seen.ended = Some(reason);
             }
             Some(_) => {}
@@ -108,6 +110,7 @@ async fn watch(
         let stats = call.stats();
         seen.frames_decrypted = stats.frames_decrypted;
         seen.decrypt_failures = stats.decrypt_failures;
+        seen.late_handshake_messages = stats.late_handshake_messages;
         seen.ended = Some(call.hang_up().await);
     }
     seen
@@ -332,8 +335,7 @@ async fn the_cli_status_line_says_the_media_cannot_be_decrypted() {
         // encrypted".
         let last_state = stdout
             .lines()
-            .filter(|l| l.starts_with("state: ") && !l.contains("ended"))
-            .last()
+            .rfind(|l| l.starts_with("state: ") && !l.contains("ended"))
             .unwrap();
         assert!(last_state.contains("cannot be decrypted"), "{shown}");
         let report: serde_json::Value = serde_json::from_str(
@@ -343,5 +345,100 @@ async fn the_cli_status_line_says_the_media_cannot_be_decrypted() {
         assert_eq!(report["undecryptable"], true, "{report}");
         assert_eq!(report["frames_decrypted"], 0, "{report}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_handshake_messages_after_the_keys_are_ignored_and_counted() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("replay");
+    let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
+    let mitm = Mitm::start(Attack::ReplayHandshake, None).await;
+    // Both sides stay until media is up: the replays did not end the call.
+    let connected = |s: &Seen| {
+        s.states.contains(&CallState::Connected)
+            && s.peer.is_some()
+            && s.states.last() == Some(&CallState::Connected)
+    };
+    let (a, b) = call_pair(
+        alice.builder(&mitm.url, "replay", 440.0),
+        bob.builder(&mitm.url, "replay", 660.0),
+        connected,
+    )
+    .await;
+    for side in [&a, &b] {
+        assert_eq!(side.ended, Some(EndReason::LocalHangup), "{side:?}");
+        assert_eq!(side.decrypt_failures, 0);
+    }
+    // Alice (responder) had hello and reveal replayed, Bob reply and confirm.
+    assert_eq!(a.late_handshake_messages, 2, "{a:?}");
+    assert_eq!(b.late_handshake_messages, 2, "{b:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_another_name_than_it_joined_with_is_refused() {
+    use sotto::handshake::{DtlsFingerprint, Handshake};
+    use sotto::signal::{SignalClient, SignalConfig, SignalEvent};
+
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("claim");
+    let alice = Party::new(&dir, "alice");
+    // The real server: it attests the name each peer joined with.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app = sotto_signaling::App::new(sotto_signaling::ServerConfig::default(), shutdown.clone());
+    tokio::spawn(sotto_signaling::serve(listener, app));
+
+    let mut call = alice.builder(&url, "claim", 440.0).start().unwrap();
+    while !matches!(
+        call.next_event().await,
+        Some(CallEvent::State(CallState::WaitingForPeer))
+    ) {}
+    // Mallory joins as "mallory" (all a leaked link lets her be) but claims to be bob.
+    let (client, mut events) = SignalClient::connect(SignalConfig::new(&url, "claim", "mallory"));
+    let alice_id = loop {
+        match events.recv().await {
+            Some(SignalEvent::Joined { peers, .. }) => break peers[0].peer_id.clone(),
+            Some(_) => {}
+            None => panic!("mallory could not join"),
+        }
+    };
+    let mallory = Arc::new(Identity::generate().unwrap());
+    let dtls = DtlsFingerprint::from_sha256([9; 32]);
+    let (mut hs, hello) = Handshake::initiator(mallory, "claim", "bob", &dtls).unwrap();
+    let send = |m: Vec<u8>| {
+        let message: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        serde_json::json!({"kind": "handshake", "message": message})
+    };
+    client.send_to(&alice_id, &send(hello)).await.unwrap();
+    let reply = loop {
+        match tokio::time::timeout(STEP, events.recv()).await.unwrap() {
+            Some(SignalEvent::Message { data, .. }) => {
+                let v: serde_json::Value = serde_json::from_str(data.get()).unwrap();
+                break serde_json::to_vec(&v["message"]).unwrap();
+            }
+            Some(_) => {}
+            None => panic!("no reply"),
+        }
+    };
+    let reveal = hs.handle(&reply).unwrap().send.unwrap();
+    client.send_to(&alice_id, &send(reveal)).await.unwrap();
+    let seen = watch(call, |_| false, Arc::new(tokio::sync::Barrier::new(1))).await;
+    match &seen.ended {
+        Some(EndReason::PeerNotTrusted(why)) => assert!(
+            why.contains("joined the room as \"mallory\" but claims to be \"bob\""),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(seen.peer.is_none(), "no safety code for an impostor");
+    assert_eq!(
+        KnownPeers::load(&alice.peers_file).unwrap().len(),
+        0,
+        "nothing pinned"
+    );
+    shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }

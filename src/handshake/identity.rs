@@ -269,6 +269,37 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_never_lands_in_a_planted_file_or_a_shared_directory() {
+        use std::os::unix::fs::symlink;
+        // A directory others can write: refused, nothing written.
+        let shared = temp_dir("shared");
+        fs::create_dir_all(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let path = shared.join("identity.json");
+        assert!(matches!(
+            Identity::load_or_create(&path),
+            Err(HandshakeError::BadFile { .. })
+        ));
+        assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
+        // A symlink planted at the identity path: refused, the target untouched.
+        let own = temp_dir("own");
+        fs::create_dir_all(&own).unwrap();
+        fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
+        let trap = shared.join("trap");
+        fs::write(&trap, b"").unwrap();
+        let path = own.join("identity.json");
+        symlink(&trap, &path).unwrap();
+        assert!(Identity::load_or_create(&path).is_err());
+        assert!(Identity::load(&path).is_err());
+        // Saving replaces the link itself, never writes through it.
+        Identity::generate().unwrap().save(&path).unwrap();
+        assert_eq!(fs::read(&trap).unwrap(), b"");
+        assert!(Identity::load(&path).is_ok());
+        let _ = fs::remove_dir_all(&shared);
+        let _ = fs::remove_dir_all(&own);
+    }
+
+    #[test]
     fn fingerprint_is_stable_and_printable() {
         let id = Identity::from_seed(&[7u8; 32]).unwrap();
         let fp = id.public_key().fingerprint();

@@ -437,7 +437,13 @@ impl KnownPeers {
                 )),
             };
             if let Some(why) = why {
-                return Err(refuse(why));
+                // Say what to compare, so the people can verify and call again.
+                return Err(refuse(format!(
+                    "{why} (it presented identity {}; once you compared it with the peer: \
+                     sotto peers verify {shown:?} --fingerprint \"{}\")",
+                    key.fingerprint(),
+                    key.fingerprint()
+                )));
             }
         }
         Ok(trust)

@@ -42,6 +42,9 @@ pub enum Attack {
     },
     /// Replaces the DTLS fingerprint in every SDP with one of its own.
     SwapDtls,
+    /// Relays honestly, then, once the handshake is over, delivers every handshake message
+    /// once more to the side that already had it.
+    ReplayHandshake,
 }
 
 /// Mallory's state for one call.
@@ -59,6 +62,8 @@ struct Room {
     room: String,
     /// Handshakes Mallory completed (both legs of one call: 2).
     pub established: usize,
+    /// Handshake messages relayed, as (recipient index, data), for replaying.
+    relayed: Vec<(usize, Value)>,
 }
 
 /// A running hostile server.
@@ -85,6 +90,7 @@ impl Mitm {
             leg_second: None,
             room: String::new(),
             established: 0,
+            relayed: Vec::new(),
         }));
         let mut router = Router::new().route("/ws", get(upgrade));
         if let Some(dir) = web_dir {
@@ -265,6 +271,16 @@ fn on_signal(state: &Mutex<Room>, from: &str, v: &Value) {
                 .collect();
             data["sdp"] = json!(rewritten.join("\r\n"));
             deliver(&room, 1 - sender, data);
+        }
+        (Attack::ReplayHandshake, "handshake") => {
+            let last = data["message"]["type"] == "confirm";
+            room.relayed.push((1 - sender, data.clone()));
+            deliver(&room, 1 - sender, data);
+            if last {
+                for (to, old) in room.relayed.clone() {
+                    deliver(&room, to, old);
+                }
+            }
         }
         _ => deliver(&room, 1 - sender, data),
     }
