@@ -25,6 +25,8 @@ const DTLS_MISMATCH =
   "the peer's DTLS fingerprint does not match its handshake (possible interception)";
 
 const $ = (id) => document.getElementById(id);
+/// A name in quotes, with quotes and control characters inside it escaped: peers choose names.
+const q = (name) => JSON.stringify(String(name));
 const t0 = performance.now();
 
 /// What tests and curious people can read: window.sotto.
@@ -291,21 +293,21 @@ async function main() {
     const notes = [];
     if (known.trust === 'changed' && known.lookalike) {
       warning.push(
-        `WARNING: "${name}" looks like "${known.lookalike}", a known peer with another identity (${known.previous}). Someone may be imitating them or be in the middle of this call. Compare the safety code over another channel before you talk.`,
+        `WARNING: ${q(name)} looks like ${q(known.lookalike)}, a known peer with another identity (${known.previous}). Someone may be imitating them or be in the middle of this call. Compare the safety code over another channel before you talk.`,
       );
     } else if (known.trust === 'changed') {
       warning.push(
-        `WARNING: IDENTITY CHANGED: "${name}" presents another identity than the one pinned (${known.previous}): someone may be in the middle. Compare the safety code over another channel before you talk.`,
+        `WARNING: IDENTITY CHANGED: ${q(name)} presents another identity than the one pinned (${known.previous}): someone may be in the middle. Compare the safety code over another channel before you talk.`,
       );
     } else if (known.lookalike) {
-      notes.push(`Note: "${name}" looks like "${known.lookalike}", which has the same identity.`);
+      notes.push(`Note: ${q(name)} looks like ${q(known.lookalike)}, which has the same identity.`);
     }
     if (known.trust === 'renamed') {
-      notes.push(`Note: this identity was known as "${known.previousName}".`);
+      notes.push(`Note: this identity was known as ${q(known.previousName)}.`);
     }
     if (call.mixedScript) {
       notes.push(
-        `Note: "${name}" mixes writing systems (for example Latin and Cyrillic), as lookalike names do.`,
+        `Note: ${q(name)} mixes writing systems (for example Latin and Cyrillic), as lookalike names do.`,
       );
     }
     const box = $('trust-warning');
@@ -334,7 +336,13 @@ async function main() {
   $('mark-verified').onclick = async () => {
     if (!peerKey || !call.peerName) return;
     $('mark-verified').disabled = true;
-    await markVerified(call.peerName, peerKey);
+    try {
+      await markVerified(call.peerName, peerKey);
+    } catch (e) {
+      $('mark-verified').disabled = false; // Nothing changed: people can try again.
+      console.error('could not mark the peer verified', e);
+      return;
+    }
     call.peerTrust = 'verified';
     call.lookalike = null;
     showTrustWarning({ trust: 'verified' });
@@ -352,7 +360,7 @@ async function main() {
     const claimed = canonical(done.peerName);
     if (listed !== claimed) {
       call.handshakeError = 'PeerNotTrusted';
-      end(`the peer joined as "${listed}" but claims "${claimed}"`);
+      end(`the peer joined as ${q(listed)} but claims ${q(claimed)}`);
       return;
     }
     call.safetyCode = done.safetyCode;
