@@ -183,12 +183,24 @@ async function main() {
   let handshake = null;
   let established = null; // Set once the media keys are installed.
   let handshakeDone = false;
-  // The peer's SDP (offer or answer), once it arrived: bound to its signed DTLS fingerprint.
-  let resolvePeerSdp;
-  const peerSdp = new Promise((resolve) => {
-    resolvePeerSdp = resolve;
+  // The transport binding (docs/handshake.md): the peer's SDP (offer or answer) and the DTLS
+  // fingerprint it signed. The SDP is applied only once it matched, so DTLS never starts
+  // with an unchecked fingerprint and a mismatch always ends the call with its own reason.
+  let peerSdp = null;
+  let peerDtls = null;
+  let bindingOk;
+  const bound = new Promise((resolve) => {
+    bindingOk = resolve;
   });
-  let peerSdpKnown = false;
+  function checkBinding() {
+    if (peerSdp === null || peerDtls === null || ended) return;
+    if (sdpMatchesDtls(peerSdp, peerDtls)) {
+      bindingOk();
+    } else {
+      call.handshakeError = 'DtlsMismatch';
+      end(DTLS_MISMATCH);
+    }
+  }
   let control = null; // { sender, receiver }
   let ended = false;
   let hsQueue = Promise.resolve();
@@ -349,9 +361,9 @@ async function main() {
     await showKnownPeers();
   };
 
-  /// The handshake is done: check the peer's name against the server's attestation, show the
-  /// code and trust, then wait for the peer's SDP and check its DTLS fingerprint; only then
-  /// install the media and control keys.
+  /// The handshake is done: check the peer's name against the server's attestation and, once
+  /// its SDP is known, its DTLS fingerprint; show the code and trust; only then install the
+  /// media and control keys.
   async function onEstablished(done) {
     mark('established');
     // docs/call-protocol.md, "Names": the name the server listed for this peer must be the
@@ -363,17 +375,15 @@ async function main() {
       end(`the peer joined as ${q(listed)} but claims ${q(claimed)}`);
       return;
     }
+    peerDtls = done.peerDtls;
+    checkBinding();
+    if (ended) return;
     call.safetyCode = done.safetyCode;
     $('safety-code').textContent = done.safetyCode;
     $('peer-fingerprint').textContent = await fingerprint(done.peerIdentity);
     await showTrust(done);
-    const sdp = await peerSdp;
+    await bound;
     if (ended) return;
-    if (!sdpMatchesDtls(sdp, done.peerDtls)) {
-      call.handshakeError = 'DtlsMismatch';
-      end(DTLS_MISMATCH);
-      return;
-    }
     const sendControlKey = await controlKey(done.sendKey);
     const recvControlKey = await controlKey(done.recvKey);
     const receiver = new SframeReceiver();
@@ -535,10 +545,11 @@ async function main() {
       hsQueue = hsQueue.then(() => onHandshake(data.message));
       hsQueue.catch(fail('handshake failed'));
     } else if (data.kind === 'offer' && call.role === 'responder' && typeof data.sdp === 'string') {
-      if (peerSdpKnown) return; // One offer per call.
-      peerSdpKnown = true;
-      resolvePeerSdp(data.sdp);
+      if (peerSdp !== null) return; // One offer per call.
+      peerSdp = data.sdp;
+      checkBinding();
       sdpQueue = sdpQueue.then(async () => {
+        await bound;
         addSender();
         await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
         await pc.setLocalDescription(await pc.createAnswer());
@@ -548,10 +559,13 @@ async function main() {
       });
       sdpQueue.catch(fail('could not answer'));
     } else if (data.kind === 'answer' && call.role === 'initiator' && typeof data.sdp === 'string') {
-      if (peerSdpKnown) return; // One answer per call.
-      peerSdpKnown = true;
-      resolvePeerSdp(data.sdp);
-      sdpQueue = sdpQueue.then(() => pc.setRemoteDescription({ type: 'answer', sdp: data.sdp }));
+      if (peerSdp !== null) return; // One answer per call.
+      peerSdp = data.sdp;
+      checkBinding();
+      sdpQueue = sdpQueue.then(async () => {
+        await bound;
+        await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+      });
       sdpQueue.catch(fail('could not accept the answer'));
     }
   }
