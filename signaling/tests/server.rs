@@ -2,13 +2,14 @@
 //! limits, tokens, metrics, and the engine's reconnecting client.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sotto::signal::{ErrorCode, SignalClient, SignalConfig, SignalEvent};
 use sotto_signaling::token::{mint, unix_now};
-use sotto_signaling::{App, Limits, ServerConfig, serve};
+use sotto_signaling::{App, Limits, ServerConfig, serve, serve_metrics};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Server {
     addr: SocketAddr,
+    app: std::sync::Arc<App>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -31,9 +33,10 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let app = App::new(config, shutdown.clone());
-        let task = tokio::spawn(serve(listener, app));
+        let task = tokio::spawn(serve(listener, app.clone()));
         Server {
             addr,
+            app,
             shutdown,
             task,
         }
@@ -403,7 +406,15 @@ async fn health_and_metrics() {
 
     let body = http_get(server.addr, "/healthz").await;
     assert!(body.ends_with("ok\n"), "{body}");
+    // Not on the call listener: only on the operator's own address.
     let body = http_get(server.addr, "/metrics").await;
+    assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+    assert!(!body.contains("sotto_signaling"), "{body}");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_metrics(listener, server.app.clone()));
+    let body = http_get(metrics_addr, "/metrics").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for line in [
         "sotto_signaling_connections 2",
         "sotto_signaling_rooms 1",
@@ -535,5 +546,122 @@ async fn engine_client_stops_on_a_refused_token() {
         }
     }
     assert!(saw_error);
+    server.stop().await;
+}
+
+/// A WebSocket client whose socket has a tiny receive buffer: once joined, it never reads
+/// again, so everything sent to it backs up into the server.
+async fn stalled_client(server: &Server, room: &str, name: &str) -> (Client, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        server.url(),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    let mut client = Client { ws };
+    let id = client.join(room, name).await["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (client, id)
+}
+
+/// Reads `stream` until `pred` matches a message (failing on close or after `within`).
+async fn wait_for<S>(stream: &mut S, within: Duration, pred: impl Fn(&Value) -> bool) -> Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended while waiting: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the message")
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_its_queue_stays_bounded() {
+    const QUEUE_BYTES: u64 = 256 * 1024;
+    let config = ServerConfig {
+        limits: Limits {
+            rate_per_sec: 1_000_000,
+            rate_burst: 1_000_000,
+            outbound_queue_bytes: QUEUE_BYTES as usize,
+            // Neither pings, the idle check nor the write deadline may be what ends it: the
+            // queue overflowing must, even while a write to the client is blocked.
+            heartbeat: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let (_stalled, stalled_id) = stalled_client(&server, "flood", "stalled").await;
+    let mut flooder = Client::connect(&server).await;
+    flooder.join("flood", "flooder").await;
+    let (mut sink, mut stream) = flooder.ws.split();
+    let app = server.app.clone();
+    let target = stalled_id.clone();
+    let flood = tokio::spawn(async move {
+        let payload = "x".repeat(16 * 1024);
+        let mut max_queued = 0;
+        let mut sent = 0;
+        // Up to 64 MB: far more than the socket buffers and the queue can hold.
+        for _ in 0..4000 {
+            let msg = json!({"v":1,"type":"signal","to":target,"data":payload});
+            if sink.send(Message::text(msg.to_string())).await.is_err() {
+                break;
+            }
+            // Paced while the client's socket still takes data, so that the server ends up
+            // blocked writing to it (rather than the queue overflowing before it writes).
+            sent += 1;
+            let paced = tokio::time::Instant::now();
+            while (app.metrics.messages_relayed.load(Relaxed) < sent
+                || app.metrics.queued_bytes.load(Relaxed) > 0)
+                && paced.elapsed() < Duration::from_millis(200)
+            {
+                max_queued = max_queued.max(app.metrics.queued_bytes.load(Relaxed));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            max_queued = max_queued.max(app.metrics.queued_bytes.load(Relaxed));
+            if app.metrics.peers.load(Relaxed) < 2 {
+                break;
+            }
+        }
+        (sink, max_queued)
+    });
+    // The stalled client is dropped (its room hears of it) while its socket is still open.
+    let left = wait_for(&mut stream, Duration::from_secs(60), |v| {
+        v["type"] == "peer_left"
+    })
+    .await;
+    assert_eq!(left["peer_id"], stalled_id.as_str());
+    let (sink, max_queued) = flood.await.unwrap();
+    assert!(
+        max_queued <= QUEUE_BYTES + 20 * 1024,
+        "{max_queued} bytes queued for one client"
+    );
+    assert!(server.app.metrics.errors(ErrorCode::SlowConsumer) >= 1);
+    // What it had queued is released, and the server goes on serving.
+    let mut flooder = Client {
+        ws: sink.reunite(stream).unwrap(),
+    };
+    flooder.send(json!({"v":1,"type":"ping"})).await;
+    wait_for(&mut flooder.ws, WAIT, |v| v["type"] == "pong").await;
+    assert_eq!(server.app.metrics.queued_bytes.load(Relaxed), 0);
     server.stop().await;
 }
