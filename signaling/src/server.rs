@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,6 +41,7 @@ pub struct App {
     pub shutdown: CancellationToken,
     tracker: TaskTracker,
     raw: Mutex<RawConnections>,
+    refusing: AtomicUsize,
 }
 
 /// Open TCP connections on the call listener, in total and per source.
@@ -61,6 +62,7 @@ impl App {
             shutdown,
             tracker: TaskTracker::new(),
             raw: Mutex::new(RawConnections::default()),
+            refusing: AtomicUsize::new(0),
         })
     }
 
@@ -254,9 +256,14 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Refuses a connection over a cap with a minimal HTTP response, if the socket takes it at
-/// once (never waits), and closes it.
-fn refuse(tcp: TcpStream, app: &App, code: ErrorCode) {
+/// Refused connections being answered at one time; past this, they are just closed.
+const MAX_REFUSING: usize = 64;
+
+/// Refuses a connection over a cap with a minimal HTTP response and closes it. The answer gets
+/// up to a second, so that a client whose request arrived is not reset before it reads why
+/// (closing a socket with unread input resets it); only a few are answered at a time.
+fn refuse(mut tcp: TcpStream, app: &Arc<App>, code: ErrorCode) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     app.metrics.error(code);
     let status = match code {
         ErrorCode::TooManyConnections => "429 Too Many Requests",
@@ -267,7 +274,23 @@ fn refuse(tcp: TcpStream, app: &App, code: ErrorCode) {
         "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}\n",
         body.len() + 1
     );
-    let _ = tcp.try_write(response.as_bytes());
+    if app.refusing.fetch_add(1, Relaxed) >= MAX_REFUSING {
+        app.refusing.fetch_sub(1, Relaxed);
+        let _ = tcp.try_write(response.as_bytes());
+        return;
+    }
+    let app = app.clone();
+    app.tracker.clone().spawn(async move {
+        let answer = async {
+            tcp.write_all(response.as_bytes()).await?;
+            tcp.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while tcp.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+        app.refusing.fetch_sub(1, Relaxed);
+    });
 }
 
 /// Serves HTTP/1.1 on `listener` with `router` until `app.shutdown` is cancelled. With
