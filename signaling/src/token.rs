@@ -156,12 +156,5 @@ mod tests {
         let zero = mint(b"secret", "room", "alice", 0);
         assert!(zero.starts_with("v1.0."), "{zero}");
         assert_eq!(verify(b"secret", &zero, "room", "alice", 0), Ok(()));
-        for bad in ["", "v1", "v1.x.00", "v2.1.00", "v1.1.zz", "v1.1.00"] {
-            assert_eq!(
-                verify(b"secret", bad, "room", "alice", 0),
-                Err(TokenError::Malformed),
-                "{bad}"
-            );
-        }
     }
 }
