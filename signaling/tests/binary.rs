@@ -89,6 +89,13 @@ fn token_subcommand_mints_verifiable_tokens_and_bad_flags_fail() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--listen"));
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
+        .args(["--allowed-origin", "https://app.example/path"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--allowed-origin"));
 }
 
 /// The server binary with `args`, and the lines it prints before serving.
@@ -283,4 +290,47 @@ async fn stalled_readers_cannot_grow_the_server() {
         "peak RSS {peak_kib} KiB, {baseline_kib} KiB before the flood"
     );
     drop(stalled);
+}
+
+/// The connection-limit flags reach the server.
+#[tokio::test]
+async fn limit_flags_reach_the_server() {
+    use tokio::io::AsyncReadExt;
+    let server = Running::start(
+        &[
+            "--join-timeout-secs",
+            "1",
+            "--header-timeout-secs",
+            "1",
+            "--max-connections-per-ip",
+            "2",
+            "--max-raw-connections",
+            "100",
+        ],
+        1,
+    );
+    let url = format!("ws://{}/ws", server.addr());
+    // Never joins: told why, then closed.
+    let (mut idle, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    // Never finishes its headers: closed.
+    let mut silent = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("expected HTTP 429, got {other:?}"),
+    }
+    let mut told = false;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(10), idle.next()).await {
+        if let Message::Text(t) = msg {
+            told |= t.as_str().contains("join_timeout");
+        }
+    }
+    assert!(told);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest))
+        .await
+        .expect("closed after the header timeout")
+        .unwrap();
+    assert!(rest.is_empty());
 }
