@@ -3,7 +3,8 @@
 //! (`MediaReceiver`, replay window and all, on a copy of the wire bytes) + Opus decode. Each
 //! has its no-E2EE baseline (`encode_only`, `decode_only`) in the same run, and the E2EE part
 //! alone (`seal_only`, `open_only`, with the wire copy and the allocation the call makes), so
-//! the E2EE share is a ratio of figures measured together.
+//! the E2EE share is a ratio of figures measured together. `receive/order_check/*` is the
+//! RTP-order check a call runs after opening each frame.
 //!
 //! `cargo bench --profile dev --bench frame_cost`; figures are in the README.
 
@@ -14,7 +15,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use sotto::handshake::{Direction, DirectionKey, MediaReceiver, MediaSender, RotationConfig};
 use sotto::media::{AudioSource, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource};
 use sotto::sframe::CipherSuite;
-use sotto::transport::seal;
+use sotto::transport::{FrameOrder, ORDER_WINDOW, seal};
 
 const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
 
@@ -116,6 +117,40 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+
+    // The RTP-order check after opening (`FrameOrder`), per frame: the usual case (each frame
+    // newer than the last), a late frame whose neighbours are adjacent, and the worst case
+    // (a late frame with the rest of the window empty to scan).
+    let mut order = FrameOrder::new();
+    let mut i: u64 = 0;
+    g.bench_function("receive/order_check/in_order", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(order.admit(black_box(i), (i as u32).wrapping_mul(960), i as u16)).unwrap()
+        })
+    });
+    let mut order = FrameOrder::new();
+    let mut i: u64 = 0;
+    g.bench_function("receive/order_check/pair_swapped_on_the_wire", |b| {
+        b.iter(|| {
+            i += 2;
+            for c in [i + 1, i] {
+                black_box(order.admit(black_box(c), (c as u32).wrapping_mul(960), c as u16))
+                    .unwrap();
+            }
+        })
+    });
+    let mut sparse = FrameOrder::new();
+    let last = ORDER_WINDOW - 1;
+    sparse.admit(0, 0, 0).unwrap();
+    sparse.admit(last, last as u32 * 960, last as u16).unwrap();
+    g.bench_function("receive/order_check/late_worst_case", |b| {
+        b.iter_batched(
+            || sparse.clone(),
+            |mut o| black_box(o.admit(black_box(1), 960, 1)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sotto::handshake::{Handshake, Identity, MediaSender, RotationConfig};
+use sotto::handshake::{DtlsFingerprint, Handshake, Identity, MediaSender, RotationConfig};
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 use sotto::sframe::CipherSuite;
 
 fn bench_handshake(c: &mut Criterion) {
@@ -19,8 +24,9 @@ fn bench_handshake(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     group.bench_function("full_two_party", |b| {
         b.iter(|| {
-            let (mut a, hello) = Handshake::initiator(alice.clone(), "room", "alice").unwrap();
-            let mut r = Handshake::responder(bob.clone(), "room", "bob").unwrap();
+            let (mut a, hello) =
+                Handshake::initiator(alice.clone(), "room", "alice", &DTLS_I).unwrap();
+            let mut r = Handshake::responder(bob.clone(), "room", "bob", &DTLS_R).unwrap();
             let reply = r.handle(&hello).unwrap().send.unwrap();
             let reveal = a.handle(&reply).unwrap().send.unwrap();
             let step = r.handle(&reveal).unwrap();
@@ -29,8 +35,8 @@ fn bench_handshake(c: &mut Criterion) {
         })
     });
 
-    let (mut a, hello) = Handshake::initiator(alice.clone(), "room", "alice").unwrap();
-    let mut r = Handshake::responder(bob.clone(), "room", "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), "room", "alice", &DTLS_I).unwrap();
+    let mut r = Handshake::responder(bob.clone(), "room", "bob", &DTLS_R).unwrap();
     let reply = r.handle(&hello).unwrap().send.unwrap();
     let reveal = a.handle(&reply).unwrap().send.unwrap();
     let confirm = r.handle(&reveal).unwrap().send.unwrap();

@@ -6,7 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sotto::handshake::{Handshake, Identity, MediaReceiver, MediaSender, RotationConfig};
+use sotto::handshake::{
+    DtlsFingerprint, Handshake, Identity, MediaReceiver, MediaSender, RotationConfig,
+};
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 use sotto::sframe::CipherSuite;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,8 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bob = Arc::new(Identity::generate()?);
 
     // The four handshake messages would travel through the signaling server.
-    let (mut a, hello) = Handshake::initiator(alice, "example-room", "alice")?;
-    let mut b = Handshake::responder(bob, "example-room", "bob")?;
+    let (mut a, hello) = Handshake::initiator(alice, "example-room", "alice", &DTLS_I)?;
+    let mut b = Handshake::responder(bob, "example-room", "bob", &DTLS_R)?;
     let reply = b.handle(&hello)?.send.ok_or("no reply")?;
     let reveal = a.handle(&reply)?.send.ok_or("no reveal")?;
     let step = b.handle(&reveal)?;

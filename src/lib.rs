@@ -16,5 +16,6 @@ pub mod names;
 pub mod playout;
 pub mod sframe;
 pub mod signal;
+pub mod text;
 pub mod transport;
 mod wipe;

@@ -52,7 +52,15 @@ mod tests {
 
     #[test]
     fn lookalikes_share_a_skeleton() {
-        for name in ["bob", "BOB", "Bob", "ｂｏｂ", "bоb", "b\u{200b}ob", "\u{202e}bob"] {
+        for name in [
+            "bob",
+            "BOB",
+            "Bob",
+            "ｂｏｂ",
+            "bоb",
+            "b\u{200b}ob",
+            "\u{202e}bob",
+        ] {
             assert_eq!(skeleton(name), skeleton("bob"), "{name:?}");
         }
         assert!(confusable("аliсе", "alice"));

@@ -158,6 +158,7 @@ async fn two_peers_hear_each_others_tone_end_to_end_encrypted() {
         );
         assert_eq!(s.decrypt_failures, 0, "{who}");
         assert_eq!(s.replays_rejected, 0, "{who}");
+        assert_eq!(s.reorder_rejected, 0, "{who}");
         assert_eq!(s.frames_decrypted, s.frames_received, "{who}");
         assert!(s.frames_played >= 150, "{who} played {}", s.frames_played);
         assert!(
@@ -319,13 +320,16 @@ async fn a_known_peer_with_a_new_identity_is_reported() {
     let alice_id = Arc::new(Identity::generate().unwrap());
     let sink = CaptureSink::default();
     let mut changed = Vec::new();
+    let bobs = [
+        Arc::new(Identity::generate().unwrap()),
+        Arc::new(Identity::generate().unwrap()),
+    ];
     // Bob calls twice under the same name; the second time with a different identity.
     for (round, room) in ["first", "second"].into_iter().enumerate() {
         let alice = call(&server, room, "alice", 440.0, &sink)
             .identity(alice_id.clone())
             .known_peers(KnownPeers::load(&store).unwrap());
-        let bob = call(&server, room, "bob", 660.0, &sink)
-            .identity(Arc::new(Identity::generate().unwrap()));
+        let bob = call(&server, room, "bob", 660.0, &sink).identity(bobs[round].clone());
         let (alice_seen, bob_seen) = talk(alice, bob, Duration::from_millis(500)).await;
         assert!(bob_seen.ended.is_some(), "round {round}");
         changed.push(alice_seen.identity_changed);
@@ -335,8 +339,14 @@ async fn a_known_peer_with_a_new_identity_is_reported() {
         vec![false, true],
         "new peer pinned, then its change reported"
     );
-    // The pin from the first call is in the file; the second call saw a changed key.
+    // The pin from the first call is still the one in the file: the changed key was reported,
+    // not silently pinned in its place.
     let pinned = KnownPeers::load(&store).unwrap().pinned("bob");
-    assert!(pinned.is_some());
+    assert_eq!(
+        pinned,
+        Some(bobs[0].public_key()),
+        "the first key stays pinned"
+    );
+    assert_ne!(pinned, Some(bobs[1].public_key()));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,9 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sotto::handshake::{
-    Direction, Established, Handshake, HandshakeError, Identity, KnownPeers, MediaReceiver,
-    MediaSender, PeerTrust, RotationConfig, TrustPolicy, kid_for,
+    Direction, DtlsFingerprint, Established, Handshake, HandshakeError, Identity, KnownPeers,
+    MediaReceiver, MediaSender, PeerTrust, RotationConfig, TrustPolicy, kid_for,
 };
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 use sotto::sframe::{CipherSuite, MAX_HEADER_LEN, SframeError};
 
 const ROOM: &str = "room-42";
@@ -28,8 +33,8 @@ struct Run {
 }
 
 fn honest_run(alice: &Arc<Identity>, bob: &Arc<Identity>) -> Run {
-    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let reply = b.handle(&hello).unwrap().send.unwrap();
     let reveal = a.handle(&reply).unwrap().send.unwrap();
     let step = b.handle(&reveal).unwrap();
@@ -129,8 +134,8 @@ fn tampered_fields_are_rejected_with_typed_errors() {
     let (alice, bob) = (id(), id());
     let run = honest_run(&alice, &bob);
 
-    let fresh_responder = || Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
-    let fresh_initiator = || Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
+    let fresh_responder = || Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    let fresh_initiator = || Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
 
     // The initiator's reveal with a changed signature, confirmation or ephemeral key.
     for (field, expect) in [
@@ -209,15 +214,15 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
 
     // Reordered: a reveal or confirm before the hello.
     for msg in [&old.reveal, &old.confirm, &old.reply] {
-        let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+        let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
         assert!(matches!(
             b.handle(msg),
             Err(HandshakeError::UnexpectedMessage { .. })
         ));
     }
     // Duplicated hello: the second is unexpected.
-    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     b.handle(&hello).unwrap();
     assert!(matches!(
         b.handle(&hello),
@@ -226,13 +231,13 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
 
     // Replayed from an earlier call: the old reveal does not fit the new responder ephemeral
     // (its commitment was to the old hello), and an old reply/confirm fails the signature.
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     b.handle(&old.hello).unwrap();
     assert!(matches!(
         b.handle(&old.reveal),
         Err(HandshakeError::BadSignature)
     ));
-    let (mut a, _hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
+    let (mut a, _hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
     let reveal = a.handle(&old.reply).unwrap().send.unwrap();
     assert!(!reveal.is_empty());
     assert!(matches!(
@@ -241,7 +246,7 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
     ));
 
     // Oversized and malformed.
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let huge = edit(&old.hello, |o| {
         o.insert("name".into(), Value::String("x".repeat(5000)));
     });
@@ -249,7 +254,7 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
         b.handle(&huge),
         Err(HandshakeError::MessageTooLarge { .. })
     ));
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let long_name = edit(&old.hello, |o| {
         o.insert("name".into(), Value::String("x".repeat(200)));
     });
@@ -260,24 +265,26 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
     for garbage in [
         &b"not json"[..],
         b"{}",
-        b"{\"v\":1,\"type\":\"hello\"}",
+        b"{\"v\":2,\"type\":\"hello\"}",
         b"\xff\xfe",
     ] {
-        let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+        let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
         assert!(matches!(
             b.handle(garbage),
             Err(HandshakeError::Malformed(_))
         ));
     }
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
-    let v2 = edit(&old.hello, |o| {
-        o.insert("v".into(), Value::from(2));
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    // A version-1 peer (no DTLS binding) gets a clear refusal, never a weaker handshake.
+    let v1 = edit(&old.hello, |o| {
+        o.insert("v".into(), Value::from(1));
+        o.remove("dtls");
     });
     assert!(matches!(
-        b.handle(&v2),
+        b.handle(&v1),
         Err(HandshakeError::UnsupportedVersion {
-            got: 2,
-            supported: 1
+            got: 1,
+            supported: 2
         })
     ));
 }
@@ -285,8 +292,8 @@ fn replayed_reordered_oversized_and_malformed_messages_are_rejected() {
 #[test]
 fn a_reflected_handshake_is_refused() {
     let alice = id();
-    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut also_alice = Handshake::responder(alice, ROOM, "alice").unwrap();
+    let (_a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut also_alice = Handshake::responder(alice, ROOM, "alice", &DTLS_R).unwrap();
     assert!(matches!(
         also_alice.handle(&hello),
         Err(HandshakeError::ReflectedIdentity)
@@ -299,11 +306,12 @@ fn a_relay_that_swaps_ephemeral_keys_is_caught_by_the_signatures() {
     // The relay gives Bob its own ephemeral in place of Alice's (with a matching commitment,
     // which it can compute), and Alice its own in place of Bob's. Identities stay genuine.
     let mallory = id();
-    let (mut m_as_initiator, m_hello) = Handshake::initiator(mallory.clone(), ROOM, "x").unwrap();
-    let mut m_as_responder = Handshake::responder(mallory, ROOM, "x").unwrap();
+    let (mut m_as_initiator, m_hello) =
+        Handshake::initiator(mallory.clone(), ROOM, "x", &DTLS_I).unwrap();
+    let mut m_as_responder = Handshake::responder(mallory, ROOM, "x", &DTLS_R).unwrap();
 
-    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), ROOM, "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
     let forged_hello = edit(&hello, |o| {
         o.insert(
             "commitment".into(),
@@ -334,7 +342,7 @@ fn a_relay_that_swaps_ephemeral_keys_is_caught_by_the_signatures() {
         Err(HandshakeError::BadSignature)
     ));
     // And the untouched reveal fails against the forged commitment.
-    let mut b2 = Handshake::responder(bob, ROOM, "bob").unwrap();
+    let mut b2 = Handshake::responder(bob, ROOM, "bob", &DTLS_R).unwrap();
     b2.handle(&forged_hello).unwrap();
     assert!(matches!(
         b2.handle(&reveal),
@@ -361,10 +369,10 @@ fn a_full_man_in_the_middle_gets_different_codes_and_the_changed_key_warning() {
 
     // Mallory runs two honest-looking handshakes with identities of its own, relaying names.
     let (m1, m2) = (id(), id());
-    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice").unwrap();
-    let mut m_to_alice = Handshake::responder(m1.clone(), ROOM, "bob").unwrap();
-    let (mut m_to_bob, m_hello) = Handshake::initiator(m2, ROOM, "alice").unwrap();
-    let mut b = Handshake::responder(bob, ROOM, "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut m_to_alice = Handshake::responder(m1.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    let (mut m_to_bob, m_hello) = Handshake::initiator(m2, ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob, ROOM, "bob", &DTLS_R).unwrap();
 
     let reply = m_to_alice.handle(&hello).unwrap().send.unwrap();
     let reveal = a.handle(&reply).unwrap().send.unwrap();
@@ -388,7 +396,8 @@ fn a_full_man_in_the_middle_gets_different_codes_and_the_changed_key_warning() {
             )
             .unwrap(),
         PeerTrust::Changed {
-            previous: first.initiator.peer_identity
+            previous: first.initiator.peer_identity,
+            pinned_name: "bob".into(),
         }
     );
     // The pin is not silently replaced, and a strict policy refuses the call.
@@ -406,6 +415,196 @@ fn a_full_man_in_the_middle_gets_different_codes_and_the_changed_key_warning() {
     ));
 }
 
+/// The transcript hash and safety code computed directly from `docs/handshake.md`, so the
+/// attacker below can try ephemeral keys offline without running a handshake.
+mod spec {
+    use ring::digest::{Context, SHA256};
+
+    fn field(ctx: &mut Context, bytes: &[u8]) {
+        ctx.update(&(bytes.len() as u32).to_be_bytes());
+        ctx.update(bytes);
+    }
+
+    /// One side of the transcript: name, identity key, DTLS fingerprint (normal form).
+    pub type Side<'a> = (&'a str, [u8; 32], String);
+
+    pub fn transcript(
+        v: u32,
+        call_id: &str,
+        i: &Side<'_>,
+        commitment: &[u8; 32],
+        r: &Side<'_>,
+        r_ephemeral: &[u8; 32],
+        i_ephemeral: &[u8; 32],
+    ) -> [u8; 32] {
+        let mut ctx = Context::new(&SHA256);
+        field(&mut ctx, b"sotto handshake");
+        field(&mut ctx, &v.to_be_bytes());
+        field(&mut ctx, call_id.as_bytes());
+        for part in [i.0.as_bytes(), &i.1, i.2.as_bytes(), commitment] {
+            field(&mut ctx, part);
+        }
+        for part in [
+            r.0.as_bytes(),
+            &r.1,
+            r.2.as_bytes(),
+            r_ephemeral,
+            i_ephemeral,
+        ] {
+            field(&mut ctx, part);
+        }
+        ctx.finish().as_ref().try_into().unwrap()
+    }
+
+    pub fn safety_code(th: &[u8; 32]) -> String {
+        let mut ctx = Context::new(&SHA256);
+        field(&mut ctx, b"sotto safety code");
+        field(&mut ctx, th);
+        let h = ctx.finish();
+        let n = u64::from_be_bytes(h.as_ref()[..8].try_into().unwrap()) % 100_000_000;
+        format!("{:04} {:04}", n / 10_000, n % 10_000)
+    }
+
+    /// The initiator's key confirmation tag over `th` for the X25519 secret `shared`.
+    pub fn confirm_initiator(th: &[u8; 32], shared: &[u8]) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(th), shared)
+            .expand(b"sotto v1 confirm initiator", &mut k)
+            .unwrap();
+        let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &k), th);
+        tag.as_ref().try_into().unwrap()
+    }
+}
+
+fn hex32(msg: &[u8], field: &str) -> [u8; 32] {
+    hex::decode(field_hex(msg, field))
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_search_for_matching_codes() {
+    use ring::agreement::{EphemeralPrivateKey, UnparsedPublicKey, X25519, agree_ephemeral};
+    use ring::rand::SystemRandom;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    let rng = SystemRandom::new();
+    let (alice, bob) = (id(), id());
+    // Mallory's identity towards Bob, with its signing key at hand for forged messages.
+    let m2_seed = [0x4d; 32];
+    let m2 = Arc::new(Identity::from_seed(&m2_seed).unwrap());
+    let m2_signer = Ed25519KeyPair::from_seed_unchecked(&m2_seed).unwrap();
+    assert_eq!(m2_signer.public_key().as_ref(), m2.public_key().as_bytes());
+
+    // Leg A, Alice and Mallory (as "bob"): Alice's code is fixed once it completes.
+    let (mut a, hello) = Handshake::initiator(alice, ROOM, "alice", &DTLS_I).unwrap();
+    let mut m1 = Handshake::responder(id(), ROOM, "bob", &DTLS_R).unwrap();
+    let reply = m1.handle(&hello).unwrap().send.unwrap();
+    let reveal = a.handle(&reply).unwrap().send.unwrap();
+    let confirm = m1.handle(&reveal).unwrap().send.unwrap();
+    let code_a = a.handle(&confirm).unwrap().established.unwrap().safety_code;
+    let code_a = code_a.as_str().to_string();
+
+    // Leg B, Mallory (as "alice") and Bob: Mallory's hello commits to its ephemeral key, and
+    // only then does Bob's reply show it Bob's.
+    let (mut m_to_bob, m_hello) = Handshake::initiator(m2.clone(), ROOM, "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+    let b_reply = b.handle(&m_hello).unwrap().send.unwrap();
+    let v = serde_json::from_slice::<Value>(&m_hello).unwrap()["v"]
+        .as_u64()
+        .unwrap() as u32;
+    let commitment = hex32(&m_hello, "commitment");
+    let bob_ephemeral = hex32(&b_reply, "ephemeral");
+    let i_side: spec::Side<'_> = ("alice", *m2.public_key().as_bytes(), DTLS_I.to_string());
+    let r_side: spec::Side<'_> = ("bob", *bob.public_key().as_bytes(), DTLS_R.to_string());
+    let code_b = |i_ephemeral: &[u8; 32]| {
+        let th = spec::transcript(
+            v,
+            ROOM,
+            &i_side,
+            &commitment,
+            &r_side,
+            &bob_ephemeral,
+            i_ephemeral,
+        );
+        (th, spec::safety_code(&th))
+    };
+
+    // Without the commitment binding it, Mallory could now choose its ephemeral key after
+    // seeing Bob's: searching even a reduced code space (the first two digits, 1 in 100)
+    // succeeds within a few hundred keys. (The full 10^8 would take ~10^8, still offline.)
+    const K: usize = 20_000;
+    let mut found = None;
+    for tries in 1..=K {
+        let private = EphemeralPrivateKey::generate(&X25519, &rng).unwrap();
+        let public: [u8; 32] = private
+            .compute_public_key()
+            .unwrap()
+            .as_ref()
+            .try_into()
+            .unwrap();
+        let (th, code) = code_b(&public);
+        if code[..2] == code_a[..2] {
+            found = Some((tries, private, public, th));
+            break;
+        }
+    }
+    let (tries, private, public, th) = found.expect("no 2-digit match in 20 000 keys");
+    eprintln!("reduced-space code match after {tries} ephemeral keys");
+
+    // The ground key in an otherwise valid reveal: signed by Mallory's identity over Bob's
+    // transcript, with the right key confirmation. Only the commitment stops it.
+    let shared = agree_ephemeral(
+        private,
+        &UnparsedPublicKey::new(&X25519, bob_ephemeral),
+        |s| s.to_vec(),
+    )
+    .unwrap();
+    let signed = [b"sotto v1 initiator signature".as_slice(), &th].concat();
+    let honest_reveal = m_to_bob.handle(&b_reply).unwrap().send.unwrap();
+    let forged = edit(&honest_reveal, |o| {
+        o.insert("ephemeral".into(), Value::String(hex::encode(public)));
+        o.insert(
+            "signature".into(),
+            Value::String(hex::encode(m2_signer.sign(&signed))),
+        );
+        o.insert(
+            "confirm".into(),
+            Value::String(hex::encode(spec::confirm_initiator(&th, &shared))),
+        );
+    });
+    let refused = b.handle(&forged);
+    assert!(
+        matches!(refused, Err(HandshakeError::CommitmentMismatch)),
+        "Bob accepted an ephemeral key chosen after his own: {:?}",
+        refused.map(|s| s.established.map(|e| e.safety_code))
+    );
+
+    // With the commitment, each try at a match is a whole handshake Bob takes part in, and
+    // its code is fixed before Mallory learns anything: K handshakes give no match of the
+    // full code (each has a 10^-8 chance).
+    for attempt in 0..64 {
+        let (mut m, hello) = Handshake::initiator(m2.clone(), ROOM, "alice", &DTLS_I).unwrap();
+        let mut b = Handshake::responder(bob.clone(), ROOM, "bob", &DTLS_R).unwrap();
+        let reply = b.handle(&hello).unwrap().send.unwrap();
+        let reveal = m.handle(&reply).unwrap().send.unwrap();
+        let bob_done = b.handle(&reveal).unwrap().established.unwrap();
+        // The direct computation the search used is the handshake's own.
+        let th = spec::transcript(
+            v,
+            ROOM,
+            &i_side,
+            &hex32(&hello, "commitment"),
+            &r_side,
+            &hex32(&reply, "ephemeral"),
+            &hex32(&reveal, "ephemeral"),
+        );
+        assert_eq!(spec::safety_code(&th), bob_done.safety_code.as_str());
+        assert_ne!(bob_done.safety_code.as_str(), code_a, "attempt {attempt}");
+    }
+}
+
 #[test]
 fn known_peers_policy_and_file() {
     let dir = std::env::temp_dir().join(format!("sotto-known-{}", std::process::id()));
@@ -418,12 +617,7 @@ fn known_peers_policy_and_file() {
         peers.evaluate("carol", &carol, TrustPolicy::RequireVerified),
         Err(HandshakeError::PeerRefused { .. })
     ));
-    assert_eq!(
-        peers
-            .evaluate("carol", &carol, TrustPolicy::TrustOnFirstUse)
-            .unwrap(),
-        PeerTrust::New
-    );
+    // The refused first contact was pinned (unverified), so it can be verified later.
     assert_eq!(
         peers
             .evaluate("carol", &carol, TrustPolicy::TrustOnFirstUse)
@@ -435,7 +629,7 @@ fn known_peers_policy_and_file() {
             .evaluate("carol", &carol, TrustPolicy::RequireVerified)
             .is_err()
     );
-    peers.mark_verified("carol", &carol);
+    peers.verify("carol", Some(&carol.fingerprint())).unwrap();
     assert_eq!(
         peers
             .evaluate("carol", &carol, TrustPolicy::RequireVerified)
@@ -448,10 +642,19 @@ fn known_peers_policy_and_file() {
     assert_eq!(reloaded.check("carol", &carol), PeerTrust::Verified);
     assert_eq!(
         reloaded.check("carol", &dave),
-        PeerTrust::Changed { previous: carol }
+        PeerTrust::Changed {
+            previous: carol,
+            pinned_name: "carol".into(),
+        }
     );
-    reloaded.accept_changed("carol", &dave);
-    assert_eq!(reloaded.check("carol", &dave), PeerTrust::Known);
+    // Carol reinstalled: the new key is noted when presented, and accepted only once people
+    // verified it by its fingerprint.
+    reloaded
+        .evaluate("carol", &dave, TrustPolicy::TrustOnFirstUse)
+        .unwrap();
+    assert_eq!(reloaded.pinned("carol"), Some(carol));
+    reloaded.verify("carol", Some(&dave.fingerprint())).unwrap();
+    assert_eq!(reloaded.check("carol", &dave), PeerTrust::Verified);
 
     std::fs::write(
         &path,

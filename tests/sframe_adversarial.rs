@@ -238,11 +238,27 @@ fn exhausted_counter_is_an_error_not_a_wrap() {
 
 #[test]
 fn counters_never_repeat_and_nonces_differ() {
-    let mut tx = SenderContext::new(CipherSuite::AesGcm128Sha256, KID, KEY).unwrap();
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..1000 {
-        let f = tx.encrypt_to_vec(&[], b"same plaintext").unwrap();
-        assert!(seen.insert(f), "two frames were identical");
+    // The same plaintext under one key: the ciphertext bodies (header and tag cut off, since
+    // the header carries the counter anyway) are equal exactly when the keystream, that is
+    // the nonce, repeats. Both suite families, CTR and GCM, encrypt with a counter-mode
+    // keystream.
+    const PLAINTEXT: &[u8] = b"same plaintext, long enough to span two AES blocks";
+    for suite in CipherSuite::ALL {
+        let mut tx = SenderContext::new(suite, KID, KEY).unwrap();
+        let mut counters = std::collections::HashSet::new();
+        let mut bodies = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let ctr = tx.next_counter().unwrap();
+            assert!(counters.insert(ctr), "{suite:?}: counter {ctr} repeated");
+            let f = tx.encrypt_to_vec(&[], PLAINTEXT).unwrap();
+            let end = f.len() - suite.tag_len();
+            let body = f[end - PLAINTEXT.len()..end].to_vec();
+            assert_ne!(body, PLAINTEXT, "{suite:?}: not encrypted");
+            assert!(
+                bodies.insert(body),
+                "{suite:?}: counter {ctr} reused a keystream (nonce)"
+            );
+        }
     }
 }
 

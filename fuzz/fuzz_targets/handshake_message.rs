@@ -8,7 +8,12 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use sotto::handshake::{Handshake, Identity};
+use sotto::handshake::{DtlsFingerprint, Handshake, Identity};
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 
 fn ids() -> &'static (Arc<Identity>, Arc<Identity>) {
     static IDS: OnceLock<(Arc<Identity>, Arc<Identity>)> = OnceLock::new();
@@ -25,8 +30,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (alice, bob) = ids();
-    let (mut a, hello) = Handshake::initiator(alice.clone(), "room", "alice").unwrap();
-    let mut b = Handshake::responder(bob.clone(), "room", "bob").unwrap();
+    let (mut a, hello) = Handshake::initiator(alice.clone(), "room", "alice", &DTLS_I).unwrap();
+    let mut b = Handshake::responder(bob.clone(), "room", "bob", &DTLS_R).unwrap();
     match stage % 4 {
         0 => {
             let _ = b.handle(msg);

@@ -18,6 +18,10 @@ pub enum CallState {
     Connecting,
     /// Media flows, end to end encrypted.
     Connected,
+    /// Connected, but for over a second every frame from the peer failed authentication and
+    /// none decrypted: the keys differ, someone may be in the middle. Not end-to-end
+    /// encrypted in any useful sense; back to `Connected` when frames decrypt.
+    Undecryptable,
     /// The path dropped; ICE may bring it back.
     Reconnecting,
     /// Over.
@@ -38,6 +42,9 @@ pub enum EndReason {
     HandshakeFailed(String),
     /// The peer's identity is not trusted under the configured policy.
     PeerNotTrusted(String),
+    /// The peer's SDP carries another DTLS fingerprint than the one it signed: someone
+    /// rewrote the SDP to sit in the transport.
+    TransportNotBound(String),
     /// The WebRTC connection failed or could not be set up.
     ConnectionFailed(String),
     /// The signaling server refused us or went away for good.
@@ -50,15 +57,20 @@ pub enum EndReason {
 
 impl std::fmt::Display for EndReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The texts may quote what a peer or server sent: never let it drive a terminal.
+        use crate::text::Printable as P;
         match self {
             EndReason::LocalHangup => write!(f, "hung up"),
             EndReason::RemoteHangup => write!(f, "the peer hung up"),
             EndReason::PeerLeft => write!(f, "the peer left"),
-            EndReason::HandshakeFailed(e) => write!(f, "key agreement failed: {e}"),
-            EndReason::PeerNotTrusted(e) => write!(f, "peer not trusted: {e}"),
-            EndReason::ConnectionFailed(e) => write!(f, "connection failed: {e}"),
-            EndReason::SignalingFailed(e) => write!(f, "signaling failed: {e}"),
-            EndReason::MediaFailed(e) => write!(f, "audio failed: {e}"),
+            EndReason::HandshakeFailed(e) => write!(f, "key agreement failed: {}", P(e)),
+            EndReason::PeerNotTrusted(e) => write!(f, "peer not trusted: {}", P(e)),
+            EndReason::TransportNotBound(e) => {
+                write!(f, "transport not bound to the peer: {}", P(e))
+            }
+            EndReason::ConnectionFailed(e) => write!(f, "connection failed: {}", P(e)),
+            EndReason::SignalingFailed(e) => write!(f, "signaling failed: {}", P(e)),
+            EndReason::MediaFailed(e) => write!(f, "audio failed: {}", P(e)),
             EndReason::Timeout(what) => write!(f, "timed out: {what}"),
         }
     }
@@ -67,8 +79,11 @@ impl std::fmt::Display for EndReason {
 /// The authenticated peer: who the keys are shared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// The name the peer gave.
+    /// The peer's name in canonical form ([`crate::names::canonical`]): what to show. The
+    /// raw name is never shown.
     pub name: String,
+    /// The name mixes scripts (for example Latin and Cyrillic), as lookalikes do: warn.
+    pub mixed_script: bool,
     /// Its identity key, proven by its signature.
     pub identity: IdentityKey,
     /// The code both people compare ("0421 7736").
@@ -85,11 +100,14 @@ pub enum CallEvent {
     State(CallState),
     /// Keys are agreed: show the safety code for the people to compare.
     SafetyCode(PeerInfo),
-    /// The peer's identity key differs from the one pinned for its name. Until the people
-    /// compare safety codes, assume someone is in the middle.
+    /// The peer's identity key differs from the one pinned for its name, or for a pinned name
+    /// that looks like it. Until the people compare safety codes, assume someone is in the
+    /// middle.
     PeerIdentityChanged {
-        /// The peer's name.
+        /// The peer's name (canonical).
         name: String,
+        /// The pinned name it matched: differs from `name` for a lookalike.
+        pinned_name: String,
         /// The key pinned before.
         pinned: IdentityKey,
         /// The key it presented now.

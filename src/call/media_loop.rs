@@ -16,7 +16,7 @@ use crate::handshake::{HandshakeError, MediaReceiver, MediaSender};
 use crate::media::{AudioSink, AudioSource, FrameDuration, OpusDecoder, OpusEncoder};
 use crate::playout::{AudioPlayout, Packet};
 use crate::sframe::SframeError;
-use crate::transport::{MediaTransport, ReceivedFrame, seal};
+use crate::transport::{FrameOrder, MediaTransport, ReceivedFrame, seal};
 
 use super::stats::SharedStats;
 
@@ -184,15 +184,26 @@ impl Playback {
     }
 }
 
-/// Decrypts frames from the transport and hands the Opus packets to the playback thread.
-/// Runs as a task until the transport's frame stream ends.
-pub(crate) async fn decrypt_frames(
-    mut frames: mpsc::Receiver<ReceivedFrame>,
-    mut receiver: MediaReceiver,
-    packets: SyncSender<(Packet, Instant)>,
+/// The receive path between the transport and the playout queue: authenticate and decrypt
+/// (replay window included), then check the RTP position against the authenticated counter.
+pub(crate) struct FrameOpener {
+    receiver: MediaReceiver,
+    order: FrameOrder,
     shared: Arc<SharedStats>,
-) {
-    while let Some(frame) = frames.recv().await {
+}
+
+impl FrameOpener {
+    pub(crate) fn new(receiver: MediaReceiver, shared: Arc<SharedStats>) -> Self {
+        FrameOpener {
+            receiver,
+            order: FrameOrder::new(),
+            shared,
+        }
+    }
+
+    /// The packet to play from `frame`, or `None` if it is refused (counted by reason).
+    pub(crate) fn open(&mut self, frame: &ReceivedFrame) -> Option<Packet> {
+        let shared = &self.shared;
         shared.frames_received.fetch_add(1, Relaxed);
         shared
             .bytes_received
@@ -200,31 +211,216 @@ pub(crate) async fn decrypt_frames(
         // The transport's buffer is shared; decrypting in place needs our own copy.
         let mut buf = frame.payload.to_vec();
         let base = buf.as_ptr() as usize;
-        let span = match receiver.decrypt_in_place(&[], &mut buf, frame.arrival) {
-            Ok(d) => (d.payload.as_ptr() as usize - base, d.payload.len()),
+        let (span, counter) = match self.receiver.decrypt_in_place(&[], &mut buf, frame.arrival) {
+            Ok(d) => (
+                (d.payload.as_ptr() as usize - base, d.payload.len()),
+                d.header.ctr,
+            ),
             Err(HandshakeError::Sframe(
                 SframeError::Replay { .. } | SframeError::TooOld { .. },
             )) => {
                 shared.replays_rejected.fetch_add(1, Relaxed);
-                continue;
+                return None;
             }
             Err(e) => {
                 tracing::debug!("dropped a frame that failed decryption: {e}");
                 shared.decrypt_failures.fetch_add(1, Relaxed);
-                continue;
+                return None;
             }
         };
         shared.frames_decrypted.fetch_add(1, Relaxed);
+        // Genuine, but a relay may have moved it: play it only where its counter puts it.
+        if let Err(e) = self.order.admit(counter, frame.timestamp, frame.seq) {
+            tracing::debug!(seq = frame.seq, timestamp = frame.timestamp, "dropped: {e}");
+            shared.reorder_rejected.fetch_add(1, Relaxed);
+            return None;
+        }
         buf.copy_within(span.0..span.0 + span.1, 0);
         buf.truncate(span.1);
-        let packet = Packet {
+        Some(Packet {
             seq: frame.seq,
             timestamp: frame.timestamp,
             payload: buf,
+        })
+    }
+}
+
+/// Decrypts frames from the transport and hands the Opus packets to the playback thread.
+/// Runs as a task until the transport's frame stream ends.
+pub(crate) async fn decrypt_frames(
+    mut frames: mpsc::Receiver<ReceivedFrame>,
+    receiver: MediaReceiver,
+    packets: SyncSender<(Packet, Instant)>,
+    shared: Arc<SharedStats>,
+) {
+    let mut opener = FrameOpener::new(receiver, shared);
+    while let Some(frame) = frames.recv().await {
+        let Some(packet) = opener.open(&frame) else {
+            continue;
         };
         match packets.try_send((packet, frame.arrival)) {
             Ok(()) | Err(TrySendError::Full(_)) => {}
             Err(TrySendError::Disconnected(_)) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::{FrameOpener, SharedStats};
+    use crate::handshake::{Direction, DirectionKey, MediaReceiver, MediaSender, RotationConfig};
+    use crate::playout::{Packet, Playout, PlayoutBuffer, PlayoutConfig};
+    use crate::sframe::CipherSuite;
+    use crate::transport::{ReceivedFrame, seal};
+
+    const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
+    const FRAMES: u32 = 30;
+    const TICKS: u32 = 960;
+    // Both wrap during the test.
+    const SEQ0: u16 = u16::MAX - 4;
+    const TS0: u32 = u32::MAX - 5 * TICKS;
+
+    fn keys() -> (MediaSender, MediaReceiver) {
+        let base = [9u8; 32];
+        let dir = Direction::ResponderToInitiator;
+        let rot = RotationConfig::default();
+        let tx = MediaSender::new(
+            SUITE,
+            DirectionKey::from_bytes(base, dir),
+            rot,
+            Instant::now(),
+        );
+        let rx = MediaReceiver::new(SUITE, DirectionKey::from_bytes(base, dir), rot);
+        (tx.unwrap(), rx.unwrap())
+    }
+
+    /// Genuine sealed frames; frame `i` carries `i` as its payload.
+    fn genuine() -> Vec<Bytes> {
+        let (mut tx, _) = keys();
+        (0..FRAMES)
+            .map(|i| {
+                let sealed = seal(tx.context(), &i.to_be_bytes()).unwrap();
+                Bytes::copy_from_slice(sealed.as_bytes())
+            })
+            .collect()
+    }
+
+    /// Frame `frame` labelled with the RTP sequence number and timestamp of slot `slot`.
+    fn labelled(frames: &[Bytes], frame: u32, slot: u32) -> ReceivedFrame {
+        ReceivedFrame {
+            seq: SEQ0.wrapping_add(slot as u16),
+            timestamp: TS0.wrapping_add(slot * TICKS),
+            payload: frames[frame as usize].clone(),
+            arrival: Instant::now(),
+        }
+    }
+
+    /// A relay that terminates SRTP and rewrites RTP labels: swaps frames 5 and 6, holds frame
+    /// 3 back and splices it into slot 12 (in place of frame 12), holds 15 and 16 back until
+    /// after 17 and then delivers them with their labels exchanged.
+    fn splicing_relay(frames: &[Bytes]) -> Vec<ReceivedFrame> {
+        let mut out = Vec::new();
+        for slot in 0..FRAMES {
+            match slot {
+                3 | 15 | 16 => {}
+                5 => out.push(labelled(frames, 6, 5)),
+                6 => out.push(labelled(frames, 5, 6)),
+                12 => out.push(labelled(frames, 3, 12)),
+                17 => {
+                    out.push(labelled(frames, 17, 17));
+                    out.push(labelled(frames, 16, 15));
+                    out.push(labelled(frames, 15, 16));
+                }
+                _ => out.push(labelled(frames, slot, slot)),
+            }
+        }
+        out
+    }
+
+    /// What the playout buffer plays, in order: the frame number each played packet carries.
+    fn played(packets: Vec<Packet>) -> Vec<u32> {
+        let mut buffer = PlayoutBuffer::new(PlayoutConfig {
+            max_delay: Duration::from_secs(10),
+            compress_after: u32::MAX,
+            ..PlayoutConfig::default()
+        });
+        for p in packets {
+            buffer.insert(p, Duration::ZERO);
+        }
+        let mut order = Vec::new();
+        let mut now = Duration::ZERO;
+        while !buffer.is_empty() {
+            now += Duration::from_millis(20);
+            if let Playout::Packet(p) = buffer.pop(now) {
+                order.push(u32::from_be_bytes(p.payload[..4].try_into().unwrap()));
+            }
+        }
+        order
+    }
+
+    #[test]
+    fn a_splicing_relay_cannot_reorder_genuine_frames() {
+        let frames = genuine();
+        let relayed = splicing_relay(&frames);
+
+        // Without the order check (decryption alone, as before): every frame authenticates,
+        // and the relay's order is what plays.
+        let (_, mut rx) = keys();
+        let unguarded: Vec<Packet> = relayed
+            .iter()
+            .map(|f| {
+                let mut buf = f.payload.to_vec();
+                let d = rx.decrypt_in_place(&[], &mut buf, f.arrival).unwrap();
+                Packet {
+                    seq: f.seq,
+                    timestamp: f.timestamp,
+                    payload: d.payload.to_vec(),
+                }
+            })
+            .collect();
+        let mut relay_order: Vec<u32> = (0..FRAMES).filter(|i| ![3, 12].contains(i)).collect();
+        relay_order.swap(4, 5); // 6 before 5
+        relay_order.insert(11, 3); // 3 in slot 12
+        relay_order.swap(14, 15); // 16 before 15
+        assert_eq!(played(unguarded), relay_order);
+
+        // With it: each moved frame that contradicts its counter is refused and counted, and
+        // what plays follows the counter.
+        let (_, rx) = keys();
+        let shared = Arc::new(SharedStats::default());
+        let mut opener = FrameOpener::new(rx, Arc::clone(&shared));
+        let accepted: Vec<Packet> = relayed.iter().filter_map(|f| opener.open(f)).collect();
+        let expected: Vec<u32> = (0..FRAMES)
+            .filter(|i| ![3, 5, 12, 15].contains(i))
+            .collect();
+        assert_eq!(played(accepted), expected);
+        assert_eq!(shared.frames_decrypted.load(Relaxed), relayed.len() as u64);
+        assert_eq!(shared.reorder_rejected.load(Relaxed), 3);
+        assert_eq!(shared.replays_rejected.load(Relaxed), 0);
+        assert_eq!(shared.decrypt_failures.load(Relaxed), 0);
+        assert_eq!(shared.snapshot().reorder_rejected, 3);
+    }
+
+    #[test]
+    fn genuine_reordering_on_the_network_still_plays_in_order() {
+        let frames = genuine();
+        let mut order: Vec<u32> = (0..FRAMES).collect();
+        order.swap(4, 5);
+        order.swap(10, 13);
+        let (_, rx) = keys();
+        let shared = Arc::new(SharedStats::default());
+        let mut opener = FrameOpener::new(rx, Arc::clone(&shared));
+        let accepted: Vec<Packet> = order
+            .iter()
+            .filter_map(|&i| opener.open(&labelled(&frames, i, i)))
+            .collect();
+        assert_eq!(played(accepted), (0..FRAMES).collect::<Vec<_>>());
+        assert_eq!(shared.reorder_rejected.load(Relaxed), 0);
     }
 }

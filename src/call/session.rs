@@ -10,10 +10,11 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::handshake::{
-    CallKeys, DirectionKey, Established, Handshake, Identity, KnownPeers, MediaReceiver,
-    MediaSender, PeerTrust, Role,
+    CallKeys, DirectionKey, DtlsFingerprint, Established, Handshake, Identity, KnownPeers,
+    MediaReceiver, MediaSender, PeerTrust, Role,
 };
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
+use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{MediaTransport, TransportState};
@@ -48,12 +49,46 @@ pub(crate) struct Session {
     pub wrong_receive_key: bool,
 }
 
+/// How long the peer's frames must keep failing authentication, with none decrypting, before
+/// the call says its media cannot be decrypted.
+const UNDECRYPTABLE_AFTER: Duration = Duration::from_secs(1);
+
 /// The peer we are calling and how far we got with it.
 struct Peer {
     id: String,
+    /// The name the server attested for this peer (its join name, checked against the token).
+    attested_name: String,
     handshake: Handshake,
     /// When both of us were in the room, as seen here (set-up time starts here).
     since: Instant,
+    /// The peer's SDP, kept until its DTLS fingerprint can be checked against the handshake.
+    remote_sdp: Option<String>,
+    /// The DTLS fingerprint the peer signed in the handshake.
+    signed_dtls: Option<DtlsFingerprint>,
+}
+
+impl Peer {
+    fn new(id: String, attested_name: String, handshake: Handshake, since: Instant) -> Self {
+        Peer {
+            id,
+            attested_name,
+            handshake,
+            since,
+            remote_sdp: None,
+            signed_dtls: None,
+        }
+    }
+
+    /// Once both the signed fingerprint and the peer's SDP are known: every fingerprint in
+    /// the SDP must be the signed one.
+    fn check_transport_binding(&self) -> Result<(), EndReason> {
+        match (&self.signed_dtls, &self.remote_sdp) {
+            (Some(signed), Some(sdp)) => signed
+                .check_sdp(sdp)
+                .map_err(|e| EndReason::TransportNotBound(e.to_string())),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Media threads and tasks once running.
@@ -78,6 +113,10 @@ struct Run {
     ping: Option<(u64, Instant)>,
     next_ping: u64,
     reported_failures: u64,
+    /// Decrypted frames at the last stats tick.
+    last_decrypted: u64,
+    /// Since when the peer's frames fail authentication with none decrypting.
+    failing_since: Option<Instant>,
     signaling_up: bool,
 }
 
@@ -155,6 +194,8 @@ impl Session {
             ping: None,
             next_ping: 1,
             reported_failures: 0,
+            last_decrypted: 0,
+            failing_since: None,
             signaling_up: true,
         };
         let mut frames = frames;
@@ -245,7 +286,9 @@ impl Session {
                     let now = Instant::now();
                     let mut stats = self.shared.snapshot();
                     rates.update(&self.shared, now - last_tick, &mut stats);
+                    let interval_start = last_tick;
                     last_tick = now;
+                    self.check_decryptable(&mut run, &stats, interval_start, now);
                     let failures = stats.decrypt_failures;
                     if failures > run.reported_failures {
                         self.emit(CallEvent::AuthenticationFailures {
@@ -292,14 +335,16 @@ impl Session {
                     Arc::clone(&self.identity),
                     &self.config.room,
                     &self.config.name,
+                    run.transport.dtls_fingerprint(),
                 )
                 .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
                 // Set-up time of the joiner counts from its own start.
-                run.peer = Some(Peer {
-                    id: other.peer_id,
+                run.peer = Some(Peer::new(
+                    other.peer_id,
+                    other.name,
                     handshake,
-                    since: self.started,
-                });
+                    self.started,
+                ));
                 self.set_state(run, CallState::Handshaking);
                 self.send_handshake(run, hello).await?;
                 let offer = run
@@ -320,13 +365,15 @@ impl Session {
                     Arc::clone(&self.identity),
                     &self.config.room,
                     &self.config.name,
+                    run.transport.dtls_fingerprint(),
                 )
                 .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
-                run.peer = Some(Peer {
-                    id: info.peer_id,
+                run.peer = Some(Peer::new(
+                    info.peer_id,
+                    info.name,
                     handshake,
-                    since: Instant::now(),
-                });
+                    Instant::now(),
+                ));
                 self.set_state(run, CallState::Handshaking);
                 Ok(true)
             }
@@ -382,9 +429,10 @@ impl Session {
         match message {
             IncomingSignal::Handshake(bytes) => {
                 if run.established {
-                    return Err(EndReason::HandshakeFailed(
-                        "handshake message after the keys were agreed".into(),
-                    ));
+                    // A replaying server or a confused peer: never acted on, never fatal.
+                    self.shared.late_handshake_messages.fetch_add(1, Relaxed);
+                    tracing::debug!("ignoring a handshake message after the keys were agreed");
+                    return Ok(());
                 }
                 let step = peer
                     .handshake
@@ -402,6 +450,8 @@ impl Session {
                     tracing::warn!("ignoring an offer: we are the offerer");
                     return Ok(());
                 }
+                peer.remote_sdp = Some(sdp.clone());
+                peer.check_transport_binding()?;
                 let answer = run
                     .transport
                     .accept_offer(&sdp)
@@ -418,6 +468,8 @@ impl Session {
                     tracing::warn!("ignoring an answer: we did not offer");
                     return Ok(());
                 }
+                peer.remote_sdp = Some(sdp.clone());
+                peer.check_transport_binding()?;
                 run.transport
                     .accept_answer(&sdp)
                     .await
@@ -429,22 +481,43 @@ impl Session {
 
     fn on_established(&mut self, run: &mut Run, established: Established) -> Result<(), EndReason> {
         let Established {
-            peer_name: name,
+            peer_name: claimed,
             peer_identity: key,
+            peer_dtls,
             safety_code,
             keys,
             ..
         } = established;
+        let Some(peer) = run.peer.as_mut() else {
+            return Ok(());
+        };
+        // The peer chose the name it signed; the server attested the one it joined with
+        // (against its token, unique in the room). They must agree.
+        let name = names::canonical(&claimed);
+        let attested = names::canonical(&peer.attested_name);
+        if name != attested {
+            return Err(EndReason::PeerNotTrusted(format!(
+                "the peer joined the room as {attested:?} but claims to be {name:?}"
+            )));
+        }
+        peer.signed_dtls = Some(peer_dtls);
+        peer.check_transport_binding()?;
         let trust = self
             .known_peers
             .evaluate(&name, &key, self.config.trust)
-            .map_err(|e| EndReason::PeerNotTrusted(e.to_string()))?;
+            .map_err(|e| EndReason::PeerNotTrusted(e.to_string()));
         if let Err(e) = self.known_peers.save() {
             tracing::warn!("could not save known peers: {e}");
         }
-        if let PeerTrust::Changed { previous } = &trust {
+        let trust = trust?;
+        if let PeerTrust::Changed {
+            previous,
+            pinned_name,
+        } = &trust
+        {
             self.emit(CallEvent::PeerIdentityChanged {
                 name: name.clone(),
+                pinned_name: pinned_name.clone(),
                 pinned: *previous,
                 presented: key,
             });
@@ -452,7 +525,8 @@ impl Session {
         let code = safety_code.to_string();
         tracing::info!(peer = %name, safety_code = %code, "keys agreed");
         self.emit(CallEvent::SafetyCode(PeerInfo {
-            name: name.clone(),
+            mixed_script: names::is_mixed_script(&name),
+            name,
             identity: key,
             safety_code: code,
             trust,
@@ -465,6 +539,37 @@ impl Session {
         run.established = true;
         self.set_state(run, CallState::Connecting);
         Ok(())
+    }
+
+    /// Says whether the peer's media decrypts: after [`UNDECRYPTABLE_AFTER`] in which frames
+    /// failed authentication and none decrypted, the call is `Undecryptable`, and it is
+    /// `Connected` again as soon as frames decrypt.
+    fn check_decryptable(
+        &self,
+        run: &mut Run,
+        stats: &crate::call::CallStats,
+        interval_start: Instant,
+        now: Instant,
+    ) {
+        let decrypted = stats.frames_decrypted > run.last_decrypted;
+        let failed = stats.decrypt_failures > run.reported_failures;
+        run.last_decrypted = stats.frames_decrypted;
+        if run.media.is_none() {
+            return;
+        }
+        if decrypted {
+            run.failing_since = None;
+            if run.state == CallState::Undecryptable {
+                self.set_state(run, CallState::Connected);
+            }
+        } else if failed {
+            let since = *run.failing_since.get_or_insert(interval_start);
+            if now.duration_since(since) >= UNDECRYPTABLE_AFTER && run.state == CallState::Connected
+            {
+                tracing::warn!("the peer's media cannot be decrypted: keys differ");
+                self.set_state(run, CallState::Undecryptable);
+            }
+        }
     }
 
     /// Starts the media threads once keys are agreed and the transport is connected.

@@ -31,6 +31,9 @@ pub struct CallStats {
     pub decrypt_failures: u64,
     /// Frames refused as replays or older than the replay window.
     pub replays_rejected: u64,
+    /// Frames that authenticated but were refused because their RTP sequence number or
+    /// timestamp contradicts their SFrame counter (reordered or spliced by a relay).
+    pub reorder_rejected: u64,
     /// Frames played from a received packet.
     pub frames_played: u64,
     /// Frames concealed (loss, underrun), FEC excluded.
@@ -39,6 +42,8 @@ pub struct CallStats {
     pub fec_recovered: u64,
     /// Control messages refused (authentication, replay).
     pub control_failures: u64,
+    /// Handshake messages that arrived after the keys were agreed, ignored.
+    pub late_handshake_messages: u64,
     /// Join to first decrypted frame played, in ms.
     pub setup_ms: Option<f64>,
     /// Whether our microphone is muted.
@@ -57,11 +62,13 @@ pub(crate) struct SharedStats {
     pub frames_decrypted: AtomicU64,
     pub decrypt_failures: AtomicU64,
     pub replays_rejected: AtomicU64,
+    pub reorder_rejected: AtomicU64,
     pub frames_played: AtomicU64,
     pub frames_concealed: AtomicU64,
     pub fec_recovered: AtomicU64,
     pub frames_lost: AtomicU64,
     pub control_failures: AtomicU64,
+    pub late_handshake_messages: AtomicU64,
     /// Microseconds.
     pub jitter_us: AtomicU64,
     pub playout_delay_us: AtomicU64,
@@ -101,10 +108,12 @@ impl SharedStats {
             frames_decrypted: self.frames_decrypted.load(Relaxed),
             decrypt_failures: self.decrypt_failures.load(Relaxed),
             replays_rejected: self.replays_rejected.load(Relaxed),
+            reorder_rejected: self.reorder_rejected.load(Relaxed),
             frames_played: played,
             frames_concealed: self.frames_concealed.load(Relaxed),
             fec_recovered: self.fec_recovered.load(Relaxed),
             control_failures: self.control_failures.load(Relaxed),
+            late_handshake_messages: self.late_handshake_messages.load(Relaxed),
             setup_ms: nonzero(self.setup_us.load(Relaxed)),
             muted: self.muted.load(Relaxed),
             peer_muted: self.peer_muted.load(Relaxed),

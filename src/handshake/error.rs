@@ -21,7 +21,9 @@ pub enum HandshakeError {
     #[error("malformed handshake message: {0}")]
     Malformed(String),
     /// The peer speaks a protocol version this build does not.
-    #[error("unsupported handshake version {got} (this build speaks {supported})")]
+    #[error(
+        "the peer speaks handshake version {got}, this build speaks only {supported}: update the older side"
+    )]
     UnsupportedVersion {
         /// Version in the message.
         got: u32,
@@ -54,6 +56,12 @@ pub enum HandshakeError {
     /// small-order point).
     #[error("invalid public key from peer")]
     BadPublicKey,
+    /// The peer's SDP carries another DTLS fingerprint than the one it signed in the
+    /// handshake: someone rewrote the SDP to sit in the transport.
+    #[error(
+        "the peer's DTLS fingerprint in its SDP differs from the one it signed in the handshake (possible interception)"
+    )]
+    DtlsMismatch,
     /// The peer presented our own identity key: a reflected handshake.
     #[error("peer presented our own identity")]
     ReflectedIdentity,
@@ -66,7 +74,7 @@ pub enum HandshakeError {
         /// The peer's name.
         name: String,
         /// Why.
-        reason: &'static str,
+        reason: String,
     },
     /// No system randomness.
     #[error("system random number generator failed")]

@@ -1,8 +1,5 @@
 //! Long-term identities: an Ed25519 key per user or device, kept in an owner-only file.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -11,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::HandshakeError;
+use super::private_file::{read_private, write_private};
 use crate::wipe::Wiped;
 
 /// Identity files are tiny; anything larger is not one.
@@ -142,44 +140,33 @@ impl Identity {
     /// Returns the identity and whether it was created now.
     ///
     /// The file is written owner-only (0600) and refused if anyone else can read it, as ssh
-    /// does with private keys.
+    /// does with private keys; so is a symlink, and a directory others can write.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), HandshakeError> {
-        match fs::metadata(path) {
-            Ok(_) => Ok((Self::load(path)?, false)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match read_private(path, MAX_IDENTITY_FILE)? {
+            Some(bytes) => Ok((Self::parse(path, &bytes)?, false)),
+            None => {
                 let id = Self::generate()?;
                 id.save(path)?;
                 Ok((id, true))
             }
-            Err(source) => Err(HandshakeError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
         }
     }
 
     /// Loads an existing identity file.
     pub fn load(path: &Path) -> Result<Self, HandshakeError> {
+        let bytes = read_private(path, MAX_IDENTITY_FILE)?.ok_or_else(|| HandshakeError::Io {
+            path: path.to_path_buf(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        Self::parse(path, &bytes)
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<Self, HandshakeError> {
         let bad = |reason: String| HandshakeError::BadFile {
             path: path.to_path_buf(),
             reason,
         };
-        let io = |source| HandshakeError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = fs::metadata(path).map_err(io)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad(format!(
-                "identity file is accessible by others (mode {:o}); run chmod 600 on it",
-                meta.permissions().mode() & 0o777
-            )));
-        }
-        if meta.len() > MAX_IDENTITY_FILE {
-            return Err(bad("identity file is too large".into()));
-        }
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
-        let file: IdentityFile = serde_json::from_str(&text)
+        let file: IdentityFile = serde_json::from_slice(bytes)
             .map_err(|e| bad(format!("not a sotto identity file: {e}")))?;
         let IdentityFile {
             version,
@@ -220,40 +207,6 @@ impl Identity {
     }
 }
 
-/// Writes `bytes` to `path` with mode 0600 via a temporary file and a rename, creating the
-/// parent directory (mode 0700) if needed.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), HandshakeError> {
-    let io = |source| HandshakeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
 /// The default identity file: `identity.json` in [`default_config_dir`].
 pub fn default_identity_path() -> PathBuf {
     default_config_dir().join("identity.json")
@@ -274,6 +227,8 @@ pub fn default_config_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sotto-id-{name}-{}", std::process::id()));

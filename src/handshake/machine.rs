@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! Initiator                                   Responder
-//!   hello  {call_id, name, identity, H(eI)} ->
-//!                                           <- reply  {name, identity, eR}
+//!   hello  {call_id, name, identity, dtls, H(eI)} ->
+//!                                           <- reply  {name, identity, dtls, eR}
 //!   reveal {eI, sig_I(th), confirm_I}       ->
 //!                                           <- confirm {sig_R(th), confirm_R}
 //! ```
 //! The initiator commits to its ephemeral key before it sees the responder's, and each side
-//! signs the whole transcript with its identity key and proves it derived the same keys. The
+//! signs the whole transcript (which includes each side's DTLS certificate fingerprint) with its
+//! identity key and proves it derived the same keys. The
 //! responder is done after sending `confirm`; the initiator when it has checked it.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::rand::SystemRandom;
 
+use super::dtls::DtlsFingerprint;
 use super::identity::{Identity, IdentityKey};
 use super::transcript::{
     SIG_INITIATOR, SIG_RESPONDER, SafetyCode, Schedule, Transcript, commitment, confirm_tag,
@@ -41,8 +43,12 @@ pub struct Established {
     pub role: Role,
     /// The peer's identity key, proven by its signature over the transcript.
     pub peer_identity: IdentityKey,
-    /// The name the peer gave (bound into the transcript, but chosen by the peer).
+    /// The name the peer gave (bound into the transcript, but chosen by the peer: compare it
+    /// with what the server attested and show it through [`crate::names::canonical`]).
     pub peer_name: String,
+    /// The DTLS fingerprint the peer signed: its SDP must carry exactly this one
+    /// ([`DtlsFingerprint::check_sdp`]).
+    pub peer_dtls: DtlsFingerprint,
     /// The code both people compare; it differs if anyone substituted keys.
     pub safety_code: SafetyCode,
     /// One SFrame base key per sending direction.
@@ -61,6 +67,7 @@ pub struct Step {
 struct PeerHello {
     name: String,
     identity: IdentityKey,
+    dtls: DtlsFingerprint,
     commitment: [u8; 32],
 }
 
@@ -76,6 +83,7 @@ enum State {
         schedule: Schedule,
         peer_name: String,
         peer_identity: IdentityKey,
+        peer_dtls: DtlsFingerprint,
     },
     /// Responder: waiting for hello.
     AwaitHello,
@@ -108,6 +116,7 @@ pub struct Handshake {
     identity: Arc<Identity>,
     call_id: String,
     name: String,
+    dtls: DtlsFingerprint,
     state: State,
 }
 
@@ -158,11 +167,13 @@ fn agree(
 }
 
 impl Handshake {
-    /// Starts a handshake as initiator; returns it and the `hello` to send.
+    /// Starts a handshake as initiator; returns it and the `hello` to send. `dtls` is the
+    /// fingerprint of our DTLS certificate, as our SDP will carry it.
     pub fn initiator(
         identity: Arc<Identity>,
         call_id: &str,
         name: &str,
+        dtls: &DtlsFingerprint,
     ) -> Result<(Self, Vec<u8>), HandshakeError> {
         check_local(call_id, name)?;
         let (ephemeral, ephemeral_pub) = new_ephemeral()?;
@@ -171,6 +182,7 @@ impl Handshake {
             call_id: call_id.into(),
             name: name.into(),
             identity: Hex(*identity.public_key().as_bytes()),
+            dtls: dtls.to_string(),
             commitment: Hex(commitment(call_id, &ephemeral_pub)),
         };
         let hs = Handshake {
@@ -178,6 +190,7 @@ impl Handshake {
             identity,
             call_id: call_id.into(),
             name: name.into(),
+            dtls: dtls.clone(),
             state: State::AwaitReply {
                 ephemeral,
                 ephemeral_pub,
@@ -186,11 +199,13 @@ impl Handshake {
         Ok((hs, hello.encode()))
     }
 
-    /// Starts a handshake as responder; it waits for the peer's `hello`.
+    /// Starts a handshake as responder; it waits for the peer's `hello`. `dtls` is the
+    /// fingerprint of our DTLS certificate.
     pub fn responder(
         identity: Arc<Identity>,
         call_id: &str,
         name: &str,
+        dtls: &DtlsFingerprint,
     ) -> Result<Self, HandshakeError> {
         check_local(call_id, name)?;
         Ok(Handshake {
@@ -198,6 +213,7 @@ impl Handshake {
             identity,
             call_id: call_id.into(),
             name: name.into(),
+            dtls: dtls.clone(),
             state: State::AwaitHello,
         })
     }
@@ -232,10 +248,11 @@ impl Handshake {
                     call_id,
                     name,
                     identity,
+                    dtls,
                     commitment,
                     ..
                 },
-            ) => self.on_hello(call_id, name, identity.0, commitment.0),
+            ) => self.on_hello(call_id, name, identity.0, &dtls, commitment.0),
             (
                 State::AwaitReply {
                     ephemeral,
@@ -244,10 +261,21 @@ impl Handshake {
                 Message::Reply {
                     name,
                     identity,
+                    dtls,
                     ephemeral: peer_ephemeral,
                     ..
                 },
-            ) => self.on_reply(ephemeral, ephemeral_pub, name, identity.0, peer_ephemeral.0),
+            ) => self.on_reply(
+                ephemeral,
+                ephemeral_pub,
+                PeerHello {
+                    name,
+                    identity: self.peer_identity(identity.0)?,
+                    dtls: DtlsFingerprint::parse(&dtls)?,
+                    commitment: [0; 32],
+                },
+                peer_ephemeral.0,
+            ),
             (
                 State::AwaitReveal {
                     ephemeral,
@@ -274,6 +302,7 @@ impl Handshake {
                     schedule,
                     peer_name,
                     peer_identity,
+                    peer_dtls,
                 },
                 Message::Confirm {
                     signature, confirm, ..
@@ -281,8 +310,12 @@ impl Handshake {
             ) => self.on_confirm(
                 th,
                 schedule,
-                peer_name,
-                peer_identity,
+                PeerHello {
+                    name: peer_name,
+                    identity: peer_identity,
+                    dtls: peer_dtls,
+                    commitment: [0; 32],
+                },
                 signature.0,
                 confirm.0,
             ),
@@ -303,17 +336,20 @@ impl Handshake {
         call_id: String,
         name: String,
         identity: [u8; 32],
+        dtls: &str,
         commitment: [u8; 32],
     ) -> Result<Step, HandshakeError> {
         if call_id != self.call_id {
             return Err(HandshakeError::CallIdMismatch);
         }
         let identity = self.peer_identity(identity)?;
+        let dtls = DtlsFingerprint::parse(dtls)?;
         let (ephemeral, ephemeral_pub) = new_ephemeral()?;
         let reply = Message::Reply {
             v: PROTOCOL_VERSION,
             name: self.name.clone(),
             identity: Hex(*self.identity.public_key().as_bytes()),
+            dtls: self.dtls.to_string(),
             ephemeral: Hex(ephemeral_pub),
         };
         self.state = State::AwaitReveal {
@@ -322,6 +358,7 @@ impl Handshake {
             peer: PeerHello {
                 name,
                 identity,
+                dtls,
                 commitment,
             },
         };
@@ -331,25 +368,25 @@ impl Handshake {
         })
     }
 
-    /// The transcript hash, identical on both sides when nobody interfered.
-    #[allow(clippy::too_many_arguments)]
+    /// The transcript hash, identical on both sides when nobody interfered. Each side is
+    /// `(name, identity, dtls)`; the DTLS fingerprints enter in normal form.
     fn transcript(
         &self,
-        initiator_name: &str,
-        initiator: &IdentityKey,
+        initiator: (&str, &IdentityKey, &DtlsFingerprint),
         commitment: &[u8; 32],
-        responder_name: &str,
-        responder: &IdentityKey,
+        responder: (&str, &IdentityKey, &DtlsFingerprint),
         responder_ephemeral: &[u8; 32],
         initiator_ephemeral: &[u8; 32],
     ) -> [u8; 32] {
         let mut t = Transcript::new(PROTOCOL_VERSION);
         t.field(self.call_id.as_bytes());
-        t.field(initiator_name.as_bytes());
-        t.field(initiator.as_bytes());
+        t.field(initiator.0.as_bytes());
+        t.field(initiator.1.as_bytes());
+        t.field(initiator.2.to_string().as_bytes());
         t.field(commitment);
-        t.field(responder_name.as_bytes());
-        t.field(responder.as_bytes());
+        t.field(responder.0.as_bytes());
+        t.field(responder.1.as_bytes());
+        t.field(responder.2.to_string().as_bytes());
         t.field(responder_ephemeral);
         t.field(initiator_ephemeral);
         t.finish()
@@ -359,18 +396,14 @@ impl Handshake {
         &mut self,
         ephemeral: EphemeralPrivateKey,
         ephemeral_pub: [u8; 32],
-        peer_name: String,
-        peer_identity: [u8; 32],
+        peer: PeerHello,
         peer_ephemeral: [u8; 32],
     ) -> Result<Step, HandshakeError> {
-        let peer_identity = self.peer_identity(peer_identity)?;
         let me = self.identity.public_key();
         let th = self.transcript(
-            &self.name,
-            &me,
+            (&self.name, &me, &self.dtls),
             &commitment(&self.call_id, &ephemeral_pub),
-            &peer_name,
-            &peer_identity,
+            (&peer.name, &peer.identity, &peer.dtls),
             &peer_ephemeral,
             &ephemeral_pub,
         );
@@ -384,8 +417,9 @@ impl Handshake {
         self.state = State::AwaitConfirm {
             th,
             schedule,
-            peer_name,
-            peer_identity,
+            peer_name: peer.name,
+            peer_identity: peer.identity,
+            peer_dtls: peer.dtls,
         };
         Ok(Step {
             send: Some(reveal.encode()),
@@ -407,11 +441,9 @@ impl Handshake {
         }
         let me = self.identity.public_key();
         let th = self.transcript(
-            &peer.name,
-            &peer.identity,
+            (&peer.name, &peer.identity, &peer.dtls),
             &peer.commitment,
-            &self.name,
-            &me,
+            (&self.name, &me, &self.dtls),
             &ephemeral_pub,
             &peer_ephemeral,
         );
@@ -436,6 +468,7 @@ impl Handshake {
                 role: Role::Responder,
                 peer_identity: peer.identity,
                 peer_name: peer.name,
+                peer_dtls: peer.dtls,
                 safety_code: SafetyCode::from_transcript(&th),
                 keys: CallKeys::new(Role::Responder, &schedule),
             }),
@@ -446,12 +479,14 @@ impl Handshake {
         &mut self,
         th: [u8; 32],
         schedule: Schedule,
-        peer_name: String,
-        peer_identity: IdentityKey,
+        peer: PeerHello,
         signature: [u8; 64],
         confirm: [u8; 32],
     ) -> Result<Step, HandshakeError> {
-        if !peer_identity.verify(&signed_content(SIG_RESPONDER, &th), &signature) {
+        if !peer
+            .identity
+            .verify(&signed_content(SIG_RESPONDER, &th), &signature)
+        {
             return Err(HandshakeError::BadSignature);
         }
         if !verify_confirm(&schedule.confirm_responder, &th, &confirm) {
@@ -461,8 +496,9 @@ impl Handshake {
             send: None,
             established: Some(Established {
                 role: Role::Initiator,
-                peer_identity,
-                peer_name,
+                peer_identity: peer.identity,
+                peer_name: peer.name,
+                peer_dtls: peer.dtls,
                 safety_code: SafetyCode::from_transcript(&th),
                 keys: CallKeys::new(Role::Initiator, &schedule),
             }),

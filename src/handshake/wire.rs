@@ -1,15 +1,16 @@
 //! The handshake's JSON wire messages (documented in `docs/handshake.md`).
 //!
-//! Every message carries `"v": 1` and a `"type"`. Binary fields are lowercase hex of a fixed
+//! Every message carries `"v": 2` and a `"type"`. Binary fields are lowercase hex of a fixed
 //! length. Messages are limited to [`MAX_MESSAGE_LEN`] bytes and checked for size before
 //! parsing; unknown fields are refused.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::HandshakeError;
+use super::dtls::DtlsFingerprint;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest handshake message accepted, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Longest call id, in bytes.
@@ -53,6 +54,8 @@ pub(crate) enum Message {
         call_id: String,
         name: String,
         identity: Hex<32>,
+        /// The initiator's DTLS certificate fingerprint, as its SDP carries it.
+        dtls: String,
         commitment: Hex<32>,
     },
     /// Responder to initiator: who I am, and my ephemeral key.
@@ -60,6 +63,8 @@ pub(crate) enum Message {
         v: u32,
         name: String,
         identity: Hex<32>,
+        /// The responder's DTLS certificate fingerprint.
+        dtls: String,
         ephemeral: Hex<32>,
     },
     /// Initiator to responder: my ephemeral key, signature over the transcript, and proof that
@@ -126,11 +131,20 @@ impl Message {
             serde_json::from_slice(bytes).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
         debug_assert_eq!(msg.version(), PROTOCOL_VERSION);
         match &msg {
-            Message::Hello { call_id, name, .. } => {
+            Message::Hello {
+                call_id,
+                name,
+                dtls,
+                ..
+            } => {
                 check_text("call_id", call_id, MAX_CALL_ID_LEN)?;
                 check_text("name", name, MAX_NAME_LEN)?;
+                DtlsFingerprint::parse(dtls)?;
             }
-            Message::Reply { name, .. } => check_text("name", name, MAX_NAME_LEN)?,
+            Message::Reply { name, dtls, .. } => {
+                check_text("name", name, MAX_NAME_LEN)?;
+                DtlsFingerprint::parse(dtls)?;
+            }
             _ => {}
         }
         Ok(msg)
@@ -159,15 +173,16 @@ mod tests {
     #[test]
     fn roundtrip_and_shape() {
         let m = Message::Reply {
-            v: 1,
+            v: PROTOCOL_VERSION,
             name: "bob".into(),
             identity: Hex([1; 32]),
+            dtls: DtlsFingerprint::from_sha256([3; 32]).to_string(),
             ephemeral: Hex([2; 32]),
         };
         let bytes = m.encode();
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains("\"type\":\"reply\""));
-        assert!(text.contains("\"v\":1"));
+        assert!(text.contains("\"v\":2"));
         assert_eq!(Message::decode(&bytes).unwrap(), m);
     }
 
@@ -177,10 +192,10 @@ mod tests {
             "",
             "{",
             "[]",
-            r#"{"v":1}"#,
-            r#"{"v":1,"type":"nope"}"#,
-            r#"{"v":1,"type":"confirm","signature":"00","confirm":"00"}"#,
-            r#"{"v":1,"type":"reply","name":"b","identity":"zz","ephemeral":"00"}"#,
+            r#"{"v":2}"#,
+            r#"{"v":2,"type":"nope"}"#,
+            r#"{"v":2,"type":"confirm","signature":"00","confirm":"00"}"#,
+            r#"{"v":2,"type":"reply","name":"b","identity":"zz","ephemeral":"00"}"#,
         ];
         for c in cases {
             assert!(
@@ -191,26 +206,39 @@ mod tests {
                 "{c}"
             );
         }
-        assert!(matches!(
-            Message::decode(br#"{"v":2,"type":"hello"}"#),
-            Err(HandshakeError::UnsupportedVersion { got: 2, .. })
-        ));
+        for old in [1, 3] {
+            let msg = format!(r#"{{"v":{old},"type":"hello"}}"#);
+            assert!(matches!(
+                Message::decode(msg.as_bytes()),
+                Err(HandshakeError::UnsupportedVersion { got, .. }) if got == old
+            ));
+        }
         let big = vec![b' '; MAX_MESSAGE_LEN + 1];
         assert!(matches!(
             Message::decode(&big),
             Err(HandshakeError::MessageTooLarge { .. })
         ));
         let extra = format!(
-            r#"{{"v":1,"type":"confirm","signature":"{}","confirm":"{}","extra":1}}"#,
+            r#"{{"v":2,"type":"confirm","signature":"{}","confirm":"{}","extra":1}}"#,
             "00".repeat(64),
             "00".repeat(32)
         );
         assert!(Message::decode(extra.as_bytes()).is_err());
         let control = format!(
-            r#"{{"v":1,"type":"reply","name":"a\u0007b","identity":"{}","ephemeral":"{}"}}"#,
+            r#"{{"v":2,"type":"reply","name":"a\u0007b","identity":"{}","dtls":"{}","ephemeral":"{}"}}"#,
             "00".repeat(32),
+            DtlsFingerprint::from_sha256([3; 32]),
             "00".repeat(32)
         );
         assert!(Message::decode(control.as_bytes()).is_err());
+        let bad_dtls = format!(
+            r#"{{"v":2,"type":"reply","name":"b","identity":"{}","dtls":"sha-1 00:11","ephemeral":"{}"}}"#,
+            "00".repeat(32),
+            "00".repeat(32)
+        );
+        assert!(matches!(
+            Message::decode(bad_dtls.as_bytes()),
+            Err(HandshakeError::Malformed(_))
+        ));
     }
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::handshake::{Handshake, Identity, MediaReceiver, MediaSender, RotationConfig};
+use crate::handshake::{
+    DtlsFingerprint, Handshake, Identity, MediaReceiver, MediaSender, RotationConfig,
+};
 use crate::media::{FrameDuration, OpusConfig, OpusDecoder, OpusEncoder};
 use crate::playout::{AudioPlayout, Packet, PlayoutConfig};
 use crate::sframe::CipherSuite;
@@ -233,12 +235,16 @@ fn write_click(period: &mut [f32], offset: usize) {
 /// an arbitrary phase, and half a period is its average.
 const SPEAKER_PHASE: Duration = Duration::from_millis(5);
 
-/// Keys from a real handshake, both ends in this process.
-fn agree_keys(suite: CipherSuite) -> Result<(MediaSender, MediaReceiver), LatencyError> {
+/// Keys from a real handshake, both ends in this process, bound to the two transports.
+fn agree_keys(
+    suite: CipherSuite,
+    mouth_dtls: &DtlsFingerprint,
+    ear_dtls: &DtlsFingerprint,
+) -> Result<(MediaSender, MediaReceiver), LatencyError> {
     let a = Arc::new(Identity::generate()?);
     let b = Arc::new(Identity::generate()?);
-    let (mut hi, hello) = Handshake::initiator(a, "latency", "mouth")?;
-    let mut hr = Handshake::responder(b, "latency", "ear")?;
+    let (mut hi, hello) = Handshake::initiator(a, "latency", "mouth", mouth_dtls)?;
+    let mut hr = Handshake::responder(b, "latency", "ear", ear_dtls)?;
     let closed = || crate::handshake::HandshakeError::Closed;
     let reply = hr.handle(&hello)?.send.ok_or_else(closed)?;
     let reveal = hi.handle(&reply)?.send.ok_or_else(closed)?;
@@ -268,7 +274,7 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
     ear.connected(Duration::from_secs(10)).await?;
 
     let suite = CipherSuite::AesGcm128Sha256;
-    let (sender, receiver) = agree_keys(suite)?;
+    let (sender, receiver) = agree_keys(suite, mouth.dtls_fingerprint(), ear.dtls_fingerprint())?;
     let opus = OpusConfig {
         frame: config.frame,
         ..OpusConfig::default()
@@ -478,6 +484,7 @@ async fn receive_frames(
 ) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |i| i.seed));
     let mut first_ts: Option<u32> = None;
+    let mut order = crate::transport::FrameOrder::new();
     let (delayed_tx, mut delayed_rx) = tokio::sync::mpsc::channel(512);
     loop {
         let (frame, arrival) = tokio::select! {
@@ -509,7 +516,14 @@ async fn receive_frames(
         let t = Instant::now();
         let payload = if e2ee {
             match receiver.decrypt_in_place(&[], &mut buf, t) {
-                Ok(d) => d.payload.to_vec(),
+                // The call's receive path: the RTP position must agree with the counter.
+                Ok(d) => match order.admit(d.header.ctr, frame.timestamp, frame.seq) {
+                    Ok(()) => d.payload.to_vec(),
+                    Err(e) => {
+                        tracing::debug!("latency: dropped a frame: {e}");
+                        continue;
+                    }
+                },
                 Err(e) => {
                     shared.fail(format!("decrypt: {e}"));
                     break;

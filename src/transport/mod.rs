@@ -3,7 +3,8 @@
 //!
 //! Only [`SealedFrame`]s can be sent, and only the SFrame layer makes them, so no code path
 //! can hand plaintext media to the network. Received RTP payloads come out as
-//! [`ReceivedFrame`]s still sealed, for the caller to decrypt.
+//! [`ReceivedFrame`]s still sealed, for the caller to decrypt; their RTP sequence number and
+//! timestamp are not authenticated, so [`FrameOrder`] checks them against the SFrame counter.
 //!
 //! A negotiated data channel (`sotto-control`, stream id 0) carries control messages, which
 //! are sealed the same way (with the control keys of `docs/call-protocol.md`).
@@ -19,6 +20,7 @@ use bytes::BytesMut;
 use rtc::data_channel::RTCDataChannelInit;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -39,7 +41,11 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::handshake::DtlsFingerprint;
 use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
+
+mod order;
+pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
 
 /// Errors of the transport.
 #[derive(Debug, Error)]
@@ -221,6 +227,7 @@ pub struct MediaTransport {
     frames: Option<mpsc::Receiver<ReceivedFrame>>,
     controls: Option<mpsc::Receiver<Bytes>>,
     gather_timeout: Duration,
+    dtls_fingerprint: DtlsFingerprint,
 }
 
 impl std::fmt::Debug for MediaTransport {
@@ -298,8 +305,27 @@ impl MediaTransport {
                 credential: s.credential.clone(),
             })
             .collect();
+        // Our own certificate, so its fingerprint is known before any SDP exists: the
+        // handshake signs it (docs/handshake.md, "Binding the transport").
+        let provider = rtc::crypto::default_provider().map_err(rtc_err)?;
+        let certificate = RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            CertificateParams::new(vec!["sotto".to_owned()]).map_err(rtc_err)?,
+        )
+        .map_err(rtc_err)?;
+        let dtls_fingerprint = certificate
+            .get_fingerprints(provider.crypto())
+            .map_err(rtc_err)?
+            .into_iter()
+            .find(|f| f.algorithm.eq_ignore_ascii_case("sha-256"))
+            .ok_or_else(|| rtc_err("no sha-256 certificate fingerprint"))
+            .and_then(|f| {
+                DtlsFingerprint::parse(&format!("{} {}", f.algorithm, f.value)).map_err(rtc_err)
+            })?;
         let rtc_config = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers)
+            .with_certificates(vec![certificate])
             .build();
         let (gathered_tx, gathered) = watch::channel(false);
         let (state_tx, state) = watch::channel(TransportState::Connecting);
@@ -379,7 +405,13 @@ impl MediaTransport {
             frames: Some(frames),
             controls: Some(controls),
             gather_timeout: config.gather_timeout,
+            dtls_fingerprint,
         })
+    }
+
+    /// The SHA-256 fingerprint of our DTLS certificate, as our SDP carries it.
+    pub fn dtls_fingerprint(&self) -> &DtlsFingerprint {
+        &self.dtls_fingerprint
     }
 
     async fn local_sdp(&self) -> Result<String, TransportError> {

@@ -5,7 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sotto::handshake::{Established, Handshake, Identity};
+use sotto::handshake::{DtlsFingerprint, Established, Handshake, Identity};
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 use sotto::signal::{SignalClient, SignalConfig, SignalEvent};
 use tokio::sync::{Mutex, mpsc};
 
@@ -117,11 +122,12 @@ impl RustPeer {
         let initiator = !self.joined.1.is_empty();
         let mut hs = if initiator {
             let (hs, hello) =
-                Handshake::initiator(self.identity.clone(), &self.room, &self.name).unwrap();
+                Handshake::initiator(self.identity.clone(), &self.room, &self.name, &DTLS_I)
+                    .unwrap();
             self.send_handshake(&browser, &hello).await;
             hs
         } else {
-            Handshake::responder(self.identity.clone(), &self.room, &self.name).unwrap()
+            Handshake::responder(self.identity.clone(), &self.room, &self.name, &DTLS_R).unwrap()
         };
         loop {
             let msg = self.next_message(deadline).await;
@@ -143,7 +149,7 @@ impl RustPeer {
         let browser = self.wait_browser(deadline).await;
         assert!(!self.joined.1.is_empty(), "the Rust side must initiate");
         let (mut hs, hello) =
-            Handshake::initiator(self.identity.clone(), &self.room, &self.name).unwrap();
+            Handshake::initiator(self.identity.clone(), &self.room, &self.name, &DTLS_I).unwrap();
         self.send_handshake(&browser, &hello).await;
         let reply = self.next_message(deadline).await;
         let bytes = serde_json::to_vec(&reply["message"]).unwrap();

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 use sotto::call::{CallBuilder, CallConfig, CallEvent, CallState, CallStats, EndReason, PeerInfo};
-use sotto::handshake::{Identity, KnownPeers, PeerTrust, default_identity_path};
+use sotto::handshake::PeerTrust;
+use sotto::handshake::{Identity, KnownPeers, TrustPolicy, default_identity_path};
 use sotto::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
@@ -66,6 +67,10 @@ pub struct CallArgs {
     /// Credential for the TURN servers.
     #[arg(long, value_name = "SECRET", default_value = "")]
     ice_credential: String,
+    /// Refuse, before any media, a peer whose identity is not verified (see `sotto peers
+    /// verify`): new, unverified, changed and lookalike peers end the call with exit 1.
+    #[arg(long)]
+    require_verified: bool,
 }
 
 fn parse_tone(s: &str) -> Result<f64, String> {
@@ -99,18 +104,13 @@ struct Report {
     peer_identity: Option<String>,
     peer_fingerprint: Option<String>,
     peer_trust: Option<&'static str>,
+    /// The peer's name mixes scripts, as lookalikes do.
+    peer_name_mixed_script: Option<bool>,
+    /// The peer's media failed authentication for over a second at some point.
+    undecryptable: bool,
     ended: String,
     #[serde(flatten)]
     stats: CallStats,
-}
-
-fn trust_name(t: &PeerTrust) -> &'static str {
-    match t {
-        PeerTrust::New => "new",
-        PeerTrust::Known => "known",
-        PeerTrust::Verified => "verified",
-        PeerTrust::Changed { .. } => "changed",
-    }
 }
 
 fn open_source(args: &CallArgs) -> Result<Box<dyn AudioSource>, String> {
@@ -153,7 +153,7 @@ fn print_stats(s: &CallStats) {
     println!(
         "stats: rtt {rtt}, loss {:.1} %, jitter {:.1} ms, playout {:.0} ms, send {:.1} kbit/s, \
          recv {:.1} kbit/s, frames sent {} received {} decrypted {}, decrypt failures {}, \
-         replays {}",
+         replays {}, reordered {}",
         s.loss_percent,
         s.jitter_ms,
         s.playout_delay_ms,
@@ -163,7 +163,8 @@ fn print_stats(s: &CallStats) {
         s.frames_received,
         s.frames_decrypted,
         s.decrypt_failures,
-        s.replays_rejected
+        s.replays_rejected,
+        s.reorder_rejected
     );
 }
 
@@ -174,6 +175,9 @@ fn state_text(state: CallState) -> &'static str {
         CallState::Handshaking => "agreeing keys with the peer",
         CallState::Connecting => "connecting media",
         CallState::Connected => "connected (end-to-end encrypted)",
+        CallState::Undecryptable => {
+            "connected, but the peer's media cannot be decrypted: keys differ (possible interception)"
+        }
         CallState::Reconnecting => "connection lost, reconnecting",
         CallState::Ended => "ended",
         _ => "unknown",
@@ -195,8 +199,8 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     if created {
         println!("created a new identity at {}", id_path.display());
     }
-    let peers_path = id_path.with_file_name("known_peers.json");
-    let known_peers = KnownPeers::load(&peers_path).map_err(|e| e.to_string())?;
+    let known_peers = KnownPeers::load(&crate::peers_cmd::known_peers_path(&id_path))
+        .map_err(|e| e.to_string())?;
 
     let runtime = crate::runtime()?;
     runtime.block_on(call(args, identity, known_peers, source, sink))
@@ -223,6 +227,9 @@ async fn call(
             credential: args.ice_credential.clone(),
         }];
     }
+    if args.require_verified {
+        config.trust = TrustPolicy::RequireVerified;
+    }
     let suite = config.suite;
     let mut builder = CallBuilder::with_config(config)
         .name(args.name.clone())
@@ -236,6 +243,7 @@ async fn call(
     let mut call = builder.start().map_err(|e| e.to_string())?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut peer: Option<PeerInfo> = None;
+    let mut undecryptable = false;
     let (reason, stats) = loop {
         let timer = async {
             match deadline {
@@ -245,20 +253,41 @@ async fn call(
         };
         tokio::select! {
             event = call.next_event() => match event {
-                Some(CallEvent::State(state)) => println!("state: {}", state_text(state)),
+                Some(CallEvent::State(state)) => {
+                    undecryptable |= state == CallState::Undecryptable;
+                    println!("state: {}", state_text(state));
+                }
                 Some(CallEvent::SafetyCode(info)) => {
                     println!(
                         "safety code: {}   (compare it with {:?}; peer identity {}, {})",
                         info.safety_code,
                         info.name,
                         info.identity.fingerprint(),
-                        trust_name(&info.trust)
+                        info.trust.as_str()
                     );
+                    if let PeerTrust::Renamed { pinned_name, .. } = &info.trust {
+                        println!(
+                            "note: this identity is known as {pinned_name:?}, not {:?}",
+                            info.name
+                        );
+                    }
+                    if info.mixed_script {
+                        println!(
+                            "WARNING: the name {:?} mixes writing systems (for example Latin and \
+                             Cyrillic), as names that imitate others do.",
+                            info.name
+                        );
+                    }
                     peer = Some(info);
                 }
-                Some(CallEvent::PeerIdentityChanged { name, pinned, presented }) => {
+                Some(CallEvent::PeerIdentityChanged { name, pinned_name, pinned, presented }) => {
+                    let whose = if name == pinned_name {
+                        format!("{name:?}")
+                    } else {
+                        format!("{name:?}, which looks like the known peer {pinned_name:?},")
+                    };
                     println!(
-                        "WARNING: {name:?} presents identity {} but {} was pinned: someone may \
+                        "WARNING: {whose} presents identity {} but {} was pinned: someone may \
                          be in the middle. Compare safety codes before you talk.",
                         presented.fingerprint(),
                         pinned.fingerprint()
@@ -303,7 +332,9 @@ async fn call(
             peer_name: peer.as_ref().map(|p| p.name.clone()),
             peer_identity: peer.as_ref().map(|p| p.identity.to_hex()),
             peer_fingerprint: peer.as_ref().map(|p| p.identity.fingerprint()),
-            peer_trust: peer.as_ref().map(|p| trust_name(&p.trust)),
+            peer_trust: peer.as_ref().map(|p| p.trust.as_str()),
+            peer_name_mixed_script: peer.as_ref().map(|p| p.mixed_script),
+            undecryptable,
             ended: reason.to_string(),
             stats,
         };

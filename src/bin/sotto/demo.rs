@@ -19,6 +19,7 @@ use sotto::handshake::Identity;
 use sotto::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, MediaError, ToneSource, dbfs, dominant_hz,
 };
+use sotto::text::Printable;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -157,7 +158,7 @@ fn alice_io(tones: bool) -> (Box<dyn AudioSource>, Box<dyn AudioSink>, Peer) {
     let (source, sends): (Box<dyn AudioSource>, String) =
         match (!tones).then(|| DeviceSource::open(None)) {
             Some(Ok(mic)) => {
-                let name = format!("microphone ({})", mic.name());
+                let name = format!("microphone ({})", Printable(mic.name()));
                 (Box::new(mic), name)
             }
             _ => (Box::new(ToneSource::new(440.0, 0.3)), "440 Hz tone".into()),
@@ -166,7 +167,7 @@ fn alice_io(tones: bool) -> (Box<dyn AudioSource>, Box<dyn AudioSink>, Peer) {
     let (sink, hears_on, recorder): (Box<dyn AudioSink>, String, Option<Recorder>) =
         match (!tones).then(|| DeviceSink::open(None)) {
             Some(Ok(speaker)) => {
-                let name = format!("speaker ({})", speaker.name());
+                let name = format!("speaker ({})", Printable(speaker.name()));
                 (Box::new(speaker), name, None)
             }
             _ => (
@@ -308,7 +309,8 @@ async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
             peer_fingerprint: code.map(|c| c.1),
             heard_hz: heard.as_ref().map(|h| dominant_hz(h, 48_000.0)),
             heard_dbfs: heard.as_ref().map(|h| dbfs(h)),
-            ended: reason.to_string(),
+            // May quote the signaling server (a `--server` of someone else).
+            ended: Printable(&reason.to_string()).to_string(),
             stats,
         }
     };

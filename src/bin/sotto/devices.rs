@@ -1,6 +1,7 @@
 //! `sotto devices`: lists audio input and output devices with their supported configurations.
 
 use clap::Args;
+use sotto::text::Printable;
 
 /// Arguments of `sotto devices`.
 #[derive(Debug, Args)]
@@ -38,7 +39,8 @@ pub fn run(args: DevicesArgs) -> Result<(), sotto::media::DeviceError> {
         } else {
             format!(" [{}]", tags.join(", "))
         };
-        println!("{}{tags}\n  id: {}", d.name, d.id);
+        // Names come from drivers and sound servers: print them escaped.
+        println!("{}{tags}\n  id: {}", Printable(&d.name), Printable(&d.id));
         if show_in {
             for c in &d.input_configs {
                 println!("  input:  {c}");

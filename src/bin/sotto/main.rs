@@ -6,12 +6,14 @@ mod devices;
 mod hexarg;
 mod identity_cmd;
 mod latency_cmd;
+mod peers_cmd;
 mod relay_demo;
 mod sframe_cmd;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sotto::text::{EscapingWriter, Printable};
 
 /// sotto: end-to-end encrypted calls (SFrame, RFC 9605).
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Create (on first use) and show this device's identity key.
     Identity(identity_cmd::IdentityArgs),
+    /// List the known peers (pinned identity keys), verify one, or forget one.
+    Peers(peers_cmd::PeersArgs),
     /// Call a peer: join a room on a signaling server, agree keys, talk end-to-end encrypted.
     Call(Box<call_cmd::CallArgs>),
     /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Sframe(args) => sframe_cmd::run(args),
         Command::Devices(args) => devices::run(args).map_err(|e| e.to_string()),
         Command::Identity(args) => identity_cmd::run(args),
+        Command::Peers(args) => peers_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::RelayDemo(args) => relay_demo::run(args),
         Command::Call(args) => call_cmd::run(*args),
@@ -57,7 +62,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("sotto: {message}");
+            // Errors can quote a peer or the signaling server.
+            eprintln!("sotto: {}", Printable(&message));
             ExitCode::FAILURE
         }
     }
@@ -73,13 +79,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default).
+/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default). Log lines quote peers,
+/// servers and libraries, so every control and format character in them is escaped on the
+/// way out (which rules out colours).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| EscapingWriter(std::io::stderr()))
         .try_init();
 }
 

@@ -16,9 +16,14 @@ use clap::Args;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use sotto::handshake::{
-    Direction, DirectionKey, Established, Handshake, HandshakeError, Identity, MediaReceiver,
-    MediaSender, RotationConfig,
+    Direction, DirectionKey, DtlsFingerprint, Established, Handshake, HandshakeError, Identity,
+    MediaReceiver, MediaSender, RotationConfig,
 };
+
+/// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
+const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
+const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
+
 use sotto::media::{
     AudioSink, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource, WavSink, dbfs,
     dominant_hz,
@@ -98,8 +103,8 @@ fn handshake(
     bob: &Arc<Identity>,
     mut tamper: impl FnMut(usize, Vec<u8>) -> Vec<u8>,
 ) -> Result<(Established, Established), HandshakeError> {
-    let (mut a, hello) = Handshake::initiator(alice.clone(), "demo-room", "alice")?;
-    let mut b = Handshake::responder(bob.clone(), "demo-room", "bob")?;
+    let (mut a, hello) = Handshake::initiator(alice.clone(), "demo-room", "alice", &DTLS_I)?;
+    let mut b = Handshake::responder(bob.clone(), "demo-room", "bob", &DTLS_R)?;
     let closed = || HandshakeError::Closed;
     let reply = b.handle(&tamper(0, hello))?.send.ok_or_else(closed)?;
     let reveal = a.handle(&tamper(1, reply))?.send.ok_or_else(closed)?;

@@ -1,0 +1,347 @@
+//! A hostile signaling server against real calls (the engine, real WebRTC on loopback): what
+//! exposes a server that runs its own handshakes or rewrites SDP.
+//!
+//! - First contact: the two safety codes differ, and the status says the media cannot be
+//!   decrypted instead of "end-to-end encrypted".
+//! - After a genuine call: the attacker's key is reported as changed, under the same name or
+//!   a lookalike (Cyrillic letters, upper case, full width), and the pins stay.
+//! - A DTLS fingerprint swapped in the SDP ends the call before any media.
+
+#[path = "support/mitm.rs"]
+mod mitm;
+#[path = "support/sotto_bin.rs"]
+mod sotto_bin;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mitm::{Attack, Mitm};
+use sotto::call::{Call, CallBuilder, CallEvent, CallState, EndReason, PeerInfo};
+use sotto::handshake::{Identity, KnownPeers, PeerTrust};
+use sotto::media::{NullSink, ToneSource};
+
+/// Calls in this binary run one at a time: each is real-time audio on a 2-core machine.
+static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Generous: a loaded 2-core machine.
+const STEP: Duration = Duration::from_secs(30);
+
+struct Party {
+    name: &'static str,
+    identity: Arc<Identity>,
+    peers_file: PathBuf,
+}
+
+impl Party {
+    fn new(dir: &Path, name: &'static str) -> Self {
+        Party {
+            name,
+            identity: Arc::new(Identity::generate().unwrap()),
+            peers_file: dir.join(format!("{name}-known_peers.json")),
+        }
+    }
+
+    fn builder(&self, url: &str, room: &str, hz: f64) -> CallBuilder {
+        CallBuilder::new(url, room)
+            .name(self.name)
+            .identity(Arc::clone(&self.identity))
+            .known_peers(KnownPeers::load(&self.peers_file).unwrap())
+            .source(ToneSource::new(hz, 0.3))
+            .sink(NullSink::default())
+    }
+
+    fn pinned(&self, name: &str) -> Option<sotto::handshake::IdentityKey> {
+        KnownPeers::load(&self.peers_file).unwrap().pinned(name)
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sotto-attack-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What one side saw.
+#[derive(Debug, Default)]
+struct Seen {
+    peer: Option<PeerInfo>,
+    changed: Option<(String, String)>,
+    states: Vec<CallState>,
+    ended: Option<EndReason>,
+    frames_decrypted: u64,
+    decrypt_failures: u64,
+}
+
+/// Reads `call`'s events until `done` says so (or the call ends); once the other side is done
+/// too (`both`), hangs up.
+async fn watch(
+    mut call: Call,
+    done: impl Fn(&Seen) -> bool,
+    both: Arc<tokio::sync::Barrier>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !done(&seen) && seen.ended.is_none() {
+        let event = tokio::time::timeout_at(deadline, call.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; saw {seen:?}"));
+        match event {
+            Some(CallEvent::SafetyCode(info)) => seen.peer = Some(info),
+            Some(CallEvent::PeerIdentityChanged {
+                name, pinned_name, ..
+            }) => seen.changed = Some((name, pinned_name)),
+            Some(CallEvent::State(s)) => seen.states.push(s),
+            Some(CallEvent::Ended { reason, stats }) => {
+                seen.frames_decrypted = stats.frames_decrypted;
+                seen.decrypt_failures = stats.decrypt_failures;
+                seen.ended = Some(reason);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    // Hanging up would end the other side's call before it saw what it must see.
+    let _ = tokio::time::timeout(STEP, both.wait()).await;
+    if seen.ended.is_none() {
+        let stats = call.stats();
+        seen.frames_decrypted = stats.frames_decrypted;
+        seen.decrypt_failures = stats.decrypt_failures;
+        seen.ended = Some(call.hang_up().await);
+    }
+    seen
+}
+
+/// Alice joins first, then Bob; each is watched until `done`.
+async fn call_pair(
+    alice: CallBuilder,
+    bob: CallBuilder,
+    done: impl Fn(&Seen) -> bool + Copy + Send + 'static,
+) -> (Seen, Seen) {
+    let mut alice = alice.start().unwrap();
+    loop {
+        match tokio::time::timeout(STEP, alice.next_event()).await {
+            Ok(Some(CallEvent::State(CallState::WaitingForPeer))) => break,
+            Ok(Some(_)) => {}
+            other => panic!("alice never reached the room: {other:?}"),
+        }
+    }
+    let bob = bob.start().unwrap();
+    let both = Arc::new(tokio::sync::Barrier::new(2));
+    let bob = tokio::spawn(watch(bob, done, Arc::clone(&both)));
+    let alice = watch(alice, done, both).await;
+    (alice, bob.await.unwrap())
+}
+
+fn keys_agreed(s: &Seen) -> bool {
+    s.peer.is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_the_codes_differ_and_the_status_says_undecryptable() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("first");
+    let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
+    let mitm = Mitm::start(
+        Attack::OwnHandshakes {
+            as_first: None,
+            as_second: None,
+        },
+        None,
+    )
+    .await;
+    let until_undecryptable = |s: &Seen| s.states.contains(&CallState::Undecryptable);
+    let (a, b) = call_pair(
+        alice.builder(&mitm.url, "first", 440.0),
+        bob.builder(&mitm.url, "first", 660.0),
+        until_undecryptable,
+    )
+    .await;
+    assert_eq!(mitm.handshakes_completed(), 2, "the attacker ran both legs");
+    let (pa, pb) = (a.peer.clone().unwrap(), b.peer.clone().unwrap());
+    // Each side met the attacker under the other's name, as new contacts...
+    assert_eq!((pa.name.as_str(), pb.name.as_str()), ("bob", "alice"));
+    assert_eq!(
+        (pa.trust.clone(), pb.trust.clone()),
+        (PeerTrust::New, PeerTrust::New)
+    );
+    assert_eq!(pa.identity.fingerprint(), mitm.fingerprint());
+    // ...but the codes the two people read differ, and neither call claims to be end-to-end
+    // encrypted once the peer's frames fail to authenticate.
+    assert_ne!(pa.safety_code, pb.safety_code);
+    for side in [&a, &b] {
+        assert!(
+            side.states.contains(&CallState::Undecryptable),
+            "{:?}",
+            side.states
+        );
+        assert_eq!(side.frames_decrypted, 0);
+        assert!(side.decrypt_failures > 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_genuine_call_the_attacker_is_caught_under_any_lookalike_name() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("lookalike");
+    let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
+    let honest = Mitm::start(Attack::None, None).await;
+    let (a, b) = call_pair(
+        alice.builder(&honest.url, "genuine", 440.0),
+        bob.builder(&honest.url, "genuine", 660.0),
+        keys_agreed,
+    )
+    .await;
+    let (pa, pb) = (a.peer.unwrap(), b.peer.unwrap());
+    assert_eq!(pa.safety_code, pb.safety_code, "the genuine call");
+    assert_eq!(pa.trust, PeerTrust::New);
+    let bob_key = bob.identity.public_key();
+    let alice_key = alice.identity.public_key();
+    assert_eq!(alice.pinned("bob"), Some(bob_key));
+    assert_eq!(bob.pinned("alice"), Some(alice_key));
+
+    // The server now runs its own handshakes, presenting itself under each variant.
+    let variants = [
+        ("bob", "alice"),
+        ("bоb", "аliсе"), // Cyrillic о, а, с, е
+        ("BOB", "Alice"),
+        ("ｂｏｂ", "ａｌｉｃｅ"), // full width
+    ];
+    for (i, (as_bob, as_alice)) in variants.into_iter().enumerate() {
+        let mitm = Mitm::start(
+            Attack::OwnHandshakes {
+                as_first: Some(as_bob.into()),
+                as_second: Some(as_alice.into()),
+            },
+            None,
+        )
+        .await;
+        let room = format!("attack-{i}");
+        let (a, b) = call_pair(
+            alice.builder(&mitm.url, &room, 440.0),
+            bob.builder(&mitm.url, &room, 660.0),
+            keys_agreed,
+        )
+        .await;
+        let (pa, pb) = (a.peer.unwrap(), b.peer.unwrap());
+        assert_eq!(pa.identity.fingerprint(), mitm.fingerprint());
+        assert!(
+            matches!(&pa.trust, PeerTrust::Changed { previous, pinned_name }
+                if *previous == bob_key && pinned_name == "bob"),
+            "{as_bob:?}: {:?}",
+            pa.trust
+        );
+        assert!(
+            matches!(&pb.trust, PeerTrust::Changed { previous, pinned_name }
+                if *previous == alice_key && pinned_name == "alice"),
+            "{as_alice:?}: {:?}",
+            pb.trust
+        );
+        assert_eq!(a.changed.as_ref().map(|c| c.1.as_str()), Some("bob"));
+        assert_eq!(b.changed.as_ref().map(|c| c.1.as_str()), Some("alice"));
+        // The name shown is the canonical one, never the raw one.
+        assert_eq!(pa.name, sotto::names::canonical(as_bob));
+        assert_eq!(pa.mixed_script, as_bob == "bоb");
+        // The pins stay: nothing was silently re-pinned, in memory or in the files.
+        assert_eq!(alice.pinned("bob"), Some(bob_key), "{as_bob:?}");
+        assert_eq!(bob.pinned("alice"), Some(alice_key), "{as_alice:?}");
+        assert_eq!(KnownPeers::load(&alice.peers_file).unwrap().len(), 1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dtls_fingerprint_swapped_in_the_sdp_ends_the_call_before_media() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("dtls");
+    let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
+    let mitm = Mitm::start(Attack::SwapDtls, None).await;
+    let (a, b) = call_pair(
+        alice.builder(&mitm.url, "dtls", 440.0),
+        bob.builder(&mitm.url, "dtls", 660.0),
+        |_| false,
+    )
+    .await;
+    for side in [&a, &b] {
+        assert!(
+            matches!(&side.ended, Some(EndReason::TransportNotBound(_))),
+            "{:?}",
+            side.ended
+        );
+        assert!(
+            !side.states.contains(&CallState::Connected),
+            "{:?}",
+            side.states
+        );
+        assert_eq!(side.frames_decrypted, 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_status_line_says_the_media_cannot_be_decrypted() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("cli");
+    let mitm = Mitm::start(
+        Attack::OwnHandshakes {
+            as_first: None,
+            as_second: None,
+        },
+        None,
+    )
+    .await;
+    let run = |who: &str, hz: &str| {
+        let mut cmd = std::process::Command::new(sotto_bin::sotto_bin());
+        cmd.args([
+            "call", "--server", &mitm.url, "--room", "cli", "--name", who,
+        ])
+        .args(["--bind", "127.0.0.1:0", "--tone", hz, "--duration", "4"])
+        .arg("--identity")
+        .arg(dir.join(who).join("identity.json"))
+        .arg("--output")
+        .arg(dir.join(format!("{who}.wav")))
+        .arg("--stats-json")
+        .arg(dir.join(format!("{who}.json")))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let alice = run("alice", "440").spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut bob = run("bob", "660");
+    let bob = tokio::task::spawn_blocking(move || bob.output().unwrap());
+    let alice = tokio::task::spawn_blocking(move || alice.wait_with_output().unwrap());
+    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    for (who, out) in [("alice", &alice), ("bob", &bob)] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let shown = format!(
+            "{who}: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(
+                "state: connected, but the peer's media cannot be decrypted: keys differ (possible interception)"
+            ),
+            "{shown}"
+        );
+        // The last state shown before the end is the undecryptable one, never "end-to-end
+        // encrypted".
+        let last_state = stdout
+            .lines()
+            .filter(|l| l.starts_with("state: ") && !l.contains("ended"))
+            .last()
+            .unwrap();
+        assert!(last_state.contains("cannot be decrypted"), "{shown}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{who}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["undecryptable"], true, "{report}");
+        assert_eq!(report["frames_decrypted"], 0, "{report}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
