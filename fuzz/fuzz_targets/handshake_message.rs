@@ -14,7 +14,6 @@ use sotto::handshake::{DtlsFingerprint, Handshake, Identity};
 const DTLS_I: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd1; 32]);
 const DTLS_R: DtlsFingerprint = DtlsFingerprint::from_sha256([0xd2; 32]);
 
-
 fn ids() -> &'static (Arc<Identity>, Arc<Identity>) {
     static IDS: OnceLock<(Arc<Identity>, Arc<Identity>)> = OnceLock::new();
     IDS.get_or_init(|| {

@@ -13,16 +13,31 @@ pub struct Limits {
     pub max_peers_per_room: usize,
     /// Open WebSocket connections.
     pub max_connections: usize,
+    /// Open TCP connections on the call listener, upgraded or not. Checked at accept, so a
+    /// flood of sockets that never finish a request cannot exhaust the process.
+    pub max_raw_connections: usize,
+    /// Open TCP connections from one address (IPv6: one /64). 0 disables the check.
+    pub max_connections_per_ip: usize,
     /// Sustained messages per second per connection.
     pub rate_per_sec: u32,
     /// Messages a connection may send in a burst above the sustained rate.
     pub rate_burst: u32,
     /// Messages queued towards one client before it counts as too slow and is dropped.
     pub outbound_queue: usize,
+    /// Bytes queued towards one client before it counts as too slow and is dropped (one
+    /// message is always accepted into an empty queue, whatever its size).
+    pub outbound_queue_bytes: usize,
+    /// Longest time one write to a client may take before it counts as too slow.
+    pub write_timeout: Duration,
     /// How often the server pings each client.
     pub heartbeat: Duration,
     /// A client silent (no message, no pong) this long is disconnected.
     pub idle_timeout: Duration,
+    /// A WebSocket not in a room this long (after connecting or leaving) is disconnected.
+    pub join_timeout: Duration,
+    /// Time allowed to send a request's headers, and to start the next request on a kept-alive
+    /// HTTP connection.
+    pub header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -31,14 +46,24 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_peers_per_room: 16,
             max_connections: 10_000,
+            max_raw_connections: 10_000 + RAW_HEADROOM,
+            max_connections_per_ip: 256,
             rate_per_sec: 50,
             rate_burst: 200,
             outbound_queue: 256,
+            outbound_queue_bytes: 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            join_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// Raw connections allowed beyond `max_connections` by default: room for plain HTTP requests
+/// (the web client's files, health checks) and for upgrades in progress.
+pub const RAW_HEADROOM: usize = 1024;
 
 /// Everything a server instance needs besides its listening socket.
 #[derive(Debug, Clone, Default)]
@@ -49,4 +74,8 @@ pub struct ServerConfig {
     pub secret: Option<Vec<u8>>,
     /// Static files served at `/` (the web client), if any.
     pub web_dir: Option<PathBuf>,
+    /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket. Empty: only the
+    /// server's own origin (the `Origin` names the `Host` the request was sent to). Requests
+    /// without an `Origin` (native clients) are always allowed.
+    pub allowed_origins: Vec<String>,
 }

@@ -11,10 +11,9 @@ use sotto::signal::ErrorCode;
 use sotto::signal::protocol::{
     ClientMessage, PROTOCOL_VERSION, ServerMessage, parse_client_message,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{PeerHandle, encode};
+use crate::hub::{Inbox, Outbox, PeerHandle, encode, outbox};
 use crate::server::App;
 use crate::token::{TokenError, unix_now, verify};
 
@@ -61,18 +60,31 @@ struct Joined {
     peer_id: Arc<str>,
 }
 
+/// A join token held by this connection; freed when the connection ends or joins with another.
+struct TokenClaim {
+    app: Arc<App>,
+    token: String,
+}
+
+impl Drop for TokenClaim {
+    fn drop(&mut self) {
+        self.app.hub.release_token(&self.token);
+    }
+}
+
 struct Conn {
     app: Arc<App>,
-    tx: mpsc::Sender<Utf8Bytes>,
+    outbox: Outbox,
     kick: CancellationToken,
     joined: Option<Joined>,
+    claim: Option<TokenClaim>,
     bucket: Bucket,
     last_rate_error: Option<Instant>,
 }
 
 impl Conn {
     fn send(&self, msg: &ServerMessage) {
-        if self.tx.try_send(encode(msg)).is_err() {
+        if self.outbox.try_push(encode(msg)).is_err() {
             // Our own replies do not fit: the client is not reading.
             self.kick.cancel();
         }
@@ -148,6 +160,7 @@ impl Conn {
         if self.joined.is_some() {
             return self.error(ErrorCode::AlreadyJoined, "already in a room; leave first");
         }
+        let mut claim = None;
         if let Some(secret) = &self.app.config.secret {
             let Some(token) = token else {
                 return self.error(ErrorCode::BadToken, "this server requires a join token");
@@ -159,9 +172,22 @@ impl Conn {
                 }
                 Err(e) => return self.error(ErrorCode::BadToken, e.to_string()),
             }
+            // One open connection per token; rejoining on this connection keeps its claim.
+            if self.claim.as_ref().is_none_or(|c| c.token != token) {
+                if !self.app.hub.claim_token(&token) {
+                    return self.error(
+                        ErrorCode::TokenInUse,
+                        "this join token is in use by another connection",
+                    );
+                }
+                claim = Some(TokenClaim {
+                    app: self.app.clone(),
+                    token,
+                });
+            }
         }
         let handle = PeerHandle {
-            tx: self.tx.clone(),
+            outbox: self.outbox.clone(),
             kick: self.kick.clone(),
         };
         match self.app.hub.join(&room, &name, handle) {
@@ -174,20 +200,28 @@ impl Conn {
                     peers,
                 });
                 self.joined = Some(Joined { room, peer_id });
+                if claim.is_some() {
+                    self.claim = claim;
+                }
             }
-            Err(code) => self.error(code, "room is full"),
+            // A new claim is dropped (freed) here; the connection's earlier one stays.
+            Err(code) => self.error(code, refusal_message(code)),
         }
     }
 }
 
+fn refusal_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::RoomFull => "room is full",
+        ErrorCode::NameTaken => {
+            "a peer with this name, or one that looks like it, is already in the room"
+        }
+        _ => "cannot join now; try again later",
+    }
+}
+
 /// Sends an error message and a close frame, ignoring a client that is already gone.
-async fn close_with(
-    sink: &mut (impl SinkExt<Message> + Unpin),
-    app: &App,
-    close: Close,
-    detail: &str,
-) {
-    app.metrics.error(close.code);
+async fn close_with(sink: &mut (impl SinkExt<Message> + Unpin), close: Close, detail: &str) {
     let msg = encode(&ServerMessage::Error {
         v: PROTOCOL_VERSION,
         code: close.code,
@@ -210,89 +244,203 @@ pub(crate) async fn refuse_full(socket: WebSocket, app: Arc<App>) {
         ws_code: 1013,
         reason: "server full",
     };
-    close_with(
-        &mut sink,
-        &app,
-        close,
-        "too many connections; try again later",
+    app.metrics.error(close.code);
+    let grace = close_grace(&app.config.limits);
+    let _ = tokio::time::timeout(
+        grace,
+        close_with(&mut sink, close, "too many connections; try again later"),
     )
     .await;
+}
+
+/// How long the goodbye (queued messages, the reason, the close frame) may take.
+fn close_grace(limits: &crate::config::Limits) -> Duration {
+    limits.write_timeout.min(Duration::from_secs(2))
+}
+
+/// Why a write did not complete.
+enum WriteFailed {
+    /// The hub or the server asked us to stop.
+    Kicked,
+    /// The client did not take the frame within the write timeout.
+    TimedOut,
+    /// The socket failed.
+    Io,
+}
+
+/// Writes one frame, giving up when `kick` fires or `timeout` passes: a client that stops
+/// reading must not hold this task (and its queue) hostage.
+async fn write(
+    sink: &mut (impl SinkExt<Message> + Unpin),
+    msg: Message,
+    kick: &CancellationToken,
+    timeout: Duration,
+) -> Result<(), WriteFailed> {
+    tokio::select! {
+        biased;
+        () = kick.cancelled() => Err(WriteFailed::Kicked),
+        sent = tokio::time::timeout(timeout, sink.send(msg)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriteFailed::Io),
+            Err(_) => Err(WriteFailed::TimedOut),
+        },
+    }
+}
+
+/// How a connection ends: quietly (the client went away) or with a reason for the client.
+enum End {
+    Quiet,
+    Tell {
+        close: Close,
+        detail: &'static str,
+        /// Send what is still queued first (pointless for a client that is not reading).
+        flush: bool,
+    },
+}
+
+fn slow_consumer() -> End {
+    End::Tell {
+        close: Close {
+            code: ErrorCode::SlowConsumer,
+            ws_code: 1008,
+            reason: "too slow",
+        },
+        detail: "messages queued faster than they were read",
+        flush: false,
+    }
+}
+
+fn kicked(app: &App) -> End {
+    if app.shutdown.is_cancelled() {
+        End::Tell {
+            close: Close {
+                code: ErrorCode::ShuttingDown,
+                ws_code: 1001,
+                reason: "server shutting down",
+            },
+            detail: "the server is shutting down",
+            flush: true,
+        }
+    } else {
+        slow_consumer()
+    }
+}
+
+fn write_failed(app: &App, e: WriteFailed) -> End {
+    match e {
+        WriteFailed::Kicked => kicked(app),
+        WriteFailed::TimedOut => slow_consumer(),
+        WriteFailed::Io => End::Quiet,
+    }
 }
 
 /// Serves one client until it leaves, misbehaves, idles out or the server shuts down.
 pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
     let limits = app.config.limits.clone();
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(limits.outbound_queue);
+    let (outbox, mut inbox) = outbox(
+        limits.outbound_queue,
+        limits.outbound_queue_bytes,
+        app.metrics.clone(),
+    );
     let kick = app.shutdown.child_token();
     let mut conn = Conn {
         app: app.clone(),
-        tx,
+        outbox,
         kick: kick.clone(),
         joined: None,
+        claim: None,
         bucket: Bucket::new(limits.rate_per_sec, limits.rate_burst),
         last_rate_error: None,
     };
     let mut heartbeat = tokio::time::interval(limits.heartbeat);
     heartbeat.tick().await;
     let mut last_seen = Instant::now();
+    // Restarted whenever the connection is not in a room: a socket must join to keep its slot.
+    let join_deadline = tokio::time::sleep(limits.join_timeout);
+    tokio::pin!(join_deadline);
 
-    let close: Option<(Close, &str)> = loop {
+    let end = loop {
         tokio::select! {
             biased;
-            () = kick.cancelled() => {
-                break Some(if app.shutdown.is_cancelled() {
-                    (Close { code: ErrorCode::ShuttingDown, ws_code: 1001, reason: "server shutting down" },
-                     "the server is shutting down")
-                } else {
-                    (Close { code: ErrorCode::SlowConsumer, ws_code: 1008, reason: "too slow" },
-                     "messages queued faster than they were read")
-                });
+            () = kick.cancelled() => break kicked(&app),
+            () = &mut join_deadline, if conn.joined.is_none() => {
+                break End::Tell {
+                    close: Close { code: ErrorCode::JoinTimeout, ws_code: 1008, reason: "no join" },
+                    detail: "no room joined within the join timeout",
+                    flush: true,
+                };
             }
-            Some(frame) = rx.recv() => {
-                if sink.send(Message::Text(frame)).await.is_err() {
-                    break None;
+            Some(frame) = inbox.recv() => {
+                if let Err(e) = write(&mut sink, Message::Text(frame), &kick, limits.write_timeout).await {
+                    break write_failed(&app, e);
                 }
             }
             inbound = stream.next() => {
-                let Some(Ok(msg)) = inbound else { break None };
+                let Some(Ok(msg)) = inbound else { break End::Quiet };
                 let now = Instant::now();
                 last_seen = now;
                 match msg {
                     Message::Text(text) => {
+                        let was_joined = conn.joined.is_some();
                         if let Some(close) = conn.on_text(text.as_str(), now) {
-                            break Some((close, "message exceeds the size limit"));
+                            break End::Tell { close, detail: "message exceeds the size limit", flush: true };
+                        }
+                        if was_joined && conn.joined.is_none() {
+                            join_deadline.as_mut().reset(tokio::time::Instant::now() + limits.join_timeout);
                         }
                     }
                     Message::Binary(_) => conn.error(ErrorCode::BadMessage, "binary frames are not supported"),
-                    Message::Close(_) => break None,
+                    Message::Close(_) => break End::Quiet,
                     // Pings are answered by the WebSocket layer; pongs only refresh `last_seen`.
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
             _ = heartbeat.tick() => {
                 if last_seen.elapsed() > limits.idle_timeout {
-                    break Some((Close { code: ErrorCode::IdleTimeout, ws_code: 1000, reason: "idle" },
-                                "no traffic within the idle timeout"));
+                    break End::Tell {
+                        close: Close { code: ErrorCode::IdleTimeout, ws_code: 1000, reason: "idle" },
+                        detail: "no traffic within the idle timeout",
+                        flush: true,
+                    };
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break None;
+                if let Err(e) = write(&mut sink, Message::Ping(Default::default()), &kick, limits.write_timeout).await {
+                    break write_failed(&app, e);
                 }
             }
         }
     };
 
+    // Before the room hears `peer_left`: what a client that is not reading had queued, and
+    // its token (which may then join again).
+    let mut inbox = if matches!(end, End::Tell { flush: true, .. }) {
+        Some(inbox)
+    } else {
+        drop(inbox);
+        None
+    };
+    drop(conn.claim.take());
     if let Some(j) = conn.joined.take() {
         app.hub.leave(&j.room, &j.peer_id);
         tracing::info!(peer = %j.peer_id, room = %j.room, "left");
     }
-    if let Some((close, detail)) = close {
-        // Flush what was queued before the reason, so the client sees both in order.
-        while let Ok(frame) = rx.try_recv() {
+    drop(conn);
+    let End::Tell { close, detail, .. } = end else {
+        return;
+    };
+    app.metrics.error(close.code);
+    if close.code == ErrorCode::SlowConsumer {
+        tracing::warn!("disconnecting a client that does not read its messages");
+    }
+    let goodbye = async {
+        // Queued messages first, so the client sees them and the reason in order.
+        while let Some(frame) = inbox.as_mut().and_then(Inbox::try_recv) {
             if sink.send(Message::Text(frame)).await.is_err() {
-                break;
+                return;
             }
         }
-        close_with(&mut sink, &app, close, detail).await;
-    }
+        close_with(&mut sink, close, detail).await;
+    };
+    // Bounded: a client that does not read gets no more than the grace period.
+    let _ = tokio::time::timeout(close_grace(&limits), goodbye).await;
 }

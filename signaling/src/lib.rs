@@ -15,4 +15,4 @@ pub mod server;
 pub mod token;
 
 pub use config::{Limits, ServerConfig};
-pub use server::{App, router, serve};
+pub use server::{App, metrics_router, router, serve, serve_metrics};

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use sotto_signaling::config::RAW_HEADROOM;
+use sotto_signaling::server::parse_origin;
 use sotto_signaling::token::{mint, unix_now};
-use sotto_signaling::{App, Limits, ServerConfig, serve};
+use sotto_signaling::{App, Limits, ServerConfig, serve, serve_metrics};
 use tokio_util::sync::CancellationToken;
 
 /// The sotto signaling relay: rooms and message relay for end-to-end encrypted calls.
@@ -49,9 +51,34 @@ struct ServeArgs {
     /// Peers per room.
     #[arg(long, default_value_t = Limits::default().max_peers_per_room)]
     max_peers_per_room: usize,
-    /// Open connections.
+    /// Open WebSocket connections.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+    /// Open TCP connections, upgraded or not [default: --max-connections plus 1024].
+    #[arg(long)]
+    max_raw_connections: Option<usize>,
+    /// Open TCP connections from one IP address (IPv6: one /64); 0 for no limit.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Seconds a WebSocket may stay without joining a room.
+    #[arg(long, default_value_t = Limits::default().join_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    join_timeout_secs: u64,
+    /// Seconds a client has to send its request headers.
+    #[arg(long, default_value_t = Limits::default().header_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_secs: u64,
+    /// Seconds one write to a client may take before it counts as too slow.
+    #[arg(long, default_value_t = Limits::default().write_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout_secs: u64,
+    /// Bytes queued towards one client before it counts as too slow.
+    #[arg(long, default_value_t = Limits::default().outbound_queue_bytes)]
+    outbound_queue_bytes: usize,
+    /// Browser origin (`https://host[:port]`) allowed to open a WebSocket; repeatable.
+    /// Without any, only pages from this server itself (and clients without an Origin).
+    #[arg(long = "allowed-origin", value_name = "URL", value_parser = origin)]
+    allowed_origins: Vec<String>,
+    /// Serve `/metrics` on this address (keep it private); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Sustained messages per second per connection.
     #[arg(long, default_value_t = Limits::default().rate_per_sec)]
     rate_limit: u32,
@@ -131,6 +158,14 @@ fn run(args: ServeArgs) -> Result<(), String> {
             max_message_bytes: args.max_message_bytes,
             max_peers_per_room: args.max_peers_per_room,
             max_connections: args.max_connections,
+            max_raw_connections: args
+                .max_raw_connections
+                .unwrap_or(args.max_connections.saturating_add(RAW_HEADROOM)),
+            max_connections_per_ip: args.max_connections_per_ip,
+            join_timeout: Duration::from_secs(args.join_timeout_secs),
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            write_timeout: Duration::from_secs(args.write_timeout_secs),
+            outbound_queue_bytes: args.outbound_queue_bytes,
             rate_per_sec: args.rate_limit,
             rate_burst: args.rate_burst,
             heartbeat: Duration::from_secs(args.heartbeat_secs),
@@ -139,6 +174,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
         },
         secret,
         web_dir: args.web_dir.is_dir().then_some(args.web_dir),
+        allowed_origins: args.allowed_origins,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
@@ -146,18 +182,36 @@ fn run(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let metrics_listener = match args.metrics_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| format!("cannot listen on {at} for metrics: {e}"))?,
+            ),
+            None => None,
+        };
         // One parseable line on stdout: tools wait for it to learn the port.
         println!("listening on ws://{addr}/ws");
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        serve(listener, App::new(config, shutdown))
-            .await
-            .map_err(|e| e.to_string())?;
+        let app = App::new(config, shutdown);
+        if let Some(listener) = metrics_listener {
+            let at = listener.local_addr().map_err(|e| e.to_string())?;
+            // A second line, only with the flag: the first stays the call address.
+            println!("metrics on http://{at}/metrics");
+            let _ = std::io::stdout().flush();
+            tokio::spawn(serve_metrics(listener, app.clone()));
+        }
+        serve(listener, app).await.map_err(|e| e.to_string())?;
         tracing::info!("sotto-signaling stopped");
         Ok(())
     })
+}
+
+fn origin(s: &str) -> Result<String, String> {
+    parse_origin(s).ok_or_else(|| format!("{s:?} is not an origin like https://host[:port]"))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -12,6 +12,10 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Open TCP connections on the call listener (HTTP and WebSocket).
+    pub raw_connections: AtomicU64,
+    /// Bytes queued towards clients and not yet written to their sockets.
+    pub queued_bytes: AtomicU64,
     /// Rooms with at least one peer.
     pub rooms: AtomicU64,
     /// Peers in rooms.
@@ -58,6 +62,18 @@ impl Metrics {
             "counter",
             "WebSocket connections accepted.",
             self.connections_total.load(Relaxed),
+        );
+        metric(
+            "raw_connections",
+            "gauge",
+            "Open TCP connections on the call listener.",
+            self.raw_connections.load(Relaxed),
+        );
+        metric(
+            "queued_bytes",
+            "gauge",
+            "Bytes queued towards clients, not yet written.",
+            self.queued_bytes.load(Relaxed),
         );
         metric(
             "rooms",

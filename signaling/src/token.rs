@@ -1,7 +1,10 @@
 //! Join tokens: HMAC-SHA256 over room, user and expiry, minted by `sotto-signaling token` or
 //! an application's backend with the server's secret.
 //!
-//! Format: `v1.<expiry, unix seconds>.<hex HMAC>`; the MAC covers
+//! Format: `v1.<expiry, unix seconds>.<hex HMAC>`, with exactly one accepted spelling: the
+//! expiry in decimal without leading zeros or sign, the MAC as 64 lower-case hex digits. So a
+//! token string names one grant, and "this token is in use" cannot be dodged by re-spelling it.
+//! The MAC covers
 //! `"sotto-signaling token v1" || len(room) || room || len(user) || user || expiry` (lengths as
 //! 4-byte big endian, expiry as 8-byte big endian).
 
@@ -53,6 +56,9 @@ pub fn verify(
     let (Some("v1"), Some(expiry), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed);
     };
+    if !is_canonical_decimal(expiry) || !is_lower_hex(mac, 64) {
+        return Err(TokenError::Malformed);
+    }
     let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
     let mut tag = [0u8; 32];
     hex::decode_to_slice(mac, &mut tag).map_err(|_| TokenError::Malformed)?;
@@ -63,6 +69,15 @@ pub fn verify(
         return Err(TokenError::Expired);
     }
     Ok(())
+}
+
+/// Digits only, no leading zero (except `0` itself): how `mint` writes the expiry.
+fn is_canonical_decimal(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -114,5 +129,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_is_accepted() {
+        let t = mint(b"secret", "room", "alice", 1000);
+        assert_eq!(verify(b"secret", &t, "room", "alice", 0), Ok(()));
+        let mac = t.rsplit('.').next().unwrap();
+        assert!(mac.bytes().any(|b| b.is_ascii_alphabetic()), "{t}");
+        let variants = [
+            format!("v1.01000.{mac}"),
+            format!("v1.+1000.{mac}"),
+            format!("v1.1000.{}", mac.to_ascii_uppercase()),
+            format!("V1.1000.{mac}"),
+            format!("v1.1000.{mac}0"),
+            format!("v1.1000.{mac}."),
+            format!(" v1.1000.{mac}"),
+        ];
+        for bad in &variants {
+            assert_eq!(
+                verify(b"secret", bad, "room", "alice", 0),
+                Err(TokenError::Malformed),
+                "{bad}"
+            );
+        }
+        let zero = mint(b"secret", "room", "alice", 0);
+        assert!(zero.starts_with("v1.0."), "{zero}");
+        assert_eq!(verify(b"secret", &zero, "room", "alice", 0), Ok(()));
     }
 }

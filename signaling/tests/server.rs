@@ -2,13 +2,14 @@
 //! limits, tokens, metrics, and the engine's reconnecting client.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sotto::signal::{ErrorCode, SignalClient, SignalConfig, SignalEvent};
 use sotto_signaling::token::{mint, unix_now};
-use sotto_signaling::{App, Limits, ServerConfig, serve};
+use sotto_signaling::{App, Limits, ServerConfig, serve, serve_metrics};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Server {
     addr: SocketAddr,
+    app: std::sync::Arc<App>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -31,9 +33,10 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let app = App::new(config, shutdown.clone());
-        let task = tokio::spawn(serve(listener, app));
+        let task = tokio::spawn(serve(listener, app.clone()));
         Server {
             addr,
+            app,
             shutdown,
             task,
         }
@@ -403,7 +406,15 @@ async fn health_and_metrics() {
 
     let body = http_get(server.addr, "/healthz").await;
     assert!(body.ends_with("ok\n"), "{body}");
+    // Not on the call listener: only on the operator's own address.
     let body = http_get(server.addr, "/metrics").await;
+    assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+    assert!(!body.contains("sotto_signaling"), "{body}");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_metrics(listener, server.app.clone()));
+    let body = http_get(metrics_addr, "/metrics").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     for line in [
         "sotto_signaling_connections 2",
         "sotto_signaling_rooms 1",
@@ -535,5 +546,514 @@ async fn engine_client_stops_on_a_refused_token() {
         }
     }
     assert!(saw_error);
+    server.stop().await;
+}
+
+/// A WebSocket client whose socket has a tiny receive buffer: once joined, it never reads
+/// again, so everything sent to it backs up into the server.
+async fn stalled_client(server: &Server, room: &str, name: &str) -> (Client, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        server.url(),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    let mut client = Client { ws };
+    let id = client.join(room, name).await["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (client, id)
+}
+
+/// Reads `stream` until `pred` matches a message (failing on close or after `within`).
+async fn wait_for<S>(stream: &mut S, within: Duration, pred: impl Fn(&Value) -> bool) -> Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("connection ended while waiting: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the message")
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_its_queue_stays_bounded() {
+    const QUEUE_BYTES: u64 = 256 * 1024;
+    let config = ServerConfig {
+        limits: Limits {
+            rate_per_sec: 1_000_000,
+            rate_burst: 1_000_000,
+            outbound_queue_bytes: QUEUE_BYTES as usize,
+            // Neither pings, the idle check nor the write deadline may be what ends it: the
+            // queue overflowing must, even while a write to the client is blocked.
+            heartbeat: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let (_stalled, stalled_id) = stalled_client(&server, "flood", "stalled").await;
+    let mut flooder = Client::connect(&server).await;
+    flooder.join("flood", "flooder").await;
+    let (mut sink, mut stream) = flooder.ws.split();
+    let app = server.app.clone();
+    let target = stalled_id.clone();
+    let flood = tokio::spawn(async move {
+        let payload = "x".repeat(16 * 1024);
+        let mut max_queued = 0;
+        let mut sent = 0;
+        // Up to 64 MB: far more than the socket buffers and the queue can hold.
+        for _ in 0..4000 {
+            let msg = json!({"v":1,"type":"signal","to":target,"data":payload});
+            if sink.send(Message::text(msg.to_string())).await.is_err() {
+                break;
+            }
+            // Paced while the client's socket still takes data, so that the server ends up
+            // blocked writing to it (rather than the queue overflowing before it writes).
+            sent += 1;
+            let paced = tokio::time::Instant::now();
+            while (app.metrics.messages_relayed.load(Relaxed) < sent
+                || app.metrics.queued_bytes.load(Relaxed) > 0)
+                && paced.elapsed() < Duration::from_millis(200)
+            {
+                max_queued = max_queued.max(app.metrics.queued_bytes.load(Relaxed));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            max_queued = max_queued.max(app.metrics.queued_bytes.load(Relaxed));
+            if app.metrics.peers.load(Relaxed) < 2 {
+                break;
+            }
+        }
+        (sink, max_queued)
+    });
+    // The stalled client is dropped (its room hears of it) while its socket is still open.
+    let left = wait_for(&mut stream, Duration::from_secs(60), |v| {
+        v["type"] == "peer_left"
+    })
+    .await;
+    assert_eq!(left["peer_id"], stalled_id.as_str());
+    let (sink, max_queued) = flood.await.unwrap();
+    assert!(
+        max_queued <= QUEUE_BYTES + 20 * 1024,
+        "{max_queued} bytes queued for one client"
+    );
+    assert!(server.app.metrics.errors(ErrorCode::SlowConsumer) >= 1);
+    // What it had queued is released, and the server goes on serving.
+    let mut flooder = Client {
+        ws: sink.reunite(stream).unwrap(),
+    };
+    flooder.send(json!({"v":1,"type":"ping"})).await;
+    wait_for(&mut flooder.ws, WAIT, |v| v["type"] == "pong").await;
+    assert_eq!(server.app.metrics.queued_bytes.load(Relaxed), 0);
+    server.stop().await;
+}
+
+/// Everything the server sends on a raw TCP connection until it closes it.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("the server keeps the connection open")
+        .ok();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test]
+async fn sockets_that_never_join_are_dropped_and_free_their_slots() {
+    let secret = b"server secret".to_vec();
+    let config = ServerConfig {
+        secret: Some(secret.clone()),
+        limits: Limits {
+            max_connections: 5,
+            join_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    // Five sockets take every slot and never join; one of them talks, which is not enough.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(Client::connect(&server).await);
+    }
+    idle[0].ping().await;
+    for c in &mut idle {
+        c.expect_error("join_timeout").await;
+        assert!(c.recv().await.is_none(), "connection must close");
+    }
+    // A client with a valid token gets in, and is not dropped for having joined.
+    let mut alice = Client::connect(&server).await;
+    alice
+        .send(json!({"v":1,"type":"join","room":"r","name":"alice",
+            "token": mint(&secret, "r", "alice", unix_now() + 60)}))
+        .await;
+    alice.expect("welcome").await;
+    let mut late = Client::connect(&server).await;
+    late.expect_error("join_timeout").await;
+    alice.ping().await;
+    // Leaving starts the clock again.
+    alice.send(json!({"v":1,"type":"leave"})).await;
+    alice.expect_error("join_timeout").await;
+    assert!(alice.recv().await.is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_or_silent_http_requests_time_out() {
+    use tokio::io::AsyncWriteExt;
+    let config = ServerConfig {
+        limits: Limits {
+            header_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A finished request is answered; the kept-alive connection must then start the next one
+    // within the timeout too.
+    let mut kept = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut silent).await, "");
+    assert!(!read_until_closed(&mut partial).await.contains("ok"));
+    let answered = read_until_closed(&mut kept).await;
+    assert!(
+        answered.starts_with("HTTP/1.1 200") && answered.ends_with("ok\n"),
+        "{answered}"
+    );
+    raw_connections(&server, 0).await;
+    server.stop().await;
+}
+
+/// Waits until the server counts `n` open TCP connections.
+async fn raw_connections(server: &Server, n: u64) {
+    tokio::time::timeout(WAIT, async {
+        while server.app.metrics.raw_connections.load(Relaxed) != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("raw connection count");
+}
+
+#[tokio::test]
+async fn raw_connections_are_capped_in_total() {
+    let config = ServerConfig {
+        limits: Limits {
+            max_raw_connections: 3,
+            header_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    raw_connections(&server, 3).await;
+    let mut over = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let refused = read_until_closed(&mut over).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("server_full"),
+        "{refused}"
+    );
+    // A WebSocket counts while it lives; a freed slot is usable again.
+    held.pop();
+    raw_connections(&server, 2).await;
+    let mut c = Client::connect(&server).await;
+    c.join("r", "c").await;
+    assert!(
+        tokio_tungstenite::connect_async(server.url())
+            .await
+            .is_err()
+    );
+    drop(c);
+    raw_connections(&server, 2).await;
+    Client::connect(&server).await.ping().await;
+    assert!(server.app.metrics.errors(ErrorCode::ServerFull) >= 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address() {
+    let config = ServerConfig {
+        limits: Limits {
+            max_connections_per_ip: 2,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let mut a = Client::connect(&server).await;
+    let _b = Client::connect(&server).await;
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let body = response.body().clone().unwrap_or_default();
+            assert!(String::from_utf8_lossy(&body).contains("too_many_connections"));
+        }
+        other => panic!("expected HTTP 429, got {other:?}"),
+    }
+    // Another address is not affected (all of 127/8 is loopback on Linux).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        server.url(),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    Client { ws }.ping().await;
+    a.ping().await;
+    assert_eq!(server.app.metrics.errors(ErrorCode::TooManyConnections), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_is_held_by_one_connection_at_a_time() {
+    let secret = b"server secret".to_vec();
+    let config = ServerConfig {
+        secret: Some(secret.clone()),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let token = mint(&secret, "r", "alice", unix_now() + 60);
+    let join = |token: &str| json!({"v":1,"type":"join","room":"r","name":"alice","token":token});
+
+    // A squatter with a leaked token joins first: the real peer is refused, not seated twice.
+    let mut squatter = Client::connect(&server).await;
+    squatter.send(join(&token)).await;
+    squatter.expect("welcome").await;
+    let mut real = Client::connect(&server).await;
+    real.send(join(&token)).await;
+    real.expect_error("token_in_use").await;
+    // Textual variants of the token are not a way around it: they are not tokens at all.
+    let (head, mac) = token.rsplit_once('.').unwrap();
+    let expiry = head.strip_prefix("v1.").unwrap();
+    for variant in [
+        format!("v1.0{expiry}.{mac}"),
+        format!("v1.{expiry}.{}", mac.to_ascii_uppercase()),
+    ] {
+        real.send(join(&variant)).await;
+        real.expect_error("bad_token").await;
+    }
+    let mut watcher = Client::connect(&server).await;
+    watcher
+        .send(json!({"v":1,"type":"join","room":"r","name":"bob",
+            "token": mint(&secret, "r", "bob", unix_now() + 60)}))
+        .await;
+    let peers = watcher.expect("welcome").await["peers"].clone();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+    squatter.expect("peer_joined").await;
+
+    // Leaving the room keeps the token held by that connection; it may rejoin with it.
+    squatter.send(json!({"v":1,"type":"leave"})).await;
+    watcher.expect("peer_left").await;
+    real.send(join(&token)).await;
+    real.expect_error("token_in_use").await;
+    squatter.send(join(&token)).await;
+    squatter.expect("welcome").await;
+    watcher.expect("peer_joined").await;
+
+    // Once that connection closes, the token may be used again (a client reconnecting).
+    drop(squatter);
+    watcher.expect("peer_left").await;
+    real.send(join(&token)).await;
+    real.expect("welcome").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn names_are_unique_in_a_room_up_to_confusables() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut bob = Client::connect(&server).await;
+    bob.join("r", "bob").await;
+    let mut other = Client::connect(&server).await;
+    for taken in [
+        "bob",
+        "BOB",
+        "\u{ff42}\u{ff4f}\u{ff42}",
+        "b\u{43e}b",
+        "b\u{200b}ob",
+    ] {
+        other
+            .send(json!({"v":1,"type":"join","room":"r","name":taken}))
+            .await;
+        other.expect_error("name_taken").await;
+    }
+    // The same name elsewhere, and a different name here, are fine.
+    Client::connect(&server)
+        .await
+        .join("elsewhere", "bob")
+        .await;
+    let w = other.join("r", "rob").await;
+    assert_eq!(w["peers"][0]["name"], "bob");
+    bob.expect("peer_joined").await;
+    // Once bob has left, the name is free.
+    drop(bob);
+    other.expect("peer_left").await;
+    Client::connect(&server).await.join("r", "Bob").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_engine_client_is_refused_a_taken_seat_and_retries() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut squatter = Client::connect(&server).await;
+    squatter.join("call", "alice").await;
+    let mut cfg = SignalConfig::new(server.url(), "call", "alice");
+    cfg.backoff_initial = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(200);
+    let (alice, mut events) = SignalClient::connect(cfg);
+    let mut refusals = 0;
+    while refusals < 2 {
+        match next(&mut events).await {
+            SignalEvent::ServerError {
+                code: ErrorCode::NameTaken,
+                ..
+            } => refusals += 1,
+            SignalEvent::Disconnected { .. } | SignalEvent::Reconnecting { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!alice.is_joined());
+    // When the seat is free (as when the server notices our own dropped connection), it joins.
+    squatter.send(json!({"v":1,"type":"leave"})).await;
+    loop {
+        if let SignalEvent::Joined { .. } = next(&mut events).await {
+            break;
+        }
+    }
+    alice.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn peer_ids_are_random() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut ids = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::connect(&server).await;
+        let id = c.join(&format!("room{}", i % 3), &format!("n{i}")).await["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        clients.push(c);
+        ids.push(id);
+    }
+    for id in &ids {
+        let digits = id.strip_prefix('p').unwrap_or_default();
+        assert!(
+            digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    let values: Vec<u64> = ids
+        .iter()
+        .map(|id| u64::from_str_radix(&id[1..], 16).unwrap())
+        .collect();
+    let mut unique = values.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "ids repeat: {ids:?}");
+    // Not a counter: neither ordered nor close together.
+    assert_ne!(unique, values, "ids are ascending: {ids:?}");
+    let spread = unique.last().unwrap() - unique.first().unwrap();
+    assert!(spread > u64::MAX / 4, "ids are clustered: {ids:?}");
+    server.stop().await;
+}
+
+async fn connect_with_origin(
+    server: &Server,
+    origin: Option<&str>,
+) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = server.url().into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+    Ok(Client { ws })
+}
+
+fn assert_forbidden(result: Result<Client, tokio_tungstenite::tungstenite::Error>) {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        Err(e) => panic!("expected HTTP 403, got {e}"),
+        Ok(_) => panic!("expected HTTP 403, got a WebSocket"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_origins_are_checked() {
+    // Default: no Origin (native clients) or the server's own origin.
+    let server = Server::start(ServerConfig::default()).await;
+    let own = format!("http://{}", server.addr);
+    connect_with_origin(&server, None)
+        .await
+        .unwrap()
+        .ping()
+        .await;
+    connect_with_origin(&server, Some(&own))
+        .await
+        .unwrap()
+        .ping()
+        .await;
+    assert_forbidden(connect_with_origin(&server, Some("https://evil.example")).await);
+    assert_forbidden(connect_with_origin(&server, Some("null")).await);
+    server.stop().await;
+
+    // With an allow-list: no Origin, or a listed one; not even the server's own.
+    let config = ServerConfig {
+        allowed_origins: vec!["https://app.example".into()],
+        ..ServerConfig::default()
+    };
+    let server = Server::start(config).await;
+    let own = format!("http://{}", server.addr);
+    connect_with_origin(&server, None)
+        .await
+        .unwrap()
+        .ping()
+        .await;
+    connect_with_origin(&server, Some("https://app.example"))
+        .await
+        .unwrap()
+        .ping()
+        .await;
+    assert_forbidden(connect_with_origin(&server, Some(&own)).await);
+    assert_forbidden(connect_with_origin(&server, Some("https://evil.example")).await);
     server.stop().await;
 }

@@ -29,6 +29,10 @@ use super::{CallConfig, Command};
 /// How long a hang-up message gets to leave before the connection closes.
 const HANGUP_LINGER: Duration = Duration::from_millis(150);
 
+/// How long after the server says the peer left its hang-up may still arrive (the room's
+/// `peer_left` can overtake the control channel's `hangup` on a loaded machine).
+const HANGUP_GRACE: Duration = Duration::from_millis(500);
+
 /// How long signaling may keep failing before a call that is not connected yet gives up.
 const SIGNAL_ATTEMPTS: u32 = 5;
 
@@ -117,6 +121,8 @@ struct Run {
     last_decrypted: u64,
     /// Since when the peer's frames fail authentication with none decrypting.
     failing_since: Option<Instant>,
+    /// The server said the peer left: the call ends then, unless its hang-up arrives first.
+    peer_left_at: Option<tokio::time::Instant>,
     signaling_up: bool,
 }
 
@@ -196,6 +202,7 @@ impl Session {
             reported_failures: 0,
             last_decrypted: 0,
             failing_since: None,
+            peer_left_at: None,
             signaling_up: true,
         };
         let mut frames = frames;
@@ -306,6 +313,8 @@ impl Session {
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(run.peer_left_at.unwrap_or(far)),
+                    if run.peer_left_at.is_some() => break EndReason::PeerLeft,
                 _ = tokio::time::sleep_until(setup_deadline), if run.media.is_none() => {
                     break EndReason::Timeout(if !run.established {
                         "key agreement with the peer"
@@ -379,7 +388,13 @@ impl Session {
             }
             SignalEvent::PeerLeft { peer_id } => {
                 if run.peer.as_ref().is_some_and(|p| p.id == peer_id) {
-                    return Err(EndReason::PeerLeft);
+                    if run.media.is_none() || run.control.is_none() {
+                        return Err(EndReason::PeerLeft);
+                    }
+                    // A peer that hangs up sends `hangup` on the control channel and then
+                    // leaves the room; the leave can overtake it. Give the hang-up a moment.
+                    run.peer_left_at
+                        .get_or_insert_with(|| tokio::time::Instant::now() + HANGUP_GRACE);
                 }
                 Ok(false)
             }

@@ -142,6 +142,13 @@ fn is_fatal(code: ErrorCode) -> bool {
     )
 }
 
+/// Join refusals because our seat is held: by our own previous connection that the server
+/// has not yet seen drop (it frees the seat when it does), or by someone else with our name or
+/// token. Retried with backoff; every refusal is reported as a `ServerError` event.
+fn is_seat_taken(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::NameTaken | ErrorCode::TokenInUse)
+}
+
 fn jitter(delay: Duration) -> Duration {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; 2];
@@ -345,6 +352,9 @@ async fn session(
                         let _ = events.send(SignalEvent::ServerError { code, message: message.clone() }).await;
                         if fatal {
                             return SessionEnd::Fatal(format!("refused by server: {}: {message}", code.as_str()));
+                        }
+                        if is_seat_taken(code) {
+                            return SessionEnd::Dropped(format!("join refused: {}: {message}", code.as_str()));
                         }
                         continue;
                     }

@@ -70,9 +70,11 @@ impl ClientMessage {
 /// A peer as the server describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
-    /// Server-assigned id, unique per server run.
+    /// Server-assigned random id (`p` and 16 hex digits), unique in the room.
     pub peer_id: String,
-    /// The display name the peer gave.
+    /// The server's attestation of the peer's name: the name it joined with, checked against
+    /// its token when the server has a secret, and not confusable with any other name in the
+    /// room. Compare it with the name the peer claims in the handshake.
     pub name: String,
 }
 
@@ -97,7 +99,7 @@ pub enum ServerMessage {
         v: u32,
         /// The new peer's id.
         peer_id: String,
-        /// The new peer's display name.
+        /// The new peer's name as the server attests it (see [`PeerInfo::name`]).
         name: String,
     },
     /// Someone left our room (or disconnected).
@@ -169,11 +171,19 @@ pub enum ErrorCode {
     SlowConsumer,
     /// The server is shutting down.
     ShuttingDown,
+    /// The connection did not join a room in time (the connection is closed).
+    JoinTimeout,
+    /// The join token is in use by another open connection.
+    TokenInUse,
+    /// A peer with this name, or one confusable with it, is already in the room.
+    NameTaken,
+    /// Too many connections from this address (refused before the WebSocket upgrade).
+    TooManyConnections,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -190,6 +200,10 @@ impl ErrorCode {
         ErrorCode::IdleTimeout,
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
+        ErrorCode::JoinTimeout,
+        ErrorCode::TokenInUse,
+        ErrorCode::NameTaken,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The snake_case name used on the wire and in metrics.
@@ -211,6 +225,10 @@ impl ErrorCode {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::JoinTimeout => "join_timeout",
+            ErrorCode::TokenInUse => "token_in_use",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }
@@ -484,6 +502,22 @@ mod tests {
         assert_eq!(
             code(r#"{"v":1,"type":"ping","x":1}"#),
             ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn error_codes_are_snake_case_on_the_wire() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_string(&code).unwrap();
+            assert_eq!(wire, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&wire).unwrap(), code);
+        }
+        assert_eq!(ErrorCode::JoinTimeout.as_str(), "join_timeout");
+        assert_eq!(ErrorCode::TokenInUse.as_str(), "token_in_use");
+        assert_eq!(ErrorCode::NameTaken.as_str(), "name_taken");
+        assert_eq!(
+            ErrorCode::TooManyConnections.as_str(),
+            "too_many_connections"
         );
     }
 

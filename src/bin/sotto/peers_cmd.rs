@@ -159,6 +159,6 @@ mod tests {
         assert_eq!(utc_date(0), "unknown");
         assert_eq!(utc_date(86_400 + 3_660), "1970-01-02 01:01 UTC");
         assert_eq!(utc_date(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(utc_date(1_796_083_200), "2026-11-30 00:00 UTC");
+        assert_eq!(utc_date(1_795_996_800), "2026-11-30 00:00 UTC");
     }
 }
