@@ -33,7 +33,8 @@ impl DtlsFingerprint {
         let mut parts = value.trim().split(':');
         for byte in &mut out {
             let part = parts.next().ok_or_else(|| bad("too short"))?;
-            if part.len() != 2 {
+            // Exactly two hex digits (from_str_radix alone would take a sign, "+A").
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad("each byte is two hex digits"));
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| bad("not hex"))?;
@@ -122,6 +123,7 @@ mod tests {
             format!("{text}:00"),
             text.replace(':', ""),
             text.replacen("A5", "G5", 1),
+            text.replacen("A5", "+A", 1),
             "sha-256".to_string(),
             String::new(),
             "x".repeat(MAX_DTLS_LEN + 1),
