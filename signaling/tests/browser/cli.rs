@@ -1,7 +1,7 @@
 //! The browser and `sotto call` (the Rust CLI) in one call: safety codes, audio both ways,
 //! the control channel both ways.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -10,27 +10,8 @@ use serde_json::Value;
 use sotto::media::{AudioSource, WavSource};
 
 use crate::cdp::{Browser, Page};
+use crate::sotto_bin::sotto_bin;
 use crate::{CONNECT, Server, room, skip, tone_wav, wait_status};
-
-/// The workspace's `sotto` binary, next to this test's `deps/` directory (cargo builds it for
-/// `cargo test --workspace`); `$SOTTO_BIN` overrides.
-fn sotto_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOTTO_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("sotto"))
-        .unwrap();
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build --bin sotto` (cargo test --workspace does)",
-        bin.display()
-    );
-    bin
-}
 
 /// 48 kHz mono samples of a WAV file as `--output` writes it.
 fn read_wav(path: &Path) -> Vec<f32> {

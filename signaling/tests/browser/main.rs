@@ -9,6 +9,8 @@ mod cli;
 mod mitm;
 mod mitm_pages;
 mod peer;
+#[path = "../support/sotto_bin.rs"]
+mod sotto_bin;
 mod v2;
 
 use std::net::SocketAddr;
