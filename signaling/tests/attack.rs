@@ -185,6 +185,49 @@ async fn first_contact_the_codes_differ_and_the_status_says_undecryptable() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The names the attacker presents itself under: exact, lookalike (Cyrillic о, а, с, е),
+/// other case, full width.
+const VARIANTS: [(&str, &str); 4] = [
+    ("bob", "alice"),
+    ("bоb", "аliсе"),
+    ("BOB", "Alice"),
+    ("ｂｏｂ", "ａｌｉｃｅ"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_under_any_name_the_codes_differ() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("first-names");
+    for (i, (as_bob, as_alice)) in VARIANTS.into_iter().enumerate() {
+        let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
+        let _ = std::fs::remove_file(&alice.peers_file);
+        let _ = std::fs::remove_file(&bob.peers_file);
+        let mitm = Mitm::start(
+            Attack::OwnHandshakes {
+                as_first: Some(as_bob.into()),
+                as_second: Some(as_alice.into()),
+            },
+            None,
+        )
+        .await;
+        let room = format!("first-{i}");
+        let (a, b) = call_pair(
+            alice.builder(&mitm.url, &room, 440.0),
+            bob.builder(&mitm.url, &room, 660.0),
+            keys_agreed,
+        )
+        .await;
+        let (pa, pb) = (a.peer.unwrap(), b.peer.unwrap());
+        assert_ne!(pa.safety_code, pb.safety_code, "{as_bob:?} / {as_alice:?}");
+        assert_eq!(pa.trust, PeerTrust::New);
+        assert_eq!(pa.name, sotto::names::canonical(as_bob));
+        assert_eq!(pb.name, sotto::names::canonical(as_alice));
+        assert_eq!(pa.mixed_script, i == 1, "{as_bob:?}");
+        assert_eq!(pb.mixed_script, i == 1, "{as_alice:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_genuine_call_the_attacker_is_caught_under_any_lookalike_name() {
     let _one = ONE_CALL.lock().await;
@@ -206,13 +249,7 @@ async fn after_a_genuine_call_the_attacker_is_caught_under_any_lookalike_name() 
     assert_eq!(bob.pinned("alice"), Some(alice_key));
 
     // The server now runs its own handshakes, presenting itself under each variant.
-    let variants = [
-        ("bob", "alice"),
-        ("bоb", "аliсе"), // Cyrillic о, а, с, е
-        ("BOB", "Alice"),
-        ("ｂｏｂ", "ａｌｉｃｅ"), // full width
-    ];
-    for (i, (as_bob, as_alice)) in variants.into_iter().enumerate() {
+    for (i, (as_bob, as_alice)) in VARIANTS.into_iter().enumerate() {
         let mitm = Mitm::start(
             Attack::OwnHandshakes {
                 as_first: Some(as_bob.into()),
