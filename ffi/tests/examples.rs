@@ -57,20 +57,38 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// A workspace binary next to `deps/` (`cargo test --workspace` builds them).
+/// Builds the shared library and the workspace binaries, once per test run, and returns
+/// `target/<profile>`. `cargo test` does not build a crate's cdylib (its integration tests
+/// cannot link it), so this runs `cargo build` itself; it selects what `cargo test
+/// --workspace` selects, so features match and it reuses that build's artifacts.
+fn built() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(repo_root())
+            .args(["build", "--quiet", "--workspace", "--lib", "--bins", "--tests"])
+            .env("CARGO_TARGET_DIR", dir.parent().unwrap());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().unwrap();
+        assert!(status.success(), "cargo build failed");
+        dir
+    })
+}
+
+/// A workspace binary in `target/<profile>`.
 fn workspace_bin(name: &str) -> PathBuf {
-    let bin = profile_dir().join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build --bin {name}` (cargo test --workspace does)",
-        bin.display()
-    );
+    let bin = built().join(name);
+    assert!(bin.is_file(), "{} is missing", bin.display());
     bin
 }
 
 /// `target/<profile>/libsotto.so`.
 fn library() -> PathBuf {
-    let lib = profile_dir().join("libsotto.so");
+    let lib = built().join("libsotto.so");
     assert!(lib.is_file(), "{} is missing", lib.display());
     lib
 }
