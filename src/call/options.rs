@@ -1,0 +1,476 @@
+//! The settings of one call as a person or an application gives them: the flags of
+//! `sotto call`, and the same keys as a JSON object (the C ABI's `sotto_call_start`), so one
+//! document covers both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{CallBuilder, CallConfig, CallStats, EndReason, PeerInfo};
+use crate::handshake::{Identity, KnownPeers, TrustPolicy, default_identity_path};
+use crate::media::{
+    AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
+};
+use crate::sframe::CipherSuite;
+use crate::transport::IceServer;
+
+/// Why call options could not be used. The texts are what `sotto call` prints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptionsError {
+    /// A value is out of range or the options contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// An audio device or file could not be opened.
+    #[error("{0}")]
+    Audio(String),
+    /// The identity or the known-peers file could not be loaded or created.
+    #[error("{0}")]
+    Identity(String),
+    /// The `--stats-json` report could not be written.
+    #[error("{0}")]
+    Report(String),
+}
+
+/// The settings of one call: the flags of `sotto call`, or a JSON object with the same
+/// (long flag) names as keys.
+#[derive(Debug, Clone, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Signaling server URL, as the server prints it (ws://HOST:PORT/ws).
+    #[arg(long, value_name = "WS-URL")]
+    pub server: String,
+    /// Room to meet the other peer in.
+    #[arg(long, value_name = "NAME")]
+    pub room: String,
+    /// Display name shown to the peer.
+    #[arg(long, value_name = "DISPLAY-NAME", default_value = "sotto")]
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Identity file (default: $XDG_CONFIG_HOME/sotto/identity.json); created if missing.
+    /// Known peers are pinned in known_peers.json next to it.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
+    /// Send this WAV file (any rate, mono or stereo) instead of the microphone.
+    #[arg(long, value_name = "WAV", group = "source")]
+    #[serde(default)]
+    pub input: Option<PathBuf>,
+    /// Capture from this input device (see `sotto devices`) instead of the default one.
+    #[arg(long, value_name = "NAME", group = "source")]
+    #[serde(default)]
+    pub input_device: Option<String>,
+    /// Send a sine tone of this frequency instead of the microphone.
+    #[arg(long, value_name = "HZ", group = "source",
+          value_parser = parse_tone)]
+    #[serde(default)]
+    pub tone: Option<f64>,
+    /// Write what the peer says to this WAV file (48 kHz mono) instead of the speaker.
+    #[arg(long, value_name = "WAV", group = "sink")]
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// Play to this output device instead of the default one.
+    #[arg(long, value_name = "NAME", group = "sink")]
+    #[serde(default)]
+    pub output_device: Option<String>,
+    /// Hang up after this many seconds (counted from start) and exit 0.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration_secs")]
+    pub duration: Option<Duration>,
+    /// On exit, write the call's figures as one JSON object to this file.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub stats_json: Option<PathBuf>,
+    /// Join token, for servers with a secret.
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Local UDP address for media (repeatable). The default, 0.0.0.0:0, offers every
+    /// interface but loopback; use 127.0.0.1:0 for two peers on one machine without a network.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    #[serde(default = "default_bind", deserialize_with = "one_or_many")]
+    pub bind: Vec<SocketAddr>,
+    /// STUN or TURN server URL, e.g. stun:stun.example.org:3478 (repeatable).
+    #[arg(long, value_name = "URL")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub ice_server: Vec<String>,
+    /// User name for the TURN servers.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    #[serde(default)]
+    pub ice_username: String,
+    /// Credential for the TURN servers.
+    #[arg(long, value_name = "SECRET", default_value = "")]
+    #[serde(default)]
+    pub ice_credential: String,
+    /// Refuse, before any media, a peer whose identity is not verified (see `sotto peers
+    /// verify`): new, unverified, changed and lookalike peers end the call with exit 1.
+    #[arg(long)]
+    #[serde(default)]
+    pub require_verified: bool,
+}
+
+fn default_name() -> String {
+    "sotto".into()
+}
+
+fn default_bind() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([0, 0, 0, 0], 0))]
+}
+
+/// A JSON value that is either one item or an array of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn duration_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(secs) => check_duration(secs)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `--tone`: a frequency in Hz, 20 to 20000.
+pub fn parse_tone(s: &str) -> Result<f64, String> {
+    let hz: f64 = s.parse().map_err(|_| format!("not a number: {s}"))?;
+    check_tone(hz)
+}
+
+/// Checks a tone frequency: 20 to 20000 Hz.
+pub fn check_tone(hz: f64) -> Result<f64, String> {
+    if (20.0..=20_000.0).contains(&hz) {
+        Ok(hz)
+    } else {
+        Err("tone must be 20-20000 Hz".into())
+    }
+}
+
+/// Parses `--duration`: seconds, more than 0 and at most a day.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("not a number: {s}"))?;
+    check_duration(secs)
+}
+
+/// Checks a duration in seconds: more than 0 and at most a day.
+pub fn check_duration(secs: f64) -> Result<Duration, String> {
+    if secs > 0.0 && secs <= 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err("duration must be between 0 and 86400 seconds".into())
+    }
+}
+
+/// Where the known peers of the identity at `identity` are pinned: `known_peers.json` next to
+/// it.
+pub fn known_peers_path(identity: &Path) -> PathBuf {
+    identity.with_file_name("known_peers.json")
+}
+
+/// The identity of a call, loaded or created, with its known peers.
+#[derive(Debug)]
+pub struct LoadedIdentity {
+    /// Our identity.
+    pub identity: Identity,
+    /// Where it is stored.
+    pub path: PathBuf,
+    /// It did not exist and was created now.
+    pub created: bool,
+    /// The peers pinned next to it.
+    pub known_peers: KnownPeers,
+}
+
+impl CallOptions {
+    /// Options for `room` on `server` with every other setting at its default.
+    pub fn new(server: impl Into<String>, room: impl Into<String>) -> Self {
+        CallOptions {
+            server: server.into(),
+            room: room.into(),
+            name: default_name(),
+            identity: None,
+            input: None,
+            input_device: None,
+            tone: None,
+            output: None,
+            output_device: None,
+            duration: None,
+            stats_json: None,
+            token: None,
+            bind: default_bind(),
+            ice_server: Vec::new(),
+            ice_username: String::new(),
+            ice_credential: String::new(),
+            require_verified: false,
+        }
+    }
+
+    /// Parses a JSON object whose keys are the long flag names; unknown keys are refused.
+    /// The values are checked as the flags are ([`validate`](Self::validate)).
+    pub fn from_json(json: &str) -> Result<Self, OptionsError> {
+        let options: CallOptions = serde_json::from_str(json)
+            .map_err(|e| OptionsError::Invalid(format!("call options: {e}")))?;
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Checks what the flag parser checks (for options that did not come through it) and the
+    /// server URL.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if !(self.server.starts_with("ws://") || self.server.starts_with("wss://")) {
+            return Err(OptionsError::Invalid(format!(
+                "--server must be a ws:// or wss:// URL, got {:?}",
+                self.server
+            )));
+        }
+        if let Some(hz) = self.tone {
+            check_tone(hz).map_err(OptionsError::Invalid)?;
+        }
+        if let Some(d) = self.duration {
+            check_duration(d.as_secs_f64()).map_err(OptionsError::Invalid)?;
+        }
+        let sources = [
+            self.input.is_some(),
+            self.input_device.is_some(),
+            self.tone.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(OptionsError::Invalid(
+                "give at most one of input, input-device and tone".into(),
+            ));
+        }
+        if self.output.is_some() && self.output_device.is_some() {
+            return Err(OptionsError::Invalid(
+                "give at most one of output and output-device".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens the audio source the options name: a WAV file, a tone, or a capture device.
+    pub fn open_source(&self) -> Result<Box<dyn AudioSource>, OptionsError> {
+        if let Some(path) = &self.input {
+            return WavSource::open(path)
+                .map(|s| Box::new(s) as Box<dyn AudioSource>)
+                .map_err(|e| OptionsError::Audio(format!("--input {}: {e}", path.display())));
+        }
+        if let Some(hz) = self.tone {
+            return Ok(Box::new(ToneSource::new(hz, 0.3)));
+        }
+        DeviceSource::open(self.input_device.as_deref())
+            .map(|s| Box::new(s) as Box<dyn AudioSource>)
+            .map_err(|e| {
+                OptionsError::Audio(format!("{e} (or use --input file.wav or --tone 440)"))
+            })
+    }
+
+    /// Opens the audio sink the options name: a WAV file or a playback device.
+    pub fn open_sink(&self) -> Result<Box<dyn AudioSink>, OptionsError> {
+        if let Some(path) = &self.output {
+            return WavSink::create(path)
+                .map(|s| Box::new(s) as Box<dyn AudioSink>)
+                .map_err(|e| OptionsError::Audio(format!("--output {}: {e}", path.display())));
+        }
+        DeviceSink::open(self.output_device.as_deref())
+            .map(|s| Box::new(s) as Box<dyn AudioSink>)
+            .map_err(|e| OptionsError::Audio(format!("{e} (or use --output file.wav)")))
+    }
+
+    /// Loads the identity file (creating it if missing) and the known peers next to it.
+    pub fn load_identity(&self) -> Result<LoadedIdentity, OptionsError> {
+        let path = self.identity.clone().unwrap_or_else(default_identity_path);
+        let (identity, created) =
+            Identity::load_or_create(&path).map_err(|e| OptionsError::Identity(e.to_string()))?;
+        let known_peers = KnownPeers::load(&known_peers_path(&path))
+            .map_err(|e| OptionsError::Identity(e.to_string()))?;
+        Ok(LoadedIdentity {
+            identity,
+            path,
+            created,
+            known_peers,
+        })
+    }
+
+    /// The engine settings these options give.
+    pub fn config(&self) -> CallConfig {
+        let mut config = CallConfig::new(self.server.clone(), self.room.clone());
+        config.transport.udp_addrs = self.bind.iter().map(|a| a.to_string()).collect();
+        if !self.ice_server.is_empty() {
+            config.transport.ice_servers = vec![IceServer {
+                urls: self.ice_server.clone(),
+                username: self.ice_username.clone(),
+                credential: self.ice_credential.clone(),
+            }];
+        }
+        if self.require_verified {
+            config.trust = TrustPolicy::RequireVerified;
+        }
+        config
+    }
+
+    /// A builder for the call, ready to start.
+    pub fn builder(
+        &self,
+        identity: Identity,
+        known_peers: KnownPeers,
+        source: Box<dyn AudioSource>,
+        sink: Box<dyn AudioSink>,
+    ) -> CallBuilder {
+        let mut builder = CallBuilder::with_config(self.config())
+            .name(self.name.clone())
+            .identity(Arc::new(identity))
+            .known_peers(known_peers)
+            .source(source)
+            .sink(sink);
+        if let Some(token) = &self.token {
+            builder = builder.token(token.clone());
+        }
+        builder
+    }
+}
+
+/// Whether a call that ended for `reason` ended normally (`sotto call` exits 0).
+pub fn ended_ok(reason: &EndReason) -> bool {
+    matches!(
+        reason,
+        EndReason::LocalHangup | EndReason::RemoteHangup | EndReason::PeerLeft
+    )
+}
+
+/// What `sotto call --stats-json` writes: the call's figures as one JSON object.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct CallReport {
+    /// Always true: every call is end-to-end encrypted.
+    pub e2ee: bool,
+    /// The SFrame cipher suite's name.
+    pub cipher_suite: &'static str,
+    /// The room.
+    pub room: String,
+    /// Our display name.
+    pub name: String,
+    /// Our identity's fingerprint.
+    pub identity: String,
+    /// The safety code, once keys were agreed.
+    pub safety_code: Option<String>,
+    /// The peer's name (canonical).
+    pub peer_name: Option<String>,
+    /// The peer's identity key, hex.
+    pub peer_identity: Option<String>,
+    /// The peer's identity fingerprint.
+    pub peer_fingerprint: Option<String>,
+    /// What the known-peers store said about the peer.
+    pub peer_trust: Option<&'static str>,
+    /// The peer's name mixes scripts, as lookalikes do.
+    pub peer_name_mixed_script: Option<bool>,
+    /// The peer's media failed authentication for over a second at some point.
+    pub undecryptable: bool,
+    /// Why the call ended.
+    pub ended: String,
+    /// The final figures.
+    #[serde(flatten)]
+    pub stats: CallStats,
+}
+
+impl CallReport {
+    /// The report of a call with these options, suite and identity fingerprint, the peer (if
+    /// keys were agreed), and how it ended.
+    pub fn new(
+        options: &CallOptions,
+        suite: CipherSuite,
+        fingerprint: String,
+        peer: Option<&PeerInfo>,
+        undecryptable: bool,
+        reason: &EndReason,
+        stats: CallStats,
+    ) -> Self {
+        CallReport {
+            e2ee: true,
+            cipher_suite: suite.name(),
+            room: options.room.clone(),
+            name: options.name.clone(),
+            identity: fingerprint,
+            safety_code: peer.map(|p| p.safety_code.clone()),
+            peer_name: peer.map(|p| p.name.clone()),
+            peer_identity: peer.map(|p| p.identity.to_hex()),
+            peer_fingerprint: peer.map(|p| p.identity.fingerprint()),
+            peer_trust: peer.map(|p| p.trust.as_str()),
+            peer_name_mixed_script: peer.map(|p| p.mixed_script),
+            undecryptable,
+            ended: reason.to_string(),
+            stats,
+        }
+    }
+
+    /// Writes the report to `path` (through a temporary file, so readers never see half).
+    pub fn write(&self, path: &Path) -> Result<(), OptionsError> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| OptionsError::Report(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n")
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| OptionsError::Report(format!("--stats-json {}: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_takes_the_long_flag_names() {
+        let o = CallOptions::from_json(
+            r#"{"server":"ws://h:1/ws","room":"r","tone":440,"duration":1.5,
+                "bind":"127.0.0.1:0","ice-server":["stun:a","stun:b"],"require-verified":true,
+                "stats-json":"/tmp/x.json","ice-username":"u"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.name, "sotto");
+        assert_eq!(o.tone, Some(440.0));
+        assert_eq!(o.duration, Some(Duration::from_millis(1500)));
+        assert_eq!(o.bind, vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(o.ice_server, ["stun:a", "stun:b"]);
+        assert!(o.require_verified);
+        assert_eq!(o.ice_username, "u");
+        let defaults = CallOptions::from_json(r#"{"server":"ws://h/ws","room":"r"}"#).unwrap();
+        assert_eq!(defaults.bind, default_bind());
+    }
+
+    #[test]
+    fn json_refuses_what_the_flags_refuse() {
+        for bad in [
+            r#"{"server":"ws://h/ws","room":"r","colour":"red"}"#,
+            r#"{"server":"http://h/ws","room":"r"}"#,
+            r#"{"server":"ws://h/ws","room":"r","tone":5}"#,
+            r#"{"server":"ws://h/ws","room":"r","duration":0}"#,
+            r#"{"server":"ws://h/ws","room":"r","tone":440,"input":"a.wav"}"#,
+            r#"{"server":"ws://h/ws","room":"r","output":"a.wav","output-device":"x"}"#,
+            r#"{"server":"ws://h/ws","room":"r","bind":"nonsense"}"#,
+            r#"{"room":"r"}"#,
+            r#"[1]"#,
+        ] {
+            assert!(
+                matches!(CallOptions::from_json(bad), Err(OptionsError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+}
