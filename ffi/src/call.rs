@@ -21,9 +21,22 @@ use crate::error::{
     SOTTO_ERR_IO, SOTTO_ERR_STATE, guard, guard_value, out_bytes, sotto_status,
 };
 
-/// Receives the call's events: one UTF-8 JSON object per call (see the README of the C ABI),
-/// on a library thread, one event at a time, in order. `event_json` is valid only during the
-/// call. Must not call `sotto_call_free` from inside the callback.
+/// Receives the call's events: one UTF-8 JSON object per call, on a library thread, one event
+/// at a time, in order. `event_json` is valid only during the call. Must not call
+/// `sotto_call_free` from inside the callback. The events:
+///
+/// - `{"event":"state","state":S}`, S one of "joining", "waiting_for_peer", "handshaking",
+///   "connecting", "connected", "undecryptable", "reconnecting", "ended"
+/// - `{"event":"safety_code","safety_code":"0421 7736","peer_name":..,"peer_fingerprint":..,
+///   "peer_identity":"<hex>","trust":"new|known|verified|changed|renamed","mixed_script":false}`
+/// - `{"event":"identity_changed","peer_name":..,"pinned_name":..,"pinned_fingerprint":..,
+///   "presented_fingerprint":..}`: someone may be in the middle
+/// - `{"event":"stats", ...the fields of sotto_call_stats_json...}`, every second
+/// - `{"event":"authentication_failures","new":N,"total":N}`
+/// - `{"event":"peer_muted","muted":true}`
+/// - `{"event":"first_audio","setup_ms":231.0}`
+/// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
+///   false when the call failed
 pub type sotto_event_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, event_json: *const c_char)>;
 
