@@ -1,0 +1,1 @@
+//! Calls through the C ABI.
