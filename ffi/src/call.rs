@@ -364,7 +364,6 @@ fn deliver(
     user_data: UserData,
     shared: Arc<Shared>,
 ) {
-    let user_data = user_data;
     for text in events {
         if let Some(cb) = on_event {
             // SAFETY: the application gave this callback and user_data for this purpose; the
