@@ -382,3 +382,109 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
     shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts Alice with callbacks on `app` and the given config; panics on failure.
+fn start_with_events(config: &serde_json::Value, app: &App) -> *mut sotto_call {
+    let config = CString::new(config.to_string()).unwrap();
+    let app_ptr = (app as *const App).cast_mut().cast::<c_void>();
+    let mut call = null_mut();
+    // SAFETY: valid config, callback and out pointer; `app` outlives the call.
+    let status = unsafe { sotto_call_start(config.as_ptr(), Some(on_event), app_ptr, &mut call) };
+    assert_eq!(status, SOTTO_OK, "{}", last_error());
+    call
+}
+
+#[test]
+fn a_failed_call_ends_by_itself_with_ok_false() {
+    let dir = temp_dir("fail");
+    let app = Box::new(App::default());
+    // Nothing listens on port 9 of loopback (discard): joining fails.
+    let call = start_with_events(
+        &serde_json::json!({
+            "server": "ws://127.0.0.1:9/ws",
+            "room": "nobody",
+            "tone": 440,
+            "output": dir.join("out.wav"),
+            "identity": dir.join("id.json"),
+        }),
+        &app,
+    );
+    // SAFETY: a live call.
+    assert_eq!(
+        unsafe { sotto_call_wait(call, 60_000) },
+        SOTTO_OK,
+        "{}",
+        last_error()
+    );
+    let events = app.events.lock().unwrap().clone();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "ended", "{events:?}");
+    assert_eq!(last["ok"], false);
+    assert!(
+        last["reason"].as_str().unwrap().contains("signaling"),
+        "{last}"
+    );
+    // SAFETY: freed once.
+    unsafe { sotto_call_free(call) };
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_panic_inside_the_call_ends_it_without_crossing_the_boundary() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let url = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let app =
+            sotto_signaling::App::new(sotto_signaling::ServerConfig::default(), shutdown.clone());
+        tokio::spawn(sotto_signaling::serve(listener, app));
+        url
+    });
+    let dir = temp_dir("panic");
+    let app = Box::new(App::default());
+    let call = start_with_events(
+        &serde_json::json!({
+            "server": url,
+            "room": "alone",
+            "tone": 440,
+            "output": dir.join("out.wav"),
+            "identity": dir.join("id.json"),
+        }),
+        &app,
+    );
+    app.wait_for("waiting_for_peer", |e| {
+        has(e, "state", "state", "waiting_for_peer")
+    });
+    // SAFETY: a live call.
+    crate::call::panic_driver_for_test(unsafe { &*call });
+    // SAFETY: a live call.
+    assert_eq!(
+        unsafe { sotto_call_wait(call, 60_000) },
+        SOTTO_OK,
+        "{}",
+        last_error()
+    );
+    let events = app.events.lock().unwrap().clone();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "ended", "{events:?}");
+    assert_eq!(last["ok"], false);
+    assert!(last["reason"].as_str().unwrap().contains("internal error"));
+    // SAFETY: a live (ended) call.
+    unsafe {
+        assert_eq!(sotto_call_set_muted(call, true), SOTTO_ERR_STATE);
+        let mut len = 0;
+        assert_eq!(
+            sotto_call_stats_json(call, null_mut(), 0, &mut len),
+            SOTTO_ERR_BUFFER_TOO_SMALL
+        );
+        assert!(len > 2);
+        sotto_call_free(call);
+    }
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
