@@ -488,3 +488,61 @@ fn a_panic_inside_the_call_ends_it_without_crossing_the_boundary() {
     shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_duration_hangs_up_by_itself_and_the_report_is_written() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let url = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let app =
+            sotto_signaling::App::new(sotto_signaling::ServerConfig::default(), shutdown.clone());
+        tokio::spawn(sotto_signaling::serve(listener, app));
+        url
+    });
+    let dir = temp_dir("duration");
+    let report = dir.join("report.json");
+    let app = Box::new(App::default());
+    let call = start_with_events(
+        &serde_json::json!({
+            "server": url,
+            "room": "short",
+            "name": "carol",
+            "tone": 440,
+            "output": dir.join("out.wav"),
+            "identity": dir.join("id.json"),
+            "duration": 0.5,
+            "stats-json": report,
+        }),
+        &app,
+    );
+    // SAFETY: a live call.
+    assert_eq!(
+        unsafe { sotto_call_wait(call, 60_000) },
+        SOTTO_OK,
+        "{}",
+        last_error()
+    );
+    let events = app.events.lock().unwrap().clone();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "ended", "{events:?}");
+    assert_eq!(last["reason"], "hung up");
+    assert_eq!(last["ok"], true);
+    // The same report as `sotto call --stats-json` writes.
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(written["e2ee"], true);
+    assert_eq!(written["room"], "short");
+    assert_eq!(written["name"], "carol");
+    assert_eq!(written["ended"], "hung up");
+    assert_eq!(written["safety_code"], Value::Null);
+    assert!(written.get("frames_sent").is_some());
+    // SAFETY: freed once.
+    unsafe { sotto_call_free(call) };
+    shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
