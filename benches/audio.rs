@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sotto::media::{
-    AudioSource, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource, codec::MAX_PACKET,
+    AudioSource, FrameDuration, MAX_PACKET, OpusConfig, OpusDecoder, OpusEncoder, ToneSource,
 };
 use sotto::playout::{Packet, PlayoutBuffer, PlayoutConfig};
 

@@ -11,6 +11,16 @@
 //!   names are confusable exactly when their skeletons are equal.
 //! - [`is_mixed_script`]: the name mixes scripts (UTS #39 resolved script set is empty), as
 //!   lookalikes usually do.
+//!
+//! ```
+//! use sotto::names;
+//!
+//! assert_eq!(names::canonical("ＢＯＢ"), "bob");
+//! // Cyrillic "о" looks like Latin "o": same skeleton, and the name is flagged.
+//! assert!(names::confusable("bоb", "bob"));
+//! assert!(names::is_mixed_script("bоb"));
+//! assert!(!names::confusable("bob", "rob"));
+//! ```
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::MixedScript;

@@ -5,6 +5,13 @@
 //! or invisible characters. [`Printable`] shows every control and format character as
 //! `\u{..}` and leaves all other text as it is; wrap outside text in it wherever it reaches a
 //! terminal or a log. [`EscapingWriter`] does the same for a whole log stream.
+//!
+//! ```
+//! use sotto::text::Printable;
+//!
+//! let hostile = "bob\u{1b}[2J\u{202e}";
+//! assert_eq!(Printable(hostile).to_string(), "bob\\u{1b}[2J\\u{202e}");
+//! ```
 
 use std::fmt::{self, Write as _};
 use std::io;

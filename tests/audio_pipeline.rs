@@ -7,8 +7,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sotto::media::{
-    AudioSource, DecodeKind, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource,
-    codec::MAX_PACKET,
+    AudioSource, DecodeKind, FrameDuration, MAX_PACKET, OpusConfig, OpusDecoder, OpusEncoder,
+    ToneSource,
 };
 use sotto::playout::{AudioPlayout, Packet, PlayoutConfig, PlayoutStats};
 

@@ -21,9 +21,22 @@ use crate::error::{
     SOTTO_ERR_IO, SOTTO_ERR_STATE, guard, guard_value, out_bytes, sotto_status,
 };
 
-/// Receives the call's events: one UTF-8 JSON object per call (see the README of the C ABI),
-/// on a library thread, one event at a time, in order. `event_json` is valid only during the
-/// call. Must not call `sotto_call_free` from inside the callback.
+/// Receives the call's events: one UTF-8 JSON object per call, on a library thread, one event
+/// at a time, in order. `event_json` is valid only during the call. Must not call
+/// `sotto_call_free` from inside the callback. The events:
+///
+/// - `{"event":"state","state":S}`, S one of "joining", "waiting_for_peer", "handshaking",
+///   "connecting", "connected", "undecryptable", "reconnecting", "ended"
+/// - `{"event":"safety_code","safety_code":"0421 7736","peer_name":..,"peer_fingerprint":..,
+///   "peer_identity":"<hex>","trust":"new|known|verified|changed|renamed","mixed_script":false}`
+/// - `{"event":"identity_changed","peer_name":..,"pinned_name":..,"pinned_fingerprint":..,
+///   "presented_fingerprint":..}`: someone may be in the middle
+/// - `{"event":"stats", ...the fields of sotto_call_stats_json...}`, every second
+/// - `{"event":"authentication_failures","new":N,"total":N}`
+/// - `{"event":"peer_muted","muted":true}`
+/// - `{"event":"first_audio","setup_ms":231.0}`
+/// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
+///   false when the call failed
 pub type sotto_event_cb =
     Option<unsafe extern "C" fn(user_data: *mut c_void, event_json: *const c_char)>;
 
@@ -106,6 +119,15 @@ enum Command {
     Mute(bool),
     HangUp,
     Stats(oneshot::Sender<CallStats>),
+    /// Tests only: the driver panics, as a bug in it would.
+    #[cfg(test)]
+    Panic,
+}
+
+/// One event for the callback; `ended` marks the last.
+struct Delivery {
+    json: CString,
+    ended: bool,
 }
 
 /// State shared by the handle, the driver and the event thread.
@@ -246,7 +268,7 @@ fn ended_json(reason: &EndReason, stats: &CallStats) -> Value {
 struct Driver {
     call: Call,
     commands: mpsc::UnboundedReceiver<Command>,
-    events: std_mpsc::Sender<CString>,
+    events: std_mpsc::Sender<Delivery>,
     shared: Arc<Shared>,
     options: CallOptions,
     suite: CipherSuite,
@@ -258,8 +280,9 @@ struct Driver {
 impl Driver {
     fn emit(&self, value: &Value) {
         // serde_json escapes control characters, so the text has no NUL.
-        if let Ok(text) = CString::new(value.to_string()) {
-            let _ = self.events.send(text);
+        if let Ok(json) = CString::new(value.to_string()) {
+            let ended = value["event"] == "ended";
+            let _ = self.events.send(Delivery { json, ended });
         }
     }
 
@@ -299,6 +322,8 @@ impl Driver {
                     Some(Command::Stats(reply)) => {
                         let _ = reply.send(self.call.stats());
                     }
+                    #[cfg(test)]
+                    Some(Command::Panic) => panic!("driver panic for a test"),
                     // A dropped handle hangs up too.
                     Some(Command::HangUp) | None => break self.hang_up().await,
                 },
@@ -346,17 +371,37 @@ impl Driver {
 
 /// The event thread: calls the callback for each event, in order, then marks the call over.
 fn deliver(
-    events: std_mpsc::Receiver<CString>,
+    events: std_mpsc::Receiver<Delivery>,
     on_event: sotto_event_cb,
     user_data: UserData,
     shared: Arc<Shared>,
 ) {
-    let user_data = user_data;
-    for text in events {
+    let call_back = |json: &CStr| {
         if let Some(cb) = on_event {
             // SAFETY: the application gave this callback and user_data for this purpose; the
             // string lives until the callback returns.
-            unsafe { cb(user_data.0, text.as_ptr()) };
+            unsafe { cb(user_data.0, json.as_ptr()) };
+        }
+    };
+    let mut ended = false;
+    for delivery in events {
+        call_back(&delivery.json);
+        ended |= delivery.ended;
+    }
+    if !ended {
+        // The driver stopped without an end (a panic in it): the application still gets one.
+        let stats = match shared.final_stats.lock() {
+            Ok(mut s) => s.get_or_insert_with(CallStats::default).clone(),
+            Err(_) => CallStats::default(),
+        };
+        let value = json!({
+            "event": "ended",
+            "reason": "internal error: the call stopped unexpectedly",
+            "ok": false,
+            "stats": stats_value(&stats),
+        });
+        if let Ok(json) = CString::new(value.to_string()) {
+            call_back(&json);
         }
     }
     if let Ok(mut done) = shared.delivered.lock() {
@@ -521,6 +566,12 @@ fn start(
 unsafe fn handle<'a>(call: *mut sotto_call) -> Result<&'a sotto_call> {
     // SAFETY: as promised by the caller.
     unsafe { call.as_ref() }.ok_or_else(|| Failure::null("call"))
+}
+
+/// Tests only: makes the call's driver panic.
+#[cfg(test)]
+pub(crate) fn panic_driver_for_test(call: &sotto_call) {
+    let _ = call.commands.send(Command::Panic);
 }
 
 fn ended_already() -> Failure {

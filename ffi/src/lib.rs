@@ -24,3 +24,6 @@ pub use sframe::{
     sotto_sframe_receiver_new, sotto_sframe_sender, sotto_sframe_sender_encrypt,
     sotto_sframe_sender_free, sotto_sframe_sender_new,
 };
+
+#[cfg(test)]
+mod tests;

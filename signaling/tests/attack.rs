@@ -73,6 +73,10 @@ struct Seen {
     frames_decrypted: u64,
     decrypt_failures: u64,
     late_handshake_messages: u64,
+    /// From the last stats event (live), then the final stats.
+    frames_received: u64,
+    frames_played: u64,
+    first_audio: bool,
 }
 
 /// Reads `call`'s events until `done` says so (or the call ends); once the other side is done
@@ -94,7 +98,11 @@ async fn watch(
                 name, pinned_name, ..
             }) => seen.changed = Some((name, pinned_name)),
             Some(CallEvent::State(s)) => seen.states.push(s),
+            Some(CallEvent::Stats(s)) => seen.frames_received = s.frames_received,
+            Some(CallEvent::FirstAudio { .. }) => seen.first_audio = true,
             Some(CallEvent::Ended { reason, stats }) => {
+                seen.frames_received = stats.frames_received;
+                seen.frames_played = stats.frames_played;
                 seen.frames_decrypted = stats.frames_decrypted;
                 seen.decrypt_failures = stats.decrypt_failures;
                 seen.late_handshake_messages = stats.late_handshake_messages;
@@ -107,11 +115,14 @@ async fn watch(
     // Hanging up would end the other side's call before it saw what it must see.
     let _ = tokio::time::timeout(STEP, both.wait()).await;
     if seen.ended.is_none() {
+        seen.ended = Some(call.hang_up().await);
+        // After the hang-up the media threads have stopped: the counters are final.
         let stats = call.stats();
+        seen.frames_received = stats.frames_received;
+        seen.frames_played = stats.frames_played;
         seen.frames_decrypted = stats.frames_decrypted;
         seen.decrypt_failures = stats.decrypt_failures;
         seen.late_handshake_messages = stats.late_handshake_messages;
-        seen.ended = Some(call.hang_up().await);
     }
     seen
 }
@@ -181,6 +192,54 @@ async fn first_contact_the_codes_differ_and_the_status_says_undecryptable() {
         );
         assert_eq!(side.frames_decrypted, 0);
         assert!(side.decrypt_failures > 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Keeps everything played, to check what a peer without the keys plays.
+#[derive(Clone, Default)]
+struct CaptureSink(Arc<std::sync::Mutex<Vec<f32>>>);
+
+impl sotto::media::AudioSink for CaptureSink {
+    fn write_frame(&mut self, frame: &[f32]) -> Result<(), sotto::media::MediaError> {
+        self.0.lock().unwrap().extend_from_slice(frame);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_each_others_keys_receive_every_frame_and_play_none() {
+    let _one = ONE_CALL.lock().await;
+    let dir = temp_dir("wrong-keys");
+    let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
+    let mitm = Mitm::start(
+        Attack::OwnHandshakes {
+            as_first: None,
+            as_second: None,
+        },
+        None,
+    )
+    .await;
+    let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
+    // Two seconds of frames each way, sealed under keys the receiver does not have.
+    let (a, b) = call_pair(
+        alice
+            .builder(&mitm.url, "wrong-keys", 440.0)
+            .sink(heard_by_alice.clone()),
+        bob.builder(&mitm.url, "wrong-keys", 660.0)
+            .sink(heard_by_bob.clone()),
+        |s: &Seen| s.frames_received >= 100,
+    )
+    .await;
+    for (side, heard) in [(&a, &heard_by_alice), (&b, &heard_by_bob)] {
+        assert!(side.frames_received >= 100, "{side:?}");
+        assert_eq!(side.frames_decrypted, 0, "{side:?}");
+        assert_eq!(side.decrypt_failures, side.frames_received, "{side:?}");
+        assert_eq!(side.frames_played, 0, "{side:?}");
+        assert!(!side.first_audio, "{side:?}");
+        let heard = heard.0.lock().unwrap();
+        assert!(!heard.is_empty(), "the sink was paced");
+        assert!(heard.iter().all(|s| *s == 0.0), "something was played");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

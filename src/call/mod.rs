@@ -131,7 +131,6 @@ pub struct CallBuilder {
     known_peers: Option<KnownPeers>,
     source: Option<Box<dyn AudioSource>>,
     sink: Option<Box<dyn AudioSink>>,
-    wrong_receive_key: bool,
 }
 
 impl std::fmt::Debug for CallBuilder {
@@ -156,7 +155,6 @@ impl CallBuilder {
             known_peers: None,
             source: None,
             sink: None,
-            wrong_receive_key: false,
         }
     }
 
@@ -202,14 +200,6 @@ impl CallBuilder {
         self
     }
 
-    /// Testing only: receive with a random key instead of the agreed one, to show that a
-    /// peer without the keys hears nothing. Never use in a real call.
-    #[doc(hidden)]
-    pub fn insecure_wrong_receive_key_for_tests(mut self) -> Self {
-        self.wrong_receive_key = true;
-        self
-    }
-
     /// Starts the call on the current tokio runtime. Events arrive through
     /// [`Call::next_event`].
     pub fn start(self) -> Result<Call, CallError> {
@@ -241,7 +231,6 @@ impl CallBuilder {
             commands,
             shared: Arc::clone(&shared),
             started: Instant::now(),
-            wrong_receive_key: self.wrong_receive_key,
         };
         let task = runtime.spawn(session.run());
         Ok(Call {

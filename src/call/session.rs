@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::handshake::{
-    CallKeys, DirectionKey, DtlsFingerprint, Established, Handshake, Identity, KnownPeers,
-    MediaReceiver, MediaSender, PeerTrust, Role,
+    CallKeys, DtlsFingerprint, Established, Handshake, Identity, KnownPeers, MediaReceiver,
+    MediaSender, PeerTrust, Role,
 };
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
 use crate::names;
@@ -50,7 +50,6 @@ pub(crate) struct Session {
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
     pub started: Instant,
-    pub wrong_receive_key: bool,
 }
 
 /// How long the peer's frames must keep failing authentication, with none decrypting, before
@@ -610,14 +609,8 @@ impl Session {
         let now = Instant::now();
         let CallKeys {
             send: send_key,
-            recv: mut recv_key,
+            recv: recv_key,
         } = keys;
-        if self.wrong_receive_key {
-            let mut random = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-                .map_err(|_| EndReason::MediaFailed("no randomness".into()))?;
-            recv_key = DirectionKey::from_bytes(random, recv_key.direction());
-        }
         let sender = MediaSender::new(self.config.suite, send_key, self.config.rotation, now)
             .map_err(|e| media_err(&e))?;
         let receiver = MediaReceiver::new(self.config.suite, recv_key, self.config.rotation)

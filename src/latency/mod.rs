@@ -11,6 +11,17 @@
 //!
 //! An optional impairment drops and delays frames between the receiving transport and the
 //! decryptor (seeded), to see the playout buffer work under loss and jitter.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sotto::latency::LatencyError> {
+//! use std::time::Duration;
+//! use sotto::latency::{LatencyConfig, measure};
+//! use sotto::media::FrameDuration;
+//!
+//! let run = measure(LatencyConfig::new(FrameDuration::Ms20, true, Duration::from_secs(5))).await?;
+//! println!("{} clicks measured", run.samples.len());
+//! # Ok(()) }
+//! ```
 
 mod report;
 

@@ -7,19 +7,40 @@
 //! Threads: device callbacks run on cpal's real-time thread and only copy samples through a
 //! lock-free SPSC ring (`rtrb`); the resampler, codec and everything else run on the caller's
 //! thread and reuse their buffers per frame.
+//!
+//! ```
+//! use sotto::media::{AudioSource, FrameDuration, OpusConfig, OpusDecoder, OpusEncoder, ToneSource};
+//! use sotto::media::{MAX_PACKET, tone_share};
+//!
+//! let frame = FrameDuration::Ms20;
+//! let mut tone = ToneSource::new(440.0, 0.3);
+//! let mut encoder = OpusEncoder::new(OpusConfig::default())?;
+//! let mut decoder = OpusDecoder::new(frame)?;
+//! let (mut pcm, mut out, mut packet) = (vec![0f32; frame.samples()], vec![0f32; frame.samples()], [0u8; MAX_PACKET]);
+//! let mut heard = Vec::new();
+//! for _ in 0..25 {
+//!     tone.read_frame(&mut pcm)?;
+//!     let len = encoder.encode(&pcm, &mut packet)?;
+//!     decoder.decode(&packet[..len], &mut out)?;
+//!     heard.extend_from_slice(&out);
+//! }
+//! // Past the codec's start-up, the decoded audio is the tone.
+//! assert!(tone_share(&heard[9_600..], 48_000.0, 440.0) > 0.9);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-pub mod codec;
-pub mod device;
-pub mod level;
-pub mod resample;
-pub mod sink;
-pub mod source;
-pub mod tone;
-pub mod wav;
+mod codec;
+mod device;
+mod level;
+mod resample;
+mod sink;
+mod source;
+mod tone;
+mod wav;
 
-pub use codec::{CodecError, DecodeKind, OpusConfig, OpusDecoder, OpusEncoder};
-pub use device::{DeviceError, DeviceEvent, DeviceSink, DeviceSource, list_devices};
-pub use level::{LevelMeter, dbfs, dominant_hz, goertzel_power, tone_share};
+pub use codec::{CodecError, DecodeKind, MAX_PACKET, OpusConfig, OpusDecoder, OpusEncoder};
+pub use device::{DeviceError, DeviceEvent, DeviceInfo, DeviceSink, DeviceSource, list_devices};
+pub use level::{LevelMeter, SILENCE_DBFS, dbfs, dominant_hz, goertzel_power, tone_share};
 pub use resample::StreamResampler;
 pub use sink::{AudioSink, NullSink};
 pub use source::{AudioSource, Rebuffer};

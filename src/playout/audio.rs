@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::buffer::{Packet, Playout, PlayoutBuffer, PlayoutConfig};
 use super::stats::PlayoutStats;
-use crate::media::codec::{CodecError, DecodeKind, OpusDecoder};
+use crate::media::{CodecError, DecodeKind, OpusDecoder};
 
 /// Concealed frames in a row after which output turns to silence (PLC would only buzz on).
 const MAX_CONCEAL_RUN: u32 = 10;

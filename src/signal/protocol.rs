@@ -3,6 +3,18 @@
 //! JSON text messages over a WebSocket. Every message has `"v": 1` and a `"type"`. The server
 //! relays `data` of `signal` messages without reading it: SDP, ICE candidates and handshake
 //! messages are opaque to it, and it never holds a media key.
+//!
+//! ```
+//! use sotto::signal::protocol::{ClientMessage, ServerMessage, parse_client_message};
+//! use sotto::signal::ErrorCode;
+//!
+//! let join = parse_client_message(r#"{"v":1,"type":"join","room":"standup","name":"alice"}"#);
+//! assert!(matches!(join, Ok(ClientMessage::Join { .. })));
+//! let refused = parse_client_message(r#"{"v":1,"type":"join","room":"standup"}"#);
+//! assert_eq!(refused.unwrap_err().code, ErrorCode::BadMessage);
+//! let welcome = ServerMessage::parse(r#"{"v":1,"type":"welcome","peer_id":"p1","room":"standup","peers":[]}"#);
+//! assert!(matches!(welcome, Ok(ServerMessage::Welcome { .. })));
+//! ```
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -11,6 +11,25 @@
 //!
 //! Negotiation is non-trickle: each side's SDP (plain SDP text) is sent once ICE gathering
 //! completes, for the caller to relay over signaling.
+//!
+//! ```no_run
+//! # async fn demo(mut sender: sotto::sframe::SenderContext) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use sotto::transport::{MediaTransport, TransportConfig, seal};
+//!
+//! let transport = MediaTransport::new(TransportConfig::default()).await?;
+//! // The handshake signs this fingerprint; the peer checks our SDP against it.
+//! println!("our DTLS certificate: {}", transport.dtls_fingerprint());
+//! let offer = transport.create_offer().await?;
+//! # let answer = offer.clone();
+//! // ... send the offer through signaling, get the answer back ...
+//! transport.accept_answer(&answer).await?;
+//! transport.connected(Duration::from_secs(10)).await?;
+//! // Only sealed frames go on the track.
+//! let frame = seal(&mut sender, b"an Opus packet")?;
+//! transport.send(&frame, Duration::from_millis(20)).await?;
+//! # Ok(()) }
+//! ```
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -525,15 +544,28 @@ impl MediaTransport {
             .map_err(rtc_err)
     }
 
-    /// Sends an Opus payload **without** SFrame. Only the latency benchmark uses this, to
-    /// measure what E2EE adds against the same pipeline without it; calls never do.
-    #[doc(hidden)]
-    pub async fn send_unprotected_for_latency_baseline(
+    /// Sends an Opus payload **without** SFrame. Only the latency benchmark (inside this
+    /// crate) uses this, to measure what E2EE adds against the same pipeline without it; calls
+    /// never do, and applications cannot (see the `insecure-test-hooks` feature).
+    pub(crate) async fn send_unprotected_for_latency_baseline(
         &self,
         payload: &[u8],
         duration: Duration,
     ) -> Result<(), TransportError> {
         self.send(&SealedFrame(Bytes::copy_from_slice(payload)), duration)
+            .await
+    }
+
+    /// Sends a payload **without** SFrame, as a sender without encryption would, so tests can
+    /// show the receiver refuses it. Exists only with the non-default `insecure-test-hooks`
+    /// feature; the default build has no way to put plaintext media on the wire.
+    #[cfg(feature = "insecure-test-hooks")]
+    pub async fn insecure_send_plaintext_for_tests(
+        &self,
+        payload: &[u8],
+        duration: Duration,
+    ) -> Result<(), TransportError> {
+        self.send_unprotected_for_latency_baseline(payload, duration)
             .await
     }
 

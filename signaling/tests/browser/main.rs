@@ -582,7 +582,7 @@ async fn forged_plaintext_and_replayed_media_are_dropped_and_counted_never_playe
         let forged = seal(&mut forger, &opus()).unwrap();
         transport.send(&forged, frame).await.unwrap();
         transport
-            .send_unprotected_for_latency_baseline(&opus(), frame)
+            .insecure_send_plaintext_for_tests(&opus(), frame)
             .await
             .unwrap();
     }
