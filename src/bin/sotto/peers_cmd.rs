@@ -1,9 +1,10 @@
 //! `sotto peers`: list, verify and forget the peers whose identity keys are pinned.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use sotto::call::known_peers_path;
 use sotto::handshake::{KnownPeers, PeerRecord, default_identity_path};
 
 #[derive(Debug, Args)]
@@ -37,11 +38,6 @@ enum Action {
         /// The peer's name.
         name: String,
     },
-}
-
-/// Where the known peers of the identity at `identity` live: `known_peers.json` beside it.
-pub fn known_peers_path(identity: &Path) -> PathBuf {
-    identity.with_file_name("known_peers.json")
 }
 
 #[derive(Serialize)]
