@@ -148,6 +148,19 @@ async fn call_pair(
     (alice, bob.await.unwrap())
 }
 
+/// A hostile server running its own handshakes, presenting itself to the first victim as
+/// `as_first` and to the second as `as_second` (`None`: the other victim's real name).
+async fn impersonator(as_first: Option<String>, as_second: Option<String>) -> Mitm {
+    Mitm::start(
+        Attack::OwnHandshakes {
+            as_first,
+            as_second,
+        },
+        None,
+    )
+    .await
+}
+
 fn keys_agreed(s: &Seen) -> bool {
     s.peer.is_some()
 }
@@ -157,14 +170,7 @@ async fn first_contact_the_codes_differ_and_the_status_says_undecryptable() {
     let _one = ONE_CALL.lock().await;
     let dir = temp_dir("first");
     let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
-    let mitm = Mitm::start(
-        Attack::OwnHandshakes {
-            as_first: None,
-            as_second: None,
-        },
-        None,
-    )
-    .await;
+    let mitm = impersonator(None, None).await;
     let until_undecryptable = |s: &Seen| s.states.contains(&CallState::Undecryptable);
     let (a, b) = call_pair(
         alice.builder(&mitm.url, "first", 440.0),
@@ -212,14 +218,7 @@ async fn peers_without_each_others_keys_receive_every_frame_and_play_none() {
     let _one = ONE_CALL.lock().await;
     let dir = temp_dir("wrong-keys");
     let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
-    let mitm = Mitm::start(
-        Attack::OwnHandshakes {
-            as_first: None,
-            as_second: None,
-        },
-        None,
-    )
-    .await;
+    let mitm = impersonator(None, None).await;
     let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
     // Two seconds of frames each way, sealed under keys the receiver does not have.
     let (a, b) = call_pair(
@@ -261,14 +260,7 @@ async fn first_contact_under_any_name_the_codes_differ() {
         let (alice, bob) = (Party::new(&dir, "alice"), Party::new(&dir, "bob"));
         let _ = std::fs::remove_file(&alice.peers_file);
         let _ = std::fs::remove_file(&bob.peers_file);
-        let mitm = Mitm::start(
-            Attack::OwnHandshakes {
-                as_first: Some(as_bob.into()),
-                as_second: Some(as_alice.into()),
-            },
-            None,
-        )
-        .await;
+        let mitm = impersonator(Some(as_bob.into()), Some(as_alice.into())).await;
         let room = format!("first-{i}");
         let (a, b) = call_pair(
             alice.builder(&mitm.url, &room, 440.0),
@@ -309,14 +301,7 @@ async fn after_a_genuine_call_the_attacker_is_caught_under_any_lookalike_name() 
 
     // The server now runs its own handshakes, presenting itself under each variant.
     for (i, (as_bob, as_alice)) in VARIANTS.into_iter().enumerate() {
-        let mitm = Mitm::start(
-            Attack::OwnHandshakes {
-                as_first: Some(as_bob.into()),
-                as_second: Some(as_alice.into()),
-            },
-            None,
-        )
-        .await;
+        let mitm = impersonator(Some(as_bob.into()), Some(as_alice.into())).await;
         let room = format!("attack-{i}");
         let (a, b) = call_pair(
             alice.builder(&mitm.url, &room, 440.0),
@@ -394,14 +379,7 @@ async fn a_dtls_fingerprint_swapped_in_the_sdp_ends_the_call_before_media() {
 async fn the_cli_status_line_says_the_media_cannot_be_decrypted() {
     let _one = ONE_CALL.lock().await;
     let dir = temp_dir("cli");
-    let mitm = Mitm::start(
-        Attack::OwnHandshakes {
-            as_first: None,
-            as_second: None,
-        },
-        None,
-    )
-    .await;
+    let mitm = impersonator(None, None).await;
     let run = |who: &str, hz: &str| {
         let mut cmd = std::process::Command::new(sotto_bin::sotto_bin());
         cmd.args([
