@@ -1,12 +1,14 @@
 //! The video media layer end to end: test pattern -> VP8 -> decoder, keyframes on demand,
 //! bitrate changes, hostile input to the decoder, Y4M files and camera listing.
 
+use std::io::Write;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sotto::media::video::{
     EncodedVideoFrame, NullVideoSink, TestPattern, VideoCodec, VideoDecoder, VideoEncoder,
     VideoEncoderConfig, VideoError, VideoFrame, VideoSink, VideoSource, Vp8Decoder, Vp8Encoder,
-    Y4mSink, Y4mSource, psnr_y, read_code,
+    Y4mSink, Y4mSource, list_cameras_in, psnr_y, read_code,
 };
 
 /// 90 kHz ticks of frame `n` at 30 fps.
@@ -318,6 +320,54 @@ fn y4m_other_than_8_bit_420_is_refused_clearly() {
     assert!((src.frame_rate() - 29.97).abs() < 0.01);
     assert!(src.read_frame(&mut f).unwrap());
     assert!(!src.read_frame(&mut f).unwrap());
+}
+
+#[test]
+fn missing_camera_error_lists_the_cameras_that_exist() {
+    let root = std::env::temp_dir().join(format!("sotto-v4l-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let add = |node: &str, name: &str, index: Option<u32>| {
+        let d = root.join(node);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::File::create(d.join("name"))
+            .unwrap()
+            .write_all(format!("{name}\n").as_bytes())
+            .unwrap();
+        if let Some(i) = index {
+            std::fs::write(d.join("index"), format!("{i}\n")).unwrap();
+        }
+    };
+    // An empty machine: the error says there are none.
+    let none = list_cameras_in(&root);
+    assert!(none.is_empty());
+    let err = sotto::media::video::CameraSource::open_in(&root, None, 640, 360, 30).unwrap_err();
+    assert!(
+        err.to_string().contains("no video capture devices"),
+        "{err}"
+    );
+
+    add("video10", "USB Cam", Some(0));
+    add("video11", "USB Cam", Some(1)); // its metadata node
+    add("video2", "Integrated Camera", None);
+    std::fs::create_dir_all(root.join("not-a-camera")).unwrap();
+    let cams = list_cameras_in(&root);
+    let names: Vec<String> = cams.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        names,
+        vec!["Integrated Camera (/dev/video2)", "USB Cam (/dev/video10)"]
+    );
+    let err = sotto::media::video::CameraSource::open_in(&root, Some("Studio"), 640, 360, 30)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, VideoError::CameraNotFound { .. }));
+    assert!(
+        msg.contains("\"Studio\"")
+            && msg.contains("Integrated Camera (/dev/video2)")
+            && msg.contains("USB Cam (/dev/video10)"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]

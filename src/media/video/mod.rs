@@ -2,7 +2,8 @@
 //!
 //! Everything here speaks one internal format: 8-bit I420 ([`VideoFrame`]) with even width
 //! and height. Sources ([`VideoSource`]) fill frames: a moving [`TestPattern`], a Y4M file
-//! ([`Y4mSource`]) or frames the application pushes ([`AppVideoSource`]). Sinks ([`VideoSink`]) take decoded frames. The codec sits behind the
+//! ([`Y4mSource`]), frames the application pushes ([`AppVideoSource`]) or a V4L2 camera
+//! ([`CameraSource`]). Sinks ([`VideoSink`]) take decoded frames. The codec sits behind the
 //! [`VideoEncoder`] / [`VideoDecoder`] traits, chosen with [`VideoCodec`], so another codec can
 //! be added without touching the call.
 //!
@@ -37,12 +38,14 @@ mod pattern;
 mod quality;
 mod sink;
 mod source;
+#[cfg(target_os = "linux")]
+mod v4l2;
 mod vpx;
 mod y4m;
 
 pub use app::{AppVideoHandle, AppVideoSink, AppVideoSource, PushError};
 pub use barcode::{BARCODE_BITS, BARCODE_BLOCK, read_code, write_code};
-pub use camera::{CameraInfo, list_cameras, list_cameras_in, yuyv_to_i420};
+pub use camera::{CameraInfo, CameraSource, list_cameras, list_cameras_in, yuyv_to_i420};
 pub use codec::{EncodedVideoFrame, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig};
 pub use frame::{MAX_DIMENSION, MAX_PIXELS, VideoFrame};
 pub use pattern::TestPattern;
