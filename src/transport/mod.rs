@@ -63,7 +63,12 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::handshake::DtlsFingerprint;
 use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
 
+mod layout;
 mod order;
+pub use layout::{
+    OpenVideoError, OpenedVideo, VP8_DELTA_PREFIX, VP8_KEYFRAME_PREFIX, VideoLayoutError,
+    open_video_in_place, seal_video, video_clear_prefix_len,
+};
 pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
 
 /// Errors of the transport.
