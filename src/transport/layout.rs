@@ -94,7 +94,9 @@ pub fn seal_video(sender: &mut SenderContext, vp8: &[u8]) -> Result<SealedFrame,
     buf[n + MAX_HEADER_LEN..n + MAX_HEADER_LEN + rest.len()].copy_from_slice(rest);
     let range = sender.encrypt_in_place(prefix, &mut buf[n..], MAX_HEADER_LEN, rest.len())?;
     buf[range.start..range.start + n].copy_from_slice(prefix);
-    Ok(SealedFrame(Bytes::from(buf).slice(range.start..n + range.end)))
+    Ok(SealedFrame(
+        Bytes::from(buf).slice(range.start..n + range.end),
+    ))
 }
 
 /// Opens a sealed VP8 frame where it lies, without allocating.
@@ -145,7 +147,10 @@ pub fn open_video_in_place<'a, E>(
     // Where the plaintext lies within the SFrame part; anything else is the opener's bug.
     let offset = (decrypted.payload.as_ptr() as usize)
         .checked_sub(part_start)
-        .filter(|o| o.checked_add(plaintext_len).is_some_and(|end| end <= part_len))
+        .filter(|o| {
+            o.checked_add(plaintext_len)
+                .is_some_and(|end| end <= part_len)
+        })
         .ok_or(OpenVideoError::Layout(
             VideoLayoutError::PlaintextOutsideFrame,
         ))?;
@@ -204,15 +209,25 @@ mod tests {
     #[test]
     fn round_trip_keeps_the_prefix_clear_and_the_rest_sealed() {
         let (mut tx, mut rx) = pair();
-        for frame in [keyframe(10), keyframe(11), keyframe(5000), delta(3), delta(4), delta(1400)]
-        {
+        for frame in [
+            keyframe(10),
+            keyframe(11),
+            keyframe(5000),
+            delta(3),
+            delta(4),
+            delta(1400),
+        ] {
             let n = video_clear_prefix_len(frame[0]);
             let header = Header::new(KID, tx.next_counter().unwrap());
             let wire = seal_video(&mut tx, &frame).unwrap();
             let wire = wire.as_bytes();
             assert_eq!(&wire[..n], &frame[..n], "prefix in the clear");
             let (h, hlen) = header.to_bytes();
-            assert_eq!(&wire[n..n + hlen], &h[..hlen], "header right after the prefix");
+            assert_eq!(
+                &wire[n..n + hlen],
+                &h[..hlen],
+                "header right after the prefix"
+            );
             assert_eq!(wire.len(), frame.len() + hlen + 16);
             if frame.len() > n + 8 {
                 let rest = &frame[n..];
