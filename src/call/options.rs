@@ -410,7 +410,7 @@ impl CallOptions {
             }
             VideoChoice::File(path) => Box::new(Y4mSource::open(&path).map_err(|e| err(&e))?),
             VideoChoice::Camera(name) => Box::new(
-                CameraSource::open(name.as_deref(), self.video_size, self.fps)
+                CameraSource::open(name.as_deref(), w, h, fps)
                     .map_err(|e| OptionsError::Video(e.to_string()))?,
             ),
         };

@@ -66,6 +66,9 @@ pub struct CallStats {
     pub video_decode_errors: u64,
     /// Video frames shown (written to the video sink).
     pub video_frames_rendered: u64,
+    /// Decrypted video frames not decoded because a frame before them was lost (they wait
+    /// for the keyframe asked for).
+    pub video_frames_skipped: u64,
     /// Keyframes we sent.
     pub video_keyframes_sent: u64,
     /// Keyframes the peer asked us for (PLI or FIR received).
@@ -125,6 +128,7 @@ pub(crate) struct SharedStats {
     pub video_reorder_rejected: AtomicU64,
     pub video_decode_errors: AtomicU64,
     pub video_frames_rendered: AtomicU64,
+    pub video_frames_skipped: AtomicU64,
     pub video_keyframes_sent: AtomicU64,
     pub video_keyframes_requested: AtomicU64,
     pub video_keyframe_requests_sent: AtomicU64,
@@ -184,6 +188,7 @@ impl SharedStats {
             video_reorder_rejected: self.video_reorder_rejected.load(Relaxed),
             video_decode_errors: self.video_decode_errors.load(Relaxed),
             video_frames_rendered: self.video_frames_rendered.load(Relaxed),
+            video_frames_skipped: self.video_frames_skipped.load(Relaxed),
             video_keyframes_sent: self.video_keyframes_sent.load(Relaxed),
             video_keyframes_requested: self.video_keyframes_requested.load(Relaxed),
             video_keyframe_requests_sent: self.video_keyframe_requests_sent.load(Relaxed),
@@ -221,7 +226,7 @@ impl RateMeter {
         stats: &mut CallStats,
     ) {
         let secs = interval.as_secs_f64().max(1e-3);
-        let mut rate = |now: u64, last: &mut u64| {
+        let rate = |now: u64, last: &mut u64| {
             let per_sec = now.saturating_sub(*last) as f64 / secs;
             *last = now;
             per_sec

@@ -348,12 +348,16 @@ impl VideoOpener {
             .video_bytes_received
             .fetch_add(frame.payload.len() as u64, Relaxed);
         let mut buf = frame.payload.to_vec();
+        let base = buf.as_ptr() as usize;
         let receiver = &mut self.receiver;
         let now = frame.arrival;
-        let opened = match open_video_in_place(&mut buf, |meta, part| {
+        let (counter, range) = match open_video_in_place(&mut buf, |meta, part| {
             receiver.decrypt_in_place(meta, part, now)
         }) {
-            Ok(o) => o,
+            Ok(o) => {
+                let start = o.vp8.as_ptr() as usize - base;
+                (o.header.map(|h| h.ctr), start..start + o.vp8.len())
+            }
             Err(OpenVideoError::Open(HandshakeError::Sframe(
                 SframeError::Replay { .. } | SframeError::TooOld { .. },
             ))) => {
@@ -366,12 +370,7 @@ impl VideoOpener {
                 return None;
             }
         };
-        let counter = opened.header.map(|h| h.ctr)?;
-        let range = {
-            let base = buf.as_ptr() as usize;
-            let start = opened.vp8.as_ptr() as usize - base;
-            start..start + opened.vp8.len()
-        };
+        let counter = counter?;
         shared.video_frames_decrypted.fetch_add(1, Relaxed);
         if let Err(e) = self.order.admit(counter, frame.timestamp, 0) {
             tracing::debug!(timestamp = frame.timestamp, "dropped a video frame: {e}");
@@ -395,16 +394,28 @@ pub(crate) async fn open_video_frames(
     out: SyncSender<OpenedFrame>,
     need_keyframe: Arc<Notify>,
 ) {
+    // After a lost or dropped frame, delta frames refer to a picture the decoder never had:
+    // skip them until a keyframe comes.
+    let mut broken = false;
     while let Some(frame) = frames.recv().await {
-        if frame.after_loss {
-            need_keyframe.notify_one();
-        }
+        broken |= frame.after_loss;
         let Some(opened) = opener.open(&frame) else {
             continue;
         };
+        if broken {
+            if opened.vp8.first().is_some_and(|b| b & 1 == 1) {
+                opener.shared.video_frames_skipped.fetch_add(1, Relaxed);
+                need_keyframe.notify_one();
+                continue;
+            }
+            broken = false;
+        }
         match out.try_send(opened) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => need_keyframe.notify_one(),
+            Err(TrySendError::Full(_)) => {
+                broken = true;
+                need_keyframe.notify_one();
+            }
             Err(TrySendError::Disconnected(_)) => break,
         }
     }
@@ -419,8 +430,9 @@ pub(crate) async fn request_keyframes(
 ) {
     loop {
         need.notified().await;
-        transport.request_keyframe().await;
-        shared.video_keyframe_requests_sent.fetch_add(1, Relaxed);
+        if transport.request_keyframe() {
+            shared.video_keyframe_requests_sent.fetch_add(1, Relaxed);
+        }
         tokio::time::sleep(min_gap).await;
     }
 }
@@ -482,6 +494,8 @@ impl VideoRender {
         let mut freezes = FreezeDetector::new();
         // Until a keyframe decodes, delta frames cannot.
         let mut have_keyframe = false;
+        // The A/V offset, smoothed over about 16 pictures.
+        let mut sync_offset_us: Option<f64> = None;
         while !self.stop.load(Relaxed) {
             let frame = match self.frames.recv_timeout(Duration::from_millis(50)) {
                 Ok(f) => f,
@@ -519,11 +533,18 @@ impl VideoRender {
             if freezes.on_frame(shown).is_some() {
                 s.video_freezes.store(freezes.freezes(), Relaxed);
             }
-            // Positive: video is shown later than audio of the same moment is played.
+            if self.stop.load(Relaxed) {
+                break; // the hold was cut short: not a measurement
+            }
+            // Positive: video is shown later than audio that arrived with it is played. Both
+            // tracks share one bundled transport, so their network delays are the same.
             let video_delay = shown.saturating_duration_since(frame.arrival);
-            let offset_us = video_delay.as_micros() as i64 - audio_delay.as_micros() as i64;
-            s.av_sync_offset_us.store(offset_us, Relaxed);
-            s.av_sync_measured.store(true, Relaxed);
+            let offset = video_delay.as_micros() as f64 - audio_delay.as_micros() as f64;
+            sync_offset_us = Some(sync_offset_us.map_or(offset, |o| o + (offset - o) / 16.0));
+            if let Some(o) = sync_offset_us {
+                s.av_sync_offset_us.store(o as i64, Relaxed);
+                s.av_sync_measured.store(true, Relaxed);
+            }
         }
         Ok(())
     }
@@ -532,6 +553,93 @@ impl VideoRender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handshake::{Direction, DirectionKey, MediaKind, RotationConfig};
+    use crate::sframe::CipherSuite;
+    use bytes::Bytes;
+
+    const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
+
+    fn key(base: u8) -> DirectionKey {
+        DirectionKey::from_bytes([base; 32], Direction::InitiatorToResponder)
+    }
+
+    fn sender(base: u8) -> MediaSender {
+        let rot = RotationConfig::default();
+        MediaSender::for_kind(MediaKind::Video, SUITE, key(base), rot, Instant::now()).unwrap()
+    }
+
+    fn opener() -> (VideoOpener, Arc<SharedStats>) {
+        let rot = RotationConfig::default();
+        let rx = MediaReceiver::for_kind(MediaKind::Video, SUITE, key(7), rot).unwrap();
+        let shared = Arc::new(SharedStats::default());
+        (VideoOpener::new(rx, Arc::clone(&shared)), shared)
+    }
+
+    /// A VP8-shaped frame: keyframe tag and size header, then `n`-dependent content.
+    fn vp8(keyframe: bool, n: u8) -> Vec<u8> {
+        let mut f = if keyframe {
+            vec![0x90, 0x3e, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]
+        } else {
+            vec![0x51, 0x15, 0x00]
+        };
+        f.extend((0..200u8).map(|i| i.wrapping_mul(n)));
+        f
+    }
+
+    fn wire(tx: &mut MediaSender, frame: &[u8], timestamp: u32) -> ReceivedVideoFrame {
+        let sealed = seal_video(tx.context(), frame).unwrap();
+        ReceivedVideoFrame {
+            timestamp,
+            payload: Bytes::copy_from_slice(sealed.as_bytes()),
+            arrival: Instant::now(),
+            after_loss: false,
+        }
+    }
+
+    #[test]
+    fn genuine_frames_open_and_forged_ones_are_counted_never_returned() {
+        let (mut rx, shared) = opener();
+        let mut tx = sender(7);
+        let key = vp8(true, 3);
+        let first = wire(&mut tx, &key, 1000);
+        assert_eq!(rx.open(&first).unwrap().vp8, key);
+        let delta = vp8(false, 5);
+        assert_eq!(rx.open(&wire(&mut tx, &delta, 4000)).unwrap().vp8, delta);
+
+        // A replay of the first frame.
+        assert!(rx.open(&first).is_none());
+        assert_eq!(shared.video_replays_rejected.load(Relaxed), 1);
+
+        // The clear prefix is authenticated: a changed size byte, or the keyframe bit.
+        for (at, bit) in [(7usize, 0x01u8), (0, 0x01)] {
+            let mut f = wire(&mut tx, &vp8(true, 9), 7000);
+            let mut bytes = f.payload.to_vec();
+            bytes[at] ^= bit;
+            f.payload = Bytes::from(bytes);
+            assert!(rx.open(&f).is_none(), "byte {at} flipped");
+        }
+        // A frame sealed under another key.
+        let mut stranger = sender(8);
+        assert!(rx.open(&wire(&mut stranger, &vp8(true, 1), 9000)).is_none());
+        // Too short to hold its own prefix.
+        let short = ReceivedVideoFrame {
+            payload: Bytes::from_static(&[0x51, 0x15]),
+            ..wire(&mut tx, &delta, 9500)
+        };
+        assert!(rx.open(&short).is_none());
+        // Each refused and counted: a forged header that names an old counter is refused by
+        // the replay window before authentication, and counted there.
+        assert_eq!(
+            shared.video_decrypt_failures.load(Relaxed) + shared.video_replays_rejected.load(Relaxed),
+            1 + 4
+        );
+
+        // Genuine but moved: a frame whose RTP timestamp is before an earlier counter's.
+        let late = wire(&mut tx, &vp8(false, 2), 2000);
+        assert!(rx.open(&late).is_none());
+        assert_eq!(shared.video_reorder_rejected.load(Relaxed), 1);
+        assert_eq!(shared.video_frames_decrypted.load(Relaxed), 3);
+    }
 
     #[test]
     fn the_ladder_steps_down_at_once_and_up_after_a_while() {
