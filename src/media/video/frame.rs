@@ -246,6 +246,25 @@ impl VideoFrame {
         }
     }
 
+    /// Converts to 0RGB pixels (`0x00RRGGBB`, row by row, no padding) for display, BT.601
+    /// video range. `out` is resized to width x height.
+    pub fn to_xrgb(&self, out: &mut Vec<u32>) {
+        let (w, h) = (self.width as usize, self.height as usize);
+        out.resize(w * h, 0);
+        for y in 0..h {
+            let (ly, lu, lv) = (self.row(0, y), self.row(1, y / 2), self.row(2, y / 2));
+            for (x, px) in out[y * w..(y + 1) * w].iter_mut().enumerate() {
+                let c = 298 * (i32::from(ly[x]) - 16);
+                let d = i32::from(lu[x / 2]) - 128;
+                let e = i32::from(lv[x / 2]) - 128;
+                let r = ((c + 409 * e + 128) >> 8).clamp(0, 255) as u32;
+                let g = ((c - 100 * d - 208 * e + 128) >> 8).clamp(0, 255) as u32;
+                let b = ((c + 516 * d + 128) >> 8).clamp(0, 255) as u32;
+                *px = (r << 16) | (g << 8) | b;
+            }
+        }
+    }
+
     /// A copy scaled to `width` x `height` (see [`VideoFrame::scale_into`]).
     pub fn scaled(&self, width: u32, height: u32) -> Result<VideoFrame, VideoError> {
         let mut out = VideoFrame::black(width, height)?;
@@ -338,6 +357,24 @@ mod tests {
             VideoFrame::from_planes(4, 2, &y, 6, &u[..1], &v, 3),
             Err(VideoError::PlaneTooShort { plane: 1, .. })
         ));
+    }
+
+    #[test]
+    fn xrgb_conversion_of_reference_colours() {
+        let mut f = VideoFrame::black(4, 2).unwrap();
+        // Left chroma column: white (235, 128, 128); right: pure red in BT.601 (81, 90, 240).
+        f.plane_mut(0)
+            .copy_from_slice(&[235, 235, 81, 81, 235, 235, 81, 81]);
+        f.plane_mut(1).copy_from_slice(&[128, 90]);
+        f.plane_mut(2).copy_from_slice(&[128, 240]);
+        let mut px = Vec::new();
+        f.to_xrgb(&mut px);
+        assert_eq!(px.len(), 8);
+        assert_eq!(px[0], 0x00ff_ffff);
+        let (r, g, b) = (px[2] >> 16, (px[2] >> 8) & 0xff, px[2] & 0xff);
+        assert!(r >= 250 && g <= 5 && b <= 5, "{r} {g} {b}");
+        VideoFrame::black(2, 2).unwrap().to_xrgb(&mut px);
+        assert_eq!(px, vec![0; 4]);
     }
 
     #[test]

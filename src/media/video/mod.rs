@@ -3,7 +3,9 @@
 //! Everything here speaks one internal format: 8-bit I420 ([`VideoFrame`]) with even width
 //! and height. Sources ([`VideoSource`]) fill frames: a moving [`TestPattern`], a Y4M file
 //! ([`Y4mSource`]), frames the application pushes ([`AppVideoSource`]) or a V4L2 camera
-//! ([`CameraSource`]). Sinks ([`VideoSink`]) take decoded frames. The codec sits behind the
+//! ([`CameraSource`]). Sinks ([`VideoSink`]) take decoded frames: a Y4M file ([`Y4mSink`]),
+//! the application ([`AppVideoSink`]), a desktop window (`WindowSink`, feature
+//! `video-window`, on by default) or nothing ([`NullVideoSink`]). The codec sits behind the
 //! [`VideoEncoder`] / [`VideoDecoder`] traits, chosen with [`VideoCodec`], so another codec can
 //! be added without touching the call.
 //!
@@ -42,6 +44,8 @@ mod source;
 #[cfg(target_os = "linux")]
 mod v4l2;
 mod vpx;
+#[cfg(feature = "video-window")]
+mod window;
 mod y4m;
 
 pub use app::{AppVideoHandle, AppVideoSink, AppVideoSource, PushError};
@@ -55,6 +59,8 @@ pub use quality::{FreezeDetector, psnr_y};
 pub use sink::{NullVideoSink, VideoSink};
 pub use source::VideoSource;
 pub use vpx::{Vp8Decoder, Vp8Encoder};
+#[cfg(feature = "video-window")]
+pub use window::WindowSink;
 pub use y4m::{Y4mSink, Y4mSource};
 
 /// The RTP clock rate of video (Hz); encoder timestamps (`pts`) are in these ticks.
