@@ -281,7 +281,8 @@ async fn pump_video(
                     continue;
                 }
                 if let Ok(mut r) = remote.lock() {
-                    r.ssrc.get_or_insert(packet.header.ssrc);
+                    // The newest SSRC: where a PLI has to go.
+                    r.ssrc = Some(packet.header.ssrc);
                 }
                 assembler.push(
                     packet.header.sequence_number,
@@ -392,8 +393,8 @@ struct VideoSend {
     track: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     payload_type: OnceLock<PayloadType>,
-    /// RTP timestamps count 90 kHz from here.
-    epoch: Instant,
+    /// RTP timestamps count 90 kHz from the first frame's capture time.
+    epoch: OnceLock<Instant>,
     timestamp_base: u32,
     /// Held across a frame's writes, so frames never interleave.
     state: tokio::sync::Mutex<VideoSendState>,
@@ -686,7 +687,7 @@ impl MediaTransport {
                     track,
                     sender,
                     payload_type: OnceLock::new(),
-                    epoch: Instant::now(),
+                    epoch: OnceLock::new(),
                     timestamp_base: random,
                     state: tokio::sync::Mutex::new(VideoSendState {
                         packetizer: Vp8Packetizer::new(random as u16, MAX_VIDEO_RTP_PAYLOAD),
@@ -869,7 +870,8 @@ impl MediaTransport {
     }
 
     /// Sends one sealed video frame (see [`seal_video`]) captured at `capture`: packetized
-    /// with a VP8 payload descriptor, RTP timestamp at 90 kHz from the capture time.
+    /// with a VP8 payload descriptor, RTP timestamp at 90 kHz from the capture time (counted
+    /// from the first frame's). An empty frame sends nothing.
     pub async fn send_video(
         &self,
         frame: &SealedFrame,
@@ -892,7 +894,8 @@ impl MediaTransport {
                 *video.payload_type.get_or_init(|| pt)
             }
         };
-        let ticks = capture.saturating_duration_since(video.epoch).as_micros() * 9 / 100;
+        let epoch = *video.epoch.get_or_init(|| capture);
+        let ticks = capture.saturating_duration_since(epoch).as_micros() * 9 / 100;
         let timestamp = video.timestamp_base.wrapping_add(ticks as u32);
         let mut state = video.state.lock().await;
         let payloads = state.packetizer.packetize(frame.as_bytes());

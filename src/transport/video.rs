@@ -180,7 +180,8 @@ pub struct AssemblerStats {
 /// (partition 0) through the packet with the marker bit, with every sequence number in
 /// between and one timestamp. A hole waits [`VIDEO_REORDER_WAIT`] for a late or retransmitted
 /// packet, then the frames it touches are dropped and the next delivered frame is marked
-/// `after_loss`. Memory is bounded by [`MAX_BUFFERED_PACKETS`] and [`MAX_VIDEO_FRAME`].
+/// `after_loss`. Memory is bounded (at most 2048 packets buffered, frames of at most
+/// [`MAX_VIDEO_FRAME`] bytes).
 #[derive(Default)]
 pub struct FrameAssembler {
     fragments: BTreeMap<u64, Fragment>,
