@@ -126,7 +126,9 @@ impl Vp8Encoder {
                 config.fps
             )));
         }
-        let cpu_used = config.cpu_used.unwrap_or(-6);
+        let cpu_used = config
+            .cpu_used
+            .unwrap_or_else(|| VideoEncoderConfig::default_cpu_used(config.width, config.height));
         if !(-16..=16).contains(&cpu_used) {
             return Err(VideoError::InvalidConfig(format!(
                 "cpu_used {cpu_used} (need -16..=16)"
