@@ -150,4 +150,17 @@ mod tests {
         a.y().iter().for_each(|&v| seen[v as usize] = true);
         assert!(seen.iter().filter(|&&s| s).count() > 50);
     }
+
+    #[test]
+    fn any_valid_size_draws() {
+        for (w, h) in [(2, 2), (4, 2), (16, 8), (1280, 720), (4096, 2304)] {
+            let mut p = TestPattern::new(w, h, 30).unwrap();
+            let mut f = VideoFrame::black(2, 2).unwrap();
+            for _ in 0..3 {
+                assert!(p.read_frame(&mut f).unwrap());
+            }
+            assert_eq!(f.size(), (w, h));
+        }
+        assert!(TestPattern::new(640, 360, 0).is_err());
+    }
 }
