@@ -206,6 +206,35 @@ fn reconfigure_changes_the_size_and_starts_with_a_keyframe() {
     );
 }
 
+#[test]
+fn a_picture_built_on_a_broken_reference_is_reported_damaged() {
+    let mut encoder = Vp8Encoder::new(&VideoEncoderConfig::new(640, 360)).unwrap();
+    let (_, encoded) = encode_pattern(&mut encoder, 640, 360, 6);
+    let mut decoder = Vp8Decoder::new().unwrap();
+    let mut out = VideoFrame::black(2, 2).unwrap();
+    assert!(decoder.last_picture_damaged(), "nothing decoded yet");
+    decoder.decode_into(&encoded[0].data, &mut out).unwrap();
+    decoder.decode_into(&encoded[1].data, &mut out).unwrap();
+    assert!(!decoder.last_picture_damaged());
+    // Frame 2 arrives cut short (part of it lost). libvpx shows a picture anyway, but says
+    // it is damaged, and so is every picture built on it until a keyframe.
+    let cut = &encoded[2].data[..encoded[2].data.len() / 2];
+    let _ = decoder.decode_into(cut, &mut out);
+    assert!(decoder.last_picture_damaged());
+    for frame in &encoded[3..6] {
+        assert!(decoder.decode_into(&frame.data, &mut out).unwrap());
+        assert!(decoder.last_picture_damaged());
+    }
+    encoder.force_keyframe();
+    let mut picture = VideoFrame::black(2, 2).unwrap();
+    let mut pattern = TestPattern::new(640, 360, 30).unwrap();
+    pattern.read_frame(&mut picture).unwrap();
+    let key = encoder.encode(&picture, pts(6)).unwrap().unwrap();
+    assert!(key.keyframe);
+    assert!(decoder.decode_into(&key.data, &mut out).unwrap());
+    assert!(!decoder.last_picture_damaged());
+}
+
 /// Checks the decoder refuses `data` or decodes it into a valid picture, without crashing.
 fn survive(decoder: &mut Vp8Decoder, data: &[u8], out: &mut VideoFrame) -> bool {
     match decoder.decode_into(data, out) {

@@ -201,6 +201,12 @@ pub trait VideoDecoder: Send {
     /// if the frame made no picture to show.
     fn decode_into(&mut self, data: &[u8], out: &mut VideoFrame) -> Result<bool, VideoError>;
 
+    /// Whether the last picture is known to be damaged: it was built on a reference that a
+    /// corrupt or partly lost frame broke. A receiver should ask for a keyframe (PLI).
+    fn last_picture_damaged(&mut self) -> bool {
+        false
+    }
+
     /// Decodes one frame into a new picture; see [`VideoDecoder::decode_into`].
     fn decode(&mut self, data: &[u8]) -> Result<Option<VideoFrame>, VideoError> {
         let mut out = VideoFrame::black(2, 2)?;
@@ -214,5 +220,8 @@ impl<D: VideoDecoder + ?Sized> VideoDecoder for Box<D> {
     }
     fn decode_into(&mut self, data: &[u8], out: &mut VideoFrame) -> Result<bool, VideoError> {
         (**self).decode_into(data, out)
+    }
+    fn last_picture_damaged(&mut self) -> bool {
+        (**self).last_picture_damaged()
     }
 }

@@ -492,6 +492,21 @@ impl VideoDecoder for Vp8Decoder {
         }
         Ok(shown)
     }
+
+    fn last_picture_damaged(&mut self) -> bool {
+        let mut corrupted: c_int = 0;
+        let ctx = self.ctx.ptr();
+        // SAFETY: a live decoder context; this control writes one int through the pointer.
+        let err = unsafe {
+            sys::vpx_codec_control_(
+                ctx,
+                sys::vp8_dec_control_id::VP8D_GET_FRAME_CORRUPTED as c_int,
+                &mut corrupted as *mut c_int,
+            )
+        };
+        // No answer (no picture yet) counts as damaged: the receiver needs a keyframe.
+        err != sys::VPX_CODEC_OK || corrupted != 0
+    }
 }
 
 /// Copies a decoded libvpx image into `out`, cropping odd sizes to even.
