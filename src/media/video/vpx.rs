@@ -380,7 +380,7 @@ impl VideoEncoder for Vp8Encoder {
 
 /// A VP8 decoder for untrusted input.
 ///
-/// Frames larger than [`MAX_ENCODED`] bytes or keyframes that announce a picture beyond
+/// Frames larger than 8 MiB or keyframes that announce a picture beyond
 /// [`MAX_DIMENSION`] / [`MAX_PIXELS`] are refused before libvpx allocates for them. Pictures of
 /// odd width or height (legal in VP8) lose their last column or row, as frames are even-sized.
 pub struct Vp8Decoder {
