@@ -37,6 +37,7 @@ mod camera;
 mod codec;
 mod frame;
 mod pattern;
+mod probe;
 mod quality;
 mod sink;
 mod source;
@@ -53,6 +54,7 @@ pub use camera::{CameraInfo, CameraSource, list_cameras, list_cameras_in, yuyv_t
 pub use codec::{EncodedVideoFrame, VideoCodec, VideoDecoder, VideoEncoder, VideoEncoderConfig};
 pub use frame::{MAX_DIMENSION, MAX_PIXELS, VideoFrame};
 pub use pattern::TestPattern;
+pub use probe::{ProbeHandle, ProbeReport, VideoProbe};
 pub use quality::{FreezeDetector, psnr_y};
 pub use sink::{NullVideoSink, VideoSink};
 pub use source::VideoSource;
