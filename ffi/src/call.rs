@@ -186,9 +186,10 @@ pub struct sotto_call {
 fn options_failure(e: OptionsError) -> Failure {
     let status = match e {
         OptionsError::Invalid(_) => SOTTO_ERR_INVALID,
-        OptionsError::Audio(_) | OptionsError::Identity(_) | OptionsError::Report(_) => {
-            SOTTO_ERR_IO
-        }
+        OptionsError::Audio(_)
+        | OptionsError::Video(_)
+        | OptionsError::Identity(_)
+        | OptionsError::Report(_) => SOTTO_ERR_IO,
         _ => SOTTO_ERR_INTERNAL,
     };
     Failure::new(status, e.to_string())
@@ -503,10 +504,11 @@ fn start(
         }),
         None => options.open_sink().map_err(options_failure)?,
     };
+    let video = options.open_video().map_err(options_failure)?;
     let loaded = options.load_identity().map_err(options_failure)?;
     let fingerprint = loaded.identity.public_key().fingerprint();
     let suite = options.config().suite;
-    let builder = options.builder(loaded.identity, loaded.known_peers, source, sink);
+    let builder = options.builder(loaded.identity, loaded.known_peers, source, sink, video);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,6 +1,8 @@
 //! `sotto call`: one side of a two-party E2EE call through a signaling server.
 
-use sotto::call::{CallEvent, CallOptions, CallReport, CallState, CallStats, EndReason, PeerInfo};
+use sotto::call::{
+    CallEvent, CallOptions, CallReport, CallState, CallStats, EndReason, PeerInfo, VideoIo,
+};
 use sotto::handshake::PeerTrust;
 use sotto::handshake::{Identity, KnownPeers};
 use sotto::media::{AudioSink, AudioSource};
@@ -28,6 +30,27 @@ fn print_stats(s: &CallStats) {
         s.replays_rejected,
         s.reorder_rejected
     );
+    if s.video_frames_sent + s.video_frames_received > 0 {
+        let sync = s
+            .av_sync_offset_ms
+            .map_or_else(|| "-".to_string(), |o| format!("{o:+.0} ms"));
+        println!(
+            "video: sent {} ({} keyframes, {:.0} kbit/s, target {} kbit/s), received {} \
+             decrypted {} decrypt failures {}, shown {}x{} at {:.1} fps, freezes {}, \
+             a/v offset {sync}",
+            s.video_frames_sent,
+            s.video_keyframes_sent,
+            s.video_send_kbps,
+            s.video_target_kbps,
+            s.video_frames_received,
+            s.video_frames_decrypted,
+            s.video_decrypt_failures,
+            s.video_width,
+            s.video_height,
+            s.video_fps_received,
+            s.video_freezes
+        );
+    }
 }
 
 fn state_text(state: CallState) -> &'static str {
@@ -51,6 +74,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     // Open devices and files first, so a bad one fails before anything is created or joined.
     let source = args.open_source().map_err(|e| e.to_string())?;
     let sink = args.open_sink().map_err(|e| e.to_string())?;
+    let video = args.open_video().map_err(|e| e.to_string())?;
     let loaded = args.load_identity().map_err(|e| e.to_string())?;
     if loaded.created {
         println!("created a new identity at {}", loaded.path.display());
@@ -63,6 +87,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
         loaded.known_peers,
         source,
         sink,
+        video,
     ))
 }
 
@@ -72,13 +97,14 @@ async fn call(
     known_peers: KnownPeers,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
+    video: VideoIo,
 ) -> Result<(), String> {
     let fingerprint = identity.public_key().fingerprint();
     println!(
         "joining room {:?} on {} as {:?} (identity {fingerprint})",
         args.room, args.server, args.name
     );
-    let builder = args.builder(identity, known_peers, source, sink);
+    let builder = args.builder(identity, known_peers, source, sink, video);
     let suite = args.config().suite;
     let mut call = builder.start().map_err(|e| e.to_string())?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
