@@ -513,6 +513,13 @@ impl VideoRender {
                 continue;
             }
             match self.decoder.decode_into(&frame.vp8, &mut picture) {
+                Ok(true) if self.decoder.last_picture_damaged() => {
+                    // Built on a broken reference: never shown; wait for a keyframe.
+                    self.shared.video_decode_errors.fetch_add(1, Relaxed);
+                    have_keyframe = false;
+                    self.need_keyframe.notify_one();
+                    continue;
+                }
                 Ok(true) => have_keyframe = true,
                 Ok(false) => continue,
                 Err(e) => {
