@@ -45,6 +45,12 @@ pub(crate) type AudioIo = (Box<dyn AudioSource>, Box<dyn AudioSink>);
 /// The application's video source (if it sends video) and sink.
 pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
 
+/// The threads and tasks of one media kind.
+type Workers = (
+    Vec<std::thread::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
 /// Least time between two keyframe requests (PLI) we send.
 const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(300);
 
@@ -714,13 +720,7 @@ impl Session {
         streams: &mut VideoStreams,
         stop: &Arc<AtomicBool>,
         notices: &mpsc::UnboundedSender<MediaNotice>,
-    ) -> Result<
-        (
-            Vec<std::thread::JoinHandle<()>>,
-            Vec<tokio::task::JoinHandle<()>>,
-        ),
-        EndReason,
-    > {
+    ) -> Result<Workers, EndReason> {
         let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
         let suite = self.config.suite;
         let rotation = self.config.rotation;

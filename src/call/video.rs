@@ -41,7 +41,7 @@ pub(crate) const RENDER_QUEUE: usize = 8;
 const MAX_SYNC_HOLD: Duration = Duration::from_millis(300);
 
 /// Video settings of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VideoSettings {
     /// Encode at this size (scaling the source's pictures); `None`: the source's size.
     pub size: Option<(u32, u32)>,
@@ -49,16 +49,6 @@ pub struct VideoSettings {
     pub fps: Option<u32>,
     /// Most the encoder may use, kbit/s; `None`: what suits the size.
     pub max_kbps: Option<u32>,
-}
-
-impl Default for VideoSettings {
-    fn default() -> Self {
-        VideoSettings {
-            size: None,
-            fps: None,
-            max_kbps: None,
-        }
-    }
 }
 
 /// Shared between the capture thread and the tasks that feed it.
@@ -254,7 +244,7 @@ impl VideoCapture {
                     "video steps"
                 );
             }
-            if read % (base_skip * ladder.skip()) != 0 {
+            if !read.is_multiple_of(base_skip * ladder.skip()) {
                 continue;
             }
             let size = ladder.size();
