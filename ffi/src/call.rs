@@ -35,6 +35,8 @@ use crate::error::{
 /// - `{"event":"authentication_failures","new":N,"total":N}`
 /// - `{"event":"peer_muted","muted":true}`
 /// - `{"event":"first_audio","setup_ms":231.0}`
+/// - `{"event":"video_size","width":640,"height":360}`: the peer's video is shown at this size
+///   (first picture, or a change); video comes with the `video` option (see `sotto call --help`)
 /// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 ///   false when the call failed
 pub type sotto_event_cb =
@@ -250,6 +252,9 @@ fn event_json(event: &CallEvent) -> Option<Value> {
         }
         CallEvent::PeerMuted(muted) => json!({"event": "peer_muted", "muted": muted}),
         CallEvent::FirstAudio { setup_ms } => json!({"event": "first_audio", "setup_ms": setup_ms}),
+        CallEvent::VideoSize { width, height } => {
+            json!({"event": "video_size", "width": width, "height": height})
+        }
         CallEvent::Ended { reason, stats } => ended_json(reason, stats),
         _ => return None,
     })

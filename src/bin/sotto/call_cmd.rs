@@ -162,6 +162,9 @@ async fn call(
                 Some(CallEvent::FirstAudio { setup_ms }) => {
                     println!("first audio from the peer after {setup_ms:.0} ms");
                 }
+                Some(CallEvent::VideoSize { width, height }) => {
+                    println!("the peer's video: {width}x{height}");
+                }
                 Some(CallEvent::Stats(s)) => print_stats(&s),
                 Some(CallEvent::AuthenticationFailures { new, total }) => {
                     println!("refused {new} frames that failed authentication ({total} in all)");
