@@ -1,0 +1,358 @@
+//! Video in the page: VP8 sealed in the worker with the layout of docs/call-protocol.md, sent
+//! from Chromium's fake camera playing a Y4M file whose frames carry their number as a barcode,
+//! and read back from `#remote-video` in the receiving page.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::cdp::{Browser, Page};
+use crate::{CONNECT, MEDIA, Server, room, skip, wait_status};
+
+const WIDTH: usize = 640;
+const HEIGHT: usize = 360;
+const FPS: usize = 30;
+/// Frames in the file; Chromium plays it in a loop, so codes count modulo this.
+const LOOP: u32 = 90;
+/// Barcode: 16 blocks of 32x32 along the top edge, MSB first (video-spec).
+const BLOCK: usize = 32;
+const BITS: usize = 16;
+
+/// The luma of frame `i` of the test picture: the barcode of `i` on top, a moving ramp and a
+/// moving box below (so that delta frames carry something).
+fn luma(i: u32) -> Vec<u8> {
+    let mut y = vec![0u8; WIDTH * HEIGHT];
+    let shift = i as usize * 4;
+    for row in 0..HEIGHT {
+        for col in 0..WIDTH {
+            y[row * WIDTH + col] = if row < BLOCK {
+                if col < BLOCK * BITS {
+                    let bit = (i >> (BITS - 1 - col / BLOCK)) & 1;
+                    if bit == 1 { 235 } else { 16 }
+                } else {
+                    128
+                }
+            } else {
+                let boxed = (col + WIDTH - shift % WIDTH) % WIDTH < 80 && (row - BLOCK) % 160 < 80;
+                if boxed {
+                    220
+                } else {
+                    40 + ((col + shift) % 160) as u8
+                }
+            };
+        }
+    }
+    y
+}
+
+/// A 4:2:0 Y4M file of `LOOP` frames at `FPS`, frame `i` carrying barcode `i`; chroma 128.
+pub fn barcode_y4m() -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "sotto-barcode-{}-{}.y4m",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let chroma = vec![128u8; WIDTH * HEIGHT / 2];
+    let mut out = format!("YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n").into_bytes();
+    out.reserve(LOOP as usize * (6 + WIDTH * HEIGHT * 3 / 2));
+    for i in 0..LOOP {
+        out.extend_from_slice(b"FRAME\n");
+        out.extend_from_slice(&luma(i));
+        out.extend_from_slice(&chroma);
+    }
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Reads the barcode of every frame `#remote-video` presents (requestVideoFrameCallback and a
+/// canvas readback, scaled back to the source size) into `window.__video.frames`.
+const READER: &str = r#"(() => {
+  const video = document.getElementById('remote-video');
+  const canvas = document.createElement('canvas');
+  canvas.width = 640;
+  canvas.height = 360;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  const rec = { frames: [], errors: 0, error: null };
+  window.__video = rec;
+  const read = (now, meta) => {
+    try {
+      ctx.drawImage(video, 0, 0, 640, 360);
+      const px = ctx.getImageData(0, 0, 512, 32).data;
+      let code = 0;
+      for (let i = 0; i < 16; i += 1) {
+        let sum = 0;
+        for (let y = 8; y < 24; y += 1) {
+          for (let x = 32 * i + 8; x < 32 * i + 24; x += 1) {
+            const o = (y * 512 + x) * 4;
+            sum += 0.299 * px[o] + 0.587 * px[o + 1] + 0.114 * px[o + 2];
+          }
+        }
+        const luma = 16 + ((sum / 256) * 219) / 255; // Back to video range.
+        code = (code << 1) | (luma > 125 ? 1 : 0);
+      }
+      rec.frames.push({ code, t: now, rtp: meta.rtpTimestamp ?? null, w: meta.width, h: meta.height });
+    } catch (e) {
+      rec.errors += 1;
+      rec.error = String(e);
+    }
+    video.requestVideoFrameCallback(read);
+  };
+  video.requestVideoFrameCallback(read);
+  return true;
+})()"#;
+
+/// One presented frame: its barcode, when (ms, page clock), its RTP timestamp and size.
+#[derive(Debug, Clone)]
+struct Shown {
+    code: u32,
+    t: f64,
+    rtp: Option<u64>,
+    width: u64,
+}
+
+async fn shown(page: &Page) -> Vec<Shown> {
+    let v = page.eval("window.__video.frames").await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Shown {
+            code: f["code"].as_u64().unwrap() as u32,
+            t: f["t"].as_f64().unwrap(),
+            rtp: f["rtp"].as_u64(),
+            width: f["w"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Waits until the page has shown frames over `ms` milliseconds since its first (or `since`).
+async fn wait_shown_for(page: &Page, since: usize, ms: u32, what: &str) -> Vec<Shown> {
+    page.wait_for(
+        &format!(
+            "(() => {{ const f = window.__video?.frames ?? []; return f.length > {since} + 1 && f[f.length - 1].t - f[{since}].t >= {ms}; }})()"
+        ),
+        CONNECT,
+        what,
+    )
+    .await;
+    shown(page).await
+}
+
+/// What a run of presented frames shows about the barcodes.
+#[derive(Debug)]
+struct Run {
+    /// Frames presented.
+    shown: usize,
+    /// Frames the sender captured over the same span (first to last code, unwrapped).
+    sent: u32,
+    /// Codes that did not come after their predecessor (modulo the loop).
+    out_of_order: Vec<(u32, u32)>,
+    /// Longest gap between presented frames, ms, and the mean frame interval.
+    max_gap_ms: f64,
+    mean_gap_ms: f64,
+    /// Gaps of at least max(3 x mean, mean + 150 ms): the W3C freeze definition.
+    freezes: usize,
+}
+
+fn analyse(frames: &[Shown]) -> Run {
+    let mut unwrapped = 0u32;
+    let mut out_of_order = Vec::new();
+    for pair in frames.windows(2) {
+        let (a, b) = (pair[0].code, pair[1].code);
+        let step = (b + LOOP - a % LOOP) % LOOP;
+        // Chromium's file camera captures the file's first frame twice when it rewinds: two
+        // frames with code 0 and their own RTP timestamps. Anything else repeated is wrong.
+        if b == 0 && a == 0 && pair[0].rtp != pair[1].rtp {
+            unwrapped += 1;
+        } else if b >= LOOP || step == 0 || step > LOOP / 2 {
+            out_of_order.push((a, b));
+        } else {
+            unwrapped += step;
+        }
+    }
+    let gaps: Vec<f64> = frames.windows(2).map(|p| p[1].t - p[0].t).collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
+    let limit = (3.0 * mean).max(mean + 150.0);
+    Run {
+        shown: frames.len(),
+        sent: unwrapped + 1,
+        out_of_order,
+        max_gap_ms: gaps.iter().copied().fold(0.0, f64::max),
+        mean_gap_ms: mean,
+        freezes: gaps.iter().filter(|g| **g >= limit).count(),
+    }
+}
+
+/// The frames after the first `warmup_ms` of presentation.
+fn after_warmup(frames: &[Shown], warmup_ms: f64) -> &[Shown] {
+    let start = frames[0].t + warmup_ms;
+    let i = frames.iter().position(|f| f.t >= start).unwrap_or(frames.len());
+    &frames[i..]
+}
+
+async fn video_stats(page: &Page) -> Value {
+    page.eval("window.sotto.stats()").await
+}
+
+fn cleanup(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_video_call_shows_every_barcode_in_order() {
+    let _media = MEDIA.lock().await;
+    let test = "two_browsers_video_call_shows_every_barcode_in_order";
+    let y4m = barcode_y4m();
+    let Some(browser) = Browser::launch_with(None, Some(&y4m)).await else {
+        cleanup(&y4m);
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let room = room(test);
+    let alice = browser.new_page(None).await;
+    let bob = browser.new_page(None).await;
+    // Keys rotate every second: video follows audio's epochs and sends keyframes after each.
+    alice
+        .goto(&format!("{}&video=1&rotate=1", server.page_url(&room, "alice")))
+        .await;
+    wait_status(&alice, "waiting for someone", CONNECT).await;
+    bob.goto(&format!("{}&video=1&rotate=1", server.page_url(&room, "bob")))
+        .await;
+    for page in [&alice, &bob] {
+        wait_status(page, "connected", CONNECT).await;
+        page.eval(READER).await;
+    }
+    let mut runs = Vec::new();
+    for (name, page) in [("alice", &alice), ("bob", &bob)] {
+        let frames = wait_shown_for(page, 0, 5000, "5 s of remote video").await;
+        let all = analyse(&frames);
+        let run = analyse(after_warmup(&frames, 1000.0));
+        let s = video_stats(page).await;
+        eprintln!(
+            "{name}: {run:?}; from the first frame: {} shown of {} sent; stats {s}",
+            all.shown, all.sent
+        );
+        assert!(all.out_of_order.is_empty(), "{name}: {all:?}");
+        assert!(
+            run.shown as f64 >= 0.9 * f64::from(run.sent),
+            "{name}: {run:?}"
+        );
+        assert_eq!(run.freezes, 0, "{name}: {run:?}");
+        assert!(frames.iter().all(|f| f.width == WIDTH as u64), "{name}");
+        let v = &s["media"]["video"];
+        assert_eq!(v["failed"], 0, "{name}: {s}");
+        assert_eq!(v["reorderRejected"], 0, "{name}: {s}");
+        assert!(v["opened"].as_u64() >= Some(run.shown as u64), "{name}: {s}");
+        assert!(v["sealed"].as_u64() >= Some(100), "{name}: {s}");
+        assert_eq!(v["timestampSource"], "rtpTimestamp", "{name}: {s}");
+        // Both kinds rotated together, and each switch brought a keyframe.
+        assert!(v["recvEpoch"].as_u64() >= Some(2), "{name}: {s}");
+        assert!(v["sendEpoch"].as_u64() >= Some(2), "{name}: {s}");
+        // Each new epoch: the receiver asked for a keyframe and the sender's encoder made one.
+        assert!(v["keyframeRequestsSent"].as_u64() >= Some(3), "{name}: {s}");
+        assert!(v["keyframesSent"].as_u64() >= Some(3), "{name}: {s}");
+        assert!(v["keyframesReceived"].as_u64() >= Some(3), "{name}: {s}");
+        assert_eq!(s["videoInbound"]["frameWidth"], WIDTH as u64, "{name}: {s}");
+        assert_eq!(s["videoInbound"]["frameHeight"], HEIGHT as u64, "{name}: {s}");
+        // Audio is unaffected.
+        assert_eq!(s["media"]["decryptFailures"], 0, "{name}: {s}");
+        runs.push(run);
+    }
+    drop(browser);
+    cleanup(&y4m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_video_frames_are_dropped_never_shown_and_the_camera_toggles() {
+    let _media = MEDIA.lock().await;
+    let test = "tampered_video_frames_are_dropped_never_shown_and_the_camera_toggles";
+    let y4m = barcode_y4m();
+    let Some(browser) = Browser::launch_with(None, Some(&y4m)).await else {
+        cleanup(&y4m);
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let room = room(test);
+    // Alice's worker damages frames after sealing when told: a hostile relay's view.
+    let alice = browser
+        .new_page(Some("window.__sottoTestHooks = true;"))
+        .await;
+    let bob = browser.new_page(None).await;
+    alice
+        .goto(&format!("{}&video=1", server.page_url(&room, "alice")))
+        .await;
+    wait_status(&alice, "waiting for someone", CONNECT).await;
+    // Bob joins without his camera: he receives only, until he turns it on.
+    bob.goto(&server.page_url(&room, "bob")).await;
+    wait_status(&bob, "connected", CONNECT).await;
+    assert_eq!(bob.eval("window.sotto.camera").await, false);
+    bob.eval(READER).await;
+    let before = wait_shown_for(&bob, 0, 1000, "alice's video at bob").await.len();
+
+    // Damaged ciphertext, a damaged clear prefix byte, and keyframes whose bit 0 says "delta".
+    let mut want = 0;
+    for (kind, count) in [("ciphertext", 3), ("prefix", 3), ("prefix-bit0", 2)] {
+        alice
+            .eval(&format!("window.sotto.tamperVideo({kind:?}, {count})"))
+            .await;
+        want += count;
+        bob.wait_until(
+            "window.sotto.stats()",
+            |s| s["media"]["video"]["failed"].as_u64() >= Some(want),
+            CONNECT,
+            &format!("{kind}: damaged frames counted"),
+        )
+        .await;
+    }
+    let a = video_stats(&alice).await;
+    let tampered: Vec<u64> = a["media"]["video"]["tampered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(tampered.len() as u64, want, "{a}");
+    // The picture recovers (a keyframe after the failures) and goes on in order.
+    let since = shown(&bob).await.len();
+    let frames = wait_shown_for(&bob, since, 1000, "video after the damage").await;
+    let s = video_stats(&bob).await;
+    eprintln!(
+        "tampered: bob {:?}; alice sent damaged {tampered:?}; bob stats {s}",
+        analyse(&frames)
+    );
+    let v = &s["media"]["video"];
+    assert_eq!(v["failed"], want, "{s}");
+    assert!(v["failureKinds"]["auth"].as_u64() >= Some(6), "{s}");
+    // None of the damaged frames was ever presented, as garbage or otherwise.
+    for f in &frames {
+        assert!(
+            !f.rtp.is_some_and(|t| tampered.contains(&t)),
+            "a damaged frame was shown: {f:?}"
+        );
+    }
+    assert!(frames.iter().any(|f| f.rtp.is_some()), "no RTP timestamps");
+    assert!(analyse(&frames).out_of_order.is_empty(), "{frames:?}");
+    assert!(frames.len() > before);
+
+    // Bob turns his camera on mid-call: no renegotiation, alice sees it, sealed.
+    alice.eval(READER).await;
+    bob.eval("document.getElementById('camera').click()").await;
+    bob.wait_for("window.sotto.camera === true", CONNECT, "bob's camera on")
+        .await;
+    let frames = wait_shown_for(&alice, 0, 1000, "bob's video at alice").await;
+    let run = analyse(&frames);
+    assert!(run.out_of_order.is_empty(), "{run:?}");
+    let s = video_stats(&alice).await;
+    assert_eq!(s["media"]["video"]["failed"], 0, "{s}");
+    assert!(s["media"]["video"]["opened"].as_u64() >= Some(run.shown as u64), "{s}");
+    // And off again: the track is stopped and the preview empty.
+    bob.eval("document.getElementById('camera').click()").await;
+    bob.wait_for(
+        "window.sotto.camera === false && document.getElementById('local-video').srcObject === null",
+        CONNECT,
+        "bob's camera off",
+    )
+    .await;
+    drop(browser);
+    cleanup(&y4m);
+}
