@@ -750,11 +750,6 @@ async function main() {
   };
   call.setCamera = (on) => setCamera(Boolean(on));
   showLocalVideo();
-  // For tests only (set by a test before the page runs, never by a link): damage the next
-  // `count` outgoing video frames after sealing, as a hostile relay could.
-  if (window.__sottoTestHooks === true) {
-    call.tamperVideo = (kind, count) => worker.postMessage({ type: 'tamper-video', kind, count });
-  }
 
   /// #video-stats: what the worker sealed and opened, and what was decoded.
   function showVideoStats(s) {

@@ -11,10 +11,8 @@
 // counter; after a key switch the sender asks its encoder for a keyframe.
 //
 // Messages from the page: { type: 'keys', send, recv, sendDirection, recvDirection,
-// rotateMs } (base keys as bytes), { type: 'stats' } (answered with { type: 'stats', ... })
-// and, for tests only, { type: 'tamper-video', kind, count } (the next `count` sealed video
-// frames leave damaged: what a hostile relay could do). To the page, besides answers:
-// { type: 'media-state', undecryptable }.
+// rotateMs } (base keys as bytes) and { type: 'stats' } (answered with { type: 'stats', ... }).
+// To the page, besides answers: { type: 'media-state', undecryptable }.
 
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
 import { PlayoutOrder } from './order.js';
@@ -68,8 +66,6 @@ const stats = {
     keyframeRequestsSent: 0,
     sendEpoch: null,
     recvEpoch: null,
-    // Test hook: RTP timestamps of the frames sent damaged.
-    tampered: [],
   },
 };
 const order = new PlayoutOrder();
@@ -81,8 +77,6 @@ let lastKeyframeRequest = -Infinity;
 /// The receiver waits for a keyframe: none yet, a frame was lost, or the key changed.
 let wantKeyframe = true;
 let videoRecvEpoch = null;
-/// Test hook: { kind, count } for the next sealed video frames, or null.
-let tamper = null;
 let failingSince = null; // When frames started failing with none decrypting since.
 
 function setUndecryptable(value) {
@@ -129,9 +123,6 @@ self.onmessage = async (event) => {
     stats.video.sendEpoch = videoSendEpoch;
     stats.video.recvEpoch = videoReceiver?.current ?? null;
     self.postMessage({ type: 'stats', stats: structuredClone(stats) });
-  } else if (msg?.type === 'tamper-video' && Number.isSafeInteger(msg.count)) {
-    tamper = { kind: String(msg.kind), count: msg.count };
-    if (tamper.kind === 'prefix-bit0') requestKeyframe(); // It damages keyframes.
   }
 };
 
@@ -193,7 +184,7 @@ async function decryptFrame(frame, controller) {
   controller.enqueue(frame);
 }
 
-/// Asks our encoder for a keyframe (after a key switch, or for the tamper hook).
+/// Asks our encoder for a keyframe after a key switch, where the browser can.
 function requestKeyframe() {
   const t = videoSendTransformer;
   if (!t) return false;
@@ -229,22 +220,6 @@ function isVp8(frame) {
   return typeof meta?.mimeType !== 'string' || meta.mimeType.toLowerCase() === 'video/vp8';
 }
 
-/// Damages a sealed frame as the tamper hook says; returns whether it did.
-function applyTamper(out, frame) {
-  if (!tamper || tamper.count <= 0) return false;
-  if (tamper.kind === 'prefix-bit0') {
-    if (frame.type !== 'key') return false;
-    out[0] ^= 1; // A keyframe now claims to be a delta frame: its clear prefix is 3 bytes.
-  } else if (tamper.kind === 'prefix') {
-    out[1] ^= 0x40; // In the clear, but authenticated.
-  } else {
-    out[out.length - 20] ^= 0x01; // The ciphertext (just before the tag).
-  }
-  tamper.count -= 1;
-  stats.video.tampered.push(rtpTimestamp(frame, null));
-  return true;
-}
-
 async function sealVideo(frame, controller) {
   const v = stats.video;
   const data = new Uint8Array(frame.data);
@@ -271,7 +246,6 @@ async function sealVideo(frame, controller) {
     const prefix = data.slice(0, n);
     const { sealed, epoch } = await sender.encryptVideo(data.subarray(n), prefix);
     const out = concat(prefix, sealed);
-    applyTamper(out, frame);
     frame.data = out.buffer;
     v.sealed += 1;
     if (key) v.keyframesSent += 1;
