@@ -16,11 +16,7 @@
 
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
 import { PlayoutOrder } from './order.js';
-import { concat } from './sframe.js';
-
-/// The clear VP8 prefix: the frame tag and keyframe start code and size, or the frame tag.
-const VP8_KEY_PREFIX = 10;
-const VP8_DELTA_PREFIX = 3;
+import { openVp8, sealVp8 } from './video.js';
 /// Keyframe requests to the peer (PLI) at most this often.
 const KEYFRAME_REQUEST_EVERY_MS = 300;
 
@@ -237,15 +233,8 @@ async function sealVideo(frame, controller) {
     return;
   }
   const key = frame.type === 'key';
-  const n = key ? VP8_KEY_PREFIX : VP8_DELTA_PREFIX;
-  if (data.length < n) {
-    v.sendErrors += 1;
-    return;
-  }
   try {
-    const prefix = data.slice(0, n);
-    const { sealed, epoch } = await sender.encryptVideo(data.subarray(n), prefix);
-    const out = concat(prefix, sealed);
+    const { frame: out, epoch } = await sealVp8(sender, data, key);
     frame.data = out.buffer;
     v.sealed += 1;
     if (key) v.keyframesSent += 1;
@@ -284,17 +273,9 @@ async function openVideo(frame, controller, transformer) {
     wantKeyframe = true; // Later frames refer to the one dropped.
     requestPeerKeyframe(transformer);
   };
-  // The prefix length from the first byte as it arrived: it is authenticated, so a flipped
-  // bit moves the header and the frame fails.
-  const n = (data[0] & 1) === 0 ? VP8_KEY_PREFIX : VP8_DELTA_PREFIX;
-  if (data.length < n + 1) {
-    failed('malformed');
-    return;
-  }
-  const prefix = data.subarray(0, n);
   let opened;
   try {
-    opened = await videoReceiver.decrypt(data.subarray(n), Date.now(), prefix);
+    opened = await openVp8(videoReceiver, data);
   } catch (e) {
     failed(e?.kind ?? 'error');
     return;
@@ -309,13 +290,13 @@ async function openVideo(frame, controller, transformer) {
   const epoch = Number((opened.kid - VIDEO_KID_BASE) >> 1n);
   if (videoRecvEpoch !== null && epoch > videoRecvEpoch) wantKeyframe = true;
   videoRecvEpoch = Math.max(epoch, videoRecvEpoch ?? 0);
-  if (n === VP8_KEY_PREFIX) {
+  if (opened.keyframe) {
     v.keyframesReceived += 1;
     wantKeyframe = false;
   } else if (wantKeyframe) {
     requestPeerKeyframe(transformer);
   }
-  frame.data = concat(prefix, opened.plaintext).buffer;
+  frame.data = opened.frame.buffer;
   controller.enqueue(frame);
 }
 
