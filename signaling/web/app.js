@@ -582,7 +582,8 @@ async function main() {
     if ((s.videoOutbound?.packetsSent ?? 0) > 50 && sent === 0) {
       end('video bypassed encryption; call ended');
     }
-    const opened = v.opened + v.failed + v.recvDroppedNoKey + v.padding + v.reorderRejected;
+    const opened =
+      v.opened + v.failed + v.duplicates + v.recvDroppedNoKey + v.padding + v.reorderRejected;
     if ((s.videoInbound?.packetsReceived ?? 0) > 50 && opened === 0) {
       end('incoming video bypassed decryption; call ended');
     }

@@ -7,8 +7,9 @@
 //
 // Video (docs/call-protocol.md): the VP8 payload header stays in the clear (10 bytes on
 // keyframes, 3 on delta frames, as Chromium's depacketizer reads them) and is authenticated
-// as SFrame metadata: | prefix | SFrame header | ciphertext | tag |. Video has its own KIDs and
-// counter; after a key switch the sender asks its encoder for a keyframe.
+// as SFrame metadata: | prefix | SFrame header | ciphertext | tag | (video.js). Video has its
+// own KIDs and counter. After a key switch a keyframe follows: the receiver asks for one (PLI),
+// and the sender asks its encoder where the browser can (Chromium 156 cannot).
 //
 // Messages from the page: { type: 'keys', send, recv, sendDirection, recvDirection,
 // rotateMs } (base keys as bytes) and { type: 'stats' } (answered with { type: 'stats', ... }).
@@ -17,6 +18,7 @@
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
 import { PlayoutOrder } from './order.js';
 import { openVp8, sealVp8 } from './video.js';
+
 /// Keyframe requests to the peer (PLI) at most this often.
 const KEYFRAME_REQUEST_EVERY_MS = 300;
 
