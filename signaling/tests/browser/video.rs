@@ -264,13 +264,18 @@ async fn two_browsers_video_call_shows_every_barcode_in_order() {
     for page in [&alice, &bob] {
         wait_status(page, "connected", CONNECT).await;
         page.eval(READER).await;
+        // The camera is on from the start, with its preview.
+        let preview = page
+            .eval("window.sotto.camera && document.getElementById('local-video').srcObject?.getVideoTracks()[0]?.readyState")
+            .await;
+        assert_eq!(preview, "live");
+        assert_eq!(page.text("camera").await, "Camera off");
     }
     for (name, page) in [("alice", &alice), ("bob", &bob)] {
         let frames = wait_shown_for(page, 0, 5000, "5 s of remote video").await;
         let all = analyse(&frames);
         let run = analyse(after_warmup(&frames, 1000.0));
         let s = video_stats(page).await;
-        eprintln!("{name} DEBUG presented {:?} droppedstats {}", page.eval("(() => { const f = window.__video.frames; const out = []; for (let i = 1; i < f.length; i++) { const d = f[i].presented - f[i-1].presented; if (d !== 1) out.push([i, d, f[i].code, f[i-1].code]); } return out; })()").await, s["videoInbound"]);
         eprintln!(
             "{name}: {run:?}; from the first frame: {} shown of {} sent; stats {s}",
             all.shown, all.sent
@@ -559,6 +564,11 @@ async fn video_layout_in_the_page_matches_the_engines_sframe() {
     size[7] ^= 0x10;
     let mut audio_kid = SenderContext::new(suite, direction, &base).unwrap();
     let as_audio = seal(&mut audio_kid, &delta);
+    // A fresh receiver holds epochs 0 to 2: epoch 3 is unknown until 1 or 2 arrived.
+    let mut tx3 = SenderContext::new(suite, video_kid(3, direction), &ratchet(&epoch2)).unwrap();
+    let epoch3 = seal(&mut tx3, &delta);
+    let mut tx2 = SenderContext::new(suite, video_kid(2, direction), &epoch2).unwrap();
+    let epoch2_key = seal(&mut tx2, &key);
     let frames = serde_json::json!([
         hex::encode(&good_key),
         hex::encode(&good_delta),
@@ -567,6 +577,9 @@ async fn video_layout_in_the_page_matches_the_engines_sframe() {
         hex::encode(&as_audio),
         hex::encode(&good_delta),
         hex::encode(&delta),
+        hex::encode(&epoch3),
+        hex::encode(&epoch2_key),
+        hex::encode(&epoch3),
     ]);
     let opened = page
         .eval(&format!(
@@ -587,4 +600,10 @@ async fn video_layout_in_the_page_matches_the_engines_sframe() {
     assert_eq!(opened[4]["error"], "unknown_kid", "{opened:?}");
     assert_eq!(opened[5]["error"], "replay", "{opened:?}");
     assert!(opened[6]["error"].is_string(), "{opened:?}");
+    assert_eq!(opened[7]["error"], "unknown_kid", "{opened:?}");
+    assert_eq!(opened[8]["hex"], hex::encode(&key), "{opened:?}");
+    assert_eq!(opened[8]["kid"], video_kid(2, direction));
+    // Epoch 2 seen: the receiver now holds 3 and 4 too (this copy of epoch 3 is new to it).
+    assert_eq!(opened[9]["hex"], hex::encode(&delta), "{opened:?}");
+    assert_eq!(opened[9]["kid"], video_kid(3, direction));
 }
