@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sotto::handshake::{
     Direction, DtlsFingerprint, Established, Handshake, HandshakeError, Identity, KnownPeers,
-    MediaReceiver, MediaSender, PeerTrust, RotationConfig, TrustPolicy, kid_for,
+    MediaKind, MediaReceiver, MediaSender, PeerTrust, RotationConfig, TrustPolicy,
+    VIDEO_KID_BASE, kid_for, kind_kid_for,
 };
 
 /// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).
@@ -738,4 +739,81 @@ fn rotation_every_second_keeps_media_flowing_without_decrypt_failures() {
         matches!(err, HandshakeError::Sframe(SframeError::UnknownKid { kid }) if kid == epoch0),
         "{err:?}"
     );
+}
+
+fn seal_with(tx: &mut MediaSender, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; MAX_HEADER_LEN + payload.len() + 16];
+    buf[MAX_HEADER_LEN..MAX_HEADER_LEN + payload.len()].copy_from_slice(payload);
+    let range = tx
+        .context()
+        .encrypt_in_place(&[], &mut buf, MAX_HEADER_LEN, payload.len())
+        .unwrap();
+    buf[range].to_vec()
+}
+
+/// Video runs on the same base keys under its own KIDs: each kind opens only its own frames,
+/// both rotate on the same epochs, and a video receiver follows the video sender's rotation.
+#[test]
+fn video_keys_are_separate_from_audio_keys_and_rotate_with_them() {
+    let run = honest_run(&id(), &id());
+    let now = Instant::now();
+    let cfg = RotationConfig {
+        interval: None,
+        overlap: Duration::from_millis(500),
+    };
+    let suite = CipherSuite::AesGcm128Sha256;
+    let keys = &run.initiator.keys.send;
+    let peer = &run.responder.keys.recv;
+    let mut audio_tx = MediaSender::new(suite, keys.duplicate(), cfg, now).unwrap();
+    let mut video_tx =
+        MediaSender::for_kind(MediaKind::Video, suite, keys.duplicate(), cfg, now).unwrap();
+    let mut audio_rx = MediaReceiver::new(suite, peer.duplicate(), cfg).unwrap();
+    let mut video_rx =
+        MediaReceiver::for_kind(MediaKind::Video, suite, peer.duplicate(), cfg).unwrap();
+
+    let dir = Direction::InitiatorToResponder;
+    assert_eq!(audio_tx.kid(), kid_for(0, dir));
+    assert_eq!(video_tx.kid(), VIDEO_KID_BASE | kid_for(0, dir));
+    assert_eq!(video_tx.kid(), kind_kid_for(MediaKind::Video, 0, dir));
+
+    let audio = seal_with(&mut audio_tx, b"an opus packet");
+    let video = seal_with(&mut video_tx, b"a vp8 frame");
+    // Same counter (0) under the same base key, yet different ciphertexts: different keys.
+    assert_ne!(audio[audio.len() - 16..], video[video.len() - 16..]);
+    // Each kind's receiver opens its own kind only.
+    let mut a = audio.clone();
+    assert_eq!(
+        audio_rx.decrypt_in_place(&[], &mut a, now).unwrap().payload,
+        b"an opus packet"
+    );
+    let mut v = video.clone();
+    assert_eq!(
+        video_rx.decrypt_in_place(&[], &mut v, now).unwrap().payload,
+        b"a vp8 frame"
+    );
+    let mut cross = video.clone();
+    assert!(audio_rx.decrypt_in_place(&[], &mut cross, now).is_err());
+    let mut cross = audio.clone();
+    assert!(video_rx.decrypt_in_place(&[], &mut cross, now).is_err());
+
+    // Rotation: both kinds move to epoch 1 and their receivers follow.
+    assert_eq!(audio_tx.rotate(now).unwrap(), kid_for(1, dir));
+    assert_eq!(
+        video_tx.rotate(now).unwrap(),
+        kind_kid_for(MediaKind::Video, 1, dir)
+    );
+    let mut v = seal_with(&mut video_tx, b"after rotation");
+    assert_eq!(
+        video_rx.decrypt_in_place(&[], &mut v, now).unwrap().payload,
+        b"after rotation"
+    );
+    assert_eq!(video_rx.epoch(), 1);
+    assert_eq!(audio_rx.epoch(), 0);
+    // The old video key retires after its overlap.
+    video_rx.poll(now + Duration::from_secs(1));
+    let mut stale = video.clone();
+    assert!(matches!(
+        video_rx.decrypt_in_place(&[], &mut stale, now + Duration::from_secs(1)),
+        Err(HandshakeError::Sframe(SframeError::UnknownKid { .. }))
+    ));
 }

@@ -506,7 +506,9 @@ fn start(
     let loaded = options.load_identity().map_err(options_failure)?;
     let fingerprint = loaded.identity.public_key().fingerprint();
     let suite = options.config().suite;
-    let builder = options.builder(loaded.identity, loaded.known_peers, source, sink);
+    let builder = options
+        .builder(loaded.identity, loaded.known_peers, source, sink)
+        .map_err(options_failure)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -32,6 +32,7 @@ mod options;
 mod protocol;
 mod session;
 mod stats;
+mod video;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,12 +49,14 @@ pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
 };
 pub use stats::CallStats;
+pub use video::VideoSettings;
 
 use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
+use crate::media::video::{NullVideoSink, VideoCodec, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusConfig};
 use crate::playout::PlayoutConfig;
 use crate::sframe::CipherSuite;
-use crate::transport::TransportConfig;
+use crate::transport::{TransportConfig, VideoDirection};
 
 use stats::SharedStats;
 
@@ -102,6 +105,10 @@ pub struct CallConfig {
     pub stats_interval: Duration,
     /// Time from finding the peer to media flowing, before the call gives up.
     pub setup_timeout: Duration,
+    /// How our video is sent (when there is a video source).
+    pub video: VideoSettings,
+    /// The video codec we send.
+    pub video_codec: VideoCodec,
 }
 
 impl CallConfig {
@@ -120,6 +127,8 @@ impl CallConfig {
             trust: TrustPolicy::TrustOnFirstUse,
             stats_interval: Duration::from_secs(1),
             setup_timeout: Duration::from_secs(20),
+            video: VideoSettings::default(),
+            video_codec: VideoCodec::Vp8,
         }
     }
 }
@@ -131,6 +140,8 @@ pub struct CallBuilder {
     known_peers: Option<KnownPeers>,
     source: Option<Box<dyn AudioSource>>,
     sink: Option<Box<dyn AudioSink>>,
+    video_source: Option<Box<dyn VideoSource>>,
+    video_sink: Option<Box<dyn VideoSink>>,
 }
 
 impl std::fmt::Debug for CallBuilder {
@@ -155,6 +166,8 @@ impl CallBuilder {
             known_peers: None,
             source: None,
             sink: None,
+            video_source: None,
+            video_sink: None,
         }
     }
 
@@ -194,6 +207,31 @@ impl CallBuilder {
         self
     }
 
+    /// Sends video from `source` (default: none; the call is audio-only our way, and still
+    /// receives the peer's video).
+    pub fn video_source(mut self, source: impl VideoSource + 'static) -> Self {
+        self.video_source = Some(Box::new(source));
+        self
+    }
+
+    /// Shows the peer's video on `sink` (default: decoded and counted, not shown).
+    pub fn video_sink(mut self, sink: impl VideoSink + 'static) -> Self {
+        self.video_sink = Some(Box::new(sink));
+        self
+    }
+
+    /// Sends video from an already boxed source.
+    pub fn boxed_video_source(mut self, source: Box<dyn VideoSource>) -> Self {
+        self.video_source = Some(source);
+        self
+    }
+
+    /// Shows the peer's video on an already boxed sink.
+    pub fn boxed_video_sink(mut self, sink: Box<dyn VideoSink>) -> Self {
+        self.video_sink = Some(sink);
+        self
+    }
+
     /// Changes any setting.
     pub fn configure(mut self, f: impl FnOnce(&mut CallConfig)) -> Self {
         f(&mut self.config);
@@ -219,14 +257,25 @@ impl CallBuilder {
             Some(id) => id,
             None => Arc::new(Identity::generate()?),
         };
+        let mut config = self.config;
+        // The video m-line is always there, so the peer can send video to an audio-only side.
+        config.transport.video = if self.video_source.is_some() {
+            VideoDirection::SendReceive
+        } else {
+            VideoDirection::ReceiveOnly
+        };
+        let video_sink = self
+            .video_sink
+            .unwrap_or_else(|| Box::new(NullVideoSink::default()));
         let (events_tx, events) = mpsc::channel(256);
         let (commands_tx, commands) = mpsc::channel(16);
         let shared = Arc::new(SharedStats::default());
         let session = session::Session {
-            config: self.config,
+            config,
             identity,
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
             audio: std::sync::Mutex::new(Some((source, sink))),
+            video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
             events: events_tx,
             commands,
             shared: Arc::clone(&shared),

@@ -10,8 +10,11 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{CallBuilder, CallConfig, CallStats, EndReason, PeerInfo};
+use super::{CallBuilder, CallConfig, CallStats, EndReason, PeerInfo, VideoSettings};
 use crate::handshake::{Identity, KnownPeers, TrustPolicy, default_identity_path};
+use crate::media::video::{
+    CameraSource, TestPattern, VideoSink, VideoSource, WindowSink, Y4mSink, Y4mSource,
+};
 use crate::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
@@ -28,6 +31,9 @@ pub enum OptionsError {
     /// An audio device or file could not be opened.
     #[error("{0}")]
     Audio(String),
+    /// A video source or sink could not be opened.
+    #[error("{0}")]
+    Video(String),
     /// The identity or the known-peers file could not be loaded or created.
     #[error("{0}")]
     Identity(String),
@@ -112,6 +118,117 @@ pub struct CallOptions {
     #[arg(long)]
     #[serde(default)]
     pub require_verified: bool,
+    /// Send video: a moving test pattern (`test-pattern`, with the frame number as a barcode),
+    /// a Y4M file, or a camera (`camera`, or `camera:NAME`). Without it the call sends audio
+    /// only (and still shows the peer's video).
+    #[arg(long, value_name = "test-pattern|FILE.y4m|camera[:NAME]")]
+    #[serde(default)]
+    pub video: Option<String>,
+    /// Write the peer's video to this Y4M file (each decoded picture once).
+    #[arg(long, value_name = "FILE.y4m")]
+    #[serde(default)]
+    pub video_output: Option<PathBuf>,
+    /// Show the peer's video in a desktop window.
+    #[arg(long)]
+    #[serde(default)]
+    pub video_window: bool,
+    /// Send video at this size, e.g. 640x360 (default: the source's size; the test pattern's
+    /// is 640x360).
+    #[arg(long, value_name = "WxH", value_parser = parse_video_size)]
+    #[serde(default, deserialize_with = "video_size")]
+    pub video_size: Option<(u32, u32)>,
+    /// Send at most this many video frames per second (1-60; default: the source's rate, 30
+    /// for the test pattern).
+    #[arg(long, value_name = "N", value_parser = parse_fps)]
+    #[serde(default, deserialize_with = "fps")]
+    pub fps: Option<u32>,
+    /// Most bitrate the video may use, kbit/s (50-20000; default: what suits the size).
+    #[arg(long, value_name = "N", value_parser = parse_max_video_kbps)]
+    #[serde(default, deserialize_with = "max_video_kbps")]
+    pub max_video_kbps: Option<u32>,
+}
+
+/// Parses `--video-size`: `WxH`, both even, 16 to 4096.
+pub fn parse_video_size(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("video size must be WxH with even sides of 16-4096, got {s:?}");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let side = |v: &str| -> Result<u32, String> {
+        let n: u32 = v.trim().parse().map_err(|_| bad())?;
+        if (16..=4096).contains(&n) && n % 2 == 0 {
+            Ok(n)
+        } else {
+            Err(bad())
+        }
+    };
+    Ok((side(w)?, side(h)?))
+}
+
+/// Parses `--fps`: 1 to 60.
+pub fn parse_fps(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=60).contains(&n) => Ok(n),
+        _ => Err(format!("fps must be 1-60, got {s:?}")),
+    }
+}
+
+/// Parses `--max-video-kbps`: 50 to 20000.
+pub fn parse_max_video_kbps(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (50..=20_000).contains(&n) => Ok(n),
+        _ => Err(format!("max-video-kbps must be 50-20000, got {s:?}")),
+    }
+}
+
+fn video_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, u32)>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_video_size(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn fps<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u64>::deserialize(d)?
+        .map(|n| parse_fps(&n.to_string()).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn max_video_kbps<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u64>::deserialize(d)?
+        .map(|n| parse_max_video_kbps(&n.to_string()).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// The test pattern's size when `--video-size` is not given.
+pub const DEFAULT_VIDEO_SIZE: (u32, u32) = (640, 360);
+
+/// The test pattern's and camera's frame rate when `--fps` is not given.
+pub const DEFAULT_FPS: u32 = 30;
+
+/// What `--video` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum VideoChoice {
+    TestPattern,
+    File(PathBuf),
+    Camera(Option<String>),
+}
+
+impl VideoChoice {
+    fn parse(s: &str) -> Result<Self, OptionsError> {
+        match s {
+            "test-pattern" => Ok(Self::TestPattern),
+            "camera" => Ok(Self::Camera(None)),
+            _ => {
+                if let Some(name) = s.strip_prefix("camera:") {
+                    return Ok(Self::Camera(Some(name.to_owned())));
+                }
+                if s.to_ascii_lowercase().ends_with(".y4m") {
+                    return Ok(Self::File(PathBuf::from(s)));
+                }
+                Err(OptionsError::Invalid(format!(
+                    "--video must be test-pattern, a .y4m file, camera or camera:NAME, got {s:?}"
+                )))
+            }
+        }
+    }
 }
 
 fn default_name() -> String {
@@ -220,6 +337,12 @@ impl CallOptions {
             ice_username: String::new(),
             ice_credential: String::new(),
             require_verified: false,
+            video: None,
+            video_output: None,
+            video_window: false,
+            video_size: None,
+            fps: None,
+            max_video_kbps: None,
         }
     }
 
@@ -262,7 +385,54 @@ impl CallOptions {
                 "give at most one of output and output-device".into(),
             ));
         }
+        if self.video_output.is_some() && self.video_window {
+            return Err(OptionsError::Invalid(
+                "give at most one of video-output and video-window".into(),
+            ));
+        }
+        if let Some(video) = &self.video {
+            VideoChoice::parse(video)?;
+        }
         Ok(())
+    }
+
+    /// Opens the video source `--video` names, if any.
+    pub fn open_video_source(&self) -> Result<Option<Box<dyn VideoSource>>, OptionsError> {
+        let Some(video) = &self.video else {
+            return Ok(None);
+        };
+        let (w, h) = self.video_size.unwrap_or(DEFAULT_VIDEO_SIZE);
+        let fps = self.fps.unwrap_or(DEFAULT_FPS);
+        let err = |e: &dyn std::fmt::Display| OptionsError::Video(format!("--video {video}: {e}"));
+        let source: Box<dyn VideoSource> = match VideoChoice::parse(video)? {
+            VideoChoice::TestPattern => {
+                Box::new(TestPattern::new(w, h, fps).map_err(|e| err(&e))?)
+            }
+            VideoChoice::File(path) => Box::new(Y4mSource::open(&path).map_err(|e| err(&e))?),
+            VideoChoice::Camera(name) => Box::new(
+                CameraSource::open(name.as_deref(), w, h, fps)
+                    .map_err(|e| OptionsError::Video(e.to_string()))?,
+            ),
+        };
+        Ok(Some(source))
+    }
+
+    /// Opens the video sink the options name: a Y4M file, a window, or none (the peer's video
+    /// is then decoded and counted only).
+    pub fn open_video_sink(&self) -> Result<Option<Box<dyn VideoSink>>, OptionsError> {
+        if let Some(path) = &self.video_output {
+            return Y4mSink::create(path, self.fps.unwrap_or(DEFAULT_FPS))
+                .map(|s| Some(Box::new(s) as Box<dyn VideoSink>))
+                .map_err(|e| {
+                    OptionsError::Video(format!("--video-output {}: {e}", path.display()))
+                });
+        }
+        if self.video_window {
+            return WindowSink::open("sotto")
+                .map(|s| Some(Box::new(s) as Box<dyn VideoSink>))
+                .map_err(|e| OptionsError::Video(format!("--video-window: {e}")));
+        }
+        Ok(None)
     }
 
     /// Opens the audio source the options name: a WAV file, a tone, or a capture device.
@@ -323,17 +493,23 @@ impl CallOptions {
         if self.require_verified {
             config.trust = TrustPolicy::RequireVerified;
         }
+        config.video = VideoSettings {
+            size: self.video_size,
+            fps: self.fps,
+            max_kbps: self.max_video_kbps,
+        };
         config
     }
 
-    /// A builder for the call, ready to start.
+    /// A builder for the call, ready to start, with the video source and sink the options
+    /// name opened.
     pub fn builder(
         &self,
         identity: Identity,
         known_peers: KnownPeers,
         source: Box<dyn AudioSource>,
         sink: Box<dyn AudioSink>,
-    ) -> CallBuilder {
+    ) -> Result<CallBuilder, OptionsError> {
         let mut builder = CallBuilder::with_config(self.config())
             .name(self.name.clone())
             .identity(Arc::new(identity))
@@ -343,7 +519,13 @@ impl CallOptions {
         if let Some(token) = &self.token {
             builder = builder.token(token.clone());
         }
-        builder
+        if let Some(video) = self.open_video_source()? {
+            builder = builder.boxed_video_source(video);
+        }
+        if let Some(video) = self.open_video_sink()? {
+            builder = builder.boxed_video_sink(video);
+        }
+        Ok(builder)
     }
 }
 
@@ -452,6 +634,19 @@ mod tests {
         assert_eq!(o.ice_username, "u");
         let defaults = CallOptions::from_json(r#"{"server":"ws://h/ws","room":"r"}"#).unwrap();
         assert_eq!(defaults.bind, default_bind());
+        assert_eq!(defaults.video, None);
+        let v = CallOptions::from_json(
+            r#"{"server":"ws://h/ws","room":"r","video":"camera:USB Cam","video-size":"1280x720",
+                "fps":15,"max-video-kbps":900,"video-output":"out.y4m"}"#,
+        )
+        .unwrap();
+        assert_eq!(v.video.as_deref(), Some("camera:USB Cam"));
+        assert_eq!(v.video_size, Some((1280, 720)));
+        assert_eq!(v.fps, Some(15));
+        assert_eq!(v.max_video_kbps, Some(900));
+        let c = v.config();
+        assert_eq!(c.video.size, Some((1280, 720)));
+        assert_eq!(c.video.max_kbps, Some(900));
     }
 
     #[test]
@@ -466,6 +661,11 @@ mod tests {
             r#"{"server":"ws://h/ws","room":"r","bind":"nonsense"}"#,
             r#"{"room":"r"}"#,
             r#"[1]"#,
+            r#"{"server":"ws://h/ws","room":"r","video":"webcam"}"#,
+            r#"{"server":"ws://h/ws","room":"r","video-size":"641x360"}"#,
+            r#"{"server":"ws://h/ws","room":"r","fps":0}"#,
+            r#"{"server":"ws://h/ws","room":"r","max-video-kbps":10}"#,
+            r#"{"server":"ws://h/ws","room":"r","video-output":"a.y4m","video-window":true}"#,
         ] {
             assert!(
                 matches!(CallOptions::from_json(bad), Err(OptionsError::Invalid(_))),

@@ -13,6 +13,8 @@ use crate::handshake::{
     CallKeys, DtlsFingerprint, Established, Handshake, Identity, KnownPeers, MediaReceiver,
     MediaSender, PeerTrust, Role,
 };
+use crate::handshake::MediaKind;
+use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
 use crate::names;
 use crate::playout::AudioPlayout;
@@ -24,6 +26,7 @@ use super::events::{CallEvent, CallState, EndReason, PeerInfo};
 use super::media_loop::{self, Capture, MediaNotice, PLAYBACK_QUEUE, Playback};
 use super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::stats::{RateMeter, SharedStats};
+use super::video::{self, VideoCapture, VideoControl, VideoOpener, VideoRender};
 use super::{CallConfig, Command};
 
 /// How long a hang-up message gets to leave before the connection closes.
@@ -39,6 +42,12 @@ const SIGNAL_ATTEMPTS: u32 = 5;
 /// The application's source and sink.
 pub(crate) type AudioIo = (Box<dyn AudioSource>, Box<dyn AudioSink>);
 
+/// The application's video source (if it sends video) and sink.
+pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
+
+/// Least time between two keyframe requests (PLI) we send.
+const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(300);
+
 pub(crate) struct Session {
     pub config: CallConfig,
     pub identity: Arc<Identity>,
@@ -46,6 +55,8 @@ pub(crate) struct Session {
     /// The application's audio I/O until the media threads take it (a mutex only so the
     /// session is `Sync`; it is locked once).
     pub audio: std::sync::Mutex<Option<AudioIo>>,
+    /// The same for video.
+    pub video: std::sync::Mutex<Option<VideoIo>>,
     pub events: mpsc::Sender<CallEvent>,
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
@@ -98,7 +109,13 @@ impl Peer {
 struct Media {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    decrypt: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The transport's video streams, until the video side starts.
+struct VideoStreams {
+    frames: Option<mpsc::Receiver<crate::transport::ReceivedVideoFrame>>,
+    keyframe_requests: Option<mpsc::Receiver<()>>,
 }
 
 /// Mutable state of one run.
@@ -178,6 +195,10 @@ impl Session {
         };
         let frames = transport.take_frames();
         let mut controls = transport.take_control();
+        let mut video_streams = VideoStreams {
+            frames: transport.take_video_frames(),
+            keyframe_requests: transport.take_keyframe_requests(),
+        };
         let transport = Arc::new(transport);
         let mut signal_config = SignalConfig::new(
             self.config.server_url.clone(),
@@ -232,7 +253,7 @@ impl Session {
                         Err(reason) => break reason,
                     }
                     if let Err(reason) =
-                        self.maybe_start_media(&mut run, &mut frames, &notices_tx)
+                        self.maybe_start_media(&mut run, &mut frames, &mut video_streams, &notices_tx)
                     {
                         break reason;
                     }
@@ -253,7 +274,7 @@ impl Session {
                         TransportState::Connected => {
                             if run.established && run.media.is_none() {
                                 if let Err(reason) =
-                                    self.maybe_start_media(&mut run, &mut frames, &notices_tx)
+                                    self.maybe_start_media(&mut run, &mut frames, &mut video_streams, &notices_tx)
                                 {
                                     break reason;
                                 }
@@ -591,6 +612,7 @@ impl Session {
         &mut self,
         run: &mut Run,
         frames: &mut Option<mpsc::Receiver<crate::transport::ReceivedFrame>>,
+        video_streams: &mut VideoStreams,
         notices: &mpsc::UnboundedSender<MediaNotice>,
     ) -> Result<(), EndReason> {
         if run.media.is_some()
@@ -611,6 +633,7 @@ impl Session {
             send: send_key,
             recv: recv_key,
         } = keys;
+        let video_keys = (send_key.duplicate(), recv_key.duplicate());
         let sender = MediaSender::new(self.config.suite, send_key, self.config.rotation, now)
             .map_err(|e| media_err(&e))?;
         let receiver = MediaReceiver::new(self.config.suite, recv_key, self.config.rotation)
@@ -646,23 +669,136 @@ impl Session {
                 .spawn(f)
                 .map_err(|e| EndReason::MediaFailed(e.to_string()))
         };
-        let threads = vec![
+        let mut threads = vec![
             spawn("sotto-capture", Box::new(move || capture.run()))?,
             spawn("sotto-playback", Box::new(move || playback.run()))?,
         ];
-        let decrypt = tokio::spawn(media_loop::decrypt_frames(
+        let mut tasks = vec![tokio::spawn(media_loop::decrypt_frames(
             frames,
             receiver,
             packets_tx,
             Arc::clone(&self.shared),
-        ));
+        ))];
+        let video_io = self.video.lock().ok().and_then(|mut v| v.take());
+        if let Some((source, sink)) = video_io {
+            let video = self.start_video(run, video_keys, source, sink, video_streams, &stop, notices)?;
+            threads.extend(video.0);
+            tasks.extend(video.1);
+        }
         run.media = Some(Media {
             stop,
             threads,
-            decrypt,
+            tasks,
         });
         self.set_state(run, CallState::Connected);
         Ok(())
+    }
+
+    /// Starts the video threads and tasks: always the receiving side (the peer may send
+    /// video), and the sending side when we have a source.
+    #[allow(clippy::too_many_arguments)]
+    fn start_video(
+        &self,
+        run: &Run,
+        (send_key, recv_key): (crate::handshake::DirectionKey, crate::handshake::DirectionKey),
+        source: Option<Box<dyn VideoSource>>,
+        sink: Box<dyn VideoSink>,
+        streams: &mut VideoStreams,
+        stop: &Arc<AtomicBool>,
+        notices: &mpsc::UnboundedSender<MediaNotice>,
+    ) -> Result<(Vec<std::thread::JoinHandle<()>>, Vec<tokio::task::JoinHandle<()>>), EndReason> {
+        let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
+        let suite = self.config.suite;
+        let rotation = self.config.rotation;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| EndReason::MediaFailed(e.to_string()))
+        };
+        let mut threads = Vec::new();
+        let mut tasks = Vec::new();
+        let need_keyframe = Arc::new(tokio::sync::Notify::new());
+        if let Some(frames) = streams.frames.take() {
+            let receiver = MediaReceiver::for_kind(MediaKind::Video, suite, recv_key, rotation)
+                .map_err(|e| media_err(&e))?;
+            let decoder = self
+                .config
+                .video_codec
+                .new_decoder()
+                .map_err(|e| media_err(&e))?;
+            let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(video::RENDER_QUEUE);
+            tasks.push(tokio::spawn(video::open_video_frames(
+                frames,
+                VideoOpener::new(receiver, Arc::clone(&self.shared)),
+                opened_tx,
+                Arc::clone(&need_keyframe),
+            )));
+            tasks.push(tokio::spawn(video::request_keyframes(
+                Arc::clone(&run.transport),
+                Arc::clone(&need_keyframe),
+                Arc::clone(&self.shared),
+                KEYFRAME_REQUEST_GAP,
+            )));
+            let render = VideoRender {
+                sink,
+                decoder,
+                frames: opened_rx,
+                shared: Arc::clone(&self.shared),
+                stop: Arc::clone(stop),
+                need_keyframe,
+                notices: notices.clone(),
+            };
+            threads.push(spawn("sotto-video-render", Box::new(move || render.run()))?);
+        }
+        if let Some(source) = source {
+            let settings = self.config.video;
+            let (w, h) = settings.size.unwrap_or_else(|| source.size());
+            let mut encoder_config = VideoEncoderConfig::new(w, h);
+            if let Some(fps) = settings.fps {
+                encoder_config.fps = fps;
+            }
+            if let Some(kbps) = settings.max_kbps {
+                encoder_config.target_kbps = kbps;
+            }
+            let encoder = self
+                .config
+                .video_codec
+                .new_encoder(&encoder_config)
+                .map_err(|e| media_err(&e))?;
+            let sender =
+                MediaSender::for_kind(MediaKind::Video, suite, send_key, rotation, Instant::now())
+                    .map_err(|e| media_err(&e))?;
+            let control = Arc::new(VideoControl::default());
+            if let Some(requests) = streams.keyframe_requests.take() {
+                tasks.push(tokio::spawn(video::serve_keyframe_requests(
+                    requests,
+                    Arc::clone(&control),
+                    Arc::clone(&self.shared),
+                )));
+            }
+            tasks.push(tokio::spawn(video::follow_bitrate(
+                run.transport.bitrate_watch(),
+                Arc::clone(&control),
+                settings
+                    .max_kbps
+                    .unwrap_or_else(|| VideoEncoderConfig::default_kbps(w, h)),
+            )));
+            let capture = VideoCapture {
+                source,
+                encoder,
+                sender,
+                transport: Arc::clone(&run.transport),
+                runtime: tokio::runtime::Handle::current(),
+                shared: Arc::clone(&self.shared),
+                control,
+                stop: Arc::clone(stop),
+                settings,
+                notices: notices.clone(),
+            };
+            threads.push(spawn("sotto-video-capture", Box::new(move || capture.run()))?);
+        }
+        Ok((threads, tasks))
     }
 
     async fn on_control(&mut self, run: &mut Run, frame: &[u8]) -> Option<EndReason> {
@@ -736,7 +872,9 @@ impl Session {
     async fn shutdown(&mut self, run: &mut Run, reason: &EndReason) {
         if let Some(media) = run.media.take() {
             media.stop.store(true, Relaxed);
-            media.decrypt.abort();
+            for task in &media.tasks {
+                task.abort();
+            }
             let threads = media.threads;
             let joined = tokio::task::spawn_blocking(move || {
                 for t in threads {

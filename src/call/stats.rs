@@ -1,7 +1,7 @@
 //! Call statistics: counters the media threads bump (atomics, no locks on the frame path) and
 //! the snapshot applications read.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -50,6 +50,48 @@ pub struct CallStats {
     pub muted: bool,
     /// Whether the peer says its microphone is muted.
     pub peer_muted: bool,
+    /// Video frames encoded, sealed and handed to the transport.
+    pub video_frames_sent: u64,
+    /// Video frames that arrived whole from the transport (before decryption).
+    pub video_frames_received: u64,
+    /// Video frames that authenticated and decrypted.
+    pub video_frames_decrypted: u64,
+    /// Video frames refused: bad tag, unknown key, malformed layout. Never decoded or shown.
+    pub video_decrypt_failures: u64,
+    /// Video frames refused as replays or older than the replay window.
+    pub video_replays_rejected: u64,
+    /// Video frames that authenticated but whose RTP timestamp contradicts their counter.
+    pub video_reorder_rejected: u64,
+    /// Decrypted video frames the decoder refused.
+    pub video_decode_errors: u64,
+    /// Video frames shown (written to the video sink).
+    pub video_frames_rendered: u64,
+    /// Decrypted video frames not decoded because a frame before them was lost (they wait
+    /// for the keyframe asked for).
+    pub video_frames_skipped: u64,
+    /// Keyframes we sent.
+    pub video_keyframes_sent: u64,
+    /// Keyframes the peer asked us for (PLI or FIR received).
+    pub video_keyframes_requested: u64,
+    /// Keyframes we asked the peer for (PLI sent).
+    pub video_keyframe_requests_sent: u64,
+    /// Width of the last picture shown.
+    pub video_width: u32,
+    /// Height of the last picture shown.
+    pub video_height: u32,
+    /// Pictures shown per second over the last stats interval.
+    pub video_fps_received: f64,
+    /// Outgoing video bitrate over the last stats interval (sealed frames), kbit/s.
+    pub video_send_kbps: f64,
+    /// Incoming video bitrate over the last stats interval, kbit/s.
+    pub video_recv_kbps: f64,
+    /// The encoder's target bitrate: the bandwidth estimate minus audio's share, kbit/s.
+    pub video_target_kbps: u64,
+    /// Gaps between shown pictures of at least max(3 x the mean frame time, mean + 150 ms).
+    pub video_freezes: u64,
+    /// How much later a picture is shown than the audio that arrived with it is played, ms
+    /// (negative: earlier). `None` until a picture was shown.
+    pub av_sync_offset_ms: Option<f64>,
 }
 
 /// Counters shared between the call task and the media threads.
@@ -76,6 +118,27 @@ pub(crate) struct SharedStats {
     pub setup_us: AtomicU64,
     pub muted: AtomicBool,
     pub peer_muted: AtomicBool,
+    pub video_frames_sent: AtomicU64,
+    pub video_bytes_sent: AtomicU64,
+    pub video_frames_received: AtomicU64,
+    pub video_bytes_received: AtomicU64,
+    pub video_frames_decrypted: AtomicU64,
+    pub video_decrypt_failures: AtomicU64,
+    pub video_replays_rejected: AtomicU64,
+    pub video_reorder_rejected: AtomicU64,
+    pub video_decode_errors: AtomicU64,
+    pub video_frames_rendered: AtomicU64,
+    pub video_frames_skipped: AtomicU64,
+    pub video_keyframes_sent: AtomicU64,
+    pub video_keyframes_requested: AtomicU64,
+    pub video_keyframe_requests_sent: AtomicU64,
+    pub video_width: AtomicU32,
+    pub video_height: AtomicU32,
+    pub video_target_kbps: AtomicU64,
+    pub video_freezes: AtomicU64,
+    /// Microseconds, signed.
+    pub av_sync_offset_us: AtomicI64,
+    pub av_sync_measured: AtomicBool,
 }
 
 fn ms(us: u64) -> f64 {
@@ -117,6 +180,29 @@ impl SharedStats {
             setup_ms: nonzero(self.setup_us.load(Relaxed)),
             muted: self.muted.load(Relaxed),
             peer_muted: self.peer_muted.load(Relaxed),
+            video_frames_sent: self.video_frames_sent.load(Relaxed),
+            video_frames_received: self.video_frames_received.load(Relaxed),
+            video_frames_decrypted: self.video_frames_decrypted.load(Relaxed),
+            video_decrypt_failures: self.video_decrypt_failures.load(Relaxed),
+            video_replays_rejected: self.video_replays_rejected.load(Relaxed),
+            video_reorder_rejected: self.video_reorder_rejected.load(Relaxed),
+            video_decode_errors: self.video_decode_errors.load(Relaxed),
+            video_frames_rendered: self.video_frames_rendered.load(Relaxed),
+            video_frames_skipped: self.video_frames_skipped.load(Relaxed),
+            video_keyframes_sent: self.video_keyframes_sent.load(Relaxed),
+            video_keyframes_requested: self.video_keyframes_requested.load(Relaxed),
+            video_keyframe_requests_sent: self.video_keyframe_requests_sent.load(Relaxed),
+            video_width: self.video_width.load(Relaxed),
+            video_height: self.video_height.load(Relaxed),
+            video_fps_received: 0.0,
+            video_send_kbps: 0.0,
+            video_recv_kbps: 0.0,
+            video_target_kbps: self.video_target_kbps.load(Relaxed),
+            video_freezes: self.video_freezes.load(Relaxed),
+            av_sync_offset_ms: self
+                .av_sync_measured
+                .load(Relaxed)
+                .then(|| self.av_sync_offset_us.load(Relaxed) as f64 / 1000.0),
         }
     }
 }
@@ -126,6 +212,9 @@ impl SharedStats {
 pub(crate) struct RateMeter {
     last_sent: u64,
     last_received: u64,
+    last_video_sent: u64,
+    last_video_received: u64,
+    last_rendered: u64,
 }
 
 impl RateMeter {
@@ -136,12 +225,29 @@ impl RateMeter {
         interval: Duration,
         stats: &mut CallStats,
     ) {
-        let sent = shared.bytes_sent.load(Relaxed);
-        let received = shared.bytes_received.load(Relaxed);
         let secs = interval.as_secs_f64().max(1e-3);
-        stats.send_kbps = sent.saturating_sub(self.last_sent) as f64 * 8.0 / 1000.0 / secs;
-        stats.recv_kbps = received.saturating_sub(self.last_received) as f64 * 8.0 / 1000.0 / secs;
-        self.last_sent = sent;
-        self.last_received = received;
+        let rate = |now: u64, last: &mut u64| {
+            let per_sec = now.saturating_sub(*last) as f64 / secs;
+            *last = now;
+            per_sec
+        };
+        let kbps = |bytes_per_sec: f64| bytes_per_sec * 8.0 / 1000.0;
+        stats.send_kbps = kbps(rate(shared.bytes_sent.load(Relaxed), &mut self.last_sent));
+        stats.recv_kbps = kbps(rate(
+            shared.bytes_received.load(Relaxed),
+            &mut self.last_received,
+        ));
+        stats.video_send_kbps = kbps(rate(
+            shared.video_bytes_sent.load(Relaxed),
+            &mut self.last_video_sent,
+        ));
+        stats.video_recv_kbps = kbps(rate(
+            shared.video_bytes_received.load(Relaxed),
+            &mut self.last_video_received,
+        ));
+        stats.video_fps_received = rate(
+            shared.video_frames_rendered.load(Relaxed),
+            &mut self.last_rendered,
+        );
     }
 }

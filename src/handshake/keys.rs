@@ -6,6 +6,10 @@
 //! `KID = epoch << 1 | direction`. Senders rotate on demand and periodically; receivers hold
 //! the next epochs' keys in advance, advance when an authenticated frame uses one, and erase
 //! the old epoch's key after an overlap so frames in flight still decrypt.
+//!
+//! Video uses the same base keys under its own KIDs (`VIDEO_KID_BASE | epoch << 1 |
+//! direction`): SFrame puts the KID into the key and salt labels, so each kind gets an
+//! independent key and its own counter, and both rotate on the same epochs.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -30,9 +34,46 @@ pub enum Direction {
     ResponderToInitiator = 1,
 }
 
-/// The SFrame KID of `direction` at rotation step `epoch`.
+/// The SFrame KID of `direction`'s audio at rotation step `epoch`.
 pub const fn kid_for(epoch: u64, direction: Direction) -> u64 {
     (epoch << 1) | direction as u64
+}
+
+/// What a key protects: audio and video of a direction share base keys but never KIDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MediaKind {
+    /// Opus frames (KID = `epoch << 1 | direction`).
+    #[default]
+    Audio,
+    /// Video frames (KID = `VIDEO_KID_BASE | epoch << 1 | direction`).
+    Video,
+}
+
+/// The bit that sets video KIDs apart from audio ones (`docs/call-protocol.md`).
+pub const VIDEO_KID_BASE: u64 = 1 << 24;
+
+/// Epochs stay below this, so video KIDs never reach into the audio KID space.
+const MAX_EPOCH: u64 = 1 << 23;
+
+/// The SFrame KID of `kind` in `direction` at rotation step `epoch`.
+pub const fn kind_kid_for(kind: MediaKind, epoch: u64, direction: Direction) -> u64 {
+    match kind {
+        MediaKind::Audio => kid_for(epoch, direction),
+        MediaKind::Video => VIDEO_KID_BASE | kid_for(epoch, direction),
+    }
+}
+
+/// The epoch and direction bit of `kid` if it is a KID of `kind`.
+fn epoch_of(kind: MediaKind, kid: u64) -> Option<(u64, u64)> {
+    let rest = match kind {
+        MediaKind::Audio if kid < VIDEO_KID_BASE => kid,
+        MediaKind::Video if kid & VIDEO_KID_BASE != 0 && kid < VIDEO_KID_BASE << 1 => {
+            kid & !VIDEO_KID_BASE
+        }
+        _ => return None,
+    };
+    Some((rest >> 1, rest & 1))
 }
 
 /// One direction's base key. Zeroized on drop; `Debug` hides it.
@@ -60,6 +101,14 @@ impl DirectionKey {
         DirectionKey {
             base: Zeroizing::new(base),
             direction,
+        }
+    }
+
+    /// A second copy of this key, for the other media kind (zeroized on drop like this one).
+    pub fn duplicate(&self) -> DirectionKey {
+        DirectionKey {
+            base: self.base.clone(),
+            direction: self.direction,
         }
     }
 
@@ -152,6 +201,7 @@ const MAX_RETIRING: usize = 8;
 pub struct MediaSender {
     base: Zeroizing<[u8; 32]>,
     direction: Direction,
+    kind: MediaKind,
     epoch: u64,
     context: SenderContext,
     config: RotationConfig,
@@ -162,6 +212,7 @@ impl std::fmt::Debug for MediaSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaSender")
             .field("direction", &self.direction)
+            .field("kind", &self.kind)
             .field("epoch", &self.epoch)
             .field("context", &self.context)
             .finish_non_exhaustive()
@@ -169,17 +220,30 @@ impl std::fmt::Debug for MediaSender {
 }
 
 impl MediaSender {
-    /// A sender at epoch 0 of `key`.
+    /// An audio sender at epoch 0 of `key`.
     pub fn new(
         suite: CipherSuite,
         key: DirectionKey,
         config: RotationConfig,
         now: Instant,
     ) -> Result<Self, HandshakeError> {
-        let context = SenderContext::new(suite, kid_for(0, key.direction), key.base.as_ref())?;
+        Self::for_kind(MediaKind::Audio, suite, key, config, now)
+    }
+
+    /// A sender of `kind` at epoch 0 of `key`.
+    pub fn for_kind(
+        kind: MediaKind,
+        suite: CipherSuite,
+        key: DirectionKey,
+        config: RotationConfig,
+        now: Instant,
+    ) -> Result<Self, HandshakeError> {
+        let kid = kind_kid_for(kind, 0, key.direction);
+        let context = SenderContext::new(suite, kid, key.base.as_ref())?;
         Ok(MediaSender {
             base: key.base,
             direction: key.direction,
+            kind,
             epoch: 0,
             context,
             config,
@@ -207,10 +271,10 @@ impl MediaSender {
         let epoch = self
             .epoch
             .checked_add(1)
-            .filter(|e| *e < (1 << 62))
+            .filter(|e| *e < MAX_EPOCH)
             .ok_or(HandshakeError::Sframe(SframeError::CounterExhausted))?;
         let next = ratchet(&self.base)?;
-        let kid = kid_for(epoch, self.direction);
+        let kid = kind_kid_for(self.kind, epoch, self.direction);
         self.context.rotate(kid, next.as_ref())?;
         self.base = next;
         self.epoch = epoch;
@@ -233,6 +297,7 @@ impl MediaSender {
 pub struct MediaReceiver {
     suite: CipherSuite,
     direction: Direction,
+    kind: MediaKind,
     context: ReceiverContext,
     /// Newest epoch an authenticated frame used.
     current: u64,
@@ -247,6 +312,7 @@ impl std::fmt::Debug for MediaReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaReceiver")
             .field("direction", &self.direction)
+            .field("kind", &self.kind)
             .field("current", &self.current)
             .field("context", &self.context)
             .finish_non_exhaustive()
@@ -254,8 +320,18 @@ impl std::fmt::Debug for MediaReceiver {
 }
 
 impl MediaReceiver {
-    /// A receiver holding epochs 0 to 2 of `key`.
+    /// An audio receiver holding epochs 0 to 2 of `key`.
     pub fn new(
+        suite: CipherSuite,
+        key: DirectionKey,
+        config: RotationConfig,
+    ) -> Result<Self, HandshakeError> {
+        Self::for_kind(MediaKind::Audio, suite, key, config)
+    }
+
+    /// A receiver of `kind` holding epochs 0 to 2 of `key`.
+    pub fn for_kind(
+        kind: MediaKind,
         suite: CipherSuite,
         key: DirectionKey,
         config: RotationConfig,
@@ -267,6 +343,7 @@ impl MediaReceiver {
         let mut rx = MediaReceiver {
             suite,
             direction: key.direction,
+            kind,
             context,
             current: 0,
             furthest_base: key.base,
@@ -274,8 +351,11 @@ impl MediaReceiver {
             retiring: VecDeque::with_capacity(MAX_RETIRING + 1),
             config,
         };
-        rx.context
-            .add_key(suite, kid_for(0, rx.direction), rx.furthest_base.as_ref())?;
+        rx.context.add_key(
+            suite,
+            kind_kid_for(kind, 0, rx.direction),
+            rx.furthest_base.as_ref(),
+        )?;
         rx.install_through(LOOKAHEAD)?;
         Ok(rx)
     }
@@ -286,7 +366,7 @@ impl MediaReceiver {
             self.furthest += 1;
             self.context.add_key(
                 self.suite,
-                kid_for(self.furthest, self.direction),
+                kind_kid_for(self.kind, self.furthest, self.direction),
                 self.furthest_base.as_ref(),
             )?;
         }
@@ -324,17 +404,20 @@ impl MediaReceiver {
     ) -> Result<Decrypted<'a>, HandshakeError> {
         self.poll(now);
         let decrypted = self.context.decrypt_in_place(metadata, frame)?;
-        let kid = decrypted.header.kid;
-        let epoch = kid >> 1;
-        if kid & 1 == self.direction as u64 && epoch > self.current {
+        let Some((epoch, direction)) = epoch_of(self.kind, decrypted.header.kid) else {
+            return Ok(decrypted);
+        };
+        if direction == self.direction as u64 && epoch > self.current {
             for old in self.current..epoch {
                 if self.retiring.len() == MAX_RETIRING
                     && let Some((oldest, _)) = self.retiring.pop_front()
                 {
                     self.context.remove_key(oldest);
                 }
-                self.retiring
-                    .push_back((kid_for(old, self.direction), now + self.config.overlap));
+                self.retiring.push_back((
+                    kind_kid_for(self.kind, old, self.direction),
+                    now + self.config.overlap,
+                ));
             }
             self.current = epoch;
             self.install_through(epoch + LOOKAHEAD)?;

@@ -49,7 +49,8 @@ pub use dtls::{DtlsFingerprint, MAX_DTLS_LEN};
 pub use error::HandshakeError;
 pub use identity::{Identity, IdentityKey, default_config_dir, default_identity_path};
 pub use keys::{
-    CallKeys, Direction, DirectionKey, MediaReceiver, MediaSender, RotationConfig, kid_for,
+    CallKeys, Direction, DirectionKey, MediaKind, MediaReceiver, MediaSender, RotationConfig,
+    VIDEO_KID_BASE, kid_for, kind_kid_for,
 };
 pub use known_peers::{
     KnownPeers, MAX_KNOWN_PEERS, PeerRecord, PeerTrust, TrustPolicy, VerifyError,

@@ -1,4 +1,5 @@
-//! Media: audio sources and sinks, resampling, the Opus codec and the level meter.
+//! Media: audio sources and sinks, resampling, the Opus codec and the level meter; video in
+//! [`video`].
 //!
 //! Everything here speaks one internal format: 48 kHz mono `f32` frames of 10 or 20 ms
 //! ([`SAMPLE_RATE`], [`FrameDuration`]). Adapters at the edges (device, WAV) convert from and
@@ -36,6 +37,7 @@ mod resample;
 mod sink;
 mod source;
 mod tone;
+pub mod video;
 mod wav;
 
 pub use codec::{CodecError, DecodeKind, MAX_PACKET, OpusConfig, OpusDecoder, OpusEncoder};

@@ -6,6 +6,13 @@
 //! [`ReceivedFrame`]s still sealed, for the caller to decrypt; their RTP sequence number and
 //! timestamp are not authenticated, so [`FrameOrder`] checks them against the SFrame counter.
 //!
+//! A VP8 video m-line follows the audio one, always negotiated (`sendrecv` or `recvonly`, see
+//! [`VideoDirection`]). Its frames are sealed in the layout of [`seal_video`] (clear VP8
+//! payload header as SFrame metadata), packetized with a VP8 payload descriptor, and come out
+//! of [`MediaTransport::take_video_frames`] reassembled but still sealed. PLI/FIR from the peer
+//! come out of [`MediaTransport::take_keyframe_requests`]; [`MediaTransport::bitrate_watch`]
+//! follows the sending-side estimate of GCC over transport-wide congestion control feedback.
+//!
 //! A negotiated data channel (`sotto-control`, stream id 0) carries control messages, which
 //! are sealed the same way (with the control keys of `docs/call-protocol.md`).
 //!
@@ -31,28 +38,40 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytes::BytesMut;
 use rtc::data_channel::RTCDataChannelInit;
+use rtc::interceptor::{
+    CongestionControlBuilder, Gcc, Registry, Slot, TwccReceiverBuilder, TwccSenderBuilder,
+};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceServer;
-use rtc::rtp_transceiver::PayloadType;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{PayloadType, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
@@ -63,8 +82,20 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::handshake::DtlsFingerprint;
 use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
 
+mod layout;
 mod order;
+mod video;
+pub use layout::{
+    OpenVideoError, OpenedVideo, VP8_DELTA_PREFIX, VP8_KEYFRAME_PREFIX, VideoLayoutError,
+    open_video_in_place, seal_video, video_clear_prefix_len,
+};
 pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
+pub use video::{
+    AssemblerStats, DescriptorError, FrameAssembler, MAX_VIDEO_FRAME, MAX_VIDEO_RTP_PAYLOAD,
+    ReceivedVideoFrame, VIDEO_REORDER_WAIT, VideoDirection, Vp8Descriptor, Vp8Packetizer,
+    parse_vp8_descriptor,
+};
+use video::{KeyframeRequests, PublishedEstimator};
 
 /// Errors of the transport.
 #[derive(Debug, Error)]
@@ -88,6 +119,9 @@ pub enum TransportError {
     /// Sealing a frame failed.
     #[error(transparent)]
     Sframe(#[from] SframeError),
+    /// Video was sent on a transport built with [`VideoDirection::ReceiveOnly`].
+    #[error("this transport does not send video")]
+    VideoReceiveOnly,
 }
 
 fn rtc_err(e: impl std::fmt::Display) -> TransportError {
@@ -104,7 +138,18 @@ pub struct TransportConfig {
     pub udp_addrs: Vec<String>,
     /// How long ICE gathering may take.
     pub gather_timeout: Duration,
+    /// Whether we send video (the video m-line is negotiated either way).
+    pub video: VideoDirection,
+    /// Upper bound of the sending bitrate estimate, in bits/s (audio and video together).
+    pub max_bitrate: u64,
 }
+
+/// Where the sending bitrate estimate starts, in bits/s (lowered to `max_bitrate` if above).
+pub const INITIAL_BITRATE: u64 = 1_000_000;
+/// Lowest sending bitrate estimate, in bits/s.
+pub const MIN_BITRATE: u64 = 100_000;
+/// Default [`TransportConfig::max_bitrate`], in bits/s.
+pub const DEFAULT_MAX_BITRATE: u64 = 2_500_000;
 
 impl Default for TransportConfig {
     fn default() -> Self {
@@ -112,6 +157,8 @@ impl Default for TransportConfig {
             ice_servers: Vec::new(),
             udp_addrs: vec!["127.0.0.1:0".into()],
             gather_timeout: Duration::from_secs(5),
+            video: VideoDirection::default(),
+            max_bitrate: DEFAULT_MAX_BITRATE,
         }
     }
 }
@@ -160,6 +207,9 @@ pub struct ReceivedFrame {
     pub arrival: Instant,
 }
 
+/// Whole video frames queued for the application at most.
+const VIDEO_QUEUE: usize = 64;
+
 /// Largest control message accepted from the peer (sealed), in bytes.
 pub const MAX_CONTROL_MESSAGE: usize = 2048;
 
@@ -179,11 +229,81 @@ pub enum TransportState {
     Closed,
 }
 
+/// The peer's video track, once it exists: where PLIs go.
+#[derive(Default)]
+struct RemoteVideo {
+    track: Option<Arc<dyn TrackRemote>>,
+    ssrc: Option<u32>,
+}
+
 struct Handler {
     gathered: watch::Sender<bool>,
     state: watch::Sender<TransportState>,
     frames: mpsc::Sender<ReceivedFrame>,
+    video_frames: mpsc::Sender<ReceivedVideoFrame>,
+    remote_video: Arc<Mutex<RemoteVideo>>,
     runtime: Arc<dyn webrtc::runtime::Runtime>,
+}
+
+enum Polled {
+    Event(TrackRemoteEvent),
+    Timeout,
+    Ended,
+}
+
+/// Reassembles the peer's video frames and queues them (bounded: a stalled consumer loses
+/// frames, and the next one delivered says so).
+async fn pump_video(
+    track: Arc<dyn TrackRemote>,
+    frames: mpsc::Sender<ReceivedVideoFrame>,
+    remote: Arc<Mutex<RemoteVideo>>,
+) {
+    let mut assembler = FrameAssembler::new();
+    let mut dropped = false;
+    loop {
+        let event = match assembler.deadline() {
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), track.poll()).await {
+                Ok(Some(event)) => Polled::Event(event),
+                Ok(None) => Polled::Ended,
+                Err(_) => {
+                    assembler.expire(Instant::now());
+                    Polled::Timeout
+                }
+            },
+            None => match track.poll().await {
+                Some(event) => Polled::Event(event),
+                None => Polled::Ended,
+            },
+        };
+        match event {
+            Polled::Event(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                if packet.payload.is_empty() {
+                    continue;
+                }
+                if let Ok(mut r) = remote.lock() {
+                    // The newest SSRC: where a PLI has to go.
+                    r.ssrc = Some(packet.header.ssrc);
+                }
+                assembler.push(
+                    packet.header.sequence_number,
+                    packet.header.timestamp,
+                    packet.header.marker,
+                    &packet.payload,
+                    Instant::now(),
+                );
+            }
+            Polled::Event(_) | Polled::Timeout => {}
+            Polled::Ended => break,
+        }
+        while let Some(mut frame) = assembler.pop() {
+            frame.after_loss |= dropped;
+            match frames.try_send(frame) {
+                Ok(()) => dropped = false,
+                Err(mpsc::error::TrySendError::Full(_)) => dropped = true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -207,6 +327,17 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if track.kind().await == RtpCodecKind::Video {
+            if let Ok(mut r) = self.remote_video.lock() {
+                r.track = Some(Arc::clone(&track));
+            }
+            self.runtime.spawn(Box::pin(pump_video(
+                track,
+                self.video_frames.clone(),
+                Arc::clone(&self.remote_video),
+            )));
+            return;
+        }
         let frames = self.frames.clone();
         self.runtime.spawn(Box::pin(async move {
             while let Some(event) = track.poll().await {
@@ -247,6 +378,134 @@ pub struct MediaTransport {
     controls: Option<mpsc::Receiver<Bytes>>,
     gather_timeout: Duration,
     dtls_fingerprint: DtlsFingerprint,
+    video: Option<VideoSend>,
+    /// Our video SSRC; also the sender SSRC of our PLIs when we only receive.
+    video_ssrc: u32,
+    remote_video: Arc<Mutex<RemoteVideo>>,
+    video_frames: Option<mpsc::Receiver<ReceivedVideoFrame>>,
+    keyframe_requests: Option<mpsc::Receiver<()>>,
+    bitrate: watch::Receiver<u64>,
+    runtime: Arc<dyn webrtc::runtime::Runtime>,
+}
+
+/// The sending half of the video track.
+struct VideoSend {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    payload_type: OnceLock<PayloadType>,
+    /// RTP timestamps count 90 kHz from the first frame's capture time.
+    epoch: OnceLock<Instant>,
+    timestamp_base: u32,
+    /// Held across a frame's writes, so frames never interleave.
+    state: tokio::sync::Mutex<VideoSendState>,
+}
+
+struct VideoSendState {
+    packetizer: Vp8Packetizer,
+    seq: u16,
+}
+
+/// Forwards the peer's keyframe requests (PLI/FIR on our video track). The track only has
+/// events once negotiation bound it, so this waits for the connection first.
+async fn pump_keyframe_requests(
+    track: Arc<TrackLocalStaticRTP>,
+    mut state: watch::Receiver<TransportState>,
+    requests: mpsc::Sender<()>,
+) {
+    loop {
+        match track.poll().await {
+            Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                let asks = packets.iter().any(|p| {
+                    let any = p.as_any();
+                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                });
+                // One pending request stands for any number: the encoder makes one keyframe.
+                if asks && requests.try_send(()).is_err() && requests.is_closed() {
+                    return;
+                }
+            }
+            Some(_) => {}
+            None => {
+                if *state.borrow() == TransportState::Closed || state.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn vp8_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
+    RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    }
+}
+
+/// The codecs (Opus, VP8) and the interceptor chain: NACK, RTCP reports, transport-wide
+/// congestion control with GCC, and keyframe requests delivered to us. Returns the estimate.
+fn media_setup(
+    max_bitrate: u64,
+) -> Result<(MediaEngine, Registry, watch::Receiver<u64>), TransportError> {
+    let mut media = MediaEngine::default();
+    media
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: 111,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(rtc_err)?;
+    media
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: vp8_codec(),
+                payload_type: 96,
+            },
+            RtpCodecKind::Video,
+        )
+        .map_err(rtc_err)?;
+    // nack and nack pli come with configure_nack below.
+    media.register_feedback(feedback("ccm", "fir"), RtpCodecKind::Video);
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        // Audio is numbered too, so the estimate accounts for every byte we send.
+        media.register_feedback(feedback("transport-cc", ""), kind);
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                },
+                kind,
+                None,
+            )
+            .map_err(rtc_err)?;
+    }
+    let max = max_bitrate.max(MIN_BITRATE) as f64;
+    let (estimator, bitrate) =
+        PublishedEstimator::new(Gcc::new(INITIAL_BITRATE as f64, MIN_BITRATE as f64, max));
+    let registry = configure_nack(Registry::new(), &mut media);
+    let registry = configure_rtcp_reports(registry)
+        // What configure_congestion_control sets up, minus its pacer: the pacer is one FIFO
+        // at the estimated rate, which would queue audio behind a keyframe's burst.
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(estimator).build(),
+        )
+        .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+        // Application-most: everything else has seen the RTCP before it stops here.
+        .with(Slot::from(14_000), KeyframeRequests::new());
+    Ok((media, registry, bitrate))
 }
 
 impl std::fmt::Debug for MediaTransport {
@@ -313,8 +572,7 @@ impl MediaTransport {
     pub async fn new(config: TransportConfig) -> Result<Self, TransportError> {
         let runtime = webrtc::runtime::default_runtime()
             .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(rtc_err)?;
+        let (media, registry, bitrate) = media_setup(config.max_bitrate)?;
         let ice_servers = config
             .ice_servers
             .iter()
@@ -349,13 +607,18 @@ impl MediaTransport {
         let (gathered_tx, gathered) = watch::channel(false);
         let (state_tx, state) = watch::channel(TransportState::Connecting);
         let (frames_tx, frames) = mpsc::channel(512);
+        let (video_frames_tx, video_frames) = mpsc::channel(VIDEO_QUEUE);
+        let remote_video = Arc::new(Mutex::new(RemoteVideo::default()));
         let pc = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_media_engine(media)
+            .with_interceptor_registry(registry)
             .with_handler(Arc::new(Handler {
                 gathered: gathered_tx,
                 state: state_tx,
                 frames: frames_tx,
+                video_frames: video_frames_tx,
+                remote_video: Arc::clone(&remote_video),
                 runtime: runtime.clone(),
             }))
             .with_runtime(runtime.clone())
@@ -391,6 +654,61 @@ impl MediaTransport {
             .await
             .map_err(rtc_err)?;
 
+        // The video m-line, after the audio one.
+        let video_ssrc = random_ssrc()?;
+        let (keyframe_tx, keyframe_requests) = mpsc::channel(4);
+        let video = match config.video {
+            VideoDirection::SendReceive => {
+                let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    "sotto".to_owned(),
+                    "sotto-video".to_owned(),
+                    "sotto-video".to_owned(),
+                    RtpCodecKind::Video,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(video_ssrc),
+                            ..Default::default()
+                        },
+                        codec: vp8_codec(),
+                        ..Default::default()
+                    }],
+                )));
+                let sender = pc
+                    .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                    .await
+                    .map_err(rtc_err)?;
+                runtime.spawn(Box::pin(pump_keyframe_requests(
+                    Arc::clone(&track),
+                    state.clone(),
+                    keyframe_tx,
+                )));
+                let random = random_ssrc()?;
+                Some(VideoSend {
+                    track,
+                    sender,
+                    payload_type: OnceLock::new(),
+                    epoch: OnceLock::new(),
+                    timestamp_base: random,
+                    state: tokio::sync::Mutex::new(VideoSendState {
+                        packetizer: Vp8Packetizer::new(random as u16, MAX_VIDEO_RTP_PAYLOAD),
+                        seq: (random >> 16) as u16,
+                    }),
+                })
+            }
+            VideoDirection::ReceiveOnly => {
+                pc.add_transceiver_from_kind(
+                    RtpCodecKind::Video,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .map_err(rtc_err)?;
+                None
+            }
+        };
+
         // Negotiated out of band (both sides create stream 0), so no in-band announcement
         // and no `on_data_channel` race.
         let control = pc
@@ -425,6 +743,13 @@ impl MediaTransport {
             controls: Some(controls),
             gather_timeout: config.gather_timeout,
             dtls_fingerprint,
+            video,
+            video_ssrc,
+            remote_video,
+            video_frames: Some(video_frames),
+            keyframe_requests: Some(keyframe_requests),
+            bitrate,
+            runtime,
         })
     }
 
@@ -542,6 +867,99 @@ impl MediaTransport {
             })
             .await
             .map_err(rtc_err)
+    }
+
+    /// Sends one sealed video frame (see [`seal_video`]) captured at `capture`: packetized
+    /// with a VP8 payload descriptor, RTP timestamp at 90 kHz from the capture time (counted
+    /// from the first frame's). An empty frame sends nothing.
+    pub async fn send_video(
+        &self,
+        frame: &SealedFrame,
+        capture: Instant,
+    ) -> Result<(), TransportError> {
+        let video = self
+            .video
+            .as_ref()
+            .ok_or(TransportError::VideoReceiveOnly)?;
+        let pt = match video.payload_type.get() {
+            Some(pt) => *pt,
+            None => {
+                let params = video.sender.get_parameters().await.map_err(rtc_err)?;
+                let pt = params
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.payload_type)
+                    .ok_or_else(|| rtc_err("no negotiated video codec"))?;
+                *video.payload_type.get_or_init(|| pt)
+            }
+        };
+        let epoch = *video.epoch.get_or_init(|| capture);
+        let ticks = capture.saturating_duration_since(epoch).as_micros() * 9 / 100;
+        let timestamp = video.timestamp_base.wrapping_add(ticks as u32);
+        let mut state = video.state.lock().await;
+        let payloads = state.packetizer.packetize(frame.as_bytes());
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let seq = state.seq;
+            state.seq = seq.wrapping_add(1);
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == count,
+                    payload_type: pt,
+                    sequence_number: seq,
+                    timestamp,
+                    ssrc: self.video_ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            video.track.write_rtp(packet).await.map_err(rtc_err)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the peer for a keyframe (a PLI for its video SSRC). Returns false, and sends
+    /// nothing, while the peer's video track does not exist yet.
+    pub fn request_keyframe(&self) -> bool {
+        let (track, ssrc) = match self.remote_video.lock() {
+            Ok(r) => match (&r.track, r.ssrc) {
+                (Some(track), Some(ssrc)) => (Arc::clone(track), ssrc),
+                _ => return false,
+            },
+            Err(_) => return false,
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: self.video_ssrc,
+            media_ssrc: ssrc,
+        };
+        self.runtime.spawn(Box::pin(async move {
+            if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                tracing::debug!(error = %e, "PLI not sent");
+            }
+        }));
+        true
+    }
+
+    /// Takes the stream of whole received video frames (still sealed); `None` after the first
+    /// call. Bounded: if it is not drained, frames are dropped and the next one delivered has
+    /// `after_loss` set.
+    pub fn take_video_frames(&mut self) -> Option<mpsc::Receiver<ReceivedVideoFrame>> {
+        self.video_frames.take()
+    }
+
+    /// Takes the stream of the peer's keyframe requests (PLI or FIR); `None` after the first
+    /// call, and nothing ever arrives on a receive-only transport.
+    pub fn take_keyframe_requests(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.keyframe_requests.take()
+    }
+
+    /// The sending-side bandwidth estimate in bits/s (GCC over transport-wide congestion
+    /// control feedback, for audio and video together), between [`MIN_BITRATE`] and
+    /// [`TransportConfig::max_bitrate`].
+    pub fn bitrate_watch(&self) -> watch::Receiver<u64> {
+        self.bitrate.clone()
     }
 
     /// Sends an Opus payload **without** SFrame. Only the latency benchmark (inside this

@@ -63,11 +63,12 @@ fn seq_after(b: u16, a: u16) -> bool {
     d != 0 && d < 1 << 15
 }
 
-/// Whether the frame `later` (higher counter) sits after `earlier` in RTP order.
-fn in_order(earlier: &Slot, later: &Slot) -> bool {
+/// Whether the frame `later` (higher counter) sits after `earlier` in RTP order; sequence
+/// numbers count only if `check_seq`.
+fn in_order(earlier: &Slot, later: &Slot, check_seq: bool) -> bool {
     let gap = later.counter - earlier.counter;
     ts_after(later.timestamp, earlier.timestamp)
-        && (gap >= SEQ_UNAMBIGUOUS || seq_after(later.seq, earlier.seq))
+        && (!check_seq || gap >= SEQ_UNAMBIGUOUS || seq_after(later.seq, earlier.seq))
 }
 
 /// Checks, per sender, that the RTP order of authenticated frames equals their counter order.
@@ -80,6 +81,8 @@ pub struct FrameOrder {
     slots: Box<[Slot]>,
     /// Highest counter accepted.
     newest: Option<u64>,
+    /// Sequence numbers are compared too (one RTP packet per frame, as for audio).
+    check_seq: bool,
 }
 
 impl Default for FrameOrder {
@@ -94,6 +97,16 @@ impl FrameOrder {
         FrameOrder {
             slots: vec![Slot::default(); ORDER_WINDOW as usize].into_boxed_slice(),
             newest: None,
+            check_seq: true,
+        }
+    }
+
+    /// A guard on timestamps alone, for frames that span several RTP packets (video): their
+    /// sequence numbers say nothing about the counter. Pass any `seq` to [`admit`](Self::admit).
+    pub fn timestamps_only() -> Self {
+        FrameOrder {
+            check_seq: false,
+            ..Self::new()
         }
     }
 
@@ -133,7 +146,10 @@ impl FrameOrder {
         };
         if counter > newest {
             // The newest is always remembered: it is the only neighbour to check.
-            let ok = self.get(newest).is_none_or(|prev| in_order(prev, &frame));
+            let check = self.check_seq;
+            let ok = self
+                .get(newest)
+                .is_none_or(|prev| in_order(prev, &frame, check));
             if !ok {
                 return Err(OrderError::Misplaced { counter });
             }
@@ -151,8 +167,9 @@ impl FrameOrder {
         let oldest = newest.saturating_sub(ORDER_WINDOW - 1);
         let below = (oldest..counter).rev().find_map(|c| self.get(c));
         let above = (counter + 1..=newest).find_map(|c| self.get(c));
-        let ok = below.is_none_or(|prev| in_order(prev, &frame))
-            && above.is_none_or(|next| in_order(&frame, next));
+        let check = self.check_seq;
+        let ok = below.is_none_or(|prev| in_order(prev, &frame, check))
+            && above.is_none_or(|next| in_order(&frame, next, check));
         if !ok {
             return Err(OrderError::Misplaced { counter });
         }
@@ -169,6 +186,29 @@ impl FrameOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_only_ignores_sequence_numbers_but_not_timestamps() {
+        // Video: frame i spans packets 3i..3i+2; the first packet's number is passed.
+        let mut order = FrameOrder::timestamps_only();
+        for i in 0..10u64 {
+            order.admit(i, 3000 * i as u32, (3 * i) as u16).unwrap();
+        }
+        // Sequence numbers out of line with the counter are fine here...
+        order.admit(10, 30_000, 0).unwrap();
+        // ...timestamps are not: frame 12 labelled before frame 10 is refused.
+        assert!(matches!(
+            order.admit(12, 29_000, 40),
+            Err(OrderError::Misplaced { counter: 12 })
+        ));
+        // The audio guard would refuse the same sequence numbers.
+        let mut audio = FrameOrder::new();
+        audio.admit(0, 0, 10).unwrap();
+        assert!(audio.admit(1, 3000, 5).is_err());
+        let mut video = FrameOrder::timestamps_only();
+        video.admit(0, 0, 10).unwrap();
+        video.admit(1, 3000, 5).unwrap();
+    }
 
     const TICKS: u32 = 960;
 

@@ -28,6 +28,27 @@ fn print_stats(s: &CallStats) {
         s.replays_rejected,
         s.reorder_rejected
     );
+    if s.video_frames_sent + s.video_frames_received > 0 {
+        let sync = s
+            .av_sync_offset_ms
+            .map_or_else(|| "-".to_string(), |o| format!("{o:+.0} ms"));
+        println!(
+            "video: sent {} ({} keyframes, {:.0} kbit/s, target {} kbit/s), received {} \
+             decrypted {} decrypt failures {}, shown {}x{} at {:.1} fps, freezes {}, \
+             a/v offset {sync}",
+            s.video_frames_sent,
+            s.video_keyframes_sent,
+            s.video_send_kbps,
+            s.video_target_kbps,
+            s.video_frames_received,
+            s.video_frames_decrypted,
+            s.video_decrypt_failures,
+            s.video_width,
+            s.video_height,
+            s.video_fps_received,
+            s.video_freezes
+        );
+    }
 }
 
 fn state_text(state: CallState) -> &'static str {
@@ -78,7 +99,9 @@ async fn call(
         "joining room {:?} on {} as {:?} (identity {fingerprint})",
         args.room, args.server, args.name
     );
-    let builder = args.builder(identity, known_peers, source, sink);
+    let builder = args
+        .builder(identity, known_peers, source, sink)
+        .map_err(|e| e.to_string())?;
     let suite = args.config().suite;
     let mut call = builder.start().map_err(|e| e.to_string())?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);

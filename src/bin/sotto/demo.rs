@@ -16,6 +16,7 @@ use clap::Args;
 use serde::Serialize;
 use sotto::call::{Call, CallBuilder, CallEvent, CallState, CallStats, EndReason};
 use sotto::handshake::Identity;
+use sotto::media::video::{ProbeHandle, ProbeReport, TestPattern, VideoProbe};
 use sotto::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, MediaError, ToneSource, dbfs, dominant_hz,
 };
@@ -35,6 +36,10 @@ pub struct DemoArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Add video: each side sends a moving 640x360 test pattern (30 fps, its frame number as
+    /// a barcode) and checks the pictures it receives.
+    #[arg(long)]
+    video: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -133,6 +138,8 @@ struct Side {
     heard_hz: Option<f64>,
     heard_dbfs: Option<f32>,
     ended: String,
+    /// What the received video looked like (with `--video`).
+    video: Option<ProbeReport>,
     #[serde(flatten)]
     stats: CallStats,
 }
@@ -152,6 +159,21 @@ struct Peer {
     sends: String,
     hears_on: String,
     recorder: Option<Recorder>,
+    video: Option<ProbeHandle>,
+}
+
+const DEMO_VIDEO: (u32, u32, u32) = (640, 360, 30);
+
+fn demo_pattern() -> Result<TestPattern, String> {
+    TestPattern::new(DEMO_VIDEO.0, DEMO_VIDEO.1, DEMO_VIDEO.2).map_err(|e| e.to_string())
+}
+
+/// Adds the test pattern and a probe of the peer's video to `builder`.
+fn with_video(builder: CallBuilder, peer: &mut Peer) -> Result<CallBuilder, String> {
+    let (probe, handle) = VideoProbe::new(Some(demo_pattern()?), 5).map_err(|e| e.to_string())?;
+    peer.video = Some(handle);
+    peer.sends.push_str(" and a 640x360 test pattern");
+    Ok(builder.video_source(demo_pattern()?).video_sink(probe))
 }
 
 fn alice_io(tones: bool) -> (Box<dyn AudioSource>, Box<dyn AudioSink>, Peer) {
@@ -184,6 +206,7 @@ fn alice_io(tones: bool) -> (Box<dyn AudioSource>, Box<dyn AudioSink>, Peer) {
             sends,
             hears_on,
             recorder,
+            video: None,
         },
     )
 }
@@ -230,14 +253,21 @@ async fn until_connected(
 
 async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
     let room = format!("demo-{}", std::process::id());
-    let (a_source, a_sink, alice_peer) = alice_io(args.tones);
+    let (a_source, a_sink, mut alice_peer) = alice_io(args.tones);
     let bob_recorder = Recorder::default();
-    let bob_peer = Peer {
+    let mut bob_peer = Peer {
         name: "bob",
         sends: "660 Hz tone".into(),
         hears_on: "recorder".into(),
         recorder: Some(bob_recorder.clone()),
+        video: None,
     };
+    let mut alice_builder = builder(url, &room, "alice")?;
+    let mut bob_builder = builder(url, &room, "bob")?;
+    if args.video {
+        alice_builder = with_video(alice_builder, &mut alice_peer)?;
+        bob_builder = with_video(bob_builder, &mut bob_peer)?;
+    }
     if !args.json {
         println!("signaling server: {url} (relays messages; never holds a media key)");
         println!(
@@ -245,7 +275,7 @@ async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
             alice_peer.sends, alice_peer.hears_on, bob_peer.sends, bob_peer.hears_on
         );
     }
-    let mut alice = builder(url, &room, "alice")?
+    let mut alice = alice_builder
         .source(a_source)
         .sink(a_sink)
         .start()
@@ -258,7 +288,7 @@ async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
             None => return Err("alice: call ended".into()),
         }
     }
-    let mut bob = builder(url, &room, "bob")?
+    let mut bob = bob_builder
         .source(ToneSource::new(660.0, 0.3))
         .sink(bob_recorder)
         .start()
@@ -311,6 +341,7 @@ async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
             heard_dbfs: heard.as_ref().map(|h| dbfs(h)),
             // May quote the signaling server (a `--server` of someone else).
             ended: Printable(&reason.to_string()).to_string(),
+            video: peer.video.as_ref().map(ProbeHandle::report),
             stats,
         }
     };
@@ -332,7 +363,15 @@ async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
     } else {
         print_summary(&report);
     }
-    let clean = |s: &Side| s.stats.decrypt_failures == 0 && s.stats.frames_decrypted > 0;
+    let clean = |s: &Side| {
+        let video_ok = s.video.as_ref().is_none_or(|v| {
+            v.frames > 0
+                && v.out_of_order == 0
+                && s.stats.video_decrypt_failures == 0
+                && v.psnr_min_db.is_some_and(|p| p >= 30.0)
+        });
+        s.stats.decrypt_failures == 0 && s.stats.frames_decrypted > 0 && video_ok
+    };
     if report.safety_codes_match && clean(&report.alice) && clean(&report.bob) {
         Ok(())
     } else {
@@ -352,7 +391,12 @@ fn print_summary(r: &Report) {
             "DIFFER: someone is in the middle"
         }
     );
-    println!("E2EE: SFrame {} on every Opus frame", r.cipher_suite);
+    let what = if r.alice.video.is_some() {
+        "Opus frame and every VP8 frame (VP8 payload header in the clear, authenticated)"
+    } else {
+        "Opus frame"
+    };
+    println!("E2EE: SFrame {} on every {what}", r.cipher_suite);
     println!(
         "{:<6} {:>6} {:>9} {:>9} {:>8} {:>9} {:>8} {:>9}  heard",
         "", "sent", "decrypted", "failures", "set-up", "rtt", "jitter", "playout"
@@ -376,6 +420,30 @@ fn print_summary(r: &Report) {
             format!("{:.1} ms", s.stats.jitter_ms),
             format!("{:.0} ms", s.stats.playout_delay_ms),
         );
+    }
+    for s in [&r.alice, &r.bob] {
+        if let Some(v) = &s.video {
+            println!(
+                "{:<6} video: sent {} frames ({} keyframes); received {}, decrypted {}, \
+                 failures {}; shown {} at {}, barcodes in order: {}, PSNR min {} / mean {}, \
+                 freezes {}, a/v offset {}",
+                s.name,
+                s.stats.video_frames_sent,
+                s.stats.video_keyframes_sent,
+                s.stats.video_frames_received,
+                s.stats.video_frames_decrypted,
+                s.stats.video_decrypt_failures,
+                v.frames,
+                v.last_size.map_or("-".into(), |(w, h)| format!("{w}x{h}")),
+                if v.out_of_order == 0 { "yes" } else { "NO" },
+                v.psnr_min_db.map_or("-".into(), |p| format!("{p:.1} dB")),
+                v.psnr_mean_db.map_or("-".into(), |p| format!("{p:.1} dB")),
+                v.freezes,
+                s.stats
+                    .av_sync_offset_ms
+                    .map_or("-".into(), |o| format!("{o:+.0} ms")),
+            );
+        }
     }
     println!("alice: {}; bob: {}", r.alice.ended, r.bob.ended);
 }

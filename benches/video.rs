@@ -1,0 +1,96 @@
+//! Per-frame cost of VP8 at call sizes and bitrates: encode and decode of the moving test
+//! pattern (`TestPattern`), real-time settings (CBR, `cpu_used` -6, one thread, no lag).
+//!
+//! Run with `cargo bench --profile dev --bench video` (the project's one profile). Figures
+//! from the 2-core build machine are in the module docs of `sotto::media::video`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sotto::media::video::{
+    EncodedVideoFrame, TestPattern, VideoDecoder, VideoEncoder, VideoEncoderConfig, VideoFrame,
+    VideoSource, Vp8Decoder, Vp8Encoder,
+};
+
+/// Sizes and bitrates benched: (label, width, height, kbit/s).
+const SIZES: [(&str, u32, u32, u32); 2] =
+    [("640x360", 640, 360, 800), ("1280x720", 1280, 720, 1500)];
+
+/// Frames of pattern generated up front (so the bench measures the codec only).
+const FRAMES: usize = 120;
+
+fn pattern(width: u32, height: u32) -> Vec<VideoFrame> {
+    let mut p = TestPattern::new(width, height, 30).unwrap();
+    (0..FRAMES)
+        .map(|_| {
+            let mut f = VideoFrame::black(width, height).unwrap();
+            p.read_frame(&mut f).unwrap();
+            f
+        })
+        .collect()
+}
+
+fn config(width: u32, height: u32, kbps: u32) -> VideoEncoderConfig {
+    let mut cfg = VideoEncoderConfig::new(width, height);
+    cfg.target_kbps = kbps;
+    if let Ok(threads) = std::env::var("SOTTO_BENCH_THREADS") {
+        cfg.threads = threads.parse().ok();
+    }
+    if let Ok(cpu) = std::env::var("SOTTO_BENCH_CPU_USED") {
+        cfg.cpu_used = cpu.parse().ok();
+    }
+    cfg
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("video_encode");
+    for (label, w, h, kbps) in SIZES {
+        let frames = pattern(w, h);
+        let mut enc = Vp8Encoder::new(&config(w, h, kbps)).unwrap();
+        let mut out = EncodedVideoFrame::default();
+        let mut n = 0u64;
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let f = &frames[n as usize % FRAMES];
+                n += 1;
+                black_box(enc.encode_into(black_box(f), n * 3000, &mut out).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("video_decode");
+    for (label, w, h, kbps) in SIZES {
+        // One keyframe, then delta frames, decoded in a loop that restarts at the keyframe.
+        let mut enc = Vp8Encoder::new(&config(w, h, kbps)).unwrap();
+        let encoded: Vec<Vec<u8>> = pattern(w, h)
+            .iter()
+            .enumerate()
+            .map(|(n, f)| enc.encode(f, n as u64 * 3000).unwrap().unwrap().data)
+            .collect();
+        let mut dec = Vp8Decoder::new().unwrap();
+        let mut out = VideoFrame::black(w, h).unwrap();
+        let mut n = 0usize;
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let data = &encoded[n % FRAMES];
+                n += 1;
+                black_box(dec.decode_into(black_box(data), &mut out).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = encode, decode
+}
+criterion_main!(benches);
