@@ -11,8 +11,8 @@ const TAG_LEN = 16;
 const MAX_U64 = (1n << 64n) - 1n;
 /// Largest frame accepted for decryption; Opus frames are far smaller.
 export const MAX_FRAME_LEN = 64 * 1024;
-/// Largest video frame accepted for decryption: a VP8 keyframe of a large picture fits.
-export const MAX_VIDEO_FRAME_LEN = 1024 * 1024;
+/// Largest video frame accepted for decryption, as the engine's (src/transport/video.rs).
+export const MAX_VIDEO_FRAME_LEN = 2 * 1024 * 1024;
 /// Counters remembered per KID to refuse replays (20 s of 20 ms frames).
 export const REPLAY_WINDOW = 1024n;
 
