@@ -137,9 +137,17 @@ async fn video_flows_both_ways_in_order_and_intact() {
     assert_received_pattern("bob", a.video_frames_sent, &b, &b_seen);
     for (who, s, seen) in [("alice", &a, &a_seen), ("bob", &b, &b_seen)] {
         // 5 s at 30 fps, less start-up.
-        assert!(s.video_frames_sent >= 100, "{who} sent {}", s.video_frames_sent);
+        assert!(
+            s.video_frames_sent >= 100,
+            "{who} sent {}",
+            s.video_frames_sent
+        );
         assert!(s.video_keyframes_sent >= 1, "{who}");
-        assert!(seen.max_gap_ms < 1000.0, "{who}: a gap of {} ms", seen.max_gap_ms);
+        assert!(
+            seen.max_gap_ms < 1000.0,
+            "{who}: a gap of {} ms",
+            seen.max_gap_ms
+        );
         // Audio was not disturbed.
         assert_eq!(s.decrypt_failures, 0, "{who}");
         assert!(s.frames_decrypted >= 150, "{who}");
@@ -207,7 +215,10 @@ async fn a_receiver_that_fell_behind_asks_for_a_keyframe_and_recovers() {
     )
     .await;
     eprintln!("alice: {a:?}\nbob: {b:?}\nbob probe: {b_seen:?}");
-    assert!(b.video_keyframe_requests_sent >= 1, "bob asked for no keyframe");
+    assert!(
+        b.video_keyframe_requests_sent >= 1,
+        "bob asked for no keyframe"
+    );
     assert!(a.video_keyframes_requested >= 1, "alice saw no PLI");
     assert!(
         a.video_keyframes_sent >= 2,

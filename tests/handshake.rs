@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sotto::handshake::{
     Direction, DtlsFingerprint, Established, Handshake, HandshakeError, Identity, KnownPeers,
-    MediaKind, MediaReceiver, MediaSender, PeerTrust, RotationConfig, TrustPolicy,
-    VIDEO_KID_BASE, kid_for, kind_kid_for,
+    MediaKind, MediaReceiver, MediaSender, PeerTrust, RotationConfig, TrustPolicy, VIDEO_KID_BASE,
+    kid_for, kind_kid_for,
 };
 
 /// DTLS certificate fingerprints the two sides sign (no peer connection here, so any value).

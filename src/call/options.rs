@@ -405,9 +405,7 @@ impl CallOptions {
         let fps = self.fps.unwrap_or(DEFAULT_FPS);
         let err = |e: &dyn std::fmt::Display| OptionsError::Video(format!("--video {video}: {e}"));
         let source: Box<dyn VideoSource> = match VideoChoice::parse(video)? {
-            VideoChoice::TestPattern => {
-                Box::new(TestPattern::new(w, h, fps).map_err(|e| err(&e))?)
-            }
+            VideoChoice::TestPattern => Box::new(TestPattern::new(w, h, fps).map_err(|e| err(&e))?),
             VideoChoice::File(path) => Box::new(Y4mSource::open(&path).map_err(|e| err(&e))?),
             VideoChoice::Camera(name) => Box::new(
                 CameraSource::open(name.as_deref(), w, h, fps)

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use crate::handshake::MediaKind;
 use crate::handshake::{
     CallKeys, DtlsFingerprint, Established, Handshake, Identity, KnownPeers, MediaReceiver,
     MediaSender, PeerTrust, Role,
 };
-use crate::handshake::MediaKind;
 use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
 use crate::names;
@@ -681,7 +681,8 @@ impl Session {
         ))];
         let video_io = self.video.lock().ok().and_then(|mut v| v.take());
         if let Some((source, sink)) = video_io {
-            let video = self.start_video(run, video_keys, source, sink, video_streams, &stop, notices)?;
+            let video =
+                self.start_video(run, video_keys, source, sink, video_streams, &stop, notices)?;
             threads.extend(video.0);
             tasks.extend(video.1);
         }
@@ -700,13 +701,22 @@ impl Session {
     fn start_video(
         &self,
         run: &Run,
-        (send_key, recv_key): (crate::handshake::DirectionKey, crate::handshake::DirectionKey),
+        (send_key, recv_key): (
+            crate::handshake::DirectionKey,
+            crate::handshake::DirectionKey,
+        ),
         source: Option<Box<dyn VideoSource>>,
         sink: Box<dyn VideoSink>,
         streams: &mut VideoStreams,
         stop: &Arc<AtomicBool>,
         notices: &mpsc::UnboundedSender<MediaNotice>,
-    ) -> Result<(Vec<std::thread::JoinHandle<()>>, Vec<tokio::task::JoinHandle<()>>), EndReason> {
+    ) -> Result<
+        (
+            Vec<std::thread::JoinHandle<()>>,
+            Vec<tokio::task::JoinHandle<()>>,
+        ),
+        EndReason,
+    > {
         let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
         let suite = self.config.suite;
         let rotation = self.config.rotation;
@@ -796,7 +806,10 @@ impl Session {
                 settings,
                 notices: notices.clone(),
             };
-            threads.push(spawn("sotto-video-capture", Box::new(move || capture.run()))?);
+            threads.push(spawn(
+                "sotto-video-capture",
+                Box::new(move || capture.run()),
+            )?);
         }
         Ok((threads, tasks))
     }

@@ -20,8 +20,7 @@ use crate::media::video::{
 };
 use crate::sframe::SframeError;
 use crate::transport::{
-    FrameOrder, MediaTransport, OpenVideoError, ReceivedVideoFrame, open_video_in_place,
-    seal_video,
+    FrameOrder, MediaTransport, OpenVideoError, ReceivedVideoFrame, open_video_in_place, seal_video,
 };
 
 use super::media_loop::MediaNotice;
@@ -248,7 +247,12 @@ impl VideoCapture {
             }
             if ladder.update(target, now) {
                 let (w, h) = ladder.size();
-                tracing::info!(width = w, height = h, fps_divisor = ladder.skip(), "video steps");
+                tracing::info!(
+                    width = w,
+                    height = h,
+                    fps_divisor = ladder.skip(),
+                    "video steps"
+                );
             }
             if read % (base_skip * ladder.skip()) != 0 {
                 continue;
@@ -519,8 +523,8 @@ impl VideoRender {
                 }
             }
             // Lip sync: audio waits in its playout buffer, so the picture waits as long.
-            let audio_delay =
-                Duration::from_micros(self.shared.playout_delay_us.load(Relaxed)).min(MAX_SYNC_HOLD);
+            let audio_delay = Duration::from_micros(self.shared.playout_delay_us.load(Relaxed))
+                .min(MAX_SYNC_HOLD);
             pace_until(frame.arrival + audio_delay, &self.stop);
             let shown = Instant::now();
             picture.capture = frame.arrival;
@@ -630,7 +634,8 @@ mod tests {
         // Each refused and counted: a forged header that names an old counter is refused by
         // the replay window before authentication, and counted there.
         assert_eq!(
-            shared.video_decrypt_failures.load(Relaxed) + shared.video_replays_rejected.load(Relaxed),
+            shared.video_decrypt_failures.load(Relaxed)
+                + shared.video_replays_rejected.load(Relaxed),
             1 + 4
         );
 

@@ -3,6 +3,7 @@
 //! and read back from `#remote-video` in the receiving page.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -184,16 +185,21 @@ struct Run {
 }
 
 fn analyse(frames: &[Shown]) -> Run {
+    analyse_codes(frames, LOOP)
+}
+
+/// As `analyse`, for codes that count modulo `modulus` (the engine's test pattern: 65536).
+fn analyse_codes(frames: &[Shown], modulus: u32) -> Run {
     let mut unwrapped = 0u32;
     let mut out_of_order = Vec::new();
     for pair in frames.windows(2) {
         let (a, b) = (pair[0].code, pair[1].code);
-        let step = (b + LOOP - a % LOOP) % LOOP;
+        let step = (b + modulus - a % modulus) % modulus;
         // Chromium's file camera captures the file's first frame twice when it rewinds: two
         // frames with code 0 and their own RTP timestamps. Anything else repeated is wrong.
         if b == 0 && a == 0 && pair[0].rtp != pair[1].rtp {
             unwrapped += 1;
-        } else if b >= LOOP || step == 0 || step > LOOP / 2 {
+        } else if b >= modulus || step == 0 || step > modulus / 2 {
             out_of_order.push((a, b));
         } else {
             unwrapped += step;
@@ -606,4 +612,110 @@ async fn video_layout_in_the_page_matches_the_engines_sframe() {
     // Epoch 2 seen: the receiver now holds 3 and 4 too (this copy of epoch 3 is new to it).
     assert_eq!(opened[9]["hex"], hex::encode(&delta), "{opened:?}");
     assert_eq!(opened[9]["kid"], video_kid(3, direction));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_and_sotto_call_cli_exchange_sealed_video() {
+    use sotto::media::video::{VideoFrame, VideoSource, Y4mSource, read_code};
+
+    let _media = MEDIA.lock().await;
+    let test = "browser_and_sotto_call_cli_exchange_sealed_video";
+    let y4m = barcode_y4m();
+    let Some(browser) = Browser::launch_with(None, Some(&y4m)).await else {
+        cleanup(&y4m);
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let room = room(test);
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (seen, stats_json) = (dir.join("seen.y4m"), dir.join("stats.json"));
+    let page = browser.new_page(None).await;
+    page.goto(&format!("{}&video=1", server.page_url(&room, "web")))
+        .await;
+    wait_status(&page, "waiting for someone", CONNECT).await;
+    // The CLI sends its test pattern (the same barcode, counting on past 90) and writes what
+    // it decodes of the browser's camera.
+    let child = std::process::Command::new(crate::sotto_bin::sotto_bin())
+        .args(["call", "--server", &server.ws_url(), "--room", &room])
+        .args(["--name", "cli", "--bind", "127.0.0.1:0", "--tone", "660"])
+        .args(["--duration", "6", "--video", "test-pattern"])
+        .arg("--identity")
+        .arg(dir.join("identity.json"))
+        .arg("--output")
+        .arg(dir.join("heard.wav"))
+        .arg("--video-output")
+        .arg(&seen)
+        .arg("--stats-json")
+        .arg(&stats_json)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cli = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    wait_status(&page, "connected", CONNECT).await;
+    page.eval(READER).await;
+    let frames = wait_shown_for(&page, 0, 2000, "the CLI's video in the page").await;
+    let run = analyse_codes(after_warmup(&frames, 500.0), 1 << 16);
+    let s = video_stats(&page).await;
+    let out = tokio::time::timeout(CONNECT + Duration::from_secs(6), cli)
+        .await
+        .expect("sotto call exits")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sotto call failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_json).unwrap()).unwrap();
+    // What the CLI decoded of the browser's camera: the barcodes, in order.
+    let mut source = Y4mSource::open(&seen).unwrap();
+    let mut picture = VideoFrame::black(WIDTH as u32, HEIGHT as u32).unwrap();
+    let mut codes = Vec::new();
+    while source.read_frame(&mut picture).unwrap() {
+        codes.push(read_code(&picture));
+    }
+    eprintln!(
+        "browser <-> sotto call video: page {run:?}; page stats {}; CLI stats {stats}; CLI read {} of {} pictures' codes",
+        s["media"]["video"],
+        codes.iter().flatten().count(),
+        codes.len()
+    );
+    // The page: the CLI's pattern in order, every frame opened, none failed.
+    assert!(run.out_of_order.is_empty(), "{run:?}");
+    assert!(run.shown as f64 >= 0.9 * f64::from(run.sent), "{run:?}");
+    assert_eq!(s["media"]["video"]["failed"], 0, "{s}");
+    assert!(
+        s["media"]["video"]["opened"].as_u64() >= Some(run.shown),
+        "{s}"
+    );
+    // The CLI: the browser's frames opened, decoded and in order.
+    assert_eq!(stats["video_decrypt_failures"], 0, "{stats}");
+    assert!(
+        stats["video_frames_decrypted"].as_u64() >= Some(60),
+        "{stats}"
+    );
+    let read: Vec<Shown> = codes
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, &c)| Shown {
+            code: u32::from(c),
+            t: i as f64,
+            rtp: Some(i as u64),
+            width: WIDTH as u64,
+            presented: i as u64,
+        })
+        .collect();
+    assert!(read.len() >= 60, "{} codes read", read.len());
+    let cli_run = analyse(&read);
+    assert!(cli_run.out_of_order.is_empty(), "{cli_run:?}");
+    drop(browser);
+    let _ = std::fs::remove_dir_all(&dir);
+    cleanup(&y4m);
 }

@@ -53,7 +53,11 @@ pub struct ProbeHandle(Arc<Mutex<State>>);
 impl ProbeHandle {
     /// Waits (polling, for tests and the demo) until `cond` holds on the report or `timeout`
     /// runs out; returns the last report.
-    pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&ProbeReport) -> bool) -> ProbeReport {
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&ProbeReport) -> bool,
+    ) -> ProbeReport {
         let until = Instant::now() + timeout;
         loop {
             let report = self.report();
@@ -101,7 +105,10 @@ pub struct VideoProbe {
 impl VideoProbe {
     /// A probe; with `reference`, every `psnr_every`-th picture of the reference's size is
     /// compared with the pattern picture its barcode names.
-    pub fn new(reference: Option<TestPattern>, psnr_every: u64) -> Result<(Self, ProbeHandle), VideoError> {
+    pub fn new(
+        reference: Option<TestPattern>,
+        psnr_every: u64,
+    ) -> Result<(Self, ProbeHandle), VideoError> {
         let state = Arc::new(Mutex::new(State::default()));
         Ok((
             VideoProbe {
