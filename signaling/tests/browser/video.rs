@@ -632,8 +632,12 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
     std::fs::create_dir_all(&dir).unwrap();
     let (seen, stats_json) = (dir.join("seen.y4m"), dir.join("stats.json"));
     let page = browser.new_page(None).await;
-    page.goto(&format!("{}&video=1", server.page_url(&room, "web")))
-        .await;
+    // The page's keys rotate every second: the CLI follows its video epochs.
+    page.goto(&format!(
+        "{}&video=1&rotate=1",
+        server.page_url(&room, "web")
+    ))
+    .await;
     wait_status(&page, "waiting for someone", CONNECT).await;
     // The CLI sends its test pattern (the same barcode, counting on past 90) and writes what
     // it decodes of the browser's camera.
@@ -696,6 +700,7 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
     );
     // The CLI: the browser's frames opened, decoded and in order.
     assert_eq!(stats["video_decrypt_failures"], 0, "{stats}");
+    assert!(s["media"]["video"]["sendEpoch"].as_u64() >= Some(2), "{s}");
     assert!(
         stats["video_frames_decrypted"].as_u64() >= Some(60),
         "{stats}"
