@@ -72,6 +72,8 @@ typedef struct sotto_sframe_sender sotto_sframe_sender;
 // - `{"event":"authentication_failures","new":N,"total":N}`
 // - `{"event":"peer_muted","muted":true}`
 // - `{"event":"first_audio","setup_ms":231.0}`
+// - `{"event":"video_size","width":640,"height":360}`: the peer's video is shown at this size
+//   (first picture, or a change); video comes with the `video` option (see `sotto call --help`)
 // - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 //   false when the call failed
 typedef void (*sotto_event_cb)(void *user_data, const char *event_json);

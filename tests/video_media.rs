@@ -11,6 +11,38 @@ use sotto::media::video::{
     Y4mSink, Y4mSource, list_cameras_in, psnr_y, read_code,
 };
 
+/// Counts heap allocations per thread, to show the per-frame path reuses its buffers.
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; only adds a thread-local counter.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|a| a.get())
+}
+
 /// 90 kHz ticks of frame `n` at 30 fps.
 fn pts(n: u64) -> u64 {
     n * 3000
@@ -67,6 +99,32 @@ fn pattern_through_vp8_decodes_every_frame_with_its_number_and_good_psnr() {
     // Not a trivial pass: a picture compared with the next one scores far lower.
     let off_by_one = psnr_y(&pictures[10], &pictures[11]).unwrap();
     assert!(off_by_one < mean - 5.0, "{off_by_one:.1} vs {mean:.1}");
+}
+
+#[test]
+fn per_frame_capture_encode_decode_reuse_their_buffers() {
+    let mut pattern = TestPattern::new(640, 360, 30).unwrap();
+    let mut encoder = Vp8Encoder::new(&VideoEncoderConfig::new(640, 360)).unwrap();
+    let mut decoder = Vp8Decoder::new().unwrap();
+    let mut frame = VideoFrame::black(640, 360).unwrap();
+    let mut decoded = VideoFrame::black(640, 360).unwrap();
+    let mut out = EncodedVideoFrame::default();
+    out.data.reserve(256 * 1024);
+    let mut step = |n: u64| {
+        pattern.read_frame(&mut frame).unwrap();
+        assert!(encoder.encode_into(&frame, pts(n), &mut out).unwrap());
+        assert!(decoder.decode_into(&out.data, &mut decoded).unwrap());
+        assert_eq!(read_code(&decoded), Some(n as u16));
+    };
+    for n in 0..5 {
+        step(n);
+    }
+    let before = allocations();
+    for n in 5..65 {
+        step(n);
+    }
+    // libvpx allocates in C (once, at init); the Rust side does not allocate per frame.
+    assert_eq!(allocations() - before, 0);
 }
 
 #[test]
@@ -146,6 +204,35 @@ fn reconfigure_changes_the_size_and_starts_with_a_keyframe() {
         decoder.decode(&out.data).unwrap().unwrap().size(),
         (320, 180)
     );
+}
+
+#[test]
+fn a_picture_built_on_a_broken_reference_is_reported_damaged() {
+    let mut encoder = Vp8Encoder::new(&VideoEncoderConfig::new(640, 360)).unwrap();
+    let (_, encoded) = encode_pattern(&mut encoder, 640, 360, 6);
+    let mut decoder = Vp8Decoder::new().unwrap();
+    let mut out = VideoFrame::black(2, 2).unwrap();
+    assert!(decoder.last_picture_damaged(), "nothing decoded yet");
+    decoder.decode_into(&encoded[0].data, &mut out).unwrap();
+    decoder.decode_into(&encoded[1].data, &mut out).unwrap();
+    assert!(!decoder.last_picture_damaged());
+    // Frame 2 arrives cut short (part of it lost). libvpx shows a picture anyway, but says
+    // it is damaged, and so is every picture built on it until a keyframe.
+    let cut = &encoded[2].data[..encoded[2].data.len() / 2];
+    let _ = decoder.decode_into(cut, &mut out);
+    assert!(decoder.last_picture_damaged());
+    for frame in &encoded[3..6] {
+        assert!(decoder.decode_into(&frame.data, &mut out).unwrap());
+        assert!(decoder.last_picture_damaged());
+    }
+    encoder.force_keyframe();
+    let mut picture = VideoFrame::black(2, 2).unwrap();
+    let mut pattern = TestPattern::new(640, 360, 30).unwrap();
+    pattern.read_frame(&mut picture).unwrap();
+    let key = encoder.encode(&picture, pts(6)).unwrap().unwrap();
+    assert!(key.keyframe);
+    assert!(decoder.decode_into(&key.data, &mut out).unwrap());
+    assert!(!decoder.last_picture_damaged());
 }
 
 /// Checks the decoder refuses `data` or decodes it into a valid picture, without crashing.

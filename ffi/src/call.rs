@@ -35,6 +35,8 @@ use crate::error::{
 /// - `{"event":"authentication_failures","new":N,"total":N}`
 /// - `{"event":"peer_muted","muted":true}`
 /// - `{"event":"first_audio","setup_ms":231.0}`
+/// - `{"event":"video_size","width":640,"height":360}`: the peer's video is shown at this size
+///   (first picture, or a change); video comes with the `video` option (see `sotto call --help`)
 /// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 ///   false when the call failed
 pub type sotto_event_cb =
@@ -186,9 +188,10 @@ pub struct sotto_call {
 fn options_failure(e: OptionsError) -> Failure {
     let status = match e {
         OptionsError::Invalid(_) => SOTTO_ERR_INVALID,
-        OptionsError::Audio(_) | OptionsError::Identity(_) | OptionsError::Report(_) => {
-            SOTTO_ERR_IO
-        }
+        OptionsError::Audio(_)
+        | OptionsError::Video(_)
+        | OptionsError::Identity(_)
+        | OptionsError::Report(_) => SOTTO_ERR_IO,
         _ => SOTTO_ERR_INTERNAL,
     };
     Failure::new(status, e.to_string())
@@ -249,6 +252,9 @@ fn event_json(event: &CallEvent) -> Option<Value> {
         }
         CallEvent::PeerMuted(muted) => json!({"event": "peer_muted", "muted": muted}),
         CallEvent::FirstAudio { setup_ms } => json!({"event": "first_audio", "setup_ms": setup_ms}),
+        CallEvent::VideoSize { width, height } => {
+            json!({"event": "video_size", "width": width, "height": height})
+        }
         CallEvent::Ended { reason, stats } => ended_json(reason, stats),
         _ => return None,
     })
@@ -503,12 +509,11 @@ fn start(
         }),
         None => options.open_sink().map_err(options_failure)?,
     };
+    let video = options.open_video().map_err(options_failure)?;
     let loaded = options.load_identity().map_err(options_failure)?;
     let fingerprint = loaded.identity.public_key().fingerprint();
     let suite = options.config().suite;
-    let builder = options
-        .builder(loaded.identity, loaded.known_peers, source, sink)
-        .map_err(options_failure)?;
+    let builder = options.builder(loaded.identity, loaded.known_peers, source, sink, video);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

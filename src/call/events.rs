@@ -129,6 +129,14 @@ pub enum CallEvent {
         /// Join to first played frame, in ms.
         setup_ms: f64,
     },
+    /// The peer's video is shown at a new size (its first picture, or a change as its sender
+    /// adapts to the network).
+    VideoSize {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
     /// The call is over; the final statistics follow in `stats`.
     Ended {
         /// Why.

@@ -32,6 +32,8 @@ pub(crate) const PLAYBACK_QUEUE: usize = 64;
 pub(crate) enum MediaNotice {
     /// The first received frame was played.
     FirstAudio(Duration),
+    /// The peer's video is shown at a new size.
+    VideoSize(u32, u32),
     /// A thread stopped because of an error.
     Failed(String),
 }

@@ -42,8 +42,8 @@ use tokio::sync::mpsc;
 pub use control::{ControlCrypto, ControlError};
 pub use events::{CallEvent, CallState, EndReason, PeerInfo};
 pub use options::{
-    CallOptions, CallReport, LoadedIdentity, OptionsError, check_duration, check_tone, ended_ok,
-    known_peers_path, parse_duration, parse_tone,
+    CallOptions, CallReport, LoadedIdentity, OptionsError, VideoIo, check_duration, check_tone,
+    ended_ok, known_peers_path, parse_duration, parse_tone,
 };
 pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,

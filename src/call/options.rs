@@ -499,15 +499,28 @@ impl CallOptions {
         config
     }
 
-    /// A builder for the call, ready to start, with the video source and sink the options
-    /// name opened.
+    /// Opens the video source and sink the options name (see [`open_video_source`] and
+    /// [`open_video_sink`]); open them before anything is created or joined, so a bad one
+    /// fails first.
+    ///
+    /// [`open_video_source`]: Self::open_video_source
+    /// [`open_video_sink`]: Self::open_video_sink
+    pub fn open_video(&self) -> Result<VideoIo, OptionsError> {
+        Ok(VideoIo {
+            source: self.open_video_source()?,
+            sink: self.open_video_sink()?,
+        })
+    }
+
+    /// A builder for the call, ready to start.
     pub fn builder(
         &self,
         identity: Identity,
         known_peers: KnownPeers,
         source: Box<dyn AudioSource>,
         sink: Box<dyn AudioSink>,
-    ) -> Result<CallBuilder, OptionsError> {
+        video: VideoIo,
+    ) -> CallBuilder {
         let mut builder = CallBuilder::with_config(self.config())
             .name(self.name.clone())
             .identity(Arc::new(identity))
@@ -517,13 +530,32 @@ impl CallOptions {
         if let Some(token) = &self.token {
             builder = builder.token(token.clone());
         }
-        if let Some(video) = self.open_video_source()? {
+        if let Some(video) = video.source {
             builder = builder.boxed_video_source(video);
         }
-        if let Some(video) = self.open_video_sink()? {
+        if let Some(video) = video.sink {
             builder = builder.boxed_video_sink(video);
         }
-        Ok(builder)
+        builder
+    }
+}
+
+/// The video source and sink a call's options name.
+#[derive(Default)]
+#[non_exhaustive]
+pub struct VideoIo {
+    /// What we send, if we send video.
+    pub source: Option<Box<dyn VideoSource>>,
+    /// Where the peer's video goes (`None`: decoded and counted only).
+    pub sink: Option<Box<dyn VideoSink>>,
+}
+
+impl std::fmt::Debug for VideoIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoIo")
+            .field("source", &self.source.is_some())
+            .field("sink", &self.sink.is_some())
+            .finish()
     }
 }
 

@@ -307,6 +307,10 @@ impl Session {
                         tracing::info!(setup_ms, "first audio played");
                         self.emit(CallEvent::FirstAudio { setup_ms });
                     }
+                    MediaNotice::VideoSize(width, height) => {
+                        tracing::info!(width, height, "peer's video size");
+                        self.emit(CallEvent::VideoSize { width, height });
+                    }
                     MediaNotice::Failed(e) => break EndReason::MediaFailed(e),
                 },
                 _ = stats_tick.tick() => {

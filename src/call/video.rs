@@ -500,6 +500,7 @@ impl VideoRender {
         let mut have_keyframe = false;
         // The A/V offset, smoothed over about 16 pictures.
         let mut sync_offset_us: Option<f64> = None;
+        let mut shown_size = (0, 0);
         while !self.stop.load(Relaxed) {
             let frame = match self.frames.recv_timeout(Duration::from_millis(50)) {
                 Ok(f) => f,
@@ -512,6 +513,13 @@ impl VideoRender {
                 continue;
             }
             match self.decoder.decode_into(&frame.vp8, &mut picture) {
+                Ok(true) if self.decoder.last_picture_damaged() => {
+                    // Built on a broken reference: never shown; wait for a keyframe.
+                    self.shared.video_decode_errors.fetch_add(1, Relaxed);
+                    have_keyframe = false;
+                    self.need_keyframe.notify_one();
+                    continue;
+                }
                 Ok(true) => have_keyframe = true,
                 Ok(false) => continue,
                 Err(e) => {
@@ -532,6 +540,10 @@ impl VideoRender {
             let s = &self.shared;
             s.video_frames_rendered.fetch_add(1, Relaxed);
             let (w, h) = picture.size();
+            if (w, h) != shown_size {
+                shown_size = (w, h);
+                let _ = self.notices.send(MediaNotice::VideoSize(w, h));
+            }
             s.video_width.store(w, Relaxed);
             s.video_height.store(h, Relaxed);
             if freezes.on_frame(shown).is_some() {

@@ -278,6 +278,11 @@ async fn pump_video(
         match event {
             Polled::Event(TrackRemoteEvent::OnRtpPacket(packet)) => {
                 if packet.payload.is_empty() {
+                    assembler.push_padding(
+                        packet.header.sequence_number,
+                        packet.header.timestamp,
+                        Instant::now(),
+                    );
                     continue;
                 }
                 if let Ok(mut r) = remote.lock() {

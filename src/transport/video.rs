@@ -155,6 +155,8 @@ impl Vp8Packetizer {
 
 struct Fragment {
     timestamp: u32,
+    /// A padding-only packet: takes a sequence number, carries nothing.
+    padding: bool,
     start: bool,
     marker: bool,
     data: Bytes,
@@ -252,6 +254,7 @@ impl FrameAssembler {
             ext,
             Fragment {
                 timestamp,
+                padding: false,
                 start: descriptor.frame_start,
                 marker,
                 data: payload.slice(descriptor.len..),
@@ -269,6 +272,31 @@ impl FrameAssembler {
             }
             self.set_next(ext);
         }
+        while self.fragments.len() > MAX_BUFFERED_PACKETS {
+            self.give_up();
+        }
+        self.drain();
+        self.expire(now);
+    }
+
+    /// Takes a padding-only packet of the stream (senders without RTX pad on the media
+    /// SSRC, between frames): it fills its sequence number so no hole is seen there.
+    pub fn push_padding(&mut self, seq: u16, timestamp: u32, now: Instant) {
+        let ext = self.extend(seq);
+        if self.next.is_none() || ext < self.floor || self.fragments.contains_key(&ext) {
+            return;
+        }
+        self.fragments.insert(
+            ext,
+            Fragment {
+                timestamp,
+                padding: true,
+                start: false,
+                marker: false,
+                data: Bytes::new(),
+                arrival: now,
+            },
+        );
         while self.fragments.len() > MAX_BUFFERED_PACKETS {
             self.give_up();
         }
@@ -353,6 +381,11 @@ impl FrameAssembler {
                 }
                 return;
             };
+            if first.padding {
+                self.fragments.remove(&next);
+                self.set_next(next + 1);
+                continue;
+            }
             if !first.start {
                 // A continuation whose frame start was given up.
                 self.drop_range(next, next + 1);
@@ -369,7 +402,11 @@ impl FrameAssembler {
                     break None;
                 };
                 size += f.data.len();
-                if f.timestamp != timestamp || (end != next && f.start) || size > MAX_VIDEO_FRAME {
+                if f.timestamp != timestamp
+                    || f.padding
+                    || (end != next && f.start)
+                    || size > MAX_VIDEO_FRAME
+                {
                     break Some(false);
                 }
                 if f.marker {
@@ -752,6 +789,32 @@ mod tests {
     }
 
     #[test]
+    fn padding_between_frames_is_not_a_loss() {
+        let mut p = Vp8Packetizer::new(0, MAX_VIDEO_RTP_PAYLOAD);
+        let mut feed = Feed::new(65534);
+        let f0 = frame(2500, 0);
+        let f1 = frame(2500, 1);
+        let pk0 = feed.packetize(&mut p, &f0, 0);
+        // Three padding packets (across the sequence wrap) between the frames.
+        let pad: Vec<u16> = (0..3).map(|i| feed.seq.wrapping_add(i)).collect();
+        feed.seq = feed.seq.wrapping_add(3);
+        let pk1 = feed.packetize(&mut p, &f1, 3000);
+        feed.push(&pk0);
+        feed.push(&pk1);
+        // The padding arrives late: the frame waits for it, then goes out unmarked.
+        assert_eq!(feed.out().len(), 1);
+        for s in pad {
+            feed.a.push_padding(s, 0, feed.now);
+        }
+        let out = feed.out();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload, f1);
+        assert!(!out[0].after_loss);
+        assert_eq!(feed.a.stats().losses, 0);
+        assert!(feed.a.deadline().is_none());
+    }
+
+    #[test]
     fn joining_mid_frame_waits_for_a_frame_start() {
         let mut p = Vp8Packetizer::new(0, MAX_VIDEO_RTP_PAYLOAD);
         let mut feed = Feed::new(0);
@@ -803,6 +866,9 @@ mod tests {
             let r = next();
             let len = (r % 40) as usize;
             let payload: Bytes = (0..len).map(|_| next() as u8).collect();
+            if r & 0x400 != 0 {
+                a.push_padding((r >> 20) as u16 % 64, 0, now);
+            }
             let seq = if r & 0x100 != 0 {
                 (r >> 16) as u16
             } else {

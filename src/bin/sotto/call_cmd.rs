@@ -1,6 +1,8 @@
 //! `sotto call`: one side of a two-party E2EE call through a signaling server.
 
-use sotto::call::{CallEvent, CallOptions, CallReport, CallState, CallStats, EndReason, PeerInfo};
+use sotto::call::{
+    CallEvent, CallOptions, CallReport, CallState, CallStats, EndReason, PeerInfo, VideoIo,
+};
 use sotto::handshake::PeerTrust;
 use sotto::handshake::{Identity, KnownPeers};
 use sotto::media::{AudioSink, AudioSource};
@@ -72,6 +74,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     // Open devices and files first, so a bad one fails before anything is created or joined.
     let source = args.open_source().map_err(|e| e.to_string())?;
     let sink = args.open_sink().map_err(|e| e.to_string())?;
+    let video = args.open_video().map_err(|e| e.to_string())?;
     let loaded = args.load_identity().map_err(|e| e.to_string())?;
     if loaded.created {
         println!("created a new identity at {}", loaded.path.display());
@@ -84,6 +87,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
         loaded.known_peers,
         source,
         sink,
+        video,
     ))
 }
 
@@ -93,15 +97,14 @@ async fn call(
     known_peers: KnownPeers,
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
+    video: VideoIo,
 ) -> Result<(), String> {
     let fingerprint = identity.public_key().fingerprint();
     println!(
         "joining room {:?} on {} as {:?} (identity {fingerprint})",
         args.room, args.server, args.name
     );
-    let builder = args
-        .builder(identity, known_peers, source, sink)
-        .map_err(|e| e.to_string())?;
+    let builder = args.builder(identity, known_peers, source, sink, video);
     let suite = args.config().suite;
     let mut call = builder.start().map_err(|e| e.to_string())?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -158,6 +161,9 @@ async fn call(
                 }
                 Some(CallEvent::FirstAudio { setup_ms }) => {
                     println!("first audio from the peer after {setup_ms:.0} ms");
+                }
+                Some(CallEvent::VideoSize { width, height }) => {
+                    println!("the peer's video: {width}x{height}");
                 }
                 Some(CallEvent::Stats(s)) => print_stats(&s),
                 Some(CallEvent::AuthenticationFailures { new, total }) => {

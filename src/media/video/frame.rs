@@ -148,7 +148,8 @@ impl VideoFrame {
         if i == 0 { (w, h) } else { (w / 2, h / 2) }
     }
 
-    /// Row `row` of plane `i` (exactly the plane's width long).
+    /// Row `row` of plane `i` (exactly the plane's width long); panics if either is out of
+    /// range.
     pub fn row(&self, i: usize, row: usize) -> &[u8] {
         let (w, _) = self.plane_size(i);
         let start = row * self.strides[i];

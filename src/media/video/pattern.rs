@@ -5,9 +5,10 @@ use std::time::Instant;
 use super::frame::check_size;
 use super::{VideoError, VideoFrame, VideoSource, write_code};
 
-/// A synthetic camera: scrolling luma bars over a vertical gradient, a textured box moving on
-/// a Lissajous path, a band of static noise-like texture, drifting chroma, and the frame
-/// number ([`super::write_code`]) along the top edge. Enough motion and texture to be a fair
+/// A synthetic camera: scrolling luma bars with fine texture over a vertical gradient, a
+/// checkered box moving on a Lissajous path, a band of coarse texture scrolling the other way,
+/// drifting chroma, a little grain that changes every frame (as a sensor's would), and the
+/// frame number ([`super::write_code`]) along the top edge. Enough motion and texture to be a fair
 /// codec test; never ends; not live (the call paces it).
 #[derive(Debug, Clone)]
 pub struct TestPattern {
@@ -57,19 +58,23 @@ impl TestPattern {
             let grad = y * 40 / h;
             for (x, p) in row.iter_mut().enumerate() {
                 let in_box = x >= bx && x < bx + bw && y >= by && y < by + bh;
-                *p = if in_box {
+                // Sensor-like noise, new every frame: what makes real cameras cost bits.
+                let grain = (hash(x, y, t) % 5) as i32 - 2;
+                let value = if in_box {
                     if ((x - bx) / 8 + (y - by) / 8).is_multiple_of(2) {
                         60
                     } else {
                         200
                     }
                 } else if y >= noise_top {
-                    let hsh =
-                        (x as u32).wrapping_mul(73_856_093) ^ (y as u32).wrapping_mul(19_349_663);
-                    (96 + (hsh >> 7) % 64) as u8
+                    // Coarse texture scrolling left, 3 pixels a frame.
+                    96 + (hash((x + 3 * t) / 2, y / 2, 0) % 64) as i32
                 } else {
-                    (40 + ((x + 2 * t) / bar_w % 8) * 22 + grad) as u8
+                    // Bars and fine texture scrolling left, 2 pixels a frame.
+                    let texture = (hash(x + 2 * t, y, 1) % 25) as i32 - 12;
+                    40 + ((x + 2 * t) / bar_w % 8) as i32 * 22 + grad as i32 + texture
                 };
+                *p = (value + grain).clamp(16, 235) as u8;
             }
         }
         let (cw, ch) = (w / 2, h / 2);
@@ -91,6 +96,16 @@ impl TestPattern {
         write_code(out, (n % 65_536) as u16);
         Ok(())
     }
+}
+
+/// A cheap deterministic hash of a position and a salt.
+fn hash(x: usize, y: usize, salt: usize) -> u32 {
+    let mut h = (x as u32).wrapping_mul(0x9e37_79b1)
+        ^ (y as u32).wrapping_mul(0x85eb_ca77)
+        ^ (salt as u32).wrapping_mul(0xc2b2_ae3d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x2c1b_3c6d);
+    h ^ (h >> 12)
 }
 
 impl VideoSource for TestPattern {
@@ -134,5 +149,18 @@ mod tests {
         let mut seen = [false; 256];
         a.y().iter().for_each(|&v| seen[v as usize] = true);
         assert!(seen.iter().filter(|&&s| s).count() > 50);
+    }
+
+    #[test]
+    fn any_valid_size_draws() {
+        for (w, h) in [(2, 2), (4, 2), (16, 8), (1280, 720), (4096, 2304)] {
+            let mut p = TestPattern::new(w, h, 30).unwrap();
+            let mut f = VideoFrame::black(2, 2).unwrap();
+            for _ in 0..3 {
+                assert!(p.read_frame(&mut f).unwrap());
+            }
+            assert_eq!(f.size(), (w, h));
+        }
+        assert!(TestPattern::new(640, 360, 0).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a capture error says.
 pub(crate) type Error = String;
@@ -29,6 +29,7 @@ const FIELD_NONE: u32 = 1;
 const CAP_VIDEO_CAPTURE: u32 = 0x0000_0001;
 const CAP_STREAMING: u32 = 0x0400_0000;
 const CAP_DEVICE_CAPS: u32 = 0x8000_0000;
+const BUF_FLAG_ERROR: u32 = 0x0000_0040;
 
 /// Buffers asked of the driver.
 const BUFFERS: u32 = 4;
@@ -316,29 +317,44 @@ impl Capture {
         buf
     }
 
-    /// Waits for the next picture and hands its bytes to `f`, then gives the buffer back.
+    /// Waits for the next good picture and hands its bytes to `f`, then gives the buffer back.
     pub(crate) fn next<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: one valid pollfd for the call's duration.
-            let r = unsafe { libc::poll(&mut pfd, 1, STALL.as_millis() as c_int) };
-            if r > 0 {
-                break;
-            }
-            if r == 0 {
+        let deadline = Instant::now() + STALL;
+        let buf = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Err(format!("no picture for {} s", STALL.as_secs()));
             }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
+            let mut pfd = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the call's duration.
+            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(10_000) as c_int) };
+            if r < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
                 return Err(format!("poll: {err}"));
             }
-        }
-        let mut buf = self.buffer(0);
-        ioctl(&self.file, VIDIOC_DQBUF, &mut buf).map_err(|e| format!("dequeue: {e}"))?;
+            if r == 0 {
+                continue;
+            }
+            let mut buf = self.buffer(0);
+            match ioctl(&self.file, VIDIOC_DQBUF, &mut buf) {
+                Ok(()) if buf.flags & BUF_FLAG_ERROR != 0 => {
+                    // A damaged picture: give the buffer back and wait for the next one.
+                    ioctl(&self.file, VIDIOC_QBUF, &mut buf)
+                        .map_err(|e| format!("requeue: {e}"))?;
+                }
+                Ok(()) => break buf,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("dequeue: {e}")),
+            }
+        };
+        let mut buf = buf;
         let result = match self.maps.get(buf.index as usize) {
             Some(map) => {
                 let used = (buf.bytesused as usize).min(map.len);

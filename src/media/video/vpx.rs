@@ -126,7 +126,9 @@ impl Vp8Encoder {
                 config.fps
             )));
         }
-        let cpu_used = config.cpu_used.unwrap_or(-6);
+        let cpu_used = config
+            .cpu_used
+            .unwrap_or_else(|| VideoEncoderConfig::default_cpu_used(config.width, config.height));
         if !(-16..=16).contains(&cpu_used) {
             return Err(VideoError::InvalidConfig(format!(
                 "cpu_used {cpu_used} (need -16..=16)"
@@ -378,7 +380,7 @@ impl VideoEncoder for Vp8Encoder {
 
 /// A VP8 decoder for untrusted input.
 ///
-/// Frames larger than [`MAX_ENCODED`] bytes or keyframes that announce a picture beyond
+/// Frames larger than 8 MiB or keyframes that announce a picture beyond
 /// [`MAX_DIMENSION`] / [`MAX_PIXELS`] are refused before libvpx allocates for them. Pictures of
 /// odd width or height (legal in VP8) lose their last column or row, as frames are even-sized.
 pub struct Vp8Decoder {
@@ -489,6 +491,21 @@ impl VideoDecoder for Vp8Decoder {
             shown = true;
         }
         Ok(shown)
+    }
+
+    fn last_picture_damaged(&mut self) -> bool {
+        let mut corrupted: c_int = 0;
+        let ctx = self.ctx.ptr();
+        // SAFETY: a live decoder context; this control writes one int through the pointer.
+        let err = unsafe {
+            sys::vpx_codec_control_(
+                ctx,
+                sys::vp8_dec_control_id::VP8D_GET_FRAME_CORRUPTED as c_int,
+                &mut corrupted as *mut c_int,
+            )
+        };
+        // No answer (no picture yet) counts as damaged: the receiver needs a keyframe.
+        err != sys::VPX_CODEC_OK || corrupted != 0
     }
 }
 
