@@ -46,8 +46,24 @@ fn luma(i: u32) -> Vec<u8> {
     y
 }
 
+/// A file removed when dropped, so a failing test leaves no 31 MB behind either.
+pub struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A 4:2:0 Y4M file of `LOOP` frames at `FPS`, frame `i` carrying barcode `i`; chroma 128.
-pub fn barcode_y4m() -> PathBuf {
+pub fn barcode_y4m() -> TempFile {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let path = std::env::temp_dir().join(format!(
         "sotto-barcode-{}-{}.y4m",
@@ -63,7 +79,7 @@ pub fn barcode_y4m() -> PathBuf {
         out.extend_from_slice(&chroma);
     }
     std::fs::write(&path, out).unwrap();
-    path
+    TempFile(path)
 }
 
 /// Reads the barcode of every frame `#remote-video` presents (requestVideoFrameCallback and a
@@ -237,17 +253,12 @@ async fn video_stats(page: &Page) -> Value {
     page.eval("window.sotto.stats()").await
 }
 
-fn cleanup(path: &Path) {
-    let _ = std::fs::remove_file(path);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_video_call_shows_every_barcode_in_order() {
     let _media = MEDIA.lock().await;
     let test = "two_browsers_video_call_shows_every_barcode_in_order";
     let y4m = barcode_y4m();
     let Some(browser) = Browser::launch_with(None, Some(&y4m)).await else {
-        cleanup(&y4m);
         return skip(test);
     };
     let server = Server::start().await;
@@ -321,7 +332,6 @@ async fn two_browsers_video_call_shows_every_barcode_in_order() {
         );
     }
     drop(browser);
-    cleanup(&y4m);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +340,6 @@ async fn tampered_video_frames_are_dropped_never_shown_and_the_camera_toggles() 
     let test = "tampered_video_frames_are_dropped_never_shown_and_the_camera_toggles";
     let y4m = barcode_y4m();
     let Some(browser) = Browser::launch_with(None, Some(&y4m)).await else {
-        cleanup(&y4m);
         return skip(test);
     };
     let server = Server::start().await;
@@ -442,7 +451,6 @@ async fn tampered_video_frames_are_dropped_never_shown_and_the_camera_toggles() 
     )
     .await;
     drop(browser);
-    cleanup(&y4m);
 }
 
 /// The video KID of `epoch` and `direction` (video-spec): bit 24 set.
@@ -622,7 +630,6 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
     let test = "browser_and_sotto_call_cli_exchange_sealed_video";
     let y4m = barcode_y4m();
     let Some(browser) = Browser::launch_with(None, Some(&y4m)).await else {
-        cleanup(&y4m);
         return skip(test);
     };
     let server = Server::start().await;
@@ -722,5 +729,4 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
     assert!(cli_run.out_of_order.is_empty(), "{cli_run:?}");
     drop(browser);
     let _ = std::fs::remove_dir_all(&dir);
-    cleanup(&y4m);
 }
