@@ -10,41 +10,11 @@ use serde_json::Value;
 use crate::cdp::{Browser, Page};
 use crate::{CONNECT, MEDIA, Server, room, skip, wait_status};
 
-const WIDTH: usize = 640;
-const HEIGHT: usize = 360;
-const FPS: usize = 30;
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 360;
+const FPS: u32 = 30;
 /// Frames in the file; Chromium plays it in a loop, so codes count modulo this.
 const LOOP: u32 = 90;
-/// Barcode: 16 blocks of 32x32 along the top edge, MSB first (video-spec).
-const BLOCK: usize = 32;
-const BITS: usize = 16;
-
-/// The luma of frame `i` of the test picture: the barcode of `i` on top, a moving ramp and a
-/// moving box below (so that delta frames carry something).
-fn luma(i: u32) -> Vec<u8> {
-    let mut y = vec![0u8; WIDTH * HEIGHT];
-    let shift = i as usize * 4;
-    for row in 0..HEIGHT {
-        for col in 0..WIDTH {
-            y[row * WIDTH + col] = if row < BLOCK {
-                if col < BLOCK * BITS {
-                    let bit = (i >> (BITS - 1 - col / BLOCK)) & 1;
-                    if bit == 1 { 235 } else { 16 }
-                } else {
-                    128
-                }
-            } else {
-                let boxed = (col + WIDTH - shift % WIDTH) % WIDTH < 80 && (row - BLOCK) % 160 < 80;
-                if boxed {
-                    220
-                } else {
-                    40 + ((col + shift) % 160) as u8
-                }
-            };
-        }
-    }
-    y
-}
 
 /// A file removed when dropped, so a failing test leaves no 31 MB behind either.
 pub struct TempFile(PathBuf);
@@ -62,24 +32,25 @@ impl Drop for TempFile {
     }
 }
 
-/// A 4:2:0 Y4M file of `LOOP` frames at `FPS`, frame `i` carrying barcode `i`; chroma 128.
+/// A Y4M file of `LOOP` pictures of the engine's test pattern at `FPS`, picture `i` carrying
+/// barcode `i` (`sotto::media::video::TestPattern`, written by its `Y4mSink`).
 pub fn barcode_y4m() -> TempFile {
+    use sotto::media::video::{TestPattern, VideoFrame, VideoSink, Y4mSink};
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
+    let path = TempFile(std::env::temp_dir().join(format!(
         "sotto-barcode-{}-{}.y4m",
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let chroma = vec![128u8; WIDTH * HEIGHT / 2];
-    let mut out = format!("YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n").into_bytes();
-    out.reserve(LOOP as usize * (6 + WIDTH * HEIGHT * 3 / 2));
+    )));
+    let pattern = TestPattern::new(WIDTH, HEIGHT, FPS).unwrap();
+    let mut sink = Y4mSink::create(&*path, FPS).unwrap();
+    let mut frame = VideoFrame::black(2, 2).unwrap();
     for i in 0..LOOP {
-        out.extend_from_slice(b"FRAME\n");
-        out.extend_from_slice(&luma(i));
-        out.extend_from_slice(&chroma);
+        pattern.draw(u64::from(i), &mut frame).unwrap();
+        sink.write_frame(&frame).unwrap();
     }
-    std::fs::write(&path, out).unwrap();
-    TempFile(path)
+    sink.finish().unwrap();
+    path
 }
 
 /// Reads the barcode of every frame `#remote-video` presents (requestVideoFrameCallback and a
@@ -686,7 +657,7 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
         serde_json::from_str(&std::fs::read_to_string(&stats_json).unwrap()).unwrap();
     // What the CLI decoded of the browser's camera: the barcodes, in order.
     let mut source = Y4mSource::open(&seen).unwrap();
-    let mut picture = VideoFrame::black(WIDTH as u32, HEIGHT as u32).unwrap();
+    let mut picture = VideoFrame::black(WIDTH, HEIGHT).unwrap();
     let mut codes = Vec::new();
     while source.read_frame(&mut picture).unwrap() {
         codes.push(read_code(&picture));
@@ -720,7 +691,7 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
             code: u32::from(c),
             t: i as f64,
             rtp: Some(i as u64),
-            width: WIDTH as u64,
+            width: u64::from(WIDTH),
             presented: i as u64,
         })
         .collect();
