@@ -659,8 +659,22 @@ async fn browser_and_sotto_call_cli_exchange_sealed_video() {
     let mut source = Y4mSource::open(&seen).unwrap();
     let mut picture = VideoFrame::black(WIDTH, HEIGHT).unwrap();
     let mut codes = Vec::new();
+    // And how faithful they are: each picture against the pattern picture its code names.
+    let (mut probe, probe_report) = sotto::media::video::VideoProbe::new(
+        Some(sotto::media::video::TestPattern::new(WIDTH, HEIGHT, FPS).unwrap()),
+        1,
+    )
+    .unwrap();
     while source.read_frame(&mut picture).unwrap() {
         codes.push(read_code(&picture));
+        sotto::media::video::VideoSink::write_frame(&mut probe, &picture).unwrap();
+    }
+    let fidelity = probe_report.report();
+    eprintln!("the CLI's pictures of the browser's camera: {fidelity:?}");
+    // Chromium may send a smaller picture at first (scaled back up in the file): judge the
+    // pictures at full resolution only.
+    if fidelity.psnr_samples > 0 {
+        assert!(fidelity.psnr_mean_db.unwrap() >= 30.0, "{fidelity:?}");
     }
     eprintln!(
         "browser <-> sotto call video: page {run:?}; page stats {}; CLI stats {stats}; CLI read {} of {} pictures' codes",
