@@ -326,7 +326,7 @@ impl Session {
                     let interval_start = last_tick;
                     last_tick = now;
                     self.check_decryptable(&mut run, &stats, interval_start, now);
-                    let failures = stats.decrypt_failures;
+                    let failures = stats.decrypt_failures + stats.video_decrypt_failures;
                     if failures > run.reported_failures {
                         self.emit(CallEvent::AuthenticationFailures {
                             new: failures - run.reported_failures,
@@ -596,9 +596,11 @@ impl Session {
         interval_start: Instant,
         now: Instant,
     ) {
-        let decrypted = stats.frames_decrypted > run.last_decrypted;
-        let failed = stats.decrypt_failures > run.reported_failures;
-        run.last_decrypted = stats.frames_decrypted;
+        // Audio and video alike: either kind failing with neither decrypting is interception.
+        let opened = stats.frames_decrypted + stats.video_frames_decrypted;
+        let decrypted = opened > run.last_decrypted;
+        let failed = stats.decrypt_failures + stats.video_decrypt_failures > run.reported_failures;
+        run.last_decrypted = opened;
         if run.media.is_none() {
             return;
         }
