@@ -486,13 +486,19 @@ fn sealed_video_on_the_wire_does_not_decode_as_the_picture() {
     let mut out = VideoFrame::black(2, 2).unwrap();
     let (mut wire_pictures, mut wire_errors) = (0, 0);
     for (picture, frame) in pictures.iter().zip(&encoded) {
-        let sealed = seal_video(&mut tx, &frame.data).unwrap().as_bytes().to_vec();
+        let sealed = seal_video(&mut tx, &frame.data)
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         // As the network sees it.
         match on_wire.decode_into(&sealed, &mut out) {
             Ok(true) => {
                 wire_pictures += 1;
                 let psnr = psnr_y(picture, &out).unwrap_or(0.0);
-                assert!(psnr < 15.0, "the wire bytes decoded to the picture: {psnr:.1} dB");
+                assert!(
+                    psnr < 15.0,
+                    "the wire bytes decoded to the picture: {psnr:.1} dB"
+                );
                 assert_ne!(read_code(&out), read_code(picture));
             }
             Ok(false) => {}
@@ -509,5 +515,7 @@ fn sealed_video_on_the_wire_does_not_decode_as_the_picture() {
         assert!(psnr_y(picture, &out).unwrap() >= 30.0);
         assert_eq!(read_code(&out), read_code(picture));
     }
-    eprintln!("sealed frames through a VP8 decoder: {wire_pictures} noise pictures, {wire_errors} errors");
+    eprintln!(
+        "sealed frames through a VP8 decoder: {wire_pictures} noise pictures, {wire_errors} errors"
+    );
 }

@@ -764,6 +764,7 @@ impl Session {
                 stop: Arc::clone(stop),
                 need_keyframe,
                 notices: notices.clone(),
+                clocks: run.transport.peer_clocks(),
             };
             threads.push(spawn("sotto-video-render", Box::new(move || render.run()))?);
         }
