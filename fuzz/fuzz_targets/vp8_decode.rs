@@ -48,6 +48,7 @@ fn check_picture(out: &VideoFrame) {
 
 fn write_seeds(dir: &str) {
     std::fs::create_dir_all(dir).unwrap();
+    let mut resizing = Vec::new();
     for (w, h, n) in [
         (64u32, 48u32, 6u64),
         (176, 144, 4),
@@ -77,8 +78,11 @@ fn write_seeds(dir: &str) {
                 std::fs::write(format!("{dir}/seed-{w}x{h}-frame{i}"), single).unwrap();
             }
         }
-        std::fs::write(format!("{dir}/seed-{w}x{h}-stream"), stream).unwrap();
+        std::fs::write(format!("{dir}/seed-{w}x{h}-stream"), &stream).unwrap();
+        // All sizes one after another: keyframes that change the picture size.
+        resizing.extend_from_slice(&stream);
     }
+    std::fs::write(format!("{dir}/seed-resizing-stream"), resizing).unwrap();
 }
 
 fuzz_target!(
