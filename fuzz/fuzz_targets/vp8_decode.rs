@@ -66,7 +66,7 @@ fn write_seeds(dir: &str) {
             if i == n - 1 {
                 encoder.force_keyframe();
             }
-            if let Some(f) = encoder.encode(&picture, u64::from(i) * 3000).unwrap() {
+            if let Some(f) = encoder.encode(&picture, i * 3000).unwrap() {
                 stream.extend_from_slice(&u16::try_from(f.data.len()).unwrap().to_le_bytes());
                 stream.extend_from_slice(&f.data);
                 // Each frame on its own too, for a short starting point.
@@ -103,20 +103,17 @@ fuzz_target!(
             if let Some(s) = size {
                 sizes.push(s);
             }
-            match decoder.decode_into(frame, &mut out) {
-                Ok(true) => {
-                    check_picture(&out);
-                    let (w, h) = out.size();
-                    if let Some((aw, ah)) = size {
-                        assert_eq!((w, h), (aw & !1, ah & !1), "keyframe picture size");
-                    } else {
-                        assert!(
-                            sizes.iter().any(|&(aw, ah)| (aw & !1, ah & !1) == (w, h)),
-                            "a {w}x{h} picture no keyframe announced ({sizes:?})"
-                        );
-                    }
+            if let Ok(true) = decoder.decode_into(frame, &mut out) {
+                check_picture(&out);
+                let (w, h) = out.size();
+                if let Some((aw, ah)) = size {
+                    assert_eq!((w, h), (aw & !1, ah & !1), "keyframe picture size");
+                } else {
+                    assert!(
+                        sizes.iter().any(|&(aw, ah)| (aw & !1, ah & !1) == (w, h)),
+                        "a {w}x{h} picture no keyframe announced ({sizes:?})"
+                    );
                 }
-                Ok(false) | Err(_) => {}
             }
             let _ = decoder.last_picture_damaged();
         }
