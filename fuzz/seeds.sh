@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Writes valid frames into the fuzz corpora so the fuzzer starts past the KID lookup.
+# Writes valid frames into the fuzz corpora so the fuzzer starts past the KID lookup (SFrame)
+# or the codec's header checks (video).
 # Input layout of sframe_decrypt: [metadata length][metadata][frame].
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,3 +18,15 @@ done
 frame=$("$sotto" sframe encrypt --suite 4 --key "$key" --kid 4660 --ctr 1 cafe)
 printf '00%s' "$frame" | xxd -r -p > corpus/sframe_decrypt/seed-longkid
 head -c 64 /dev/zero > corpus/sframe_roundtrip/seed-zero
+
+# Video targets: each binary writes its own starting inputs into the directory named by
+# SOTTO_FUZZ_SEEDS and exits (vp8_decode: the engine's TestPattern, VP8-encoded). They need
+# `RUSTC_BOOTSTRAP=1 cargo fuzz build` first.
+bin=target/x86_64-unknown-linux-gnu/release
+for target in vp8_decode video_open y4m_source; do
+  if [ -x "$bin/$target" ]; then
+    SOTTO_FUZZ_SEEDS="corpus/$target" "$bin/$target"
+  else
+    echo "seeds.sh: $bin/$target not built; skipping its seeds" >&2
+  fi
+done
