@@ -37,8 +37,7 @@ use crate::media::video::{
 };
 use crate::sframe::CipherSuite;
 use crate::transport::{
-    FrameOrder, MediaTransport, ReceivedVideoFrame, TransportConfig, VideoDirection,
-    open_video_in_place, seal_video,
+    FrameOrder, MediaTransport, TransportConfig, VideoDirection, open_video_in_place, seal_video,
 };
 
 /// One video measurement run.
@@ -379,7 +378,7 @@ pub async fn measure_video(config: VideoLatencyConfig) -> Result<VideoLatencyRun
     .await?;
     let mut screen = MediaTransport::new(TransportConfig::default()).await?;
     let no_stream = || LatencyError::Pipeline("no video stream".into());
-    let incoming = screen.take_video_frames().ok_or_else(no_stream)?;
+    let mut incoming = screen.take_video_frames().ok_or_else(no_stream)?;
     let mut keyframe_requests = camera.take_keyframe_requests().ok_or_else(no_stream)?;
     let answer = screen.accept_offer(&camera.create_offer().await?).await?;
     camera.accept_answer(&answer).await?;
@@ -487,7 +486,6 @@ pub async fn measure_video(config: VideoLatencyConfig) -> Result<VideoLatencyRun
     })?;
 
     let transport = Arc::clone(&screen);
-    let mut incoming: tokio::sync::mpsc::Receiver<ReceivedVideoFrame> = incoming;
     let screen_thread = spawn("latency-screen", &shared, move |shared| {
         let mut picture = VideoFrame::black(width, height).map_err(|e| e.to_string())?;
         let mut sink = DisplaySlot { picture: None };
