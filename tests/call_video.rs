@@ -148,6 +148,10 @@ async fn video_flows_both_ways_in_order_and_intact() {
             "{who}: a gap of {} ms",
             seen.max_gap_ms
         );
+        // Lip sync from the sender reports: pictures shown within a frame or two of their
+        // audio (a busy machine can add a little).
+        let offset = s.av_sync_offset_ms.expect("no A/V offset measured");
+        assert!(offset.abs() < 80.0, "{who}: A/V offset {offset} ms");
         // Audio was not disturbed.
         assert_eq!(s.decrypt_failures, 0, "{who}");
         assert!(s.frames_decrypted >= 150, "{who}");

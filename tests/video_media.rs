@@ -464,3 +464,58 @@ fn null_sink_counts() {
         .unwrap();
     assert_eq!((sink.frames, sink.last_size), (1, Some((64, 32))));
 }
+
+/// What the network carries does not decode as the picture: the sealed frames (VP8 payload
+/// header clear, the rest ciphertext) fed to a VP8 decoder give errors or noise, never the
+/// pattern, while the same frames opened first decode to it.
+#[test]
+fn sealed_video_on_the_wire_does_not_decode_as_the_picture() {
+    use sotto::sframe::{CipherSuite, ReceiverContext, SenderContext};
+    use sotto::transport::{open_video_in_place, seal_video};
+
+    let suite = CipherSuite::AesGcm128Sha256;
+    let kid = 1 << 24;
+    let mut tx = SenderContext::new(suite, kid, b"video base key").unwrap();
+    let mut rx = ReceiverContext::new();
+    rx.add_key(suite, kid, b"video base key").unwrap();
+    let mut encoder = Vp8Encoder::new(&VideoEncoderConfig::new(640, 360)).unwrap();
+    let (pictures, encoded) = encode_pattern(&mut encoder, 640, 360, 30);
+
+    let mut on_wire = Vp8Decoder::new().unwrap();
+    let mut opened = Vp8Decoder::new().unwrap();
+    let mut out = VideoFrame::black(2, 2).unwrap();
+    let (mut wire_pictures, mut wire_errors) = (0, 0);
+    for (picture, frame) in pictures.iter().zip(&encoded) {
+        let sealed = seal_video(&mut tx, &frame.data)
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        // As the network sees it.
+        match on_wire.decode_into(&sealed, &mut out) {
+            Ok(true) => {
+                wire_pictures += 1;
+                let psnr = psnr_y(picture, &out).unwrap_or(0.0);
+                assert!(
+                    psnr < 15.0,
+                    "the wire bytes decoded to the picture: {psnr:.1} dB"
+                );
+                assert_ne!(read_code(&out), read_code(picture));
+            }
+            Ok(false) => {}
+            Err(_) => wire_errors += 1,
+        }
+        // As the receiver sees it.
+        let mut buf = sealed.clone();
+        let vp8 = open_video_in_place(&mut buf, |meta, part| rx.decrypt_in_place(meta, part))
+            .unwrap()
+            .vp8
+            .to_vec();
+        assert_eq!(vp8, frame.data);
+        assert!(opened.decode_into(&vp8, &mut out).unwrap());
+        assert!(psnr_y(picture, &out).unwrap() >= 30.0);
+        assert_eq!(read_code(&out), read_code(picture));
+    }
+    eprintln!(
+        "sealed frames through a VP8 decoder: {wire_pictures} noise pictures, {wire_errors} errors"
+    );
+}

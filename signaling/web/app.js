@@ -2,6 +2,8 @@
 // Protocol: docs/call-protocol.md (roles, payloads, media, control); the handshake is in
 // handshake.js, media encryption in sframe-worker.js. Never joins without end-to-end
 // encryption: a browser without RTCRtpScriptTransform is told so and does not connect.
+// Video: one VP8 m-line after the audio one, always negotiated (sendrecv: the camera can be
+// turned on at any time without renegotiation, by replacing the sender's track).
 
 import { Handshake, normalDtls, sdpMatchesDtls } from './handshake.js';
 import {
@@ -50,6 +52,9 @@ const call = {
   peerName: null, // The peer's canonical name, once the handshake is done.
   lookalike: null, // A pinned name the peer's name looks like, if any.
   mixedScript: false,
+  camera: false, // Our camera is on (sent, sealed, once the call has keys).
+  cameraError: null,
+  remoteVideo: false, // The peer's video is attached to #remote-video (only once keys exist).
 };
 window.sotto = call;
 
@@ -134,6 +139,7 @@ async function main() {
   const name = params.get('name') || 'guest';
   // Key rotation interval (docs/handshake.md: 60 s by default); tests shorten it.
   const rotateSecs = Math.max(1, Number(params.get('rotate')) || 60);
+  const videoAtJoin = params.get('video') === '1';
   const missing = await missingSupport();
   if (missing) {
     // Never fall back to an unencrypted call.
@@ -158,6 +164,15 @@ async function main() {
     audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
   });
   const track = stream.getAudioTracks()[0];
+  let cameraTrack = null;
+  if (videoAtJoin) {
+    setStatus('opening the camera');
+    try {
+      cameraTrack = (await navigator.mediaDevices.getUserMedia({ video: true })).getVideoTracks()[0];
+    } catch (e) {
+      call.cameraError = String(e?.message ?? e); // The call goes on without our video.
+    }
+  }
 
   const worker = new Worker('sframe-worker.js', { type: 'module' });
   const workerStats = () =>
@@ -182,6 +197,8 @@ async function main() {
   let channel = null;
   let handshake = null;
   let established = null; // Set once the media keys are installed.
+  let videoSender = null;
+  let remoteVideoTrack = null;
   let handshakeDone = false;
   // The transport binding (docs/handshake.md): the peer's SDP (offer or answer) and the DTLS
   // fingerprint it signed. The SDP is applied only once it matched, so DTLS never starts
@@ -224,8 +241,10 @@ async function main() {
     clearInterval(keepalive);
     setStatus(`ended: ${reason}`);
     track.stop();
+    cameraTrack?.stop();
     $('mute').disabled = true;
     $('hangup').disabled = true;
+    $('camera').disabled = true;
     before.finally(() => {
       pc?.close();
       sendServer({ type: 'leave' });
@@ -421,6 +440,7 @@ async function main() {
     const result = await installed;
     if (!result.ok) throw new Error(`media keys not installed: ${result.error}`);
     established = done; // Only now may the status say "connected": media keys are in place.
+    attachRemoteVideo();
     setStatus('keys agreed; connecting media');
     if (channel.readyState === 'open') onChannelOpen();
     updateConnected();
@@ -463,11 +483,85 @@ async function main() {
   // Both transforms go on before any description is applied: Chrome short-circuits encoded
   // streams that have no transform once negotiation runs, and a later transform is ignored.
   // The responder's addTrack happens before the offer too, so the offer's m-line reuses it.
+  // Video likewise: a transceiver made by addTrack is the one a remote offer's video m-line
+  // reuses, so without a camera a placeholder track makes it and is replaced by none at once.
   function addSender() {
     const sender = pc.addTrack(track, stream);
     sender.transform = new RTCRtpScriptTransform(worker, { side: 'send' });
     const transceiver = pc.getTransceivers().find((t) => t.sender === sender);
     transceiver.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv' });
+
+    const placeholder = cameraTrack ? null : placeholderVideoTrack();
+    videoSender = pc.addTrack(cameraTrack ?? placeholder, stream);
+    videoSender.transform = new RTCRtpScriptTransform(worker, { side: 'send', kind: 'video' });
+    const video = pc.getTransceivers().find((t) => t.sender === videoSender);
+    video.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv', kind: 'video' });
+    // VP8 only: the encryption layout keeps VP8's header in the clear (docs/call-protocol.md).
+    const codecs = (RTCRtpReceiver.getCapabilities('video')?.codecs ?? []).filter((c) =>
+      /^video\/(vp8|rtx)$/i.test(c.mimeType),
+    );
+    if (!codecs.some((c) => /^video\/vp8$/i.test(c.mimeType))) {
+      throw new Error('this browser has no VP8');
+    }
+    video.setCodecPreferences(codecs);
+    if (placeholder) {
+      videoSender.replaceTrack(null).catch(() => {});
+      placeholder.stop();
+    }
+  }
+
+  /// A video track that never has a frame: only there to create the video transceiver.
+  function placeholderVideoTrack() {
+    const canvas = document.createElement('canvas');
+    canvas.width = 2;
+    canvas.height = 2;
+    return canvas.captureStream(0).getVideoTracks()[0];
+  }
+
+  /// The peer's video goes to #remote-video only once media keys exist (nothing before them
+  /// could be shown anyway: the worker drops every frame until then).
+  function attachRemoteVideo() {
+    if (!established || !remoteVideoTrack || call.remoteVideo) return;
+    const video = $('remote-video');
+    video.srcObject = new MediaStream([remoteVideoTrack]);
+    video.play().catch(() => {});
+    call.remoteVideo = true;
+  }
+
+  function showLocalVideo() {
+    const preview = $('local-video');
+    preview.srcObject = cameraTrack ? new MediaStream([cameraTrack]) : null;
+    if (cameraTrack) preview.play().catch(() => {});
+    $('camera').textContent = cameraTrack ? 'Camera off' : 'Camera on';
+    call.camera = cameraTrack !== null;
+  }
+
+  /// Turns the camera on or off during the call: the sender's track is replaced, with no
+  /// renegotiation (the video m-line is always there).
+  async function setCamera(on) {
+    if (ended || on === (cameraTrack !== null)) return;
+    if (on) {
+      let next;
+      try {
+        next = (await navigator.mediaDevices.getUserMedia({ video: true })).getVideoTracks()[0];
+      } catch (e) {
+        call.cameraError = String(e?.message ?? e);
+        return;
+      }
+      if (ended || cameraTrack) {
+        next.stop();
+        return;
+      }
+      cameraTrack = next;
+      call.cameraError = null;
+      await videoSender?.replaceTrack(cameraTrack);
+    } else {
+      const old = cameraTrack;
+      cameraTrack = null;
+      await videoSender?.replaceTrack(null);
+      old.stop();
+    }
+    showLocalVideo();
   }
 
   // A transform that was not applied would send Opus in the clear, or play ciphertext: if
@@ -483,6 +577,17 @@ async function main() {
     if ((s.inbound?.packetsReceived ?? 0) > 50 && seen === 0) {
       end('incoming media bypassed decryption; call ended');
     }
+    const v = m.video;
+    const sent = v.sealed + v.sendDroppedNoKey + v.sendErrors + v.notVp8 + v.padding;
+    if ((s.videoOutbound?.packetsSent ?? 0) > 50 && sent === 0) {
+      end('video bypassed encryption; call ended');
+    }
+    const opened =
+      v.opened + v.failed + v.duplicates + v.recvDroppedNoKey + v.padding + v.reorderRejected;
+    if ((s.videoInbound?.packetsReceived ?? 0) > 50 && opened === 0) {
+      end('incoming video bypassed decryption; call ended');
+    }
+    showVideoStats(s);
   }
 
   function startCall(role, peer) {
@@ -492,9 +597,15 @@ async function main() {
     // Our own certificate: its fingerprint is the one we sign in the handshake.
     pc = new RTCPeerConnection({ iceServers: [], certificates: [dtls.certificate] });
     pc.ontrack = (e) => {
+      const kind = e.track.kind === 'video' ? 'video' : 'audio';
       if (!e.receiver.transform) {
-        // Not expected (addSender covers our one audio m-line); checkTransforms guards it.
-        e.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv' });
+        // Not expected (addSender covers our two m-lines); checkTransforms guards it.
+        e.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv', kind });
+      }
+      if (kind === 'video') {
+        remoteVideoTrack = e.track;
+        attachRemoteVideo();
+        return;
       }
       const audio = $('remote-audio');
       audio.srcObject = new MediaStream([e.track]);
@@ -635,6 +746,22 @@ async function main() {
     sendControl({ type: 'mute', muted: call.muted }).catch(() => {});
   };
   $('hangup').onclick = () => call.hangup();
+  $('camera').onclick = () => {
+    setCamera(!cameraTrack).catch(() => {});
+  };
+  call.setCamera = (on) => setCamera(Boolean(on));
+  showLocalVideo();
+
+  /// #video-stats: what the worker sealed and opened, and what was decoded.
+  function showVideoStats(s) {
+    const v = s.media.video;
+    const size = s.videoInbound?.frameWidth
+      ? `${s.videoInbound.frameWidth}x${s.videoInbound.frameHeight}`
+      : '-';
+    $('video-stats').textContent =
+      `sent ${v.sealed} (${v.keyframesSent} key), received ${v.opened} (${v.keyframesReceived} key), ` +
+      `failed ${v.failed}, ${size}`;
+  }
 
   call.hangup = async () => {
     if (ended) return;
@@ -658,7 +785,13 @@ async function main() {
 
   /// Everything the tests check: SFrame counters from the worker and WebRTC's own stats.
   call.stats = async () => {
-    const out = { media: await workerStats(), inbound: null, outbound: null };
+    const out = {
+      media: await workerStats(),
+      inbound: null,
+      outbound: null,
+      videoInbound: null,
+      videoOutbound: null,
+    };
     if (pc) {
       for (const s of (await pc.getStats()).values()) {
         if (s.type === 'inbound-rtp' && s.kind === 'audio') {
@@ -670,6 +803,33 @@ async function main() {
           };
         } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
           out.outbound = { packetsSent: s.packetsSent };
+        } else if (s.type === 'inbound-rtp' && s.kind === 'video') {
+          out.videoInbound = {
+            packetsReceived: s.packetsReceived,
+            framesReceived: s.framesReceived,
+            framesDecoded: s.framesDecoded,
+            keyFramesDecoded: s.keyFramesDecoded,
+            frameWidth: s.frameWidth,
+            frameHeight: s.frameHeight,
+            framesPerSecond: s.framesPerSecond,
+            freezeCount: s.freezeCount,
+            totalFreezesDuration: s.totalFreezesDuration,
+            pliCount: s.pliCount,
+            firCount: s.firCount,
+            decoderImplementation: s.decoderImplementation,
+          };
+        } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
+          out.videoOutbound = {
+            packetsSent: s.packetsSent,
+            framesEncoded: s.framesEncoded,
+            keyFramesEncoded: s.keyFramesEncoded,
+            frameWidth: s.frameWidth,
+            frameHeight: s.frameHeight,
+            pliCount: s.pliCount,
+            firCount: s.firCount,
+            qualityLimitationReason: s.qualityLimitationReason,
+            encoderImplementation: s.encoderImplementation,
+          };
         }
       }
     }

@@ -1,22 +1,33 @@
-// The media worker: every encoded Opus frame goes through SFrame here, via
+// The media worker: every encoded Opus and VP8 frame goes through SFrame here, via
 // RTCRtpScriptTransform. Outgoing frames are dropped until the handshake has produced keys, so
 // nothing ever leaves unencrypted; incoming frames that fail authentication are dropped and
-// counted, never played. Frames whose RTP timestamp does not fit their authenticated SFrame
-// counter's place are dropped too (order.js). After a second in which the peer's frames
-// failed and none decrypted, the page is told (media-state): keys differ.
+// counted, never played or decoded. Frames whose RTP timestamp does not fit their
+// authenticated SFrame counter's place are dropped too (order.js). After a second in which the
+// peer's audio frames failed and none decrypted, the page is told (media-state): keys differ.
+//
+// Video (docs/call-protocol.md): the VP8 payload header stays in the clear (10 bytes on
+// keyframes, 3 on delta frames, as Chromium's depacketizer reads them) and is authenticated
+// as SFrame metadata: | prefix | SFrame header | ciphertext | tag | (video.js). Video has its
+// own KIDs and counter. After a key switch a keyframe follows: the receiver asks for one (PLI),
+// and the sender asks its encoder where the browser can (Chromium 156 cannot).
 //
 // Messages from the page: { type: 'keys', send, recv, sendDirection, recvDirection,
 // rotateMs } (base keys as bytes) and { type: 'stats' } (answered with { type: 'stats', ... }).
 // To the page, besides answers: { type: 'media-state', undecryptable }.
 
-import { MediaReceiver, MediaSender } from './keys.js';
+import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
 import { PlayoutOrder } from './order.js';
+import { openVp8, sealVp8 } from './video.js';
+
+/// Keyframe requests to the peer (PLI) at most this often.
+const KEYFRAME_REQUEST_EVERY_MS = 300;
 
 /// How long the peer's frames must fail, with none decrypting, before the call says so.
 const UNDECRYPTABLE_AFTER_MS = 1000;
 
 let sender = null;
 let receiver = null;
+let videoReceiver = null;
 const stats = {
   encrypted: 0,
   sendDroppedNoKey: 0,
@@ -30,8 +41,40 @@ const stats = {
   reorderRejected: 0,
   undecryptable: false,
   timestampSource: null,
+  video: {
+    sealed: 0,
+    opened: 0,
+    failed: 0,
+    failureKinds: {},
+    duplicates: 0,
+    keyframesSent: 0,
+    keyframesReceived: 0,
+    sendDroppedNoKey: 0,
+    recvDroppedNoKey: 0,
+    sendErrors: 0,
+    notVp8: 0,
+    padding: 0,
+    reorderRejected: 0,
+    timestampSource: null,
+    // Keyframes asked of our encoder after a key switch, and whether the browser could.
+    keyframesAfterRotation: 0,
+    keyframeRequestErrors: 0,
+    generateKeyFrame: null, // 'transformer' | 'unsupported' once known
+    // Keyframe requests sent to the peer (PLI): no keyframe yet, a frame failed, or a new key.
+    keyframeRequestsSent: 0,
+    sendEpoch: null,
+    recvEpoch: null,
+  },
 };
 const order = new PlayoutOrder();
+const videoOrder = new PlayoutOrder();
+/// The video send transformer (to ask for keyframes) and the epoch of the last sealed frame.
+let videoSendTransformer = null;
+let videoSendEpoch = null;
+let lastKeyframeRequest = -Infinity;
+/// The receiver waits for a keyframe: none yet, a frame was lost, or the key changed.
+let wantKeyframe = true;
+let videoRecvEpoch = null;
 let failingSince = null; // When frames started failing with none decrypting since.
 
 function setUndecryptable(value) {
@@ -40,16 +83,16 @@ function setUndecryptable(value) {
   self.postMessage({ type: 'media-state', undecryptable: value });
 }
 
-/// The RTP timestamp of a received frame: getMetadata().rtpTimestamp where the browser has it
-/// (Chromium 156 does, for audio), else the frame's own timestamp (the RTP timestamp in older
-/// Chromium audio frames).
-function rtpTimestamp(frame) {
+/// The RTP timestamp of a frame: getMetadata().rtpTimestamp where the browser has it
+/// (Chromium 156 does), else the frame's own timestamp (the RTP timestamp in older Chromium
+/// frames). `source` is the stats object that records which one was used.
+function rtpTimestamp(frame, source = stats) {
   const meta = typeof frame.getMetadata === 'function' ? frame.getMetadata() : null;
   if (Number.isInteger(meta?.rtpTimestamp)) {
-    stats.timestampSource ??= 'rtpTimestamp';
+    if (source) source.timestampSource ??= 'rtpTimestamp';
     return meta.rtpTimestamp;
   }
-  stats.timestampSource ??= 'timestamp';
+  if (source) source.timestampSource ??= 'timestamp';
   return frame.timestamp;
 }
 
@@ -61,8 +104,10 @@ self.onmessage = async (event) => {
         intervalMs: msg.rotateMs ?? 60_000,
       });
       const recv = await MediaReceiver.create(msg.recv, msg.recvDirection);
+      const recvVideo = await MediaReceiver.create(msg.recv, msg.recvDirection, { video: true });
       sender = send;
       receiver = recv;
+      videoReceiver = recvVideo;
       self.postMessage({ type: 'keys-installed', ok: true });
     } catch (e) {
       self.postMessage({ type: 'keys-installed', ok: false, error: String(e) });
@@ -73,6 +118,8 @@ self.onmessage = async (event) => {
   } else if (msg?.type === 'stats') {
     stats.sendEpoch = sender?.epoch ?? null;
     stats.recvEpoch = receiver?.current ?? null;
+    stats.video.sendEpoch = videoSendEpoch;
+    stats.video.recvEpoch = videoReceiver?.current ?? null;
     self.postMessage({ type: 'stats', stats: structuredClone(stats) });
   }
 };
@@ -135,11 +182,141 @@ async function decryptFrame(frame, controller) {
   controller.enqueue(frame);
 }
 
+/// Asks our encoder for a keyframe after a key switch, where the browser can.
+function requestKeyframe() {
+  const t = videoSendTransformer;
+  if (!t) return false;
+  if (typeof t.generateKeyFrame !== 'function') {
+    stats.video.generateKeyFrame = 'unsupported';
+    return false;
+  }
+  stats.video.generateKeyFrame = 'transformer';
+  Promise.resolve()
+    .then(() => t.generateKeyFrame())
+    .catch(() => {
+      stats.video.keyframeRequestErrors += 1;
+    });
+  return true;
+}
+
+/// Asks the peer for a keyframe (PLI), at most every KEYFRAME_REQUEST_EVERY_MS: after a frame
+/// we could not open, the decoder lacks what later frames refer to.
+function requestPeerKeyframe(transformer) {
+  const now = performance.now();
+  if (now - lastKeyframeRequest < KEYFRAME_REQUEST_EVERY_MS) return;
+  if (typeof transformer.sendKeyFrameRequest !== 'function') return;
+  lastKeyframeRequest = now;
+  stats.video.keyframeRequestsSent += 1;
+  Promise.resolve()
+    .then(() => transformer.sendKeyFrameRequest())
+    .catch(() => {});
+}
+
+/// Whether an encoded video frame is VP8 (the only codec negotiated; its layout is VP8's).
+function isVp8(frame) {
+  const meta = typeof frame.getMetadata === 'function' ? frame.getMetadata() : null;
+  return typeof meta?.mimeType !== 'string' || meta.mimeType.toLowerCase() === 'video/vp8';
+}
+
+async function sealVideo(frame, controller) {
+  const v = stats.video;
+  const data = new Uint8Array(frame.data);
+  if (data.length === 0) {
+    v.padding += 1;
+    controller.enqueue(frame);
+    return;
+  }
+  if (!sender) {
+    v.sendDroppedNoKey += 1;
+    return;
+  }
+  if (!isVp8(frame)) {
+    v.notVp8 += 1; // Its header layout is unknown: never sent.
+    return;
+  }
+  const key = frame.type === 'key';
+  try {
+    const { frame: out, epoch } = await sealVp8(sender, data, key);
+    frame.data = out.buffer;
+    v.sealed += 1;
+    if (key) v.keyframesSent += 1;
+    controller.enqueue(frame);
+    // RFC 9605 section 6.2: after a key switch, a keyframe (unless this was one).
+    if (videoSendEpoch !== null && epoch !== videoSendEpoch && !key && requestKeyframe()) {
+      v.keyframesAfterRotation += 1;
+    }
+    videoSendEpoch = epoch;
+  } catch {
+    v.sendErrors += 1; // Dropped: never sent in the clear.
+  }
+}
+
+async function openVideo(frame, controller, transformer) {
+  const v = stats.video;
+  const data = new Uint8Array(frame.data);
+  if (data.length === 0) {
+    v.padding += 1;
+    controller.enqueue(frame);
+    return;
+  }
+  if (!videoReceiver) {
+    v.recvDroppedNoKey += 1;
+    return;
+  }
+  const failed = (kind) => {
+    if (kind === 'replay') {
+      // A copy of a frame already opened: Chromium hands a frame over again when a late
+      // retransmission of it arrives. Dropped, but not a sign of tampering by itself.
+      v.duplicates += 1;
+      return;
+    }
+    v.failed += 1;
+    v.failureKinds[kind] = (v.failureKinds[kind] ?? 0) + 1;
+    wantKeyframe = true; // Later frames refer to the one dropped.
+    requestPeerKeyframe(transformer);
+  };
+  let opened;
+  try {
+    opened = await openVp8(videoReceiver, data);
+  } catch (e) {
+    failed(e?.kind ?? 'error');
+    return;
+  }
+  if (videoOrder.accept(opened.ctr, rtpTimestamp(frame, stats.video)) !== null) {
+    v.reorderRejected += 1; // Authentic but out of its counter's place: never shown.
+    return;
+  }
+  v.opened += 1;
+  // After a key switch the picture restarts from a keyframe (RFC 9605 section 6.2). Chromium
+  // 156 cannot force one from the sender's side (no generateKeyFrame), so the receiver asks.
+  const epoch = Number((opened.kid - VIDEO_KID_BASE) >> 1n);
+  if (videoRecvEpoch !== null && epoch > videoRecvEpoch) wantKeyframe = true;
+  videoRecvEpoch = Math.max(epoch, videoRecvEpoch ?? 0);
+  if (opened.keyframe) {
+    v.keyframesReceived += 1;
+    wantKeyframe = false;
+  } else if (wantKeyframe) {
+    requestPeerKeyframe(transformer);
+  }
+  frame.data = opened.frame.buffer;
+  controller.enqueue(frame);
+}
+
 self.onrtctransform = (event) => {
   const transformer = event.transformer;
-  const side = transformer.options?.side;
-  stats.transforms[side === 'send' ? 'send' : 'recv'] += 1;
-  const transform = side === 'send' ? encryptFrame : decryptFrame;
+  const side = transformer.options?.side === 'send' ? 'send' : 'recv';
+  const video = transformer.options?.kind === 'video';
+  stats.transforms[video ? `video-${side}` : side] =
+    (stats.transforms[video ? `video-${side}` : side] ?? 0) + 1;
+  let transform;
+  if (video && side === 'send') {
+    videoSendTransformer = transformer;
+    transform = sealVideo;
+  } else if (video) {
+    transform = (frame, controller) => openVideo(frame, controller, transformer);
+  } else {
+    transform = side === 'send' ? encryptFrame : decryptFrame;
+  }
   transformer.readable
     .pipeThrough(new TransformStream({ transform }))
     .pipeTo(transformer.writable)

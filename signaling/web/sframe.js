@@ -11,6 +11,8 @@ const TAG_LEN = 16;
 const MAX_U64 = (1n << 64n) - 1n;
 /// Largest frame accepted for decryption; Opus frames are far smaller.
 export const MAX_FRAME_LEN = 64 * 1024;
+/// Largest video frame accepted for decryption, as the engine's (src/transport/video.rs).
+export const MAX_VIDEO_FRAME_LEN = 2 * 1024 * 1024;
 /// Counters remembered per KID to refuse replays (20 s of 20 ms frames).
 export const REPLAY_WINDOW = 1024n;
 
@@ -153,7 +155,11 @@ export class SframeSender {
 
   /// Moves to a new KID and base key; the counter keeps counting.
   async rekey(baseKey, kid) {
-    const { key, salt } = await deriveKeySalt(baseKey, kid);
+    this.setKey(kid, await deriveKeySalt(baseKey, kid));
+  }
+
+  /// Moves to a new KID with its derived key and salt (deriveKeySalt), at once.
+  setKey(kid, { key, salt }) {
     this.kid = kid;
     this.key = key;
     this.salt = salt;
@@ -203,8 +209,10 @@ class ReplayWindow {
 
 /// Receives under any of the KIDs it holds keys for.
 export class SframeReceiver {
-  constructor() {
+  /// `maxFrameLen`: larger frames are refused before any work (MAX_FRAME_LEN for audio).
+  constructor(maxFrameLen = MAX_FRAME_LEN) {
     this.keys = new Map(); // kid (BigInt) -> { key, salt, replay }
+    this.maxFrameLen = maxFrameLen;
   }
 
   async addKey(kid, baseKey) {
@@ -218,7 +226,7 @@ export class SframeReceiver {
 
   /// Decrypts an SFrame frame; returns { kid, ctr, plaintext } or throws SframeError.
   async decrypt(frame, metadata = new Uint8Array(0)) {
-    if (frame.length > MAX_FRAME_LEN) throw new SframeError('too_large');
+    if (frame.length > this.maxFrameLen) throw new SframeError('too_large');
     const { kid, ctr, len } = decodeHeader(frame);
     if (frame.length < len + TAG_LEN) throw new SframeError('malformed', 'shorter than a tag');
     const entry = this.keys.get(kid);

@@ -158,6 +158,14 @@ impl Playback {
             }
             let now = Instant::now();
             let kind = self.playout.next_frame(now - epoch, &mut pcm);
+            if matches!(
+                kind,
+                crate::media::DecodeKind::Normal | crate::media::DecodeKind::Fec
+            ) && let Some(ts) = self.playout.last_played()
+            {
+                // Where the audio timeline is now: lip sync lines video up against it.
+                self.shared.set_audio_played(ts, now);
+            }
             if first && kind == crate::media::DecodeKind::Normal {
                 first = false;
                 let setup = now.saturating_duration_since(self.setup_start);

@@ -154,7 +154,7 @@ pub fn parse_video_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
     let side = |v: &str| -> Result<u32, String> {
         let n: u32 = v.trim().parse().map_err(|_| bad())?;
-        if (16..=4096).contains(&n) && n % 2 == 0 {
+        if (16..=4096).contains(&n) && n.is_multiple_of(2) {
             Ok(n)
         } else {
             Err(bad())

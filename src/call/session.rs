@@ -45,6 +45,12 @@ pub(crate) type AudioIo = (Box<dyn AudioSource>, Box<dyn AudioSink>);
 /// The application's video source (if it sends video) and sink.
 pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
 
+/// The threads and tasks of one media kind.
+type Workers = (
+    Vec<std::thread::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
 /// Least time between two keyframe requests (PLI) we send.
 const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(300);
 
@@ -320,7 +326,7 @@ impl Session {
                     let interval_start = last_tick;
                     last_tick = now;
                     self.check_decryptable(&mut run, &stats, interval_start, now);
-                    let failures = stats.decrypt_failures;
+                    let failures = stats.decrypt_failures + stats.video_decrypt_failures;
                     if failures > run.reported_failures {
                         self.emit(CallEvent::AuthenticationFailures {
                             new: failures - run.reported_failures,
@@ -590,9 +596,11 @@ impl Session {
         interval_start: Instant,
         now: Instant,
     ) {
-        let decrypted = stats.frames_decrypted > run.last_decrypted;
-        let failed = stats.decrypt_failures > run.reported_failures;
-        run.last_decrypted = stats.frames_decrypted;
+        // Audio and video alike: either kind failing with neither decrypting is interception.
+        let opened = stats.frames_decrypted + stats.video_frames_decrypted;
+        let decrypted = opened > run.last_decrypted;
+        let failed = stats.decrypt_failures + stats.video_decrypt_failures > run.reported_failures;
+        run.last_decrypted = opened;
         if run.media.is_none() {
             return;
         }
@@ -714,13 +722,7 @@ impl Session {
         streams: &mut VideoStreams,
         stop: &Arc<AtomicBool>,
         notices: &mpsc::UnboundedSender<MediaNotice>,
-    ) -> Result<
-        (
-            Vec<std::thread::JoinHandle<()>>,
-            Vec<tokio::task::JoinHandle<()>>,
-        ),
-        EndReason,
-    > {
+    ) -> Result<Workers, EndReason> {
         let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
         let suite = self.config.suite;
         let rotation = self.config.rotation;
@@ -762,6 +764,7 @@ impl Session {
                 stop: Arc::clone(stop),
                 need_keyframe,
                 notices: notices.clone(),
+                clocks: run.transport.peer_clocks(),
             };
             threads.push(spawn("sotto-video-render", Box::new(move || render.run()))?);
         }

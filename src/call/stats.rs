@@ -2,7 +2,7 @@
 //! the snapshot applications read.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -139,13 +139,46 @@ pub(crate) struct SharedStats {
     /// Microseconds, signed.
     pub av_sync_offset_us: AtomicI64,
     pub av_sync_measured: AtomicBool,
+    /// The RTP timestamp of the audio frame played last (high 32 bits) and when, in 100 us
+    /// units since [`clock_base`] (low 32 bits, wrapping): one word, so it never tears.
+    pub audio_played: AtomicU64,
 }
+
+/// The instant the call clocks of [`SharedStats`] count from.
+pub(crate) fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+const TICK_US: u64 = 100;
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
 impl SharedStats {
+    /// Records that the audio frame with RTP timestamp `ts` was played at `at`.
+    pub(crate) fn set_audio_played(&self, ts: u32, at: Instant) {
+        let ticks = at.saturating_duration_since(clock_base()).as_micros() as u64 / TICK_US;
+        self.audio_played
+            .store(u64::from(ts) << 32 | (ticks & 0xffff_ffff), Relaxed);
+    }
+
+    /// The audio frame played last and when, if any was (read near `now`: the stored time
+    /// wraps every 4.9 days).
+    pub(crate) fn audio_played(&self, now: Instant) -> Option<(u32, Instant)> {
+        let word = self.audio_played.load(Relaxed);
+        if word == 0 {
+            return None;
+        }
+        let ts = (word >> 32) as u32;
+        let stored = word & 0xffff_ffff;
+        let now_ticks = now.saturating_duration_since(clock_base()).as_micros() as u64 / TICK_US;
+        let back = (now_ticks & 0xffff_ffff).wrapping_sub(stored) & 0xffff_ffff;
+        let at = now.checked_sub(Duration::from_micros(back * TICK_US))?;
+        Some((ts, at))
+    }
+
     pub(crate) fn set_duration(cell: &AtomicU64, d: Duration) {
         cell.store(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }

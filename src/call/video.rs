@@ -20,7 +20,8 @@ use crate::media::video::{
 };
 use crate::sframe::SframeError;
 use crate::transport::{
-    FrameOrder, MediaTransport, OpenVideoError, ReceivedVideoFrame, open_video_in_place, seal_video,
+    FrameOrder, MediaTransport, OpenVideoError, ReceivedVideoFrame, SenderClock,
+    open_video_in_place, seal_video,
 };
 
 use super::media_loop::MediaNotice;
@@ -41,7 +42,7 @@ pub(crate) const RENDER_QUEUE: usize = 8;
 const MAX_SYNC_HOLD: Duration = Duration::from_millis(300);
 
 /// Video settings of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VideoSettings {
     /// Encode at this size (scaling the source's pictures); `None`: the source's size.
     pub size: Option<(u32, u32)>,
@@ -49,16 +50,6 @@ pub struct VideoSettings {
     pub fps: Option<u32>,
     /// Most the encoder may use, kbit/s; `None`: what suits the size.
     pub max_kbps: Option<u32>,
-}
-
-impl Default for VideoSettings {
-    fn default() -> Self {
-        VideoSettings {
-            size: None,
-            fps: None,
-            max_kbps: None,
-        }
-    }
 }
 
 /// Shared between the capture thread and the tasks that feed it.
@@ -254,7 +245,7 @@ impl VideoCapture {
                     "video steps"
                 );
             }
-            if read % (base_skip * ladder.skip()) != 0 {
+            if !read.is_multiple_of(base_skip * ladder.skip()) {
                 continue;
             }
             let size = ladder.size();
@@ -321,6 +312,7 @@ impl VideoCapture {
 /// A frame opened and ready to decode.
 pub(crate) struct OpenedFrame {
     pub vp8: Vec<u8>,
+    pub timestamp: u32,
     pub arrival: Instant,
 }
 
@@ -385,6 +377,7 @@ impl VideoOpener {
         buf.truncate(range.len());
         Some(OpenedFrame {
             vp8: buf,
+            timestamp: frame.timestamp,
             arrival: frame.arrival,
         })
     }
@@ -480,6 +473,32 @@ pub(crate) struct VideoRender {
     pub stop: Arc<AtomicBool>,
     pub need_keyframe: Arc<Notify>,
     pub notices: mpsc::UnboundedSender<MediaNotice>,
+    /// The peer's audio and video sender clocks (RTCP sender reports).
+    pub clocks: (
+        watch::Receiver<Option<SenderClock>>,
+        watch::Receiver<Option<SenderClock>>,
+    ),
+}
+
+/// When the picture with RTP timestamp `video_ts` should be shown to meet its audio: the
+/// sender's clocks say how much later (or earlier) it was captured than the audio frame
+/// played last, and it is shown that much after that frame played.
+pub(crate) fn sync_target(
+    audio: &SenderClock,
+    video: &SenderClock,
+    video_ts: u32,
+    (audio_ts, audio_played_at): (u32, Instant),
+) -> Option<Instant> {
+    let ahead = video.wall_secs(video_ts) - audio.wall_secs(audio_ts);
+    if !ahead.is_finite() || ahead.abs() > 10.0 {
+        return None; // clocks that far apart are not one sender's: do not wait on them
+    }
+    let by = Duration::from_secs_f64(ahead.abs());
+    if ahead >= 0.0 {
+        audio_played_at.checked_add(by)
+    } else {
+        audio_played_at.checked_sub(by)
+    }
 }
 
 impl VideoRender {
@@ -530,10 +549,20 @@ impl VideoRender {
                     continue;
                 }
             }
-            // Lip sync: audio waits in its playout buffer, so the picture waits as long.
-            let audio_delay = Duration::from_micros(self.shared.playout_delay_us.load(Relaxed))
-                .min(MAX_SYNC_HOLD);
-            pace_until(frame.arrival + audio_delay, &self.stop);
+            // Lip sync: show the picture when the audio captured with it plays. Until the
+            // sender's clocks are known, wait as long as audio waits in its playout buffer.
+            let synced = {
+                let (audio, video) = (*self.clocks.0.borrow(), *self.clocks.1.borrow());
+                match (audio, video, self.shared.audio_played(Instant::now())) {
+                    (Some(a), Some(v), Some(played)) => {
+                        sync_target(&a, &v, frame.timestamp, played)
+                    }
+                    _ => None,
+                }
+            };
+            let audio_delay = Duration::from_micros(self.shared.playout_delay_us.load(Relaxed));
+            let target = synced.unwrap_or(frame.arrival + audio_delay);
+            pace_until(target.min(frame.arrival + MAX_SYNC_HOLD), &self.stop);
             let shown = Instant::now();
             picture.capture = frame.arrival;
             self.sink.write_frame(&picture).map_err(|e| e.to_string())?;
@@ -552,10 +581,15 @@ impl VideoRender {
             if self.stop.load(Relaxed) {
                 break; // the hold was cut short: not a measurement
             }
-            // Positive: video is shown later than audio that arrived with it is played. Both
-            // tracks share one bundled transport, so their network delays are the same.
-            let video_delay = shown.saturating_duration_since(frame.arrival);
-            let offset = video_delay.as_micros() as f64 - audio_delay.as_micros() as f64;
+            // Positive: the picture is shown later than the audio captured with it plays.
+            let Some(target) = synced else {
+                continue; // no sender clocks yet: nothing to measure against
+            };
+            let offset = if shown >= target {
+                shown.duration_since(target).as_micros() as f64
+            } else {
+                -(target.duration_since(shown).as_micros() as f64)
+            };
             sync_offset_us = Some(sync_offset_us.map_or(offset, |o| o + (offset - o) / 16.0));
             if let Some(o) = sync_offset_us {
                 s.av_sync_offset_us.store(o as i64, Relaxed);
@@ -680,6 +714,35 @@ mod tests {
         assert!(!ladder.update(3000, t0 + Duration::from_secs(5)));
         assert!(ladder.update(3000, t0 + Duration::from_millis(6100)));
         assert_eq!(ladder.size(), (1280, 720));
+    }
+
+    #[test]
+    fn a_picture_is_shown_when_the_audio_captured_with_it_plays() {
+        let now = Instant::now();
+        // The sender's audio and video clocks: same wall clock, different RTP origins.
+        let audio = SenderClock {
+            ntp: 5000 << 32,
+            rtp: 1_000,
+            clock_rate: 48_000,
+        };
+        let video = SenderClock {
+            ntp: 5000 << 32,
+            rtp: 777_000,
+            clock_rate: 90_000,
+        };
+        // Audio captured at 5000.0 s plays now; a picture captured 100 ms later is due 100 ms
+        // from now, one captured 40 ms earlier was due 40 ms ago.
+        let played = (1_000, now);
+        let later = sync_target(&audio, &video, 777_000 + 9_000, played).unwrap();
+        assert_eq!(later - now, Duration::from_millis(100));
+        let earlier = sync_target(&audio, &video, 777_000 - 3_600, played).unwrap();
+        assert_eq!(now - earlier, Duration::from_millis(40));
+        // Clocks hours apart are not one sender's: no target.
+        let stranger = SenderClock {
+            ntp: 9000 << 32,
+            ..video
+        };
+        assert!(sync_target(&audio, &stranger, 777_000, played).is_none());
     }
 
     #[test]

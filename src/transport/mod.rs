@@ -84,12 +84,14 @@ use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
 
 mod layout;
 mod order;
+mod sync;
 mod video;
 pub use layout::{
     OpenVideoError, OpenedVideo, VP8_DELTA_PREFIX, VP8_KEYFRAME_PREFIX, VideoLayoutError,
     open_video_in_place, seal_video, video_clear_prefix_len,
 };
 pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
+pub use sync::SenderClock;
 pub use video::{
     AssemblerStats, DescriptorError, FrameAssembler, MAX_VIDEO_FRAME, MAX_VIDEO_RTP_PAYLOAD,
     ReceivedVideoFrame, VIDEO_REORDER_WAIT, VideoDirection, Vp8Descriptor, Vp8Packetizer,
@@ -243,6 +245,29 @@ struct Handler {
     video_frames: mpsc::Sender<ReceivedVideoFrame>,
     remote_video: Arc<Mutex<RemoteVideo>>,
     runtime: Arc<dyn webrtc::runtime::Runtime>,
+    audio_clock: watch::Sender<Option<SenderClock>>,
+    video_clock: watch::Sender<Option<SenderClock>>,
+}
+
+/// RTP clock rate of Opus.
+const OPUS_CLOCK_RATE: u32 = 48_000;
+/// RTP clock rate of video.
+const VIDEO_CLOCK_RATE: u32 = 90_000;
+
+/// Publishes the clock of the sender reports among `packets` (RTCP about a received stream).
+fn publish_sender_clock(
+    packets: &[Box<dyn rtc::rtcp::Packet>],
+    clock_rate: u32,
+    clock: &watch::Sender<Option<SenderClock>>,
+) {
+    for p in packets {
+        if let Some(sr) = p
+            .as_any()
+            .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
+        {
+            let _ = clock.send(Some(SenderClock::from_report(sr, clock_rate)));
+        }
+    }
 }
 
 enum Polled {
@@ -257,6 +282,7 @@ async fn pump_video(
     track: Arc<dyn TrackRemote>,
     frames: mpsc::Sender<ReceivedVideoFrame>,
     remote: Arc<Mutex<RemoteVideo>>,
+    clock: watch::Sender<Option<SenderClock>>,
 ) {
     let mut assembler = FrameAssembler::new();
     let mut dropped = false;
@@ -296,6 +322,9 @@ async fn pump_video(
                     &packet.payload,
                     Instant::now(),
                 );
+            }
+            Polled::Event(TrackRemoteEvent::OnRtcpPacket(packets)) => {
+                publish_sender_clock(&packets, VIDEO_CLOCK_RATE, &clock);
             }
             Polled::Event(_) | Polled::Timeout => {}
             Polled::Ended => break,
@@ -340,12 +369,17 @@ impl PeerConnectionEventHandler for Handler {
                 track,
                 self.video_frames.clone(),
                 Arc::clone(&self.remote_video),
+                self.video_clock.clone(),
             )));
             return;
         }
         let frames = self.frames.clone();
+        let clock = self.audio_clock.clone();
         self.runtime.spawn(Box::pin(async move {
             while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtcpPacket(packets) = &event {
+                    publish_sender_clock(packets, OPUS_CLOCK_RATE, &clock);
+                }
                 if let TrackRemoteEvent::OnRtpPacket(packet) = event {
                     // Padding-only packets carry no frame.
                     if packet.payload.is_empty() {
@@ -391,6 +425,8 @@ pub struct MediaTransport {
     keyframe_requests: Option<mpsc::Receiver<()>>,
     bitrate: watch::Receiver<u64>,
     runtime: Arc<dyn webrtc::runtime::Runtime>,
+    audio_clock: watch::Receiver<Option<SenderClock>>,
+    video_clock: watch::Receiver<Option<SenderClock>>,
 }
 
 /// The sending half of the video track.
@@ -614,6 +650,8 @@ impl MediaTransport {
         let (frames_tx, frames) = mpsc::channel(512);
         let (video_frames_tx, video_frames) = mpsc::channel(VIDEO_QUEUE);
         let remote_video = Arc::new(Mutex::new(RemoteVideo::default()));
+        let (audio_clock_tx, audio_clock) = watch::channel(None);
+        let (video_clock_tx, video_clock) = watch::channel(None);
         let pc = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_media_engine(media)
@@ -625,6 +663,8 @@ impl MediaTransport {
                 video_frames: video_frames_tx,
                 remote_video: Arc::clone(&remote_video),
                 runtime: runtime.clone(),
+                audio_clock: audio_clock_tx,
+                video_clock: video_clock_tx,
             }))
             .with_runtime(runtime.clone())
             .with_udp_addrs(config.udp_addrs.clone())
@@ -755,6 +795,8 @@ impl MediaTransport {
             keyframe_requests: Some(keyframe_requests),
             bitrate,
             runtime,
+            audio_clock,
+            video_clock,
         })
     }
 
@@ -952,6 +994,17 @@ impl MediaTransport {
     /// `after_loss` set.
     pub fn take_video_frames(&mut self) -> Option<mpsc::Receiver<ReceivedVideoFrame>> {
         self.video_frames.take()
+    }
+
+    /// The peer's audio and video sender clocks, from its latest RTCP sender reports (`None`
+    /// until one arrived): what lines its audio and video up (lip sync).
+    pub fn peer_clocks(
+        &self,
+    ) -> (
+        watch::Receiver<Option<SenderClock>>,
+        watch::Receiver<Option<SenderClock>>,
+    ) {
+        (self.audio_clock.clone(), self.video_clock.clone())
     }
 
     /// Takes the stream of the peer's keyframe requests (PLI or FIR); `None` after the first

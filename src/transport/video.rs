@@ -16,6 +16,7 @@ use rtc::interceptor::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -446,7 +447,8 @@ impl FrameAssembler {
     }
 }
 
-/// Marks PLI and FIR from the peer for delivery to the application (webrtc-rs stops all
+/// Marks PLI and FIR (keyframe requests) and sender reports (lip sync) from the peer for
+/// delivery to the application (webrtc-rs stops all
 /// inbound RTCP at the end of the chain otherwise); other RTCP ends here, as it would.
 pub(crate) struct KeyframeRequests {
     read: VecDeque<TaggedPacket>,
@@ -473,7 +475,9 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests 
         if let Packet::Rtcp(packets) = &mut msg.message.packet {
             packets.retain(|p| {
                 let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<SenderReport>()
             });
             if packets.is_empty() {
                 return Ok(());

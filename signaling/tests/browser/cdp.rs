@@ -95,6 +95,15 @@ impl Browser {
     /// the WAV file its fake microphone plays. `None` when Chromium is not installed and not
     /// required (the caller skips).
     pub async fn launch(fake_audio: Option<&Path>) -> Option<Browser> {
+        Self::launch_with(fake_audio, None).await
+    }
+
+    /// As `launch`, and `fake_video` is the Y4M file its fake camera plays (in a loop, at the
+    /// file's own size and rate) instead of Chromium's built-in pattern.
+    pub async fn launch_with(
+        fake_audio: Option<&Path>,
+        fake_video: Option<&Path>,
+    ) -> Option<Browser> {
         let Some(binary) = find_chromium() else {
             assert!(
                 !browser_required(),
@@ -130,6 +139,12 @@ impl Browser {
             cmd.arg(format!(
                 "--use-file-for-fake-audio-capture={}",
                 wav.display()
+            ));
+        }
+        if let Some(y4m) = fake_video {
+            cmd.arg(format!(
+                "--use-file-for-fake-video-capture={}",
+                y4m.display()
             ));
         }
         cmd.arg("about:blank")

@@ -12,6 +12,7 @@ mod peer;
 #[path = "../support/sotto_bin.rs"]
 mod sotto_bin;
 mod v2;
+mod video;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,46 @@
-// In-page checks of modules that need no peer: the playout-order rule (order.js) and the
-// name functions (names.js), whose answers the Rust test compares with src/names.rs.
+// In-page checks of modules that need no peer: the playout-order rule (order.js), the name
+// functions (names.js) and the video frame layout (video.js), whose answers the Rust tests
+// compare with src/names.rs and the engine's SFrame.
 
 import { PlayoutOrder, tsAfter } from '../order.js';
 import { canonical, confusable, isMixedScript, skeleton } from '../names.js';
+import { MediaReceiver, MediaSender } from '../keys.js';
+import { openVp8, sealVp8 } from '../video.js';
+
+const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
+const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+
+/// Seals VP8 frames ([{ hex, key }]) under base key `baseHex` of `direction`, after rotating
+/// `epoch` times; returns the sealed frames as hex (or 'error: kind' for refused ones).
+export async function videoSeal(baseHex, direction, epoch, frames) {
+  const sender = await MediaSender.create(fromHex(baseHex), direction, { intervalMs: null });
+  for (let i = 0; i < epoch; i += 1) await sender.rotate();
+  const out = [];
+  for (const f of frames) {
+    try {
+      out.push(toHex((await sealVp8(sender, fromHex(f.hex), f.key)).frame));
+    } catch (e) {
+      out.push(`error: ${e.kind ?? e}`);
+    }
+  }
+  return out;
+}
+
+/// Opens sealed frames (hex) with a fresh video receiver for base key `baseHex` and
+/// `direction`; returns { hex, keyframe, kid } or { error } for each.
+export async function videoOpen(baseHex, direction, frames) {
+  const receiver = await MediaReceiver.create(fromHex(baseHex), direction, { video: true });
+  const out = [];
+  for (const hex of frames) {
+    try {
+      const o = await openVp8(receiver, fromHex(hex));
+      out.push({ hex: toHex(o.frame), keyframe: o.keyframe, kid: Number(o.kid) });
+    } catch (e) {
+      out.push({ error: e.kind ?? String(e) });
+    }
+  }
+  return out;
+}
 
 /// { passed, failures } for the playout-order rule of docs/call-protocol.md.
 export function runOrderChecks() {

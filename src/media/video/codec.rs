@@ -100,8 +100,8 @@ impl VideoEncoderConfig {
     }
 
     /// `cpu_used` for a size when none is set: -6 below 1280x720, -8 from there. Measured
-    /// with the test pattern at 1500 kbit/s 720p, -8 costs 0.2 dB of PSNR and saves about a
-    /// third of the encode time; at 360p -6 is cheap enough (2-3 ms) to keep the quality.
+    /// with the test pattern at 1500 kbit/s 720p, -8 costs about 0.2 dB of PSNR and saves a
+    /// third of the encode time; at 360p -6 is cheap enough (2-4 ms) to keep the quality.
     pub fn default_cpu_used(width: u32, height: u32) -> i32 {
         if u64::from(width) * u64::from(height) >= 1280 * 720 {
             -8

@@ -59,7 +59,7 @@ impl TestPattern {
             for (x, p) in row.iter_mut().enumerate() {
                 let in_box = x >= bx && x < bx + bw && y >= by && y < by + bh;
                 // Sensor-like noise, new every frame: what makes real cameras cost bits.
-                let grain = (hash(x, y, t) % 5) as i32 - 2;
+                let grain = (hash(x, y, t) % 3) as i32 - 1;
                 let value = if in_box {
                     if ((x - bx) / 8 + (y - by) / 8).is_multiple_of(2) {
                         60
@@ -71,7 +71,7 @@ impl TestPattern {
                     96 + (hash((x + 3 * t) / 2, y / 2, 0) % 64) as i32
                 } else {
                     // Bars and fine texture scrolling left, 2 pixels a frame.
-                    let texture = (hash(x + 2 * t, y, 1) % 25) as i32 - 12;
+                    let texture = (hash(x + 2 * t, y, 1) % 13) as i32 - 6;
                     40 + ((x + 2 * t) / bar_w % 8) as i32 * 22 + grad as i32 + texture
                 };
                 *p = (value + grain).clamp(16, 235) as u8;

@@ -129,7 +129,7 @@ impl VideoSink for VideoProbe {
         let mut psnr = None;
         if let (Some(code), Some(pattern)) = (code, &self.reference) {
             let n = lock(&self.state).report.frames;
-            if n % self.psnr_every == 0 {
+            if n.is_multiple_of(self.psnr_every) {
                 pattern.draw(u64::from(code), &mut self.scratch)?;
                 if self.scratch.size() == frame.size() {
                     psnr = Some(psnr_y(&self.scratch, frame)?);

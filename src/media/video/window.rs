@@ -143,6 +143,10 @@ mod tests {
             }
             Err(e) => {
                 assert!(
+                    std::env::var_os("SOTTO_REQUIRE_DISPLAY").is_none_or(|v| v != "1"),
+                    "SOTTO_REQUIRE_DISPLAY=1 but no window: {e}"
+                );
+                assert!(
                     std::env::var_os("DISPLAY").is_none(),
                     "display set but: {e}"
                 );
