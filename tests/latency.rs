@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use sotto::latency::{LatencyConfig, measure};
+use sotto::latency::{LatencyConfig, VideoLatencyConfig, measure, measure_video};
 use sotto::media::FrameDuration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,6 +55,102 @@ async fn clicks_come_through_and_the_stages_add_up() {
         assert!(summary.p50_ms <= summary.p95_ms && summary.p95_ms <= summary.p99_ms);
         assert!(summary.codec_lookahead_ms > 0.0);
     }
+}
+
+/// Video glass to glass: every shown picture is matched by the barcode read from it, once and
+/// in order, and its stages follow each other within the total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_frames_are_matched_by_barcode_and_the_stages_add_up() {
+    let run = measure_video(VideoLatencyConfig::new(true, Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let summary = run.summary();
+    eprintln!("{summary:?}");
+    // About 75 frames in 2.5 s after the warm-up; a loaded machine may show fewer.
+    assert!(run.samples.len() >= 15, "only {} frames", run.samples.len());
+    assert_eq!(run.unreadable, 0, "barcodes that did not read");
+    assert_eq!(run.unmatched, 0, "barcodes of frames never sent");
+    assert!(run.frames_shown >= run.samples.len() as u64);
+    assert!(run.frames_sent >= run.frames_shown);
+    // Matched by what the picture shows: each frame once, in capture order.
+    for pair in run.samples.windows(2) {
+        assert!(
+            pair[0].code < pair[1].code,
+            "{} then {}",
+            pair[0].code,
+            pair[1].code
+        );
+    }
+    assert!(u64::from(run.samples.last().unwrap().code) < run.frames_sent + 30);
+    for s in &run.samples {
+        let st = s.stages;
+        let sum = st.encode + st.seal + st.network + st.handoff + st.open + st.decode + st.render;
+        assert!(sum <= s.total, "{sum:?} > {:?}: {st:?}", s.total);
+        assert!(!st.encode.is_zero() && !st.decode.is_zero(), "{st:?}");
+        assert!(!st.seal.is_zero() && !st.open.is_zero(), "E2EE on: {st:?}");
+        assert!(s.bytes > 10, "{s:?}");
+    }
+    assert!(summary.p50_ms <= summary.p90_ms && summary.p90_ms <= summary.p99_ms);
+    assert!(summary.p99_ms <= summary.max_ms);
+    assert_eq!((summary.width, summary.height, summary.fps), (640, 360, 30));
+}
+
+/// `--video` alone: only the video runs, E2EE on and off, under `video_runs`; the audio keys
+/// stay.
+#[test]
+fn the_latency_command_measures_video_alone() {
+    let json =
+        std::env::temp_dir().join(format!("sotto-latency-video-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args(["latency", "--video", "--duration", "2", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("glass to glass") && stdout.contains("E2EE on video"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["runs"].as_array().unwrap().len(), 0, "no audio runs");
+    assert!(report["e2ee_p50_cost_ms"].is_array() && report["impaired_runs"].is_array());
+    let video = report["video_runs"].as_array().unwrap();
+    assert_eq!(video.len(), 2);
+    assert_eq!(video[0]["e2ee"], true);
+    assert_eq!(video[1]["e2ee"], false);
+    for run in video {
+        for key in [
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
+            "samples",
+            "frames_unmatched",
+        ] {
+            assert!(run[key].is_number(), "{key}: {run}");
+        }
+        assert!(run["samples"].as_u64().unwrap() > 0, "{run}");
+        for stage in [
+            "capture_to_encoded",
+            "seal",
+            "network",
+            "handoff",
+            "open",
+            "decode",
+            "render",
+        ] {
+            assert!(run["stages"][stage].is_number(), "{stage}: {run}");
+        }
+    }
+    assert_eq!(video[1]["stages"]["seal"], 0.0, "no seal without E2EE");
+    assert!(report["video_e2ee_p50_cost_ms"].is_number());
+    let _ = std::fs::remove_file(&json);
 }
 
 #[test]

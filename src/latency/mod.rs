@@ -24,8 +24,13 @@
 //! ```
 
 mod report;
+mod video;
 
 pub use report::{LatencyRun, RunSummary, StageSummary};
+pub use video::{
+    VideoLatencyConfig, VideoLatencyRun, VideoRunSummary, VideoSample, VideoStageSummary,
+    VideoStages, measure_video,
+};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -1032,6 +1032,18 @@ impl MediaTransport {
             .await
     }
 
+    /// Sends a VP8 frame **without** SFrame, captured at `capture`. Only the video latency
+    /// benchmark (inside this crate) uses this, to measure what E2EE adds against the same
+    /// pipeline without it; calls never do, and applications cannot.
+    pub(crate) async fn send_video_unprotected_for_latency_baseline(
+        &self,
+        vp8: &[u8],
+        capture: Instant,
+    ) -> Result<(), TransportError> {
+        self.send_video(&SealedFrame(Bytes::copy_from_slice(vp8)), capture)
+            .await
+    }
+
     /// Sends a payload **without** SFrame, as a sender without encryption would, so tests can
     /// show the receiver refuses it. Exists only with the non-default `insecure-test-hooks`
     /// feature; the default build has no way to put plaintext media on the wire.

@@ -1,12 +1,16 @@
 //! `sotto latency`: mouth-to-ear latency through the full pipeline over real WebRTC on
-//! loopback, per stage, with and without E2EE, clean and under loss and jitter.
+//! loopback, per stage, with and without E2EE, clean and under loss and jitter; with
+//! `--video`, glass-to-glass video latency (capture to shown) the same way.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use sotto::latency::{DeviceNames, Impairment, LatencyConfig, LatencyRun, RunSummary, measure};
+use sotto::latency::{
+    DeviceNames, Impairment, LatencyConfig, LatencyRun, RunSummary, VideoLatencyConfig,
+    VideoLatencyRun, VideoRunSummary, measure, measure_video,
+};
 use sotto::media::FrameDuration;
 
 #[derive(Debug, Args)]
@@ -32,6 +36,10 @@ pub struct LatencyArgs {
     /// Skip the runs under simulated 5 % loss and 30 ms jitter.
     #[arg(long)]
     no_impaired: bool,
+    /// Measure video glass to glass (640x360, 30 fps, capture to shown) with E2EE on and off.
+    /// Alone it runs only the video runs; with --frame-ms or --devices the audio runs too.
+    #[arg(long)]
+    video: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -58,10 +66,36 @@ struct Output {
     /// E2EE's cost at the median per frame length: p50 with E2EE minus p50 without, ms.
     e2ee_p50_cost_ms: Vec<(u32, f64)>,
     devices: String,
+    /// Video glass to glass (capture to shown), E2EE on and off.
+    video_runs: Vec<VideoRunSummary>,
+    /// E2EE's cost at the video median: p50 with E2EE minus p50 without, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    video_e2ee_p50_cost_ms: Option<f64>,
+}
+
+/// Whether this invocation measures audio: always without --video, and with it only when an
+/// audio flag asks.
+fn wants_audio(args: &LatencyArgs) -> bool {
+    !args.video || args.frame_ms.is_some() || args.devices
+}
+
+/// The video runs of one invocation.
+fn video_plan(args: &LatencyArgs) -> Vec<VideoLatencyConfig> {
+    if !args.video {
+        return Vec::new();
+    }
+    let secs = Duration::from_secs_f64(args.duration);
+    [true, false]
+        .into_iter()
+        .map(|e2ee| VideoLatencyConfig::new(e2ee, secs))
+        .collect()
 }
 
 /// The plans of one invocation: (config, impaired?).
 fn plan(args: &LatencyArgs) -> Vec<(LatencyConfig, bool)> {
+    if !wants_audio(args) {
+        return Vec::new();
+    }
     let frames: Vec<FrameDuration> = match args.frame_ms {
         Some(10) => vec![FrameDuration::Ms10],
         Some(_) => vec![FrameDuration::Ms20],
@@ -151,6 +185,56 @@ fn print_table(runs: &[RunSummary]) {
     }
 }
 
+fn video_label(s: &VideoRunSummary) -> String {
+    format!(
+        "video {}x{} {} fps, E2EE {}",
+        s.width,
+        s.height,
+        s.fps,
+        if s.e2ee { "on " } else { "off" }
+    )
+}
+
+fn print_video_table(runs: &[VideoRunSummary]) {
+    println!(
+        "{:<38} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} | {:>7} {:>6} {:>6} {:>7} {:>6} {:>6} {:>6}",
+        "run (glass to glass, ms; stages: mean)",
+        "frames",
+        "mean",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "encode",
+        "seal",
+        "net",
+        "handoff",
+        "open",
+        "decode",
+        "render"
+    );
+    for s in runs {
+        let st = &s.stages;
+        println!(
+            "{:<38} {:>7} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} | {:>7.2} {:>6.3} {:>6.2} {:>7.2} {:>6.3} {:>6.2} {:>6.3}",
+            video_label(s),
+            s.samples,
+            s.mean_ms,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.max_ms,
+            st.capture_to_encoded,
+            st.seal,
+            st.network,
+            st.handoff,
+            st.open,
+            st.decode,
+            st.render
+        );
+    }
+}
+
 /// One CDF line per run.
 fn plot(path: &Path, runs: &[(String, Vec<f64>)]) -> Result<(), String> {
     use plotters::prelude::*;
@@ -162,10 +246,7 @@ fn plot(path: &Path, runs: &[(String, Vec<f64>)]) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| format!("--plot {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "sotto mouth-to-ear latency (WebRTC loopback)",
-            ("sans-serif", 20),
-        )
+        .caption("sotto latency (WebRTC loopback)", ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -226,6 +307,32 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
         }
         results.push((run, impaired));
     }
+    let mut video_results: Vec<VideoLatencyRun> = Vec::new();
+    for config in video_plan(&args) {
+        eprintln!(
+            "measuring video {}x{} at {} fps, E2EE {}, for {:.0} s ...",
+            config.width,
+            config.height,
+            config.fps,
+            if config.e2ee { "on" } else { "off" },
+            config.duration.as_secs_f64()
+        );
+        let run = runtime
+            .block_on(measure_video(config))
+            .map_err(|e| format!("video latency run failed: {e}"))?;
+        if run.samples.is_empty() {
+            return Err("no video frame came through: the pipeline is broken".into());
+        }
+        video_results.push(run);
+    }
+    let video_runs: Vec<VideoRunSummary> = video_results.iter().map(|r| r.summary()).collect();
+    let video_cost = match (
+        video_runs.iter().find(|r| r.e2ee),
+        video_runs.iter().find(|r| !r.e2ee),
+    ) {
+        (Some(on), Some(off)) => Some(on.p50_ms - off.p50_ms),
+        _ => None,
+    };
     let runs: Vec<RunSummary> = results
         .iter()
         .filter(|(_, i)| !i)
@@ -242,7 +349,9 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
             e2ee_cost.push((on.frame_ms, on.p50_ms - off.p50_ms));
         }
     }
-    print_table(&runs);
+    if !runs.is_empty() {
+        print_table(&runs);
+    }
     if !impaired_runs.is_empty() {
         println!();
         print_table(&impaired_runs);
@@ -251,6 +360,26 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
         println!(
             "E2EE at {frame} ms frames: p50 {cost:+.2} ms against the same pipeline without it"
         );
+    }
+    if !video_runs.is_empty() {
+        if !runs.is_empty() {
+            println!();
+        }
+        print_video_table(&video_runs);
+        for s in &video_runs {
+            println!(
+                "{}: {} of {} frames sent shown, {} not matched by barcode, {} keyframes, {:.0} bytes a frame",
+                video_label(s).trim_end(),
+                s.frames_shown,
+                s.frames_sent,
+                s.frames_unmatched,
+                s.keyframes_sent,
+                s.mean_frame_bytes
+            );
+        }
+    }
+    if let Some(cost) = video_cost {
+        println!("E2EE on video: p50 {cost:+.2} ms against the same pipeline without it");
     }
     if let Some(path) = &args.json {
         let out = Output {
@@ -262,6 +391,8 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
             } else {
                 "virtual, real-time clocked, 10 ms periods".into()
             },
+            video_runs: video_runs.clone(),
+            video_e2ee_p50_cost_ms: video_cost,
         };
         let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n").map_err(|e| format!("--json {}: {e}", path.display()))?;
@@ -270,6 +401,11 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
         let lines: Vec<(String, Vec<f64>)> = results
             .iter()
             .map(|(r, _)| (label(&r.summary()), r.sorted_ms()))
+            .chain(
+                video_results
+                    .iter()
+                    .map(|r| (video_label(&r.summary()), r.sorted_ms())),
+            )
             .collect();
         plot(path, &lines)?;
     }
