@@ -75,11 +75,18 @@ async fn plaintext(t: &sotto::transport::MediaTransport) {
 }
 ```
 
-nor does the latency benchmark's baseline sender, which is private to the crate:
+nor do the latency benchmark's baseline senders, audio and video, which are private to the
+crate:
 
 ```compile_fail
 async fn plaintext(t: &sotto::transport::MediaTransport) {
     let _ = t.send_unprotected_for_latency_baseline(b"opus", std::time::Duration::from_millis(20)).await;
+}
+```
+
+```compile_fail
+async fn plaintext(t: &sotto::transport::MediaTransport) {
+    let _ = t.send_video_unprotected_for_latency_baseline(b"vp8", std::time::Instant::now()).await;
 }
 ```
 

@@ -37,7 +37,8 @@ enum Command {
     Call(Box<call_cmd::CallArgs>),
     /// A local two-party E2EE call: starts a signaling server and two peers, then reports.
     Demo(demo::DemoArgs),
-    /// Measure mouth-to-ear latency per stage, with and without E2EE, over WebRTC loopback.
+    /// Measure mouth-to-ear (audio) or glass-to-glass (`--video`) latency per stage, with and
+    /// without E2EE, over WebRTC loopback.
     Latency(latency_cmd::LatencyArgs),
     /// The handshake and frame protection against a hostile relay, in one process.
     RelayDemo(relay_demo::DemoArgs),
