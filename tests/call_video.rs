@@ -210,12 +210,13 @@ async fn a_receiver_that_fell_behind_asks_for_a_keyframe_and_recovers() {
         .video_sink(StallingSink {
             probe,
             shown: 0,
-            stall: Duration::from_millis(800),
+            // Longer than the render queue holds (about a second).
+            stall: Duration::from_millis(2000),
         });
     let [(a, _), (b, b_seen)] = video_call(
         side(&server, "pli", "alice", true),
         (bob, handle),
-        Duration::from_secs(4),
+        Duration::from_secs(5),
     )
     .await;
     eprintln!("alice: {a:?}\nbob: {b:?}\nbob probe: {b_seen:?}");
@@ -234,6 +235,6 @@ async fn a_receiver_that_fell_behind_asks_for_a_keyframe_and_recovers() {
     assert_eq!(b.video_decode_errors, 0);
     assert_eq!(b_seen.out_of_order, 0);
     assert!(b_seen.psnr_min_db.unwrap() >= 30.0, "{b_seen:?}");
-    // The picture moved on after the stall: well past the 10th frame.
-    assert!(b_seen.last_code.unwrap() >= 60, "{b_seen:?}");
+    // The picture moved on after the stall: well past where it stalled.
+    assert!(b_seen.last_code.unwrap() >= 100, "{b_seen:?}");
 }

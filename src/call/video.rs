@@ -34,9 +34,10 @@ pub(crate) const AUDIO_RESERVE_KBPS: u32 = 64;
 /// The least bitrate the encoder is given, kbit/s.
 pub(crate) const MIN_VIDEO_KBPS: u32 = 60;
 
-/// Decoded frames queued for the render thread; beyond it frames are dropped (a stalled sink
-/// must not grow memory), and the next keyframe recovers the picture.
-pub(crate) const RENDER_QUEUE: usize = 8;
+/// Frames queued for the render thread: about a second at 30 fps, so a busy machine's
+/// scheduling hiccups cost nothing; beyond it frames are dropped (a stalled sink must not grow
+/// memory), and the keyframe asked for recovers the picture.
+pub(crate) const RENDER_QUEUE: usize = 32;
 
 /// Longest a frame is held back to meet its audio.
 const MAX_SYNC_HOLD: Duration = Duration::from_millis(300);
