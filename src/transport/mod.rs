@@ -12,6 +12,8 @@
 //! of [`MediaTransport::take_video_frames`] reassembled but still sealed. PLI/FIR from the peer
 //! come out of [`MediaTransport::take_keyframe_requests`]; [`MediaTransport::bitrate_watch`]
 //! follows the sending-side estimate of GCC over transport-wide congestion control feedback.
+//! Video packets leave through a [`VideoPacer`] at a multiple of that estimate, so a
+//! keyframe's burst does not queue audio behind it at the bottleneck; audio is not paced.
 //!
 //! A negotiated data channel (`sotto-control`, stream id 0) carries control messages, which
 //! are sealed the same way (with the control keys of `docs/call-protocol.md`).
@@ -84,12 +86,14 @@ use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
 
 mod layout;
 mod order;
+mod pacer;
 mod video;
 pub use layout::{
     OpenVideoError, OpenedVideo, VP8_DELTA_PREFIX, VP8_KEYFRAME_PREFIX, VideoLayoutError,
     open_video_in_place, seal_video, video_clear_prefix_len,
 };
 pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
+pub use pacer::{MAX_PACER_DELAY, PACING_FACTOR, VideoPacer};
 pub use video::{
     AssemblerStats, DescriptorError, FrameAssembler, MAX_VIDEO_FRAME, MAX_VIDEO_RTP_PAYLOAD,
     ReceivedVideoFrame, VIDEO_REORDER_WAIT, VideoDirection, Vp8Descriptor, Vp8Packetizer,
@@ -395,13 +399,18 @@ pub struct MediaTransport {
 
 /// The sending half of the video track.
 struct VideoSend {
-    track: Arc<TrackLocalStaticRTP>,
+    /// Packets wait here for the pacing task, which alone writes them to the track.
+    pacer: Arc<Mutex<VideoPacer>>,
+    /// Wakes the pacing task when a frame is queued.
+    queued: Arc<tokio::sync::Notify>,
+    /// Frames the pacer dropped in all.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
     sender: Arc<dyn RtpSender>,
     payload_type: OnceLock<PayloadType>,
     /// RTP timestamps count 90 kHz from the first frame's capture time.
     epoch: OnceLock<Instant>,
     timestamp_base: u32,
-    /// Held across a frame's writes, so frames never interleave.
+    /// Held while a frame is numbered and queued, so frames never interleave.
     state: tokio::sync::Mutex<VideoSendState>,
 }
 
@@ -433,6 +442,61 @@ async fn pump_keyframe_requests(
             None => {
                 if *state.borrow() == TransportState::Closed || state.changed().await.is_err() {
                     return;
+                }
+            }
+        }
+    }
+}
+
+/// The one task that writes video packets to the track, as the pacer lets them go, at
+/// [`PACING_FACTOR`] times the bandwidth estimate. Frames the pacer drops ask our encoder for a
+/// keyframe through the same stream as the peer's PLI. Ends when the connection closes.
+async fn pace_video(
+    track: Arc<TrackLocalStaticRTP>,
+    pacer: Arc<Mutex<VideoPacer>>,
+    queued: Arc<tokio::sync::Notify>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    bitrate: watch::Receiver<u64>,
+    mut state: watch::Receiver<TransportState>,
+    keyframes: mpsc::Sender<()>,
+) {
+    let mut due = Vec::new();
+    loop {
+        let now = Instant::now();
+        let (next, lost) = {
+            let Ok(mut p) = pacer.lock() else { return };
+            p.set_estimate(*bitrate.borrow());
+            while let Some(packet) = p.poll(now) {
+                due.push(packet);
+            }
+            dropped.store(p.dropped_total(), std::sync::atomic::Ordering::Relaxed);
+            (p.poll_timeout(now), p.take_dropped())
+        };
+        if lost > 0 {
+            // One pending request stands for any number.
+            let _ = keyframes.try_send(());
+        }
+        for packet in due.drain(..) {
+            if let Err(e) = track.write_rtp(packet).await {
+                tracing::debug!(error = %e, "video packet not sent");
+            }
+        }
+        if *state.borrow() == TransportState::Closed {
+            return;
+        }
+        match next {
+            Some(at) if at <= Instant::now() => continue,
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = queued.notified() => {}
+                    changed = state.changed() => if changed.is_err() { return },
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = queued.notified() => {}
+                    changed = state.changed() => if changed.is_err() { return },
                 }
             }
         }
@@ -501,7 +565,8 @@ fn media_setup(
     let registry = configure_nack(Registry::new(), &mut media);
     let registry = configure_rtcp_reports(registry)
         // What configure_congestion_control sets up, minus its pacer: the pacer is one FIFO
-        // at the estimated rate, which would queue audio behind a keyframe's burst.
+        // at the estimated rate, which would queue audio behind a keyframe's burst. Video is
+        // paced before the track instead (`pace_video`).
         .with(
             Slot::CongestionControl,
             CongestionControlBuilder::new(estimator).build(),
@@ -682,6 +747,18 @@ impl MediaTransport {
                     .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
                     .await
                     .map_err(rtc_err)?;
+                let pacer = Arc::new(Mutex::new(VideoPacer::new(0)));
+                let queued = Arc::new(tokio::sync::Notify::new());
+                let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                runtime.spawn(Box::pin(pace_video(
+                    Arc::clone(&track),
+                    Arc::clone(&pacer),
+                    Arc::clone(&queued),
+                    Arc::clone(&dropped),
+                    bitrate.clone(),
+                    state.clone(),
+                    keyframe_tx.clone(),
+                )));
                 runtime.spawn(Box::pin(pump_keyframe_requests(
                     Arc::clone(&track),
                     state.clone(),
@@ -689,7 +766,9 @@ impl MediaTransport {
                 )));
                 let random = random_ssrc()?;
                 Some(VideoSend {
-                    track,
+                    pacer,
+                    queued,
+                    dropped,
                     sender,
                     payload_type: OnceLock::new(),
                     epoch: OnceLock::new(),
@@ -876,7 +955,9 @@ impl MediaTransport {
 
     /// Sends one sealed video frame (see [`seal_video`]) captured at `capture`: packetized
     /// with a VP8 payload descriptor, RTP timestamp at 90 kHz from the capture time (counted
-    /// from the first frame's). An empty frame sends nothing.
+    /// from the first frame's), and queued in the video pacer, which lets the packets out at
+    /// [`PACING_FACTOR`] times the bandwidth estimate (audio does not wait behind it). An
+    /// empty frame sends nothing.
     pub async fn send_video(
         &self,
         frame: &SealedFrame,
@@ -905,10 +986,11 @@ impl MediaTransport {
         let mut state = video.state.lock().await;
         let payloads = state.packetizer.packetize(frame.as_bytes());
         let count = payloads.len();
+        let mut packets = Vec::with_capacity(count);
         for (i, payload) in payloads.into_iter().enumerate() {
             let seq = state.seq;
             state.seq = seq.wrapping_add(1);
-            let packet = rtc::rtp::Packet {
+            packets.push(rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
                     marker: i + 1 == count,
@@ -919,10 +1001,26 @@ impl MediaTransport {
                     ..Default::default()
                 },
                 payload,
-            };
-            video.track.write_rtp(packet).await.map_err(rtc_err)?;
+            });
         }
+        // Numbered before queueing: a frame the pacer drops leaves a gap the receiver sees.
+        let keyframe = frame.as_bytes().first().is_some_and(|b| b & 1 == 0);
+        video
+            .pacer
+            .lock()
+            .map_err(|_| rtc_err("video pacer poisoned"))?
+            .push_frame(packets, keyframe);
+        video.queued.notify_one();
         Ok(())
+    }
+
+    /// Video frames the pacer dropped so far, because the link could not carry them in time
+    /// (see [`VideoPacer`]). Each drop also asks our encoder for a keyframe, through
+    /// [`Self::take_keyframe_requests`].
+    pub fn dropped_video_frames(&self) -> u64 {
+        self.video
+            .as_ref()
+            .map_or(0, |v| v.dropped.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Asks the peer for a keyframe (a PLI for its video SSRC). Returns false, and sends
