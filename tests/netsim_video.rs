@@ -82,6 +82,8 @@ impl Netns {
             ])?;
             run(&["ip", "-n", n, "link", "set", dev, "up"])?;
             run(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+            // webrtc-rs opens an mDNS multicast socket, which fails (ENODEV) without a route.
+            run(&["ip", "-n", n, "route", "add", "default", "dev", dev])?;
         }
         ns.set_rate("5mbit")?;
         Ok(ns)
@@ -214,6 +216,12 @@ impl Peer {
     ) -> Option<Instant> {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
+            let exited = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, l)| l.starts_with("call ended"));
             let found = self
                 .lines
                 .lock()
@@ -221,7 +229,7 @@ impl Peer {
                 .iter()
                 .find(|(t, l)| *t >= since && f(l))
                 .map(|(t, _)| *t);
-            if found.is_some() {
+            if found.is_some() || exited {
                 return found;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -356,6 +364,11 @@ fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     for (t, l) in alice.lines() {
         if let Some(k) = number_after(&l, "target ") {
             targets.push((t, k));
+        }
+    }
+    for (t, l) in alice.lines() {
+        if l.starts_with("video:") || l.starts_with("stats:") {
+            eprintln!("alice {:6.1} s: {l}", secs(t));
         }
     }
     for (t, l) in bob.lines() {
