@@ -37,9 +37,15 @@ async fn connected(a: VideoDirection, b: VideoDirection) -> (MediaTransport, Med
 }
 
 /// A VP8-shaped frame: a keyframe header (tag, start code, 640x360) every 30 frames, delta
-/// frame tags otherwise; the body is distinct per frame so a mix-up cannot pass.
+/// frame tags otherwise; the body is distinct per frame so a mix-up cannot pass. Sizes are
+/// those of a real stream (keyframes 20-30 KB, deltas up to 4.5 KB: about 1 Mbit/s at 30 fps),
+/// so the video pacer carries them at the starting estimate without dropping any.
 fn vp8_frame(i: usize, salt: u8) -> Vec<u8> {
-    let len = 500 + (i * 7919) % 29_500;
+    let len = if i.is_multiple_of(30) {
+        20_000 + (i * 7919) % 10_000
+    } else {
+        500 + (i * 7919) % 4_000
+    };
     let mut f = if i.is_multiple_of(30) {
         vec![0x90, 0x3e, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]
     } else {

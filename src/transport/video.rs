@@ -520,11 +520,21 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
 
     fn publish(&self) {
         let now = self.inner.target_bitrate() as u64;
-        self.target.send_if_modified(|v| {
+        let changed = self.target.send_if_modified(|v| {
             let changed = *v != now;
             *v = now;
             changed
         });
+        if changed {
+            let s = self.inner.stats();
+            tracing::debug!(
+                target_bps = now,
+                delay_bps = s.delay_based_bitrate.map(|v| v as u64),
+                loss_bps = s.loss_based_bitrate.map(|v| v as u64),
+                loss = s.packet_loss,
+                "bandwidth estimate"
+            );
+        }
     }
 }
 
