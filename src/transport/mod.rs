@@ -702,10 +702,12 @@ impl MediaTransport {
         let track = Arc::new(
             TrackLocalStaticSample::new(
                 Instant::now(),
+                // Track ids unique per side: webrtc-rs routes RTCP by track id, and a peer's
+                // track with our id would take the feedback about ours (its PLIs, for video).
                 MediaStreamTrack::new(
                     "sotto".to_owned(),
-                    "sotto-audio".to_owned(),
-                    "sotto-audio".to_owned(),
+                    format!("sotto-audio-{ssrc:08x}"),
+                    format!("sotto-audio-{ssrc:08x}"),
                     RtpCodecKind::Audio,
                     vec![RTCRtpEncodingParameters {
                         rtp_coding_parameters: RTCRtpCodingParameters {
@@ -731,8 +733,8 @@ impl MediaTransport {
             VideoDirection::SendReceive => {
                 let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                     "sotto".to_owned(),
-                    "sotto-video".to_owned(),
-                    "sotto-video".to_owned(),
+                    format!("sotto-video-{video_ssrc:08x}"),
+                    format!("sotto-video-{video_ssrc:08x}"),
                     RtpCodecKind::Video,
                     vec![RTCRtpEncodingParameters {
                         rtp_coding_parameters: RTCRtpCodingParameters {
