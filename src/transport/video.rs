@@ -510,28 +510,47 @@ impl Interceptor for KeyframeRequests {
 pub(crate) struct PublishedEstimator<E> {
     inner: E,
     target: watch::Sender<u64>,
+    /// When the halves were last logged.
+    logged: Option<Instant>,
 }
 
 impl<E: BandwidthEstimator> PublishedEstimator<E> {
     pub(crate) fn new(inner: E) -> (Self, watch::Receiver<u64>) {
         let (target, rx) = watch::channel(inner.target_bitrate() as u64);
-        (PublishedEstimator { inner, target }, rx)
+        (
+            PublishedEstimator {
+                inner,
+                target,
+                logged: None,
+            },
+            rx,
+        )
     }
 
-    fn publish(&self) {
-        let now = self.inner.target_bitrate() as u64;
+    fn publish(&mut self, now: Instant, reports: Option<&[PacketReport]>) {
+        let target = self.inner.target_bitrate() as u64;
         let changed = self.target.send_if_modified(|v| {
-            let changed = *v != now;
-            *v = now;
+            let changed = *v != target;
+            *v = target;
             changed
         });
-        if changed {
+        // Both halves once a second at most (the target alone hides which one holds it).
+        let Some(reports) = reports else { return };
+        if changed
+            || self
+                .logged
+                .is_none_or(|t| now >= t + Duration::from_secs(1))
+        {
+            self.logged = Some(now);
+            let lost = reports.iter().filter(|r| !r.arrived).count();
             let s = self.inner.stats();
             tracing::debug!(
-                target_bps = now,
+                target_bps = target,
                 delay_bps = s.delay_based_bitrate.map(|v| v as u64),
                 loss_bps = s.loss_based_bitrate.map(|v| v as u64),
                 loss = s.packet_loss,
+                reports = reports.len(),
+                lost,
                 "bandwidth estimate"
             );
         }
@@ -541,7 +560,7 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
 impl<E: BandwidthEstimator> BandwidthEstimator for PublishedEstimator<E> {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.inner.on_reports(now, reports);
-        self.publish();
+        self.publish(now, Some(reports));
     }
 
     fn target_bitrate(&self) -> f64 {
@@ -550,7 +569,7 @@ impl<E: BandwidthEstimator> BandwidthEstimator for PublishedEstimator<E> {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.inner.handle_timeout(now);
-        self.publish();
+        self.publish(now, None);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
