@@ -37,9 +37,15 @@ async fn connected(a: VideoDirection, b: VideoDirection) -> (MediaTransport, Med
 }
 
 /// A VP8-shaped frame: a keyframe header (tag, start code, 640x360) every 30 frames, delta
-/// frame tags otherwise; the body is distinct per frame so a mix-up cannot pass.
+/// frame tags otherwise; the body is distinct per frame so a mix-up cannot pass. Sizes are
+/// those of a real stream (keyframes 20-30 KB, deltas up to 4.5 KB: about 1 Mbit/s at 30 fps),
+/// so the video pacer carries them at the starting estimate without dropping any.
 fn vp8_frame(i: usize, salt: u8) -> Vec<u8> {
-    let len = 500 + (i * 7919) % 29_500;
+    let len = if i.is_multiple_of(30) {
+        20_000 + (i * 7919) % 10_000
+    } else {
+        500 + (i * 7919) % 4_000
+    };
     let mut f = if i.is_multiple_of(30) {
         vec![0x90, 0x3e, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]
     } else {
@@ -260,8 +266,20 @@ async fn one_side_receive_only_video_one_way_audio_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyframe_request_reaches_the_video_sender() {
-    let (mut a, mut b) = connected(VideoDirection::SendReceive, VideoDirection::ReceiveOnly).await;
+    keyframe_request_reaches_the_sender(VideoDirection::ReceiveOnly).await;
+}
+
+/// Both sides send video: the PLI about our track must not be taken for RTCP about the
+/// peer's track (webrtc-rs routes RTCP by track id, so the two ids must differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_request_reaches_the_sender_when_both_send_video() {
+    keyframe_request_reaches_the_sender(VideoDirection::SendReceive).await;
+}
+
+async fn keyframe_request_reaches_the_sender(b_video: VideoDirection) {
+    let (mut a, mut b) = connected(VideoDirection::SendReceive, b_video).await;
     let mut requests = a.take_keyframe_requests().unwrap();
+    let mut at_a = a.take_video_frames().unwrap();
     let mut at_b = b.take_video_frames().unwrap();
     // No remote video track yet: nothing to send a PLI for.
     assert!(!b.request_keyframe());
@@ -276,6 +294,19 @@ async fn a_keyframe_request_reaches_the_video_sender() {
         .await
         .unwrap()
         .unwrap();
+    if b_video == VideoDirection::SendReceive {
+        let (mut tx, _) = pair(VIDEO_KID | 1, b"k");
+        b.send_video(
+            &seal_video(&mut tx, &vp8_frame(0, 1)).unwrap(),
+            Instant::now(),
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), at_a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
     assert!(
         requests.try_recv().is_err(),
         "a request before any was sent"

@@ -509,42 +509,129 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
+/// How far back arrivals count towards the acknowledged rate.
+const ACKED_WINDOW: Duration = Duration::from_millis(500);
+/// The published estimate is at most this many times the acknowledged rate...
+const ACKED_HEADROOM: f64 = 1.5;
+/// ...and never capped below this, in bits/s, so a sender that sends little (audio alone, or
+/// video paused) can still be given enough to start video again.
+const ACKED_FLOOR: f64 = 200_000.0;
+
 /// Wraps the estimator the interceptor chain owns, publishing its target (bits/s) to a watch
 /// after each update.
+///
+/// The target is capped at [`ACKED_HEADROOM`] times the rate the peer acknowledged receiving
+/// (transport-wide feedback, over [`ACKED_WINDOW`]). GCC's own target can run far above what
+/// is sent; when the link then drops (5 Mbit/s to 300 kbit/s in tests/netsim_video.rs) its loss
+/// half needed ~2.5 s to come down, while the video encoder kept filling the bottleneck ahead
+/// of audio. The acknowledged rate falls within one feedback interval.
 pub(crate) struct PublishedEstimator<E> {
     inner: E,
     target: watch::Sender<u64>,
+    /// Arrived packets: (arrival on the peer's clock, bytes), oldest first.
+    acked: VecDeque<(Duration, usize)>,
+    acked_bytes: usize,
+    /// When the halves were last logged.
+    logged: Option<Instant>,
 }
 
 impl<E: BandwidthEstimator> PublishedEstimator<E> {
     pub(crate) fn new(inner: E) -> (Self, watch::Receiver<u64>) {
         let (target, rx) = watch::channel(inner.target_bitrate() as u64);
-        (PublishedEstimator { inner, target }, rx)
+        (
+            PublishedEstimator {
+                inner,
+                target,
+                acked: VecDeque::new(),
+                acked_bytes: 0,
+                logged: None,
+            },
+            rx,
+        )
     }
 
-    fn publish(&self) {
-        let now = self.inner.target_bitrate() as u64;
-        self.target.send_if_modified(|v| {
-            let changed = *v != now;
-            *v = now;
+    /// The rate the peer received at, bits/s, once a whole window has been seen.
+    fn acked_rate(&self) -> Option<f64> {
+        let (first, _) = self.acked.front()?;
+        let (last, _) = self.acked.back()?;
+        if *last - *first < ACKED_WINDOW / 2 {
+            return None;
+        }
+        Some((self.acked_bytes * 8) as f64 / ACKED_WINDOW.as_secs_f64())
+    }
+
+    fn track_acked(&mut self, reports: &[PacketReport]) {
+        for r in reports {
+            if let (true, Some(at)) = (r.arrived, r.arrival) {
+                self.acked.push_back((at, r.size));
+                self.acked_bytes += r.size;
+            }
+        }
+        let Some(&(newest, _)) = self.acked.iter().max_by_key(|(at, _)| *at) else {
+            return;
+        };
+        while let Some(&(at, size)) = self.acked.front() {
+            if at + ACKED_WINDOW >= newest && self.acked.len() < 8192 {
+                break;
+            }
+            self.acked.pop_front();
+            self.acked_bytes -= size;
+        }
+    }
+
+    fn capped(&self) -> f64 {
+        let gcc = self.inner.target_bitrate();
+        match self.acked_rate() {
+            Some(acked) => gcc.min((acked * ACKED_HEADROOM).max(ACKED_FLOOR)),
+            None => gcc,
+        }
+    }
+
+    fn publish(&mut self, now: Instant, reports: Option<&[PacketReport]>) {
+        let target = self.capped() as u64;
+        let changed = self.target.send_if_modified(|v| {
+            let changed = *v != target;
+            *v = target;
             changed
         });
+        // Both halves once a second at most (the target alone hides which one holds it).
+        let Some(reports) = reports else { return };
+        if changed
+            || self
+                .logged
+                .is_none_or(|t| now >= t + Duration::from_secs(1))
+        {
+            self.logged = Some(now);
+            let lost = reports.iter().filter(|r| !r.arrived).count();
+            let s = self.inner.stats();
+            tracing::debug!(
+                target_bps = target,
+                acked_bps = self.acked_rate().map(|v| v as u64),
+                delay_bps = s.delay_based_bitrate.map(|v| v as u64),
+                loss_bps = s.loss_based_bitrate.map(|v| v as u64),
+                loss = s.packet_loss,
+                reports = reports.len(),
+                lost,
+                "bandwidth estimate"
+            );
+        }
     }
 }
 
 impl<E: BandwidthEstimator> BandwidthEstimator for PublishedEstimator<E> {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.inner.on_reports(now, reports);
-        self.publish();
+        self.track_acked(reports);
+        self.publish(now, Some(reports));
     }
 
     fn target_bitrate(&self) -> f64 {
-        self.inner.target_bitrate()
+        self.capped()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.inner.handle_timeout(now);
-        self.publish();
+        self.publish(now, None);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -885,5 +972,52 @@ mod tests {
             assert!(a.fragments.len() <= MAX_BUFFERED_PACKETS);
         }
         assert!(a.stats().malformed > 0 && a.stats().frames > 0);
+    }
+
+    fn report(id: u64, size: usize, arrival_ms: Option<u64>) -> PacketReport {
+        PacketReport {
+            ssrc: 1,
+            id,
+            rtp_sequence_number: id as u16,
+            is_twcc: true,
+            twcc_sequence_number: id as u16,
+            size,
+            arrived: arrival_ms.is_some(),
+            departure: Instant::now(),
+            arrival: arrival_ms.map(Duration::from_millis),
+            ecn: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_estimate_is_capped_by_what_the_peer_received() {
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
+        let now = Instant::now();
+        assert_eq!(*rx.borrow(), 1_300_000);
+        // One second of 1000-byte packets arriving at 320 kbit/s (every 25 ms), half of what
+        // was sent lost: the cap is 1.5 x 320k, not GCC's 1.3M.
+        let mut id = 0;
+        for batch in 0..10u64 {
+            let reports: Vec<_> = (0..4)
+                .flat_map(|i| {
+                    let at = batch * 100 + i * 25;
+                    id += 2;
+                    [report(id, 1000, None), report(id + 1, 1000, Some(at))]
+                })
+                .collect();
+            e.on_reports(now, &reports);
+        }
+        let capped = *rx.borrow();
+        assert!((450_000..=520_000).contains(&capped), "{capped}");
+        assert_eq!(e.target_bitrate() as u64, capped);
+        // Little acknowledged (audio alone): never capped below the floor.
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
+        let reports: Vec<_> = (0..50).map(|i| report(i, 100, Some(i * 20))).collect();
+        e.on_reports(now, &reports);
+        assert_eq!(*rx.borrow(), ACKED_FLOOR as u64);
+        // Below the cap, GCC's own target stands.
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(150e3));
+        e.on_reports(now, &reports);
+        assert_eq!(*rx.borrow(), 150_000);
     }
 }
