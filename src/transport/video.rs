@@ -513,6 +513,13 @@ impl Interceptor for KeyframeRequests {
 const ACKED_WINDOW: Duration = Duration::from_millis(500);
 /// The published estimate is at most this many times the acknowledged rate...
 const ACKED_HEADROOM: f64 = 1.5;
+/// ...or this many while the peer reports losing more than [`LOSSY`] of the recent packets:
+/// a link that drops packets carries no more than arrives, and audio shares its queue.
+const LOSSY_HEADROOM: f64 = 0.9;
+/// Share of the last [`RECENT_PACKETS`] reported packets lost that counts as a lossy link.
+const LOSSY: f64 = 0.05;
+/// Packets the recent loss share is taken over.
+const RECENT_PACKETS: usize = 100;
 /// ...and never capped below this, in bits/s, so a sender that sends little (audio alone, or
 /// video paused) can still be given enough to start video again.
 const ACKED_FLOOR: f64 = 200_000.0;
@@ -531,6 +538,9 @@ pub(crate) struct PublishedEstimator<E> {
     /// Arrived packets: (arrival on the peer's clock, bytes), oldest first.
     acked: VecDeque<(Duration, usize)>,
     acked_bytes: usize,
+    /// Whether each of the last reported packets arrived, newest last.
+    recent: VecDeque<bool>,
+    recent_lost: usize,
     /// When the halves were last logged.
     logged: Option<Instant>,
 }
@@ -544,6 +554,8 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
                 target,
                 acked: VecDeque::new(),
                 acked_bytes: 0,
+                recent: VecDeque::with_capacity(RECENT_PACKETS + 1),
+                recent_lost: 0,
                 logged: None,
             },
             rx,
@@ -562,6 +574,13 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
 
     fn track_acked(&mut self, reports: &[PacketReport]) {
         for r in reports {
+            self.recent.push_back(r.arrived);
+            self.recent_lost += usize::from(!r.arrived);
+            if self.recent.len() > RECENT_PACKETS
+                && let Some(arrived) = self.recent.pop_front()
+            {
+                self.recent_lost -= usize::from(!arrived);
+            }
             if let (true, Some(at)) = (r.arrived, r.arrival) {
                 self.acked.push_back((at, r.size));
                 self.acked_bytes += r.size;
@@ -581,8 +600,15 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
 
     fn capped(&self) -> f64 {
         let gcc = self.inner.target_bitrate();
+        let lossy = self.recent.len() >= RECENT_PACKETS / 2
+            && self.recent_lost as f64 > LOSSY * self.recent.len() as f64;
+        let headroom = if lossy {
+            LOSSY_HEADROOM
+        } else {
+            ACKED_HEADROOM
+        };
         match self.acked_rate() {
-            Some(acked) => gcc.min((acked * ACKED_HEADROOM).max(ACKED_FLOOR)),
+            Some(acked) => gcc.min((acked * headroom).max(ACKED_FLOOR)),
             None => gcc,
         }
     }
@@ -994,8 +1020,23 @@ mod tests {
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
         let now = Instant::now();
         assert_eq!(*rx.borrow(), 1_300_000);
-        // One second of 1000-byte packets arriving at 320 kbit/s (every 25 ms), half of what
-        // was sent lost: the cap is 1.5 x 320k, not GCC's 1.3M.
+        // One second of 1000-byte packets arriving at 320 kbit/s (every 25 ms), all of them:
+        // room to grow, the cap is 1.5 x 320k, not GCC's 1.3M.
+        let mut id = 0;
+        for batch in 0..10u64 {
+            let reports: Vec<_> = (0..4)
+                .map(|i| {
+                    id += 1;
+                    report(id, 1000, Some(batch * 100 + i * 25))
+                })
+                .collect();
+            e.on_reports(now, &reports);
+        }
+        let roomy = *rx.borrow();
+        assert!((450_000..=520_000).contains(&roomy), "{roomy}");
+        // The same arrivals with half of what was sent lost: the link carries no more than
+        // arrives, the cap is 0.9 x 320k.
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
         let mut id = 0;
         for batch in 0..10u64 {
             let reports: Vec<_> = (0..4)
@@ -1008,7 +1049,7 @@ mod tests {
             e.on_reports(now, &reports);
         }
         let capped = *rx.borrow();
-        assert!((450_000..=520_000).contains(&capped), "{capped}");
+        assert!((270_000..=310_000).contains(&capped), "{capped}");
         assert_eq!(e.target_bitrate() as u64, capped);
         // Little acknowledged (audio alone): never capped below the floor.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
