@@ -301,14 +301,14 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-// Video adapts and recovers (measured: step down 2.5-3 s into the limit, full size again ~6-7
-// s after it; target 800 -> 150-330 -> 800 kbit/s), and audio loses under 2.5 % of its frames.
-// But audio is not yet intelligible *throughout*: the tone's share of the energy dips to
-// 0.2-0.3 for the second the link drops (before the estimate comes down) and when the estimate
-// probes back above the link, and in one run of three a whole second was lost (webrtc-rs's GCC
-// delay half does not see the tbf queue build, so loss is the only signal). Until the estimator
-// backs off before the queue overflows, this is a measurement, not a gate: run it with
-// `--ignored`.
+// Video adapts and recovers (measured over 7 runs on a busy 2-core machine: the picture
+// steps down 1.4-2.6 s into the limit and is back to full size 4.1-4.6 s after it; target 800
+// -> 136-180 -> 800 kbit/s), and audio loses under 3.5 % of its frames. But it is not yet a
+// gate: the tone's share of the energy dips to 0.19-0.27 for the second the link drops (the
+// 50 ms bottleneck queue overflows before the first feedback arrives), and in 1 run of 7 one
+// second at the receiver was near silence although its frames arrived, which points at the
+// WAV sink's paced playback falling behind on a loaded machine rather than the network. Run
+// it with `--ignored`.
 #[test]
 #[ignore = "audio dips while the estimate finds the limit; run with --ignored (see the comment)"]
 fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {

@@ -509,8 +509,9 @@ impl Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-/// How far back arrivals count towards the acknowledged rate.
-const ACKED_WINDOW: Duration = Duration::from_millis(500);
+/// How far back arrivals count towards the acknowledged rate: short, so a link that drops
+/// shows in it within a few feedback intervals.
+const ACKED_WINDOW: Duration = Duration::from_millis(250);
 /// The published estimate is at most this many times the acknowledged rate...
 const ACKED_HEADROOM: f64 = 1.5;
 /// ...or this many while the peer reports losing more than [`LOSSY`] of the recent packets:
@@ -520,6 +521,13 @@ const LOSSY_HEADROOM: f64 = 0.9;
 const LOSSY: f64 = 0.05;
 /// Packets the recent loss share is taken over.
 const RECENT_PACKETS: usize = 100;
+/// Queueing delay (one-way delay above its recent minimum) that counts as a queue building at
+/// the bottleneck: the link is full before it drops anything, and audio waits in that queue.
+const QUEUE_BUILDING: Duration = Duration::from_millis(25);
+/// How long the one-way delay's minimum (the empty-queue baseline) is remembered.
+const BASELINE_WINDOW: Duration = Duration::from_secs(5);
+/// The newest packets' delay is the minimum over this span (one packet's jitter is no queue).
+const RECENT_DELAY_SPAN: Duration = Duration::from_millis(100);
 /// ...and never capped below this, in bits/s, so a sender that sends little (audio alone, or
 /// video paused) can still be given enough to start video again.
 const ACKED_FLOOR: f64 = 200_000.0;
@@ -541,6 +549,10 @@ pub(crate) struct PublishedEstimator<E> {
     /// Whether each of the last reported packets arrived, newest last.
     recent: VecDeque<bool>,
     recent_lost: usize,
+    /// One-way delays (arrival on the peer's clock minus departure since `origin`, so with an
+    /// unknown constant offset) by departure, oldest first, over [`BASELINE_WINDOW`].
+    delays: VecDeque<(Instant, f64)>,
+    origin: Option<Instant>,
     /// When the halves were last logged.
     logged: Option<Instant>,
 }
@@ -556,6 +568,8 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
                 acked_bytes: 0,
                 recent: VecDeque::with_capacity(RECENT_PACKETS + 1),
                 recent_lost: 0,
+                delays: VecDeque::new(),
+                origin: None,
                 logged: None,
             },
             rx,
@@ -584,6 +598,10 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
             if let (true, Some(at)) = (r.arrived, r.arrival) {
                 self.acked.push_back((at, r.size));
                 self.acked_bytes += r.size;
+                let origin = *self.origin.get_or_insert(r.departure);
+                let sent = r.departure.saturating_duration_since(origin);
+                self.delays
+                    .push_back((r.departure, at.as_secs_f64() - sent.as_secs_f64()));
             }
         }
         let Some(&(newest, _)) = self.acked.iter().max_by_key(|(at, _)| *at) else {
@@ -596,13 +614,46 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
             self.acked.pop_front();
             self.acked_bytes -= size;
         }
+        self.forget_old_delays();
+    }
+
+    /// How far the newest packets' one-way delay stands above the recent minimum: the queue
+    /// at the bottleneck.
+    fn queueing_delay(&self) -> Option<Duration> {
+        let &(newest, _) = self.delays.back()?;
+        let baseline = self
+            .delays
+            .iter()
+            .map(|(_, d)| *d)
+            .fold(f64::INFINITY, f64::min);
+        let recent = self
+            .delays
+            .iter()
+            .rev()
+            .take_while(|(at, _)| newest.saturating_duration_since(*at) <= RECENT_DELAY_SPAN)
+            .map(|(_, d)| *d)
+            .fold(f64::INFINITY, f64::min);
+        Duration::try_from_secs_f64(recent - baseline).ok()
+    }
+
+    fn forget_old_delays(&mut self) {
+        let Some(&(newest, _)) = self.delays.back() else {
+            return;
+        };
+        while let Some(&(at, _)) = self.delays.front() {
+            if newest.saturating_duration_since(at) <= BASELINE_WINDOW && self.delays.len() < 8192 {
+                break;
+            }
+            self.delays.pop_front();
+        }
     }
 
     fn capped(&self) -> f64 {
         let gcc = self.inner.target_bitrate();
         let lossy = self.recent.len() >= RECENT_PACKETS / 2
             && self.recent_lost as f64 > LOSSY * self.recent.len() as f64;
-        let headroom = if lossy {
+        let queued = self.queueing_delay().is_some_and(|q| q >= QUEUE_BUILDING);
+        let headroom = if lossy || queued {
             LOSSY_HEADROOM
         } else {
             ACKED_HEADROOM
@@ -1033,7 +1084,7 @@ mod tests {
             e.on_reports(now, &reports);
         }
         let roomy = *rx.borrow();
-        assert!((450_000..=520_000).contains(&roomy), "{roomy}");
+        assert!((450_000..=540_000).contains(&roomy), "{roomy}");
         // The same arrivals with half of what was sent lost: the link carries no more than
         // arrives, the cap is 0.9 x 320k.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
@@ -1049,8 +1100,29 @@ mod tests {
             e.on_reports(now, &reports);
         }
         let capped = *rx.borrow();
-        assert!((270_000..=310_000).contains(&capped), "{capped}");
+        assert!((270_000..=330_000).contains(&capped), "{capped}");
         assert_eq!(e.target_bitrate() as u64, capped);
+        // Nothing lost, but the one-way delay climbs 40 ms above its minimum: a queue is
+        // building at the bottleneck, so the link carries no more than arrives either.
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
+        let start = Instant::now();
+        let mut id = 0;
+        for batch in 0..10u64 {
+            let reports: Vec<_> = (0..4)
+                .map(|i| {
+                    id += 1;
+                    let sent = batch * 100 + i * 25;
+                    // Queueing grows in the second half: up to 40 ms more per packet.
+                    let queued = if batch >= 5 { (batch - 4) * 8 } else { 0 };
+                    let mut r = report(id, 1000, Some(sent + queued));
+                    r.departure = start + Duration::from_millis(sent);
+                    r
+                })
+                .collect();
+            e.on_reports(now, &reports);
+        }
+        let queued = *rx.borrow();
+        assert!((250_000..=330_000).contains(&queued), "{queued}");
         // Little acknowledged (audio alone): never capped below the floor.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
         let reports: Vec<_> = (0..50).map(|i| report(i, 100, Some(i * 20))).collect();
