@@ -3,31 +3,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, assert_hears};
+use common::{TestServer, assert_hears, sotto_cli};
 use sotto::media::{AudioSource, WavSource};
 
 /// The calls of this binary run one at a time (real-time audio on 2 cores; one sound server).
 static DEVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn sotto() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto"));
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sotto-cli-call-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The last `seconds` of a WAV file (48 kHz mono, as `--output` writes it).
 fn wav_tail(path: &Path, seconds: f64) -> Vec<f32> {
@@ -61,15 +45,6 @@ async fn two_calls(alice: &mut Command, bob: &mut Command) -> (Output, Output) {
         .await
         .unwrap();
     (alice, bob)
-}
-
-fn show(who: &str, out: &Output) {
-    eprintln!(
-        "--- {who}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn call_args(cmd: &mut Command, url: &str, room: &str, name: &str, dir: &Path) {
@@ -117,19 +92,19 @@ fn check_report(report: &serde_json::Value, min_frames: u64) {
 async fn two_cli_peers_exchange_tones_and_agree_on_the_safety_code() {
     let _one = DEVICES.lock().await;
     let server = TestServer::start().await;
-    let dir = temp_dir("tones");
-    let mut alice = sotto();
+    let dir = common::temp_dir("cli-call-tones");
+    let mut alice = sotto_cli();
     call_args(&mut alice, &server.url, "cli", "alice", &dir);
     alice
         .args(["--tone", "440", "--duration", "6", "--output"])
         .arg(dir.join("alice.wav"));
-    let mut bob = sotto();
+    let mut bob = sotto_cli();
     call_args(&mut bob, &server.url, "cli", "bob", &dir);
     bob.args(["--tone", "660", "--duration", "5", "--output"])
         .arg(dir.join("bob.wav"));
     let (a, b) = two_calls(&mut alice, &mut bob).await;
-    show("alice", &a);
-    show("bob", &b);
+    common::show("alice", &a);
+    common::show("bob", &b);
     assert!(a.status.success() && b.status.success());
 
     let (ra, rb) = (stats(&dir.join("alice.json")), stats(&dir.join("bob.json")));
@@ -181,8 +156,8 @@ async fn a_call_over_the_pulseaudio_devices() {
         }
     });
     let server = TestServer::start().await;
-    let dir = temp_dir("pulse");
-    let mut alice = sotto();
+    let dir = common::temp_dir("cli-call-pulse");
+    let mut alice = sotto_cli();
     call_args(&mut alice, &server.url, "pulse", "alice", &dir);
     alice.args([
         "--input-device",
@@ -195,15 +170,15 @@ async fn a_call_over_the_pulseaudio_devices() {
     // Alice's speaker is the second null sink, so Bob's voice does not loop back into her
     // microphone.
     alice.env("PULSE_SINK", "sotto_keepalive");
-    let mut bob = sotto();
+    let mut bob = sotto_cli();
     call_args(&mut bob, &server.url, "pulse", "bob", &dir);
     bob.args(["--tone", "660", "--duration", "5", "--output"])
         .arg(dir.join("bob.wav"));
     let (a, b) = two_calls(&mut alice, &mut bob).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     player.join().unwrap();
-    show("alice", &a);
-    show("bob", &b);
+    common::show("alice", &a);
+    common::show("bob", &b);
     assert!(a.status.success() && b.status.success());
     let (ra, rb) = (stats(&dir.join("alice.json")), stats(&dir.join("bob.json")));
     check_report(&ra, 150);
@@ -218,7 +193,7 @@ async fn a_call_over_the_pulseaudio_devices() {
 
 #[test]
 fn bad_call_arguments_fail_with_one_clear_line() {
-    let dir = temp_dir("bad");
+    let dir = common::temp_dir("cli-call-bad");
     let missing = dir.join("missing.wav");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["call".into(), "--room".into(), "r".into()], "--server"),
@@ -280,7 +255,7 @@ fn bad_call_arguments_fail_with_one_clear_line() {
         ),
     ];
     for (args, expect) in cases {
-        let out = sotto().args(&args).output().unwrap();
+        let out = sotto_cli().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
@@ -292,9 +267,9 @@ fn bad_call_arguments_fail_with_one_clear_line() {
 
 #[test]
 fn an_unreachable_server_ends_the_call_with_an_error() {
-    let dir = temp_dir("unreachable");
+    let dir = common::temp_dir("cli-call-unreachable");
     let start = Instant::now();
-    let out = sotto()
+    let out = sotto_cli()
         .args([
             "call",
             "--server",
@@ -325,7 +300,7 @@ fn an_unreachable_server_ends_the_call_with_an_error() {
 async fn the_demo_runs_a_call_and_reports_matching_codes() {
     let _one = DEVICES.lock().await;
     let server = TestServer::start().await;
-    let out = sotto()
+    let out = sotto_cli()
         .args([
             "demo",
             "--tones",

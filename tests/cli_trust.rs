@@ -5,26 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, sotto_cli};
 
 /// Calls in this binary run one at a time (real-time audio on 2 cores).
 static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn sotto() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto"));
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sotto-cli-trust-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn identity(dir: &Path, who: &str) -> PathBuf {
     dir.join(who).join("identity.json")
@@ -41,7 +28,7 @@ fn text(out: &Output) -> String {
 
 /// The fingerprint `sotto identity` prints for `path` (creating it).
 fn fingerprint(path: &Path) -> String {
-    let out = sotto()
+    let out = sotto_cli()
         .args(["identity", "--json", "--identity"])
         .arg(path)
         .output()
@@ -52,7 +39,7 @@ fn fingerprint(path: &Path) -> String {
 }
 
 fn peers(id: &Path, args: &[&str]) -> Output {
-    sotto()
+    sotto_cli()
         .arg("peers")
         .args(args)
         .arg("--identity")
@@ -76,7 +63,7 @@ async fn call(
     secs: &str,
 ) -> (Output, Output) {
     let args = |who: &str, hz: &str| {
-        let mut cmd = sotto();
+        let mut cmd = sotto_cli();
         cmd.args(["call", "--server", url, "--room", room, "--name", who])
             .args(["--bind", "127.0.0.1:0", "--tone", hz, "--duration", secs])
             .arg("--identity")
@@ -112,7 +99,7 @@ fn one_error_line(out: &Output) -> String {
 async fn peers_are_listed_verified_against_their_fingerprint_and_forgotten() {
     let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
-    let dir = temp_dir("peers");
+    let dir = common::temp_dir("cli-trust-peers");
     let (alice_id, bob_id) = (identity(&dir, "alice"), identity(&dir, "bob"));
     let bob_fp = fingerprint(&bob_id);
     let alice_fp = fingerprint(&alice_id);
@@ -167,7 +154,7 @@ async fn peers_are_listed_verified_against_their_fingerprint_and_forgotten() {
 async fn require_verified_refuses_unverified_and_changed_peers_and_accepts_verified_ones() {
     let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
-    let dir = temp_dir("strict");
+    let dir = common::temp_dir("cli-trust-strict");
     let (alice_id, bob_id) = (identity(&dir, "alice"), identity(&dir, "bob"));
     let strict = ["--require-verified", "--stats-json"];
     let stats = dir.join("alice.json");

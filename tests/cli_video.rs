@@ -4,42 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, sotto_cli};
 use sotto::media::video::{
     TestPattern, VideoFrame, VideoProbe, VideoSink, VideoSource, Y4mSink, Y4mSource,
 };
 
 /// One video call at a time: each encodes and decodes in real time on 2 cores.
 static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn sotto() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto"));
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sotto-cli-video-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn show(who: &str, out: &Output) {
-    eprintln!(
-        "--- {who}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn call_args(cmd: &mut Command, url: &str, name: &str, dir: &Path) {
     cmd.args(["call", "--server", url, "--room", "video", "--name", name])
@@ -71,7 +46,7 @@ fn stats(path: &Path) -> serde_json::Value {
 async fn two_cli_peers_send_video_both_ways_and_record_it() {
     let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
-    let dir = temp_dir("both");
+    let dir = common::temp_dir("cli-video-both");
     // Bob sends a file: 90 pictures of a 512x288 pattern (the barcode needs 512 pixels) at 30 fps.
     let small = TestPattern::new(512, 288, 30).unwrap();
     let source = dir.join("source.y4m");
@@ -84,7 +59,7 @@ async fn two_cli_peers_send_video_both_ways_and_record_it() {
         }
         sink.finish().unwrap();
     }
-    let mut alice = sotto();
+    let mut alice = sotto_cli();
     call_args(&mut alice, &server.url, "alice", &dir);
     alice
         .args([
@@ -95,7 +70,7 @@ async fn two_cli_peers_send_video_both_ways_and_record_it() {
             "--video-output",
         ])
         .arg(dir.join("alice.y4m"));
-    let mut bob = sotto();
+    let mut bob = sotto_cli();
     call_args(&mut bob, &server.url, "bob", &dir);
     bob.args(["--duration", "5", "--video"])
         .arg(&source)
@@ -111,8 +86,8 @@ async fn two_cli_peers_send_video_both_ways_and_record_it() {
     let a = tokio::task::spawn_blocking(move || alice.wait_with_output().unwrap())
         .await
         .unwrap();
-    show("alice", &a);
-    show("bob", &b);
+    common::show("alice", &a);
+    common::show("bob", &b);
     assert!(a.status.success() && b.status.success());
 
     let (ra, rb) = (stats(&dir.join("alice.json")), stats(&dir.join("bob.json")));
@@ -174,7 +149,7 @@ async fn two_cli_peers_send_video_both_ways_and_record_it() {
 async fn the_demo_runs_a_video_call() {
     let _one = ONE_CALL.lock().await;
     let server = TestServer::start().await;
-    let out = sotto()
+    let out = sotto_cli()
         .args(["demo", "--tones", "--video", "--json", "--duration", "2"])
         .args(["--server", &server.url])
         .output()
@@ -200,7 +175,7 @@ async fn the_demo_runs_a_video_call() {
 
 #[test]
 fn bad_video_flags_fail_with_one_clear_line() {
-    let dir = temp_dir("bad");
+    let dir = common::temp_dir("cli-video-bad");
     let base = |extra: &[&str]| {
         let mut args = vec![
             "call",
@@ -240,7 +215,7 @@ fn bad_video_flags_fail_with_one_clear_line() {
         ),
     ];
     for (args, expect) in cases {
-        let out = sotto().args(&args).output().unwrap();
+        let out = sotto_cli().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");

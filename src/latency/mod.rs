@@ -639,10 +639,23 @@ impl Onsets {
     }
 }
 
-fn spawn(
+/// What a measurement's threads share: a way to stop them all with the first error.
+trait Pipeline: Send + Sync + 'static {
+    /// Records the first error and stops the measurement.
+    fn fail(&self, e: String);
+}
+
+impl Pipeline for Shared {
+    fn fail(&self, e: String) {
+        Shared::fail(self, e);
+    }
+}
+
+/// Runs `body` on a named thread; an error it returns stops the whole measurement.
+fn spawn<S: Pipeline>(
     name: &str,
-    shared: &Arc<Shared>,
-    body: impl FnOnce(&Shared) -> Result<(), String> + Send + 'static,
+    shared: &Arc<S>,
+    body: impl FnOnce(&S) -> Result<(), String> + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>, LatencyError> {
     let shared = Arc::clone(shared);
     std::thread::Builder::new()

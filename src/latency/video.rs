@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{LatencyError, lock, sleep_until};
+use super::{LatencyError, lock, sleep_until, spawn};
 use crate::handshake::{
     DtlsFingerprint, Handshake, HandshakeError, Identity, MediaKind, MediaReceiver, MediaSender,
     RotationConfig,
@@ -293,20 +293,10 @@ impl Shared {
     }
 }
 
-fn spawn(
-    name: &str,
-    shared: &Arc<Shared>,
-    body: impl FnOnce(&Shared) -> Result<(), String> + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>, LatencyError> {
-    let shared = Arc::clone(shared);
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            if let Err(e) = body(&shared) {
-                shared.fail(e);
-            }
-        })
-        .map_err(|e| LatencyError::Pipeline(e.to_string()))
+impl super::Pipeline for Shared {
+    fn fail(&self, e: String) {
+        Shared::fail(self, e);
+    }
 }
 
 fn video_err(e: VideoError) -> LatencyError {

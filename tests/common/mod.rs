@@ -88,3 +88,30 @@ pub fn assert_hears(heard: &[f32], hz: f64, who: &str) {
         "{who}: expected {hz} Hz, strongest is {dominant} Hz, share {share:.3}"
     );
 }
+
+/// The `sotto` binary of this build, with no standard input.
+pub fn sotto_cli() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sotto"));
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// A fresh directory for one test: `sotto-<name>-<pid>-<n>` under the temp dir.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sotto-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Prints a finished process's status and output, for a failing test's log.
+pub fn show(who: &str, out: &std::process::Output) {
+    eprintln!(
+        "--- {who}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
