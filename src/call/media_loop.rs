@@ -39,7 +39,7 @@ pub(crate) enum MediaNotice {
 }
 
 /// Sleeps until `deadline` unless `stop` is raised first (checked every few ms).
-fn pace_until(deadline: Instant, stop: &AtomicBool) {
+pub(crate) fn pace_until(deadline: Instant, stop: &AtomicBool) {
     loop {
         let now = Instant::now();
         if now >= deadline || stop.load(Relaxed) {

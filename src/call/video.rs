@@ -24,7 +24,7 @@ use crate::transport::{
     open_video_in_place, seal_video,
 };
 
-use super::media_loop::MediaNotice;
+use super::media_loop::{MediaNotice, pace_until};
 use super::stats::SharedStats;
 
 /// What audio needs of the estimate before video gets the rest (Opus at up to 32 kbit/s plus
@@ -148,17 +148,6 @@ pub(crate) fn video_share_kbps(estimate_bps: u64, max_kbps: u32) -> u32 {
     match kbps.saturating_sub(AUDIO_RESERVE_KBPS) {
         share if share < MIN_VIDEO_KBPS => 0,
         share => share.min(max_kbps.max(MIN_VIDEO_KBPS)),
-    }
-}
-
-/// Sleeps until `deadline` unless `stop` is raised first.
-fn pace_until(deadline: Instant, stop: &AtomicBool) {
-    loop {
-        let now = Instant::now();
-        if now >= deadline || stop.load(Relaxed) {
-            return;
-        }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
     }
 }
 
