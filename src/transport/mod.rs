@@ -216,6 +216,12 @@ pub struct ReceivedFrame {
 /// reassembly waits [`VIDEO_REORDER_WAIT`] for it anyway.
 const NACKS_PER_PACKET: u16 = 2;
 
+/// How often the receiver reports arrivals (transport-wide feedback). The sender learns that a
+/// link has dropped one interval after it did, and until then it fills the bottleneck's queue
+/// ahead of audio: at 50 ms rather than the interceptor's 100 ms default that queue overflows
+/// half as long, for about 8 kbit/s more feedback.
+const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Whole video frames queued for the application at most.
 const VIDEO_QUEUE: usize = 64;
 
@@ -624,7 +630,12 @@ fn media_setup(
             CongestionControlBuilder::new(estimator).build(),
         )
         .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+        .with(
+            Slot::TwccReceiver,
+            TwccReceiverBuilder::new()
+                .with_interval(TWCC_FEEDBACK_INTERVAL)
+                .build(),
+        )
         // Application-most: everything else has seen the RTCP before it stops here.
         .with(Slot::from(14_000), KeyframeRequests::new());
     Ok((media, registry, bitrate))
