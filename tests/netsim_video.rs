@@ -110,22 +110,9 @@ impl Netns {
         ])
     }
 
-    /// A TCP listener inside namespace A (a socket stays in the namespace it was made in).
+    /// A TCP listener inside namespace A.
     fn listen_in_a(&self) -> std::net::TcpListener {
-        let path = format!("/run/netns/{}", self.a);
-        let addr = format!("{ADDR_A}:0");
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(&path).unwrap();
-            // Only this thread moves; it ends right after.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let l = std::net::TcpListener::bind(&addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            l
-        })
-        .join()
-        .unwrap()
+        common::tcp_listener_in_netns(&self.a, &format!("{ADDR_A}:0"))
     }
 }
 
