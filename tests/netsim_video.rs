@@ -439,11 +439,8 @@ fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     let (mut clear_blocks, mut blocks) = (0usize, 0usize);
     // The first second holds the call's start (silence before audio flows).
     for (i, second) in seconds.iter().enumerate().skip(1) {
-        let clear = second
-            .chunks_exact(2400)
-            .filter(|b| common::tone_ratio(b, 48_000.0, 440.0) >= 0.5)
-            .count();
-        let share = clear as f64 / 20.0;
+        let share = common::tone_blocks(second, 440.0);
+        let clear = (share * 20.0).round() as usize;
         per_second.push(format!("{share:.2}"));
         if clear < 20 {
             let detail: Vec<String> = second

@@ -428,7 +428,10 @@ impl Session {
             }
             SignalEvent::PeerLeft { peer_id } => {
                 if run.peer.as_ref().is_some_and(|p| p.id == peer_id) {
-                    if run.media.is_none() || run.control.is_none() {
+                    if run.media.is_none() {
+                        return Err(EndReason::NeverConnected("the peer left during the set-up"));
+                    }
+                    if run.control.is_none() {
                         return Err(EndReason::PeerLeft);
                     }
                     // A peer that hangs up sends `hangup` on the control channel and then

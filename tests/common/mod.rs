@@ -147,3 +147,18 @@ pub fn wav_tail(path: &std::path::Path, seconds: f64) -> Vec<f32> {
     let n = ((seconds * 48_000.0) as usize).min(all.len());
     all[all.len() - n..].to_vec()
 }
+
+/// Share of the 50 ms blocks of `x` (48 kHz) in which the tone `hz` holds at least half the
+/// power. Short blocks keep the seams that playout adaptation leaves (a dropped or repeated
+/// frame shifts the tone's phase) from cancelling the tone out of a long window.
+pub fn tone_blocks(x: &[f32], hz: f64) -> f64 {
+    let blocks: Vec<&[f32]> = x.chunks_exact(2400).collect();
+    if blocks.is_empty() {
+        return 0.0;
+    }
+    let clear = blocks
+        .iter()
+        .filter(|b| tone_ratio(b, 48_000.0, hz) >= 0.5)
+        .count();
+    clear as f64 / blocks.len() as f64
+}
