@@ -19,7 +19,7 @@ use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
 use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
-use crate::transport::{MediaTransport, TransportState};
+use crate::transport::{IceServer, MediaTransport, TransportState};
 
 use super::control::{ControlCrypto, ControlError};
 use super::events::{CallEvent, CallState, EndReason, PeerInfo};
@@ -370,10 +370,30 @@ impl Session {
     /// Handles one signaling event. `Ok(true)` when a peer was found (set-up starts).
     async fn on_signal(&mut self, run: &mut Run, event: SignalEvent) -> Result<bool, EndReason> {
         match event {
-            SignalEvent::Joined { peer_id, peers } => {
+            SignalEvent::Joined {
+                peer_id,
+                peers,
+                ice_servers,
+            } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
                 if run.peer.is_some() {
                     return Ok(false); // a rejoin after a reconnect: the call goes on
+                }
+                // The server's STUN/TURN servers, unless the caller chose its own. Gathering
+                // starts with the offer or answer, later than this.
+                if self.config.transport.ice_servers.is_empty() && !ice_servers.is_empty() {
+                    let servers: Vec<IceServer> = ice_servers
+                        .into_iter()
+                        .map(|s| IceServer {
+                            urls: s.urls,
+                            username: s.username,
+                            credential: s.credential,
+                        })
+                        .collect();
+                    tracing::info!(count = servers.len(), "using the server's ICE servers");
+                    if let Err(e) = run.transport.set_ice_servers(&servers).await {
+                        tracing::warn!("the server's ICE servers were not usable: {e}");
+                    }
                 }
                 let Some(other) = peers.into_iter().next() else {
                     self.set_state(run, CallState::WaitingForPeer);

@@ -129,6 +129,17 @@ pub enum TransportError {
     VideoReceiveOnly,
 }
 
+fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect()
+}
+
 fn rtc_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::WebRtc(e.to_string())
 }
@@ -706,15 +717,7 @@ impl MediaTransport {
         let runtime = webrtc::runtime::default_runtime()
             .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
         let (media, registry, bitrate) = media_setup(config.max_bitrate)?;
-        let ice_servers = config
-            .ice_servers
-            .iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone(),
-                credential: s.credential.clone(),
-            })
-            .collect();
+        let ice_servers = rtc_ice_servers(&config.ice_servers);
         // Our own certificate, so its fingerprint is known before any SDP exists: the
         // handshake signs it (docs/handshake.md, "Binding the transport").
         let provider = rtc::crypto::default_provider().map_err(rtc_err)?;
@@ -906,6 +909,14 @@ impl MediaTransport {
             audio_clock,
             video_clock,
         })
+    }
+
+    /// Replaces the STUN/TURN servers, before gathering starts (the offer or answer).
+    pub async fn set_ice_servers(&self, servers: &[IceServer]) -> Result<(), TransportError> {
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(rtc_ice_servers(servers))
+            .build();
+        self.pc.set_configuration(config).await.map_err(rtc_err)
     }
 
     /// The SHA-256 fingerprint of our DTLS certificate, as our SDP carries it.
