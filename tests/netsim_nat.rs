@@ -273,3 +273,57 @@ async fn a_call_across_two_symmetric_nats_goes_through_turn_from_the_welcome() {
     check_both_heard(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--relay-only`: the peer learns no address of ours, only the relay's, and the call works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_offers_the_peer_no_address_but_the_relay() {
+    if !can_run("relay_only_offers_the_peer_no_address_but_the_relay") {
+        return;
+    }
+    let net = Networks::up("snr", "eim", "netsim-turn-secret", true).await;
+    let dir = common::temp_dir("netsim-nat-relay-only");
+    let mut alice = net.call(1, "relay", &dir, &["--duration", "8", "--relay-only"]);
+    alice.env("RUST_LOG", "sotto::transport=debug");
+    let (a, b) = both(alice, net.call(2, "relay", &dir, &["--duration", "8"])).await;
+    common::show("alice", &a);
+    common::show("bob", &b);
+    assert!(a.status.success() && b.status.success(), "a call failed");
+    check_both_heard(&dir);
+    // What Alice's description carried: relay candidates only, and neither her LAN address
+    // nor her NAT's public one anywhere.
+    let log = String::from_utf8_lossy(&a.stderr);
+    let described: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("local description ready"))
+        .collect();
+    assert_eq!(described.len(), 1, "{log}");
+    assert!(described[0].contains("typ relay"), "{}", described[0]);
+    for leak in [
+        "typ host",
+        "typ srflx",
+        "typ prflx",
+        "10.1.0.2",
+        "203.0.113.11",
+    ] {
+        assert!(!described[0].contains(leak), "{leak} in {}", described[0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--relay-only` with no TURN server anywhere fails at once with a clear reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_without_a_turn_server_says_so() {
+    if !can_run("relay_only_without_a_turn_server_says_so") {
+        return;
+    }
+    let net = Networks::up("snn", "eim", "unused", false).await;
+    let dir = common::temp_dir("netsim-nat-relay-none");
+    let out = net
+        .call(1, "none", &dir, &["--duration", "20", "--relay-only"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("relay-only needs a TURN server"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

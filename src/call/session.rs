@@ -19,7 +19,7 @@ use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
 use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
-use crate::transport::{IceServer, MediaTransport, TransportState};
+use crate::transport::{IceServer, MediaTransport, TransportState, has_turn};
 
 use super::control::{ControlCrypto, ControlError};
 use super::events::{CallEvent, CallState, EndReason, PeerInfo};
@@ -381,18 +381,33 @@ impl Session {
                 }
                 // The server's STUN/TURN servers, unless the caller chose its own. Gathering
                 // starts with the offer or answer, later than this.
-                if self.config.transport.ice_servers.is_empty() && !ice_servers.is_empty() {
-                    let servers: Vec<IceServer> = ice_servers
+                let own = &self.config.transport.ice_servers;
+                let servers: Vec<IceServer> = if own.is_empty() {
+                    ice_servers
                         .into_iter()
                         .map(|s| IceServer {
                             urls: s.urls,
                             username: s.username,
                             credential: s.credential,
                         })
-                        .collect();
-                    tracing::info!(count = servers.len(), "using the server's ICE servers");
+                        .collect()
+                } else {
+                    own.clone()
+                };
+                let relay_only = self.config.transport.relay_only;
+                if relay_only && !has_turn(&servers) {
+                    return Err(EndReason::ConnectionFailed(
+                        "relay-only needs a TURN server: none was given (--ice-server turn:...) \
+                         and the signaling server offers none"
+                            .into(),
+                    ));
+                }
+                if !servers.is_empty() && (own.is_empty() || relay_only) {
+                    tracing::info!(count = servers.len(), relay_only, "ICE servers");
                     if let Err(e) = run.transport.set_ice_servers(&servers).await {
-                        tracing::warn!("the server's ICE servers were not usable: {e}");
+                        return Err(EndReason::ConnectionFailed(format!(
+                            "the ICE servers are not usable: {e}"
+                        )));
                     }
                 }
                 let Some(other) = peers.into_iter().next() else {
