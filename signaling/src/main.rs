@@ -42,9 +42,10 @@ struct ServeArgs {
     /// Require join tokens minted with this secret.
     #[arg(long, env = "SOTTO_SIGNALING_SECRET", hide_env_values = true)]
     secret: Option<String>,
-    /// Directory served at `/` (the web client).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
-    web_dir: PathBuf,
+    /// Serve the web client at `/` from this directory instead of the copy built into the
+    /// binary (for development; a path that is not a directory serves no page).
+    #[arg(long, value_name = "DIR")]
+    web_dir: Option<PathBuf>,
     /// Largest client message, in bytes.
     #[arg(long, default_value_t = Limits::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -173,7 +174,8 @@ fn run(args: ServeArgs) -> Result<(), String> {
             ..Limits::default()
         },
         secret,
-        web_dir: args.web_dir.is_dir().then_some(args.web_dir),
+        embedded_web: args.web_dir.is_none(),
+        web_dir: args.web_dir.filter(|dir| dir.is_dir()),
         allowed_origins: args.allowed_origins,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

@@ -236,7 +236,8 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-/// The call listener's routes: `/ws`, `/healthz`, and the web client's files at `/`.
+/// The call listener's routes: `/ws`, `/healthz`, and the web client's files at `/`, every
+/// response with the security headers of [`crate::web`].
 /// `/metrics` is not among them: see [`metrics_router`].
 pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
@@ -244,8 +245,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz));
     if let Some(dir) = &app.config.web_dir {
         router = router.fallback_service(tower_http::services::ServeDir::new(dir));
+    } else if app.config.embedded_web {
+        router = router.fallback(crate::web::embedded);
     }
-    router.with_state(app)
+    router
+        .layer(axum::middleware::map_response(crate::web::security_headers))
+        .with_state(app)
 }
 
 /// The operator's routes, for a separate (private) listener: `/metrics` and `/healthz`.
