@@ -14,9 +14,7 @@ fn main() {
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| {
-                n.ends_with(".html") || n.ends_with(".js") || n.ends_with(".css")
-            })
+            .filter(|n| n.ends_with(".html") || n.ends_with(".js") || n.ends_with(".css"))
             .collect(),
         Err(e) => panic!("cannot read {}: {e}", web.display()),
     };

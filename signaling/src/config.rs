@@ -82,4 +82,7 @@ pub struct ServerConfig {
     /// server's own origin (the `Origin` names the `Host` the request was sent to). Requests
     /// without an `Origin` (native clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Serve HTTPS and WSS with this rustls configuration (see [`crate::tls`]); plain HTTP and
+    /// WS without it.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }

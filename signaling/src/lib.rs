@@ -12,6 +12,7 @@ mod connection;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod web;
 

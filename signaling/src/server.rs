@@ -261,6 +261,10 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// A client's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Refused connections being answered at one time; past this, they are just closed.
 const MAX_REFUSING: usize = 64;
 
@@ -299,7 +303,8 @@ fn refuse(mut tcp: TcpStream, app: &Arc<App>, code: ErrorCode) {
 }
 
 /// Serves HTTP/1.1 on `listener` with `router` until `app.shutdown` is cancelled. With
-/// `capped`, connections count against the raw and per-address caps.
+/// `capped` (the call listener), connections count against the raw and per-address caps and
+/// speak TLS if the server has it.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -349,7 +354,31 @@ async fn accept_loop(
         let router = router.clone();
         let shutdown = app.shutdown.clone();
         let http = http.clone();
+        let tls = app.config.tls.clone().filter(|_| capped);
+        let handshake_timeout = app.config.limits.header_timeout;
         app.tracker.spawn(async move {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(tcp),
+                // The handshake gets the header timeout: a client that stalls in it holds a
+                // slot no longer than one that stalls in its request headers.
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        done = tokio::time::timeout(handshake_timeout, accept) => match done {
+                            Ok(Ok(stream)) => Box::new(stream),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    }
+                }
+            };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 if let Some(slot) = &slot {
                     req.extensions_mut().insert(slot.clone());
@@ -362,7 +391,7 @@ async fn accept_loop(
                 }
             });
             let conn = http
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
