@@ -96,6 +96,11 @@ pub struct CallOptions {
     #[arg(long, value_name = "TOKEN")]
     #[serde(default)]
     pub token: Option<String>,
+    /// Trust only the certificates in this PEM file for a wss:// --server (a private CA, or
+    /// the certificate a `sotto-signaling --tls-self-signed` wrote with --tls-cert-out).
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
     /// Local UDP address for media (repeatable). The default, 0.0.0.0:0, offers every
     /// interface but loopback; use 127.0.0.1:0 for two peers on one machine without a network.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
@@ -332,6 +337,7 @@ impl CallOptions {
             duration: None,
             stats_json: None,
             token: None,
+            ca_cert: None,
             bind: default_bind(),
             ice_server: Vec::new(),
             ice_username: String::new(),
@@ -363,6 +369,11 @@ impl CallOptions {
                 "--server must be a ws:// or wss:// URL, got {:?}",
                 self.server
             )));
+        }
+        if self.ca_cert.is_some() && !self.server.starts_with("wss://") {
+            return Err(OptionsError::Invalid(
+                "--ca-cert is for a wss:// --server".into(),
+            ));
         }
         if let Some(hz) = self.tone {
             check_tone(hz).map_err(OptionsError::Invalid)?;
@@ -481,6 +492,7 @@ impl CallOptions {
     pub fn config(&self) -> CallConfig {
         let mut config = CallConfig::new(self.server.clone(), self.room.clone());
         config.transport.udp_addrs = self.bind.iter().map(|a| a.to_string()).collect();
+        config.ca_cert = self.ca_cert.clone();
         if !self.ice_server.is_empty() {
             config.transport.ice_servers = vec![IceServer {
                 urls: self.ice_server.clone(),
