@@ -192,6 +192,7 @@ async fn ws(
     slot: Option<Extension<Slot>>,
 ) -> Response {
     if !origin_allowed(&app.config, &headers) {
+        app.metrics.origins_refused.fetch_add(1, Relaxed);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     // Frames a little over the limit still arrive, so the client gets a `too_large` error

@@ -29,8 +29,9 @@ pub fn embedded_files() -> impl Iterator<Item = &'static str> {
     EMBEDDED.iter().map(|(name, _)| *name)
 }
 
-/// Adds the security headers to `response` (kept if a handler set its own).
-pub(crate) async fn security_headers(mut response: Response) -> Response {
+/// Adds the security headers to `response` (kept if a handler set its own). The call
+/// listener's router has it as a layer (`axum::middleware::map_response`).
+pub async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
         (

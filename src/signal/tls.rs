@@ -79,12 +79,17 @@ pub(crate) async fn open(
         .await
     {
         Ok(stream) => Ok(Box::new(stream)),
-        Err(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Err(e) => match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             Some(rustls::Error::InvalidCertificate(why)) => Err(ConnectError::Fatal(format!(
                 "the signaling server's certificate is not trusted ({why:?}); for a private \
                  CA or a self-signed server, pass its certificate with --ca-cert"
             ))),
-            _ => Err(ConnectError::Transient(format!("TLS handshake failed: {e}"))),
+            _ => Err(ConnectError::Transient(format!(
+                "TLS handshake failed: {e}"
+            ))),
         },
     }
 }

@@ -311,6 +311,15 @@ impl Page {
         .await;
     }
 
+    /// Accepts any server certificate in this page (a self-signed test server's).
+    pub async fn ignore_certificate_errors(&self) {
+        self.call(
+            "Security.setIgnoreCertificateErrors",
+            json!({ "ignore": true }),
+        )
+        .await;
+    }
+
     /// Loads `url`.
     pub async fn goto(&self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;

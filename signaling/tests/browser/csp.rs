@@ -1,0 +1,85 @@
+//! The page under its Content-Security-Policy, as deployed: the web client compiled into the
+//! server, over HTTPS with a self-signed certificate, the WebSocket over WSS.
+
+use std::time::Duration;
+
+use sotto_signaling::{App, ServerConfig, serve};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cdp::Browser;
+use crate::{CONNECT, room, skip, wait_status};
+
+/// Records every CSP violation the page reports, before its own scripts run.
+const RECORD_VIOLATIONS: &str = "window.cspViolations = []; \
+    document.addEventListener('securitypolicyviolation', \
+      (e) => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_page_works_over_https_under_its_csp_and_the_csp_blocks_inline_code() {
+    let test = "the_embedded_page_works_over_https_under_its_csp";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let tls = sotto_signaling::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let config = ServerConfig {
+        tls: Some(tls.config.clone()),
+        embedded_web: true,
+        ..ServerConfig::default()
+    };
+    let app = App::new(config, shutdown.clone());
+    tokio::spawn(serve(listener, app.clone()));
+    let _stop = shutdown.drop_guard();
+
+    let page = browser.new_page(Some(RECORD_VIOLATIONS)).await;
+    page.ignore_certificate_errors().await;
+    page.goto(&format!(
+        "https://localhost:{}/?room={}&name=web",
+        addr.port(),
+        room(test)
+    ))
+    .await;
+    // Joined over wss:// (connect-src 'self'), modules and styles from files.
+    wait_status(&page, "waiting for someone", CONNECT).await;
+    assert_eq!(
+        app.metrics.peers.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(page.eval("location.protocol").await, "https:");
+    let weight = page
+        .eval("getComputedStyle(document.getElementById('status')).fontWeight")
+        .await;
+    assert_eq!(weight, "700", "style.css applies");
+    let violations = page.eval("window.cspViolations").await;
+    assert_eq!(
+        violations,
+        serde_json::json!([]),
+        "the page itself breaks no rule"
+    );
+
+    // The policy is in force: inline script and eval are refused, and reported.
+    let inline_ran = page
+        .eval(
+            "(() => { const s = document.createElement('script'); \
+               s.textContent = 'window.inlineRan = true'; document.body.append(s); \
+               return window.inlineRan === true; })()",
+        )
+        .await;
+    assert_eq!(inline_ran, false, "inline script ran");
+    let eval = page
+        .eval("(() => { try { return eval('6 * 7'); } catch (e) { return e.name; } })()")
+        .await;
+    assert_eq!(eval, "EvalError");
+    let violations = page
+        .wait_for(
+            "window.cspViolations.length >= 2 ? window.cspViolations : null",
+            Duration::from_secs(30),
+            "the violations reported",
+        )
+        .await;
+    let text = violations.to_string();
+    assert!(text.contains("script-src"), "{text}");
+}
