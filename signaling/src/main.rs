@@ -187,6 +187,9 @@ fn run(args: ServeArgs) -> Result<(), String> {
     } else {
         None
     };
+    if let Some(dir) = args.web_dir.as_ref().filter(|dir| !dir.is_dir()) {
+        tracing::warn!(dir = %dir.display(), "--web-dir is not a directory: serving no page");
+    }
     let config = ServerConfig {
         limits: Limits {
             max_message_bytes: args.max_message_bytes,

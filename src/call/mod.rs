@@ -187,6 +187,13 @@ impl CallBuilder {
         self
     }
 
+    /// For a `wss://` server: trust only the certificates in this PEM file (a private CA, or
+    /// a self-signed server's certificate) instead of the public roots.
+    pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.ca_cert = Some(path.into());
+        self
+    }
+
     /// Our long-term identity (default: a fresh one for this call only).
     pub fn identity(mut self, identity: Arc<Identity>) -> Self {
         self.identity = Some(identity);

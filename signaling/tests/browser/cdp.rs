@@ -320,6 +320,13 @@ impl Page {
         .await;
     }
 
+    /// Turns this page's Content-Security-Policy off, for a test that needs what the policy
+    /// forbids (a WebSocket to another origin).
+    pub async fn bypass_csp(&self) {
+        self.call("Page.setBypassCSP", json!({ "enabled": true }))
+            .await;
+    }
+
     /// Loads `url`.
     pub async fn goto(&self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;

@@ -79,13 +79,20 @@ async fn the_embedded_page_works_over_https_under_its_csp_and_the_csp_blocks_inl
         .wait_for("window.evalResult", Duration::from_secs(30), "eval tried")
         .await;
     assert_eq!(eval, "EvalError");
+    // A WebSocket to any other origin (a hostile relay) is refused.
+    page.eval(
+        "try { window.elsewhere = new WebSocket('ws://127.0.0.1:9/ws'); } \
+           catch (e) { window.elsewhere = e.name; } true",
+    )
+    .await;
     let violations = page
         .wait_for(
-            "window.cspViolations.length >= 2 ? window.cspViolations : null",
+            "window.cspViolations.length >= 3 ? window.cspViolations : null",
             Duration::from_secs(30),
             "the violations reported",
         )
         .await;
     let text = violations.to_string();
     assert!(text.contains("script-src"), "{text}");
+    assert!(text.contains("connect-src ws://127.0.0.1:9/ws"), "{text}");
 }
