@@ -692,6 +692,23 @@ mod tests {
     }
 
     #[test]
+    fn ca_cert_is_for_wss_servers_and_reaches_the_call() {
+        let o = CallOptions::from_json(
+            r#"{"server":"wss://h/ws","room":"r","ca-cert":"/etc/sotto/ca.pem"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            o.config().ca_cert.as_deref(),
+            Some(std::path::Path::new("/etc/sotto/ca.pem"))
+        );
+        let plain = CallOptions::from_json(r#"{"server":"ws://h/ws","room":"r","ca-cert":"a"}"#);
+        assert!(
+            matches!(plain, Err(OptionsError::Invalid(ref m)) if m.contains("--ca-cert")),
+            "{plain:?}"
+        );
+    }
+
+    #[test]
     fn json_refuses_what_the_flags_refuse() {
         for bad in [
             r#"{"server":"ws://h/ws","room":"r","colour":"red"}"#,
