@@ -118,7 +118,12 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<TlsSetup, TlsError> {
     let Some(leaf) = chain.first().cloned() else {
         return Err(file_error(cert, "no CERTIFICATE in the file".into()));
     };
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            file_error(key, "no PRIVATE KEY in the file".into())
+        }
+        e => file_error(key, e.to_string()),
+    })?;
     Ok(TlsSetup {
         config: server_config(chain, key)?,
         certificate: leaf,
@@ -260,6 +265,57 @@ mod tests {
             fingerprint(b"abc"),
             "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
         );
+    }
+
+    #[test]
+    fn unusable_pem_files_are_refused_with_the_file_named() {
+        let dir = std::env::temp_dir().join(format!("sotto-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        let setup = self_signed(&["localhost".into()]).unwrap();
+        std::fs::write(&cert, setup.certificate_pem()).unwrap();
+        // A certificate where the key should be, and a file that is missing.
+        let err = from_pem_files(&cert, &cert).unwrap_err().to_string();
+        assert!(
+            err.contains("cert.pem") && err.contains("no PRIVATE KEY"),
+            "{err}"
+        );
+        let err = from_pem_files(&dir.join("none.pem"), &cert)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("none.pem"), "{err}");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = from_pem_files(&empty, &cert).unwrap_err().to_string();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_load_and_a_foreign_key_does_not() {
+        let dir = std::env::temp_dir().join(format!("sotto-tls-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let loaded = from_pem_files(&cert_file, &key_file).unwrap();
+        assert_eq!(loaded.fingerprint(), fingerprint(cert.der()));
+        let foreign = dir.join("foreign.pem");
+        std::fs::write(
+            &foreign,
+            rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        )
+        .unwrap();
+        assert!(matches!(
+            from_pem_files(&cert_file, &foreign),
+            Err(TlsError::Config(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
