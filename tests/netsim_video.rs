@@ -110,22 +110,9 @@ impl Netns {
         ])
     }
 
-    /// A TCP listener inside namespace A (a socket stays in the namespace it was made in).
+    /// A TCP listener inside namespace A.
     fn listen_in_a(&self) -> std::net::TcpListener {
-        let path = format!("/run/netns/{}", self.a);
-        let addr = format!("{ADDR_A}:0");
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(&path).unwrap();
-            // Only this thread moves; it ends right after.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let l = std::net::TcpListener::bind(&addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            l
-        })
-        .join()
-        .unwrap()
+        common::tcp_listener_in_netns(&self.a, &format!("{ADDR_A}:0"))
     }
 }
 
@@ -452,11 +439,8 @@ fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     let (mut clear_blocks, mut blocks) = (0usize, 0usize);
     // The first second holds the call's start (silence before audio flows).
     for (i, second) in seconds.iter().enumerate().skip(1) {
-        let clear = second
-            .chunks_exact(2400)
-            .filter(|b| common::tone_ratio(b, 48_000.0, 440.0) >= 0.5)
-            .count();
-        let share = clear as f64 / 20.0;
+        let share = common::tone_blocks(second, 440.0);
+        let clear = (share * 20.0).round() as usize;
         per_second.push(format!("{share:.2}"));
         if clear < 20 {
             let detail: Vec<String> = second

@@ -916,15 +916,27 @@ impl MediaTransport {
     async fn local_sdp(&self) -> Result<String, TransportError> {
         let mut gathered = self.gathered.clone();
         let wait = gathered.wait_for(|done| *done);
-        tokio::time::timeout(self.gather_timeout, wait)
-            .await
-            .map_err(|_| TransportError::Timeout("ICE gathering"))?
-            .map_err(|_| TransportError::Closed)?;
+        match tokio::time::timeout(self.gather_timeout, wait).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(TransportError::Closed),
+            // A STUN or TURN server that does not answer (a firewall that drops UDP) must not
+            // stop the call: it goes ahead with the candidates gathered so far.
+            Err(_) => tracing::warn!(
+                "ICE gathering did not finish within {:?}; going on with the candidates found",
+                self.gather_timeout
+            ),
+        }
         let desc = self
             .pc
             .local_description()
             .await
             .ok_or_else(|| rtc_err("no local description"))?;
+        let candidates: Vec<&str> = desc
+            .sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate"))
+            .collect();
+        tracing::debug!(?candidates, "local candidates gathered");
         Ok(desc.sdp)
     }
 
