@@ -72,12 +72,19 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// With a secret set, joining needs a token minted with it.
     pub secret: Option<Vec<u8>>,
-    /// Static files served at `/` (the web client), if any.
+    /// Serve the web client from this directory at `/` (for development), instead of the
+    /// copy compiled into the binary.
     pub web_dir: Option<PathBuf>,
+    /// Without `web_dir`: serve the web client compiled into the binary at `/`. Off (no page,
+    /// only `/ws` and `/healthz`) unless set.
+    pub embedded_web: bool,
     /// Browser origins (`scheme://host[:port]`) allowed to open a WebSocket. Empty: only the
     /// server's own origin (the `Origin` names the `Host` the request was sent to). Requests
     /// without an `Origin` (native clients) are always allowed.
     pub allowed_origins: Vec<String>,
     /// STUN and TURN servers offered to every peer in `welcome`.
     pub ice: crate::turn::IceOffer,
+    /// Serve HTTPS and WSS with this rustls configuration (see [`crate::tls`]); plain HTTP and
+    /// WS without it.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }

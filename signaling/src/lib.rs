@@ -12,8 +12,10 @@ mod connection;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod turn;
+pub mod web;
 
 pub use config::{Limits, ServerConfig};
 pub use server::{App, metrics_router, router, serve, serve_metrics};

@@ -56,9 +56,10 @@ struct ServeArgs {
     /// STUN server offered to peers: stun:HOST[:PORT] (repeatable).
     #[arg(long = "stun-url", value_name = "URL")]
     stun_urls: Vec<String>,
-    /// Directory served at `/` (the web client).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
-    web_dir: PathBuf,
+    /// Serve the web client at `/` from this directory instead of the copy built into the
+    /// binary (for development; a path that is not a directory serves no page).
+    #[arg(long, value_name = "DIR")]
+    web_dir: Option<PathBuf>,
     /// Largest client message, in bytes.
     #[arg(long, default_value_t = Limits::default().max_message_bytes)]
     max_message_bytes: usize,
@@ -90,6 +91,25 @@ struct ServeArgs {
     /// Without any, only pages from this server itself (and clients without an Origin).
     #[arg(long = "allowed-origin", value_name = "URL", value_parser = origin)]
     allowed_origins: Vec<String>,
+    /// Serve HTTPS and WSS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS and WSS with a certificate made at start for this host's names and
+    /// addresses (for a LAN test); prints its SHA-256 fingerprint.
+    #[arg(long)]
+    tls_self_signed: bool,
+    /// With --tls-self-signed: also write the certificate (PEM, no key) to FILE, for clients'
+    /// `--ca-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_self_signed")]
+    tls_cert_out: Option<PathBuf>,
     /// Serve `/metrics` on this address (keep it private); off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -168,6 +188,23 @@ fn run(args: ServeArgs) -> Result<(), String> {
         Some(s) if s.is_empty() => return Err("the secret must not be empty".into()),
         other => other.map(String::into_bytes),
     };
+    let tls = if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        Some(sotto_signaling::tls::from_pem_files(cert, key).map_err(|e| e.to_string())?)
+    } else if args.tls_self_signed {
+        let names = sotto_signaling::tls::host_names(args.listen.ip());
+        let setup = sotto_signaling::tls::self_signed(&names).map_err(|e| e.to_string())?;
+        if let Some(out) = &args.tls_cert_out {
+            std::fs::write(out, setup.certificate_pem())
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+        }
+        tracing::info!(names = ?names, "self-signed certificate made");
+        Some(setup)
+    } else {
+        None
+    };
+    if let Some(dir) = args.web_dir.as_ref().filter(|dir| !dir.is_dir()) {
+        tracing::warn!(dir = %dir.display(), "--web-dir is not a directory: serving no page");
+    }
     let config = ServerConfig {
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
@@ -188,9 +225,11 @@ fn run(args: ServeArgs) -> Result<(), String> {
             ..Limits::default()
         },
         secret,
-        web_dir: args.web_dir.is_dir().then_some(args.web_dir),
+        embedded_web: args.web_dir.is_none(),
+        web_dir: args.web_dir.filter(|dir| dir.is_dir()),
         allowed_origins: args.allowed_origins,
         ice,
+        tls: tls.as_ref().map(|t| t.config.clone()),
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
@@ -207,7 +246,12 @@ fn run(args: ServeArgs) -> Result<(), String> {
             None => None,
         };
         // One parseable line on stdout: tools wait for it to learn the port.
-        println!("listening on ws://{addr}/ws");
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        println!("listening on {scheme}://{addr}/ws");
+        if let Some(tls) = &tls {
+            // Second line with TLS: what a visitor compares with the browser's certificate view.
+            println!("certificate SHA-256 fingerprint {}", tls.fingerprint());
+        }
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
         let shutdown = CancellationToken::new();
@@ -215,7 +259,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
         let app = App::new(config, shutdown);
         if let Some(listener) = metrics_listener {
             let at = listener.local_addr().map_err(|e| e.to_string())?;
-            // A second line, only with the flag: the first stays the call address.
+            // Another line, only with the flag: the first stays the call address.
             println!("metrics on http://{at}/metrics");
             let _ = std::io::stdout().flush();
             tokio::spawn(serve_metrics(listener, app.clone()));

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub messages_received: AtomicU64,
     /// Messages delivered to peers by relay (one per recipient).
     pub messages_relayed: AtomicU64,
+    /// WebSocket upgrades refused (HTTP 403) because of their `Origin`.
+    pub origins_refused: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -98,6 +100,12 @@ impl Metrics {
             "counter",
             "Messages delivered to peers by relay.",
             self.messages_relayed.load(Relaxed),
+        );
+        metric(
+            "origins_refused_total",
+            "counter",
+            "WebSocket upgrades refused for their Origin.",
+            self.origins_refused.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -192,6 +192,7 @@ async fn ws(
     slot: Option<Extension<Slot>>,
 ) -> Response {
     if !origin_allowed(&app.config, &headers) {
+        app.metrics.origins_refused.fetch_add(1, Relaxed);
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     // Frames a little over the limit still arrive, so the client gets a `too_large` error
@@ -236,7 +237,8 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-/// The call listener's routes: `/ws`, `/healthz`, and the web client's files at `/`.
+/// The call listener's routes: `/ws`, `/healthz`, and the web client's files at `/`, every
+/// response with the security headers of [`crate::web`].
 /// `/metrics` is not among them: see [`metrics_router`].
 pub fn router(app: Arc<App>) -> Router {
     let mut router = Router::new()
@@ -244,8 +246,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz));
     if let Some(dir) = &app.config.web_dir {
         router = router.fallback_service(tower_http::services::ServeDir::new(dir));
+    } else if app.config.embedded_web {
+        router = router.fallback(crate::web::embedded);
     }
-    router.with_state(app)
+    router
+        .layer(axum::middleware::map_response(crate::web::security_headers))
+        .with_state(app)
 }
 
 /// The operator's routes, for a separate (private) listener: `/metrics` and `/healthz`.
@@ -255,6 +261,10 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .with_state(app)
 }
+
+/// A client's byte stream: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Refused connections being answered at one time; past this, they are just closed.
 const MAX_REFUSING: usize = 64;
@@ -294,7 +304,8 @@ fn refuse(mut tcp: TcpStream, app: &Arc<App>, code: ErrorCode) {
 }
 
 /// Serves HTTP/1.1 on `listener` with `router` until `app.shutdown` is cancelled. With
-/// `capped`, connections count against the raw and per-address caps.
+/// `capped` (the call listener), connections count against the raw and per-address caps and
+/// speak TLS if the server has it.
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
@@ -344,7 +355,31 @@ async fn accept_loop(
         let router = router.clone();
         let shutdown = app.shutdown.clone();
         let http = http.clone();
+        let tls = app.config.tls.clone().filter(|_| capped);
+        let handshake_timeout = app.config.limits.header_timeout;
         app.tracker.spawn(async move {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(tcp),
+                // The handshake gets the header timeout: a client that stalls in it holds a
+                // slot no longer than one that stalls in its request headers.
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        done = tokio::time::timeout(handshake_timeout, accept) => match done {
+                            Ok(Ok(stream)) => Box::new(stream),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, "TLS handshake: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    }
+                }
+            };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 if let Some(slot) = &slot {
                     req.extensions_mut().insert(slot.clone());
@@ -357,7 +392,7 @@ async fn accept_loop(
                 }
             });
             let conn = http
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

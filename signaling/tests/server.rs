@@ -1034,6 +1034,14 @@ async fn websocket_origins_are_checked() {
         .await;
     assert_forbidden(connect_with_origin(&server, Some("https://evil.example")).await);
     assert_forbidden(connect_with_origin(&server, Some("null")).await);
+    assert_eq!(server.app.metrics.origins_refused.load(Relaxed), 2);
+    assert!(
+        server
+            .app
+            .metrics
+            .render()
+            .contains("sotto_signaling_origins_refused_total 2\n")
+    );
     server.stop().await;
 
     // With an allow-list: no Origin, or a listed one; not even the server's own.

@@ -89,6 +89,9 @@ pub struct CallConfig {
     pub name: String,
     /// Join token, for servers with a secret.
     pub token: Option<String>,
+    /// For a `wss://` server: trust only the certificates in this PEM file (a private CA, or a
+    /// self-signed server's certificate) instead of the public roots.
+    pub ca_cert: Option<std::path::PathBuf>,
     /// SFrame cipher suite (both peers must use the same).
     pub suite: CipherSuite,
     /// Opus settings; `opus.frame` is the frame length of the whole call.
@@ -119,6 +122,7 @@ impl CallConfig {
             room: room.into(),
             name: "sotto".into(),
             token: None,
+            ca_cert: None,
             suite: CipherSuite::AesGcm128Sha256,
             opus: OpusConfig::default(),
             playout: PlayoutConfig::default(),
@@ -180,6 +184,13 @@ impl CallBuilder {
     /// Join token for servers with a secret.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.config.token = Some(token.into());
+        self
+    }
+
+    /// For a `wss://` server: trust only the certificates in this PEM file (a private CA, or
+    /// a self-signed server's certificate) instead of the public roots.
+    pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.ca_cert = Some(path.into());
         self
     }
 

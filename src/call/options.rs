@@ -96,6 +96,11 @@ pub struct CallOptions {
     #[arg(long, value_name = "TOKEN")]
     #[serde(default)]
     pub token: Option<String>,
+    /// Trust only the certificates in this PEM file for a wss:// --server (a private CA, or
+    /// the certificate a `sotto-signaling --tls-self-signed` wrote with --tls-cert-out).
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
     /// Local UDP address for media (repeatable). The default, 0.0.0.0:0, offers every
     /// interface but loopback; use 127.0.0.1:0 for two peers on one machine without a network.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
@@ -338,6 +343,7 @@ impl CallOptions {
             duration: None,
             stats_json: None,
             token: None,
+            ca_cert: None,
             bind: default_bind(),
             ice_server: Vec::new(),
             ice_username: String::new(),
@@ -370,6 +376,11 @@ impl CallOptions {
                 "--server must be a ws:// or wss:// URL, got {:?}",
                 self.server
             )));
+        }
+        if self.ca_cert.is_some() && !self.server.starts_with("wss://") {
+            return Err(OptionsError::Invalid(
+                "--ca-cert is for a wss:// --server".into(),
+            ));
         }
         if let Some(hz) = self.tone {
             check_tone(hz).map_err(OptionsError::Invalid)?;
@@ -488,6 +499,7 @@ impl CallOptions {
     pub fn config(&self) -> CallConfig {
         let mut config = CallConfig::new(self.server.clone(), self.room.clone());
         config.transport.udp_addrs = self.bind.iter().map(|a| a.to_string()).collect();
+        config.ca_cert = self.ca_cert.clone();
         if !self.ice_server.is_empty() {
             config.transport.ice_servers = vec![IceServer {
                 urls: self.ice_server.clone(),
@@ -685,6 +697,23 @@ mod tests {
         let c = v.config();
         assert_eq!(c.video.size, Some((1280, 720)));
         assert_eq!(c.video.max_kbps, Some(900));
+    }
+
+    #[test]
+    fn ca_cert_is_for_wss_servers_and_reaches_the_call() {
+        let o = CallOptions::from_json(
+            r#"{"server":"wss://h/ws","room":"r","ca-cert":"/etc/sotto/ca.pem"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            o.config().ca_cert.as_deref(),
+            Some(std::path::Path::new("/etc/sotto/ca.pem"))
+        );
+        let plain = CallOptions::from_json(r#"{"server":"ws://h/ws","room":"r","ca-cert":"a"}"#);
+        assert!(
+            matches!(plain, Err(OptionsError::Invalid(ref m)) if m.contains("--ca-cert")),
+            "{plain:?}"
+        );
     }
 
     #[test]

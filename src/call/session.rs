@@ -212,6 +212,7 @@ impl Session {
             self.config.name.clone(),
         );
         signal_config.token = self.config.token.clone();
+        signal_config.ca_cert = self.config.ca_cert.clone();
         signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
         let (signal, mut signal_events) = SignalClient::connect(signal_config);
         let mut run = Run {

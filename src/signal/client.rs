@@ -1,6 +1,7 @@
 //! The signaling client: joins a room, relays messages, and reconnects with exponential
 //! backoff and jitter when the connection drops, rejoining the room each time.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,10 +13,12 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::protocol::{
     ClientMessage, ErrorCode, IceServerInfo, PROTOCOL_VERSION, PeerInfo, ServerMessage,
 };
+use super::tls::{self, ConnectError, Io};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -36,6 +39,9 @@ pub struct SignalConfig {
     pub max_attempts: Option<u32>,
     /// Time allowed for one connection attempt.
     pub connect_timeout: Duration,
+    /// For `wss://`: trust only the certificates in this PEM file (a private CA, or a
+    /// self-signed server's own certificate) instead of the usual public roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl SignalConfig {
@@ -50,6 +56,7 @@ impl SignalConfig {
             backoff_max: Duration::from_secs(10),
             max_attempts: None,
             connect_timeout: Duration::from_secs(5),
+            ca_cert: None,
         }
     }
 }
@@ -285,6 +292,45 @@ async fn run(
     }
 }
 
+/// Opens the WebSocket: `ws://` over TCP, `wss://` over TLS.
+async fn connect(
+    config: &SignalConfig,
+) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, ConnectError> {
+    let request = config
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Fatal(format!("bad server URL {:?}: {e}", config.url)))?;
+    let uri = request.uri();
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => {
+            return Err(ConnectError::Fatal(format!(
+                "server URL {:?} is not ws:// or wss://",
+                config.url
+            )));
+        }
+    };
+    let Some(host) = uri.host().map(str::to_string) else {
+        return Err(ConnectError::Fatal(format!(
+            "server URL {:?} has no host",
+            config.url
+        )));
+    };
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tls = if secure {
+        Some(tls::client_config(config.ca_cert.as_deref()).map_err(ConnectError::Fatal)?)
+    } else {
+        None
+    };
+    let io = tls::open(&host, port, tls.as_ref()).await?;
+    match tokio_tungstenite::client_async(request, io).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(e) => Err(ConnectError::Transient(format!("connect failed: {e}"))),
+    }
+}
+
 /// One connection: connect, join, relay until it ends.
 async fn session(
     config: &SignalConfig,
@@ -293,10 +339,10 @@ async fn session(
     joined: &AtomicBool,
     failures: &mut u32,
 ) -> SessionEnd {
-    let connect = tokio_tungstenite::connect_async(config.url.as_str());
-    let ws = match tokio::time::timeout(config.connect_timeout, connect).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return SessionEnd::Dropped(format!("connect failed: {e}")),
+    let ws = match tokio::time::timeout(config.connect_timeout, connect(config)).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(ConnectError::Transient(e))) => return SessionEnd::Dropped(e),
+        Ok(Err(ConnectError::Fatal(e))) => return SessionEnd::Fatal(e),
         Err(_) => return SessionEnd::Dropped("connect timed out".into()),
     };
     let (mut sink, mut stream) = ws.split();

@@ -24,6 +24,7 @@
 
 mod client;
 pub mod protocol;
+mod tls;
 
 pub use client::{SignalClient, SignalConfig, SignalError, SignalEvent};
 pub use protocol::{ErrorCode, IceServerInfo, PeerInfo};

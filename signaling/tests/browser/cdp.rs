@@ -311,6 +311,22 @@ impl Page {
         .await;
     }
 
+    /// Accepts any server certificate in this page (a self-signed test server's).
+    pub async fn ignore_certificate_errors(&self) {
+        self.call(
+            "Security.setIgnoreCertificateErrors",
+            json!({ "ignore": true }),
+        )
+        .await;
+    }
+
+    /// Turns this page's Content-Security-Policy off, for a test that needs what the policy
+    /// forbids (a WebSocket to another origin).
+    pub async fn bypass_csp(&self) {
+        self.call("Page.setBypassCSP", json!({ "enabled": true }))
+            .await;
+    }
+
     /// Loads `url`.
     pub async fn goto(&self, url: &str) {
         self.call("Page.navigate", json!({ "url": url })).await;

@@ -5,6 +5,7 @@
 
 mod cdp;
 mod cli;
+mod csp;
 #[path = "../support/mitm.rs"]
 mod mitm;
 mod mitm_pages;

@@ -108,7 +108,10 @@ async fn a_server_swapping_dtls_fingerprints_ends_the_call_in_both_pages() {
 
 /// From now on `page` talks to `server` for signaling while it still loads the client from its
 /// own origin (so its IndexedDB, with the pins of earlier calls, stays the same).
+/// The page's CSP (`connect-src 'self'`) already refuses such a WebSocket (the CSP test shows
+/// it), so it is bypassed here: the handshake's defences must hold without the CSP too.
 async fn signal_through(page: &Page, server: &Mitm) {
+    page.bypass_csp().await;
     page.add_init_script(&format!(
         "{{ const Real = WebSocket; window.WebSocket = class extends Real {{ constructor(url, p) {{ super({:?}, p); }} }}; }}",
         server.url

@@ -96,7 +96,12 @@ impl Mitm {
         if let Some(dir) = web_dir {
             router = router.fallback_service(tower_http::services::ServeDir::new(dir));
         }
-        let app = router.with_state(Arc::clone(&state));
+        // Pages under the same CSP and headers as from the real server.
+        let app = router
+            .layer(axum::middleware::map_response(
+                sotto_signaling::web::security_headers,
+            ))
+            .with_state(Arc::clone(&state));
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {

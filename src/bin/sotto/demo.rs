@@ -27,9 +27,13 @@ pub struct DemoArgs {
     /// Seconds the two peers talk once connected.
     #[arg(long, default_value_t = 5.0, value_parser = parse_secs)]
     duration: f64,
-    /// Use this signaling server instead of starting one (ws://HOST:PORT/ws).
+    /// Use this signaling server instead of starting one (ws://HOST:PORT/ws or wss://).
     #[arg(long, value_name = "WS-URL")]
     server: Option<String>,
+    /// With a wss:// --server: trust only the certificates in this PEM file (a private CA, or
+    /// a self-signed server's certificate).
+    #[arg(long, value_name = "PEM", requires = "server")]
+    ca_cert: Option<PathBuf>,
     /// Use tones even where audio devices exist.
     #[arg(long)]
     tones: bool,
@@ -225,11 +229,20 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     result
 }
 
-fn builder(url: &str, room: &str, name: &str) -> Result<CallBuilder, String> {
+fn builder(
+    url: &str,
+    ca_cert: Option<&PathBuf>,
+    room: &str,
+    name: &str,
+) -> Result<CallBuilder, String> {
     let identity = Identity::generate().map_err(|e| e.to_string())?;
-    Ok(CallBuilder::new(url, room)
+    let builder = CallBuilder::new(url, room)
         .name(name)
-        .identity(Arc::new(identity)))
+        .identity(Arc::new(identity));
+    Ok(match ca_cert {
+        Some(pem) => builder.ca_cert(pem.clone()),
+        None => builder,
+    })
 }
 
 /// Reads events until `Connected`; keeps the safety code seen on the way.
@@ -262,8 +275,8 @@ async fn demo(args: &DemoArgs, url: &str) -> Result<(), String> {
         recorder: Some(bob_recorder.clone()),
         video: None,
     };
-    let mut alice_builder = builder(url, &room, "alice")?;
-    let mut bob_builder = builder(url, &room, "bob")?;
+    let mut alice_builder = builder(url, args.ca_cert.as_ref(), &room, "alice")?;
+    let mut bob_builder = builder(url, args.ca_cert.as_ref(), &room, "bob")?;
     if args.video {
         alice_builder = with_video(alice_builder, &mut alice_peer)?;
         bob_builder = with_video(bob_builder, &mut bob_peer)?;
