@@ -1,13 +1,31 @@
-//! Audio on top of the playout buffer: decode, recover from FEC, or conceal.
+//! Audio on top of the playout buffer: decode, recover from FEC, or conceal, and steer the
+//! delay by time-stretching.
+//!
+//! Decoded audio goes into a small sample FIFO; the device takes exactly the samples it asks
+//! for from its front. Each time the FIFO runs short, one frame is decoded (or concealed) and
+//! the delay controller looks at the playout offset of that frame, `P = output time - media
+//! timestamp`, against the target from [`DelayManager`]: above it by more than a couple of
+//! milliseconds, the unplayed audio is shortened by whole pitch periods (accelerate); below,
+//! lengthened (preemptive expand). A missing packet is waited for (concealed without
+//! advancing) while `P` is under the target, and given up as lost at or above it. The first
+//! real frame after concealment is merged into it. Stretching changes how many decoded
+//! samples the device consumes, never how many it gets.
 
 use std::time::Duration;
 
 use super::buffer::{Packet, Playout, PlayoutBuffer, PlayoutConfig};
+use super::delay::DelayManager;
 use super::stats::PlayoutStats;
+use super::stretch::Stretcher;
 use crate::media::{CodecError, DecodeKind, OpusDecoder};
 
 /// Concealed frames in a row after which output turns to silence (PLC would only buzz on).
 const MAX_CONCEAL_RUN: u32 = 10;
+/// Excess over the target (ticks, 2 ms) before audio is shortened, and shortfall before it is
+/// lengthened: hysteresis so steady audio is left alone.
+const STEER_MARGIN: i64 = 96;
+/// Packets inserted between two calls whose readiness is remembered.
+const PENDING: usize = 64;
 
 /// The audio-specific seam: how to turn a packet (or its absence) into one frame of samples.
 pub trait FrameDecoder {
@@ -31,49 +49,248 @@ impl FrameDecoder for OpusDecoder {
     }
 }
 
-/// A playout buffer plus a decoder: packets in, one audio frame out per `next_frame` call.
+/// A playout buffer plus a decoder: packets in, audio out in whatever lengths the device asks.
 #[derive(Debug)]
 pub struct AudioPlayout<D: FrameDecoder> {
     buffer: PlayoutBuffer,
     decoder: D,
     conceal_run: u32,
     last_played: Option<u32>,
+    last_kind: DecodeKind,
+    frame_samples: usize,
+    frame_ticks: i64,
+    clock_rate: u32,
+    /// Decoded, not yet played audio is `fifo[head..tail]`.
+    fifo: Vec<f32>,
+    head: usize,
+    tail: usize,
+    /// One frame of scratch, and the previous decoded frame (the tail a merge continues).
+    frame: Vec<f32>,
+    prev: Vec<f32>,
+    prev_concealed: bool,
+    stretcher: Stretcher,
+    delay: DelayManager,
+    /// Highest extended timestamp seen (unwrapping reference).
+    ts_high: Option<i64>,
+    /// Extended timestamps of packets inserted since the last call.
+    pending: [i64; PENDING],
+    pending_len: usize,
+    /// Media timestamp of the next sample to be appended to the FIFO.
+    play_ts: Option<i64>,
 }
 
 impl<D: FrameDecoder> AudioPlayout<D> {
     /// Wraps `decoder` with a buffer configured by `cfg`.
     pub fn new(cfg: PlayoutConfig, decoder: D) -> Self {
+        let buffer = PlayoutBuffer::new(cfg);
+        let clock_rate = cfg.clock_rate.max(1);
+        let frame_ticks =
+            (cfg.frame.as_nanos() * u128::from(clock_rate) / 1_000_000_000).max(1) as i64;
+        let frame_samples = frame_ticks as usize;
         Self {
-            buffer: PlayoutBuffer::new(cfg),
+            buffer,
             decoder,
             conceal_run: 0,
             last_played: None,
+            last_kind: DecodeKind::Silence,
+            frame_samples,
+            frame_ticks,
+            clock_rate,
+            fifo: vec![0.0; 4 * frame_samples],
+            head: 0,
+            tail: 0,
+            frame: vec![0.0; frame_samples],
+            prev: vec![0.0; frame_samples],
+            prev_concealed: false,
+            stretcher: Stretcher::new(),
+            delay: DelayManager::new(frame_ticks * 48_000 / i64::from(clock_rate)),
+            ts_high: None,
+            pending: [0; PENDING],
+            pending_len: 0,
+            play_ts: None,
         }
     }
 
-    /// Offers a received packet.
-    pub fn insert(&mut self, packet: Packet, now: Duration) {
-        self.buffer.insert(packet, now);
+    fn ticks(&self, t: Duration) -> i64 {
+        (t.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000) as i64
     }
 
-    /// Produces the next frame into `out` and says how it was made. Never fails: a packet the
-    /// decoder rejects is concealed and counted in `decode_errors`.
+    fn extend_ts(&mut self, ts: u32) -> i64 {
+        let ext = match self.ts_high {
+            None => i64::from(ts) + (1 << 32),
+            Some(h) => h + i64::from(ts.wrapping_sub(h as u32) as i32),
+        };
+        if self.ts_high.is_none_or(|h| ext > h) {
+            self.ts_high = Some(ext);
+        }
+        ext
+    }
+
+    /// Offers a received packet that arrived at `now`.
+    pub fn insert(&mut self, packet: Packet, now: Duration) {
+        let ts = self.extend_ts(packet.timestamp);
+        let before = (self.buffer.stats().received, self.buffer.stats().late);
+        self.buffer.insert(packet, now);
+        let s = self.buffer.stats();
+        if (s.received, s.late) != before {
+            self.delay.arrived(self.ticks(now) - ts);
+            if self.pending_len < PENDING {
+                self.pending[self.pending_len] = ts;
+                self.pending_len += 1;
+            }
+        }
+    }
+
+    /// Produces one frame (`out.len()` samples, normally a frame) and says how the last audio
+    /// decoded for it was made. Never fails: a packet the decoder rejects is concealed and
+    /// counted in `decode_errors`. Same as [`Self::fill`].
     pub fn next_frame(&mut self, now: Duration, out: &mut [f32]) -> DecodeKind {
+        self.fill(now, out)
+    }
+
+    /// Fills `out` (any length: what the device asks for at `now`) from the FIFO, decoding
+    /// and stretching frames as it runs short. Returns how the last frame decoded during this
+    /// call was made (or, if none was, the one before).
+    pub fn fill(&mut self, now: Duration, out: &mut [f32]) -> DecodeKind {
         self.last_played = None;
-        let kind = match self.buffer.pop(now) {
-            Playout::Packet(p) => match self.decoder.decode(&p.payload, out) {
-                Ok(()) => {
-                    self.last_played = Some(p.timestamp);
-                    DecodeKind::Normal
+        let now_t = self.ticks(now);
+        self.delay.begin_batch();
+        for i in 0..self.pending_len {
+            self.delay.ready(now_t - self.pending[i]);
+        }
+        self.pending_len = 0;
+        let mut written = 0;
+        while written < out.len() {
+            // Serve in pieces of at most a frame, so the FIFO never needs more than that.
+            let want = (out.len() - written).min(self.frame_samples);
+            while self.tail - self.head < want {
+                self.produce(now_t + written as i64);
+            }
+            out[written..written + want].copy_from_slice(&self.fifo[self.head..self.head + want]);
+            self.head += want;
+            written += want;
+        }
+        self.last_kind
+    }
+
+    /// Decodes (or conceals) one frame onto the FIFO and steers the delay on it.
+    fn produce(&mut self, now_t: i64) {
+        // Make room: move the unplayed audio to the front.
+        if self.head > 0 {
+            self.fifo.copy_within(self.head..self.tail, 0);
+            self.tail -= self.head;
+            self.head = 0;
+        }
+        let queued = self.tail as i64;
+        let target = self.delay.is_ready().then(|| self.delay.target_offset());
+        // The offset the next frame plays at, if it is the next in media time.
+        let offset = |ts: i64| now_t + queued - ts;
+        let mut excess = match (self.play_ts, target) {
+            (Some(ts), Some(t)) => Some(offset(ts) - t),
+            _ => None,
+        };
+        // Far over the target (a long stall just ended): drop whole frames first.
+        let max_ticks = self.ticks(self.buffer.config().max_delay);
+        while let Some(e) = excess {
+            if e <= max_ticks || !self.buffer.skip_head() {
+                break;
+            }
+            excess = Some(e - self.frame_ticks);
+            self.play_ts = self.play_ts.map(|t| t + self.frame_ticks);
+        }
+        let give_up = excess.is_some_and(|e| e >= 0);
+        let mut frame = std::mem::take(&mut self.frame);
+        let (kind, media_ts) = self.decode_next(give_up, &mut frame);
+        // A packet sets the timeline (it may jump after DTX); a lost frame advances it; a wait
+        // inserts audio without advancing.
+        let frame_offset = match media_ts {
+            Some(ts) => {
+                self.play_ts = Some(ts + self.frame_ticks);
+                target.map(|t| offset(ts) - t)
+            }
+            None => None,
+        };
+        if matches!(kind, DecodeKind::Normal | DecodeKind::Fec) && self.prev_concealed {
+            self.stretcher.merge(&self.prev, &mut frame);
+            self.buffer.stats_mut().merged += 1;
+        }
+        self.prev_concealed = matches!(kind, DecodeKind::Plc);
+        self.fifo[self.tail..self.tail + self.frame_samples].copy_from_slice(&frame);
+        self.tail += self.frame_samples;
+        self.prev.copy_from_slice(&frame);
+        self.frame = frame;
+
+        // Steer on real audio only (concealment already moved the timeline).
+        let Some(e) = frame_offset else {
+            self.update_delay_stats(now_t);
+            return;
+        };
+        let ticks_to_samples = |t: i64| (t.max(0) as usize).min(self.frame_samples);
+        if e > STEER_MARGIN {
+            let budget = ticks_to_samples(e);
+            if let Some(r) = self
+                .stretcher
+                .accelerate(&mut self.fifo[..self.tail], budget)
+            {
+                self.tail -= r.samples;
+                let s = self.buffer.stats_mut();
+                s.accelerated += 1;
+                s.stretch_removed += r.samples as u64;
+            }
+        } else if e < -STEER_MARGIN {
+            let budget = ticks_to_samples(-e).min(self.fifo.len() - self.tail);
+            let len = self.tail;
+            if let Some(r) = self
+                .stretcher
+                .expand(&mut self.fifo[..len + budget], len, budget)
+            {
+                self.tail += r.samples;
+                let s = self.buffer.stats_mut();
+                s.preemptive_expanded += 1;
+                s.stretch_inserted += r.samples as u64;
+            }
+        }
+        self.update_delay_stats(now_t);
+    }
+
+    /// Delay figures in time: how long after the fastest recent arrival the next frame will
+    /// play, and the same for the target.
+    fn update_delay_stats(&mut self, now_t: i64) {
+        let (Some(ts), true) = (self.play_ts, self.delay.is_ready()) else {
+            return;
+        };
+        let base = self.delay.min_transit();
+        let delay = now_t + (self.tail - self.head) as i64 - ts - base;
+        let target = self.delay.target_offset() - base;
+        let rate = i64::from(self.clock_rate);
+        let dur = |t: i64| Duration::from_micros((t.max(0) * 1_000_000 / rate) as u64);
+        let s = self.buffer.stats_mut();
+        s.delay = dur(delay);
+        s.max_delay = s.max_delay.max(s.delay);
+        s.target = dur(target);
+    }
+
+    /// One frame from the buffer's decision, with the media timestamp of the packet it
+    /// decoded (if it decoded one).
+    fn decode_next(&mut self, give_up: bool, out: &mut [f32]) -> (DecodeKind, Option<i64>) {
+        let (kind, ts) = match self.buffer.pop_unsteered(give_up) {
+            Playout::Packet(p) => {
+                let ts = self.extend_ts(p.timestamp);
+                match self.decoder.decode(&p.payload, out) {
+                    Ok(()) => {
+                        self.last_played = Some(p.timestamp);
+                        (DecodeKind::Normal, Some(ts))
+                    }
+                    Err(e) => {
+                        tracing::debug!("playout: undecodable packet {}: {e}", p.seq);
+                        self.buffer.stats_mut().decode_errors += 1;
+                        self.buffer.stats_mut().concealed += 1;
+                        (self.conceal(out), Some(ts))
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!("playout: undecodable packet {}: {e}", p.seq);
-                    self.buffer.stats_mut().decode_errors += 1;
-                    self.buffer.stats_mut().concealed += 1;
-                    self.conceal(out)
-                }
-            },
+            }
             Playout::Lost { .. } => {
+                self.play_ts = self.play_ts.map(|t| t + self.frame_ticks);
                 let recovered = match self.buffer.peek_next() {
                     Some(next) if self.conceal_run < MAX_CONCEAL_RUN => {
                         self.decoder.recover(&next.payload, out).is_ok()
@@ -82,21 +299,22 @@ impl<D: FrameDecoder> AudioPlayout<D> {
                 };
                 if recovered {
                     self.buffer.stats_mut().fec_recovered += 1;
-                    DecodeKind::Fec
+                    (DecodeKind::Fec, None)
                 } else {
-                    self.conceal(out)
+                    (self.conceal(out), None)
                 }
             }
-            Playout::Wait => self.conceal(out),
-            Playout::NotStarted => {
+            Playout::Wait => (self.conceal(out), None),
+            _ => {
                 out.fill(0.0);
-                DecodeKind::Silence
+                (DecodeKind::Silence, None)
             }
         };
         if matches!(kind, DecodeKind::Normal | DecodeKind::Fec) {
             self.conceal_run = 0;
         }
-        kind
+        self.last_kind = kind;
+        (kind, ts)
     }
 
     fn conceal(&mut self, out: &mut [f32]) -> DecodeKind {
@@ -108,8 +326,8 @@ impl<D: FrameDecoder> AudioPlayout<D> {
         DecodeKind::Plc
     }
 
-    /// The RTP timestamp of the packet the last `next_frame` decoded, if it decoded one (for
-    /// tracing a frame through the pipeline).
+    /// The RTP timestamp of the packet the last `fill` (or `next_frame`) decoded, if it
+    /// decoded one (for tracing a frame through the pipeline).
     pub fn last_played(&self) -> Option<u32> {
         self.last_played
     }
@@ -122,5 +340,110 @@ impl<D: FrameDecoder> AudioPlayout<D> {
     /// The underlying buffer.
     pub fn buffer(&self) -> &PlayoutBuffer {
         &self.buffer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::playout::stretch::tests::{max_step, zc_hz};
+
+    /// A decoder whose packets carry the index of the frame of a 250 Hz tone they stand for.
+    struct ToneDecoder {
+        frame: usize,
+        next: u64,
+    }
+
+    impl ToneDecoder {
+        fn write(&mut self, index: u64, out: &mut [f32]) {
+            for (i, s) in out.iter_mut().enumerate() {
+                let t = (index as usize * self.frame + i) as f32 / 48_000.0;
+                *s = 0.5 * (std::f32::consts::TAU * 250.0 * t).sin();
+            }
+            self.next = index + 1;
+        }
+    }
+
+    impl FrameDecoder for ToneDecoder {
+        fn decode(&mut self, payload: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+            let index = u64::from_be_bytes(
+                payload
+                    .try_into()
+                    .map_err(|_| CodecError::BadPacketLength(payload.len()))?,
+            );
+            self.write(index, out);
+            Ok(())
+        }
+        fn recover(&mut self, _next: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+            let i = self.next;
+            self.write(i, out);
+            Ok(())
+        }
+        fn conceal(&mut self, out: &mut [f32]) -> Result<(), CodecError> {
+            // Ideal concealment: the tone goes on.
+            let i = self.next;
+            self.write(i, out);
+            Ok(())
+        }
+    }
+
+    fn packet(index: u64, frame: usize) -> Packet {
+        Packet {
+            seq: index as u16,
+            timestamp: (index as u32).wrapping_mul(frame as u32),
+            payload: index.to_be_bytes().to_vec(),
+        }
+    }
+
+    /// Packets arrive in bursts (a 200 ms stall at 2 s), the device pulls 10 ms periods: the
+    /// delay the stall built is shed by accelerating, without a click and at the same pitch.
+    #[test]
+    fn a_stall_is_shed_by_stretching_without_clicks() {
+        let frame = 960;
+        let mut p = AudioPlayout::new(PlayoutConfig::default(), ToneDecoder { frame, next: 0 });
+        let ms = Duration::from_millis;
+        let mut out = Vec::new();
+        let mut period = vec![0.0f32; 480];
+        let mut sent = 0u64;
+        let mut delays = Vec::new();
+        for tick in 0..800u64 {
+            let now = ms(tick * 10 + 5);
+            // Frame k is sent at 20k ms and arrives 1 ms later, or at 2.2 s if sent in the stall.
+            while sent * 20 + 1 <= tick * 10 + 5 {
+                let at = sent * 20 + 1;
+                let stalled = (2000..2200).contains(&at);
+                if stalled && tick * 10 + 5 < 2200 {
+                    break;
+                }
+                p.insert(
+                    packet(sent, frame),
+                    ms(at.max(if stalled { 2200 } else { 0 })),
+                );
+                sent += 1;
+            }
+            p.fill(now, &mut period);
+            out.extend_from_slice(&period);
+            delays.push(p.stats().delay);
+        }
+        let s = *p.stats();
+        eprintln!("{s:?}");
+        let tone: Vec<f32> = (0..4800)
+            .map(|i| 0.5 * (std::f32::consts::TAU * 250.0 * i as f32 / 48_000.0).sin())
+            .collect();
+        assert!(
+            max_step(&out) <= 1.1 * max_step(&tone),
+            "{}",
+            max_step(&out)
+        );
+        assert!(
+            (zc_hz(&out[48_000..]) - 250.0).abs() < 1.0,
+            "{}",
+            zc_hz(&out)
+        );
+        assert!(s.accelerated > 0 && s.stretch_removed >= 48 * 150, "{s:?}");
+        assert_eq!(s.lost + s.late, 0, "{s:?}");
+        // Before the stall and well after it, the delay is low.
+        assert!(delays[190] <= ms(12), "{:?}", delays[190]);
+        assert!(delays[799] <= ms(12), "{:?}", delays[799]);
     }
 }

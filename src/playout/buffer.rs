@@ -358,6 +358,58 @@ impl PlayoutBuffer {
         Playout::Lost { seq: next as u16 }
     }
 
+    /// Decides the next frame without steering the delay (no whole-frame expand, compress or
+    /// shrink): for a consumer that steers by time-stretching. A missing head with later
+    /// packets present is waited for (`Wait`) unless `give_up` is set or the wait has lasted
+    /// up to `max_delay`, then declared lost.
+    pub fn pop_unsteered(&mut self, give_up: bool) -> Playout {
+        let Some(next) = self
+            .next_seq
+            .or_else(|| self.packets.first_key_value().map(|(&k, _)| k))
+        else {
+            return Playout::NotStarted;
+        };
+        self.next_seq = Some(next);
+        let ns = self.jitter.p95_ticks().max(0) as u128 * 1_000_000_000
+            / u128::from(self.cfg.clock_rate);
+        self.stats.jitter = Duration::from_nanos(ns.min(u64::MAX as u128) as u64);
+        if self.packets.contains_key(&next) {
+            return self.take_head();
+        }
+        if self.packets.is_empty() {
+            self.stats.underruns += 1;
+            if self.stats.played > 0 {
+                self.stats.concealed += 1;
+            }
+            return Playout::Wait;
+        }
+        if !give_up && self.wait_run < self.max_frames() && self.level() <= self.max_frames() {
+            self.wait_run += 1;
+            self.stats.expanded += 1;
+            self.stats.concealed += 1;
+            return Playout::Wait;
+        }
+        self.advance(false);
+        self.stats.lost += 1;
+        self.stats.concealed += 1;
+        Playout::Lost { seq: next as u16 }
+    }
+
+    /// Drops the head packet when the one after it is here too (cutting a whole frame of
+    /// delay at once); counted in `compressed`. Returns whether it did.
+    pub fn skip_head(&mut self) -> bool {
+        let Some(next) = self.next_seq else {
+            return false;
+        };
+        if self.packets.contains_key(&next) && self.packets.contains_key(&(next + 1)) {
+            self.packets.remove(&next);
+            self.advance(false);
+            self.stats.compressed += 1;
+            return true;
+        }
+        false
+    }
+
     /// Plays the head, noting how long it waited.
     fn take_head_at(&mut self, now_ticks: i64) -> Playout {
         if let Some(next) = self.next_seq
