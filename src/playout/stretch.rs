@@ -38,6 +38,10 @@ pub struct Stretched {
     pub samples: usize,
     /// Whether it was done on a low-energy stretch (any length) rather than a pitch period.
     pub quiet: bool,
+    /// Length of the cross-fade (the pitch period, for voiced audio). Accelerate leaves
+    /// `x[..fade]` blended and continues with what followed the removed span; expand leaves
+    /// `x[..fade]`, a blended copy of the period, then the rest.
+    pub fade: usize,
 }
 
 /// Pitch search and overlap-add, with preallocated scratch.
@@ -170,6 +174,7 @@ impl Stretcher {
             return Some(Stretched {
                 samples: cut,
                 quiet: true,
+                fade: SILENT_FADE.min(cut),
             });
         }
         let (lag, corr) = self.pitch(x, MIN_LAG, budget.min(len / 2))?;
@@ -187,6 +192,7 @@ impl Stretcher {
         Some(Stretched {
             samples: cut,
             quiet: false,
+            fade: lag,
         })
     }
 
@@ -218,6 +224,7 @@ impl Stretcher {
         Some(Stretched {
             samples: lag,
             quiet: mean_square(first) < SILENT,
+            fade: lag,
         })
     }
 
