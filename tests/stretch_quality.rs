@@ -46,7 +46,9 @@ fn speech() -> Vec<f32> {
 }
 
 fn max_step(x: &[f32]) -> f32 {
-    x.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max)
+    x.windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Stretches `x` frame by frame (`frame` samples each, working on the frame plus up to a

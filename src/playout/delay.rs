@@ -26,6 +26,12 @@ const MEMORY_S: f64 = 1.0;
 const SPIKE_STEP: i64 = 960;
 /// Margin on top of the percentile, in ticks (0.5 ms).
 const GUARD: i64 = 24;
+/// How fast the spike cap's base may rise, in ticks per second of calls (40 ms/s).
+const CAP_RISE_PER_S: i64 = 1920;
+/// Weight of a packet whose delay was capped, against 1 for the others.
+const CAPPED_WEIGHT: f64 = 0.25;
+/// Batches before the cap applies (the first second or so learns the path freely).
+const WARMUP_BATCHES: u32 = 100;
 
 /// Delay target learnt from packet readiness; fixed size, no allocation after creation.
 #[derive(Debug, Clone)]
@@ -43,8 +49,10 @@ pub(crate) struct DelayManager {
     reference: i64,
     min_transit: i64,
     quantile: i64,
-    /// The percentile when the current batch of packets started (the spike cap's base).
+    /// The spike cap's base: the percentile, but rising at most [`CAP_RISE_PER_S`].
     cap_base: i64,
+    last_batch: Option<i64>,
+    batches: u32,
 }
 
 fn push_min(ring: &mut [i64; WINDOW], len: &mut usize, next: &mut usize, v: i64) -> i64 {
@@ -73,6 +81,8 @@ impl DelayManager {
             min_transit: 0,
             quantile: 0,
             cap_base: 0,
+            last_batch: None,
+            batches: 0,
         }
     }
 
@@ -86,10 +96,20 @@ impl DelayManager {
         );
     }
 
-    /// Starts a batch: the packets that became playable at one call (a burst after a stall
-    /// is one event, and its packets are capped against the percentile before it).
-    pub(crate) fn begin_batch(&mut self) {
-        self.cap_base = self.quantile;
+    /// Starts a batch: the packets that became playable at the call at `now` (ticks). The
+    /// cap's base follows the percentile down at once and up at a limited rate, so the
+    /// packets of a stall, which come over a few calls, are all capped against the
+    /// percentile from before it.
+    pub(crate) fn begin_batch(&mut self, now: i64) {
+        let dt = self.last_batch.map_or(0, |t| (now - t).clamp(0, 48_000));
+        self.last_batch = Some(now);
+        self.batches = self.batches.saturating_add(1);
+        self.cap_base = if self.batches < WARMUP_BATCHES {
+            self.quantile
+        } else {
+            self.quantile
+                .min(self.cap_base + dt * CAP_RISE_PER_S / 48_000)
+        };
     }
 
     /// Records when a packet first became playable: `ready = call time - timestamp` (ticks).
@@ -100,7 +120,13 @@ impl DelayManager {
             &mut self.ready_next,
             ready,
         );
-        let rel = (ready - self.reference).clamp(0, self.cap_base + SPIKE_STEP);
+        let raw = (ready - self.reference).max(0);
+        let cap = self.cap_base + SPIKE_STEP;
+        let (rel, w) = if raw > cap && self.batches >= WARMUP_BATCHES {
+            (cap, CAPPED_WEIGHT)
+        } else {
+            (raw, 1.0)
+        };
         let b = ((rel / BUCKET) as usize).min(BUCKETS - 1);
         // Forgetting by growing the weight of new entries instead of shrinking old ones.
         self.weight /= self.forget;
@@ -111,8 +137,8 @@ impl DelayManager {
             self.total /= self.weight;
             self.weight = 1.0;
         }
-        self.hist[b] += self.weight;
-        self.total += self.weight;
+        self.hist[b] += self.weight * w;
+        self.total += self.weight * w;
         let want = self.total * QUANTILE;
         let mut sum = 0.0;
         let mut q = BUCKETS - 1;
@@ -149,14 +175,19 @@ mod tests {
     #[test]
     fn target_follows_the_97th_percentile_and_forgets() {
         let mut d = DelayManager::new(960);
+        let mut now = 0;
+        let mut batch = |d: &mut DelayManager| {
+            now += 960;
+            d.begin_batch(now);
+        };
         for i in 0..500 {
             // 10 % of packets 20 ms late, the rest on time.
-            d.begin_batch();
+            batch(&mut d);
             d.ready(1000 + if i % 10 == 0 { 960 } else { 0 });
         }
         assert_eq!(d.target_offset(), 1000 + 960 + BUCKET + GUARD);
         for _ in 0..250 {
-            d.begin_batch();
+            batch(&mut d);
             d.ready(1000);
         }
         // Five seconds later the late packets are forgotten.
@@ -166,19 +197,26 @@ mod tests {
     #[test]
     fn one_spike_raises_the_target_by_one_step_at_most() {
         let mut d = DelayManager::new(960);
+        let mut now = 0;
         for _ in 0..200 {
-            d.begin_batch();
+            now += 960;
+            d.begin_batch(now);
             d.ready(5000);
         }
-        // 200 ms stall: ten packets come at once, 200..20 ms late.
-        d.begin_batch();
+        // 200 ms stall: ten packets come over three calls, 200..20 ms late.
         for k in 0..10 {
+            if k % 4 == 0 {
+                now += 480;
+                d.begin_batch(now);
+            }
             d.ready(5000 + 9600 - 960 * k);
         }
         // One step above the percentile before it (both on bucket edges).
         assert!(d.target_offset() <= 5000 + BUCKET + SPIKE_STEP + BUCKET + GUARD);
-        for _ in 0..100 {
-            d.begin_batch();
+        // The capped packets count a quarter: a second later the stall is forgotten.
+        for _ in 0..50 {
+            now += 960;
+            d.begin_batch(now);
             d.ready(5000);
         }
         assert_eq!(d.target_offset() - 5000, BUCKET + GUARD);
