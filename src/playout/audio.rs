@@ -21,9 +21,11 @@ use crate::media::{CodecError, DecodeKind, OpusDecoder};
 
 /// Concealed frames in a row after which output turns to silence (PLC would only buzz on).
 const MAX_CONCEAL_RUN: u32 = 10;
-/// Excess over the target (ticks, 2 ms) before audio is shortened, and shortfall before it is
+/// Excess over the target (ticks, 0.5 ms) before audio is shortened (voiced audio needs a
+/// whole period of excess, silence goes in any length), and shortfall (2 ms) before it is
 /// lengthened: hysteresis so steady audio is left alone.
-const STEER_MARGIN: i64 = 96;
+const ACCELERATE_MARGIN: i64 = 24;
+const EXPAND_MARGIN: i64 = 96;
 /// Packets inserted between two calls whose readiness is remembered.
 const PENDING: usize = 64;
 
@@ -226,7 +228,7 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             return;
         };
         let ticks_to_samples = |t: i64| (t.max(0) as usize).min(self.frame_samples);
-        if e > STEER_MARGIN {
+        if e > ACCELERATE_MARGIN {
             let budget = ticks_to_samples(e);
             if let Some(r) = self
                 .stretcher
@@ -237,7 +239,7 @@ impl<D: FrameDecoder> AudioPlayout<D> {
                 s.accelerated += 1;
                 s.stretch_removed += r.samples as u64;
             }
-        } else if e < -STEER_MARGIN {
+        } else if e < -EXPAND_MARGIN {
             let budget = ticks_to_samples(-e).min(self.fifo.len() - self.tail);
             let len = self.tail;
             if let Some(r) = self

@@ -34,6 +34,8 @@ const VOICED: f32 = 0.85;
 const SILENT: f32 = 1e-5;
 /// Cross-fade of a low-energy stretch (2.5 ms).
 const SILENT_FADE: usize = 120;
+/// Shortest cut of silence (0.5 ms): small enough to take the last bit of excess delay.
+const MIN_QUIET_CUT: usize = 24;
 
 /// What a stretch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +182,7 @@ impl Stretcher {
     /// silence any length; audio that is neither (noise, onsets) is left alone.
     pub fn accelerate(&mut self, x: &mut [f32], budget: usize) -> Option<Stretched> {
         let len = x.len();
-        if budget < MIN_LAG.min(SILENT_FADE) || len < 2 * MIN_LAG {
+        if budget < MIN_QUIET_CUT || len < 2 * MIN_LAG {
             return None;
         }
         if mean_square(x) < SILENT {
