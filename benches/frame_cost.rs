@@ -249,7 +249,7 @@ fn playout_run(frame: FrameDuration, frames: u64) -> Duration {
     let mut wire: Vec<(f64, u64)> = (0..frames + 10)
         .filter_map(|k| {
             let (lose, jitter) = (draw(), draw());
-            (lose >= 0.05).then(|| (k as f64 * frame_ms + 1.0 + 30.0 * jitter, k))
+            (lose >= 0.05).then_some((k as f64 * frame_ms + 1.0 + 30.0 * jitter, k))
         })
         .collect();
     wire.sort_by(|a, b| a.0.total_cmp(&b.0));

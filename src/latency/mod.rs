@@ -199,6 +199,9 @@ impl<T: Copy> Ledger<T> {
     }
 }
 
+/// (call time, playout delay, target) at every playout call.
+type Trace = Vec<(Instant, Duration, Duration)>;
+
 struct Shared {
     stop: AtomicBool,
     /// Microphone callback times of the clicks, with the frame that carries each.
@@ -211,7 +214,7 @@ struct Shared {
     frames_sent: std::sync::atomic::AtomicU64,
     error: Mutex<Option<String>>,
     /// The playout's counters at the end, and its (time, delay, target) at every call.
-    playout: Mutex<(PlayoutStats, Vec<(Instant, Duration, Duration)>)>,
+    playout: Mutex<(PlayoutStats, Trace)>,
 }
 
 impl Shared {
@@ -343,10 +346,9 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
         receiver,
         packets_tx,
         Arc::clone(&shared),
-        config.impairment,
+        config.impairment.map(|i| (i, spike_at)),
         e2ee,
         frame_samples,
-        spike_at,
     ));
     let play_path = PlayPath {
         playout,
@@ -534,12 +536,11 @@ async fn receive_frames(
     mut receiver: MediaReceiver,
     packets: std::sync::mpsc::SyncSender<(Packet, Instant, u64)>,
     shared: Arc<Shared>,
-    impairment: Option<Impairment>,
+    impairment: Option<(Impairment, Instant)>,
     e2ee: bool,
     frame_samples: usize,
-    spike_at: Instant,
 ) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |i| i.seed));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |(i, _)| i.seed));
     let mut first_ts: Option<u32> = None;
     let mut order = crate::transport::FrameOrder::new();
     let (delayed_tx, mut delayed_rx) = tokio::sync::mpsc::channel(512);
@@ -548,7 +549,7 @@ async fn receive_frames(
             f = incoming.recv() => match f {
                 None => break,
                 Some(f) => {
-                    if let Some(imp) = impairment {
+                    if let Some((imp, spike_at)) = impairment {
                         if rng.random_bool((imp.loss_percent / 100.0).clamp(0.0, 1.0)) {
                             shared.dropped.fetch_add(1, Relaxed);
                             continue;
@@ -625,7 +626,7 @@ struct PlayPath {
     base_ts: Option<u32>,
     frame_samples: usize,
     /// (call time, playout delay, target) at every call.
-    trace: Vec<(Instant, Duration, Duration)>,
+    trace: Trace,
 }
 
 impl Drop for PlayPath {

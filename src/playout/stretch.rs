@@ -336,7 +336,7 @@ pub(crate) mod tests {
         let before = x.clone();
         x.resize(960 + 480, 0.0);
         let r = s.expand(&mut x, 960, 480).unwrap();
-        assert!(r.samples > 0 && r.samples % 192 == 0, "{r:?}");
+        assert!(r.samples > 0 && r.samples.is_multiple_of(192), "{r:?}");
         let out = &x[..960 + r.samples];
         assert!(max_step(out) <= 1.05 * max_step(&before));
         assert!((zc_hz(out) - 250.0).abs() < 2.0, "{}", zc_hz(out));
