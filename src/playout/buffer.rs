@@ -104,6 +104,8 @@ pub struct PlayoutBuffer {
     waits: u32,
     /// Every packet of the last window waited over a frame: drop one frame of delay.
     shrink: bool,
+    /// `pop_unsteered` gave up a head on an empty buffer and has not played a packet since.
+    gave_up_empty: bool,
     stats: PlayoutStats,
 }
 
@@ -144,6 +146,7 @@ impl PlayoutBuffer {
             min_wait: i64::MAX,
             waits: 0,
             shrink: false,
+            gave_up_empty: false,
             stats: PlayoutStats::default(),
         }
     }
@@ -376,6 +379,16 @@ impl PlayoutBuffer {
         if self.packets.contains_key(&next) {
             return self.take_head();
         }
+        // Nothing here at or above the target: the head is most likely lost, so conceal it in
+        // its own slot (no delay added). Only once in a row: more missing frames are a stall,
+        // whose packets are waited for.
+        if self.packets.is_empty() && give_up && !self.gave_up_empty && self.stats.played > 0 {
+            self.gave_up_empty = true;
+            self.advance(false);
+            self.stats.lost += 1;
+            self.stats.concealed += 1;
+            return Playout::Lost { seq: next as u16 };
+        }
         if self.packets.is_empty() {
             self.stats.underruns += 1;
             if self.stats.played > 0 {
@@ -437,6 +450,7 @@ impl PlayoutBuffer {
         match self.packets.remove(&next) {
             Some(p) => {
                 self.wait_run = 0;
+                self.gave_up_empty = false;
                 self.advance(true);
                 self.stats.played += 1;
                 Playout::Packet(p)
