@@ -76,7 +76,7 @@ fn old_playout(wire: &[(f64, Packet)], ms: u64) -> Vec<f32> {
             );
             next += 1;
         }
-        let mut conceal = |dec: &mut OpusDecoder, frame: &mut [f32], run: &mut u32| {
+        let conceal = |dec: &mut OpusDecoder, frame: &mut [f32], run: &mut u32| {
             *run += 1;
             if *run > 10 || FrameDecoder::conceal(dec, frame).is_err() {
                 frame.fill(0.0);
