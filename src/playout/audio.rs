@@ -26,6 +26,8 @@ const MAX_CONCEAL_RUN: u32 = 10;
 /// lengthened: hysteresis so steady audio is left alone.
 const ACCELERATE_MARGIN: i64 = 24;
 const EXPAND_MARGIN: i64 = 96;
+/// Mean square above which decoded audio counts as sound (about -50 dBFS).
+const ACTIVE_MEAN_SQUARE: f32 = 1e-5;
 /// Packets inserted between two calls whose readiness is remembered.
 const PENDING: usize = 64;
 
@@ -70,6 +72,8 @@ pub struct AudioPlayout<D: FrameDecoder> {
     frame: Vec<f32>,
     prev: Vec<f32>,
     prev_concealed: bool,
+    /// The last decoded frame had sound (not silence, where the sender may be in DTX).
+    active: bool,
     stretcher: Stretcher,
     delay: DelayManager,
     /// Highest extended timestamp seen (unwrapping reference).
@@ -104,6 +108,7 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             frame: vec![0.0; frame_samples],
             prev: vec![0.0; frame_samples],
             prev_concealed: false,
+            active: false,
             stretcher: Stretcher::new(),
             delay: DelayManager::new(frame_ticks * 48_000 / i64::from(clock_rate)),
             ts_high: None,
@@ -275,12 +280,14 @@ impl<D: FrameDecoder> AudioPlayout<D> {
     /// One frame from the buffer's decision, with the media timestamp of the packet it
     /// decoded (if it decoded one).
     fn decode_next(&mut self, give_up: bool, out: &mut [f32]) -> (DecodeKind, Option<i64>) {
-        let (kind, ts) = match self.buffer.pop_unsteered(give_up) {
+        let (kind, ts) = match self.buffer.pop_unsteered(give_up, self.active) {
             Playout::Packet(p) => {
                 let ts = self.extend_ts(p.timestamp);
                 match self.decoder.decode(&p.payload, out) {
                     Ok(()) => {
                         self.last_played = Some(p.timestamp);
+                        let energy: f32 = out.iter().map(|v| v * v).sum();
+                        self.active = energy > ACTIVE_MEAN_SQUARE * out.len() as f32;
                         (DecodeKind::Normal, Some(ts))
                     }
                     Err(e) => {

@@ -364,8 +364,10 @@ impl PlayoutBuffer {
     /// Decides the next frame without steering the delay (no whole-frame expand, compress or
     /// shrink): for a consumer that steers by time-stretching. A missing head with later
     /// packets present is waited for (`Wait`) unless `give_up` is set or the wait has lasted
-    /// up to `max_delay`, then declared lost.
-    pub fn pop_unsteered(&mut self, give_up: bool) -> Playout {
+    /// up to `max_delay`, then declared lost. On an empty buffer the head is declared lost
+    /// only when `give_up` and `active` (the consumer was playing sound, so the sender was not
+    /// in DTX silence), and only once in a row.
+    pub fn pop_unsteered(&mut self, give_up: bool, active: bool) -> Playout {
         let Some(next) = self
             .next_seq
             .or_else(|| self.packets.first_key_value().map(|(&k, _)| k))
@@ -379,10 +381,15 @@ impl PlayoutBuffer {
         if self.packets.contains_key(&next) {
             return self.take_head();
         }
-        // Nothing here at or above the target: the head is most likely lost, so conceal it in
-        // its own slot (no delay added). Only once in a row: more missing frames are a stall,
-        // whose packets are waited for.
-        if self.packets.is_empty() && give_up && !self.gave_up_empty && self.stats.played > 0 {
+        // Nothing here at or above the target during sound: the head is most likely lost, so
+        // conceal it in its own slot (no delay added). Only once in a row: more missing frames
+        // are a stall, whose packets are waited for. In silence the sender may be in DTX.
+        if self.packets.is_empty()
+            && give_up
+            && active
+            && !self.gave_up_empty
+            && self.stats.played > 0
+        {
             self.gave_up_empty = true;
             self.advance(false);
             self.stats.lost += 1;
