@@ -201,7 +201,25 @@ impl Stretcher {
         // Remove as many whole periods as fit the budget and half the audio (periodic audio
         // repeats at any multiple of its period).
         let k = (budget.min(len / 2) / lag).max(1);
-        let cut = k * lag;
+        let mut cut = k * lag;
+        if k > 1 {
+            // An integer lag is up to half a sample off the true period, k times over: pick
+            // the cut nearest k periods by its own correlation.
+            let w = FINE_WIN.min(lag);
+            let a = &x[..w];
+            let mut best = f32::MIN;
+            for c in cut.saturating_sub(k)..=(cut + k) {
+                if c + lag > len || c + w > len {
+                    break;
+                }
+                let b = &x[c..c + w];
+                let score = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt().max(1e-12);
+                if score > best {
+                    best = score;
+                    cut = c;
+                }
+            }
+        }
         if cut + lag > len {
             return None;
         }
