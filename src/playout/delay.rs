@@ -7,7 +7,7 @@
 //! a callback is only usable at the next one. `ready` minus its minimum over a sliding window
 //! (which follows clock drift) is the packet's relative delay; those go into a histogram
 //! with exponential forgetting (NetEq's approach), and the target offset is the window
-//! minimum plus the histogram's 95th percentile plus a small guard. A single outlier (a
+//! minimum plus the histogram's 98th percentile plus a small guard. A single outlier (a
 //! jitter spike) enters the histogram capped a fixed step above the current percentile, so
 //! one spike moves the target a little and briefly, while a path that stays worse moves it
 //! step by step.
@@ -18,8 +18,10 @@ const BUCKET: i64 = 24;
 const BUCKETS: usize = 1024;
 /// Packets over which the reference minimum is taken.
 const WINDOW: usize = 128;
-/// Share of packets the target plays in time.
-const QUANTILE: f64 = 0.95;
+/// Share of packets the target plays in time: NetEq uses 95 %, but a device that asks for a
+/// whole 20 ms frame at a time turns every packet beyond the percentile into a concealed
+/// frame, and late loss should stay under 2 %.
+const QUANTILE: f64 = 0.98;
 /// Time constant of the forgetting, in seconds of media.
 const MEMORY_S: f64 = 1.0;
 /// Largest step above the current percentile one packet may record, in ticks (20 ms).
@@ -173,7 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn target_follows_the_95th_percentile_and_forgets() {
+    fn target_follows_the_98th_percentile_and_forgets() {
         let mut d = DelayManager::new(960);
         let mut now = 0;
         let mut batch = |d: &mut DelayManager| {
@@ -213,8 +215,8 @@ mod tests {
         }
         // One step above the percentile before it (both on bucket edges).
         assert!(d.target_offset() <= 5000 + BUCKET + SPIKE_STEP + BUCKET + GUARD);
-        // The capped packets count a quarter: a second later the stall is forgotten.
-        for _ in 0..50 {
+        // The capped packets count a quarter: within two seconds the stall is forgotten.
+        for _ in 0..100 {
             now += 960;
             d.begin_batch(now);
             d.ready(5000);
