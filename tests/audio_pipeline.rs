@@ -114,6 +114,15 @@ fn run(
     }
 }
 
+/// Mean share of `freq` in 100 ms windows.
+fn windowed_share(x: &[f32], freq: f64) -> f64 {
+    let w: Vec<f64> = x
+        .chunks_exact(4800)
+        .map(|c| common::tone_ratio(c, 48_000.0, freq))
+        .collect();
+    w.iter().sum::<f64>() / w.len().max(1) as f64
+}
+
 #[test]
 fn tone_survives_loss_jitter_and_reordering() {
     for frame in [FrameDuration::Ms20, FrameDuration::Ms10] {
@@ -133,7 +142,9 @@ fn tone_survives_loss_jitter_and_reordering() {
         );
         let s = r.stats;
         let f = common::dominant(&r.out, 48_000.0, (500..=1500).step_by(50).map(f64::from));
-        let share = common::tone_ratio(&r.out, 48_000.0, 1000.0);
+        // Per 100 ms: time-stretching moves the tone's phase, which a single 19 s Goertzel
+        // window (0.05 Hz wide) would count against it although the tone is all one hears.
+        let share = windowed_share(&r.out, 1000.0);
         eprintln!(
             "{frame:?}: dominant {f} Hz, 1 kHz share {share:.3}, mean delay {:.1} ms, stats {s:?}, \
              kinds normal/fec/plc/silence {:?}",
@@ -168,7 +179,8 @@ fn clean_path_plays_about_one_frame_behind() {
     );
     eprintln!("clean: mean delay {:.1} ms, {:?}", r.mean_delay_ms, r.stats);
     assert!(r.mean_delay_ms <= 20.0 + 1e-6, "{}", r.mean_delay_ms);
-    assert_eq!(r.stats.target, Duration::from_millis(20));
+    // Time-stretching absorbs the arrival phase: the target is under a frame.
+    assert!(r.stats.target <= Duration::from_millis(20), "{:?}", r.stats);
     assert_eq!((r.stats.lost, r.stats.late), (0, 0));
     assert_eq!(
         common::dominant(&r.out, 48_000.0, (300..=600).step_by(20).map(f64::from)),
@@ -197,11 +209,14 @@ fn clock_drift_of_a_tenth_percent_is_absorbed_both_ways() {
         eprintln!("{name}: mean delay {:.1} ms, {s:?}", r.mean_delay_ms);
         assert!(s.max_delay <= Duration::from_millis(120), "{name}: {s:?}");
         if period_ns < 20_000_000 {
-            assert!(s.compressed >= 3, "{name}: {s:?}");
+            assert!(s.compressed + s.accelerated >= 3, "{name}: {s:?}");
         } else {
-            assert!(s.expanded + s.underruns >= 3, "{name}: {s:?}");
+            assert!(
+                s.expanded + s.underruns + s.preemptive_expanded >= 3,
+                "{name}: {s:?}"
+            );
         }
-        assert!(common::tone_ratio(&r.out, 48_000.0, 1000.0) > 0.8);
+        assert!(windowed_share(&r.out, 1000.0) > 0.8);
     }
 }
 

@@ -222,6 +222,61 @@ fn the_latency_command_writes_json_and_a_plot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--spike-ms`: a run under loss and jitter with one stall, reported with the time the
+/// playout delay took to recover; every run reports its late loss.
+#[test]
+fn the_latency_command_reports_late_loss_and_recovery_from_a_spike() {
+    let json =
+        std::env::temp_dir().join(format!("sotto-latency-spike-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .args([
+            "latency",
+            "--duration",
+            "4",
+            "--frame-ms",
+            "20",
+            "--no-impaired",
+            "--spike-ms",
+            "200",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("late%") && stdout.contains("200 ms spike"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let impaired = report["impaired_runs"].as_array().unwrap();
+    assert_eq!((runs.len(), impaired.len()), (2, 1), "{report}");
+    for run in runs.iter().chain(impaired) {
+        let late = run["late_loss_pct"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&late), "{run}");
+        assert!(run["accelerated_ms"].is_number() && run["expanded_ms"].is_number());
+    }
+    for run in runs {
+        assert_eq!(run["spike_ms"], 0.0);
+        assert!(run["recovery_ms"].is_null(), "no spike, no recovery: {run}");
+    }
+    let spike = &impaired[0];
+    assert_eq!(spike["spike_ms"], 200.0);
+    assert_eq!(spike["loss_percent"], 5.0);
+    // The stall built up delay that the playout then shed (a loaded machine may take longer
+    // than the target, but the delay must come back within the run).
+    assert!(spike["recovery_ms"].as_f64().unwrap() >= 0.0, "{spike}");
+    assert!(spike["accelerated_ms"].as_f64().unwrap() > 50.0, "{spike}");
+    let _ = std::fs::remove_file(&json);
+}
+
 /// `--devices`: clicks played on the PulseAudio output, heard by its input, sent through the
 /// pipeline and played on a second output (scripts/pulse's `sotto_ear`).
 #[test]

@@ -43,7 +43,7 @@ use crate::handshake::{
     DtlsFingerprint, Handshake, Identity, MediaReceiver, MediaSender, RotationConfig,
 };
 use crate::media::{FrameDuration, OpusConfig, OpusDecoder, OpusEncoder};
-use crate::playout::{AudioPlayout, Packet, PlayoutConfig};
+use crate::playout::{AudioPlayout, Packet, PlayoutConfig, PlayoutStats};
 use crate::sframe::CipherSuite;
 use crate::transport::{MediaTransport, TransportConfig, seal};
 
@@ -78,6 +78,9 @@ pub struct Impairment {
     pub jitter: Duration,
     /// Seed of the random choices.
     pub seed: u64,
+    /// One stall of this length in the middle of the run (zero: none): every frame that
+    /// reaches the impairment during it is held until it ends, as a Wi-Fi stall does.
+    pub spike: Duration,
 }
 
 /// One measurement run.
@@ -196,6 +199,9 @@ impl<T: Copy> Ledger<T> {
     }
 }
 
+/// (call time, playout delay, target) at every playout call.
+type Trace = Vec<(Instant, Duration, Duration)>;
+
 struct Shared {
     stop: AtomicBool,
     /// Microphone callback times of the clicks, with the frame that carries each.
@@ -207,6 +213,8 @@ struct Shared {
     dropped: std::sync::atomic::AtomicU64,
     frames_sent: std::sync::atomic::AtomicU64,
     error: Mutex<Option<String>>,
+    /// The playout's counters at the end, and its (time, delay, target) at every call.
+    playout: Mutex<(PlayoutStats, Trace)>,
 }
 
 impl Shared {
@@ -315,6 +323,7 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
         dropped: Default::default(),
         frames_sent: Default::default(),
         error: Mutex::new(None),
+        playout: Mutex::new((PlayoutStats::default(), Vec::new())),
     });
     let e2ee = config.e2ee;
     let send_path = SendPath {
@@ -331,12 +340,13 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
 
     // Receiver: transport -> (impairment) -> decrypt -> playout queue.
     let (packets_tx, packets_rx) = std::sync::mpsc::sync_channel::<(Packet, Instant, u64)>(256);
+    let spike_at = Instant::now() + config.duration / 2;
     let receive = tokio::spawn(receive_frames(
         incoming,
         receiver,
         packets_tx,
         Arc::clone(&shared),
-        config.impairment,
+        config.impairment.map(|i| (i, spike_at)),
         e2ee,
         frame_samples,
     ));
@@ -347,6 +357,7 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
         epoch: Instant::now(),
         base_ts: None,
         frame_samples,
+        trace: Vec::with_capacity((config.duration.as_millis() / 10 + 200) as usize),
     };
     let threads = match &config.devices {
         None => virtual_devices(send_path, play_path, &shared, &config)?,
@@ -374,7 +385,15 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
     }
 
     let samples = match_clicks(&shared, config.impulse_every);
+    let (playout, trace) = {
+        let t = lock(&shared.playout);
+        (t.0, t.1.clone())
+    };
+    let spike = config.impairment.map_or(Duration::ZERO, |i| i.spike);
+    let recovery = (!spike.is_zero()).then(|| recovery_after(&trace, spike_at, spike));
     Ok(LatencyRun {
+        playout,
+        recovery: recovery.flatten(),
         frame_ms: config.frame.duration().as_millis() as u32,
         e2ee: config.e2ee,
         impairment: config.impairment,
@@ -383,6 +402,29 @@ pub async fn measure(config: LatencyConfig) -> Result<LatencyRun, LatencyError> 
         frames_dropped: shared.dropped.load(Relaxed),
         samples,
     })
+}
+
+/// Time from the end of the stall until the playout delay is back within 10 % of the target
+/// it had in the second before the stall (`None`: never, in the run).
+fn recovery_after(
+    trace: &[(Instant, Duration, Duration)],
+    at: Instant,
+    len: Duration,
+) -> Option<Duration> {
+    let before: Vec<Duration> = trace
+        .iter()
+        .filter(|(t, _, _)| *t < at && *t + Duration::from_secs(1) >= at)
+        .map(|(_, _, target)| *target)
+        .collect();
+    if before.is_empty() {
+        return None;
+    }
+    let target = before.iter().sum::<Duration>() / before.len() as u32;
+    let end = at + len;
+    trace
+        .iter()
+        .find(|(t, delay, _)| *t >= end && *delay <= target.mul_f64(1.1))
+        .map(|(t, _, _)| *t - end)
 }
 
 /// Pairs each click heard with the latest click sent before it (latency below the click
@@ -494,11 +536,11 @@ async fn receive_frames(
     mut receiver: MediaReceiver,
     packets: std::sync::mpsc::SyncSender<(Packet, Instant, u64)>,
     shared: Arc<Shared>,
-    impairment: Option<Impairment>,
+    impairment: Option<(Impairment, Instant)>,
     e2ee: bool,
     frame_samples: usize,
 ) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |i| i.seed));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(impairment.map_or(0, |(i, _)| i.seed));
     let mut first_ts: Option<u32> = None;
     let mut order = crate::transport::FrameOrder::new();
     let (delayed_tx, mut delayed_rx) = tokio::sync::mpsc::channel(512);
@@ -507,12 +549,17 @@ async fn receive_frames(
             f = incoming.recv() => match f {
                 None => break,
                 Some(f) => {
-                    if let Some(imp) = impairment {
+                    if let Some((imp, spike_at)) = impairment {
                         if rng.random_bool((imp.loss_percent / 100.0).clamp(0.0, 1.0)) {
                             shared.dropped.fetch_add(1, Relaxed);
                             continue;
                         }
-                        let delay = imp.jitter.mul_f64(rng.random::<f64>());
+                        let mut delay = imp.jitter.mul_f64(rng.random::<f64>());
+                        let now = Instant::now();
+                        if now >= spike_at && now < spike_at + imp.spike {
+                            // Held until the stall ends, then on with its own jitter.
+                            delay += spike_at + imp.spike - now;
+                        }
                         let tx = delayed_tx.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
@@ -578,6 +625,16 @@ struct PlayPath {
     epoch: Instant,
     base_ts: Option<u32>,
     frame_samples: usize,
+    /// (call time, playout delay, target) at every call.
+    trace: Trace,
+}
+
+impl Drop for PlayPath {
+    fn drop(&mut self) {
+        let mut p = lock(&self.shared.playout);
+        p.0 = *self.playout.stats();
+        p.1 = std::mem::take(&mut self.trace);
+    }
 }
 
 impl PlayPath {
@@ -598,6 +655,10 @@ impl PlayPath {
         self.playout
             .next_frame(t.saturating_duration_since(self.epoch), pcm);
         let decode = t.elapsed();
+        if self.trace.len() < self.trace.capacity() {
+            let s = self.playout.stats();
+            self.trace.push((asked, s.delay, s.target));
+        }
         if let (Some(ts), Some(base)) = (self.playout.last_played(), self.base_ts) {
             let frame_no = u64::from(ts.wrapping_sub(base)) / self.frame_samples as u64;
             let mut recvs = lock(&self.shared.recvs);
@@ -709,28 +770,17 @@ fn virtual_devices(
         }
         Ok(())
     })?;
-    // Speaker: one period per 10 ms; decodes a frame whenever its queue runs low.
+    // Speaker: asks the playout for one period per 10 ms, as a device callback does.
     let speaker = spawn("latency-ear", shared, move |shared| {
-        let mut queue: VecDeque<f32> = VecDeque::with_capacity(frame_samples * 3);
-        let mut pcm = vec![0f32; frame_samples];
+        let mut pcm = vec![0f32; PERIOD_SAMPLES];
         let mut onsets = Onsets::default();
         let mut period_no: u64 = 0;
         while !shared.stop.load(Relaxed) {
             sleep_until(start + SPEAKER_PHASE + DEVICE_PERIOD * (period_no as u32 + 1));
             period_no += 1;
             let callback = Instant::now();
-            while queue.len() < PERIOD_SAMPLES {
-                play.next_frame(&mut pcm, callback);
-                queue.extend(pcm.iter().copied());
-            }
-            let click = {
-                let (a, b) = queue.as_slices();
-                let first = a.len().min(PERIOD_SAMPLES);
-                let in_a = onsets.scan(&a[..first]).is_some();
-                let in_b = onsets.scan(&b[..PERIOD_SAMPLES - first]).is_some();
-                in_a || in_b
-            };
-            queue.drain(..PERIOD_SAMPLES);
+            play.next_frame(&mut pcm, callback);
+            let click = onsets.scan(&pcm).is_some();
             // The period reaches the device when the callback returns, decoding included.
             let delivered = Instant::now();
             if click {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Impairment, ImpulseSample, Stages};
+use crate::playout::PlayoutStats;
 
 /// The outcome of one [`super::measure`] run.
 #[derive(Debug, Clone)]
@@ -23,6 +24,11 @@ pub struct LatencyRun {
     pub frames_dropped: u64,
     /// Every click measured.
     pub samples: Vec<ImpulseSample>,
+    /// The playout's counters at the end of the run.
+    pub playout: PlayoutStats,
+    /// With a stall (`Impairment::spike`): time from its end until the playout delay was
+    /// back within 10 % of the target before it.
+    pub recovery: Option<Duration>,
 }
 
 /// Mean of each stage over the clicks whose frame arrived, in ms. Means, not medians, so the
@@ -77,6 +83,18 @@ pub struct RunSummary {
     pub jitter_ms: f64,
     /// Opus look-ahead, ms.
     pub codec_lookahead_ms: f64,
+    /// Frames concealed because their packet arrived after its playout time, percent of the
+    /// frames sent.
+    pub late_loss_pct: f64,
+    /// Length of the single stall of a spike run, ms (0: none).
+    pub spike_ms: f64,
+    /// Spike runs: ms from the stall's end until the playout delay was back within 10 % of
+    /// the target before it (`null` if it never was, or no spike).
+    pub recovery_ms: Option<f64>,
+    /// Audio the playout removed by accelerating, ms.
+    pub accelerated_ms: f64,
+    /// Audio the playout inserted by preemptive expand, ms.
+    pub expanded_ms: f64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -138,6 +156,15 @@ impl LatencyRun {
             loss_percent: self.impairment.map_or(0.0, |i| i.loss_percent),
             jitter_ms: self.impairment.map_or(0.0, |i| ms(i.jitter)),
             codec_lookahead_ms: ms(self.codec_lookahead),
+            late_loss_pct: if self.frames_sent == 0 {
+                0.0
+            } else {
+                100.0 * self.playout.late as f64 / self.frames_sent as f64
+            },
+            spike_ms: self.impairment.map_or(0.0, |i| ms(i.spike)),
+            recovery_ms: self.recovery.map(ms),
+            accelerated_ms: self.playout.stretch_removed as f64 / 48.0,
+            expanded_ms: self.playout.stretch_inserted as f64 / 48.0,
         }
     }
 }

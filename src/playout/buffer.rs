@@ -104,6 +104,8 @@ pub struct PlayoutBuffer {
     waits: u32,
     /// Every packet of the last window waited over a frame: drop one frame of delay.
     shrink: bool,
+    /// `pop_unsteered` gave up a head on an empty buffer and has not played a packet since.
+    gave_up_empty: bool,
     stats: PlayoutStats,
 }
 
@@ -144,6 +146,7 @@ impl PlayoutBuffer {
             min_wait: i64::MAX,
             waits: 0,
             shrink: false,
+            gave_up_empty: false,
             stats: PlayoutStats::default(),
         }
     }
@@ -358,6 +361,75 @@ impl PlayoutBuffer {
         Playout::Lost { seq: next as u16 }
     }
 
+    /// Decides the next frame without steering the delay (no whole-frame expand, compress or
+    /// shrink): for a consumer that steers by time-stretching. A missing head with later
+    /// packets present is waited for (`Wait`) unless `give_up` is set or the wait has lasted
+    /// up to `max_delay`, then declared lost. On an empty buffer the head is declared lost
+    /// only when `give_up` and `active` (the consumer was playing sound, so the sender was not
+    /// in DTX silence), and only once in a row.
+    pub fn pop_unsteered(&mut self, give_up: bool, active: bool) -> Playout {
+        let Some(next) = self
+            .next_seq
+            .or_else(|| self.packets.first_key_value().map(|(&k, _)| k))
+        else {
+            return Playout::NotStarted;
+        };
+        self.next_seq = Some(next);
+        let ns = self.jitter.p95_ticks().max(0) as u128 * 1_000_000_000
+            / u128::from(self.cfg.clock_rate);
+        self.stats.jitter = Duration::from_nanos(ns.min(u64::MAX as u128) as u64);
+        if self.packets.contains_key(&next) {
+            return self.take_head();
+        }
+        // Nothing here at or above the target during sound: the head is most likely lost, so
+        // conceal it in its own slot (no delay added). Only once in a row: more missing frames
+        // are a stall, whose packets are waited for. In silence the sender may be in DTX.
+        if self.packets.is_empty()
+            && give_up
+            && active
+            && !self.gave_up_empty
+            && self.stats.played > 0
+        {
+            self.gave_up_empty = true;
+            self.advance(false);
+            self.stats.lost += 1;
+            self.stats.concealed += 1;
+            return Playout::Lost { seq: next as u16 };
+        }
+        if self.packets.is_empty() {
+            self.stats.underruns += 1;
+            if self.stats.played > 0 {
+                self.stats.concealed += 1;
+            }
+            return Playout::Wait;
+        }
+        if !give_up && self.wait_run < self.max_frames() && self.level() <= self.max_frames() {
+            self.wait_run += 1;
+            self.stats.expanded += 1;
+            self.stats.concealed += 1;
+            return Playout::Wait;
+        }
+        self.advance(false);
+        self.stats.lost += 1;
+        self.stats.concealed += 1;
+        Playout::Lost { seq: next as u16 }
+    }
+
+    /// Drops the head packet when the one after it is here too (cutting a whole frame of
+    /// delay at once); counted in `compressed`. Returns whether it did.
+    pub fn skip_head(&mut self) -> bool {
+        let Some(next) = self.next_seq else {
+            return false;
+        };
+        if self.packets.contains_key(&next) && self.packets.contains_key(&(next + 1)) {
+            self.packets.remove(&next);
+            self.advance(false);
+            self.stats.compressed += 1;
+            return true;
+        }
+        false
+    }
+
     /// Plays the head, noting how long it waited.
     fn take_head_at(&mut self, now_ticks: i64) -> Playout {
         if let Some(next) = self.next_seq
@@ -385,6 +457,7 @@ impl PlayoutBuffer {
         match self.packets.remove(&next) {
             Some(p) => {
                 self.wait_run = 0;
+                self.gave_up_empty = false;
                 self.advance(true);
                 self.stats.played += 1;
                 Playout::Packet(p)

@@ -36,10 +36,13 @@
 
 mod audio;
 mod buffer;
+mod delay;
 mod jitter;
 mod stats;
+pub mod stretch;
 
 pub use audio::{AudioPlayout, FrameDecoder};
 pub use buffer::{Packet, Playout, PlayoutBuffer, PlayoutConfig};
 pub use jitter::JitterEstimator;
 pub use stats::PlayoutStats;
+pub use stretch::{Stretched, Stretcher};

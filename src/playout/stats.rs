@@ -29,6 +29,16 @@ pub struct PlayoutStats {
     pub fec_recovered: u64,
     /// Packets the decoder rejected (counted by the decoding layer).
     pub decode_errors: u64,
+    /// Times audio was shortened by time-stretching (accelerate) to cut the delay.
+    pub accelerated: u64,
+    /// Times audio was lengthened by time-stretching (preemptive expand) to grow the delay.
+    pub preemptive_expanded: u64,
+    /// Times real audio was blended into concealed audio after a loss (merge).
+    pub merged: u64,
+    /// Audio removed by accelerate, in samples.
+    pub stretch_removed: u64,
+    /// Audio inserted by preemptive expand, in samples.
+    pub stretch_inserted: u64,
     /// Audio buffered ahead of the play point at the last pop.
     pub delay: Duration,
     /// The delay the buffer is steering towards.

@@ -36,6 +36,10 @@ pub struct LatencyArgs {
     /// Skip the runs under simulated 5 % loss and 30 ms jitter.
     #[arg(long)]
     no_impaired: bool,
+    /// Add a run per frame length under the same loss and jitter plus one stall of this many
+    /// ms in the middle, and report how long the playout delay takes to recover.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=2000))]
+    spike_ms: Option<u64>,
     /// Measure video glass to glass (640x360, 30 fps, capture to shown) with E2EE on and off.
     /// Alone it runs only the video runs; with --frame-ms or --devices the audio runs too.
     #[arg(long)]
@@ -124,6 +128,20 @@ fn plan(args: &LatencyArgs) -> Vec<(LatencyConfig, bool)> {
                 loss_percent: 5.0,
                 jitter: Duration::from_millis(30),
                 seed: 7,
+                spike: Duration::ZERO,
+            });
+            c.impulse_every = Duration::from_millis(300);
+            plans.push((c, true));
+        }
+    }
+    if let Some(spike) = args.spike_ms {
+        for &frame in &frames {
+            let mut c = new(frame, true);
+            c.impairment = Some(Impairment {
+                loss_percent: 5.0,
+                jitter: Duration::from_millis(30),
+                seed: 7,
+                spike: Duration::from_millis(spike),
             });
             c.impulse_every = Duration::from_millis(300);
             plans.push((c, true));
@@ -133,7 +151,12 @@ fn plan(args: &LatencyArgs) -> Vec<(LatencyConfig, bool)> {
 }
 
 fn label(s: &RunSummary) -> String {
-    let net = if s.loss_percent > 0.0 || s.jitter_ms > 0.0 {
+    let net = if s.spike_ms > 0.0 {
+        format!(
+            "{:.0}% loss, {:.0} ms jitter, {:.0} ms spike",
+            s.loss_percent, s.jitter_ms, s.spike_ms
+        )
+    } else if s.loss_percent > 0.0 || s.jitter_ms > 0.0 {
         format!("{:.0}% loss, {:.0} ms jitter", s.loss_percent, s.jitter_ms)
     } else {
         "clean".into()
@@ -147,13 +170,14 @@ fn label(s: &RunSummary) -> String {
 
 fn print_table(runs: &[RunSummary]) {
     println!(
-        "{:<36} {:>7} {:>6} {:>7} {:>7} {:>7} | {:>7} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>7}",
+        "{:<50} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6} | {:>7} {:>6} {:>6} {:>6} {:>7} {:>6} {:>6} {:>7}",
         "run (mouth to ear, ms; stages: mean)",
         "samples",
         "mean",
         "p50",
         "p95",
         "p99",
+        "late%",
         "capture",
         "encode",
         "seal",
@@ -166,13 +190,14 @@ fn print_table(runs: &[RunSummary]) {
     for s in runs {
         let st = &s.stages;
         println!(
-            "{:<36} {:>7} {:>6.1} {:>7.1} {:>7.1} {:>7.1} | {:>7.2} {:>6.3} {:>6.3} {:>6.2} {:>7.2} {:>6.3} {:>6.3} {:>7.2}",
+            "{:<50} {:>7} {:>6.1} {:>7.1} {:>7.1} {:>7.1} {:>6.2} | {:>7.2} {:>6.3} {:>6.3} {:>6.2} {:>7.2} {:>6.3} {:>6.3} {:>7.2}",
             label(s),
             s.samples,
             s.mean_ms,
             s.p50_ms,
             s.p95_ms,
             s.p99_ms,
+            s.late_loss_pct,
             st.capture_buffering,
             st.encode,
             st.encrypt,
@@ -355,6 +380,15 @@ pub fn run(args: LatencyArgs) -> Result<(), String> {
     if !impaired_runs.is_empty() {
         println!();
         print_table(&impaired_runs);
+    }
+    for s in impaired_runs.iter().filter(|s| s.spike_ms > 0.0) {
+        match s.recovery_ms {
+            Some(r) => println!(
+                "{}: delay back within 10 % of its target {r:.0} ms after the spike",
+                label(s)
+            ),
+            None => println!("{}: delay did not recover within the run", label(s)),
+        }
     }
     for (frame, cost) in &e2ee_cost {
         println!(
