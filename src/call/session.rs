@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -16,6 +16,10 @@ use crate::handshake::{
 };
 use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
+use crate::messages::{
+    ChatEvent, Conversation, DisappearingTimer, History, MessageError, MessageId,
+    Rejection, StoredMessage, unix_ms,
+};
 use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
@@ -67,6 +71,11 @@ pub(crate) struct Session {
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
     pub started: Instant,
+    /// The text messages of this call.
+    pub chat: Conversation,
+    /// Where live messages are kept across restarts, if anywhere (a mutex only so the
+    /// session is `Sync`; never held across an await).
+    pub history: std::sync::Mutex<Option<History>>,
 }
 
 /// How long the peer's frames must keep failing authentication, with none decrypting, before
@@ -155,6 +164,11 @@ impl Session {
         if let Some(mut run) = run {
             self.shutdown(&mut run, &reason).await;
         }
+        // Messages the peer did not acknowledge are reported, never silently lost; texts held
+        // in memory are wiped (the history, if any, keeps and expires its copies).
+        self.chat.end();
+        self.flush_chat().await;
+        self.chat.wipe_all();
         let stats = self.shared.snapshot();
         tracing::info!(%reason, "call ended");
         // The last events wait for room in the queue, but not forever: an application that
@@ -194,6 +208,7 @@ impl Session {
 
     async fn run_inner(&mut self) -> (EndReason, Option<Run>) {
         self.emit(CallEvent::State(CallState::Joining));
+        self.restore_history().await;
         // The transport starts first: its sockets and ICE agent get ready while we join.
         let mut transport = match MediaTransport::new(self.config.transport.clone()).await {
             Ok(t) => t,
@@ -242,6 +257,7 @@ impl Session {
         let mut setup_deadline = far;
 
         let reason = loop {
+            let chat_deadline = self.chat.next_deadline();
             tokio::select! {
                 event = signal_events.recv(), if run.signaling_up => {
                     let Some(event) = event else {
@@ -270,7 +286,21 @@ impl Session {
                         self.shared.muted.store(muted, Relaxed);
                         self.send_control(&mut run, &ControlMessage::Mute { muted }).await;
                     }
+                    Some(Command::SendMessage(text, reply)) => {
+                        let sent = self.send_message(&mut run, &text).await;
+                        let _ = reply.send(sent);
+                    }
+                    Some(Command::SetTimer(timer, reply)) => {
+                        let set = self.set_timer(&mut run, timer).await;
+                        let _ = reply.send(set);
+                    }
                 },
+                _ = tokio::time::sleep_until(
+                    chat_deadline.map_or(far, tokio::time::Instant::from_std)
+                ), if chat_deadline.is_some() => {
+                    self.chat.poll(Instant::now());
+                    self.flush_chat().await;
+                }
                 changed = transport_state.changed() => {
                     if changed.is_err() {
                         break EndReason::ConnectionFailed("transport stopped".into());
@@ -568,6 +598,7 @@ impl Session {
             });
         }
         let code = safety_code.to_string();
+        self.chat.set_peer(name.clone());
         tracing::info!(peer = %name, safety_code = %code, "keys agreed");
         self.emit(CallEvent::SafetyCode(PeerInfo {
             mixed_script: names::is_mixed_script(&name),
@@ -826,6 +857,12 @@ impl Session {
         let message = match control.open(frame) {
             Ok(m) => m,
             Err(ControlError::Unknown) => return None,
+            Err(ControlError::MalformedChat) => {
+                tracing::warn!("refused a malformed chat message");
+                self.chat.refuse(Rejection::Malformed);
+                self.flush_chat().await;
+                return None;
+            }
             Err(e) => {
                 self.shared.control_failures.fetch_add(1, Relaxed);
                 tracing::warn!("dropped a control message: {e}");
@@ -849,8 +886,130 @@ impl Session {
                     run.ping = None;
                 }
             }
+            ControlMessage::Chat(wire) => {
+                let ack = self.chat.receive(wire, Instant::now(), SystemTime::now());
+                if let Some(ack) = ack {
+                    self.send_control(run, &ControlMessage::Chat(ack)).await;
+                }
+                self.flush_chat().await;
+            }
         }
         None
+    }
+
+    /// Whether messages can go out now: keys agreed and the connection up.
+    fn chat_ready(run: &Run) -> bool {
+        run.control.is_some() && run.media.is_some()
+    }
+
+    async fn send_message(&mut self, run: &mut Run, text: &str) -> Result<MessageId, MessageError> {
+        if !Self::chat_ready(run) {
+            return Err(MessageError::NotConnected);
+        }
+        let id = MessageId::random()?;
+        let wire = self.chat.send(id, text, Instant::now())?;
+        // Not sent (the channel closed): it stays unacknowledged and is reported undelivered
+        // at the end of the call.
+        if !self.send_control(run, &ControlMessage::Chat(wire)).await {
+            tracing::warn!("a message could not be sent on the control channel");
+        }
+        self.flush_chat().await;
+        Ok(id)
+    }
+
+    async fn set_timer(&mut self, run: &mut Run, timer: DisappearingTimer) -> Result<(), MessageError> {
+        if !Self::chat_ready(run) {
+            return Err(MessageError::NotConnected);
+        }
+        let wire = self.chat.set_timer(timer);
+        self.send_control(run, &ControlMessage::Chat(wire)).await;
+        self.flush_chat().await;
+        Ok(())
+    }
+
+    /// Shows the live messages of the history again, with the time they have left.
+    async fn restore_history(&mut self) {
+        let wall = SystemTime::now();
+        let now = Instant::now();
+        let live = {
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(history) = history.as_mut() else {
+                return;
+            };
+            match history.live(wall) {
+                Ok(live) => live,
+                Err(e) => {
+                    tracing::warn!("could not read the message history: {e}");
+                    return;
+                }
+            }
+        };
+        let now_ms = unix_ms(wall);
+        for m in live {
+            let expires = m
+                .expires_ms
+                .map(|e| now + Duration::from_millis(e.saturating_sub(now_ms)));
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(m.at_ms);
+            self.chat.restore(m.id, m.from, m.text, m.ttl, expires, at);
+        }
+        self.flush_chat().await;
+    }
+
+    /// Reports the conversation's events, keeps the history in step, updates the counters.
+    async fn flush_chat(&mut self) {
+        while let Some(event) = self.chat.next_event() {
+            self.persist(&event);
+            // Chat events are not dropped like stats: wait (a little) for room in the queue.
+            let send = self.events.send(CallEvent::Chat(event));
+            if tokio::time::timeout(Duration::from_secs(1), send)
+                .await
+                .is_err()
+            {
+                tracing::warn!("event queue full; a chat event was dropped");
+            }
+        }
+        let c = self.chat.counters();
+        self.shared.messages_sent.store(c.sent, Relaxed);
+        self.shared.messages_received.store(c.received, Relaxed);
+        self.shared.messages_rejected.store(c.rejected, Relaxed);
+        self.shared.messages_expired.store(c.expired, Relaxed);
+    }
+
+    /// Stores new messages in the history and deletes expired ones.
+    fn persist(&self, event: &ChatEvent) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(history) = history.as_mut() else {
+            return;
+        };
+        let wall = SystemTime::now();
+        let entry = |id, from: Option<String>, text: &crate::messages::MessageText, ttl: DisappearingTimer| {
+            let text = text.get()?;
+            let at_ms = unix_ms(wall);
+            Some(StoredMessage {
+                id,
+                from,
+                text,
+                ttl,
+                at_ms,
+                expires_ms: ttl.secs().map(|s| at_ms.saturating_add(s * 1000)),
+            })
+        };
+        let result = match event {
+            ChatEvent::Sent {
+                id,
+                text,
+                ttl,
+                restored: false,
+            } => entry(*id, None, text, *ttl).map_or(Ok(()), |m| history.store(&m)),
+            ChatEvent::Message(m) if !m.restored => {
+                entry(m.id, Some(m.from.clone()), &m.text, m.ttl).map_or(Ok(()), |e| history.store(&e))
+            }
+            ChatEvent::Expired { id } => history.delete(*id),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("message history: {e}");
+        }
     }
 
     /// Seals and sends a control message; false if the channel is not up.

@@ -317,6 +317,11 @@ impl Conversation {
         }
     }
 
+    /// Refuses a message the channel found malformed before it reached the conversation.
+    pub fn refuse(&mut self, why: Rejection) {
+        self.reject(why);
+    }
+
     fn reject(&mut self, why: Rejection) {
         self.counters.rejected += 1;
         self.events.push_back(ChatEvent::Rejected(why));
