@@ -201,7 +201,10 @@ async fn messages_go_both_ways_expire_on_both_sides_and_never_reach_the_server()
         })
         .await;
     // Nothing can be sent before the call is connected.
-    assert_eq!(alice.send("too early").await, Err(MessageError::NotConnected));
+    assert_eq!(
+        alice.send("too early").await,
+        Err(MessageError::NotConnected)
+    );
     let mut bob = Peer::spawn(peer(&tap.url, "chat", "bob").start().unwrap());
     for (who, p) in [("alice", &mut alice), ("bob", &mut bob)] {
         p.until(who, |e| {
@@ -276,7 +279,11 @@ async fn messages_go_both_ways_expire_on_both_sides_and_never_reach_the_server()
     let sent_text = alice
         .until("alice", |e| match e {
             CallEvent::Chat(ChatEvent::Sent { id, text, ttl, .. }) if *id == id_t => {
-                assert_eq!(ttl.secs(), Some(5), "the change applies to the next message");
+                assert_eq!(
+                    ttl.secs(),
+                    Some(5),
+                    "the change applies to the next message"
+                );
                 Some(text.clone())
             }
             _ => None,
@@ -341,7 +348,10 @@ async fn messages_go_both_ways_expire_on_both_sides_and_never_reach_the_server()
 
     // The server relayed the handshake and SDP (the tap saw them), never a text.
     let relayed = tap.from_server.lock().unwrap().clone();
-    assert!(contains(&relayed, "a=fingerprint"), "the tap saw no relayed SDP");
+    assert!(
+        contains(&relayed, "a=fingerprint"),
+        "the tap saw no relayed SDP"
+    );
     let logged = logs.0.lock().unwrap().clone();
     assert!(contains(&logged, "keys agreed"), "nothing was logged");
     for marker in ["MARKER-alice", "MARKER-bob", "MARKER-timed", "MARKER-"] {

@@ -52,9 +52,9 @@ pub use stats::CallStats;
 pub use video::VideoSettings;
 
 use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
-use crate::messages::{Conversation, DisappearingTimer, History, MessageError, MessageId};
 use crate::media::video::{NullVideoSink, VideoCodec, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusConfig};
+use crate::messages::{Conversation, DisappearingTimer, History, MessageError, MessageId};
 use crate::playout::PlayoutConfig;
 use crate::sframe::CipherSuite;
 use crate::transport::{TransportConfig, VideoDirection};

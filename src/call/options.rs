@@ -12,14 +12,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{CallBuilder, CallConfig, CallStats, EndReason, PeerInfo, VideoSettings};
 use crate::handshake::{Identity, KnownPeers, TrustPolicy, default_identity_path};
-use crate::messages::History;
-use crate::messages::history::history_key_path;
 use crate::media::video::{
     CameraSource, TestPattern, VideoSink, VideoSource, WindowSink, Y4mSink, Y4mSource,
 };
 use crate::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
+use crate::messages::History;
+use crate::messages::history::history_key_path;
 use crate::sframe::CipherSuite;
 use crate::transport::IceServer;
 

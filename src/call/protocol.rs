@@ -240,7 +240,10 @@ mod tests {
         );
         assert_eq!(parsed.to_json(), chat.as_bytes());
         let ack = format!(r#"{{"type":"delivered","id":"{id}"}}"#);
-        assert_eq!(ControlMessage::parse(ack.as_bytes()).unwrap().to_json(), ack.as_bytes());
+        assert_eq!(
+            ControlMessage::parse(ack.as_bytes()).unwrap().to_json(),
+            ack.as_bytes()
+        );
         // A chat item with a wrong field type is malformed, not unknown.
         let bad = br#"{"type":"message","id":"x","seq":1,"from":"bob","text":5}"#;
         assert_eq!(ControlMessage::parse(bad), None);

@@ -17,8 +17,8 @@ use crate::handshake::{
 use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
 use crate::messages::{
-    ChatEvent, Conversation, DisappearingTimer, History, MessageError, MessageId,
-    Rejection, StoredMessage, unix_ms,
+    ChatEvent, Conversation, DisappearingTimer, History, MessageError, MessageId, Rejection,
+    StoredMessage, unix_ms,
 };
 use crate::names;
 use crate::playout::AudioPlayout;
@@ -155,7 +155,24 @@ struct Run {
     /// The server said the peer left: the call ends then, unless its hang-up arrives first.
     peer_left_at: Option<tokio::time::Instant>,
     signaling_up: bool,
+    /// Chat items waiting for the control channel to open (sealed when they leave, so the
+    /// peer sees them in order).
+    chat_outbox: std::collections::VecDeque<ControlMessage>,
+    /// Control frames that arrived before our keys were agreed: the peer may finish the
+    /// handshake first and send at once over the data channel, which can overtake the last
+    /// handshake message relayed by the server. Opened once the keys exist.
+    early_controls: Vec<bytes::Bytes>,
+    /// A control frame from the peer authenticated: its end of the channel is open, so what
+    /// we send now is not lost (a data channel drops messages that reach a side not open
+    /// yet, and the two sides open at different times).
+    peer_heard: bool,
 }
+
+/// Control frames kept at most until the keys are agreed.
+const EARLY_CONTROLS: usize = 32;
+
+/// Chat items held at most while the control channel opens.
+const CHAT_OUTBOX: usize = 256;
 
 impl Session {
     /// Runs the call to its end; always emits `Ended` last.
@@ -245,7 +262,12 @@ impl Session {
             failing_since: None,
             peer_left_at: None,
             signaling_up: true,
+            chat_outbox: std::collections::VecDeque::new(),
+            early_controls: Vec::new(),
+            peer_heard: false,
         };
+        let mut control_open = transport.control_open_watch();
+        let mut control_watch = true;
         let mut frames = frames;
         let mut transport_state = transport.state_watch();
         let (notices_tx, mut notices) = mpsc::unbounded_channel();
@@ -279,6 +301,18 @@ impl Session {
                     {
                         break reason;
                     }
+                    if run.control.is_some() && !run.early_controls.is_empty() {
+                        let mut ended = None;
+                        for frame in std::mem::take(&mut run.early_controls) {
+                            if let Some(reason) = self.on_control(&mut run, &frame).await {
+                                ended = Some(reason);
+                                break;
+                            }
+                        }
+                        if let Some(reason) = ended {
+                            break reason;
+                        }
+                    }
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::HangUp) | None => break EndReason::LocalHangup,
@@ -295,6 +329,20 @@ impl Session {
                         let _ = reply.send(set);
                     }
                 },
+                changed = control_open.changed(), if control_watch => {
+                    if changed.is_err() {
+                        control_watch = false;
+                    } else if *control_open.borrow_and_update() {
+                        // Tell the peer we are open (it may not have heard from us yet), and
+                        // send what waited if it has.
+                        let id = run.next_ping;
+                        run.next_ping += 1;
+                        if self.send_control(&mut run, &ControlMessage::Ping { id }).await {
+                            run.ping = Some((id, Instant::now()));
+                        }
+                        self.flush_outbox(&mut run).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(
                     chat_deadline.map_or(far, tokio::time::Instant::from_std)
                 ), if chat_deadline.is_some() => {
@@ -853,7 +901,13 @@ impl Session {
     }
 
     async fn on_control(&mut self, run: &mut Run, frame: &[u8]) -> Option<EndReason> {
-        let control = run.control.as_mut()?;
+        let Some(control) = run.control.as_mut() else {
+            if run.early_controls.len() < EARLY_CONTROLS {
+                run.early_controls
+                    .push(bytes::Bytes::copy_from_slice(frame));
+            }
+            return None;
+        };
         let message = match control.open(frame) {
             Ok(m) => m,
             Err(ControlError::Unknown) => return None,
@@ -869,6 +923,10 @@ impl Session {
                 return None;
             }
         };
+        if !run.peer_heard {
+            run.peer_heard = true;
+            self.flush_outbox(run).await;
+        }
         match message {
             ControlMessage::Hangup => return Some(EndReason::RemoteHangup),
             ControlMessage::Mute { muted } => {
@@ -889,7 +947,7 @@ impl Session {
             ControlMessage::Chat(wire) => {
                 let ack = self.chat.receive(wire, Instant::now(), SystemTime::now());
                 if let Some(ack) = ack {
-                    self.send_control(run, &ControlMessage::Chat(ack)).await;
+                    self.send_chat(run, ControlMessage::Chat(ack)).await;
                 }
                 self.flush_chat().await;
             }
@@ -897,9 +955,37 @@ impl Session {
         None
     }
 
-    /// Whether messages can go out now: keys agreed and the connection up.
+    /// Whether messages can be accepted: keys are agreed (they leave once the control channel
+    /// is open).
     fn chat_ready(run: &Run) -> bool {
-        run.control.is_some() && run.media.is_some()
+        run.control.is_some() && run.chat_outbox.len() < CHAT_OUTBOX
+    }
+
+    /// Sends a chat item now, or once the control channel is open. One that cannot be sent
+    /// stays unacknowledged, and a message is then reported undelivered at the end.
+    async fn send_chat(&self, run: &mut Run, message: ControlMessage) {
+        if run.chat_outbox.is_empty() && run.peer_heard && self.send_control(run, &message).await {
+            return;
+        }
+        if run.chat_outbox.len() < CHAT_OUTBOX {
+            run.chat_outbox.push_back(message);
+        } else {
+            tracing::warn!("chat outbox full; an item was not sent");
+        }
+    }
+
+    /// Sends what waited for the control channel.
+    async fn flush_outbox(&self, run: &mut Run) {
+        if !run.peer_heard {
+            return;
+        }
+        while let Some(message) = run.chat_outbox.pop_front() {
+            if !self.send_control(run, &message).await {
+                run.chat_outbox.push_front(message);
+                tracing::debug!("control channel not ready; chat items wait");
+                break;
+            }
+        }
     }
 
     async fn send_message(&mut self, run: &mut Run, text: &str) -> Result<MessageId, MessageError> {
@@ -908,21 +994,21 @@ impl Session {
         }
         let id = MessageId::random()?;
         let wire = self.chat.send(id, text, Instant::now())?;
-        // Not sent (the channel closed): it stays unacknowledged and is reported undelivered
-        // at the end of the call.
-        if !self.send_control(run, &ControlMessage::Chat(wire)).await {
-            tracing::warn!("a message could not be sent on the control channel");
-        }
+        self.send_chat(run, ControlMessage::Chat(wire)).await;
         self.flush_chat().await;
         Ok(id)
     }
 
-    async fn set_timer(&mut self, run: &mut Run, timer: DisappearingTimer) -> Result<(), MessageError> {
+    async fn set_timer(
+        &mut self,
+        run: &mut Run,
+        timer: DisappearingTimer,
+    ) -> Result<(), MessageError> {
         if !Self::chat_ready(run) {
             return Err(MessageError::NotConnected);
         }
         let wire = self.chat.set_timer(timer);
-        self.send_control(run, &ControlMessage::Chat(wire)).await;
+        self.send_chat(run, ControlMessage::Chat(wire)).await;
         self.flush_chat().await;
         Ok(())
     }
@@ -982,7 +1068,10 @@ impl Session {
             return;
         };
         let wall = SystemTime::now();
-        let entry = |id, from: Option<String>, text: &crate::messages::MessageText, ttl: DisappearingTimer| {
+        let entry = |id,
+                     from: Option<String>,
+                     text: &crate::messages::MessageText,
+                     ttl: DisappearingTimer| {
             let text = text.get()?;
             let at_ms = unix_ms(wall);
             Some(StoredMessage {
@@ -1002,7 +1091,8 @@ impl Session {
                 restored: false,
             } => entry(*id, None, text, *ttl).map_or(Ok(()), |m| history.store(&m)),
             ChatEvent::Message(m) if !m.restored => {
-                entry(m.id, Some(m.from.clone()), &m.text, m.ttl).map_or(Ok(()), |e| history.store(&e))
+                entry(m.id, Some(m.from.clone()), &m.text, m.ttl)
+                    .map_or(Ok(()), |e| history.store(&e))
             }
             ChatEvent::Expired { id } => history.delete(*id),
             _ => Ok(()),

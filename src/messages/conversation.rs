@@ -146,7 +146,12 @@ impl Conversation {
     /// Handles a wire item from the peer (already authenticated by the channel) received at
     /// `now` (monotonic, starts the TTL) and `wall` (shown only). Gives the acknowledgement
     /// to send back, if any. The sender's clock plays no part in expiry.
-    pub fn receive(&mut self, mut wire: ChatWire, now: Instant, wall: SystemTime) -> Option<ChatWire> {
+    pub fn receive(
+        &mut self,
+        mut wire: ChatWire,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<ChatWire> {
         match wire {
             ChatWire::Delivered { ref id } => {
                 let id = MessageId::parse(id)?;
@@ -235,16 +240,14 @@ impl Conversation {
             self.remember(id);
         }
         self.events.push_back(match from {
-            Some(from) => {
-                ChatEvent::Message(ReceivedMessage {
-                    id,
-                    from,
-                    text: shared,
-                    ttl,
-                    received_at,
-                    restored: true,
-                })
-            }
+            Some(from) => ChatEvent::Message(ReceivedMessage {
+                id,
+                from,
+                text: shared,
+                ttl,
+                received_at,
+                restored: true,
+            }),
             None => ChatEvent::Sent {
                 id,
                 text: shared,
@@ -412,7 +415,10 @@ mod tests {
         match events(&mut b).as_slice() {
             [ChatEvent::Message(m)] => {
                 assert_eq!(m.from, "alice");
-                assert_eq!(m.text.get().as_deref().map(String::as_str), Some("hello bob"));
+                assert_eq!(
+                    m.text.get().as_deref().map(String::as_str),
+                    Some("hello bob")
+                );
                 assert_eq!(m.ttl, DisappearingTimer::OFF);
             }
             other => panic!("{other:?}"),
@@ -424,7 +430,10 @@ mod tests {
             matches!(&evs[1], ChatEvent::Delivered { id: i, to } if *i == id(1) && to == "bob")
         );
         a.end();
-        assert!(events(&mut a).is_empty(), "a delivered message is not undelivered");
+        assert!(
+            events(&mut a).is_empty(),
+            "a delivered message is not undelivered"
+        );
         assert_eq!(a.counters().sent, 1);
         assert_eq!(b.counters().received, 1);
     }
@@ -503,7 +512,13 @@ mod tests {
         assert!(evs.iter().any(|e| matches!(e,
             ChatEvent::TimerChanged { from, ttl } if from == "bob" && ttl.secs() == Some(30))));
         let second = a.send(id(2), "after", t0).unwrap();
-        assert!(matches!(&second, ChatWire::Message { ttl_s: Some(30), .. }));
+        assert!(matches!(
+            &second,
+            ChatWire::Message {
+                ttl_s: Some(30),
+                ..
+            }
+        ));
         b.receive(second, t0, SystemTime::now());
         let ttls: Vec<_> = events(&mut b)
             .into_iter()

@@ -262,7 +262,14 @@ impl History {
         )?;
         type Row = (Vec<u8>, Option<i64>, i64, Option<i64>, Vec<u8>, Vec<u8>);
         let rows = statement.query_map([&self.room_tag], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -289,7 +296,12 @@ impl History {
         ttl_s: Option<i64>,
         wrapped: &[u8],
         body: Vec<u8>,
-    ) -> Option<(MessageId, Option<String>, Zeroizing<String>, DisappearingTimer)> {
+    ) -> Option<(
+        MessageId,
+        Option<String>,
+        Zeroizing<String>,
+        DisappearingTimer,
+    )> {
         let id = MessageId(id.try_into().ok()?);
         let ttl = DisappearingTimer::from_secs(ttl_s.and_then(|t| u64::try_from(t).ok())).ok()?;
         let (nonce, sealed_key) = wrapped.split_at_checked(NONCE_LEN)?;
@@ -413,7 +425,11 @@ mod tests {
         assert_eq!(
             got,
             [
-                (Some("bobby-peer-name".into()), "kept across restarts".into(), Some(later)),
+                (
+                    Some("bobby-peer-name".into()),
+                    "kept across restarts".into(),
+                    Some(later)
+                ),
                 (None, "mine".into(), None)
             ]
         );
@@ -445,7 +461,10 @@ mod tests {
         let db = std::fs::read(dir.join(DB_FILE)).unwrap();
         assert!(contains(&db, &wrapped) && contains(&db, &body));
         assert!(!contains(&db, marker.as_bytes()));
-        assert_eq!(h.purge_expired(now + Duration::from_millis(4_999)).unwrap(), 0);
+        assert_eq!(
+            h.purge_expired(now + Duration::from_millis(4_999)).unwrap(),
+            0
+        );
         assert_eq!(h.purge_expired(now + Duration::from_secs(5)).unwrap(), 1);
         for (path, bytes) in all_files(&dir) {
             assert!(!contains(&bytes, marker.as_bytes()), "text in {path:?}");

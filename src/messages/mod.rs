@@ -392,9 +392,22 @@ mod tests {
     fn timers_parse_in_range_and_refuse_the_rest() {
         assert_eq!(DisappearingTimer::parse("5s").unwrap().secs(), Some(5));
         assert_eq!(DisappearingTimer::parse("30m").unwrap().secs(), Some(1800));
-        assert_eq!(DisappearingTimer::parse("24h").unwrap().secs(), Some(86_400));
-        assert_eq!(DisappearingTimer::parse(" off ").unwrap(), DisappearingTimer::OFF);
-        for out in ["4s", "0s", "25h", "1441m", "86401s", "99999999999999999999h"] {
+        assert_eq!(
+            DisappearingTimer::parse("24h").unwrap().secs(),
+            Some(86_400)
+        );
+        assert_eq!(
+            DisappearingTimer::parse(" off ").unwrap(),
+            DisappearingTimer::OFF
+        );
+        for out in [
+            "4s",
+            "0s",
+            "25h",
+            "1441m",
+            "86401s",
+            "99999999999999999999h",
+        ] {
             assert!(
                 matches!(
                     DisappearingTimer::parse(out),
@@ -405,7 +418,10 @@ mod tests {
         }
         for bad in ["", "s", "5", "5d", "-5s", "5.5s", "five s", "5 s", "é"] {
             assert!(
-                matches!(DisappearingTimer::parse(bad), Err(MessageError::BadTimer(_))),
+                matches!(
+                    DisappearingTimer::parse(bad),
+                    Err(MessageError::BadTimer(_))
+                ),
                 "{bad}"
             );
         }

@@ -82,9 +82,7 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     if loaded.created {
         println!("created a new identity at {}", loaded.path.display());
     }
-    let history = args
-        .open_history(&loaded.path)
-        .map_err(|e| e.to_string())?;
+    let history = args.open_history(&loaded.path).map_err(|e| e.to_string())?;
     let output = ChatOutput::new(args.chat_json.as_deref())?;
 
     let runtime = crate::runtime()?;

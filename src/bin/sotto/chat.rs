@@ -176,10 +176,9 @@ impl ChatOutput {
             }
             ChatEvent::TimerChanged { from, ttl } => {
                 match ttl.ttl() {
-                    Some(_) => println!(
-                        "{} set messages to disappear after {ttl}",
-                        Printable(from)
-                    ),
+                    Some(_) => {
+                        println!("{} set messages to disappear after {ttl}", Printable(from))
+                    }
                     None => println!("{} turned disappearing messages off", Printable(from)),
                 }
                 self.log(json!({"event": "timer", "from": from, "ttl_s": ttl_json(*ttl)}));
@@ -248,8 +247,8 @@ fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
 
 impl ChatLog {
     fn create(path: &Path) -> Result<Self, String> {
-        let file = open_private(path, true)
-            .map_err(|e| format!("--chat-json {}: {e}", path.display()))?;
+        let file =
+            open_private(path, true).map_err(|e| format!("--chat-json {}: {e}", path.display()))?;
         Ok(ChatLog {
             path: path.to_owned(),
             file: BufWriter::new(file),
