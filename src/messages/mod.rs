@@ -378,6 +378,55 @@ impl Drop for ChatWire {
     }
 }
 
+/// The JSON object of a chat event, as `sotto call --chat-json` writes it and the C ABI
+/// reports it (`docs/call-protocol.md`, "Messages"); `None` for events it does not carry. A
+/// text that has expired already is `null`. `received_at` is Unix time in milliseconds on
+/// our clock.
+pub fn chat_event_json(event: &ChatEvent) -> Option<serde_json::Value> {
+    use serde_json::{Value, json};
+    let text = |t: &MessageText| t.get().map_or(Value::Null, |s| Value::from(s.as_str()));
+    let ttl = |t: &DisappearingTimer| t.secs().map_or(Value::Null, Value::from);
+    let mut value = match event {
+        ChatEvent::Message(m) => json!({
+            "event": "message",
+            "id": m.id.to_string(),
+            "from": m.from,
+            "text": text(&m.text),
+            "ttl_s": ttl(&m.ttl),
+            "received_at": unix_ms(m.received_at),
+        }),
+        ChatEvent::Sent {
+            id,
+            text: t,
+            ttl: l,
+            ..
+        } => json!({
+            "event": "sent",
+            "id": id.to_string(),
+            "text": text(t),
+            "ttl_s": ttl(l),
+        }),
+        ChatEvent::Delivered { id, to } => {
+            json!({"event": "delivered", "id": id.to_string(), "to": to})
+        }
+        ChatEvent::TimerChanged { from, ttl: l } => {
+            json!({"event": "timer", "from": from, "ttl_s": ttl(l)})
+        }
+        ChatEvent::Expired { id } => json!({"event": "expired", "id": id.to_string()}),
+        ChatEvent::Undelivered { id } => json!({"event": "undelivered", "id": id.to_string()}),
+        ChatEvent::Rejected(why) => json!({"event": "rejected", "reason": why.to_string()}),
+    };
+    let restored = match event {
+        ChatEvent::Message(m) => m.restored,
+        ChatEvent::Sent { restored, .. } => *restored,
+        _ => false,
+    };
+    if restored {
+        value["restored"] = Value::Bool(true);
+    }
+    Some(value)
+}
+
 /// Milliseconds since the Unix epoch of `t` (0 before it).
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

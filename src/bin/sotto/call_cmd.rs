@@ -209,7 +209,6 @@ async fn call(
                             info.name
                         );
                     }
-                    output.set_peer(&info.name);
                     peer = Some(info);
                 }
                 Some(CallEvent::PeerIdentityChanged { name, pinned_name, pinned, presented }) => {

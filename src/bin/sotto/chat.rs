@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use sotto::messages::{ChatEvent, DisappearingTimer, MessageId, unix_ms};
+use sotto::messages::{ChatEvent, DisappearingTimer, MessageId, chat_event_json};
 use sotto::text::Printable;
 use tokio::sync::mpsc;
 
@@ -80,17 +80,12 @@ pub fn read_stdin() -> mpsc::UnboundedReceiver<Result<String, String>> {
     rx
 }
 
-fn ttl_json(ttl: DisappearingTimer) -> Value {
-    ttl.secs().map_or(Value::Null, Value::from)
-}
-
 /// What the chat prints and logs.
 pub struct ChatOutput {
     log: Option<ChatLog>,
     /// Timed messages not yet expired: their texts are blanked in the log at exit, since
     /// nothing will expire them afterwards.
     timed: HashSet<MessageId>,
-    peer: Option<String>,
 }
 
 impl ChatOutput {
@@ -100,13 +95,7 @@ impl ChatOutput {
         Ok(ChatOutput {
             log,
             timed: HashSet::new(),
-            peer: None,
         })
-    }
-
-    /// The peer's name, for "bob set messages to ..." lines.
-    pub fn set_peer(&mut self, name: &str) {
-        self.peer = Some(name.to_owned());
     }
 
     /// An input error (oversize, bad `/timer`, not connected).
@@ -130,18 +119,6 @@ impl ChatOutput {
                     Printable(&text),
                     lifetime(m.ttl)
                 );
-                let mut line = json!({
-                    "event": "message",
-                    "id": m.id.to_string(),
-                    "from": m.from,
-                    "text": text.as_str(),
-                    "ttl_s": ttl_json(m.ttl),
-                    "received_at": unix_ms(m.received_at),
-                });
-                if m.restored {
-                    line["restored"] = Value::Bool(true);
-                }
-                self.log(line);
             }
             ChatEvent::Sent {
                 id,
@@ -153,53 +130,33 @@ impl ChatOutput {
                 if ttl.secs().is_some() {
                     self.timed.insert(*id);
                 }
-                let restored_note = if *restored { " (from history)" } else { "" };
+                let restored = if *restored { " (from history)" } else { "" };
                 println!(
-                    "sent {id}{restored_note}: {}{}",
+                    "sent {id}{restored}: {}{}",
                     Printable(&text),
                     lifetime(*ttl)
                 );
-                let mut line = json!({
-                    "event": "sent",
-                    "id": id.to_string(),
-                    "text": text.as_str(),
-                    "ttl_s": ttl_json(*ttl),
-                });
-                if *restored {
-                    line["restored"] = Value::Bool(true);
-                }
-                self.log(line);
             }
-            ChatEvent::Delivered { id, to } => {
-                println!("delivered {id} to {}", Printable(to));
-                self.log(json!({"event": "delivered", "id": id.to_string(), "to": to}));
-            }
-            ChatEvent::TimerChanged { from, ttl } => {
-                match ttl.ttl() {
-                    Some(_) => {
-                        println!("{} set messages to disappear after {ttl}", Printable(from))
-                    }
-                    None => println!("{} turned disappearing messages off", Printable(from)),
-                }
-                self.log(json!({"event": "timer", "from": from, "ttl_s": ttl_json(*ttl)}));
-            }
+            ChatEvent::Delivered { id, to } => println!("delivered {id} to {}", Printable(to)),
+            ChatEvent::TimerChanged { from, ttl } => match ttl.ttl() {
+                Some(_) => println!("{} set messages to disappear after {ttl}", Printable(from)),
+                None => println!("{} turned disappearing messages off", Printable(from)),
+            },
             ChatEvent::Expired { id } => {
                 self.timed.remove(id);
                 println!("expired {id}");
                 if let Some(log) = &mut self.log {
                     log.blank(&[*id]);
                 }
-                self.log(json!({"event": "expired", "id": id.to_string()}));
             }
             ChatEvent::Undelivered { id } => {
                 println!("not delivered: {id} (the call ended before the peer acknowledged it)");
-                self.log(json!({"event": "undelivered", "id": id.to_string()}));
             }
-            ChatEvent::Rejected(why) => {
-                println!("refused a message from the peer: {why}");
-                self.log(json!({"event": "rejected", "reason": why.to_string()}));
-            }
+            ChatEvent::Rejected(why) => println!("refused a message from the peer: {why}"),
             _ => {}
+        }
+        if let Some(line) = chat_event_json(event) {
+            self.log(line);
         }
     }
 
