@@ -113,8 +113,10 @@ extern "C" {
 // Starts a call as the JSON `config_json` describes (the keys are the long flag names of
 // `sotto call`: `server`, `room`, `name`, `identity`, `tone`, `input`, `input-device`,
 // `output`, `output-device`, `duration`, `stats-json`, `token`, `bind` (string or array),
-// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`;
-// unknown keys are SOTTO_ERR_INVALID). Audio comes from the config (tone, WAV file or
+// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`,
+// `history` (a directory that keeps live messages across restarts, encrypted at rest);
+// unknown keys, `chat` and `chat-json` are SOTTO_ERR_INVALID). Audio comes from the config
+// (tone, WAV file or
 // device). See `sotto_call_start_with_audio`.
 //
 // Thread-safety: any thread. Ownership: `config_json` is read during the call only; `*out`

@@ -441,8 +441,10 @@ fn deliver(
 /// Starts a call as the JSON `config_json` describes (the keys are the long flag names of
 /// `sotto call`: `server`, `room`, `name`, `identity`, `tone`, `input`, `input-device`,
 /// `output`, `output-device`, `duration`, `stats-json`, `token`, `bind` (string or array),
-/// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`;
-/// unknown keys are SOTTO_ERR_INVALID). Audio comes from the config (tone, WAV file or
+/// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`,
+/// `history` (a directory that keeps live messages across restarts, encrypted at rest);
+/// unknown keys, `chat` and `chat-json` are SOTTO_ERR_INVALID). Audio comes from the config
+/// (tone, WAV file or
 /// device). See `sotto_call_start_with_audio`.
 ///
 /// Thread-safety: any thread. Ownership: `config_json` is read during the call only; `*out`
@@ -514,6 +516,12 @@ fn start(
     user_data: UserData,
 ) -> Result<sotto_call> {
     let options = CallOptions::from_json(config).map_err(options_failure)?;
+    if options.chat || options.chat_json.is_some() {
+        return Err(Failure::invalid(
+            "chat and chat-json are for `sotto call`; use sotto_call_send_message and the \
+             message events",
+        ));
+    }
     let read = audio.and_then(|a| a.read.map(|r| (r, a.user_data)));
     let write = audio.and_then(|a| a.write.map(|w| (w, a.user_data)));
     let source: Box<dyn AudioSource> = match read {
@@ -533,9 +541,15 @@ fn start(
     };
     let video = options.open_video().map_err(options_failure)?;
     let loaded = options.load_identity().map_err(options_failure)?;
+    let history = options
+        .open_history(&loaded.path)
+        .map_err(options_failure)?;
     let fingerprint = loaded.identity.public_key().fingerprint();
     let suite = options.config().suite;
-    let builder = options.builder(loaded.identity, loaded.known_peers, source, sink, video);
+    let mut builder = options.builder(loaded.identity, loaded.known_peers, source, sink, video);
+    if let Some(history) = history {
+        builder = builder.history(history);
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -68,6 +68,11 @@ fn bad_configs_are_refused_before_anything_starts() {
             SOTTO_ERR_INVALID,
             "call options",
         ),
+        (
+            r#"{"server":"ws://127.0.0.1:9/ws","room":"r","tone":440,"chat":true}"#,
+            SOTTO_ERR_INVALID,
+            "sotto_call_send_message",
+        ),
     ] {
         let (got, call) = start(config);
         assert_eq!(got, status, "{config}: {}", last_error());
