@@ -120,6 +120,13 @@ async fn two_cli_peers_chat_with_a_timer_and_keep_history_across_a_restart() {
     .await;
     assert!(err["reason"].as_str().unwrap().contains("5 s"), "{err}");
 
+    // And back, before any timer: it never disappears.
+    type_line(&mut bob_in, "and back to alice");
+    wait_line(&alice_log, "bob's message", |v| {
+        event(v, "message").is_some_and(|m| m["text"] == "and back to alice" && m["from"] == "bob")
+    })
+    .await;
+
     // Bob sets 5 s; Alice's next message carries it and disappears on both sides.
     type_line(&mut bob_in, "/timer 5s");
     wait_line(&alice_log, "bob's timer", |v| {
@@ -137,11 +144,6 @@ async fn two_cli_peers_chat_with_a_timer_and_keep_history_across_a_restart() {
     })
     .await;
     assert_eq!(got["ttl_s"], 5);
-    type_line(&mut bob_in, "and back to alice");
-    wait_line(&alice_log, "bob's message", |v| {
-        event(v, "message").is_some_and(|m| m["text"] == "and back to alice" && m["from"] == "bob")
-    })
-    .await;
     for log in [&alice_log, &bob_log] {
         wait_line(log, "the expiry", |v| {
             event(v, "expired").is_some_and(|e| e["id"] == burn_id.as_str())
@@ -163,8 +165,8 @@ async fn two_cli_peers_chat_with_a_timer_and_keep_history_across_a_restart() {
     assert_eq!(stats["messages_expired"], 1);
     assert_eq!(stats["messages_rejected"], 0);
 
-    // Restarted alone with her history, Alice sees her live message again; the expired one
-    // left no trace in any of the history's files.
+    // Restarted alone with her history, Alice sees the live messages again and not the
+    // expired one (`messages::history`'s unit tests grep the files for what expiry erases).
     let mut again = sotto_cli();
     chat_args(&mut again, &server.url, "chat-again", "alice", &dir);
     again.args(["--duration", "1"]).stdin(Stdio::null());
@@ -186,9 +188,13 @@ async fn two_cli_peers_chat_with_a_timer_and_keep_history_across_a_restart() {
         .into_iter()
         .filter(|v| v["restored"] == true)
         .collect();
-    assert_eq!(restored.len(), 1, "{restored:?}");
+    // Her own untimed message and Bob's reply; the expired one is gone.
+    assert_eq!(restored.len(), 2, "{restored:?}");
     assert_eq!(restored[0]["event"], "sent");
     assert_eq!(restored[0]["text"], "MARKER-kept hello bob");
+    assert_eq!(restored[1]["event"], "message");
+    assert_eq!(restored[1]["from"], "bob");
+    assert_eq!(restored[1]["text"], "and back to alice");
     assert!(String::from_utf8_lossy(&out.stdout).contains("MARKER-kept hello bob"));
     let _ = std::fs::remove_dir_all(&dir);
 }
