@@ -7,23 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, assert_hears, sotto_cli};
-use sotto::media::{AudioSource, WavSource};
+use common::{TestServer, assert_hears, sotto_cli, wav_tail};
+use sotto::media::AudioSource;
 
 /// The calls of this binary run one at a time (real-time audio on 2 cores; one sound server).
 static DEVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The last `seconds` of a WAV file (48 kHz mono, as `--output` writes it).
-fn wav_tail(path: &Path, seconds: f64) -> Vec<f32> {
-    let mut src = WavSource::open(path).unwrap();
-    let mut all = Vec::new();
-    let mut frame = [0f32; 960];
-    while src.read_frame(&mut frame).unwrap() {
-        all.extend_from_slice(&frame);
-    }
-    let n = ((seconds * 48_000.0) as usize).min(all.len());
-    all[all.len() - n..].to_vec()
-}
 
 fn stats(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -293,6 +281,39 @@ fn an_unreachable_server_ends_the_call_with_an_error() {
     assert!(start.elapsed() < Duration::from_secs(30));
     // The stats file is written on every exit.
     assert_eq!(stats(&dir.join("s.json"))["frames_sent"], 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--duration` running out before media ever connected is a failed call, not a hang-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_never_connects_exits_non_zero_and_says_why() {
+    let server = TestServer::start().await;
+    let dir = common::temp_dir("cli-call-never");
+    let mut cmd = sotto_cli();
+    call_args(&mut cmd, &server.url, "alone", "alice", &dir);
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || {
+            cmd.args(["--tone", "440", "--duration", "2", "--output"])
+                .arg(dir.join("alice.wav"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{err}");
+    assert!(
+        err.contains("media never connected: no peer joined"),
+        "{err}"
+    );
+    let report = stats(&dir.join("alice.json"));
+    assert_eq!(
+        report["ended"], "media never connected: no peer joined",
+        "{report}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

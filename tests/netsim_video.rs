@@ -110,22 +110,9 @@ impl Netns {
         ])
     }
 
-    /// A TCP listener inside namespace A (a socket stays in the namespace it was made in).
+    /// A TCP listener inside namespace A.
     fn listen_in_a(&self) -> std::net::TcpListener {
-        let path = format!("/run/netns/{}", self.a);
-        let addr = format!("{ADDR_A}:0");
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let ns = std::fs::File::open(&path).unwrap();
-            // Only this thread moves; it ends right after.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let l = std::net::TcpListener::bind(&addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            l
-        })
-        .join()
-        .unwrap()
+        common::tcp_listener_in_netns(&self.a, &format!("{ADDR_A}:0"))
     }
 }
 
@@ -301,16 +288,12 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-// Video adapts and recovers (measured over 7 runs on a busy 2-core machine: the picture
-// steps down 1.4-2.6 s into the limit and is back to full size 4.1-4.6 s after it; target 800
-// -> 136-180 -> 800 kbit/s), and audio loses under 3.5 % of its frames. But it is not yet a
-// gate: the tone's share of the energy dips to 0.19-0.27 for the second the link drops (the
-// 50 ms bottleneck queue overflows before the first feedback arrives), and in 1 run of 7 one
-// second at the receiver was near silence although its frames arrived, which points at the
-// WAV sink's paced playback falling behind on a loaded machine rather than the network. Run
-// it with `--ignored`.
+// Video adapts and recovers, and audio stays intelligible. The one dip is physics: when the
+// link drops, the bottleneck's queue (about 200 ms at 300 kbit/s: tbf's 6 kB burst plus 50 ms)
+// fills within about 120 ms, before the first feedback can slow the sender, and audio waits in
+// it; the receiver has nothing to play for those 200 ms and conceals them.
 #[test]
-#[ignore = "audio dips while the estimate finds the limit; run with --ignored (see the comment)"]
+#[ignore = "a gate once playout absorbs a delay step without growing its target (issue 17)"]
 fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     if let Some(why) = missing_capability() {
         assert!(!netns_required(), "{TEST}: {why} (SOTTO_REQUIRE_NETNS=1)");
@@ -436,6 +419,8 @@ fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("bob.json")).unwrap()).unwrap();
     eprintln!("bob: {report}");
+    let sender = std::fs::read_to_string(dir.join("alice.json")).unwrap_or_default();
+    eprintln!("alice: {sender}");
     assert_eq!(report["decrypt_failures"], 0, "{report}");
     assert!(
         report["frames_decrypted"].as_u64().unwrap() > 500,
@@ -443,32 +428,56 @@ fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     );
     assert_eq!(report["video_decrypt_failures"], 0, "{report}");
     let heard = read_wav(&dir.join("bob.wav"));
-    let windows: Vec<&[f32]> = heard.chunks_exact(48_000).collect();
-    assert!(windows.len() >= 10, "only {} s of audio", windows.len());
-    let mut shares = Vec::new();
-    let mut share_values = Vec::new();
-    let mut bad = Vec::new();
+    let seconds: Vec<&[f32]> = heard.chunks_exact(48_000).collect();
+    assert!(seconds.len() >= 10, "only {} s of audio", seconds.len());
+    // Intelligible: in every second, the tone is what is heard in nearly every 50 ms block
+    // (22 whole periods of 440 Hz, so a clean block's share is about 1). A block holding a
+    // concealed or dropped frame's seam, or silence, scores low; speech with one such block in
+    // five stays intelligible.
+    let mut per_second = Vec::new();
+    let mut worst = (1.0f64, 0usize);
+    let (mut clear_blocks, mut blocks) = (0usize, 0usize);
     // The first second holds the call's start (silence before audio flows).
-    for (i, w) in windows.iter().enumerate().skip(1) {
-        // The share is taken at the strongest frequency: the receiver's playout stretches
-        // audio a little while its delay adapts, and a 439 Hz tone holds almost nothing of a
-        // one-second window's 440 Hz bin.
-        let dominant = sotto::media::dominant_hz(w, 48_000.0);
-        let share = common::tone_ratio(w, 48_000.0, dominant);
-        shares.push(format!("{share:.2}"));
-        if (dominant - 440.0).abs() > 5.0 {
-            bad.push(format!("{i} s: {dominant:.0} Hz, share {share:.2}"));
+    for (i, second) in seconds.iter().enumerate().skip(1) {
+        let share = common::tone_blocks(second, 440.0);
+        let clear = (share * 20.0).round() as usize;
+        per_second.push(format!("{share:.2}"));
+        if clear < 20 {
+            let detail: Vec<String> = second
+                .chunks_exact(2400)
+                .map(|b| {
+                    let rms = (b.iter().map(|v| v * v).sum::<f32>() / b.len() as f32).sqrt();
+                    format!("{:.2}/{rms:.2}", common::tone_ratio(b, 48_000.0, 440.0))
+                })
+                .collect();
+            eprintln!("second {i}, share/rms per block: {}", detail.join(" "));
         }
-        share_values.push(share);
+        if share < worst.0 {
+            worst = (share, i);
+        }
+        clear_blocks += clear;
+        blocks += 20;
     }
-    eprintln!("440 Hz share per second at Bob: {}", shares.join(" "));
-    assert!(
-        bad.is_empty(),
-        "the tone was not the strongest sound in: {bad:?}"
+    eprintln!(
+        "share of 50 ms blocks where Bob hears the tone, per second: {}",
+        per_second.join(" ")
     );
-    share_values.sort_by(f64::total_cmp);
-    let median = share_values[share_values.len() / 2];
-    assert!(median >= 0.5, "the tone's median share is {median:.2}");
+    // The second the queue appears may lose up to half of its blocks (see above); every other
+    // second at most one block in five.
+    let mut shares: Vec<f64> = per_second.iter().filter_map(|v| v.parse().ok()).collect();
+    shares.sort_by(f64::total_cmp);
+    assert!(
+        worst.0 >= 0.4 && shares.get(1).is_some_and(|s| *s >= 0.8),
+        "unclear audio: worst second {} with the tone in {:.0} % of its blocks, per second {per_second:?}",
+        worst.1,
+        worst.0 * 100.0
+    );
+    let overall = clear_blocks as f64 / blocks as f64;
+    assert!(
+        overall >= 0.95,
+        "the tone in {:.1} % of all blocks",
+        overall * 100.0
+    );
     let loss = report["loss_percent"].as_f64().unwrap();
     assert!(loss < 5.0, "audio lost {loss:.1} % of its frames");
     let _ = std::fs::remove_dir_all(&dir);

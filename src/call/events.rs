@@ -35,6 +35,9 @@ pub enum CallState {
 pub enum EndReason {
     /// We hung up (or the configured duration ran out).
     LocalHangup,
+    /// The call ended (we hung up, the configured duration ran out, or the peer left) before
+    /// media ever connected: it never happened. Says how far the set-up got.
+    NeverConnected(&'static str),
     /// The peer sent an authenticated hang-up.
     RemoteHangup,
     /// The signaling server says the peer left.
@@ -62,6 +65,9 @@ impl std::fmt::Display for EndReason {
         use crate::text::Printable as P;
         match self {
             EndReason::LocalHangup => write!(f, "hung up"),
+            EndReason::NeverConnected(stage) => {
+                write!(f, "media never connected: {stage}")
+            }
             EndReason::RemoteHangup => write!(f, "the peer hung up"),
             EndReason::PeerLeft => write!(f, "the peer left"),
             EndReason::HandshakeFailed(e) => write!(f, "key agreement failed: {}", P(e)),

@@ -315,7 +315,12 @@ impl Session {
                     }
                 }
                 command = self.commands.recv() => match command {
-                    Some(Command::HangUp) | None => break EndReason::LocalHangup,
+                    Some(Command::HangUp) | None => {
+                        break match run.media {
+                            Some(_) => EndReason::LocalHangup,
+                            None => EndReason::NeverConnected(setup_stage(run.state)),
+                        };
+                    }
                     Some(Command::Mute(muted)) => {
                         self.shared.muted.store(muted, Relaxed);
                         self.send_control(&mut run, &ControlMessage::Mute { muted }).await;
@@ -422,7 +427,12 @@ impl Session {
                     }
                 }
                 _ = tokio::time::sleep_until(run.peer_left_at.unwrap_or(far)),
-                    if run.peer_left_at.is_some() => break EndReason::PeerLeft,
+                    if run.peer_left_at.is_some() => {
+                    break match run.media {
+                        Some(_) => EndReason::PeerLeft,
+                        None => EndReason::NeverConnected("the peer left during the set-up"),
+                    };
+                }
                 _ = tokio::time::sleep_until(setup_deadline), if run.media.is_none() => {
                     break EndReason::Timeout(if !run.established {
                         "key agreement with the peer"
@@ -496,7 +506,10 @@ impl Session {
             }
             SignalEvent::PeerLeft { peer_id } => {
                 if run.peer.as_ref().is_some_and(|p| p.id == peer_id) {
-                    if run.media.is_none() || run.control.is_none() {
+                    if run.media.is_none() {
+                        return Err(EndReason::NeverConnected("the peer left during the set-up"));
+                    }
+                    if run.control.is_none() {
                         return Err(EndReason::PeerLeft);
                     }
                     // A peer that hangs up sends `hangup` on the control channel and then
@@ -1168,5 +1181,15 @@ impl Session {
         if let Some(signal) = run.signal.take() {
             signal.close().await;
         }
+    }
+}
+
+/// How far a call that never connected got, for [`EndReason::NeverConnected`].
+fn setup_stage(state: CallState) -> &'static str {
+    match state {
+        CallState::Joining => "the room was never joined",
+        CallState::WaitingForPeer => "no peer joined",
+        CallState::Handshaking => "the key agreement did not finish",
+        _ => "the WebRTC connection never came up (check the network, STUN and TURN)",
     }
 }

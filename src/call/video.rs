@@ -151,6 +151,40 @@ pub(crate) fn video_share_kbps(estimate_bps: u64, max_kbps: u32) -> u32 {
     }
 }
 
+/// The least time between keyframes sent for the peer's requests; with the round trip (see
+/// [`KeyframeGate`]) it keeps one lost frame from turning into a train of keyframes.
+const KEYFRAME_HOLDOFF: Duration = Duration::from_millis(250);
+
+/// Round trips count up to this when spacing keyframes and their requests (a stalled control
+/// channel can report seconds).
+const MAX_RTT: Duration = Duration::from_secs(1);
+
+/// Decides which of the peer's keyframe requests to serve.
+///
+/// A receiver keeps asking until a keyframe reaches it, so requests it sent before the last
+/// keyframe arrived are stale: serving them sent up to ten keyframes in two seconds into a
+/// link that had just dropped to 300 kbit/s, each up to nine frames' worth, which kept its
+/// queue (and audio in it) 200 ms long. A request is served only once a round trip (plus
+/// [`KEYFRAME_HOLDOFF`]) has passed since the last keyframe went out.
+#[derive(Debug, Default)]
+pub(crate) struct KeyframeGate {
+    last_sent: Option<Instant>,
+}
+
+impl KeyframeGate {
+    /// Whether a request arriving at `now` should force a keyframe, given the round trip
+    /// (zero when unknown).
+    pub(crate) fn serves(&self, now: Instant, rtt: Duration) -> bool {
+        self.last_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= rtt.min(MAX_RTT) + KEYFRAME_HOLDOFF)
+    }
+
+    /// A keyframe went out at `now`, for whatever reason.
+    pub(crate) fn sent(&mut self, now: Instant) {
+        self.last_sent = Some(now);
+    }
+}
+
 /// Everything the video capture thread owns.
 pub(crate) struct VideoCapture {
     pub source: Box<dyn VideoSource>,
@@ -197,6 +231,7 @@ impl VideoCapture {
         let start = Instant::now();
         let mut read: u32 = 0;
         let mut bitrate = self.encoder.bitrate();
+        let mut gate = KeyframeGate::default();
         while !self.stop.load(Relaxed) {
             if !live {
                 // Paced before reading, so the picture's capture time is on the schedule.
@@ -256,7 +291,12 @@ impl VideoCapture {
                 self.encoder.force_keyframe();
             }
             if self.control.keyframe.swap(false, Relaxed) {
-                self.encoder.force_keyframe();
+                let rtt = Duration::from_micros(self.shared.rtt_us.load(Relaxed));
+                if gate.serves(now, rtt) {
+                    self.encoder.force_keyframe();
+                } else {
+                    tracing::debug!("keyframe request within a round trip of the last keyframe");
+                }
             }
             let frame = if picture.size() == size {
                 &picture
@@ -289,6 +329,7 @@ impl VideoCapture {
                         .fetch_add(sealed.as_bytes().len() as u64, Relaxed);
                     if encoded.keyframe {
                         s.video_keyframes_sent.fetch_add(1, Relaxed);
+                        gate.sent(now);
                     }
                     s.video_target_kbps.store(u64::from(target), Relaxed);
                 }
@@ -408,7 +449,9 @@ pub(crate) async fn open_video_frames(
     }
 }
 
-/// Sends a PLI whenever the render side needs a keyframe, at most one per `min_gap`.
+/// Sends a PLI whenever the render side needs a keyframe, at most one per `min_gap` or per
+/// two round trips, whichever is longer: the keyframe asked for needs a round trip and its own
+/// time on the link to arrive, and asking again before then only adds keyframes.
 pub(crate) async fn request_keyframes(
     transport: Arc<MediaTransport>,
     need: Arc<Notify>,
@@ -420,7 +463,8 @@ pub(crate) async fn request_keyframes(
         if transport.request_keyframe() {
             shared.video_keyframe_requests_sent.fetch_add(1, Relaxed);
         }
-        tokio::time::sleep(min_gap).await;
+        let rtt = Duration::from_micros(shared.rtt_us.load(Relaxed));
+        tokio::time::sleep(min_gap.max(rtt.min(MAX_RTT) * 2)).await;
     }
 }
 
@@ -606,6 +650,26 @@ mod tests {
     fn sender(base: u8) -> MediaSender {
         let rot = RotationConfig::default();
         MediaSender::for_kind(MediaKind::Video, SUITE, key(base), rot, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn stale_keyframe_requests_are_not_served() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let rtt = ms(200);
+        let mut gate = KeyframeGate::default();
+        // The first request is served at once.
+        assert!(gate.serves(t0, rtt));
+        gate.sent(t0);
+        // Requests the peer sent before that keyframe could reach it are stale.
+        assert!(!gate.serves(t0 + ms(100), rtt));
+        assert!(!gate.serves(t0 + ms(400), rtt));
+        // One a round trip and the hold-off later means the keyframe was lost: served.
+        assert!(gate.serves(t0 + rtt + KEYFRAME_HOLDOFF, rtt));
+        // Unknown round trip: the hold-off alone.
+        assert!(gate.serves(t0 + KEYFRAME_HOLDOFF, Duration::ZERO));
+        // A round trip of seconds counts as one.
+        assert!(gate.serves(t0 + MAX_RTT + KEYFRAME_HOLDOFF, Duration::from_secs(30)));
     }
 
     fn opener() -> (VideoOpener, Arc<SharedStats>) {

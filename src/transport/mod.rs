@@ -216,6 +216,12 @@ pub struct ReceivedFrame {
 /// reassembly waits [`VIDEO_REORDER_WAIT`] for it anyway.
 const NACKS_PER_PACKET: u16 = 2;
 
+/// How often the receiver reports arrivals (transport-wide feedback). The sender learns that a
+/// link has dropped one interval after it did, and until then it fills the bottleneck's queue
+/// ahead of audio: at 50 ms rather than the interceptor's 100 ms default that queue overflows
+/// half as long, for about 8 kbit/s more feedback.
+const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Whole video frames queued for the application at most.
 const VIDEO_QUEUE: usize = 64;
 
@@ -625,7 +631,12 @@ fn media_setup(
             CongestionControlBuilder::new(estimator).build(),
         )
         .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+        .with(
+            Slot::TwccReceiver,
+            TwccReceiverBuilder::new()
+                .with_interval(TWCC_FEEDBACK_INTERVAL)
+                .build(),
+        )
         // Application-most: everything else has seen the RTCP before it stops here.
         .with(Slot::from(14_000), KeyframeRequests::new());
     Ok((media, registry, bitrate))
@@ -906,15 +917,27 @@ impl MediaTransport {
     async fn local_sdp(&self) -> Result<String, TransportError> {
         let mut gathered = self.gathered.clone();
         let wait = gathered.wait_for(|done| *done);
-        tokio::time::timeout(self.gather_timeout, wait)
-            .await
-            .map_err(|_| TransportError::Timeout("ICE gathering"))?
-            .map_err(|_| TransportError::Closed)?;
+        match tokio::time::timeout(self.gather_timeout, wait).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(TransportError::Closed),
+            // A STUN or TURN server that does not answer (a firewall that drops UDP) must not
+            // stop the call: it goes ahead with the candidates gathered so far.
+            Err(_) => tracing::warn!(
+                "ICE gathering did not finish within {:?}; going on with the candidates found",
+                self.gather_timeout
+            ),
+        }
         let desc = self
             .pc
             .local_description()
             .await
             .ok_or_else(|| rtc_err("no local description"))?;
+        let candidates: Vec<&str> = desc
+            .sdp
+            .lines()
+            .filter(|l| l.starts_with("a=candidate"))
+            .collect();
+        tracing::debug!(?candidates, "local candidates gathered");
         Ok(desc.sdp)
     }
 

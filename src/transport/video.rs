@@ -512,11 +512,24 @@ impl Interceptor for KeyframeRequests {
 /// How far back arrivals count towards the acknowledged rate: short, so a link that drops
 /// shows in it within a few feedback intervals.
 const ACKED_WINDOW: Duration = Duration::from_millis(250);
-/// The published estimate is at most this many times the acknowledged rate...
+/// The published estimate is at most this many times the acknowledged rate once the link has
+/// been clear for [`RAMP`]...
 const ACKED_HEADROOM: f64 = 1.5;
-/// ...or this many while the peer reports losing more than [`LOSSY`] of the recent packets:
-/// a link that drops packets carries no more than arrives, and audio shares its queue.
+/// ...or at most this many while the peer reports losing more than [`LOSSY`] of the recent
+/// packets or a queue builds: a full link carries no more than arrives, and audio shares its
+/// queue.
 const LOSSY_HEADROOM: f64 = 0.9;
+/// While congested, the headroom shrinks with the queue so it drains: 1 minus the queueing
+/// delay over this span (a 200 ms queue halves the rate until it is gone)...
+const DRAIN_SPAN: Duration = Duration::from_millis(400);
+/// ...down to this.
+const DRAIN_HEADROOM: f64 = 0.5;
+/// After the last sign of congestion, the headroom holds at 1 for [`HOLD`], then climbs back
+/// to [`ACKED_HEADROOM`] over this span: snapping straight back refilled the queue it had
+/// just drained.
+const RAMP: Duration = Duration::from_secs(8);
+/// See [`RAMP`].
+const HOLD: Duration = Duration::from_secs(1);
 /// Share of the last [`RECENT_PACKETS`] reported packets lost that counts as a lossy link.
 const LOSSY: f64 = 0.05;
 /// Packets the recent loss share is taken over.
@@ -528,9 +541,26 @@ const QUEUE_BUILDING: Duration = Duration::from_millis(25);
 const BASELINE_WINDOW: Duration = Duration::from_secs(5);
 /// The newest packets' delay is the minimum over this span (one packet's jitter is no queue).
 const RECENT_DELAY_SPAN: Duration = Duration::from_millis(100);
-/// ...and never capped below this, in bits/s, so a sender that sends little (audio alone, or
-/// video paused) can still be given enough to start video again.
+/// ...and, while the link is clear, never capped below this, in bits/s, so a sender that
+/// sends little (audio alone, or video paused) can still be given enough to start video again.
 const ACKED_FLOOR: f64 = 200_000.0;
+
+/// The headroom over the acknowledged rate: how far the sender may go beyond what arrives.
+fn headroom(queue: Option<Duration>, lossy: bool, clear_for: Option<Duration>) -> f64 {
+    let queued = queue.is_some_and(|q| q >= QUEUE_BUILDING);
+    if lossy || queued {
+        let q = queue.unwrap_or_default().as_secs_f64();
+        return (1.0 - q / DRAIN_SPAN.as_secs_f64()).clamp(DRAIN_HEADROOM, LOSSY_HEADROOM);
+    }
+    match clear_for {
+        // Never congested.
+        None => ACKED_HEADROOM,
+        Some(clear) => {
+            let ramp = clear.saturating_sub(HOLD).as_secs_f64() / RAMP.as_secs_f64();
+            1.0 + (ACKED_HEADROOM - 1.0) * ramp.min(1.0)
+        }
+    }
+}
 
 /// Wraps the estimator the interceptor chain owns, publishing its target (bits/s) to a watch
 /// after each update.
@@ -553,6 +583,10 @@ pub(crate) struct PublishedEstimator<E> {
     /// unknown constant offset) by departure, oldest first, over [`BASELINE_WINDOW`].
     delays: VecDeque<(Instant, f64)>,
     origin: Option<Instant>,
+    /// When the link last showed congestion (loss or a queue).
+    congested_at: Option<Instant>,
+    /// The capped target last published, bits/s.
+    current: f64,
     /// When the halves were last logged.
     logged: Option<Instant>,
 }
@@ -560,6 +594,7 @@ pub(crate) struct PublishedEstimator<E> {
 impl<E: BandwidthEstimator> PublishedEstimator<E> {
     pub(crate) fn new(inner: E) -> (Self, watch::Receiver<u64>) {
         let (target, rx) = watch::channel(inner.target_bitrate() as u64);
+        let initial = inner.target_bitrate();
         (
             PublishedEstimator {
                 inner,
@@ -570,6 +605,8 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
                 recent_lost: 0,
                 delays: VecDeque::new(),
                 origin: None,
+                congested_at: None,
+                current: initial,
                 logged: None,
             },
             rx,
@@ -580,7 +617,7 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
     fn acked_rate(&self) -> Option<f64> {
         let (first, _) = self.acked.front()?;
         let (last, _) = self.acked.back()?;
-        if *last - *first < ACKED_WINDOW / 2 {
+        if last.saturating_sub(*first) < ACKED_WINDOW / 2 {
             return None;
         }
         Some((self.acked_bytes * 8) as f64 / ACKED_WINDOW.as_secs_f64())
@@ -648,24 +685,30 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
         }
     }
 
-    fn capped(&self) -> f64 {
+    /// GCC's target, capped by the acknowledged rate times the headroom the link allows now.
+    fn capped(&mut self, now: Instant) -> f64 {
         let gcc = self.inner.target_bitrate();
         let lossy = self.recent.len() >= RECENT_PACKETS / 2
             && self.recent_lost as f64 > LOSSY * self.recent.len() as f64;
-        let queued = self.queueing_delay().is_some_and(|q| q >= QUEUE_BUILDING);
-        let headroom = if lossy || queued {
-            LOSSY_HEADROOM
-        } else {
-            ACKED_HEADROOM
-        };
+        let queue = self.queueing_delay();
+        let congested = lossy || queue.is_some_and(|q| q >= QUEUE_BUILDING);
+        if congested {
+            self.congested_at = Some(now);
+        }
+        let clear_for = self.congested_at.map(|t| now.saturating_duration_since(t));
+        let headroom = headroom(queue, lossy, clear_for);
+        // The floor only lets a quiet sender start again; a congested link gets no more than
+        // it drains.
+        let floor = if congested { 0.0 } else { ACKED_FLOOR };
         match self.acked_rate() {
-            Some(acked) => gcc.min((acked * headroom).max(ACKED_FLOOR)),
+            Some(acked) => gcc.min((acked * headroom).max(floor)),
             None => gcc,
         }
     }
 
     fn publish(&mut self, now: Instant, reports: Option<&[PacketReport]>) {
-        let target = self.capped() as u64;
+        self.current = self.capped(now);
+        let target = self.current as u64;
         let changed = self.target.send_if_modified(|v| {
             let changed = *v != target;
             *v = target;
@@ -703,7 +746,7 @@ impl<E: BandwidthEstimator> BandwidthEstimator for PublishedEstimator<E> {
     }
 
     fn target_bitrate(&self) -> f64 {
-        self.capped()
+        self.current
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -1064,6 +1107,87 @@ mod tests {
             arrival: arrival_ms.map(Duration::from_millis),
             ecn: Default::default(),
         }
+    }
+
+    #[test]
+    fn a_congested_link_is_drained_in_proportion_to_its_queue_and_regained_slowly() {
+        let ms = Duration::from_millis;
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // Congested: a short queue keeps 0.9, a long one cuts deeper, to half at most.
+        assert!(near(headroom(Some(ms(30)), false, Some(ms(0))), 0.9));
+        assert!(near(headroom(Some(ms(100)), false, Some(ms(0))), 0.75));
+        assert!(near(headroom(Some(ms(200)), false, Some(ms(0))), 0.5));
+        assert!(near(headroom(Some(ms(900)), false, Some(ms(0))), 0.5));
+        assert!(near(headroom(None, true, Some(ms(0))), 0.9));
+        // Never congested: full headroom at once.
+        assert!(near(headroom(Some(ms(5)), false, None), ACKED_HEADROOM));
+        // Clear again: hold at 1, then climb back over the ramp.
+        assert!(near(headroom(None, false, Some(ms(900))), 1.0));
+        assert!(near(headroom(None, false, Some(ms(5000))), 1.25));
+        assert!(near(headroom(None, false, Some(ms(9000))), ACKED_HEADROOM));
+        assert!(near(
+            headroom(None, false, Some(ms(60_000))),
+            ACKED_HEADROOM
+        ));
+    }
+
+    /// A sender that follows the published estimate into a 300 kbit/s bottleneck (a FIFO
+    /// with no loss), with feedback every 50 ms: the queue it builds is drained and stays
+    /// short, and the link is still used.
+    #[test]
+    fn a_sender_following_the_estimate_keeps_the_bottleneck_queue_short() {
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(5e6));
+        let start = Instant::now();
+        let link_bps = 300_000.0;
+        let size = 1000usize;
+        let mut next_send = 0.0f64; // seconds
+        let mut link_free = 0.0f64; // when the bottleneck finishes its queue
+        let mut pending: Vec<PacketReport> = Vec::new();
+        let mut id = 0u64;
+        let mut queue_after_2s = Vec::new();
+        let mut sent_bytes_after_2s = 0usize;
+        let end = 12.0;
+        let mut feedback_at = 0.05;
+        while next_send < end {
+            // Sender: 800 kbit/s at most, else what the estimate allows.
+            let rate = (*rx.borrow() as f64).min(800_000.0);
+            let sent = next_send;
+            next_send += (size * 8) as f64 / rate;
+            let arrival = sent.max(link_free) + (size * 8) as f64 / link_bps;
+            link_free = arrival;
+            id += 1;
+            let mut r = report(id, size, None);
+            r.arrived = true;
+            r.departure = start + Duration::from_secs_f64(sent);
+            r.arrival = Some(Duration::from_secs_f64(arrival));
+            pending.push(r);
+            if sent > 2.0 {
+                queue_after_2s.push(arrival - sent);
+                sent_bytes_after_2s += size;
+            }
+            // Feedback for everything that has arrived, as the peer would send it.
+            while feedback_at <= sent {
+                let (arrived, rest): (Vec<_>, Vec<_>) = pending
+                    .drain(..)
+                    .partition(|r| r.arrival.is_some_and(|a| a.as_secs_f64() <= feedback_at));
+                pending = rest;
+                if !arrived.is_empty() {
+                    e.on_reports(start + Duration::from_secs_f64(feedback_at), &arrived);
+                }
+                feedback_at += 0.05;
+            }
+        }
+        let used = (sent_bytes_after_2s * 8) as f64 / (end - 2.0) / link_bps;
+        let long = queue_after_2s.iter().filter(|q| **q > 0.1).count();
+        let worst = queue_after_2s.iter().copied().fold(0.0, f64::max);
+        // The link stays mostly used...
+        assert!(used > 0.6, "used {used:.2} of the link");
+        // ...and after the first two seconds the queue rarely passes 100 ms.
+        assert!(
+            long * 10 < queue_after_2s.len(),
+            "{long} of {} packets queued over 100 ms (worst {worst:.3} s, used {used:.2})",
+            queue_after_2s.len()
+        );
     }
 
     #[test]

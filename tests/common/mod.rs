@@ -115,3 +115,50 @@ pub fn show(who: &str, out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A TCP listener bound to `addr` inside network namespace `ns` (a socket stays in the
+/// namespace it was made in; only the thread that makes it moves).
+pub fn tcp_listener_in_netns(ns: &str, addr: &str) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd; only this short-lived thread changes.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let l = std::net::TcpListener::bind(&addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    })
+    .join()
+    .unwrap()
+}
+
+/// The last `seconds` of a WAV file (48 kHz mono, as `--output` writes it).
+pub fn wav_tail(path: &std::path::Path, seconds: f64) -> Vec<f32> {
+    use sotto::media::AudioSource;
+    let mut src = sotto::media::WavSource::open(path).unwrap();
+    let mut all = Vec::new();
+    let mut frame = [0f32; 960];
+    while src.read_frame(&mut frame).unwrap() {
+        all.extend_from_slice(&frame);
+    }
+    let n = ((seconds * 48_000.0) as usize).min(all.len());
+    all[all.len() - n..].to_vec()
+}
+
+/// Share of the 50 ms blocks of `x` (48 kHz) in which the tone `hz` holds at least half the
+/// power. Short blocks keep the seams that playout adaptation leaves (a dropped or repeated
+/// frame shifts the tone's phase) from cancelling the tone out of a long window.
+pub fn tone_blocks(x: &[f32], hz: f64) -> f64 {
+    let blocks: Vec<&[f32]> = x.chunks_exact(2400).collect();
+    if blocks.is_empty() {
+        return 0.0;
+    }
+    let clear = blocks
+        .iter()
+        .filter(|b| tone_ratio(b, 48_000.0, hz) >= 0.5)
+        .count();
+    clear as f64 / blocks.len() as f64
+}

@@ -81,12 +81,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-/// Logs go to stderr; `RUST_LOG` chooses what (warnings by default). Log lines quote peers,
+/// Logs go to stderr; `RUST_LOG` chooses what (our warnings by default, and only the errors of
+/// the WebRTC crates, whose warnings are about packets on the wire). Log lines quote peers,
 /// servers and libraries, so every control and format character in them is escaped on the
 /// way out (which rules out colours).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc=error,webrtc=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

@@ -1,0 +1,238 @@
+//! Calls between two private LANs, each behind its own NAT router, built by `scripts/netsim` from
+//! network namespaces: a real coturn and the signaling server sit on the "public" side.
+//!
+//! Needs root, `ip netns`, iptables and coturn's `turnserver` (skipped otherwise, with a
+//! notice); `SOTTO_REQUIRE_NETNS=1` (scripts/test sets it) makes a missing capability a failure.
+//! The networks of one test use their own namespace prefix, so tests run side by side.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PUBLIC: &str = "203.0.113.10";
+const STUN_PORT: u16 = 3478;
+
+fn netns_required() -> bool {
+    std::env::var("SOTTO_REQUIRE_NETNS").is_ok_and(|v| v == "1")
+}
+
+fn netsim_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/netsim")
+}
+
+/// Why this machine cannot run these tests, if it cannot.
+fn missing_capability() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, iptables)".into());
+    }
+    for tool in [
+        ["ip", "netns"],
+        ["iptables", "--version"],
+        ["turnserver", "-h"],
+    ] {
+        let ok = Command::new(tool[0])
+            .arg(tool[1])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !ok {
+            return Some(format!("`{}` is missing", tool.join(" ")));
+        }
+    }
+    None
+}
+
+/// Skips (or, where required, fails) when the machine lacks a capability.
+fn can_run(test: &str) -> bool {
+    match missing_capability() {
+        None => true,
+        Some(why) => {
+            assert!(!netns_required(), "{test}: {why} (SOTTO_REQUIRE_NETNS=1)");
+            common::skip(test, &why);
+            false
+        }
+    }
+}
+
+/// The simulated networks, and the servers on their public side; all torn down on drop.
+struct Networks {
+    prefix: String,
+    turn: Option<Child>,
+    shutdown: tokio_util::sync::CancellationToken,
+    url: String,
+}
+
+impl Networks {
+    /// Builds the `variant` networks with coturn (STUN, and TURN with `secret`) and the
+    /// signaling server on the public side.
+    async fn up(prefix: &str, variant: &str, secret: &str) -> Networks {
+        let prefix = format!("{prefix}{}", std::process::id() % 10_000);
+        let status = Command::new(netsim_script())
+            .args(["up", variant])
+            .env("SOTTO_NETSIM_PREFIX", &prefix)
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/netsim up {variant} failed");
+        let public = format!("{prefix}-pub");
+        let turn = Command::new("ip")
+            .args(["netns", "exec", &public, "turnserver", "-n", "--no-cli"])
+            .arg(format!("--listening-ip={PUBLIC}"))
+            .arg(format!("--relay-ip={PUBLIC}"))
+            .arg(format!("--listening-port={STUN_PORT}"))
+            .args(["--use-auth-secret", "--realm=sotto", "--fingerprint"])
+            .arg(format!("--static-auth-secret={secret}"))
+            .args(["--no-tls", "--no-dtls", "--log-file=stdout", "--simple-log"])
+            .args(["--pidfile", "/dev/null"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let listener = common::tcp_listener_in_netns(&public, &format!("{PUBLIC}:0"));
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let config = sotto_signaling::ServerConfig::default();
+                sotto_signaling::serve(listener, sotto_signaling::App::new(config, shutdown)).await
+            }
+        });
+        Networks {
+            prefix,
+            turn: Some(turn),
+            shutdown,
+            url,
+        }
+    }
+
+    /// `sotto call` on the host of LAN `lan` (1 or 2), with a 440 Hz (LAN 1) or 660 Hz tone.
+    fn call(&self, lan: u8, room: &str, dir: &Path, extra: &[&str]) -> Command {
+        let name = if lan == 1 { "alice" } else { "bob" };
+        let tone = if lan == 1 { "440" } else { "660" };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{}-lan{lan}", self.prefix)])
+            .arg(env!("CARGO_BIN_EXE_sotto"))
+            .args([
+                "call", "--server", &self.url, "--room", room, "--name", name,
+            ])
+            .args(["--bind", &format!("10.{lan}.0.2:0"), "--tone", tone])
+            .arg("--identity")
+            .arg(dir.join(name).join("identity.json"))
+            .arg("--stats-json")
+            .arg(dir.join(format!("{name}.json")))
+            .arg("--output")
+            .arg(dir.join(format!("{name}.wav")))
+            .args(extra)
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Networks {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(mut turn) = self.turn.take() {
+            let _ = turn.kill();
+            let _ = turn.wait();
+        }
+        let _ = Command::new(netsim_script())
+            .arg("down")
+            .env("SOTTO_NETSIM_PREFIX", &self.prefix)
+            .status();
+    }
+}
+
+/// Runs both calls to their end; returns (alice, bob).
+async fn both(mut alice: Command, mut bob: Command) -> (Output, Output) {
+    let a = tokio::task::spawn_blocking(move || alice.output().unwrap());
+    let b = tokio::task::spawn_blocking(move || bob.output().unwrap());
+    (a.await.unwrap(), b.await.unwrap())
+}
+
+fn report(dir: &Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+/// Behind endpoint-independent NATs, STUN alone connects the LANs (server-reflexive
+/// candidates), and both sides hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_two_endpoint_independent_nats_connects_with_stun() {
+    if !can_run("a_call_across_two_endpoint_independent_nats_connects_with_stun") {
+        return;
+    }
+    let net = Networks::up("sne", "eim", "unused").await;
+    let dir = common::temp_dir("netsim-nat-eim");
+    let stun = format!("stun:{PUBLIC}:{STUN_PORT}");
+    let args = ["--ice-server", stun.as_str(), "--duration", "6"];
+    let (a, b) = both(
+        net.call(1, "eim", &dir, &args),
+        net.call(2, "eim", &dir, &args),
+    )
+    .await;
+    common::show("alice", &a);
+    common::show("bob", &b);
+    assert!(a.status.success() && b.status.success(), "a call failed");
+    for (name, hz) in [("alice", 660.0), ("bob", 440.0)] {
+        let r = report(&dir, name);
+        assert_eq!(r["decrypt_failures"], 0, "{r}");
+        assert!(r["frames_decrypted"].as_u64().unwrap_or(0) > 100, "{r}");
+        // The last 2 s while the peer still talked (whoever ends first leaves the other a
+        // moment of silence at the end).
+        let mut heard = common::wav_tail(&dir.join(format!("{name}.wav")), 8.0);
+        while heard.len() > 960 && heard[heard.len() - 960..].iter().all(|v| v.abs() < 0.01) {
+            heard.truncate(heard.len() - 960);
+        }
+        let from = heard.len().saturating_sub(96_000);
+        let clear = common::tone_blocks(&heard[from..], hz);
+        assert!(
+            clear >= 0.8,
+            "{name} heard {hz} Hz in {clear:.2} of the blocks"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With all UDP dropped by the routers and no TURN, media can never connect: both sides end
+/// within their bounded time, non-zero, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_media_cannot_connect_fails_clearly() {
+    if !can_run("a_call_whose_media_cannot_connect_fails_clearly") {
+        return;
+    }
+    let net = Networks::up("snb", "udp-blocked", "unused").await;
+    let dir = common::temp_dir("netsim-nat-blocked");
+    let stun = format!("stun:{PUBLIC}:{STUN_PORT}");
+    // Gathering waits 5 s for the STUN server the firewall hides before the offer goes out.
+    let args = ["--ice-server", stun.as_str(), "--duration", "12"];
+    let start = Instant::now();
+    let (a, b) = both(
+        net.call(1, "blocked", &dir, &args),
+        net.call(2, "blocked", &dir, &args),
+    )
+    .await;
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let reason = |o: &Output| String::from_utf8_lossy(&o.stderr).contains("never came up");
+    assert!(
+        reason(&a) || reason(&b),
+        "neither side said the connection never came up"
+    );
+    for (name, out) in [("alice", &a), ("bob", &b)] {
+        common::show(name, out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        // Whoever's --duration ends first leaves; the other sees that.
+        assert!(
+            err.contains("media never connected: the WebRTC connection never came up")
+                || err.contains("media never connected: the peer left during the set-up"),
+            "{name}: {err}"
+        );
+        let r = report(&dir, name);
+        assert_eq!(r["frames_decrypted"], 0, "{r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
