@@ -172,7 +172,9 @@ async fn two_cli_peers_chat_with_a_timer_and_keep_history_across_a_restart() {
     again.args(["--duration", "1"]).stdin(Stdio::null());
     let out = again.output().unwrap();
     common::show("alice again", &out);
-    assert!(out.status.success());
+    // Alone in the room, the call ends with "no peer joined" (exit 1); the history is shown
+    // at start all the same.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no peer joined"));
     let restored: Vec<_> = lines(&alice_log)
         .into_iter()
         .filter(|v| v["restored"] == true)
@@ -183,7 +185,9 @@ async fn two_cli_peers_chat_with_a_timer_and_keep_history_across_a_restart() {
     again.args(["--duration", "1"]).stdin(Stdio::null());
     let out = again.output().unwrap();
     common::show("alice again", &out);
-    assert!(out.status.success());
+    // Alone in the room, the call ends with "no peer joined" (exit 1); the history is shown
+    // at start all the same.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no peer joined"));
     let restored: Vec<_> = lines(&alice_log)
         .into_iter()
         .filter(|v| v["restored"] == true)
