@@ -67,8 +67,9 @@ struct Networks {
 
 impl Networks {
     /// Builds the `variant` networks with coturn (STUN, and TURN with `secret`) and the
-    /// signaling server on the public side.
-    async fn up(prefix: &str, variant: &str, secret: &str) -> Networks {
+    /// signaling server on the public side; with `offer_turn` the signaling server hands out
+    /// coturn's STUN and TURN (with credentials) in `welcome`.
+    async fn up(prefix: &str, variant: &str, secret: &str, offer_turn: bool) -> Networks {
         let prefix = format!("{prefix}{}", std::process::id() % 10_000);
         let status = Command::new(netsim_script())
             .args(["up", variant])
@@ -95,9 +96,18 @@ impl Networks {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
+            let secret = secret.to_owned();
             async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let config = sotto_signaling::ServerConfig::default();
+                let mut config = sotto_signaling::ServerConfig::default();
+                if offer_turn {
+                    config.ice = sotto_signaling::turn::IceOffer {
+                        stun_urls: vec![format!("stun:{PUBLIC}:{STUN_PORT}")],
+                        turn_urls: vec![format!("turn:{PUBLIC}:{STUN_PORT}?transport=udp")],
+                        turn_secret: Some(zeroize::Zeroizing::new(secret.as_bytes().to_vec())),
+                        turn_ttl: Duration::from_secs(600),
+                    };
+                }
                 sotto_signaling::serve(listener, sotto_signaling::App::new(config, shutdown)).await
             }
         });
@@ -165,7 +175,7 @@ async fn a_call_across_two_endpoint_independent_nats_connects_with_stun() {
     if !can_run("a_call_across_two_endpoint_independent_nats_connects_with_stun") {
         return;
     }
-    let net = Networks::up("sne", "eim", "unused").await;
+    let net = Networks::up("sne", "eim", "unused", false).await;
     let dir = common::temp_dir("netsim-nat-eim");
     let stun = format!("stun:{PUBLIC}:{STUN_PORT}");
     let args = ["--ice-server", stun.as_str(), "--duration", "6"];
@@ -177,8 +187,14 @@ async fn a_call_across_two_endpoint_independent_nats_connects_with_stun() {
     common::show("alice", &a);
     common::show("bob", &b);
     assert!(a.status.success() && b.status.success(), "a call failed");
+    check_both_heard(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Both sides decrypted everything and heard the other's tone in their last 2 s of it.
+fn check_both_heard(dir: &Path) {
     for (name, hz) in [("alice", 660.0), ("bob", 440.0)] {
-        let r = report(&dir, name);
+        let r = report(dir, name);
         assert_eq!(r["decrypt_failures"], 0, "{r}");
         assert!(r["frames_decrypted"].as_u64().unwrap_or(0) > 100, "{r}");
         // The last 2 s while the peer still talked (whoever ends first leaves the other a
@@ -194,7 +210,6 @@ async fn a_call_across_two_endpoint_independent_nats_connects_with_stun() {
             "{name} heard {hz} Hz in {clear:.2} of the blocks"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// With all UDP dropped by the routers and no TURN, media can never connect: both sides end
@@ -204,7 +219,7 @@ async fn a_call_whose_media_cannot_connect_fails_clearly() {
     if !can_run("a_call_whose_media_cannot_connect_fails_clearly") {
         return;
     }
-    let net = Networks::up("snb", "udp-blocked", "unused").await;
+    let net = Networks::up("snb", "udp-blocked", "unused", false).await;
     let dir = common::temp_dir("netsim-nat-blocked");
     let stun = format!("stun:{PUBLIC}:{STUN_PORT}");
     // Gathering waits 5 s for the STUN server the firewall hides before the offer goes out.
@@ -234,5 +249,81 @@ async fn a_call_whose_media_cannot_connect_fails_clearly() {
         let r = report(&dir, name);
         assert_eq!(r["frames_decrypted"], 0, "{r}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Behind symmetric NATs only the TURN relay connects the LANs. The signaling server hands
+/// out coturn and time-limited credentials; the clients are given no ICE flags at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_two_symmetric_nats_goes_through_turn_from_the_welcome() {
+    if !can_run("a_call_across_two_symmetric_nats_goes_through_turn_from_the_welcome") {
+        return;
+    }
+    let net = Networks::up("sns", "symmetric", "netsim-turn-secret", true).await;
+    let dir = common::temp_dir("netsim-nat-symmetric");
+    let args = ["--duration", "8"];
+    let (a, b) = both(
+        net.call(1, "symmetric", &dir, &args),
+        net.call(2, "symmetric", &dir, &args),
+    )
+    .await;
+    common::show("alice", &a);
+    common::show("bob", &b);
+    assert!(a.status.success() && b.status.success(), "a call failed");
+    check_both_heard(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--relay-only`: the peer learns no address of ours, only the relay's, and the call works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_offers_the_peer_no_address_but_the_relay() {
+    if !can_run("relay_only_offers_the_peer_no_address_but_the_relay") {
+        return;
+    }
+    let net = Networks::up("snr", "eim", "netsim-turn-secret", true).await;
+    let dir = common::temp_dir("netsim-nat-relay-only");
+    let mut alice = net.call(1, "relay", &dir, &["--duration", "8", "--relay-only"]);
+    alice.env("RUST_LOG", "sotto::transport=debug");
+    let (a, b) = both(alice, net.call(2, "relay", &dir, &["--duration", "8"])).await;
+    common::show("alice", &a);
+    common::show("bob", &b);
+    assert!(a.status.success() && b.status.success(), "a call failed");
+    check_both_heard(&dir);
+    // What Alice's description carried: relay candidates only, and neither her LAN address
+    // nor her NAT's public one anywhere.
+    let log = String::from_utf8_lossy(&a.stderr);
+    let described: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("local description ready"))
+        .collect();
+    assert_eq!(described.len(), 1, "{log}");
+    assert!(described[0].contains("typ relay"), "{}", described[0]);
+    for leak in [
+        "typ host",
+        "typ srflx",
+        "typ prflx",
+        "10.1.0.2",
+        "203.0.113.11",
+    ] {
+        assert!(!described[0].contains(leak), "{leak} in {}", described[0]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--relay-only` with no TURN server anywhere fails at once with a clear reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_without_a_turn_server_says_so() {
+    if !can_run("relay_only_without_a_turn_server_says_so") {
+        return;
+    }
+    let net = Networks::up("snn", "eim", "unused", false).await;
+    let dir = common::temp_dir("netsim-nat-relay-none");
+    let out = net
+        .call(1, "none", &dir, &["--duration", "20", "--relay-only"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("relay-only needs a TURN server"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

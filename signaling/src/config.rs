@@ -78,4 +78,6 @@ pub struct ServerConfig {
     /// server's own origin (the `Origin` names the `Host` the request was sent to). Requests
     /// without an `Origin` (native clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// STUN and TURN servers offered to every peer in `welcome`.
+    pub ice: crate::turn::IceOffer,
 }

@@ -193,11 +193,17 @@ impl Conn {
         match self.app.hub.join(&room, &name, handle) {
             Ok((peer_id, peers)) => {
                 tracing::info!(peer = %peer_id, room = %room, "joined");
+                let ice_servers = self
+                    .app
+                    .config
+                    .ice
+                    .servers_for(peer_id.as_ref(), crate::token::unix_now());
                 self.send(&ServerMessage::Welcome {
                     v: PROTOCOL_VERSION,
                     peer_id: peer_id.to_string(),
                     room: room.clone(),
                     peers,
+                    ice_servers,
                 });
                 self.joined = Some(Joined { room, peer_id });
                 if claim.is_some() {

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod token;
+pub mod turn;
 
 pub use config::{Limits, ServerConfig};
 pub use server::{App, metrics_router, router, serve, serve_metrics};

@@ -42,6 +42,20 @@ struct ServeArgs {
     /// Require join tokens minted with this secret.
     #[arg(long, env = "SOTTO_SIGNALING_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// TURN server offered to peers, with time-limited credentials made with --turn-secret
+    /// (the TURN REST scheme of coturn's use-auth-secret): turn:HOST:PORT[?transport=udp|tcp]
+    /// or turns:...; repeat it for more transports of the same server.
+    #[arg(long = "turn-url", value_name = "URL")]
+    turn_urls: Vec<String>,
+    /// The shared secret of the TURN server (coturn's static-auth-secret).
+    #[arg(long, env = "SOTTO_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// How long handed-out TURN credentials stay valid, in seconds.
+    #[arg(long, default_value_t = sotto_signaling::turn::DEFAULT_TURN_TTL.as_secs())]
+    turn_ttl_secs: u64,
+    /// STUN server offered to peers: stun:HOST[:PORT] (repeatable).
+    #[arg(long = "stun-url", value_name = "URL")]
+    stun_urls: Vec<String>,
     /// Directory served at `/` (the web client).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
     web_dir: PathBuf,
@@ -149,6 +163,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let ice = ice_offer(&args)?;
     let secret = match args.secret {
         Some(s) if s.is_empty() => return Err("the secret must not be empty".into()),
         other => other.map(String::into_bytes),
@@ -175,6 +190,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
         secret,
         web_dir: args.web_dir.is_dir().then_some(args.web_dir),
         allowed_origins: args.allowed_origins,
+        ice,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
@@ -228,4 +244,34 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// The STUN/TURN servers to offer, checked.
+fn ice_offer(args: &ServeArgs) -> Result<sotto_signaling::turn::IceOffer, String> {
+    use sotto_signaling::turn::{IceOffer, check_url};
+    for url in &args.stun_urls {
+        check_url(url, &["stun", "stuns"]).map_err(|e| format!("--stun-url {e}"))?;
+    }
+    for url in &args.turn_urls {
+        check_url(url, &["turn", "turns"]).map_err(|e| format!("--turn-url {e}"))?;
+    }
+    let secret = match &args.turn_secret {
+        Some(s) if s.is_empty() => return Err("--turn-secret must not be empty".into()),
+        Some(s) => Some(zeroize::Zeroizing::new(s.clone().into_bytes())),
+        None => None,
+    };
+    match (args.turn_urls.is_empty(), secret.is_some()) {
+        (false, false) => return Err("--turn-url needs --turn-secret".into()),
+        (true, true) => return Err("--turn-secret needs --turn-url".into()),
+        _ => {}
+    }
+    if args.turn_ttl_secs == 0 {
+        return Err("--turn-ttl-secs must be at least 1".into());
+    }
+    Ok(IceOffer {
+        stun_urls: args.stun_urls.clone(),
+        turn_urls: args.turn_urls.clone(),
+        turn_secret: secret,
+        turn_ttl: Duration::from_secs(args.turn_ttl_secs),
+    })
 }

@@ -115,6 +115,12 @@ pub struct CallOptions {
     #[arg(long, value_name = "SECRET", default_value = "")]
     #[serde(default)]
     pub ice_credential: String,
+    /// Send media only through a TURN relay, so the peer never learns this machine's
+    /// addresses (needs a TURN server: --ice-server turn:..., or one the signaling server
+    /// offers).
+    #[arg(long)]
+    #[serde(default)]
+    pub relay_only: bool,
     /// Refuse, before any media, a peer whose identity is not verified (see `sotto peers
     /// verify`): new, unverified, changed and lookalike peers end the call with exit 1.
     #[arg(long)]
@@ -355,6 +361,7 @@ impl CallOptions {
             ice_username: String::new(),
             ice_credential: String::new(),
             require_verified: false,
+            relay_only: false,
             video: None,
             video_output: None,
             video_window: false,
@@ -520,6 +527,7 @@ impl CallOptions {
                 credential: self.ice_credential.clone(),
             }];
         }
+        config.transport.relay_only = self.relay_only;
         if self.require_verified {
             config.trust = TrustPolicy::RequireVerified;
         }

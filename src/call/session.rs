@@ -23,7 +23,7 @@ use crate::messages::{
 use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
-use crate::transport::{MediaTransport, TransportState};
+use crate::transport::{IceServer, MediaTransport, TransportState, has_turn};
 
 use super::control::{ControlCrypto, ControlError};
 use super::events::{CallEvent, CallState, EndReason, PeerInfo};
@@ -448,10 +448,45 @@ impl Session {
     /// Handles one signaling event. `Ok(true)` when a peer was found (set-up starts).
     async fn on_signal(&mut self, run: &mut Run, event: SignalEvent) -> Result<bool, EndReason> {
         match event {
-            SignalEvent::Joined { peer_id, peers } => {
+            SignalEvent::Joined {
+                peer_id,
+                peers,
+                ice_servers,
+            } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
                 if run.peer.is_some() {
                     return Ok(false); // a rejoin after a reconnect: the call goes on
+                }
+                // The server's STUN/TURN servers, unless the caller chose its own. Gathering
+                // starts with the offer or answer, later than this.
+                let own = &self.config.transport.ice_servers;
+                let servers: Vec<IceServer> = if own.is_empty() {
+                    ice_servers
+                        .into_iter()
+                        .map(|s| IceServer {
+                            urls: s.urls,
+                            username: s.username,
+                            credential: s.credential,
+                        })
+                        .collect()
+                } else {
+                    own.clone()
+                };
+                let relay_only = self.config.transport.relay_only;
+                if relay_only && !has_turn(&servers) {
+                    return Err(EndReason::ConnectionFailed(
+                        "relay-only needs a TURN server: none was given (--ice-server turn:...) \
+                         and the signaling server offers none"
+                            .into(),
+                    ));
+                }
+                if !servers.is_empty() && (own.is_empty() || relay_only) {
+                    tracing::info!(count = servers.len(), relay_only, "ICE servers");
+                    if let Err(e) = run.transport.set_ice_servers(&servers).await {
+                        return Err(EndReason::ConnectionFailed(format!(
+                            "the ICE servers are not usable: {e}"
+                        )));
+                    }
                 }
                 let Some(other) = peers.into_iter().next() else {
                     self.set_state(run, CallState::WaitingForPeer);

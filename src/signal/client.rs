@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerInfo, ServerMessage};
+use super::protocol::{
+    ClientMessage, ErrorCode, IceServerInfo, PROTOCOL_VERSION, PeerInfo, ServerMessage,
+};
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -62,6 +64,8 @@ pub enum SignalEvent {
         peer_id: String,
         /// Peers already there.
         peers: Vec<PeerInfo>,
+        /// STUN and TURN servers the server offers.
+        ice_servers: Vec<IceServerInfo>,
     },
     /// A peer joined.
     PeerJoined(PeerInfo),
@@ -338,10 +342,10 @@ async fn session(
                     continue;
                 };
                 let event = match msg {
-                    ServerMessage::Welcome { peer_id, peers, .. } => {
+                    ServerMessage::Welcome { peer_id, peers, ice_servers, .. } => {
                         joined.store(true, Ordering::Release);
                         *failures = 0;
-                        SignalEvent::Joined { peer_id, peers }
+                        SignalEvent::Joined { peer_id, peers, ice_servers }
                     }
                     ServerMessage::PeerJoined { peer_id, name, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name }),
                     ServerMessage::PeerLeft { peer_id, .. } => SignalEvent::PeerLeft { peer_id },

@@ -26,4 +26,4 @@ mod client;
 pub mod protocol;
 
 pub use client::{SignalClient, SignalConfig, SignalError, SignalEvent};
-pub use protocol::{ErrorCode, PeerInfo};
+pub use protocol::{ErrorCode, IceServerInfo, PeerInfo};

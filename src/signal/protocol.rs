@@ -90,6 +90,34 @@ pub struct PeerInfo {
     pub name: String,
 }
 
+/// Most ICE servers a `welcome` may offer.
+pub const MAX_ICE_SERVERS: usize = 8;
+/// Longest URL, user name or credential of an offered ICE server, in bytes.
+pub const MAX_ICE_FIELD: usize = 512;
+
+/// A STUN or TURN server offered in `welcome` (see PROTOCOL.md, "Relay credentials").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServerInfo {
+    /// `stun:` or `turn:` URLs of one server.
+    pub urls: Vec<String>,
+    /// TURN user name (`<expiry>:<peer id>` in the TURN REST scheme); empty for STUN.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    /// TURN credential; empty for STUN.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+}
+
+impl IceServerInfo {
+    fn within_bounds(&self) -> bool {
+        !self.urls.is_empty()
+            && self.urls.len() <= 4
+            && self.urls.iter().all(|u| u.len() <= MAX_ICE_FIELD)
+            && self.username.len() <= MAX_ICE_FIELD
+            && self.credential.len() <= MAX_ICE_FIELD
+    }
+}
+
 /// What the server sends. Parsed with [`ServerMessage::parse`].
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -104,6 +132,10 @@ pub enum ServerMessage {
         room: String,
         /// Peers already in the room, oldest first.
         peers: Vec<PeerInfo>,
+        /// STUN and TURN servers the server offers (TURN with short-lived credentials); left
+        /// out when it offers none.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServerInfo>,
     },
     /// Someone joined our room.
     PeerJoined {
@@ -383,6 +415,8 @@ mod wire {
         pub peer_id: String,
         pub room: String,
         pub peers: Vec<PeerInfo>,
+        #[serde(default)]
+        pub ice_servers: Vec<super::IceServerInfo>,
     }
 
     #[derive(Deserialize)]
@@ -429,11 +463,17 @@ impl ServerMessage {
         Ok(match env.kind.as_str() {
             "welcome" => {
                 let m: wire::Welcome = serde_json::from_str(text)?;
+                if m.ice_servers.len() > MAX_ICE_SERVERS
+                    || !m.ice_servers.iter().all(IceServerInfo::within_bounds)
+                {
+                    return Err(serde::de::Error::custom("ice_servers out of bounds"));
+                }
                 ServerMessage::Welcome {
                     v,
                     peer_id: m.peer_id,
                     room: m.room,
                     peers: m.peers,
+                    ice_servers: m.ice_servers,
                 }
             }
             "peer_joined" => {

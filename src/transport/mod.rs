@@ -53,11 +53,11 @@ use rtc::interceptor::{
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::peer_connection::configuration::{RTCConfigurationBuilder, RTCIceTransportPolicy};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceServer;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -129,6 +129,60 @@ pub enum TransportError {
     VideoReceiveOnly,
 }
 
+/// `sdp` with every candidate's related address and port (`raddr`, `rport`) replaced by
+/// `0.0.0.0 0`, as browsers do for privacy.
+fn scrub_related_addresses(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if !line.starts_with("a=candidate") {
+            out.push_str(line);
+            continue;
+        }
+        let (body, end) = match line.strip_suffix("\r\n") {
+            Some(b) => (b, "\r\n"),
+            None => line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n")),
+        };
+        let mut words: Vec<&str> = body.split(' ').collect();
+        for i in 1..words.len() {
+            match words[i - 1] {
+                "raddr" => words[i] = "0.0.0.0",
+                "rport" => words[i] = "0",
+                _ => {}
+            }
+        }
+        out.push_str(&words.join(" "));
+        out.push_str(end);
+    }
+    out
+}
+
+/// Whether any of `servers` is a TURN server.
+pub fn has_turn(servers: &[IceServer]) -> bool {
+    servers
+        .iter()
+        .flat_map(|s| &s.urls)
+        .any(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+}
+
+fn ice_policy(relay_only: bool) -> RTCIceTransportPolicy {
+    if relay_only {
+        RTCIceTransportPolicy::Relay
+    } else {
+        RTCIceTransportPolicy::All
+    }
+}
+
+fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone(),
+            credential: s.credential.clone(),
+        })
+        .collect()
+}
+
 fn rtc_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::WebRtc(e.to_string())
 }
@@ -147,6 +201,8 @@ pub struct TransportConfig {
     pub video: VideoDirection,
     /// Upper bound of the sending bitrate estimate, in bits/s (audio and video together).
     pub max_bitrate: u64,
+    /// Gather and offer TURN relay candidates only, so the peer never learns our addresses.
+    pub relay_only: bool,
 }
 
 /// Where the sending bitrate estimate starts, in bits/s (lowered to `max_bitrate` if above).
@@ -164,6 +220,7 @@ impl Default for TransportConfig {
             gather_timeout: Duration::from_secs(5),
             video: VideoDirection::default(),
             max_bitrate: DEFAULT_MAX_BITRATE,
+            relay_only: false,
         }
     }
 }
@@ -430,6 +487,7 @@ pub struct MediaTransport {
     frames: Option<mpsc::Receiver<ReceivedFrame>>,
     controls: Option<mpsc::Receiver<Bytes>>,
     gather_timeout: Duration,
+    relay_only: bool,
     dtls_fingerprint: DtlsFingerprint,
     video: Option<VideoSend>,
     /// Our video SSRC; also the sender SSRC of our PLIs when we only receive.
@@ -707,15 +765,7 @@ impl MediaTransport {
         let runtime = webrtc::runtime::default_runtime()
             .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
         let (media, registry, bitrate) = media_setup(config.max_bitrate)?;
-        let ice_servers = config
-            .ice_servers
-            .iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone(),
-                credential: s.credential.clone(),
-            })
-            .collect();
+        let ice_servers = rtc_ice_servers(&config.ice_servers);
         // Our own certificate, so its fingerprint is known before any SDP exists: the
         // handshake signs it (docs/handshake.md, "Binding the transport").
         let provider = rtc::crypto::default_provider().map_err(rtc_err)?;
@@ -736,6 +786,11 @@ impl MediaTransport {
             })?;
         let rtc_config = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers)
+            // Relay-only needs a TURN server; without one yet (the signaling server may offer
+            // one), the policy comes with `set_ice_servers`, before gathering.
+            .with_ice_transport_policy(ice_policy(
+                config.relay_only && has_turn(&config.ice_servers),
+            ))
             .with_certificates(vec![certificate])
             .build();
         let (gathered_tx, gathered) = watch::channel(false);
@@ -896,6 +951,7 @@ impl MediaTransport {
             frames: Some(frames),
             controls: Some(controls),
             gather_timeout: config.gather_timeout,
+            relay_only: config.relay_only,
             dtls_fingerprint,
             video,
             video_ssrc,
@@ -907,6 +963,16 @@ impl MediaTransport {
             audio_clock,
             video_clock,
         })
+    }
+
+    /// Replaces the STUN/TURN servers, before gathering starts (the offer or answer); with
+    /// relay-only set, they must include a TURN server.
+    pub async fn set_ice_servers(&self, servers: &[IceServer]) -> Result<(), TransportError> {
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(rtc_ice_servers(servers))
+            .with_ice_transport_policy(ice_policy(self.relay_only))
+            .build();
+        self.pc.set_configuration(config).await.map_err(rtc_err)
     }
 
     /// The SHA-256 fingerprint of our DTLS certificate, as our SDP carries it.
@@ -932,13 +998,22 @@ impl MediaTransport {
             .local_description()
             .await
             .ok_or_else(|| rtc_err("no local description"))?;
-        let candidates: Vec<&str> = desc
-            .sdp
+        // A relay candidate's related address is the machine's own: relay-only must not send
+        // it (connectivity never needs it).
+        let sdp = if self.relay_only {
+            scrub_related_addresses(&desc.sdp)
+        } else {
+            desc.sdp
+        };
+        // Every line that can carry an address: what the peer learns of ours.
+        let addresses: Vec<&str> = sdp
             .lines()
-            .filter(|l| l.starts_with("a=candidate"))
+            .filter(|l| {
+                l.starts_with("a=candidate") || l.starts_with("c=") || l.starts_with("a=rtcp:")
+            })
             .collect();
-        tracing::debug!(?candidates, "local candidates gathered");
-        Ok(desc.sdp)
+        tracing::debug!(?addresses, "local description ready");
+        Ok(sdp)
     }
 
     /// Creates the offer; returns its SDP for the peer once ICE candidates are gathered.
@@ -1223,5 +1298,37 @@ impl MediaTransport {
     /// Closes the connection.
     pub async fn close(&self) -> Result<(), TransportError> {
         self.pc.close().await.map_err(rtc_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn related_addresses_are_scrubbed_from_candidates_only() {
+        let sdp = "v=0\r\nc=IN IP4 0.0.0.0\r\n\
+            a=candidate:1 1 udp 16777215 203.0.113.10 55790 typ relay raddr 10.1.0.2 rport 51635\r\n\
+            a=candidate:2 1 udp 1694498815 203.0.113.11 4000 typ srflx raddr 10.1.0.2 rport 4000 generation 0\r\n\
+            a=ice-ufrag:raddr\r\n";
+        let out = scrub_related_addresses(sdp);
+        assert!(!out.contains("10.1.0.2"), "{out}");
+        assert!(out.contains("typ relay raddr 0.0.0.0 rport 0\r\n"), "{out}");
+        assert!(
+            out.contains("typ srflx raddr 0.0.0.0 rport 0 generation 0\r\n"),
+            "{out}"
+        );
+        // Everything else as it was, line endings included.
+        assert!(out.starts_with("v=0\r\nc=IN IP4 0.0.0.0\r\n"));
+        assert!(out.ends_with("a=ice-ufrag:raddr\r\n"));
+        assert_eq!(out.lines().count(), sdp.lines().count());
+        assert!(has_turn(&[IceServer {
+            urls: vec!["stun:a".into(), "turns:b".into()],
+            ..IceServer::default()
+        }]));
+        assert!(!has_turn(&[IceServer {
+            urls: vec!["stun:a".into()],
+            ..IceServer::default()
+        }]));
     }
 }

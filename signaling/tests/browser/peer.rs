@@ -66,7 +66,7 @@ impl RustPeer {
         let (client, mut events) = SignalClient::connect(SignalConfig::new(url, room, name));
         let joined = loop {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
-                Ok(Some(SignalEvent::Joined { peer_id, peers })) => {
+                Ok(Some(SignalEvent::Joined { peer_id, peers, .. })) => {
                     break (peer_id, peers.into_iter().map(|p| p.peer_id).collect());
                 }
                 Ok(Some(_)) => {}
