@@ -74,6 +74,14 @@ typedef struct sotto_sframe_sender sotto_sframe_sender;
 // - `{"event":"first_audio","setup_ms":231.0}`
 // - `{"event":"video_size","width":640,"height":360}`: the peer's video is shown at this size
 //   (first picture, or a change); video comes with the `video` option (see `sotto call --help`)
+// - text messages, as `sotto call --chat-json` writes them (`docs/call-protocol.md`,
+//   "Messages"): `{"event":"message","id":..,"from":..,"text":..,"ttl_s":N|null,
+//   "received_at":<Unix ms>}`, `{"event":"sent","id":..,"text":..,"ttl_s":..}`,
+//   `{"event":"delivered","id":..,"to":..}`, `{"event":"timer","from":..,"ttl_s":N|null}`,
+//   `{"event":"expired","id":..}` (forget the text now), `{"event":"undelivered","id":..}`
+//   (the call ended before the peer acknowledged it), `{"event":"rejected","reason":..}`
+//   (a message from the peer was refused), and `{"event":"error","reason":..}` (a message or
+//   timer of ours could not be sent, e.g. before the call is connected)
 // - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 //   false when the call failed
 typedef void (*sotto_event_cb)(void *user_data, const char *event_json);
@@ -105,8 +113,10 @@ extern "C" {
 // Starts a call as the JSON `config_json` describes (the keys are the long flag names of
 // `sotto call`: `server`, `room`, `name`, `identity`, `tone`, `input`, `input-device`,
 // `output`, `output-device`, `duration`, `stats-json`, `token`, `bind` (string or array),
-// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`;
-// unknown keys are SOTTO_ERR_INVALID). Audio comes from the config (tone, WAV file or
+// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`,
+// `history` (a directory that keeps live messages across restarts, encrypted at rest);
+// unknown keys, `chat` and `chat-json` are SOTTO_ERR_INVALID). Audio comes from the config
+// (tone, WAV file or
 // device). See `sotto_call_start_with_audio`.
 //
 // Thread-safety: any thread. Ownership: `config_json` is read during the call only; `*out`
@@ -152,6 +162,31 @@ sotto_status sotto_call_start_with_audio(const char *config_json,
 // # Safety
 // `call` must come from `sotto_call_start*` and not be freed.
 sotto_status sotto_call_set_muted(sotto_call *call, bool muted);
+
+// Sends a text message to the peer: `len` bytes of UTF-8 at `text` (no NUL needed), 1 to
+// 4096 bytes. SOTTO_ERR_INVALID for an empty, oversize or non-UTF-8 text (nothing is sent),
+// SOTTO_ERR_STATE once the call has ended. The message's id comes with the `sent` event,
+// its acknowledgement with `delivered`; a message that cannot go out (the call is not
+// connected yet) gives an `error` event.
+//
+// Thread-safety: any thread, also from the event callback. Ownership: `text` stays the
+// caller's (copied); `call` stays the caller's.
+//
+// # Safety
+// `call` must come from `sotto_call_start*` and not be freed; `text` readable for `len`
+// bytes (or NULL with `len` 0).
+sotto_status sotto_call_send_message(sotto_call *call, const char *text, size_t len);
+
+// Sets the conversation's disappearing timer for the messages sent after it: `seconds` 5 to
+// 86400, or 0 for off (the peer is told; a `timer` event follows). SOTTO_ERR_INVALID for
+// any other value, SOTTO_ERR_STATE once the call has ended.
+//
+// Thread-safety: any thread, also from the event callback. Ownership: `call` stays the
+// caller's.
+//
+// # Safety
+// `call` must come from `sotto_call_start*` and not be freed.
+sotto_status sotto_call_set_disappearing_timer(sotto_call *call, uint32_t seconds);
 
 // Hangs up (if the call has not ended) and waits for the end: when it returns, the ended
 // event has been delivered. SOTTO_OK also if the call had already ended. Called from the

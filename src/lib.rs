@@ -106,6 +106,7 @@ pub mod call;
 pub mod handshake;
 pub mod latency;
 pub mod media;
+pub mod messages;
 pub mod names;
 pub mod playout;
 pub mod sframe;

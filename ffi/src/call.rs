@@ -12,6 +12,7 @@ use engine::call::{
     PeerInfo, ended_ok,
 };
 use engine::media::{AudioSink, AudioSource, MediaError};
+use engine::messages::{Conversation, DisappearingTimer, chat_event_json};
 use engine::sframe::CipherSuite;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +38,14 @@ use crate::error::{
 /// - `{"event":"first_audio","setup_ms":231.0}`
 /// - `{"event":"video_size","width":640,"height":360}`: the peer's video is shown at this size
 ///   (first picture, or a change); video comes with the `video` option (see `sotto call --help`)
+/// - text messages, as `sotto call --chat-json` writes them (`docs/call-protocol.md`,
+///   "Messages"): `{"event":"message","id":..,"from":..,"text":..,"ttl_s":N|null,
+///   "received_at":<Unix ms>}`, `{"event":"sent","id":..,"text":..,"ttl_s":..}`,
+///   `{"event":"delivered","id":..,"to":..}`, `{"event":"timer","from":..,"ttl_s":N|null}`,
+///   `{"event":"expired","id":..}` (forget the text now), `{"event":"undelivered","id":..}`
+///   (the call ended before the peer acknowledged it), `{"event":"rejected","reason":..}`
+///   (a message from the peer was refused), and `{"event":"error","reason":..}` (a message or
+///   timer of ours could not be sent, e.g. before the call is connected)
 /// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 ///   false when the call failed
 pub type sotto_event_cb =
@@ -120,6 +129,8 @@ impl AudioSink for CallbackSink {
 enum Command {
     Mute(bool),
     HangUp,
+    SendMessage(zeroize::Zeroizing<String>),
+    SetTimer(Option<Duration>),
     Stats(oneshot::Sender<CallStats>),
     /// Tests only: the driver panics, as a bug in it would.
     #[cfg(test)]
@@ -256,6 +267,7 @@ fn event_json(event: &CallEvent) -> Option<Value> {
             json!({"event": "video_size", "width": width, "height": height})
         }
         CallEvent::Ended { reason, stats } => ended_json(reason, stats),
+        CallEvent::Chat(chat) => return chat_event_json(chat),
         _ => return None,
     })
 }
@@ -325,6 +337,16 @@ impl Driver {
                 },
                 command = self.commands.recv() => match command {
                     Some(Command::Mute(m)) => self.call.set_muted(m).await,
+                    Some(Command::SendMessage(text)) => {
+                        if let Err(e) = self.call.send_message(&text).await {
+                            self.emit(&json!({"event": "error", "reason": e.to_string()}));
+                        }
+                    }
+                    Some(Command::SetTimer(ttl)) => {
+                        if let Err(e) = self.call.set_disappearing_timer(ttl).await {
+                            self.emit(&json!({"event": "error", "reason": e.to_string()}));
+                        }
+                    }
                     Some(Command::Stats(reply)) => {
                         let _ = reply.send(self.call.stats());
                     }
@@ -419,8 +441,10 @@ fn deliver(
 /// Starts a call as the JSON `config_json` describes (the keys are the long flag names of
 /// `sotto call`: `server`, `room`, `name`, `identity`, `tone`, `input`, `input-device`,
 /// `output`, `output-device`, `duration`, `stats-json`, `token`, `bind` (string or array),
-/// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`;
-/// unknown keys are SOTTO_ERR_INVALID). Audio comes from the config (tone, WAV file or
+/// `ice-server` (string or array), `ice-username`, `ice-credential`, `require-verified`,
+/// `history` (a directory that keeps live messages across restarts, encrypted at rest);
+/// unknown keys, `chat` and `chat-json` are SOTTO_ERR_INVALID). Audio comes from the config
+/// (tone, WAV file or
 /// device). See `sotto_call_start_with_audio`.
 ///
 /// Thread-safety: any thread. Ownership: `config_json` is read during the call only; `*out`
@@ -492,6 +516,12 @@ fn start(
     user_data: UserData,
 ) -> Result<sotto_call> {
     let options = CallOptions::from_json(config).map_err(options_failure)?;
+    if options.chat || options.chat_json.is_some() {
+        return Err(Failure::invalid(
+            "chat and chat-json are for `sotto call`; use sotto_call_send_message and the \
+             message events",
+        ));
+    }
     let read = audio.and_then(|a| a.read.map(|r| (r, a.user_data)));
     let write = audio.and_then(|a| a.write.map(|w| (w, a.user_data)));
     let source: Box<dyn AudioSource> = match read {
@@ -511,9 +541,15 @@ fn start(
     };
     let video = options.open_video().map_err(options_failure)?;
     let loaded = options.load_identity().map_err(options_failure)?;
+    let history = options
+        .open_history(&loaded.path)
+        .map_err(options_failure)?;
     let fingerprint = loaded.identity.public_key().fingerprint();
     let suite = options.config().suite;
-    let builder = options.builder(loaded.identity, loaded.known_peers, source, sink, video);
+    let mut builder = options.builder(loaded.identity, loaded.known_peers, source, sink, video);
+    if let Some(history) = history {
+        builder = builder.history(history);
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -603,6 +639,79 @@ pub unsafe extern "C" fn sotto_call_set_muted(call: *mut sotto_call, muted: bool
         }
         call.commands
             .send(Command::Mute(muted))
+            .map_err(|_| ended_already())
+    })
+}
+
+/// Sends a text message to the peer: `len` bytes of UTF-8 at `text` (no NUL needed), 1 to
+/// 4096 bytes. SOTTO_ERR_INVALID for an empty, oversize or non-UTF-8 text (nothing is sent),
+/// SOTTO_ERR_STATE once the call has ended. The message's id comes with the `sent` event,
+/// its acknowledgement with `delivered`; a message that cannot go out (the call is not
+/// connected yet) gives an `error` event.
+///
+/// Thread-safety: any thread, also from the event callback. Ownership: `text` stays the
+/// caller's (copied); `call` stays the caller's.
+///
+/// # Safety
+/// `call` must come from `sotto_call_start*` and not be freed; `text` readable for `len`
+/// bytes (or NULL with `len` 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sotto_call_send_message(
+    call: *mut sotto_call,
+    text: *const c_char,
+    len: usize,
+) -> sotto_status {
+    guard(|| {
+        // SAFETY: as promised by the caller.
+        let call = unsafe { handle(call) }?;
+        if text.is_null() && len > 0 {
+            return Err(Failure::null("text"));
+        }
+        let bytes = if len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: non-NULL and readable for `len` bytes, as promised by the caller.
+            unsafe { std::slice::from_raw_parts(text.cast::<u8>(), len) }
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| Failure::invalid("message is not valid UTF-8"))?;
+        Conversation::check_text(text).map_err(|e| Failure::invalid(e.to_string()))?;
+        if call.shared.final_stats().is_some() {
+            return Err(ended_already());
+        }
+        call.commands
+            .send(Command::SendMessage(zeroize::Zeroizing::new(
+                text.to_owned(),
+            )))
+            .map_err(|_| ended_already())
+    })
+}
+
+/// Sets the conversation's disappearing timer for the messages sent after it: `seconds` 5 to
+/// 86400, or 0 for off (the peer is told; a `timer` event follows). SOTTO_ERR_INVALID for
+/// any other value, SOTTO_ERR_STATE once the call has ended.
+///
+/// Thread-safety: any thread, also from the event callback. Ownership: `call` stays the
+/// caller's.
+///
+/// # Safety
+/// `call` must come from `sotto_call_start*` and not be freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sotto_call_set_disappearing_timer(
+    call: *mut sotto_call,
+    seconds: u32,
+) -> sotto_status {
+    guard(|| {
+        // SAFETY: as promised by the caller.
+        let call = unsafe { handle(call) }?;
+        let secs = (seconds > 0).then_some(u64::from(seconds));
+        let timer =
+            DisappearingTimer::from_secs(secs).map_err(|e| Failure::invalid(e.to_string()))?;
+        if call.shared.final_stats().is_some() {
+            return Err(ended_already());
+        }
+        call.commands
+            .send(Command::SetTimer(timer.ttl()))
             .map_err(|_| ended_already())
     })
 }

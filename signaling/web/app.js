@@ -14,10 +14,13 @@ import {
   markVerified,
 } from './identity.js';
 import { controlKey } from './keys.js';
+import { Conversation, MAX_TEXT_BYTES, timerText } from './chat.js';
 import { canonical, isMixedScript } from './names.js';
 import { SframeReceiver, SframeSender } from './sframe.js';
 
-const MAX_CONTROL_MESSAGE = 4096;
+// A chat message of 4 KiB of text needs up to 6 x that as escaped JSON.
+const MAX_CONTROL_MESSAGE = 32 * 1024;
+const COUNTDOWN_EVERY_MS = 250;
 const GATHER_TIMEOUT_MS = 10_000;
 const PING_EVERY_MS = 5_000;
 const STATUS_CONNECTED = 'connected: end-to-end encrypted';
@@ -55,6 +58,9 @@ const call = {
   camera: false, // Our camera is on (sent, sealed, once the call has keys).
   cameraError: null,
   remoteVideo: false, // The peer's video is attached to #remote-video (only once keys exist).
+  // Text messages (docs/call-protocol.md, "Messages"): the events as `sotto call --chat-json`
+  // writes them (a text is null once its message expired), the counters, and send/setTimer.
+  chat: { events: [], counters: { sent: 0, received: 0, rejected: 0, expired: 0 }, ttl: null },
 };
 window.sotto = call;
 
@@ -219,6 +225,11 @@ async function main() {
     }
   }
   let control = null; // { sender, receiver }
+  let chat = null; // Conversation, once the keys are agreed.
+  // A control frame from the peer authenticated: its end of the channel is open, so chat
+  // items sent now are not dropped. Until then they wait here, in order.
+  let peerHeard = false;
+  const chatOutbox = [];
   let ended = false;
   let hsQueue = Promise.resolve();
   let sdpQueue = Promise.resolve();
@@ -245,6 +256,9 @@ async function main() {
     $('mute').disabled = true;
     $('hangup').disabled = true;
     $('camera').disabled = true;
+    if (chat) for (const ev of chat.end()) onChatEvent(ev);
+    $('chat-input').disabled = true;
+    $('timer-select').disabled = true;
     before.finally(() => {
       pc?.close();
       sendServer({ type: 'leave' });
@@ -296,7 +310,17 @@ async function main() {
       return;
     }
     call.control.received += 1;
+    if (!peerHeard) {
+      peerHeard = true;
+      for (const item of chatOutbox.splice(0)) sendControl(item).catch(() => {});
+    }
     if (msg === null || typeof msg !== 'object') return;
+    if (['message', 'delivered', 'timer'].includes(msg.type) && chat) {
+      const { events, reply } = chat.receive(msg, performance.now());
+      for (const ev of events) onChatEvent(ev);
+      if (reply) sendChat(reply);
+      return;
+    }
     if (msg.type === 'mute' && typeof msg.muted === 'boolean') {
       call.peerMuted = msg.muted;
       showPeers(roomPeers);
@@ -312,6 +336,113 @@ async function main() {
       call.control.ignored += 1;
     }
   }
+
+  /// Sends a chat item once the peer's end of the control channel is known to be open.
+  function sendChat(item) {
+    if (peerHeard) sendControl(item).catch(() => {});
+    else chatOutbox.push(item);
+  }
+
+  /// #chat-log: one .message[data-id] per live message, with a countdown while it has one.
+  function chatLine(className, text) {
+    const div = document.createElement('div');
+    div.className = className;
+    div.textContent = text;
+    $('chat-log').append(div);
+    $('chat-log').scrollTop = $('chat-log').scrollHeight;
+    return div;
+  }
+
+  function onChatEvent(ev) {
+    call.chat.events.push(ev);
+    Object.assign(call.chat.counters, chat.counters);
+    call.chat.ttl = chat.ttl;
+    if (ev.event === 'message' || ev.event === 'sent') {
+      const div = document.createElement('div');
+      div.className = ev.event === 'sent' ? 'message mine' : 'message';
+      div.dataset.id = ev.id;
+      const who = Object.assign(document.createElement('span'), {
+        className: 'from',
+        textContent: ev.event === 'sent' ? 'you' : ev.from,
+      });
+      const text = Object.assign(document.createElement('span'), {
+        className: 'text',
+        textContent: ev.text,
+      });
+      const countdown = Object.assign(document.createElement('span'), { className: 'countdown' });
+      div.append(who, ': ', text, countdown);
+      $('chat-log').append(div);
+      $('chat-log').scrollTop = $('chat-log').scrollHeight;
+      showCountdowns();
+    } else if (ev.event === 'delivered') {
+      $('chat-log').querySelector(`.message[data-id="${ev.id}"]`)?.classList.add('delivered');
+    } else if (ev.event === 'undelivered') {
+      const div = $('chat-log').querySelector(`.message[data-id="${ev.id}"]`);
+      div?.classList.add('undelivered');
+      div?.append(' (not delivered)');
+    } else if (ev.event === 'expired') {
+      // Gone from the page and from the events kept here.
+      $('chat-log').querySelector(`.message[data-id="${ev.id}"]`)?.remove();
+      for (const old of call.chat.events) if (old.id === ev.id && 'text' in old) old.text = null;
+    } else if (ev.event === 'timer') {
+      $('timer-select').value = ev.ttl_s === null ? '' : String(ev.ttl_s);
+      const who = ev.from === name ? 'you' : ev.from;
+      chatLine(
+        'notice',
+        ev.ttl_s === null
+          ? `${who} turned disappearing messages off`
+          : `${who} set messages to disappear after ${timerText(ev.ttl_s)}`,
+      );
+    } else if (ev.event === 'rejected') {
+      chatLine('notice', `refused a message from the peer: ${ev.reason}`);
+    }
+  }
+
+  /// Expires what is due and shows the seconds left of the rest.
+  function showCountdowns() {
+    if (!chat) return;
+    const now = performance.now();
+    for (const ev of chat.poll(now)) onChatEvent(ev);
+    for (const m of chat.live.values()) {
+      if (m.expires === null) continue;
+      const div = $('chat-log').querySelector(`.message[data-id="${m.id}"] .countdown`);
+      if (div) div.textContent = ` (${Math.max(0, Math.ceil((m.expires - now) / 1000))} s)`;
+    }
+  }
+  setInterval(showCountdowns, COUNTDOWN_EVERY_MS);
+
+  function chatError(text) {
+    $('chat-error').textContent = text;
+    call.chat.events.push({ event: 'error', reason: text });
+  }
+
+  call.chat.send = (text) => {
+    if (!chat || ended) return chatError('the call is not connected'), false;
+    const { wire, event, error } = chat.send(text, performance.now());
+    if (error) return chatError(error), false;
+    $('chat-error').textContent = '';
+    onChatEvent(event);
+    sendChat(wire);
+    return event.id;
+  };
+  call.chat.setTimer = (ttl) => {
+    if (!chat || ended) return chatError('the call is not connected'), false;
+    const { wire, event, error } = chat.setTimer(ttl);
+    if (error) return chatError(error), false;
+    onChatEvent(event);
+    sendChat(wire);
+    return true;
+  };
+  $('chat-form').onsubmit = (e) => {
+    e.preventDefault();
+    const input = $('chat-input');
+    if (call.chat.send(input.value) !== false) input.value = '';
+  };
+  $('timer-select').onchange = () => {
+    const v = $('timer-select').value;
+    call.chat.setTimer(v === '' ? null : Number(v));
+  };
+  $('chat-input').maxLength = MAX_TEXT_BYTES;
 
   let peerKey = null; // The peer's identity key, for mark-verified.
 
@@ -413,6 +544,9 @@ async function main() {
     };
     sendControlKey.fill(0);
     recvControlKey.fill(0);
+    chat = new Conversation(name, call.peerName, canonical);
+    $('chat-input').disabled = false;
+    $('timer-select').disabled = false;
     // The worker gets copies (transferred); ours are erased.
     const send = Uint8Array.from(done.sendKey);
     const recv = Uint8Array.from(done.recvKey);

@@ -1,6 +1,7 @@
 //! What a call reports to the application.
 
 use crate::handshake::{IdentityKey, PeerTrust};
+use crate::messages::ChatEvent;
 
 use super::stats::CallStats;
 
@@ -143,6 +144,10 @@ pub enum CallEvent {
         /// Height in pixels.
         height: u32,
     },
+    /// A text message arrived, was sent, delivered, refused or expired, the disappearing
+    /// timer changed, or (at the end of the call) a message was not delivered. Texts in these
+    /// events are wiped when their message expires.
+    Chat(ChatEvent),
     /// The call is over; the final statistics follow in `stats`.
     Ended {
         /// Why.

@@ -54,6 +54,7 @@ pub use video::VideoSettings;
 use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
 use crate::media::video::{NullVideoSink, VideoCodec, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusConfig};
+use crate::messages::{Conversation, DisappearingTimer, History, MessageError, MessageId};
 use crate::playout::PlayoutConfig;
 use crate::sframe::CipherSuite;
 use crate::transport::{TransportConfig, VideoDirection};
@@ -146,6 +147,7 @@ pub struct CallBuilder {
     sink: Option<Box<dyn AudioSink>>,
     video_source: Option<Box<dyn VideoSource>>,
     video_sink: Option<Box<dyn VideoSink>>,
+    history: Option<History>,
 }
 
 impl std::fmt::Debug for CallBuilder {
@@ -172,6 +174,7 @@ impl CallBuilder {
             sink: None,
             video_source: None,
             video_sink: None,
+            history: None,
         }
     }
 
@@ -243,6 +246,14 @@ impl CallBuilder {
         self
     }
 
+    /// Keeps this call's messages in `history` across restarts (encrypted at rest, erased at
+    /// expiry); its live messages are shown again at start as restored [`CallEvent::Chat`]
+    /// events. Default: messages live in memory only.
+    pub fn history(mut self, history: History) -> Self {
+        self.history = Some(history);
+        self
+    }
+
     /// Changes any setting.
     pub fn configure(mut self, f: impl FnOnce(&mut CallConfig)) -> Self {
         f(&mut self.config);
@@ -278,6 +289,7 @@ impl CallBuilder {
         let video_sink = self
             .video_sink
             .unwrap_or_else(|| Box::new(NullVideoSink::default()));
+        let config_name = config.name.clone();
         let (events_tx, events) = mpsc::channel(256);
         let (commands_tx, commands) = mpsc::channel(16);
         let shared = Arc::new(SharedStats::default());
@@ -291,6 +303,8 @@ impl CallBuilder {
             commands,
             shared: Arc::clone(&shared),
             started: Instant::now(),
+            chat: Conversation::new(config_name),
+            history: std::sync::Mutex::new(self.history),
         };
         let task = runtime.spawn(session.run());
         Ok(Call {
@@ -307,6 +321,14 @@ impl CallBuilder {
 pub(crate) enum Command {
     Mute(bool),
     HangUp,
+    SendMessage(
+        zeroize::Zeroizing<String>,
+        tokio::sync::oneshot::Sender<Result<MessageId, MessageError>>,
+    ),
+    SetTimer(
+        DisappearingTimer,
+        tokio::sync::oneshot::Sender<Result<(), MessageError>>,
+    ),
 }
 
 /// A running call. Dropping it hangs up.
@@ -327,6 +349,36 @@ impl Call {
     /// Mutes or unmutes our microphone (silence is sent; the peer is told).
     pub async fn set_muted(&self, muted: bool) {
         let _ = self.commands.send(Command::Mute(muted)).await;
+    }
+
+    /// Sends a text message to the peer, sealed on the encrypted control channel, with the
+    /// disappearing timer in force. UTF-8, 1 to 4096 bytes; a refused text changes nothing.
+    /// The peer's acknowledgement arrives as [`ChatEvent::Delivered`]; a message not
+    /// acknowledged when the call ends is reported [`ChatEvent::Undelivered`].
+    ///
+    /// [`ChatEvent::Delivered`]: crate::messages::ChatEvent::Delivered
+    /// [`ChatEvent::Undelivered`]: crate::messages::ChatEvent::Undelivered
+    pub async fn send_message(&self, text: &str) -> Result<MessageId, MessageError> {
+        Conversation::check_text(text)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let text = zeroize::Zeroizing::new(text.to_owned());
+        self.commands
+            .send(Command::SendMessage(text, reply))
+            .await
+            .map_err(|_| MessageError::NotConnected)?;
+        answer.await.unwrap_or(Err(MessageError::NotConnected))
+    }
+
+    /// Sets the conversation's disappearing timer (`None`: off; otherwise 5 s to 24 h in
+    /// whole seconds) for the messages sent after it, by either side; the peer is told.
+    pub async fn set_disappearing_timer(&self, ttl: Option<Duration>) -> Result<(), MessageError> {
+        let timer = DisappearingTimer::new(ttl)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::SetTimer(timer, reply))
+            .await
+            .map_err(|_| MessageError::NotConnected)?;
+        answer.await.unwrap_or(Err(MessageError::NotConnected))
     }
 
     /// Hangs up (the peer is told over the encrypted control channel) and waits until the

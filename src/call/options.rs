@@ -18,6 +18,8 @@ use crate::media::video::{
 use crate::media::{
     AudioSink, AudioSource, DeviceSink, DeviceSource, ToneSource, WavSink, WavSource,
 };
+use crate::messages::History;
+use crate::messages::history::history_key_path;
 use crate::sframe::CipherSuite;
 use crate::transport::IceServer;
 
@@ -157,6 +159,22 @@ pub struct CallOptions {
     #[arg(long, value_name = "N", value_parser = parse_max_video_kbps)]
     #[serde(default, deserialize_with = "max_video_kbps")]
     pub max_video_kbps: Option<u32>,
+    /// Text chat on standard input: each line is a message; `/timer 5s|30m|24h|off` sets the
+    /// disappearing timer, `/quit` hangs up. Messages, timer changes, deliveries and expiries
+    /// are printed.
+    #[arg(long)]
+    #[serde(default)]
+    pub chat: bool,
+    /// Write the chat's events to this file, one JSON object per line (texts are blanked
+    /// there when their message expires).
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub chat_json: Option<PathBuf>,
+    /// Keep live messages in this directory across restarts, encrypted at rest under a key
+    /// kept next to the identity (history.key), and erased at expiry.
+    #[arg(long, value_name = "DIR")]
+    #[serde(default)]
+    pub history: Option<PathBuf>,
 }
 
 /// Parses `--video-size`: `WxH`, both even, 16 to 4096.
@@ -356,6 +374,9 @@ impl CallOptions {
             video_size: None,
             fps: None,
             max_video_kbps: None,
+            chat: false,
+            chat_json: None,
+            history: None,
         }
     }
 
@@ -493,6 +514,17 @@ impl CallOptions {
             created,
             known_peers,
         })
+    }
+
+    /// Opens the message history `--history` names, if any, under the master key next to the
+    /// identity at `identity` (see [`LoadedIdentity::path`]).
+    pub fn open_history(&self, identity: &Path) -> Result<Option<History>, OptionsError> {
+        let Some(dir) = &self.history else {
+            return Ok(None);
+        };
+        History::open(dir, &history_key_path(identity), &self.room)
+            .map(Some)
+            .map_err(|e| OptionsError::Invalid(format!("--history: {e}")))
     }
 
     /// The engine settings these options give.

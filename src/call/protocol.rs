@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::handshake::MAX_MESSAGE_LEN;
+use crate::messages::ChatWire;
 
 /// Largest SDP accepted from the peer, in bytes (well under the server's message limit).
 pub const MAX_SDP_LEN: usize = 32 * 1024;
@@ -114,7 +115,15 @@ pub enum ControlMessage {
         /// The ping's id.
         id: u64,
     },
+    /// A text message, its acknowledgement, or a timer change (`message`, `delivered`,
+    /// `timer`: the chat item carries its own `type`).
+    #[serde(untagged)]
+    Chat(ChatWire),
 }
+
+/// The `type`s of chat items: a plaintext of one of these that does not parse is a
+/// malformed message (refused and counted), not an unknown type to ignore.
+const CHAT_TYPES: [&str; 3] = ["message", "delivered", "timer"];
 
 impl ControlMessage {
     /// The JSON text that gets sealed.
@@ -127,6 +136,17 @@ impl ControlMessage {
     /// the protocol says to ignore.
     pub fn parse(plaintext: &[u8]) -> Option<Self> {
         serde_json::from_slice(plaintext).ok()
+    }
+
+    /// Whether `plaintext` claims to be a chat item (by its `type`), parsed or not.
+    pub fn claims_chat(plaintext: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Type<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        serde_json::from_slice::<Type<'_>>(plaintext)
+            .is_ok_and(|t| CHAT_TYPES.contains(&t.kind.as_ref()))
     }
 }
 
@@ -203,5 +223,32 @@ mod tests {
         );
         assert_eq!(ControlMessage::parse(br#"{"type":"dance"}"#), None);
         assert_eq!(ControlMessage::parse(b"\xff\x00"), None);
+        let id = "ab".repeat(16);
+        let chat = format!(
+            r#"{{"type":"message","id":"{id}","seq":3,"from":"bob","text":"hi","ttl_s":30}}"#
+        );
+        let parsed = ControlMessage::parse(chat.as_bytes()).unwrap();
+        assert_eq!(
+            parsed,
+            ControlMessage::Chat(ChatWire::Message {
+                id: id.clone(),
+                seq: 3,
+                from: "bob".into(),
+                text: "hi".into(),
+                ttl_s: Some(30)
+            })
+        );
+        assert_eq!(parsed.to_json(), chat.as_bytes());
+        let ack = format!(r#"{{"type":"delivered","id":"{id}"}}"#);
+        assert_eq!(
+            ControlMessage::parse(ack.as_bytes()).unwrap().to_json(),
+            ack.as_bytes()
+        );
+        // A chat item with a wrong field type is malformed, not unknown.
+        let bad = br#"{"type":"message","id":"x","seq":1,"from":"bob","text":5}"#;
+        assert_eq!(ControlMessage::parse(bad), None);
+        assert!(ControlMessage::claims_chat(bad));
+        assert!(!ControlMessage::claims_chat(br#"{"type":"dance"}"#));
+        assert!(!ControlMessage::claims_chat(br#"{"type":"ping","id":1}"#));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -16,6 +16,10 @@ use crate::handshake::{
 };
 use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
+use crate::messages::{
+    ChatEvent, Conversation, DisappearingTimer, History, MessageError, MessageId, Rejection,
+    StoredMessage, unix_ms,
+};
 use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
@@ -67,6 +71,11 @@ pub(crate) struct Session {
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
     pub started: Instant,
+    /// The text messages of this call.
+    pub chat: Conversation,
+    /// Where live messages are kept across restarts, if anywhere (a mutex only so the
+    /// session is `Sync`; never held across an await).
+    pub history: std::sync::Mutex<Option<History>>,
 }
 
 /// How long the peer's frames must keep failing authentication, with none decrypting, before
@@ -146,7 +155,24 @@ struct Run {
     /// The server said the peer left: the call ends then, unless its hang-up arrives first.
     peer_left_at: Option<tokio::time::Instant>,
     signaling_up: bool,
+    /// Chat items waiting for the control channel to open (sealed when they leave, so the
+    /// peer sees them in order).
+    chat_outbox: std::collections::VecDeque<ControlMessage>,
+    /// Control frames that arrived before our keys were agreed: the peer may finish the
+    /// handshake first and send at once over the data channel, which can overtake the last
+    /// handshake message relayed by the server. Opened once the keys exist.
+    early_controls: Vec<bytes::Bytes>,
+    /// A control frame from the peer authenticated: its end of the channel is open, so what
+    /// we send now is not lost (a data channel drops messages that reach a side not open
+    /// yet, and the two sides open at different times).
+    peer_heard: bool,
 }
+
+/// Control frames kept at most until the keys are agreed.
+const EARLY_CONTROLS: usize = 32;
+
+/// Chat items held at most while the control channel opens.
+const CHAT_OUTBOX: usize = 256;
 
 impl Session {
     /// Runs the call to its end; always emits `Ended` last.
@@ -155,6 +181,11 @@ impl Session {
         if let Some(mut run) = run {
             self.shutdown(&mut run, &reason).await;
         }
+        // Messages the peer did not acknowledge are reported, never silently lost; texts held
+        // in memory are wiped (the history, if any, keeps and expires its copies).
+        self.chat.end();
+        self.flush_chat().await;
+        self.chat.wipe_all();
         let stats = self.shared.snapshot();
         tracing::info!(%reason, "call ended");
         // The last events wait for room in the queue, but not forever: an application that
@@ -194,6 +225,7 @@ impl Session {
 
     async fn run_inner(&mut self) -> (EndReason, Option<Run>) {
         self.emit(CallEvent::State(CallState::Joining));
+        self.restore_history().await;
         // The transport starts first: its sockets and ICE agent get ready while we join.
         let mut transport = match MediaTransport::new(self.config.transport.clone()).await {
             Ok(t) => t,
@@ -231,7 +263,12 @@ impl Session {
             failing_since: None,
             peer_left_at: None,
             signaling_up: true,
+            chat_outbox: std::collections::VecDeque::new(),
+            early_controls: Vec::new(),
+            peer_heard: false,
         };
+        let mut control_open = transport.control_open_watch();
+        let mut control_watch = true;
         let mut frames = frames;
         let mut transport_state = transport.state_watch();
         let (notices_tx, mut notices) = mpsc::unbounded_channel();
@@ -243,6 +280,7 @@ impl Session {
         let mut setup_deadline = far;
 
         let reason = loop {
+            let chat_deadline = self.chat.next_deadline();
             tokio::select! {
                 event = signal_events.recv(), if run.signaling_up => {
                     let Some(event) = event else {
@@ -264,6 +302,18 @@ impl Session {
                     {
                         break reason;
                     }
+                    if run.control.is_some() && !run.early_controls.is_empty() {
+                        let mut ended = None;
+                        for frame in std::mem::take(&mut run.early_controls) {
+                            if let Some(reason) = self.on_control(&mut run, &frame).await {
+                                ended = Some(reason);
+                                break;
+                            }
+                        }
+                        if let Some(reason) = ended {
+                            break reason;
+                        }
+                    }
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::HangUp) | None => {
@@ -276,7 +326,35 @@ impl Session {
                         self.shared.muted.store(muted, Relaxed);
                         self.send_control(&mut run, &ControlMessage::Mute { muted }).await;
                     }
+                    Some(Command::SendMessage(text, reply)) => {
+                        let sent = self.send_message(&mut run, &text).await;
+                        let _ = reply.send(sent);
+                    }
+                    Some(Command::SetTimer(timer, reply)) => {
+                        let set = self.set_timer(&mut run, timer).await;
+                        let _ = reply.send(set);
+                    }
                 },
+                changed = control_open.changed(), if control_watch => {
+                    if changed.is_err() {
+                        control_watch = false;
+                    } else if *control_open.borrow_and_update() {
+                        // Tell the peer we are open (it may not have heard from us yet), and
+                        // send what waited if it has.
+                        let id = run.next_ping;
+                        run.next_ping += 1;
+                        if self.send_control(&mut run, &ControlMessage::Ping { id }).await {
+                            run.ping = Some((id, Instant::now()));
+                        }
+                        self.flush_outbox(&mut run).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(
+                    chat_deadline.map_or(far, tokio::time::Instant::from_std)
+                ), if chat_deadline.is_some() => {
+                    self.chat.poll(Instant::now());
+                    self.flush_chat().await;
+                }
                 changed = transport_state.changed() => {
                     if changed.is_err() {
                         break EndReason::ConnectionFailed("transport stopped".into());
@@ -617,6 +695,7 @@ impl Session {
             });
         }
         let code = safety_code.to_string();
+        self.chat.set_peer(name.clone());
         tracing::info!(peer = %name, safety_code = %code, "keys agreed");
         self.emit(CallEvent::SafetyCode(PeerInfo {
             mixed_script: names::is_mixed_script(&name),
@@ -871,16 +950,32 @@ impl Session {
     }
 
     async fn on_control(&mut self, run: &mut Run, frame: &[u8]) -> Option<EndReason> {
-        let control = run.control.as_mut()?;
+        let Some(control) = run.control.as_mut() else {
+            if run.early_controls.len() < EARLY_CONTROLS {
+                run.early_controls
+                    .push(bytes::Bytes::copy_from_slice(frame));
+            }
+            return None;
+        };
         let message = match control.open(frame) {
             Ok(m) => m,
             Err(ControlError::Unknown) => return None,
+            Err(ControlError::MalformedChat) => {
+                tracing::warn!("refused a malformed chat message");
+                self.chat.refuse(Rejection::Malformed);
+                self.flush_chat().await;
+                return None;
+            }
             Err(e) => {
                 self.shared.control_failures.fetch_add(1, Relaxed);
                 tracing::warn!("dropped a control message: {e}");
                 return None;
             }
         };
+        if !run.peer_heard {
+            run.peer_heard = true;
+            self.flush_outbox(run).await;
+        }
         match message {
             ControlMessage::Hangup => return Some(EndReason::RemoteHangup),
             ControlMessage::Mute { muted } => {
@@ -898,8 +993,162 @@ impl Session {
                     run.ping = None;
                 }
             }
+            ControlMessage::Chat(wire) => {
+                let ack = self.chat.receive(wire, Instant::now(), SystemTime::now());
+                if let Some(ack) = ack {
+                    self.send_chat(run, ControlMessage::Chat(ack)).await;
+                }
+                self.flush_chat().await;
+            }
         }
         None
+    }
+
+    /// Whether messages can be accepted: keys are agreed (they leave once the control channel
+    /// is open).
+    fn chat_ready(run: &Run) -> bool {
+        run.control.is_some() && run.chat_outbox.len() < CHAT_OUTBOX
+    }
+
+    /// Sends a chat item now, or once the control channel is open. One that cannot be sent
+    /// stays unacknowledged, and a message is then reported undelivered at the end.
+    async fn send_chat(&self, run: &mut Run, message: ControlMessage) {
+        if run.chat_outbox.is_empty() && run.peer_heard && self.send_control(run, &message).await {
+            return;
+        }
+        if run.chat_outbox.len() < CHAT_OUTBOX {
+            run.chat_outbox.push_back(message);
+        } else {
+            tracing::warn!("chat outbox full; an item was not sent");
+        }
+    }
+
+    /// Sends what waited for the control channel.
+    async fn flush_outbox(&self, run: &mut Run) {
+        if !run.peer_heard {
+            return;
+        }
+        while let Some(message) = run.chat_outbox.pop_front() {
+            if !self.send_control(run, &message).await {
+                run.chat_outbox.push_front(message);
+                tracing::debug!("control channel not ready; chat items wait");
+                break;
+            }
+        }
+    }
+
+    async fn send_message(&mut self, run: &mut Run, text: &str) -> Result<MessageId, MessageError> {
+        if !Self::chat_ready(run) {
+            return Err(MessageError::NotConnected);
+        }
+        let id = MessageId::random()?;
+        let wire = self.chat.send(id, text, Instant::now())?;
+        self.send_chat(run, ControlMessage::Chat(wire)).await;
+        self.flush_chat().await;
+        Ok(id)
+    }
+
+    async fn set_timer(
+        &mut self,
+        run: &mut Run,
+        timer: DisappearingTimer,
+    ) -> Result<(), MessageError> {
+        if !Self::chat_ready(run) {
+            return Err(MessageError::NotConnected);
+        }
+        let wire = self.chat.set_timer(timer);
+        self.send_chat(run, ControlMessage::Chat(wire)).await;
+        self.flush_chat().await;
+        Ok(())
+    }
+
+    /// Shows the live messages of the history again, with the time they have left.
+    async fn restore_history(&mut self) {
+        let wall = SystemTime::now();
+        let now = Instant::now();
+        let live = {
+            let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(history) = history.as_mut() else {
+                return;
+            };
+            match history.live(wall) {
+                Ok(live) => live,
+                Err(e) => {
+                    tracing::warn!("could not read the message history: {e}");
+                    return;
+                }
+            }
+        };
+        let now_ms = unix_ms(wall);
+        for m in live {
+            let expires = m
+                .expires_ms
+                .map(|e| now + Duration::from_millis(e.saturating_sub(now_ms)));
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(m.at_ms);
+            self.chat.restore(m.id, m.from, m.text, m.ttl, expires, at);
+        }
+        self.flush_chat().await;
+    }
+
+    /// Reports the conversation's events, keeps the history in step, updates the counters.
+    async fn flush_chat(&mut self) {
+        while let Some(event) = self.chat.next_event() {
+            self.persist(&event);
+            // Chat events are not dropped like stats: wait (a little) for room in the queue.
+            let send = self.events.send(CallEvent::Chat(event));
+            if tokio::time::timeout(Duration::from_secs(1), send)
+                .await
+                .is_err()
+            {
+                tracing::warn!("event queue full; a chat event was dropped");
+            }
+        }
+        let c = self.chat.counters();
+        self.shared.messages_sent.store(c.sent, Relaxed);
+        self.shared.messages_received.store(c.received, Relaxed);
+        self.shared.messages_rejected.store(c.rejected, Relaxed);
+        self.shared.messages_expired.store(c.expired, Relaxed);
+    }
+
+    /// Stores new messages in the history and deletes expired ones.
+    fn persist(&self, event: &ChatEvent) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(history) = history.as_mut() else {
+            return;
+        };
+        let wall = SystemTime::now();
+        let entry = |id,
+                     from: Option<String>,
+                     text: &crate::messages::MessageText,
+                     ttl: DisappearingTimer| {
+            let text = text.get()?;
+            let at_ms = unix_ms(wall);
+            Some(StoredMessage {
+                id,
+                from,
+                text,
+                ttl,
+                at_ms,
+                expires_ms: ttl.secs().map(|s| at_ms.saturating_add(s * 1000)),
+            })
+        };
+        let result = match event {
+            ChatEvent::Sent {
+                id,
+                text,
+                ttl,
+                restored: false,
+            } => entry(*id, None, text, *ttl).map_or(Ok(()), |m| history.store(&m)),
+            ChatEvent::Message(m) if !m.restored => {
+                entry(m.id, Some(m.from.clone()), &m.text, m.ttl)
+                    .map_or(Ok(()), |e| history.store(&e))
+            }
+            ChatEvent::Expired { id } => history.delete(*id),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("message history: {e}");
+        }
     }
 
     /// Seals and sends a control message; false if the channel is not up.

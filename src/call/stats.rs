@@ -92,6 +92,17 @@ pub struct CallStats {
     /// How much later a picture is shown than the audio that arrived with it is played, ms
     /// (negative: earlier). `None` until a picture was shown.
     pub av_sync_offset_ms: Option<f64>,
+    /// Text messages we sent.
+    pub messages_sent: u64,
+    /// Text messages from the peer accepted.
+    pub messages_received: u64,
+    /// Text messages from the peer refused after they authenticated (malformed, oversize,
+    /// replayed or reordered by sequence number, duplicate id, wrong sender, bad timer).
+    /// Sealed frames that fail authentication or replay are refused before anyone can tell
+    /// what they carry, and count in `control_failures`.
+    pub messages_rejected: u64,
+    /// Text messages (ours and the peer's) that expired and were erased.
+    pub messages_expired: u64,
 }
 
 /// Counters shared between the call task and the media threads.
@@ -142,6 +153,10 @@ pub(crate) struct SharedStats {
     /// The RTP timestamp of the audio frame played last (high 32 bits) and when, in 100 us
     /// units since [`clock_base`] (low 32 bits, wrapping): one word, so it never tears.
     pub audio_played: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_rejected: AtomicU64,
+    pub messages_expired: AtomicU64,
 }
 
 /// The instant the call clocks of [`SharedStats`] count from.
@@ -236,6 +251,10 @@ impl SharedStats {
                 .av_sync_measured
                 .load(Relaxed)
                 .then(|| self.av_sync_offset_us.load(Relaxed) as f64 / 1000.0),
+            messages_sent: self.messages_sent.load(Relaxed),
+            messages_received: self.messages_received.load(Relaxed),
+            messages_rejected: self.messages_rejected.load(Relaxed),
+            messages_expired: self.messages_expired.load(Relaxed),
         }
     }
 }

@@ -41,7 +41,7 @@ mod identity;
 mod keys;
 mod known_peers;
 mod machine;
-mod private_file;
+pub(crate) mod private_file;
 mod transcript;
 mod wire;
 

@@ -282,8 +282,9 @@ const TWCC_FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 /// Whole video frames queued for the application at most.
 const VIDEO_QUEUE: usize = 64;
 
-/// Largest control message accepted from the peer (sealed), in bytes.
-pub const MAX_CONTROL_MESSAGE: usize = 2048;
+/// Largest control message accepted from the peer (sealed), in bytes: a chat message of 4 KiB
+/// of text needs up to 6 x that as escaped JSON.
+pub const MAX_CONTROL_MESSAGE: usize = 32 * 1024;
 
 /// Label of the control data channel.
 pub const CONTROL_LABEL: &str = "sotto-control";

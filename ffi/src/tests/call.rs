@@ -68,6 +68,11 @@ fn bad_configs_are_refused_before_anything_starts() {
             SOTTO_ERR_INVALID,
             "call options",
         ),
+        (
+            r#"{"server":"ws://127.0.0.1:9/ws","room":"r","tone":440,"chat":true}"#,
+            SOTTO_ERR_INVALID,
+            "sotto_call_send_message",
+        ),
     ] {
         let (got, call) = start(config);
         assert_eq!(got, status, "{config}: {}", last_error());
@@ -287,11 +292,15 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
         let mut bob = bob;
         let mut safety = None;
         let mut states = Vec::new();
+        let mut texts = Vec::new();
         while let Some(event) = bob.next_event().await {
             match event {
                 CallEvent::SafetyCode(p) => safety = Some(p.safety_code),
                 CallEvent::State(s) => states.push(s),
-                CallEvent::Ended { reason, .. } => return (safety, states, reason),
+                CallEvent::Chat(engine::messages::ChatEvent::Message(m)) => {
+                    texts.push((m.text.get().unwrap().to_string(), m.ttl.secs()));
+                }
+                CallEvent::Ended { reason, .. } => return (safety, states, reason, texts),
                 _ => {}
             }
         }
@@ -311,6 +320,44 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
     let live = stats_json(alice);
     assert!(live["frames_sent"].as_u64().unwrap() > 50, "{live}");
     assert!(live["frames_decrypted"].as_u64().unwrap() > 50, "{live}");
+    // Messages: refused texts and timers return at once; good ones reach Bob, acknowledged.
+    let too_long = vec![b'x'; 4097];
+    // SAFETY: a live call; the buffers are readable for the lengths given.
+    unsafe {
+        assert_eq!(
+            sotto_call_send_message(alice, too_long.as_ptr().cast(), too_long.len()),
+            SOTTO_ERR_INVALID
+        );
+        assert_eq!(
+            sotto_call_send_message(alice, b"\xff\xfe".as_ptr().cast(), 2),
+            SOTTO_ERR_INVALID
+        );
+        assert_eq!(sotto_call_send_message(alice, null(), 0), SOTTO_ERR_INVALID);
+        assert_eq!(
+            sotto_call_set_disappearing_timer(alice, 4),
+            SOTTO_ERR_INVALID
+        );
+        assert_eq!(sotto_call_set_disappearing_timer(alice, 30), SOTTO_OK);
+        let text = "hello from C";
+        assert_eq!(
+            sotto_call_send_message(alice, text.as_ptr().cast(), text.len()),
+            SOTTO_OK,
+            "{}",
+            last_error()
+        );
+    }
+    app.wait_for("timer", |e| {
+        e.iter()
+            .any(|e| e["event"] == "timer" && e["ttl_s"] == 30 && e["from"] == "alice")
+    });
+    app.wait_for("sent", |e| {
+        e.iter()
+            .any(|e| e["event"] == "sent" && e["text"] == "hello from C" && e["ttl_s"] == 30)
+    });
+    app.wait_for("delivered", |e| {
+        e.iter()
+            .any(|e| e["event"] == "delivered" && e["to"] == "bob")
+    });
     // SAFETY: a live call.
     assert_eq!(unsafe { sotto_call_set_muted(alice, true) }, SOTTO_OK);
     // SAFETY: a live call.
@@ -331,17 +378,19 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
     let events = app.events.lock().unwrap().clone();
     let last = events.last().unwrap();
     assert_eq!(last["event"], "ended", "{events:?}");
-    assert_eq!(last["reason"], "hung up");
-    assert_eq!(last["ok"], true);
+    // Nobody joined: the duration ran out before media connected, a failed call.
+    assert_eq!(last["reason"], "media never connected: no peer joined");
+    assert_eq!(last["ok"], false);
     assert!(last["stats"]["frames_sent"].as_u64().unwrap() > 50);
     assert!(last["stats"]["muted"].as_bool().unwrap());
 
-    let (bob_safety, bob_states, bob_reason) = rt
+    let (bob_safety, bob_states, bob_reason, bob_texts) = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), bob_task).await })
         .expect("bob's call ends after alice hangs up")
         .unwrap();
     assert!(bob_states.contains(&CallState::Connected));
     assert_eq!(bob_reason.to_string(), "the peer hung up");
+    assert_eq!(bob_texts, [("hello from C".to_string(), Some(30))]);
 
     // Both sides show the same safety code; Alice's event says who Bob is.
     let safety = events
@@ -370,6 +419,10 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
         assert_eq!(sotto_call_wait(alice, 0), SOTTO_OK);
         assert_eq!(sotto_call_hang_up(alice), SOTTO_OK);
         assert_eq!(sotto_call_set_muted(alice, false), SOTTO_ERR_STATE);
+        assert_eq!(
+            sotto_call_send_message(alice, b"late".as_ptr().cast(), 4),
+            SOTTO_ERR_STATE
+        );
     }
     assert_eq!(stats_json(alice), last["stats"]);
     // Bob was pinned next to Alice's identity, as `sotto call` does.
@@ -531,14 +584,15 @@ fn a_duration_hangs_up_by_itself_and_the_report_is_written() {
     let events = app.events.lock().unwrap().clone();
     let last = events.last().unwrap();
     assert_eq!(last["event"], "ended", "{events:?}");
-    assert_eq!(last["reason"], "hung up");
-    assert_eq!(last["ok"], true);
+    // Nobody joined: the duration ran out before media connected, a failed call.
+    assert_eq!(last["reason"], "media never connected: no peer joined");
+    assert_eq!(last["ok"], false);
     // The same report as `sotto call --stats-json` writes.
     let written: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(written["e2ee"], true);
     assert_eq!(written["room"], "short");
     assert_eq!(written["name"], "carol");
-    assert_eq!(written["ended"], "hung up");
+    assert_eq!(written["ended"], "media never connected: no peer joined");
     assert_eq!(written["safety_code"], Value::Null);
     assert!(written.get("frames_sent").is_some());
     // SAFETY: freed once.

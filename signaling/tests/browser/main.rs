@@ -4,6 +4,7 @@
 //! `SOTTO_REQUIRE_BROWSER=1` (scripts/test) makes that a failure.
 
 mod cdp;
+mod chat;
 mod cli;
 mod csp;
 #[path = "../support/mitm.rs"]

@@ -6,6 +6,9 @@ use sotto::call::{
 use sotto::handshake::PeerTrust;
 use sotto::handshake::{Identity, KnownPeers};
 use sotto::media::{AudioSink, AudioSource};
+use sotto::messages::History;
+
+use crate::chat::{self, ChatOutput, Input};
 
 /// The flags of `sotto call`: the library's call options, shared with the C ABI.
 pub type CallArgs = CallOptions;
@@ -79,6 +82,8 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     if loaded.created {
         println!("created a new identity at {}", loaded.path.display());
     }
+    let history = args.open_history(&loaded.path).map_err(|e| e.to_string())?;
+    let output = ChatOutput::new(args.chat_json.as_deref())?;
 
     let runtime = crate::runtime()?;
     runtime.block_on(call(
@@ -88,9 +93,44 @@ pub fn run(args: CallArgs) -> Result<(), String> {
         source,
         sink,
         video,
+        history,
+        output,
     ))
 }
 
+/// Acts on one line of chat input; true when it asks to hang up.
+async fn chat_input(call: &sotto::call::Call, input: Input, output: &mut ChatOutput) -> bool {
+    match input {
+        Input::Text(text) => {
+            if let Err(e) = call.send_message(&text).await {
+                output.error(&e.to_string());
+            }
+        }
+        Input::Timer(timer) => {
+            if let Err(e) = call.set_disappearing_timer(timer.ttl()).await {
+                output.error(&e.to_string());
+            }
+        }
+        Input::Error(e) => output.error(&e),
+        Input::Quit => return true,
+    }
+    false
+}
+
+/// After a hang-up: the events still queued (messages not delivered, the final figures).
+async fn drain(call: &mut sotto::call::Call, output: &mut ChatOutput) -> CallStats {
+    let mut stats = call.stats();
+    while let Some(event) = call.next_event().await {
+        match event {
+            CallEvent::Chat(e) => output.event(&e),
+            CallEvent::Ended { stats: last, .. } => stats = last,
+            _ => {}
+        }
+    }
+    stats
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn call(
     args: CallArgs,
     identity: Identity,
@@ -98,18 +138,27 @@ async fn call(
     source: Box<dyn AudioSource>,
     sink: Box<dyn AudioSink>,
     video: VideoIo,
+    history: Option<History>,
+    mut output: ChatOutput,
 ) -> Result<(), String> {
     let fingerprint = identity.public_key().fingerprint();
     println!(
         "joining room {:?} on {} as {:?} (identity {fingerprint})",
         args.room, args.server, args.name
     );
-    let builder = args.builder(identity, known_peers, source, sink, video);
+    let mut builder = args.builder(identity, known_peers, source, sink, video);
+    if let Some(history) = history {
+        builder = builder.history(history);
+    }
     let suite = args.config().suite;
     let mut call = builder.start().map_err(|e| e.to_string())?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut peer: Option<PeerInfo> = None;
     let mut undecryptable = false;
+    let mut lines = args.chat.then(chat::read_stdin);
+    // Lines typed before the call is connected wait for it.
+    let mut waiting: std::collections::VecDeque<Input> = std::collections::VecDeque::new();
+    let mut connected = false;
     let (reason, stats) = loop {
         let timer = async {
             match deadline {
@@ -122,7 +171,23 @@ async fn call(
                 Some(CallEvent::State(state)) => {
                     undecryptable |= state == CallState::Undecryptable;
                     println!("state: {}", state_text(state));
+                    if state == CallState::Connected && !connected {
+                        connected = true;
+                        let mut quit = false;
+                        while let Some(input) = waiting.pop_front() {
+                            if chat_input(&call, input, &mut output).await {
+                                quit = true;
+                                break;
+                            }
+                        }
+                        if quit {
+                            let reason = call.hang_up().await;
+                            let stats = drain(&mut call, &mut output).await;
+                            break (reason, stats);
+                        }
+                    }
                 }
+                Some(CallEvent::Chat(e)) => output.event(&e),
                 Some(CallEvent::SafetyCode(info)) => {
                     println!(
                         "safety code: {}   (compare it with {:?}; peer identity {}, {})",
@@ -176,18 +241,46 @@ async fn call(
                 Some(_) => {}
                 None => break (EndReason::LocalHangup, call.stats()),
             },
+            line = async {
+                match lines.as_mut() {
+                    Some(l) => l.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match line {
+                // End of input: the call goes on until it ends otherwise.
+                None => lines = None,
+                Some(Err(e)) => output.error(&e),
+                Some(Ok(line)) => {
+                    let Some(input) = chat::parse_line(&line) else { continue };
+                    if !connected {
+                        waiting.push_back(input);
+                    } else if chat_input(&call, input, &mut output).await {
+                        let reason = call.hang_up().await;
+                        let stats = drain(&mut call, &mut output).await;
+                        break (reason, stats);
+                    }
+                }
+            },
             _ = timer => {
                 // Hang up through the command channel; the Ended event follows.
                 let reason = call.hang_up().await;
-                let stats = call.stats();
+                let stats = drain(&mut call, &mut output).await;
                 break (reason, stats);
             }
             _ = tokio::signal::ctrl_c() => {
                 let reason = call.hang_up().await;
-                break (reason, call.stats());
+                let stats = drain(&mut call, &mut output).await;
+                break (reason, stats);
             }
         }
     };
+    // Lines still waiting for a connection that never came.
+    for input in waiting {
+        if let Input::Text(_) = input {
+            output.error("the call ended before this message could be sent");
+        }
+    }
+    output.finish();
     println!("call ended: {reason}");
     print_stats(&stats);
     if let Some(path) = &args.stats_json {

@@ -1,6 +1,7 @@
 //! `sotto`: the command-line front end of the sotto call engine.
 
 mod call_cmd;
+mod chat;
 mod demo;
 mod devices;
 mod hexarg;
