@@ -146,6 +146,10 @@ async function main() {
   // Key rotation interval (docs/handshake.md: 60 s by default); tests shorten it.
   const rotateSecs = Math.max(1, Number(params.get('rotate')) || 60);
   const videoAtJoin = params.get('video') === '1';
+  // &relay=1: media only through TURN, so the peer never learns this machine's addresses.
+  const relayOnly = params.get('relay') === '1';
+  // The STUN and TURN servers the signaling server offers in its welcome.
+  let iceServers = [];
   const missing = await missingSupport();
   if (missing) {
     // Never fall back to an unencrypted call.
@@ -724,12 +728,39 @@ async function main() {
     showVideoStats(s);
   }
 
+  // The welcome's ice_servers, checked as the engine checks them (signaling/PROTOCOL.md).
+  function offeredIceServers(list) {
+    if (!Array.isArray(list) || list.length > 8) return [];
+    const text = (v) => typeof v === 'string' && v.length <= 512;
+    const out = [];
+    for (const s of list) {
+      if (!s || !Array.isArray(s.urls) || !s.urls.length || s.urls.length > 4) return [];
+      if (!s.urls.every((u) => text(u) && /^(stun|stuns|turn|turns):/.test(u))) return [];
+      const server = { urls: s.urls };
+      if (s.username !== undefined || s.credential !== undefined) {
+        if (!text(s.username) || !text(s.credential)) return [];
+        server.username = s.username;
+        server.credential = s.credential;
+      }
+      out.push(server);
+    }
+    return out;
+  }
+
   function startCall(role, peer) {
     call.role = role;
     call.peer = peer;
     setStatus(`handshake with ${peer.shown}`);
     // Our own certificate: its fingerprint is the one we sign in the handshake.
-    pc = new RTCPeerConnection({ iceServers: [], certificates: [dtls.certificate] });
+    if (relayOnly && !iceServers.some((s) => s.urls.some((u) => /^turns?:/.test(u)))) {
+      end('relay-only needs a TURN server, and the signaling server offers none');
+      return;
+    }
+    pc = new RTCPeerConnection({
+      iceServers,
+      iceTransportPolicy: relayOnly ? 'relay' : 'all',
+      certificates: [dtls.certificate],
+    });
     pc.ontrack = (e) => {
       const kind = e.track.kind === 'video' ? 'video' : 'audio';
       if (!e.receiver.transform) {
@@ -839,6 +870,7 @@ async function main() {
     switch (msg.type) {
       case 'welcome': {
         mark('joined');
+        iceServers = offeredIceServers(msg.ice_servers);
         roomPeers.set(msg.peer_id, { id: msg.peer_id, shown: `${canonical(name)} (you)` });
         const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
         for (const p of peers) roomPeers.set(p.id, p);
