@@ -184,15 +184,16 @@ async fn a_call_across_two_endpoint_independent_nats_connects_with_stun() {
         net.call(2, "eim", &dir, &args),
     )
     .await;
-    common::show("alice", &a);
-    common::show("bob", &b);
-    assert!(a.status.success() && b.status.success(), "a call failed");
-    check_both_heard(&dir);
+    check_call_worked(&a, &b, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Both sides decrypted everything and heard the other's tone in their last 2 s of it.
-fn check_both_heard(dir: &Path) {
+/// Both calls ended well, decrypted everything, and each side heard the other's tone in its
+/// last 2 s of it.
+fn check_call_worked(a: &Output, b: &Output, dir: &Path) {
+    common::show("alice", a);
+    common::show("bob", b);
+    assert!(a.status.success() && b.status.success(), "a call failed");
     for (name, hz) in [("alice", 660.0), ("bob", 440.0)] {
         let r = report(dir, name);
         assert_eq!(r["decrypt_failures"], 0, "{r}");
@@ -267,10 +268,7 @@ async fn a_call_across_two_symmetric_nats_goes_through_turn_from_the_welcome() {
         net.call(2, "symmetric", &dir, &args),
     )
     .await;
-    common::show("alice", &a);
-    common::show("bob", &b);
-    assert!(a.status.success() && b.status.success(), "a call failed");
-    check_both_heard(&dir);
+    check_call_worked(&a, &b, &dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -285,10 +283,7 @@ async fn relay_only_offers_the_peer_no_address_but_the_relay() {
     let mut alice = net.call(1, "relay", &dir, &["--duration", "8", "--relay-only"]);
     alice.env("RUST_LOG", "sotto::transport=debug");
     let (a, b) = both(alice, net.call(2, "relay", &dir, &["--duration", "8"])).await;
-    common::show("alice", &a);
-    common::show("bob", &b);
-    assert!(a.status.success() && b.status.success(), "a call failed");
-    check_both_heard(&dir);
+    check_call_worked(&a, &b, &dir);
     // What Alice's description carried: relay candidates only, and neither her LAN address
     // nor her NAT's public one anywhere.
     let log = String::from_utf8_lossy(&a.stderr);

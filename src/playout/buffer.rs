@@ -342,11 +342,7 @@ impl PlayoutBuffer {
             return self.take_head_at(now_ticks);
         }
         if self.packets.is_empty() {
-            self.stats.underruns += 1;
-            if self.stats.played > 0 {
-                self.stats.concealed += 1;
-            }
-            return Playout::Wait;
+            return self.underrun();
         }
         // The head is missing but later packets are here: wait while under target, else lost.
         if level <= target && self.wait_run < target {
@@ -355,10 +351,7 @@ impl PlayoutBuffer {
             self.stats.concealed += 1;
             return Playout::Wait;
         }
-        self.advance(false);
-        self.stats.lost += 1;
-        self.stats.concealed += 1;
-        Playout::Lost { seq: next as u16 }
+        self.declare_lost(next)
     }
 
     /// Decides the next frame without steering the delay (no whole-frame expand, compress or
@@ -391,17 +384,10 @@ impl PlayoutBuffer {
             && self.stats.played > 0
         {
             self.gave_up_empty = true;
-            self.advance(false);
-            self.stats.lost += 1;
-            self.stats.concealed += 1;
-            return Playout::Lost { seq: next as u16 };
+            return self.declare_lost(next);
         }
         if self.packets.is_empty() {
-            self.stats.underruns += 1;
-            if self.stats.played > 0 {
-                self.stats.concealed += 1;
-            }
-            return Playout::Wait;
+            return self.underrun();
         }
         if !give_up && self.wait_run < self.max_frames() && self.level() <= self.max_frames() {
             self.wait_run += 1;
@@ -409,10 +395,24 @@ impl PlayoutBuffer {
             self.stats.concealed += 1;
             return Playout::Wait;
         }
+        self.declare_lost(next)
+    }
+
+    /// Gives up on the packet `next` (extended sequence number): it is concealed.
+    fn declare_lost(&mut self, next: i64) -> Playout {
         self.advance(false);
         self.stats.lost += 1;
         self.stats.concealed += 1;
         Playout::Lost { seq: next as u16 }
+    }
+
+    /// Nothing to play: the buffer ran dry (concealed once playing has begun).
+    fn underrun(&mut self) -> Playout {
+        self.stats.underruns += 1;
+        if self.stats.played > 0 {
+            self.stats.concealed += 1;
+        }
+        Playout::Wait
     }
 
     /// Drops the head packet when the one after it is here too (cutting a whole frame of
@@ -462,12 +462,7 @@ impl PlayoutBuffer {
                 self.stats.played += 1;
                 Playout::Packet(p)
             }
-            None => {
-                self.advance(false);
-                self.stats.lost += 1;
-                self.stats.concealed += 1;
-                Playout::Lost { seq: next as u16 }
-            }
+            None => self.declare_lost(next),
         }
     }
 

@@ -530,6 +530,10 @@ const DRAIN_HEADROOM: f64 = 0.5;
 const RAMP: Duration = Duration::from_secs(8);
 /// See [`RAMP`].
 const HOLD: Duration = Duration::from_secs(1);
+/// Feedback reports in a row showing a queue that count as congestion.
+const QUEUED_REPORTS: u32 = 2;
+/// How fast a clear link's estimate grows while the sender does not fill it, per second.
+const APP_LIMITED_GROWTH: f64 = 0.08;
 /// Share of the last [`RECENT_PACKETS`] reported packets lost that counts as a lossy link.
 const LOSSY: f64 = 0.05;
 /// Packets the recent loss share is taken over.
@@ -553,7 +557,7 @@ fn headroom(queue: Option<Duration>, lossy: bool, clear_for: Option<Duration>) -
         return (1.0 - q / DRAIN_SPAN.as_secs_f64()).clamp(DRAIN_HEADROOM, LOSSY_HEADROOM);
     }
     match clear_for {
-        // Never congested.
+        // Never congested, or far from where it last was.
         None => ACKED_HEADROOM,
         Some(clear) => {
             let ramp = clear.saturating_sub(HOLD).as_secs_f64() / RAMP.as_secs_f64();
@@ -589,6 +593,10 @@ pub(crate) struct PublishedEstimator<E> {
     current: f64,
     /// When the halves were last logged.
     logged: Option<Instant>,
+    /// Feedback reports in a row that showed a queue.
+    queued_reports: u32,
+    /// When the target was last computed.
+    computed_at: Option<Instant>,
 }
 
 impl<E: BandwidthEstimator> PublishedEstimator<E> {
@@ -608,6 +616,8 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
                 congested_at: None,
                 current: initial,
                 logged: None,
+                queued_reports: 0,
+                computed_at: None,
             },
             rx,
         )
@@ -691,7 +701,10 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
         let lossy = self.recent.len() >= RECENT_PACKETS / 2
             && self.recent_lost as f64 > LOSSY * self.recent.len() as f64;
         let queue = self.queueing_delay();
-        let congested = lossy || queue.is_some_and(|q| q >= QUEUE_BUILDING);
+        // A queue in one report can be a stalled machine; in two in a row (50 ms apart) the
+        // link is full.
+        let congested = lossy || self.queued_reports >= QUEUED_REPORTS;
+        let acked = self.acked_rate();
         if congested {
             self.congested_at = Some(now);
         }
@@ -700,8 +713,19 @@ impl<E: BandwidthEstimator> PublishedEstimator<E> {
         // The floor only lets a quiet sender start again; a congested link gets no more than
         // it drains.
         let floor = if congested { 0.0 } else { ACKED_FLOOR };
-        match self.acked_rate() {
-            Some(acked) => gcc.min((acked * headroom).max(floor)),
+        let elapsed = self
+            .computed_at
+            .replace(now)
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        match acked {
+            Some(_) if congested => gcc.min(acked.unwrap_or_default() * headroom),
+            // A clear link keeps what it had even when the sender sends less than it may (a
+            // smaller picture, a still scene), and grows slowly from there: otherwise a
+            // sender that stepped down could never earn the estimate to step up again.
+            Some(acked) => {
+                let kept = self.current * (1.0 + APP_LIMITED_GROWTH * elapsed.as_secs_f64());
+                gcc.min((acked * headroom).max(floor).max(kept))
+            }
             None => gcc,
         }
     }
@@ -742,6 +766,8 @@ impl<E: BandwidthEstimator> BandwidthEstimator for PublishedEstimator<E> {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.inner.on_reports(now, reports);
         self.track_acked(reports);
+        let queued = self.queueing_delay().is_some_and(|q| q >= QUEUE_BUILDING);
+        self.queued_reports = if queued { self.queued_reports + 1 } else { 0 };
         self.publish(now, Some(reports));
     }
 
@@ -1131,6 +1157,47 @@ mod tests {
         ));
     }
 
+    /// A congested moment at 640 kbit/s, then a clear link while the sender sends half as
+    /// much (it stepped down to a smaller picture): the estimate does not follow the sender
+    /// down, and grows from where the drain left it, so a bigger picture can be earned back.
+    #[test]
+    fn an_app_limited_sender_on_a_clear_link_keeps_and_grows_its_estimate() {
+        let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(5e6));
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let mut id = 0;
+        let mut feed =
+            |e: &mut PublishedEstimator<_>, from: u64, batches: u64, size: usize, queued: u64| {
+                for batch in from..from + batches {
+                    let reports: Vec<_> = (0..4)
+                        .map(|i| {
+                            id += 1;
+                            let sent = batch * 100 + i * 25;
+                            let mut r = report(id, size, Some(sent + queued));
+                            r.departure = start + ms(sent);
+                            r
+                        })
+                        .collect();
+                    e.on_reports(start + ms(batch * 100 + 100 + queued), &reports);
+                }
+            };
+        // 2000-byte packets every 25 ms (640 kbit/s), then a 60 ms queue for three reports
+        // (the first one's newest 100 ms still hold an unqueued packet).
+        feed(&mut e, 0, 10, 2000, 0);
+        feed(&mut e, 10, 3, 2000, 60);
+        let drained = *rx.borrow();
+        assert!(drained < 640_000, "{drained}");
+        // Clear again, the sender at 320 kbit/s for 3 s: not capped to what it sends...
+        feed(&mut e, 14, 30, 1000, 0);
+        let later = *rx.borrow();
+        // ...and grown a little (8 % a second) from the drained value.
+        assert!(later > drained, "{drained} -> {later}");
+        assert!(
+            later >= 320_000 * 3 / 2 || later as f64 >= drained as f64 * 1.15,
+            "{drained} -> {later}"
+        );
+    }
+
     /// A sender that follows the published estimate into a 300 kbit/s bottleneck (a FIFO
     /// with no loss), with feedback every 50 ms: the queue it builds is drained and stays
     /// short, and the link is still used.
@@ -1195,8 +1262,8 @@ mod tests {
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
         let now = Instant::now();
         assert_eq!(*rx.borrow(), 1_300_000);
-        // One second of 1000-byte packets arriving at 320 kbit/s (every 25 ms), all of them:
-        // room to grow, the cap is 1.5 x 320k, not GCC's 1.3M.
+        // One second of 1000-byte packets arriving at 320 kbit/s (every 25 ms), all of them,
+        // no queue: a clear link keeps its estimate (the sender may just have little to say).
         let mut id = 0;
         for batch in 0..10u64 {
             let reports: Vec<_> = (0..4)
@@ -1208,7 +1275,7 @@ mod tests {
             e.on_reports(now, &reports);
         }
         let roomy = *rx.borrow();
-        assert!((450_000..=540_000).contains(&roomy), "{roomy}");
+        assert_eq!(roomy, 1_300_000);
         // The same arrivals with half of what was sent lost: the link carries no more than
         // arrives, the cap is 0.9 x 320k.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
@@ -1226,7 +1293,7 @@ mod tests {
         let capped = *rx.borrow();
         assert!((270_000..=330_000).contains(&capped), "{capped}");
         assert_eq!(e.target_bitrate() as u64, capped);
-        // Nothing lost, but the one-way delay climbs 40 ms above its minimum: a queue is
+        // Nothing lost, but the one-way delay climbs 60 ms above its minimum: a queue is
         // building at the bottleneck, so the link carries no more than arrives either.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
         let start = Instant::now();
@@ -1236,8 +1303,8 @@ mod tests {
                 .map(|i| {
                     id += 1;
                     let sent = batch * 100 + i * 25;
-                    // Queueing grows in the second half: up to 40 ms more per packet.
-                    let queued = if batch >= 5 { (batch - 4) * 8 } else { 0 };
+                    // Queueing grows in the second half: up to 60 ms more per packet.
+                    let queued = if batch >= 5 { (batch - 4) * 12 } else { 0 };
                     let mut r = report(id, 1000, Some(sent + queued));
                     r.departure = start + Duration::from_millis(sent);
                     r
@@ -1247,11 +1314,11 @@ mod tests {
         }
         let queued = *rx.borrow();
         assert!((250_000..=330_000).contains(&queued), "{queued}");
-        // Little acknowledged (audio alone): never capped below the floor.
+        // Little acknowledged (audio alone) on a clear link: the estimate stays.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(1.3e6));
         let reports: Vec<_> = (0..50).map(|i| report(i, 100, Some(i * 20))).collect();
         e.on_reports(now, &reports);
-        assert_eq!(*rx.borrow(), ACKED_FLOOR as u64);
+        assert_eq!(*rx.borrow(), 1_300_000);
         // Below the cap, GCC's own target stands.
         let (mut e, rx) = PublishedEstimator::new(rtc::interceptor::ConstantBitrate::new(150e3));
         e.on_reports(now, &reports);
