@@ -23,6 +23,9 @@ use serde_json::value::RawValue;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest room name, in bytes.
 pub const MAX_ROOM_LEN: usize = 128;
+/// The `to`/`from` of signals to and from the server's SFU (peer ids start with `p`, so no
+/// peer has it).
+pub const SFU_PEER_ID: &str = "sfu";
 /// Longest display name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -136,6 +139,10 @@ pub enum ServerMessage {
         /// out when it offers none.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServerInfo>,
+        /// Whether the server has an SFU for group calls (peer id [`SFU_PEER_ID`]); left out
+        /// when it has none.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        sfu: bool,
     },
     /// Someone joined our room.
     PeerJoined {
@@ -223,11 +230,15 @@ pub enum ErrorCode {
     NameTaken,
     /// Too many connections from this address (refused before the WebSocket upgrade).
     TooManyConnections,
+    /// A signal to the SFU on a server that has none.
+    NoSfu,
+    /// The SFU refused the offer (room or server full, or an offer it cannot serve).
+    SfuRefused,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -248,6 +259,8 @@ impl ErrorCode {
         ErrorCode::TokenInUse,
         ErrorCode::NameTaken,
         ErrorCode::TooManyConnections,
+        ErrorCode::NoSfu,
+        ErrorCode::SfuRefused,
     ];
 
     /// The snake_case name used on the wire and in metrics.
@@ -273,6 +286,8 @@ impl ErrorCode {
             ErrorCode::TokenInUse => "token_in_use",
             ErrorCode::NameTaken => "name_taken",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::NoSfu => "no_sfu",
+            ErrorCode::SfuRefused => "sfu_refused",
         }
     }
 }
@@ -417,6 +432,8 @@ mod wire {
         pub peers: Vec<PeerInfo>,
         #[serde(default)]
         pub ice_servers: Vec<super::IceServerInfo>,
+        #[serde(default)]
+        pub sfu: bool,
     }
 
     #[derive(Deserialize)]
@@ -474,6 +491,7 @@ impl ServerMessage {
                     room: m.room,
                     peers: m.peers,
                     ice_servers: m.ice_servers,
+                    sfu: m.sfu,
                 }
             }
             "peer_joined" => {
