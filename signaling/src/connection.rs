@@ -246,7 +246,7 @@ impl Conn {
             kick: self.kick.clone(),
         };
         match self.app.hub.join(&room, &name, handle) {
-            Ok((peer_id, peers)) => {
+            Ok((peer_id, slot, peers)) => {
                 tracing::info!(peer = %peer_id, room = %room, "joined");
                 let ice_servers = self
                     .app
@@ -256,6 +256,7 @@ impl Conn {
                 self.send(&ServerMessage::Welcome {
                     v: PROTOCOL_VERSION,
                     peer_id: peer_id.to_string(),
+                    slot: Some(slot),
                     room: room.clone(),
                     peers,
                     ice_servers,

@@ -393,7 +393,7 @@ async fn session(
                         *failures = 0;
                         SignalEvent::Joined { peer_id, peers, ice_servers }
                     }
-                    ServerMessage::PeerJoined { peer_id, name, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name }),
+                    ServerMessage::PeerJoined { peer_id, name, slot, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name, slot }),
                     ServerMessage::PeerLeft { peer_id, .. } => SignalEvent::PeerLeft { peer_id },
                     ServerMessage::Signal { from, data, .. } => SignalEvent::Message { from, data },
                     ServerMessage::Pong { .. } => continue,

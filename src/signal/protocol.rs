@@ -91,7 +91,14 @@ pub struct PeerInfo {
     /// its token when the server has a secret, and not confusable with any other name in the
     /// room. Compare it with the name the peer claims in the handshake.
     pub name: String,
+    /// The peer's slot in the room (below [`MAX_SLOTS`], unique among its members), which a
+    /// group call puts into the peer's key ids; absent from servers that predate group calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u8>,
 }
+
+/// Slots a room hands out, so also the most peers a room can hold.
+pub const MAX_SLOTS: usize = 128;
 
 /// Most ICE servers a `welcome` may offer.
 pub const MAX_ICE_SERVERS: usize = 8;
@@ -131,6 +138,9 @@ pub enum ServerMessage {
         v: u32,
         /// Our peer id.
         peer_id: String,
+        /// Our slot (see [`PeerInfo::slot`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slot: Option<u8>,
         /// The room joined.
         room: String,
         /// Peers already in the room, oldest first.
@@ -152,6 +162,9 @@ pub enum ServerMessage {
         peer_id: String,
         /// The new peer's name as the server attests it (see [`PeerInfo::name`]).
         name: String,
+        /// The new peer's slot (see [`PeerInfo::slot`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slot: Option<u8>,
     },
     /// Someone left our room (or disconnected).
     PeerLeft {
@@ -428,6 +441,8 @@ mod wire {
     #[derive(Deserialize)]
     pub(super) struct Welcome {
         pub peer_id: String,
+        #[serde(default)]
+        pub slot: Option<u8>,
         pub room: String,
         pub peers: Vec<PeerInfo>,
         #[serde(default)]
@@ -440,6 +455,8 @@ mod wire {
     pub(super) struct PeerJoined {
         pub peer_id: String,
         pub name: String,
+        #[serde(default)]
+        pub slot: Option<u8>,
     }
 
     #[derive(Deserialize)]
@@ -488,6 +505,7 @@ impl ServerMessage {
                 ServerMessage::Welcome {
                     v,
                     peer_id: m.peer_id,
+                    slot: m.slot,
                     room: m.room,
                     peers: m.peers,
                     ice_servers: m.ice_servers,
@@ -500,6 +518,7 @@ impl ServerMessage {
                     v,
                     peer_id: m.peer_id,
                     name: m.name,
+                    slot: m.slot,
                 }
             }
             "peer_left" => {
