@@ -525,7 +525,7 @@ impl Room {
                 let weakest = slots
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, s)| s.as_deref().and_then(|src| loudness(src)).map(|l| (i, l)))
+                    .filter_map(|(i, s)| s.as_deref().and_then(&loudness).map(|l| (i, l)))
                     .min_by(|a, b| a.1.total_cmp(&b.1));
                 match weakest {
                     Some((i, l)) if *level > l + hysteresis => slots[i] = Some(cand.clone()),

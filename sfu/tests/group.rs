@@ -257,7 +257,7 @@ async fn garbage_sent_to_the_sfu_does_not_disturb_the_call_and_is_counted() {
             stray.send_to(&d, addr).unwrap();
             sent += 1;
             // In batches the socket buffer holds, so the kernel drops none of them first.
-            if sent % 50 == 0 {
+            if sent.is_multiple_of(50) {
                 wait_for_drops(&sfu, sent).await;
             }
         }
@@ -339,6 +339,81 @@ async fn the_participant_over_the_limit_is_refused_and_a_fast_sender_is_rate_lim
     assert!(sfu.leave("other", "m5"));
     assert!(!sfu.leave("other", "m5"));
     let _ = other.pc.close().await;
+    clients[0].stop_sending();
+    for c in &clients {
+        let _ = c.pc.close().await;
+    }
+}
+
+/// How much of `pcm` is a sine at `hz` (1 for a pure tone, near 0 for noise or silence).
+fn tone_share(pcm: &[i16], hz: f64) -> f64 {
+    let (mut s, mut c, mut energy) = (0.0, 0.0, 0.0);
+    for (i, x) in pcm.iter().enumerate() {
+        let x = f64::from(*x);
+        let phase = 2.0 * std::f64::consts::PI * hz * i as f64 / 48_000.0;
+        s += x * phase.sin();
+        c += x * phase.cos();
+        energy += x * x;
+    }
+    if energy == 0.0 {
+        return 0.0;
+    }
+    (s * s + c * c) / (energy * pcm.len() as f64 / 2.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_the_sfu_forwards_does_not_decode_as_the_senders_tone() {
+    let sfu = sfu(ForwardConfig::default());
+    let log: SentLog = Arc::default();
+    let mut clients = join_all(&sfu, "tone", 3, &[30, 30]).await;
+    // Member 0 sends real Opus frames of a 440 Hz tone, sealed.
+    let mut encoder =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+    clients[0].start_sending_with(FRAME, Arc::clone(&log), move |n| {
+        let pcm: Vec<i16> = (0..960)
+            .map(|i| {
+                let t = (n * 960 + i) as f64 / 48_000.0;
+                (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+            })
+            .collect();
+        let mut out = vec![0u8; 400];
+        let len = encoder.encode(&pcm, &mut out).unwrap();
+        out.truncate(len);
+        out
+    });
+    let got = receive_until(&mut clients[1], |got| got.len() >= 60).await;
+    let mut opened = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let mut forwarded = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+    let (mut tone_after_opening, mut tone_as_forwarded) = (0, 0);
+    let mut pcm = vec![0i16; 5760];
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(
+            log.lock().unwrap().get(&p.payload),
+            Some(&0),
+            "the sealed bytes"
+        );
+        // What a member does: open the frame, then decode it.
+        let (kid, frame) = open(&p.payload, 2).unwrap();
+        assert_eq!(kid, 0);
+        let n = opened.decode(&frame, &mut pcm, false).unwrap();
+        if i >= 10 && tone_share(&pcm[..n], 440.0) > 0.5 {
+            tone_after_opening += 1;
+        }
+        // What the SFU (or a tap on it) has: the forwarded payload, fed straight to Opus.
+        if let Ok(n) = forwarded.decode(&p.payload, &mut pcm, false)
+            && tone_share(&pcm[..n], 440.0) > 0.5
+        {
+            tone_as_forwarded += 1;
+        }
+    }
+    assert!(
+        tone_after_opening >= 40,
+        "{tone_after_opening} frames carry the tone once opened"
+    );
+    assert_eq!(
+        tone_as_forwarded, 0,
+        "the forwarded payload is not the tone"
+    );
     clients[0].stop_sending();
     for c in &clients {
         let _ = c.pc.close().await;

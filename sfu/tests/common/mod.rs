@@ -212,6 +212,22 @@ impl Client {
 
     /// Sends a sealed frame every `interval` until stopped, recording each in `log`.
     pub fn start_sending(&self, interval: Duration, log: SentLog) {
+        let kid = self.kid;
+        self.start_sending_with(interval, log, move |n| {
+            // Opus-sized and distinct per sender and frame.
+            let mut frame = format!("member {kid} frame {n} ").into_bytes();
+            frame.resize(80, kid as u8);
+            frame
+        });
+    }
+
+    /// Sends `make(n)`, sealed, as frame `n` every `interval` until stopped.
+    pub fn start_sending_with(
+        &self,
+        interval: Duration,
+        log: SentLog,
+        mut make: impl FnMut(u64) -> Vec<u8> + Send + 'static,
+    ) {
         let track = Arc::clone(&self.track);
         let (kid, ssrc) = (self.kid, self.ssrc);
         let level = Arc::clone(&self.level);
@@ -224,9 +240,7 @@ impl Client {
             let mut tick = tokio::time::interval(interval);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                // Opus-sized and distinct per sender and frame.
-                let mut frame = format!("member {kid} frame {n} ").into_bytes();
-                frame.resize(80, kid as u8);
+                let frame = make(n);
                 let sealed = sframe.encrypt_to_vec(&[], &frame).unwrap();
                 log.lock().unwrap().insert(sealed.clone(), kid);
                 let packet = rtc::rtp::Packet {
