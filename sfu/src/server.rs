@@ -998,9 +998,10 @@ fn new_peer_connection(ufrag: &str) -> Result<RTCPeerConnection, String> {
         .map_err(e)
 }
 
-/// Lets PLI and FIR from receivers reach the SFU (the chain stops inbound RTCP otherwise).
+/// An interceptor that lets PLI and FIR reach the application (webrtc-rs stops inbound RTCP at
+/// the end of the chain otherwise); other RTCP ends there as usual.
 #[derive(Default)]
-struct KeyframeRequests {
+pub struct KeyframeRequests {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
@@ -1038,6 +1039,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
 
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.write.pop_front()
+    }
+}
+
+impl std::fmt::Debug for KeyframeRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyframeRequests").finish_non_exhaustive()
     }
 }
 

@@ -419,3 +419,110 @@ async fn what_the_sfu_forwards_does_not_decode_as_the_senders_tone() {
         let _ = c.pc.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn video_reaches_every_other_member_and_a_pli_reaches_only_its_publisher() {
+    let sfu = sfu(ForwardConfig::default());
+    let log: SentLog = Arc::default();
+    let mut clients = Vec::new();
+    for kid in 0..3u64 {
+        let (client, offer) = Client::with_video(kid, 3, 30, 2).await;
+        let s = Arc::clone(&sfu);
+        let answer =
+            tokio::task::spawn_blocking(move || s.join("video", &format!("m{kid}"), &offer))
+                .await
+                .unwrap()
+                .unwrap();
+        client.accept(answer).await;
+        clients.push(client);
+    }
+    for c in &clients {
+        c.start_sending(FRAME, Arc::clone(&log));
+        c.start_sending_video(Duration::from_millis(33), Arc::clone(&log));
+    }
+    // Each member gets both others' video, byte-identical, and none of its own.
+    let mut video_ssrc_of = HashMap::new();
+    for c in clients.iter_mut() {
+        let me = c.kid;
+        let log2 = Arc::clone(&log);
+        let got = receive_until(c, |got| {
+            let log = log2.lock().unwrap();
+            let counts = count_by(
+                &got.iter()
+                    .filter(|p| p.video)
+                    .filter_map(|p| log.get(&p.payload).copied())
+                    .collect::<Vec<_>>(),
+            );
+            (0..3u64)
+                .filter(|k| *k != me)
+                .all(|k| counts.get(&(100 + k)).is_some_and(|n| *n >= 15))
+        })
+        .await;
+        let log = log.lock().unwrap();
+        for p in got.iter().filter(|p| p.video) {
+            let kid = *log.get(&p.payload).expect("byte-identical video payload");
+            let (opened, plain) = open(&p.payload, 3).unwrap();
+            assert_eq!(opened, kid);
+            assert!(plain.starts_with(format!("member {} video ", kid - 100).as_bytes()));
+            assert_ne!(kid, 100 + me);
+            video_ssrc_of.insert((me, kid - 100), p.ssrc);
+        }
+    }
+    // Member 1 asks for a keyframe on the track that carries member 0's video.
+    let before = sfu
+        .metrics()
+        .keyframe_requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let at_0 = clients[0]
+        .keyframe_requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let at_2 = clients[2]
+        .keyframe_requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let ssrc = video_ssrc_of[&(1, 0)];
+    let track = {
+        let tracks = clients[1].remote_video.lock().unwrap().clone();
+        let mut found = None;
+        for t in tracks {
+            if t.ssrcs().await.contains(&ssrc) {
+                found = Some(t);
+            }
+        }
+        found.expect("the remote track carrying member 0's video")
+    };
+    track
+        .write_rtcp(vec![Box::new(
+            rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            },
+        )])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while clients[0]
+        .keyframe_requests
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == at_0
+    {
+        assert!(Instant::now() < deadline, "the PLI never reached member 0");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Exactly one request relayed, to member 0 only.
+    assert_eq!(
+        sfu.metrics()
+            .keyframe_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+    assert_eq!(
+        clients[2]
+            .keyframe_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        at_2
+    );
+    for c in &clients {
+        c.stop_sending();
+        let _ = c.pc.close().await;
+    }
+}

@@ -4,23 +4,29 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use sotto::sframe::{CipherSuite, ReceiverContext, SenderContext};
+use sotto_sfu::server::KeyframeRequests;
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::TrackLocalEvent;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -41,12 +47,14 @@ pub type SentLog = Arc<Mutex<HashMap<Vec<u8>, u64>>>;
 /// One RTP packet a client received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub video: bool,
     pub ssrc: u32,
     pub seq: u16,
     pub payload: Vec<u8>,
 }
 
 struct Handler {
+    remote_video: Arc<Mutex<Vec<Arc<dyn TrackRemote>>>>,
     gathered: watch::Sender<bool>,
     connected: watch::Sender<bool>,
     packets: mpsc::UnboundedSender<Received>,
@@ -68,6 +76,10 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let packets = self.packets.clone();
+        let video = track.kind().await == RtpCodecKind::Video;
+        if video {
+            self.remote_video.lock().unwrap().push(Arc::clone(&track));
+        }
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 if let TrackRemoteEvent::OnRtpPacket(p) = event {
@@ -75,6 +87,7 @@ impl PeerConnectionEventHandler for Handler {
                         continue;
                     }
                     let _ = packets.send(Received {
+                        video,
                         ssrc: p.header.ssrc,
                         seq: p.header.sequence_number,
                         payload: p.payload.to_vec(),
@@ -95,6 +108,21 @@ pub struct Client {
     /// The RFC 6464 level it sends (0 loudest, 127 silence).
     pub level: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
+    video: Option<Arc<TrackLocalStaticRTP>>,
+    /// Keyframe requests (PLI/FIR) that reached our video track.
+    pub keyframe_requests: Arc<AtomicU64>,
+    /// Our remote video tracks, as they opened.
+    pub remote_video: Arc<Mutex<Vec<Arc<dyn TrackRemote>>>>,
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
 }
 
 fn opus() -> RTCRtpCodec {
@@ -111,6 +139,16 @@ impl Client {
     /// A client that offers `slots` audio m-lines (the first one also publishes); returns it
     /// and its offer.
     pub async fn new(kid: u64, slots: usize, level: u8) -> (Client, String) {
+        Self::with_video(kid, slots, level, 0).await
+    }
+
+    /// As `new`, with `video_slots` video m-lines too (the first one also publishes).
+    pub async fn with_video(
+        kid: u64,
+        slots: usize,
+        level: u8,
+        video_slots: usize,
+    ) -> (Client, String) {
         let mut media = MediaEngine::default();
         media
             .register_codec(
@@ -130,13 +168,33 @@ impl Client {
                 None,
             )
             .unwrap();
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: vp8(),
+                    payload_type: 96,
+                },
+                RtpCodecKind::Video,
+            )
+            .unwrap();
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: "pli".to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+        let registry = Registry::new().with(Slot::from(14_000), KeyframeRequests::default());
+        let remote_video = Arc::new(Mutex::new(Vec::new()));
         let (gathered_tx, mut gathered) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(false);
         let (packets_tx, packets) = mpsc::unbounded_channel();
         let runtime = webrtc::runtime::default_runtime().unwrap();
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media)
+            .with_interceptor_registry(registry)
             .with_handler(Arc::new(Handler {
+                remote_video: Arc::clone(&remote_video),
                 gathered: gathered_tx,
                 connected: connected_tx,
                 packets: packets_tx,
@@ -176,6 +234,53 @@ impl Client {
             .await
             .unwrap();
         }
+        let keyframe_requests = Arc::new(AtomicU64::new(0));
+        let mut video = None;
+        if video_slots > 0 {
+            let vssrc = 0x2000_0000 + kid as u32;
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("member-{kid}"),
+                format!("member-{kid}-video"),
+                format!("member-{kid}-video"),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(vssrc),
+                        ..Default::default()
+                    },
+                    codec: vp8(),
+                    ..Default::default()
+                }],
+            )));
+            pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await
+                .unwrap();
+            for _ in 1..video_slots {
+                pc.add_transceiver_from_kind(
+                    RtpCodecKind::Video,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .unwrap();
+            }
+            let t = Arc::clone(&track);
+            let count = Arc::clone(&keyframe_requests);
+            tokio::spawn(async move {
+                while let Some(event) = t.poll().await {
+                    if let TrackLocalEvent::OnRtcpPacket(packets) = event
+                        && packets
+                            .iter()
+                            .any(|p| p.as_any().is::<PictureLossIndication>())
+                    {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            video = Some(track);
+        }
         let offer = pc.create_offer(None).await.unwrap();
         pc.set_local_description(offer).await.unwrap();
         tokio::time::timeout(Duration::from_secs(20), gathered.wait_for(|g| *g))
@@ -193,6 +298,9 @@ impl Client {
                 packets,
                 level: Arc::new(AtomicU8::new(level)),
                 stop: Arc::new(AtomicBool::new(false)),
+                video,
+                keyframe_requests,
+                remote_video,
             },
             sdp,
         )
@@ -266,6 +374,42 @@ impl Client {
         });
     }
 
+    /// Sends a sealed 1000-byte "video" frame every `interval` on the video track.
+    pub fn start_sending_video(&self, interval: Duration, log: SentLog) {
+        let track = Arc::clone(self.video.as_ref().expect("a video track"));
+        let kid = self.kid;
+        let stop = Arc::clone(&self.stop);
+        tokio::spawn(async move {
+            // A KID of its own for video, as the engine does (member k: 100 + k).
+            let mut sframe = SenderContext::new(SUITE, 100 + kid, &base_key(100 + kid)).unwrap();
+            let mut seq: u16 = 1000 + kid as u16;
+            let mut n: u64 = 0;
+            let mut tick = tokio::time::interval(interval);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let mut frame = format!("member {kid} video {n} ").into_bytes();
+                frame.resize(1000, kid as u8);
+                let sealed = sframe.encrypt_to_vec(&[], &frame).unwrap();
+                log.lock().unwrap().insert(sealed.clone(), 100 + kid);
+                let packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        payload_type: 96,
+                        sequence_number: seq,
+                        timestamp: (n as u32).wrapping_mul(3000),
+                        ssrc: 0x2000_0000 + kid as u32,
+                        ..Default::default()
+                    },
+                    payload: sealed.into(),
+                };
+                let _ = track.write_rtp(packet).await;
+                seq = seq.wrapping_add(1);
+                n += 1;
+            }
+        });
+    }
+
     pub fn stop_sending(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -274,7 +418,7 @@ impl Client {
 /// Opens a sealed payload: the sender's KID and the plaintext.
 pub fn open(payload: &[u8], kids: u64) -> Option<(u64, Vec<u8>)> {
     let mut rx = ReceiverContext::new();
-    for kid in 0..kids {
+    for kid in (0..kids).chain(100..100 + kids) {
         rx.add_key(SUITE, kid, &base_key(kid)).unwrap();
     }
     let mut buf = payload.to_vec();
