@@ -614,20 +614,14 @@ impl Worker {
     }
 
     fn on_datagram(&mut self, from: SocketAddr, data: &[u8]) {
-        let key = match self.by_addr.get(&from) {
-            Some(&k) => k,
+        let (key, known) = match self.by_addr.get(&from) {
+            Some(&k) => (k, true),
             None => {
                 let Some(&k) = stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(u)) else {
                     self.metrics.count_drop(DropReason::UnknownSource);
                     return;
                 };
-                if let Some(p) = self.peers.get_mut(&k)
-                    && p.addrs.len() < MAX_ADDRS_PER_PEER
-                {
-                    p.addrs.push(from);
-                    self.by_addr.insert(from, k);
-                }
-                k
+                (k, false)
             }
         };
         // RFC 7983 demultiplexing: STUN 0-3, DTLS 20-63, RTP/RTCP 128-191. Anything else is
@@ -653,6 +647,18 @@ impl Worker {
         if p.pc.handle_read(msg).is_err() {
             self.metrics.count_drop(DropReason::Malformed);
         }
+        if !known {
+            // A new address is the participant's only once its connection answered the
+            // request, which ICE does only when it carries the right password: a forged
+            // request naming a live ufrag adds nothing to the table.
+            let answered = flush(&self.socket, &mut p.pc, Some(from));
+            if !answered {
+                self.metrics.count_drop(DropReason::UnknownSource);
+            } else if p.addrs.len() < MAX_ADDRS_PER_PEER {
+                p.addrs.push(from);
+                self.by_addr.insert(from, key);
+            }
+        }
         self.pump(key);
     }
 
@@ -663,7 +669,7 @@ impl Worker {
             let Some(p) = self.peers.get_mut(&key) else {
                 return;
             };
-            flush(&self.socket, &mut p.pc);
+            flush(&self.socket, &mut p.pc, None);
             while let Some(event) = p.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
@@ -822,7 +828,7 @@ impl Worker {
                 }
                 _ => self.metrics.count_drop(DropReason::SendFailed),
             }
-            flush(&self.socket, &mut t.pc);
+            flush(&self.socket, &mut t.pc, None);
         }
         for publisher in keyframes {
             if let Some(&k) = self
@@ -875,16 +881,20 @@ impl Worker {
                 .keyframe_requests
                 .fetch_add(1, Ordering::Relaxed);
         }
-        flush(&self.socket, &mut p.pc);
+        flush(&self.socket, &mut p.pc, None);
     }
 }
 
-fn flush(socket: &UdpSocket, pc: &mut RTCPeerConnection) {
+/// Sends what `pc` has to send; returns whether any of it went to `watch`.
+fn flush(socket: &UdpSocket, pc: &mut RTCPeerConnection, watch: Option<SocketAddr>) -> bool {
+    let mut to_watch = false;
     while let Some(msg) = pc.poll_write() {
+        to_watch |= watch == Some(msg.transport.peer_addr);
         if let Err(e) = socket.send_to(&msg.message, msg.transport.peer_addr) {
             tracing::trace!(error = %e, "udp send");
         }
     }
+    to_watch
 }
 
 fn bad(e: impl std::fmt::Display) -> JoinError {

@@ -262,6 +262,38 @@ async fn garbage_sent_to_the_sfu_does_not_disturb_the_call_and_is_counted() {
             }
         }
     }
+    // Binding requests naming a live participant's real ufrag, without its password: refused
+    // and counted, and the stray address gets no route to that participant.
+    let answer = clients[0].pc.remote_description().await.unwrap().sdp;
+    let ufrag = answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .unwrap()
+        .to_owned();
+    let username = format!("{ufrag}:forged");
+    for i in 0..100u8 {
+        let mut attrs = vec![0, 6];
+        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(username.as_bytes());
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+        // A MESSAGE-INTEGRITY that is not the right one.
+        attrs.extend_from_slice(&[0, 8, 0, 20]);
+        attrs.extend_from_slice(&[i; 20]);
+        let mut d = vec![0, 1];
+        d.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        d.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        d.extend_from_slice(&[i; 12]);
+        d.extend_from_slice(&attrs);
+        for addr in sfu.local_addrs() {
+            stray.send_to(&d, addr).unwrap();
+            sent += 1;
+        }
+        if i % 25 == 24 {
+            wait_for_drops(&sfu, sent).await;
+        }
+    }
     // The call keeps flowing: each member again hears both others after the garbage.
     for c in clients.iter_mut() {
         let me = c.kid;
