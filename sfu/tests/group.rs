@@ -23,6 +23,17 @@ fn sfu(forward: ForwardConfig) -> Arc<Sfu> {
     )
 }
 
+fn sfu_with_rooms(max_rooms: usize) -> Arc<Sfu> {
+    Arc::new(
+        Sfu::start(SfuConfig {
+            workers: 2,
+            max_rooms,
+            ..SfuConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
 /// Joins `levels.len()` clients (KIDs 0..) to `room`, each offering `slots` audio m-lines.
 async fn join_all(sfu: &Arc<Sfu>, room: &str, slots: usize, levels: &[u8]) -> Vec<Client> {
     let mut clients = Vec::new();
@@ -370,6 +381,25 @@ async fn the_participant_over_the_limit_is_refused_and_a_fast_sender_is_rate_lim
     other.accept(answer).await;
     assert!(sfu.leave("other", "m5"));
     assert!(!sfu.leave("other", "m5"));
+    // Rooms: with a limit of one, a second room is refused until the first empties.
+    let one = sfu_with_rooms(1);
+    let (_a, offer_a) = Client::new(6, 3, 30).await;
+    let (_b, offer_b) = Client::new(7, 3, 30).await;
+    let o = Arc::clone(&one);
+    let offer_b2 = offer_b.clone();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        (o.join("a", "m6", &offer_a), o.join("b", "m7", &offer_b2))
+    })
+    .await
+    .unwrap();
+    assert!(first.is_ok());
+    assert_eq!(second, Err(JoinError::TooManyRooms { limit: 1 }));
+    assert!(one.leave("a", "m6"));
+    let o = Arc::clone(&one);
+    let third = tokio::task::spawn_blocking(move || o.join("b", "m7", &offer_b))
+        .await
+        .unwrap();
+    assert!(third.is_ok());
     let _ = other.pc.close().await;
     clients[0].stop_sending();
     for c in &clients {
