@@ -1,0 +1,151 @@
+//! SFU figures on loopback with real webrtc-rs clients: CPU time of the SFU's worker threads
+//! per forwarded packet, forwarded packets per second, and the send-to-receive latency of a
+//! frame through the SFU (both clients' stacks included). Prints one JSON object.
+//!
+//! `cargo run --release -p sotto-sfu --example bench -- [members] [seconds]`
+//! (or `scripts/bench-sfu`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Client, SentLog, open};
+use sotto_sfu::{DropReason, ForwardConfig, Sfu, SfuConfig};
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// User plus system CPU seconds of this process's threads named `sotto-sfu-*`.
+fn sfu_cpu_seconds() -> f64 {
+    let tick = 100.0; // USER_HZ on Linux.
+    let mut total = 0.0;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with("sotto-sfu") {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        total += (utime + stime) / tick;
+    }
+    total
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let members: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let sfu = Arc::new(
+        Sfu::start(SfuConfig {
+            workers: 1,
+            forward: ForwardConfig::default(),
+            ..SfuConfig::default()
+        })
+        .expect("sfu"),
+    );
+    let log: SentLog = Arc::default();
+    let mut clients = Vec::new();
+    for kid in 0..members {
+        let (client, offer) = Client::new(kid as u64, 3, 10 + (kid as u8 * 7) % 100).await;
+        let s = Arc::clone(&sfu);
+        let answer =
+            tokio::task::spawn_blocking(move || s.join("bench", &format!("m{kid}"), &offer))
+                .await
+                .expect("join task")
+                .expect("join");
+        client.accept(answer).await;
+        client.start_sending_with(Duration::from_millis(20), Arc::clone(&log), |_| {
+            let mut frame = now_us().to_be_bytes().to_vec();
+            frame.resize(80, 0x55);
+            frame
+        });
+        clients.push(client);
+    }
+    // Receivers: decrypt, read the send time, keep latencies once measuring.
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let mut tasks = Vec::new();
+    for mut c in clients.drain(..) {
+        let measuring = Arc::clone(&measuring);
+        let latencies = Arc::clone(&latencies);
+        let n = members as u64;
+        tasks.push(tokio::spawn(async move {
+            while let Some(p) = c.packets.recv().await {
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Some((_, plain)) = open(&p.payload, n) else {
+                    continue;
+                };
+                let Some(sent) = plain.get(..8).and_then(|b| b.try_into().ok()) else {
+                    continue;
+                };
+                let sent = u64::from_be_bytes(sent);
+                if let Ok(mut l) = latencies.lock() {
+                    l.push(now_us().saturating_sub(sent));
+                }
+            }
+            c
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = sfu.metrics();
+    let (in0, out0, cpu0) = (
+        m.packets_in.load(Ordering::Relaxed),
+        m.packets_out.load(Ordering::Relaxed),
+        sfu_cpu_seconds(),
+    );
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let (in1, out1, cpu1) = (
+        m.packets_in.load(Ordering::Relaxed),
+        m.packets_out.load(Ordering::Relaxed),
+        sfu_cpu_seconds(),
+    );
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    let forwarded = out1 - out0;
+    let cpu = cpu1 - cpu0;
+    println!(
+        "{{\"members\":{members},\"seconds\":{seconds},\"sfu_workers\":1,\"packets_in_per_s\":{:.0},\"packets_out_per_s\":{:.0},\"sfu_cpu_seconds\":{cpu:.2},\"sfu_cpu_us_per_forwarded_packet\":{:.1},\"latency_ms_p50\":{:.2},\"latency_ms_p99\":{:.2},\"latency_samples\":{},\"dropped_rate_limit\":{},\"dropped_send_failed\":{}}}",
+        (in1 - in0) as f64 / seconds as f64,
+        forwarded as f64 / seconds as f64,
+        if forwarded > 0 {
+            cpu * 1e6 / forwarded as f64
+        } else {
+            f64::NAN
+        },
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len(),
+        m.dropped(DropReason::RateLimit),
+        m.dropped(DropReason::SendFailed),
+    );
+    std::process::exit(0);
+}
