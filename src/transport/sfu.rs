@@ -33,8 +33,8 @@ use webrtc::peer_connection::{
 };
 
 use super::{
-    IceServer, SealedFrame, TransportError, TransportState, ice_policy, opus_codec, random_ssrc,
-    rtc_err, rtc_ice_servers,
+    IceServer, SealedFrame, TransportError, TransportState, ice_pacing, ice_policy, opus_codec,
+    random_ssrc, rtc_err, rtc_ice_servers,
 };
 
 /// The RFC 6464 header extension (client-to-mixer audio level).
@@ -215,6 +215,7 @@ impl SfuTransport {
         let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
         let pc = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
+            .with_setting_engine(ice_pacing())
             .with_media_engine(media)
             .with_handler(Arc::new(Handler {
                 gathered: gathered_tx,
