@@ -22,6 +22,8 @@ struct Room {
     held_acks: Vec<(Slot, Slot, Vec<u8>)>,
     /// Every bundle delivered: (from, to, gen).
     bundles: Vec<(Slot, Slot, u64)>,
+    /// Every secret each member was given, as an eavesdropper would keep them.
+    given: BTreeMap<Slot, Vec<GroupSecret>>,
     /// Every switch: (member, gen, when).
     switches: Vec<(Slot, u64, Instant)>,
 }
@@ -33,6 +35,7 @@ impl Room {
             hold_acks_from: BTreeSet::new(),
             held_acks: Vec::new(),
             bundles: Vec::new(),
+            given: BTreeMap::new(),
             switches: Vec::new(),
         }
     }
@@ -88,9 +91,10 @@ impl Room {
             for (from, out) in outs {
                 match out {
                     GroupOutput::SendBundle { to_slot, body } => {
-                        let generation = KeyBundle::parse(&body).unwrap().generation;
-                        self.bundles.push((from, to_slot, generation));
+                        let bundle = KeyBundle::parse(&body).unwrap();
+                        self.bundles.push((from, to_slot, bundle.generation));
                         if let Some(to) = self.members.get_mut(&to_slot) {
+                            self.given.entry(to_slot).or_default().push(bundle.secret);
                             to.bundle_received(now, from, &body).unwrap();
                         }
                     }
@@ -150,6 +154,22 @@ fn ever_opens(keys: &mut GroupKeys, now: Instant, frame: &[u8]) -> bool {
     }
     keys.handle_timeout(now + Duration::from_secs(5)).unwrap();
     keys.poll_released().is_some()
+}
+
+/// Whether anyone holding every secret `s` was ever given (ratcheted forward too, under any
+/// KID) can open `frame`: what a leaver or joiner that keeps its keys could do by hand.
+fn secrets_open(room: &Room, s: Slot, frame: &[u8]) -> bool {
+    let kid = Header::parse(frame).unwrap().0.kid;
+    room.given.get(&s).into_iter().flatten().any(|secret| {
+        let mut secret = secret.clone();
+        (0..=MAX_DERIVE).any(|_| {
+            let mut rx = crate::sframe::ReceiverContext::new();
+            rx.add_key(SUITE, kid, secret.as_bytes()).unwrap();
+            let ok = rx.decrypt_to_vec(&[], frame).is_ok();
+            secret = secret.ratchet().unwrap();
+            ok
+        })
+    })
 }
 
 fn kid_of(frame: &[u8]) -> GroupKid {
@@ -287,6 +307,11 @@ fn the_switch_happens_at_two_seconds_when_a_member_never_acks() {
     );
     let late = room.member(1).seal(KeyKind::Audio, b"late").unwrap();
     assert!(!ever_opens(&mut leaver, t0 + SWITCH_TIMEOUT, &late));
+    assert!(!secrets_open(&room, slot(4), &late));
+    assert!(
+        secrets_open(&room, slot(4), &early),
+        "the check itself must work"
+    );
     // The silent member has the key all the same.
     assert!(opened(room.member(3).open(t0 + SWITCH_TIMEOUT, &late)).is_some());
 }
@@ -315,6 +340,7 @@ fn a_joiner_opens_none_of_the_ciphertext_recorded_before_it_came() {
     }
     for frame in &recorded {
         assert!(!ever_opens(room.member(4), now, frame));
+        assert!(!secrets_open(&room, slot(4), frame));
     }
     assert!(room.member(4).poll_released().is_none());
     let unknown: u64 = (1..=3u8)
@@ -359,6 +385,8 @@ fn two_leaves_in_quick_succession_make_one_switch_with_the_first_deadline() {
         let frame = room.member(s).seal(KeyKind::Audio, b"after both").unwrap();
         assert!(!ever_opens(&mut first, t0 + SWITCH_TIMEOUT, &frame));
         assert!(!ever_opens(&mut second, t0 + SWITCH_TIMEOUT, &frame));
+        assert!(!secrets_open(&room, slot(4), &frame));
+        assert!(!secrets_open(&room, slot(5), &frame));
         for r in (1..=3u8).filter(|r| *r != s) {
             assert!(opened(room.member(r).open(t0 + SWITCH_TIMEOUT, &frame)).is_some());
         }
@@ -397,6 +425,9 @@ fn a_join_during_a_pending_switch_gets_the_pending_key_ratcheted() {
         assert_eq!(o.payload, b"post");
     }
     assert!(!ever_opens(&mut leaver, t2, &post));
+    assert!(!secrets_open(&room, slot(4), &post));
+    assert!(secrets_open(&room, slot(5), &post));
+    assert!(!secrets_open(&room, slot(5), &pre));
 }
 
 #[test]
