@@ -235,6 +235,8 @@ impl GroupKeys {
         if slot == self.my_slot || self.members.contains(&slot) {
             return Err(GroupError::SlotTaken(slot));
         }
+        self.keyring.add_sender(slot)?;
+        self.members.insert(slot);
         match kind {
             JoinKind::NewJoiner => {
                 let (generation, secret, switched) = self.sender.join(slot)?;
@@ -254,8 +256,6 @@ impl GroupKeys {
                 }
             }
         }
-        self.keyring.add_sender(slot)?;
-        self.members.insert(slot);
         Ok(())
     }
 

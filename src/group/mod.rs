@@ -49,7 +49,6 @@ pub use keyring::{
 pub use kid::{GroupKid, KeyKind, MAX_GENERATION, MAX_SLOT, Slot};
 pub use machine::{GroupEvent, GroupKeys, GroupOutput, JoinKind, SWITCH_TIMEOUT};
 pub use secret::{GroupSecret, SECRET_LEN};
-pub use sender::SenderKeys;
 
 #[cfg(test)]
 mod tests;

@@ -31,7 +31,7 @@ struct Pending {
 }
 
 /// Our base secrets: the one we send with and the one we are moving to.
-pub struct SenderKeys {
+pub(crate) struct SenderKeys {
     generation: u64,
     secret: GroupSecret,
     pending: Option<Pending>,

@@ -115,7 +115,16 @@ impl Room {
     }
 
     fn release_acks(&mut self, now: Instant) {
-        for (from, to, body) in std::mem::take(&mut self.held_acks) {
+        self.release_acks_of(now, |_, _| true);
+    }
+
+    /// Delivers the held acks of the generations `pick` chooses.
+    fn release_acks_of(&mut self, now: Instant, pick: impl Fn(Slot, u64) -> bool) {
+        let (go, keep) = std::mem::take(&mut self.held_acks)
+            .into_iter()
+            .partition(|(_, to, body)| pick(*to, KeyAck::parse(body).unwrap().generation));
+        self.held_acks = keep;
+        for (from, to, body) in go {
             if let Some(m) = self.members.get_mut(&to) {
                 m.ack_received(now, from, &body).unwrap();
             }
@@ -355,6 +364,9 @@ fn two_leaves_in_quick_succession_make_one_switch_with_the_first_deadline() {
     let mut room = Room::with(5, t0);
     room.hold_acks_from.insert(slot(3));
     let before = room.member(1).send_generation();
+    let gens: Vec<u64> = (1..=3u8)
+        .map(|s| room.member(s).send_generation())
+        .collect();
     let mut first = room.leave(t0, slot(4));
     let t1 = t0 + Duration::from_millis(300);
     let mut second = room.leave(t1, slot(5));
@@ -368,6 +380,12 @@ fn two_leaves_in_quick_succession_make_one_switch_with_the_first_deadline() {
     );
     assert_eq!(room.member(1).pending_generation(), Some(before + 2));
     assert_eq!(room.member(1).poll_timeout(), Some(t0 + SWITCH_TIMEOUT));
+    // Member 3's late acks of the replaced key do not count for the new one.
+    room.release_acks_of(t1, |to, g| {
+        gens.get(to.get() as usize - 1)
+            .is_some_and(|before| g == before + 1)
+    });
+    assert!(room.switches_of(1).is_empty());
     room.timeout(t0 + SWITCH_TIMEOUT - Duration::from_millis(1));
     // Member 3 never acks, so 1 and 2 wait; 3's own keys were acked at once, each time.
     assert!(room.switches_of(1).is_empty() && room.switches_of(2).is_empty());
