@@ -56,9 +56,9 @@
 //! # Modules
 //!
 //! [`call`] is the object applications embed. Below it: [`sframe`] (RFC 9605), [`handshake`]
-//! (identities, key agreement, known peers), [`group`] (group call sender keys), [`names`], [`media`] (sources, sinks, Opus),
-//! [`playout`], [`transport`] (WebRTC), [`signal`] (the signaling client), [`latency`] (the
-//! mouth-to-ear benchmark) and [`text`].
+//! (identities, key agreement, known peers), [`group`] (group call sender keys), [`names`],
+//! [`media`] (sources, sinks, Opus), [`playout`], [`transport`] (WebRTC), [`signal`] (the
+//! signaling client), [`latency`] (the mouth-to-ear benchmark) and [`text`].
 
 #![cfg_attr(
     not(feature = "insecure-test-hooks"),
