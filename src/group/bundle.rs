@@ -50,7 +50,7 @@ impl std::fmt::Debug for KeyBundle {
     }
 }
 
-/// "I hold generation `gen` of slot `slot`'s key."
+/// "I hold generation `generation` of slot `slot`'s key."
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyAck {
     /// The slot whose key is acknowledged.

@@ -156,7 +156,7 @@ impl SenderRing {
         })
     }
 
-    /// Installs `secret` as generation `gen` (all kinds); never replaces a held one.
+    /// Installs `secret` as generation `generation` (all kinds); never replaces a held one.
     fn install(
         &mut self,
         suite: CipherSuite,
@@ -206,7 +206,7 @@ impl SenderRing {
         }
     }
 
-    /// An authenticated frame used `gen`: keep it and the previous used generation.
+    /// An authenticated frame used `generation`: keep it and the previous used generation.
     fn advance(&mut self, slot: Slot, generation: u64) {
         let floor = match self.active {
             Some(a) if generation > a => a,
@@ -221,7 +221,7 @@ impl SenderRing {
         }
     }
 
-    /// Tries to open `frame` (of `gen`): under a held key, or under one ratcheted from the
+    /// Tries to open `frame` (of `generation`): under a held key, or under one ratcheted from the
     /// newest held generation below it.
     fn attempt(
         &mut self,
@@ -365,7 +365,7 @@ impl Keyring {
         self.senders.remove(&slot).is_some()
     }
 
-    /// Adds generation `gen` of `slot`'s key, received in a bundle with sequence `seq`.
+    /// Adds generation `generation` of `slot`'s key, received in a bundle with sequence `seq`.
     /// Frames waiting for it are opened and come out of [`poll_released`](Self::poll_released).
     pub fn insert(
         &mut self,

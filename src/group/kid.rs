@@ -97,7 +97,7 @@ pub struct GroupKid {
 }
 
 impl GroupKid {
-    /// A KID, if `gen` fits.
+    /// A KID, if `generation` fits.
     pub fn new(generation: u64, slot: Slot, kind: KeyKind) -> Result<Self, KidError> {
         if generation > MAX_GENERATION {
             return Err(KidError::GenerationOutOfRange(generation));

@@ -43,7 +43,7 @@ pub enum GroupOutput {
         /// The ack body.
         body: Vec<u8>,
     },
-    /// Our frames are now sealed under generation `gen` (send a video keyframe).
+    /// Our frames are now sealed under generation `generation` (send a video keyframe).
     SwitchedSendKey {
         /// The new generation.
         generation: u64,
@@ -78,7 +78,7 @@ impl std::fmt::Debug for GroupOutput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupEvent {
-    /// A leave made a fresh key `gen`; sending moves to it when acked, at `deadline` latest.
+    /// A leave made a fresh key of `generation`; sending moves to it when acked, at `deadline` latest.
     RekeyPending {
         /// The fresh key's generation.
         generation: u64,

@@ -702,3 +702,38 @@ fn a_failed_derivation_is_not_a_failure_and_does_not_stick() {
         (0, 1, 1)
     );
 }
+
+#[test]
+fn frames_with_reserved_kinds_are_refused_and_generations_stay_bounded() {
+    let now = Instant::now();
+    let s = slot(2);
+    let secret = GroupSecret::from_bytes([8; 32]);
+    let mut ring = Keyring::new(SUITE);
+    ring.add_sender(s).unwrap();
+    ring.insert(now, s, 0, 0, secret.clone()).unwrap();
+    // Same secret, slot and generation, but kind 5: refused before any key is looked up.
+    let reserved = (2 << 3) | 5;
+    let mut tx = SenderContext::new(SUITE, reserved, secret.as_bytes()).unwrap();
+    let frame = tx.encrypt_to_vec(&[], b"x").unwrap();
+    assert_eq!(
+        ring.open(now, &[], &frame).unwrap_err(),
+        GroupError::Kid(KidError::ReservedKind(5))
+    );
+    // A sender flooding bundles of ever newer generations: at most MAX_GENERATIONS are held,
+    // the newest among them, and the one frames use now is kept.
+    let f0 = sealer(&secret, s, 0).encrypt_to_vec(&[], b"zero").unwrap();
+    assert!(opened(ring.open(now, &[], &f0)).is_some());
+    for g in 1..40u64 {
+        ring.insert(now, s, g, g, GroupSecret::from_bytes([g as u8; 32]))
+            .unwrap();
+        let held = ring.generations(s);
+        assert!(held.len() <= MAX_GENERATIONS, "{held:?}");
+        assert_eq!(held.first(), Some(&0));
+        assert_eq!(held.last(), Some(&g));
+    }
+    let f0 = sealer(&secret, s, 0)
+        .with_counter(1)
+        .encrypt_to_vec(&[], b"zero")
+        .unwrap();
+    assert!(opened(ring.open(now, &[], &f0)).is_some());
+}
