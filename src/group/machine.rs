@@ -78,7 +78,8 @@ impl std::fmt::Debug for GroupOutput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupEvent {
-    /// A leave made a fresh key of `generation`; sending moves to it when acked, at `deadline` latest.
+    /// A leave made a fresh key of `generation`; sending moves to it when acked, at
+    /// `deadline` at the latest.
     RekeyPending {
         /// The fresh key's generation.
         generation: u64,

@@ -125,7 +125,7 @@ impl SenderKeys {
         Ok((generation, secret))
     }
 
-    /// `from` acked generation `generation`; counts if it is the pending key or one it ratchets to.
+    /// `from` acked `generation`; counts if it is the pending key or one it ratchets to.
     pub fn ack(&mut self, from: Slot, generation: u64) {
         if let Some(p) = &mut self.pending
             && (p.fresh_gen..=p.generation).contains(&generation)
