@@ -56,9 +56,9 @@
 //! # Modules
 //!
 //! [`call`] is the object applications embed. Below it: [`sframe`] (RFC 9605), [`handshake`]
-//! (identities, key agreement, known peers), [`names`], [`media`] (sources, sinks, Opus),
-//! [`playout`], [`transport`] (WebRTC), [`signal`] (the signaling client), [`latency`] (the
-//! mouth-to-ear benchmark) and [`text`].
+//! (identities, key agreement, known peers), [`group`] (group call sender keys), [`names`],
+//! [`media`] (sources, sinks, Opus), [`playout`], [`transport`] (WebRTC), [`signal`] (the
+//! signaling client), [`latency`] (the mouth-to-ear benchmark) and [`text`].
 
 #![cfg_attr(
     not(feature = "insecure-test-hooks"),
@@ -103,6 +103,7 @@ async fn sealed(t: &sotto::transport::MediaTransport, f: &sotto::transport::Seal
 #![warn(missing_docs)]
 
 pub mod call;
+pub mod group;
 pub mod handshake;
 pub mod latency;
 pub mod media;

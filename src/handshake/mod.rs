@@ -37,6 +37,7 @@
 
 mod dtls;
 mod error;
+mod group;
 mod identity;
 mod keys;
 mod known_peers;
@@ -47,6 +48,7 @@ mod wire;
 
 pub use dtls::{DtlsFingerprint, MAX_DTLS_LEN};
 pub use error::HandshakeError;
+pub use group::{GroupCodeError, MAX_GROUP_MEMBERS, group_safety_code};
 pub use identity::{Identity, IdentityKey, default_config_dir, default_identity_path};
 pub use keys::{
     CallKeys, Direction, DirectionKey, MediaKind, MediaReceiver, MediaSender, RotationConfig,
