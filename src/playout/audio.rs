@@ -649,4 +649,56 @@ mod tests {
             assert!(max_step(&sim.out) <= 1.1 * tone_step());
         }
     }
+
+    /// A decoder whose own concealment is silence and that has no FEC (Opus's concealment
+    /// fades a steady voice to near silence within a frame).
+    struct SilentPlc(ToneDecoder);
+
+    impl FrameDecoder for SilentPlc {
+        fn decode(&mut self, payload: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+            self.0.decode(payload, out)
+        }
+        fn recover(&mut self, _next: &[u8], _out: &mut [f32]) -> Result<(), CodecError> {
+            Err(CodecError::BadPacketLength(0))
+        }
+        fn conceal(&mut self, out: &mut [f32]) -> Result<(), CodecError> {
+            out.fill(0.0);
+            Ok(())
+        }
+    }
+
+    /// Three frames of a voiced stream are lost: the gap is filled by the last pitch period
+    /// repeated in phase (full level, then fading), not by the codec's silence, and the
+    /// audio after it joins without a click.
+    #[test]
+    fn a_voiced_gap_is_concealed_by_repeating_the_pitch_period() {
+        let mut p = AudioPlayout::new(
+            PlayoutConfig::default(),
+            SilentPlc(ToneDecoder {
+                frame: 960,
+                next: 0,
+            }),
+        );
+        let mut out = Vec::new();
+        let mut pcm = vec![0.0f32; 960];
+        let mut concealed = 0;
+        for k in 0..150u64 {
+            if !(50..53).contains(&k) {
+                p.insert(packet(k, 960), Duration::from_micros(k * 20_000 + 1_000));
+            }
+            let kind = p.fill(Duration::from_micros(k * 20_000 + 5_000), &mut pcm);
+            concealed += u32::from(kind == DecodeKind::Plc);
+            out.extend_from_slice(&pcm);
+        }
+        // The three, and the waits before the buffer gives them up.
+        assert!(concealed >= 3, "{:?}", p.stats());
+        // After the start, every 20 ms of output carries the tone at a clear level (the
+        // repeated period fades from the third concealed frame on: half level by the fifth).
+        for (i, chunk) in out.chunks_exact(960).enumerate().skip(10) {
+            let rms = (chunk.iter().map(|v| v * v).sum::<f32>() / 960.0).sqrt();
+            let share = crate::media::tone_share(chunk, 48_000.0, 250.0);
+            assert!(rms > 0.15 && share > 0.8, "chunk {i}: rms {rms}, share {share}");
+        }
+        assert!(max_step(&out[9600..]) <= 1.1 * tone_step());
+    }
 }
