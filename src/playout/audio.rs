@@ -31,7 +31,7 @@ const EXPAND_MARGIN: i64 = 96;
 const EXPAND_FULL: u32 = 2;
 const EXPAND_FADE: u32 = 6;
 /// Normalised correlation at which the audio before a gap counts as voiced.
-const EXPAND_VOICED: f32 = 0.85;
+const EXPAND_VOICED: f32 = 0.95;
 /// Mean square above which decoded audio counts as sound (about -50 dBFS).
 const ACTIVE_MEAN_SQUARE: f32 = 1e-5;
 /// Packets inserted between two calls whose readiness is remembered.

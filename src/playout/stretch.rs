@@ -34,6 +34,8 @@ const VOICED: f32 = 0.85;
 const SILENT: f32 = 1e-5;
 /// Cross-fade of a low-energy stretch (2.5 ms).
 const SILENT_FADE: usize = 120;
+/// Normalised correlation at which a merge aligns the returning audio's phase.
+const MERGE_ALIGN: f32 = 0.95;
 /// Shortest cut of silence (0.5 ms): small enough to take the last bit of excess delay.
 const MIN_QUIET_CUT: usize = 24;
 
@@ -289,11 +291,13 @@ impl Stretcher {
         let start = tail.len() - lag;
         let cont = |i: usize| tail[start + i % lag];
         // The offset (under a period, and leaving most of `new`) where `new` correlates best
-        // with the continuation over one period.
+        // with the continuation over one period; taken only where both are clearly the same
+        // periodic sound (dropping real speech at every seam costs more than a phase jump).
         let mut offset = 0;
         if voiced {
             let win = lag.min(new.len() / 4);
-            let mut best = f32::MIN;
+            let e_cont: f32 = (0..win).map(|i| cont(i) * cont(i)).sum();
+            let mut best = MERGE_ALIGN;
             for d in 0..lag.min(new.len() / 2 - win) {
                 let seg = &new[d..d + win];
                 let (mut c, mut e) = (0f32, 0f32);
@@ -301,7 +305,7 @@ impl Stretcher {
                     c += cont(i) * v;
                     e += v * v;
                 }
-                let score = c / e.max(1e-12).sqrt();
+                let score = c / (e * e_cont).max(1e-12).sqrt();
                 if score > best {
                     best = score;
                     offset = d;
