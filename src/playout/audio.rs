@@ -697,7 +697,10 @@ mod tests {
         for (i, chunk) in out.chunks_exact(960).enumerate().skip(10) {
             let rms = (chunk.iter().map(|v| v * v).sum::<f32>() / 960.0).sqrt();
             let share = crate::media::tone_share(chunk, 48_000.0, 250.0);
-            assert!(rms > 0.15 && share > 0.8, "chunk {i}: rms {rms}, share {share}");
+            assert!(
+                rms > 0.15 && share > 0.8,
+                "chunk {i}: rms {rms}, share {share}"
+            );
         }
         assert!(max_step(&out[9600..]) <= 1.1 * tone_step());
     }

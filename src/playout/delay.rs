@@ -10,7 +10,8 @@
 //! minimum plus the histogram's 98th percentile plus a small guard. A single outlier (a
 //! jitter spike) enters the histogram capped a fixed step above the current percentile, so
 //! one spike moves the target a little and briefly, while a path that stays worse moves it
-//! step by step.
+//! step by step. Packets that all come over the cap for 100 ms of calls are not a spike but a
+//! new base delay (a bottleneck queue that filled): the reference moves up to them at once.
 
 /// Histogram bucket width in ticks at 48 kHz (0.5 ms).
 const BUCKET: i64 = 24;
