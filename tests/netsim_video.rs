@@ -288,12 +288,12 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-// Video adapts and recovers, and audio stays intelligible. The one dip is physics: when the
-// link drops, the bottleneck's queue (about 200 ms at 300 kbit/s: tbf's 6 kB burst plus 50 ms)
-// fills within about 120 ms, before the first feedback can slow the sender, and audio waits in
-// it; the receiver has nothing to play for those 200 ms and conceals them.
+// Video adapts and recovers, and audio stays intelligible in every second. When the link
+// drops, the bottleneck's queue (about 200 ms at 300 kbit/s: tbf's 6 kB burst plus 50 ms)
+// fills before the first feedback slows the sender, and audio waits in it: no audio arrives
+// for about 120 ms, then every packet comes about 180 ms late for a second. The receiver
+// conceals the gap by repeating the last pitch period and then plays at the new delay.
 #[test]
-#[ignore = "a gate once playout absorbs a delay step without growing its target (issue 17)"]
 fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
     if let Some(why) = missing_capability() {
         assert!(!netns_required(), "{TEST}: {why} (SOTTO_REQUIRE_NETNS=1)");
@@ -462,12 +462,9 @@ fn video_adapts_to_a_rate_limited_link_and_audio_stays_intelligible() {
         "share of 50 ms blocks where Bob hears the tone, per second: {}",
         per_second.join(" ")
     );
-    // The second the queue appears may lose up to half of its blocks (see above); every other
-    // second at most one block in five.
-    let mut shares: Vec<f64> = per_second.iter().filter_map(|v| v.parse().ok()).collect();
-    shares.sort_by(f64::total_cmp);
+    // Every second, the onset included: the tone in at least 60 % of its blocks.
     assert!(
-        worst.0 >= 0.4 && shares.get(1).is_some_and(|s| *s >= 0.8),
+        worst.0 >= 0.6,
         "unclear audio: worst second {} with the tone in {:.0} % of its blocks, per second {per_second:?}",
         worst.1,
         worst.0 * 100.0

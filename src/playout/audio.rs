@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::buffer::{Packet, Playout, PlayoutBuffer, PlayoutConfig};
 use super::delay::DelayManager;
 use super::stats::PlayoutStats;
-use super::stretch::Stretcher;
+use super::stretch::{MAX_LAG, MIN_LAG, Stretcher};
 use crate::media::{CodecError, DecodeKind, OpusDecoder};
 
 /// Concealed frames in a row after which output turns to silence (PLC would only buzz on).
@@ -26,6 +26,12 @@ const MAX_CONCEAL_RUN: u32 = 10;
 /// lengthened: hysteresis so steady audio is left alone.
 const ACCELERATE_MARGIN: i64 = 24;
 const EXPAND_MARGIN: i64 = 96;
+/// Concealed frames of a voiced gap played at full level before the repeated period fades
+/// (over as many again).
+const EXPAND_FULL: u32 = 2;
+const EXPAND_FADE: u32 = 6;
+/// Normalised correlation at which the audio before a gap counts as voiced.
+const EXPAND_VOICED: f32 = 0.95;
 /// Mean square above which decoded audio counts as sound (about -50 dBFS).
 const ACTIVE_MEAN_SQUARE: f32 = 1e-5;
 /// Packets inserted between two calls whose readiness is remembered.
@@ -75,6 +81,9 @@ pub struct AudioPlayout<D: FrameDecoder> {
     /// The last decoded frame had sound (not silence, where the sender may be in DTX).
     active: bool,
     stretcher: Stretcher,
+    /// The last pitch period before a voiced gap, repeated to conceal it: `(lag, position)`.
+    period: Vec<f32>,
+    expand: Option<(usize, usize)>,
     delay: DelayManager,
     /// Highest extended timestamp seen (unwrapping reference).
     ts_high: Option<i64>,
@@ -110,6 +119,8 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             prev_concealed: false,
             active: false,
             stretcher: Stretcher::new(),
+            period: vec![0.0; MAX_LAG],
+            expand: None,
             delay: DelayManager::new(frame_ticks * 48_000 / i64::from(clock_rate)),
             ts_high: None,
             pending: [0; PENDING],
@@ -217,13 +228,17 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             }
             None => None,
         };
+        let mut skip = 0;
         if matches!(kind, DecodeKind::Normal | DecodeKind::Fec) && self.prev_concealed {
-            self.stretcher.merge(&self.prev, &mut frame);
-            self.buffer.stats_mut().merged += 1;
+            skip = self.stretcher.merge(&self.prev, &mut frame);
+            let s = self.buffer.stats_mut();
+            s.merged += 1;
+            s.stretch_removed += skip as u64;
         }
         self.prev_concealed = matches!(kind, DecodeKind::Plc);
-        self.fifo[self.tail..self.tail + self.frame_samples].copy_from_slice(&frame);
-        self.tail += self.frame_samples;
+        let kept = self.frame_samples - skip;
+        self.fifo[self.tail..self.tail + kept].copy_from_slice(&frame[skip..]);
+        self.tail += kept;
         self.prev.copy_from_slice(&frame);
         self.frame = frame;
 
@@ -233,8 +248,12 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             return;
         };
         let ticks_to_samples = |t: i64| (t.max(0) as usize).min(self.frame_samples);
-        if e > ACCELERATE_MARGIN {
-            let budget = ticks_to_samples(e);
+        // Shorten only audio that is here: when the excess is the path's own delay (every
+        // packet comes late), accelerating cannot lower it, only run the buffer dry.
+        let held = self.tail as i64 - self.frame_samples as i64
+            + self.buffer.len() as i64 * self.frame_ticks;
+        if e > ACCELERATE_MARGIN && held > 0 {
+            let budget = ticks_to_samples(e.min(held));
             if let Some(r) = self
                 .stretcher
                 .accelerate(&mut self.fifo[..self.tail], budget)
@@ -321,6 +340,7 @@ impl<D: FrameDecoder> AudioPlayout<D> {
         };
         if matches!(kind, DecodeKind::Normal | DecodeKind::Fec) {
             self.conceal_run = 0;
+            self.expand = None;
         }
         self.last_kind = kind;
         (kind, ts)
@@ -331,6 +351,34 @@ impl<D: FrameDecoder> AudioPlayout<D> {
         if self.conceal_run > MAX_CONCEAL_RUN || self.decoder.conceal(out).is_err() {
             out.fill(0.0);
             return DecodeKind::Silence;
+        }
+        // Voiced audio before the gap: continue its last pitch period, in phase, fading after
+        // a few frames (NetEq's expand). The codec's own concealment fades voiced audio to
+        // near silence within a frame; it still runs above, to keep the decoder in step.
+        if self.conceal_run == 1 && self.active && self.prev.len() >= 4 * MIN_LAG {
+            let span = (2 * MAX_LAG).min(self.prev.len());
+            let x = &self.prev[self.prev.len() - span..];
+            self.expand = match self.stretcher.pitch(x, MIN_LAG, span / 2) {
+                Some((lag, corr)) if corr >= EXPAND_VOICED => {
+                    let start = self.prev.len() - lag;
+                    self.period[..lag].copy_from_slice(&self.prev[start..]);
+                    Some((lag, 0))
+                }
+                _ => None,
+            };
+        }
+        if let Some((lag, pos)) = self.expand {
+            let gain = |run: u32| {
+                let over = run.saturating_sub(EXPAND_FULL) as f32;
+                (1.0 - over / EXPAND_FADE as f32).max(0.0)
+            };
+            let (g0, g1) = (gain(self.conceal_run - 1), gain(self.conceal_run));
+            let n = out.len() as f32;
+            for (i, s) in out.iter_mut().enumerate() {
+                let g = g0 + (g1 - g0) * (i as f32 + 1.0) / n;
+                *s = self.period[(pos + i) % lag] * g;
+            }
+            self.expand = Some((lag, (pos + out.len()) % lag));
         }
         DecodeKind::Plc
     }
@@ -565,5 +613,95 @@ mod tests {
             assert!(s.accelerated > 0 && s.stretch_removed > 48 * 100, "{s:?}");
             assert!(max_step(&sim.out) <= 1.1 * tone_step());
         }
+    }
+
+    /// The path's delay steps up by 180 ms (a bottleneck queue fills when the link rate
+    /// drops) and stays there for a second before the queue drains. The gap while the queue
+    /// fills is concealed once; after it the late packets are played at the new delay, not
+    /// fought: accelerating would only empty the buffer, as every packet comes 180 ms late,
+    /// and turn into more concealment and packets given up. When the queue drains, the
+    /// delay comes back down.
+    #[test]
+    fn a_delay_step_is_played_at_the_new_delay() {
+        for frame in [960usize, 480] {
+            let frame_ms = frame as f64 / 48.0;
+            let sim = simulate(frame, 6, |k| {
+                let sent = k as f64 * frame_ms;
+                let queue = if sent < 2000.0 {
+                    0.0
+                } else if sent < 3200.0 {
+                    180.0 * ((sent - 2000.0) / 100.0).min(1.0)
+                } else {
+                    (180.0 - (sent - 3200.0)).max(0.0)
+                };
+                Some(sent + 1.0 + queue + 8.0 * draw(k, 5))
+            });
+            let s = sim.stats;
+            let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+            let end_delay = sim.trace.last().map(|x| x.1).unwrap_or_default();
+            eprintln!("{frame}: end delay {end_delay:?}, {s:?}");
+            // The onset gap (180 ms, plus the path's jitter) is the concealment; at most one
+            // packet is given up too early. Fighting the new delay conceals 50 frames of 20 ms here.
+            let gap = (240.0 / frame_ms) as u64;
+            assert!(s.concealed <= gap, "{s:?}");
+            assert!(s.lost + s.late <= 2, "{s:?}");
+            assert!(end_delay <= ms(40.0), "{end_delay:?}");
+            assert!(max_step(&sim.out) <= 1.1 * tone_step());
+        }
+    }
+
+    /// A decoder whose own concealment is silence and that has no FEC (Opus's concealment
+    /// fades a steady voice to near silence within a frame).
+    struct SilentPlc(ToneDecoder);
+
+    impl FrameDecoder for SilentPlc {
+        fn decode(&mut self, payload: &[u8], out: &mut [f32]) -> Result<(), CodecError> {
+            self.0.decode(payload, out)
+        }
+        fn recover(&mut self, _next: &[u8], _out: &mut [f32]) -> Result<(), CodecError> {
+            Err(CodecError::BadPacketLength(0))
+        }
+        fn conceal(&mut self, out: &mut [f32]) -> Result<(), CodecError> {
+            out.fill(0.0);
+            Ok(())
+        }
+    }
+
+    /// Three frames of a voiced stream are lost: the gap is filled by the last pitch period
+    /// repeated in phase (full level, then fading), not by the codec's silence, and the
+    /// audio after it joins without a click.
+    #[test]
+    fn a_voiced_gap_is_concealed_by_repeating_the_pitch_period() {
+        let mut p = AudioPlayout::new(
+            PlayoutConfig::default(),
+            SilentPlc(ToneDecoder {
+                frame: 960,
+                next: 0,
+            }),
+        );
+        let mut out = Vec::new();
+        let mut pcm = vec![0.0f32; 960];
+        let mut concealed = 0;
+        for k in 0..150u64 {
+            if !(50..53).contains(&k) {
+                p.insert(packet(k, 960), Duration::from_micros(k * 20_000 + 1_000));
+            }
+            let kind = p.fill(Duration::from_micros(k * 20_000 + 5_000), &mut pcm);
+            concealed += u32::from(kind == DecodeKind::Plc);
+            out.extend_from_slice(&pcm);
+        }
+        // The three, and the waits before the buffer gives them up.
+        assert!(concealed >= 3, "{:?}", p.stats());
+        // After the start, every 20 ms of output carries the tone at a clear level (the
+        // repeated period fades from the third concealed frame on: half level by the fifth).
+        for (i, chunk) in out.chunks_exact(960).enumerate().skip(10) {
+            let rms = (chunk.iter().map(|v| v * v).sum::<f32>() / 960.0).sqrt();
+            let share = crate::media::tone_share(chunk, 48_000.0, 250.0);
+            assert!(
+                rms > 0.15 && share > 0.8,
+                "chunk {i}: rms {rms}, share {share}"
+            );
+        }
+        assert!(max_step(&out[9600..]) <= 1.1 * tone_step());
     }
 }

@@ -206,10 +206,18 @@ impl PlayoutBuffer {
                 let back = next - 1 - ext;
                 if back < 64 && self.played_mask & (1 << back) != 0 {
                     self.stats.duplicate += 1;
-                } else {
-                    self.stats.late += 1;
+                    return;
                 }
-                return;
+                if !(self.gave_up_empty && back == 0) {
+                    self.stats.late += 1;
+                    return;
+                }
+                // The head given up on an empty buffer arrives while its gap is still being
+                // concealed (nothing played since): it was late, not lost. Play it after the
+                // concealment; the delay grows by the gap instead of losing the frame.
+                self.next_seq = Some(ext);
+                self.played_mask >>= 1;
+                self.stats.lost = self.stats.lost.saturating_sub(1);
             }
             if ext >= next + self.cfg.max_packets as i64 {
                 self.stats.overflow += 1;

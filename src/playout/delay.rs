@@ -10,7 +10,8 @@
 //! minimum plus the histogram's 98th percentile plus a small guard. A single outlier (a
 //! jitter spike) enters the histogram capped a fixed step above the current percentile, so
 //! one spike moves the target a little and briefly, while a path that stays worse moves it
-//! step by step.
+//! step by step. Packets that all come over the cap for 100 ms of calls are not a spike but a
+//! new base delay (a bottleneck queue that filled): the reference moves up to them at once.
 
 /// Histogram bucket width in ticks at 48 kHz (0.5 ms).
 const BUCKET: i64 = 24;
@@ -34,6 +35,13 @@ const CAP_RISE_PER_S: i64 = 1920;
 const CAPPED_WEIGHT: f64 = 0.25;
 /// Batches before the cap applies (the first second or so learns the path freely).
 const WARMUP_BATCHES: u32 = 100;
+/// How long (ticks of calls, 100 ms) every packet must come over the spike cap before the
+/// path counts as having a new base delay (a queue that filled), not a spike. A stall's
+/// packets come within a call or two, so they never last this long.
+const STEP_TICKS: i64 = 4800;
+/// The new base is the least readiness of this many latest packets (a filling queue is
+/// still rising at first: the run's own minimum would lag).
+const STEP_RECENT: usize = 3;
 
 /// Delay target learnt from packet readiness; fixed size, no allocation after creation.
 #[derive(Debug, Clone)]
@@ -55,6 +63,8 @@ pub(crate) struct DelayManager {
     cap_base: i64,
     last_batch: Option<i64>,
     batches: u32,
+    /// Since when (call time) every packet has been over the spike cap.
+    over_since: Option<i64>,
 }
 
 fn push_min(ring: &mut [i64; WINDOW], len: &mut usize, next: &mut usize, v: i64) -> i64 {
@@ -85,6 +95,7 @@ impl DelayManager {
             cap_base: 0,
             last_batch: None,
             batches: 0,
+            over_since: None,
         }
     }
 
@@ -122,8 +133,24 @@ impl DelayManager {
             &mut self.ready_next,
             ready,
         );
-        let raw = (ready - self.reference).max(0);
         let cap = self.cap_base + SPIKE_STEP;
+        if ready - self.reference > cap && self.batches >= WARMUP_BATCHES {
+            let now = self.last_batch.unwrap_or(0);
+            let since = *self.over_since.get_or_insert(now);
+            if now - since >= STEP_TICKS {
+                // A step, not a spike: the old minimum no longer describes the path. Playing
+                // to it would only run the buffer dry, as every packet now comes this late.
+                let recent = (1..STEP_RECENT)
+                    .map(|i| self.ready[(self.ready_next + WINDOW - 1 - i) % WINDOW])
+                    .fold(ready, i64::min);
+                self.ready[..self.ready_len].fill(recent);
+                self.reference = recent;
+                self.over_since = None;
+            }
+        } else {
+            self.over_since = None;
+        }
+        let raw = (ready - self.reference).max(0);
         let (rel, w) = if raw > cap && self.batches >= WARMUP_BATCHES {
             (cap, CAPPED_WEIGHT)
         } else {

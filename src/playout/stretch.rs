@@ -34,6 +34,8 @@ const VOICED: f32 = 0.85;
 const SILENT: f32 = 1e-5;
 /// Cross-fade of a low-energy stretch (2.5 ms).
 const SILENT_FADE: usize = 120;
+/// Normalised correlation at which a merge aligns the returning audio's phase.
+const MERGE_ALIGN: f32 = 0.95;
 /// Shortest cut of silence (0.5 ms): small enough to take the last bit of excess delay.
 const MIN_QUIET_CUT: usize = 24;
 
@@ -265,30 +267,59 @@ impl Stretcher {
 
     /// Blends `new` (the first real audio after concealment) into the audio that came before
     /// it, whose last samples are `tail`: the periodic continuation of `tail` fades into `new`
-    /// over a period (at most `new.len() / 2`).
-    pub fn merge(&mut self, tail: &[f32], new: &mut [f32]) {
+    /// over a period (at most half of what is left of `new`). For voiced audio it first finds
+    /// where, within one period, `new` best continues that continuation, and returns that
+    /// offset: the caller drops `new[..offset]`, so the waveform keeps its phase across the
+    /// seam instead of jumping (concealment rarely ends in phase with the real audio, and a
+    /// phase jump cancels the pitch in whatever window spans it).
+    pub fn merge(&mut self, tail: &[f32], new: &mut [f32]) -> usize {
         if tail.len() < 2 * MIN_LAG || new.len() < 2 * MIN_LAG {
-            return;
+            return 0;
         }
-        let lag = if mean_square(tail) < SILENT {
-            SILENT_FADE
-        } else {
+        let voiced = mean_square(tail) >= SILENT;
+        let lag = if voiced {
             // Search the end of the tail: reverse order is not needed, the last 2*max samples
             // are periodic if any are.
             let span = (2 * MAX_LAG).min(tail.len());
             match self.pitch(&tail[tail.len() - span..], MIN_LAG, span / 2) {
                 Some((lag, _)) => lag,
-                None => return,
+                None => return 0,
             }
+        } else {
+            SILENT_FADE
         };
-        let fade = lag.min(new.len() / 2);
         let start = tail.len() - lag;
+        let cont = |i: usize| tail[start + i % lag];
+        // The offset (under a period, and leaving most of `new`) where `new` correlates best
+        // with the continuation over one period; taken only where both are clearly the same
+        // periodic sound (dropping real speech at every seam costs more than a phase jump).
+        let mut offset = 0;
+        if voiced {
+            let win = lag.min(new.len() / 4);
+            let e_cont: f32 = (0..win).map(|i| cont(i) * cont(i)).sum();
+            let mut best = MERGE_ALIGN;
+            for d in 0..lag.min(new.len() / 2 - win) {
+                let seg = &new[d..d + win];
+                let (mut c, mut e) = (0f32, 0f32);
+                for (i, v) in seg.iter().enumerate() {
+                    c += cont(i) * v;
+                    e += v * v;
+                }
+                let score = c / (e * e_cont).max(1e-12).sqrt();
+                if score > best {
+                    best = score;
+                    offset = d;
+                }
+            }
+        }
+        let new = &mut new[offset..];
+        let fade = lag.min(new.len() / 2);
         let step = 1.0 / (fade as f32 + 1.0);
         for (i, s) in new[..fade].iter_mut().enumerate() {
-            let c = tail[start + i % lag];
             let w = (i as f32 + 1.0) * step;
-            *s = c * (1.0 - w) + *s * w;
+            *s = cont(i) * (1.0 - w) + *s * w;
         }
+        offset
     }
 }
 
@@ -393,7 +424,22 @@ pub(crate) mod tests {
         };
         let smooth = max_step(&tail);
         assert!(joined(&new) > 3.0 * smooth, "the test signal has a click");
-        Stretcher::new().merge(&tail, &mut new);
-        assert!(joined(&new) <= 1.3 * smooth, "{} vs {smooth}", joined(&new));
+        let skip = Stretcher::new().merge(&tail, &mut new);
+        let new = &new[skip..];
+        assert!(joined(new) <= 1.3 * smooth, "{} vs {smooth}", joined(new));
+        // Aligned, not just smoothed: tail and new together are one unbroken tone, so its
+        // power over any window spanning the seam stays at the tone's.
+        let mut v = tail.clone();
+        v.extend_from_slice(new);
+        let w = &v[960 - 600..960 + 600];
+        let e: f32 = w.iter().map(|x| x * x).sum();
+        let (mut c, mut q) = (0f32, 0f32);
+        for (i, x) in w.iter().enumerate() {
+            let ph = std::f32::consts::TAU * 300.0 * i as f32 / RATE as f32;
+            c += x * ph.cos();
+            q += x * ph.sin();
+        }
+        let share = 2.0 * (c * c + q * q) / (w.len() as f32 * e);
+        assert!(share > 0.95, "the tone's share across the seam: {share}");
     }
 }
