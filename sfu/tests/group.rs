@@ -588,3 +588,37 @@ async fn video_reaches_every_other_member_and_a_pli_reaches_only_its_publisher()
         let _ = c.pc.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_a_loud_member_leaves_its_slots_go_to_the_next_speakers() {
+    let sfu = sfu(ForwardConfig {
+        audio_slots: 2,
+        ..ForwardConfig::default()
+    });
+    let log: SentLog = Arc::default();
+    // Member 0 loudest, then 1, 2, 3.
+    let mut clients = join_all(&sfu, "leave", 2, &[10, 25, 40, 55]).await;
+    for c in &clients {
+        c.start_sending(FRAME, Arc::clone(&log));
+    }
+    let before: [&[u64]; 4] = [&[1, 2], &[0, 2], &[0, 1], &[0, 1]];
+    for (c, want) in clients.iter_mut().zip(before) {
+        settle(c, &log, &want.iter().copied().collect()).await;
+    }
+    let s = Arc::clone(&sfu);
+    assert!(
+        tokio::task::spawn_blocking(move || s.leave("leave", "m0"))
+            .await
+            .unwrap()
+    );
+    clients[0].stop_sending();
+    assert!(sfu.render_metrics().contains("sotto_sfu_participants 3\n"));
+    let after: [&[u64]; 3] = [&[2, 3], &[1, 3], &[1, 2]];
+    for (c, want) in clients.iter_mut().skip(1).zip(after) {
+        settle(c, &log, &want.iter().copied().collect()).await;
+    }
+    for c in &clients {
+        c.stop_sending();
+        let _ = c.pc.close().await;
+    }
+}
