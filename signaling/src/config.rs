@@ -44,7 +44,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: 64 * 1024,
-            max_peers_per_room: 16,
+            max_peers_per_room: 50,
             max_connections: 10_000,
             max_raw_connections: 10_000 + RAW_HEADROOM,
             max_connections_per_ip: 256,

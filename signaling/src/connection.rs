@@ -9,12 +9,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sotto::signal::ErrorCode;
 use sotto::signal::protocol::{
-    ClientMessage, PROTOCOL_VERSION, ServerMessage, parse_client_message,
+    ClientMessage, PROTOCOL_VERSION, SFU_PEER_ID, ServerMessage, parse_client_message,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Inbox, Outbox, PeerHandle, encode, outbox};
 use crate::server::App;
+use crate::sfu_link::{SfuRefusal, SfuSignal, answer_data};
 use crate::token::{TokenError, unix_now, verify};
 
 /// A reason to end the connection, told to the client before the close frame.
@@ -58,6 +59,8 @@ impl Bucket {
 struct Joined {
     room: String,
     peer_id: Arc<str>,
+    /// Whether this peer offered to the SFU (so leaving tells it).
+    in_sfu: bool,
 }
 
 /// A join token held by this connection; freed when the connection ends or joins with another.
@@ -137,9 +140,15 @@ impl Conn {
                 room, name, token, ..
             } => self.on_join(room, name, token),
             ClientMessage::Leave { .. } => match self.joined.take() {
-                Some(j) => self.app.hub.leave(&j.room, &j.peer_id),
+                Some(j) => {
+                    self.app.hub.leave(&j.room, &j.peer_id);
+                    leave_sfu(&self.app, &j);
+                }
                 None => self.error(ErrorCode::NotJoined, "leave before join"),
             },
+            ClientMessage::Signal { to, data, .. } if to.as_deref() == Some(SFU_PEER_ID) => {
+                self.on_sfu_signal(&data);
+            }
             ClientMessage::Signal { to, data, .. } => match &self.joined {
                 Some(j) => {
                     if let Err(code) = self.app.hub.relay(&j.room, &j.peer_id, to.as_deref(), data)
@@ -154,6 +163,52 @@ impl Conn {
             }),
         }
         None
+    }
+
+    /// A signal to the SFU: an offer, answered from a blocking task (the SFU's worker replies
+    /// within milliseconds) so this connection keeps reading meanwhile.
+    fn on_sfu_signal(&mut self, data: &serde_json::value::RawValue) {
+        let Some(j) = self.joined.as_mut() else {
+            return self.error(ErrorCode::NotJoined, "signal before join");
+        };
+        let Some(sfu) = self.app.sfu.clone() else {
+            return self.error(ErrorCode::NoSfu, "this server has no SFU");
+        };
+        let offer = match serde_json::from_str::<SfuSignal>(data.get()) {
+            Ok(SfuSignal::SfuOffer { sdp }) => sdp,
+            Err(_) => {
+                return self.error(
+                    ErrorCode::BadMessage,
+                    "the SFU takes {\"kind\":\"sfu_offer\",\"sdp\":...}",
+                );
+            }
+        };
+        j.in_sfu = true;
+        let (room, peer) = (j.room.clone(), j.peer_id.clone());
+        let (outbox, kick, app) = (self.outbox.clone(), self.kick.clone(), self.app.clone());
+        self.app.spawn_blocking(move || {
+            let reply = match sfu.join(&room, &peer, &offer) {
+                Ok(answer) => answer_data(&answer).map(|data| ServerMessage::Signal {
+                    v: PROTOCOL_VERSION,
+                    from: SFU_PEER_ID.to_owned(),
+                    data,
+                }),
+                Err(SfuRefusal(why)) => {
+                    tracing::info!(peer = %peer, room = %room, reason = %why, "SFU refused");
+                    app.metrics.error(ErrorCode::SfuRefused);
+                    Some(ServerMessage::Error {
+                        v: PROTOCOL_VERSION,
+                        code: ErrorCode::SfuRefused,
+                        message: why,
+                    })
+                }
+            };
+            if let Some(reply) = reply
+                && outbox.try_push(encode(&reply)).is_err()
+            {
+                kick.cancel();
+            }
+        });
     }
 
     fn on_join(&mut self, room: String, name: String, token: Option<String>) {
@@ -191,7 +246,7 @@ impl Conn {
             kick: self.kick.clone(),
         };
         match self.app.hub.join(&room, &name, handle) {
-            Ok((peer_id, peers)) => {
+            Ok((peer_id, slot, peers)) => {
                 tracing::info!(peer = %peer_id, room = %room, "joined");
                 let ice_servers = self
                     .app
@@ -201,11 +256,17 @@ impl Conn {
                 self.send(&ServerMessage::Welcome {
                     v: PROTOCOL_VERSION,
                     peer_id: peer_id.to_string(),
+                    slot: Some(slot),
                     room: room.clone(),
                     peers,
                     ice_servers,
+                    sfu: self.app.sfu.is_some(),
                 });
-                self.joined = Some(Joined { room, peer_id });
+                self.joined = Some(Joined {
+                    room,
+                    peer_id,
+                    in_sfu: false,
+                });
                 if claim.is_some() {
                     self.claim = claim;
                 }
@@ -213,6 +274,14 @@ impl Conn {
             // A new claim is dropped (freed) here; the connection's earlier one stays.
             Err(code) => self.error(code, refusal_message(code)),
         }
+    }
+}
+
+/// Tells the SFU that `j` left, if it had offered to it.
+fn leave_sfu(app: &Arc<App>, j: &Joined) {
+    if let (true, Some(sfu)) = (j.in_sfu, app.sfu.clone()) {
+        let (room, peer) = (j.room.clone(), j.peer_id.clone());
+        app.spawn_blocking(move || sfu.leave(&room, &peer));
     }
 }
 
@@ -428,6 +497,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
     drop(conn.claim.take());
     if let Some(j) = conn.joined.take() {
         app.hub.leave(&j.room, &j.peer_id);
+        leave_sfu(&app, &j);
         tracing::info!(peer = %j.peer_id, room = %j.room, "left");
     }
     drop(conn);

@@ -13,7 +13,7 @@ use axum::extract::ws::Utf8Bytes;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::value::RawValue;
 use sotto::signal::ErrorCode;
-use sotto::signal::protocol::{PROTOCOL_VERSION, PeerInfo, ServerMessage};
+use sotto::signal::protocol::{MAX_SLOTS, PROTOCOL_VERSION, PeerInfo, ServerMessage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -134,6 +134,8 @@ pub struct PeerHandle {
 #[derive(Debug)]
 struct Member {
     id: Arc<str>,
+    /// Below `MAX_SLOTS`, unique in the room; freed when the member leaves.
+    slot: u8,
     name: String,
     /// `sotto::names::skeleton(name)`: names with equal skeletons look alike.
     skeleton: String,
@@ -220,22 +222,26 @@ impl Hub {
         room: &str,
         name: &str,
         handle: PeerHandle,
-    ) -> Result<(Arc<str>, Vec<PeerInfo>), ErrorCode> {
+    ) -> Result<(Arc<str>, u8, Vec<PeerInfo>), ErrorCode> {
         // Outside the lock: the skeleton is the costly part of a join.
         let skeleton = sotto::names::skeleton(name);
         let mut rooms = self.rooms();
         let is_new = !rooms.contains_key(room);
         let entry = rooms.entry(room.to_string()).or_default();
-        let refusal = if entry.members.len() >= self.max_peers_per_room {
+        // The lowest free slot; a room never holds more members than slots.
+        let slot = (0..MAX_SLOTS)
+            .find(|s| entry.members.iter().all(|m| usize::from(m.slot) != *s))
+            .and_then(|s| u8::try_from(s).ok());
+        let refusal = if entry.members.len() >= self.max_peers_per_room || slot.is_none() {
             Some(ErrorCode::RoomFull)
         } else if entry.members.iter().any(|m| m.skeleton == skeleton) {
             Some(ErrorCode::NameTaken)
         } else {
             None
         };
-        let id = match (refusal, self.new_id(entry)) {
-            (None, Some(id)) => id,
-            (refusal, _) => {
+        let (id, slot) = match (refusal, self.new_id(entry), slot) {
+            (None, Some(id), Some(slot)) => (id, slot),
+            (refusal, _, _) => {
                 let code = refusal.unwrap_or(ErrorCode::ServerFull);
                 if is_new {
                     rooms.remove(room);
@@ -249,18 +255,21 @@ impl Hub {
             .map(|m| PeerInfo {
                 peer_id: m.id.to_string(),
                 name: m.name.clone(),
+                slot: Some(m.slot),
             })
             .collect();
         let announce = encode(&ServerMessage::PeerJoined {
             v: PROTOCOL_VERSION,
             peer_id: id.to_string(),
             name: name.to_string(),
+            slot: Some(slot),
         });
         for m in &entry.members {
             self.deliver(m, &announce);
         }
         entry.members.push(Member {
             id: id.clone(),
+            slot,
             name: name.to_string(),
             skeleton,
             handle,
@@ -269,7 +278,7 @@ impl Hub {
             self.metrics.rooms.fetch_add(1, Relaxed);
         }
         self.metrics.peers.fetch_add(1, Relaxed);
-        Ok((id, existing))
+        Ok((id, slot, existing))
     }
 
     /// Removes a peer and tells the rest of its room.

@@ -12,6 +12,7 @@ mod connection;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod sfu_link;
 pub mod tls;
 pub mod token;
 pub mod turn;
@@ -19,3 +20,4 @@ pub mod web;
 
 pub use config::{Limits, ServerConfig};
 pub use server::{App, metrics_router, router, serve, serve_metrics};
+pub use sfu_link::{SfuLink, SfuRefusal};

@@ -63,8 +63,9 @@ struct ServeArgs {
     /// Largest client message, in bytes.
     #[arg(long, default_value_t = Limits::default().max_message_bytes)]
     max_message_bytes: usize,
-    /// Peers per room.
-    #[arg(long, default_value_t = Limits::default().max_peers_per_room)]
+    /// Peers per room (at most 128: the slots a group call's key ids can name).
+    #[arg(long, default_value_t = Limits::default().max_peers_per_room,
+          value_parser = peers_per_room)]
     max_peers_per_room: usize,
     /// Open WebSocket connections.
     #[arg(long, default_value_t = Limits::default().max_connections)]
@@ -318,4 +319,15 @@ fn ice_offer(args: &ServeArgs) -> Result<sotto_signaling::turn::IceOffer, String
         turn_secret: secret,
         turn_ttl: Duration::from_secs(args.turn_ttl_secs),
     })
+}
+
+/// `--max-peers-per-room`: 1 to 128.
+fn peers_per_room(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=sotto::signal::protocol::MAX_SLOTS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a number from 1 to {}",
+            sotto::signal::protocol::MAX_SLOTS
+        )),
+    }
 }

@@ -39,6 +39,8 @@ pub struct App {
     pub config: ServerConfig,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// The SFU that group calls use, if this server has one.
+    pub sfu: Option<Arc<dyn crate::SfuLink>>,
     tracker: TaskTracker,
     raw: Mutex<RawConnections>,
     refusing: AtomicUsize,
@@ -54,8 +56,18 @@ struct RawConnections {
 impl App {
     /// State for a server with `config`, stopped by `shutdown`.
     pub fn new(config: ServerConfig, shutdown: CancellationToken) -> Arc<Self> {
+        Self::with_sfu(config, shutdown, None)
+    }
+
+    /// State for a server that hands group-call offers to `sfu` (see [`crate::sfu_link`]).
+    pub fn with_sfu(
+        config: ServerConfig,
+        shutdown: CancellationToken,
+        sfu: Option<Arc<dyn crate::SfuLink>>,
+    ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         Arc::new(App {
+            sfu,
             hub: Hub::new(config.limits.max_peers_per_room, metrics.clone()),
             metrics,
             config,
@@ -64,6 +76,11 @@ impl App {
             raw: Mutex::new(RawConnections::default()),
             refusing: AtomicUsize::new(0),
         })
+    }
+
+    /// Runs `f` on the blocking pool; shutdown waits for it like for connections.
+    pub(crate) fn spawn_blocking(&self, f: impl FnOnce() + Send + 'static) {
+        self.tracker.spawn_blocking(f);
     }
 
     fn raw(&self) -> MutexGuard<'_, RawConnections> {
@@ -233,7 +250,10 @@ async fn healthz() -> &'static str {
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        match &app.sfu {
+            Some(sfu) => app.metrics.render() + &sfu.render_metrics(),
+            None => app.metrics.render(),
+        },
     )
 }
 

@@ -131,7 +131,10 @@ async fn join_relay_and_leave_round_trip() {
     assert_eq!(w["peers"], json!([]));
     let alice_id = w["peer_id"].as_str().unwrap().to_string();
     let w = bob.join("room", "bob").await;
-    assert_eq!(w["peers"], json!([{"peer_id": alice_id, "name": "alice"}]));
+    assert_eq!(
+        w["peers"],
+        json!([{"peer_id": alice_id, "name": "alice", "slot": 0}])
+    );
     let bob_id = w["peer_id"].as_str().unwrap().to_string();
     let joined = alice.expect("peer_joined").await;
     assert_eq!(
@@ -173,6 +176,50 @@ async fn join_relay_and_leave_round_trip() {
     alice.expect("peer_joined").await;
     drop(dave);
     assert_eq!(alice.expect("peer_left").await["peer_id"], dave_id.as_str());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slots_are_unique_in_a_room_and_reused_after_a_leave() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    let mut c = Client::connect(&server).await;
+    assert_eq!(a.join("room", "a").await["slot"], 0);
+    let wb = b.join("room", "b").await;
+    assert_eq!(wb["slot"], 1);
+    assert_eq!(a.expect("peer_joined").await["slot"], 1);
+    assert_eq!(c.join("room", "c").await["slot"], 2);
+    assert_eq!(a.expect("peer_joined").await["slot"], 2);
+    b.send(json!({"v":1,"type":"leave"})).await;
+    a.expect("peer_left").await;
+    // The freed slot goes to the next joiner; the roster lists everyone's.
+    let mut d = Client::connect(&server).await;
+    let wd = d.join("room", "d").await;
+    assert_eq!(wd["slot"], 1);
+    let slots: Vec<&Value> = wd["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["slot"])
+        .collect();
+    assert_eq!(slots, [&json!(0), &json!(2)]);
+    // Slots are per room.
+    let mut e = Client::connect(&server).await;
+    assert_eq!(e.join("other", "e").await["slot"], 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_without_an_sfu_says_so() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut a = Client::connect(&server).await;
+    let w = a.join("room", "a").await;
+    assert!(w.get("sfu").is_none(), "{w}");
+    a.send(json!({"v":1,"type":"signal","to":"sfu","data":{"kind":"sfu_offer","sdp":"v=0"}}))
+        .await;
+    a.expect_error("no_sfu").await;
+    a.ping().await;
     server.stop().await;
 }
 

@@ -453,6 +453,7 @@ impl Session {
                 peer_id,
                 peers,
                 ice_servers,
+                ..
             } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
                 if run.peer.is_some() {

@@ -92,7 +92,7 @@ pub enum DeviceEvent {
 }
 
 /// A device and what it supports, for `sotto devices`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
     /// Human-readable name (what `--input`/`--output` match against).
     pub name: String,
@@ -102,10 +102,65 @@ pub struct DeviceInfo {
     pub default_input: bool,
     /// Whether this is the host's default output.
     pub default_output: bool,
-    /// Supported input configurations, e.g. "2 ch, 8000-192000 Hz, i16".
-    pub input_configs: Vec<String>,
-    /// Supported output configurations.
-    pub output_configs: Vec<String>,
+    /// Every supported input configuration range, as the driver reports them.
+    pub inputs: Vec<ConfigRange>,
+    /// Every supported output configuration range.
+    pub outputs: Vec<ConfigRange>,
+}
+
+/// Configurations a device supports in one sample format and sample-rate range, over a
+/// contiguous span of channel counts (drivers report one range per channel count).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigRange {
+    /// Fewest channels.
+    pub min_channels: u16,
+    /// Most channels.
+    pub max_channels: u16,
+    /// Lowest sample rate, Hz.
+    pub min_rate_hz: u32,
+    /// Highest sample rate, Hz.
+    pub max_rate_hz: u32,
+    /// Sample format, e.g. `i16` or `f32`.
+    pub format: String,
+}
+
+impl DeviceInfo {
+    /// One line for a direction's ranges: the channel and rate spans, the formats, and whether
+    /// a call can run at 48 kHz without resampling; `None` when the direction is unsupported.
+    ///
+    /// Plugins such as ALSA's `default` offer every channel count from 1 to 32 in a dozen
+    /// formats; a list of every (channels, format) pair says less than this line does.
+    pub fn summary(ranges: &[ConfigRange]) -> Option<String> {
+        let ch_lo = ranges.iter().map(|r| r.min_channels).min()?;
+        let ch_hi = ranges.iter().map(|r| r.max_channels).max()?;
+        let lo = ranges.iter().map(|r| r.min_rate_hz).min()?;
+        let hi = ranges.iter().map(|r| r.max_rate_hz).max()?;
+        let mut formats: Vec<&str> = Vec::new();
+        for r in ranges {
+            if !formats.contains(&r.format.as_str()) {
+                formats.push(&r.format);
+            }
+        }
+        let native = ranges
+            .iter()
+            .any(|r| (r.min_rate_hz..=r.max_rate_hz).contains(&SAMPLE_RATE));
+        let ch = if ch_lo == ch_hi {
+            format!("{ch_lo} ch")
+        } else {
+            format!("{ch_lo}-{ch_hi} ch")
+        };
+        let rate = if lo == hi {
+            format!("{lo} Hz")
+        } else {
+            format!("{lo}-{hi} Hz")
+        };
+        let call = if native {
+            "48 kHz native"
+        } else {
+            "resampled to 48 kHz"
+        };
+        Some(format!("{ch}, {rate}, {}; {call}", formats.join("/")))
+    }
 }
 
 fn describe(d: &cpal::Device) -> String {
@@ -119,44 +174,45 @@ fn id_of(d: &cpal::Device) -> String {
     d.id().map(|i| i.to_string()).unwrap_or_default()
 }
 
-fn ranges<I: Iterator<Item = cpal::SupportedStreamConfigRange>>(it: I) -> Vec<String> {
-    // Devices such as ALSA plugins offer every channel count from 1 to 64 in every format:
-    // fold channel counts into one line per (format, rate range).
-    let mut groups: Vec<(String, u32, u32, u16, u16)> = Vec::new();
-    for c in it {
-        let fmt = c.sample_format().to_string();
-        let (lo, hi, ch) = (c.min_sample_rate(), c.max_sample_rate(), c.channels());
-        match groups
-            .iter_mut()
-            .find(|g| g.0 == fmt && g.1 == lo && g.2 == hi)
-        {
-            Some(g) => {
-                g.3 = g.3.min(ch);
-                g.4 = g.4.max(ch);
+/// A bound on the (folded) ranges kept per device and direction.
+const MAX_RANGES: usize = 256;
+
+fn ranges<I: Iterator<Item = cpal::SupportedStreamConfigRange>>(it: I) -> Vec<ConfigRange> {
+    let mut out: Vec<ConfigRange> = Vec::new();
+    // Plugins report every channel count in every format (thousands of ranges): bound the
+    // input read as well as the output kept.
+    for c in it.take(MAX_RANGES * 64) {
+        let (ch, lo, hi) = (c.channels(), c.min_sample_rate(), c.max_sample_rate());
+        let format = c.sample_format().to_string();
+        let full = out.len() >= MAX_RANGES;
+        let folded = out.iter_mut().find(|r| {
+            r.format == format
+                && r.min_rate_hz == lo
+                && r.max_rate_hz == hi
+                && (r.min_channels.saturating_sub(1)..=r.max_channels.saturating_add(1))
+                    .contains(&ch)
+        });
+        match folded {
+            Some(r) => {
+                r.min_channels = r.min_channels.min(ch);
+                r.max_channels = r.max_channels.max(ch);
             }
-            None => groups.push((fmt, lo, hi, ch, ch)),
+            None if !full => out.push(ConfigRange {
+                min_channels: ch,
+                max_channels: ch,
+                min_rate_hz: lo,
+                max_rate_hz: hi,
+                format,
+            }),
+            None => {}
         }
     }
-    groups
-        .into_iter()
-        .map(|(fmt, lo, hi, cmin, cmax)| {
-            let ch = if cmin == cmax {
-                format!("{cmin} ch")
-            } else {
-                format!("{cmin}-{cmax} ch")
-            };
-            let rate = if lo == hi {
-                format!("{lo} Hz")
-            } else {
-                format!("{lo}-{hi} Hz")
-            };
-            format!("{ch}, {rate}, {fmt}")
-        })
-        .collect()
+    out
 }
 
 /// Lists the default host's devices with their supported configurations.
 pub fn list_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
+    super::quiet::silence_sound_libraries();
     let host = cpal::default_host();
     let def_in = host.default_input_device().map(|d| id_of(&d));
     let def_out = host.default_output_device().map(|d| id_of(&d));
@@ -170,8 +226,8 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, DeviceError> {
                 name: describe(&d),
                 default_input: def_in.as_deref() == Some(id.as_str()),
                 default_output: def_out.as_deref() == Some(id.as_str()),
-                input_configs: d.supported_input_configs().map(ranges).unwrap_or_default(),
-                output_configs: d.supported_output_configs().map(ranges).unwrap_or_default(),
+                inputs: d.supported_input_configs().map(ranges).unwrap_or_default(),
+                outputs: d.supported_output_configs().map(ranges).unwrap_or_default(),
                 id,
             }
         })
@@ -198,6 +254,7 @@ fn pick(
     dir: Dir,
     name: Option<&str>,
 ) -> Result<(cpal::Device, cpal::SupportedStreamConfig, String), DeviceError> {
+    super::quiet::silence_sound_libraries();
     let host = cpal::default_host();
     let list: Vec<cpal::Device> = match dir {
         Dir::In => host.input_devices().map(|d| d.collect()),
@@ -832,5 +889,39 @@ impl AudioSink for DeviceSink {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(ch: (u16, u16), rate: (u32, u32), format: &str) -> ConfigRange {
+        ConfigRange {
+            min_channels: ch.0,
+            max_channels: ch.1,
+            min_rate_hz: rate.0,
+            max_rate_hz: rate.1,
+            format: format.into(),
+        }
+    }
+
+    #[test]
+    fn summary_spans_channels_rates_and_formats() {
+        let r = [
+            range((1, 2), (8000, 48000), "i16"),
+            range((1, 8), (44100, 44100), "f32"),
+            range((2, 2), (8000, 48000), "i16"),
+        ];
+        assert_eq!(
+            DeviceInfo::summary(&r).as_deref(),
+            Some("1-8 ch, 8000-48000 Hz, i16/f32; 48 kHz native")
+        );
+        let r = [range((2, 2), (44100, 44100), "i16")];
+        assert_eq!(
+            DeviceInfo::summary(&r).as_deref(),
+            Some("2 ch, 44100 Hz, i16; resampled to 48 kHz")
+        );
+        assert_eq!(DeviceInfo::summary(&[]), None);
     }
 }

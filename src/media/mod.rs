@@ -33,6 +33,7 @@
 mod codec;
 mod device;
 mod level;
+mod quiet;
 mod resample;
 mod sink;
 mod source;
@@ -41,7 +42,9 @@ pub mod video;
 mod wav;
 
 pub use codec::{CodecError, DecodeKind, MAX_PACKET, OpusConfig, OpusDecoder, OpusEncoder};
-pub use device::{DeviceError, DeviceEvent, DeviceInfo, DeviceSink, DeviceSource, list_devices};
+pub use device::{
+    ConfigRange, DeviceError, DeviceEvent, DeviceInfo, DeviceSink, DeviceSource, list_devices,
+};
 pub use level::{LevelMeter, SILENCE_DBFS, dbfs, dominant_hz, goertzel_power, tone_share};
 pub use resample::StreamResampler;
 pub use sink::{AudioSink, NullSink};

@@ -69,10 +69,14 @@ pub enum SignalEvent {
     Joined {
         /// Our id in the room.
         peer_id: String,
+        /// Our slot in the room (see [`PeerInfo::slot`]).
+        slot: Option<u8>,
         /// Peers already there.
         peers: Vec<PeerInfo>,
         /// STUN and TURN servers the server offers.
         ice_servers: Vec<IceServerInfo>,
+        /// Whether the server has an SFU (peer id `sfu`) for group calls.
+        sfu: bool,
     },
     /// A peer joined.
     PeerJoined(PeerInfo),
@@ -388,12 +392,12 @@ async fn session(
                     continue;
                 };
                 let event = match msg {
-                    ServerMessage::Welcome { peer_id, peers, ice_servers, .. } => {
+                    ServerMessage::Welcome { peer_id, slot, peers, ice_servers, sfu, .. } => {
                         joined.store(true, Ordering::Release);
                         *failures = 0;
-                        SignalEvent::Joined { peer_id, peers, ice_servers }
+                        SignalEvent::Joined { peer_id, slot, peers, ice_servers, sfu }
                     }
-                    ServerMessage::PeerJoined { peer_id, name, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name }),
+                    ServerMessage::PeerJoined { peer_id, name, slot, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name, slot }),
                     ServerMessage::PeerLeft { peer_id, .. } => SignalEvent::PeerLeft { peer_id },
                     ServerMessage::Signal { from, data, .. } => SignalEvent::Message { from, data },
                     ServerMessage::Pong { .. } => continue,

@@ -23,6 +23,9 @@ use serde_json::value::RawValue;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest room name, in bytes.
 pub const MAX_ROOM_LEN: usize = 128;
+/// The `to`/`from` of signals to and from the server's SFU (peer ids start with `p`, so no
+/// peer has it).
+pub const SFU_PEER_ID: &str = "sfu";
 /// Longest display name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -88,7 +91,14 @@ pub struct PeerInfo {
     /// its token when the server has a secret, and not confusable with any other name in the
     /// room. Compare it with the name the peer claims in the handshake.
     pub name: String,
+    /// The peer's slot in the room (below [`MAX_SLOTS`], unique among its members), which a
+    /// group call puts into the peer's key ids; absent from servers that predate group calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u8>,
 }
+
+/// Slots a room hands out, so also the most peers a room can hold.
+pub const MAX_SLOTS: usize = 128;
 
 /// Most ICE servers a `welcome` may offer.
 pub const MAX_ICE_SERVERS: usize = 8;
@@ -128,6 +138,9 @@ pub enum ServerMessage {
         v: u32,
         /// Our peer id.
         peer_id: String,
+        /// Our slot (see [`PeerInfo::slot`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slot: Option<u8>,
         /// The room joined.
         room: String,
         /// Peers already in the room, oldest first.
@@ -136,6 +149,10 @@ pub enum ServerMessage {
         /// out when it offers none.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServerInfo>,
+        /// Whether the server has an SFU for group calls (peer id [`SFU_PEER_ID`]); left out
+        /// when it has none.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        sfu: bool,
     },
     /// Someone joined our room.
     PeerJoined {
@@ -145,6 +162,9 @@ pub enum ServerMessage {
         peer_id: String,
         /// The new peer's name as the server attests it (see [`PeerInfo::name`]).
         name: String,
+        /// The new peer's slot (see [`PeerInfo::slot`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slot: Option<u8>,
     },
     /// Someone left our room (or disconnected).
     PeerLeft {
@@ -223,11 +243,15 @@ pub enum ErrorCode {
     NameTaken,
     /// Too many connections from this address (refused before the WebSocket upgrade).
     TooManyConnections,
+    /// A signal to the SFU on a server that has none.
+    NoSfu,
+    /// The SFU refused the offer (room or server full, or an offer it cannot serve).
+    SfuRefused,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -248,6 +272,8 @@ impl ErrorCode {
         ErrorCode::TokenInUse,
         ErrorCode::NameTaken,
         ErrorCode::TooManyConnections,
+        ErrorCode::NoSfu,
+        ErrorCode::SfuRefused,
     ];
 
     /// The snake_case name used on the wire and in metrics.
@@ -273,6 +299,8 @@ impl ErrorCode {
             ErrorCode::TokenInUse => "token_in_use",
             ErrorCode::NameTaken => "name_taken",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::NoSfu => "no_sfu",
+            ErrorCode::SfuRefused => "sfu_refused",
         }
     }
 }
@@ -413,16 +441,22 @@ mod wire {
     #[derive(Deserialize)]
     pub(super) struct Welcome {
         pub peer_id: String,
+        #[serde(default)]
+        pub slot: Option<u8>,
         pub room: String,
         pub peers: Vec<PeerInfo>,
         #[serde(default)]
         pub ice_servers: Vec<super::IceServerInfo>,
+        #[serde(default)]
+        pub sfu: bool,
     }
 
     #[derive(Deserialize)]
     pub(super) struct PeerJoined {
         pub peer_id: String,
         pub name: String,
+        #[serde(default)]
+        pub slot: Option<u8>,
     }
 
     #[derive(Deserialize)]
@@ -471,9 +505,11 @@ impl ServerMessage {
                 ServerMessage::Welcome {
                     v,
                     peer_id: m.peer_id,
+                    slot: m.slot,
                     room: m.room,
                     peers: m.peers,
                     ice_servers: m.ice_servers,
+                    sfu: m.sfu,
                 }
             }
             "peer_joined" => {
@@ -482,6 +518,7 @@ impl ServerMessage {
                     v,
                     peer_id: m.peer_id,
                     name: m.name,
+                    slot: m.slot,
                 }
             }
             "peer_left" => {

@@ -86,6 +86,7 @@ use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
 mod layout;
 mod order;
 mod pacer;
+mod sfu;
 mod sync;
 mod video;
 pub use layout::{
@@ -94,6 +95,9 @@ pub use layout::{
 };
 pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
 pub use pacer::{MAX_PACER_DELAY, PACING_FACTOR, VideoPacer};
+pub use sfu::{
+    AUDIO_LEVEL_URI, MAX_AUDIO_SLOTS, SfuTransport, SfuTransportConfig, SlotFrame, rfc6464_level,
+};
 pub use sync::SenderClock;
 pub use video::{
     AssemblerStats, DescriptorError, FrameAssembler, MAX_VIDEO_FRAME, MAX_VIDEO_RTP_PAYLOAD,

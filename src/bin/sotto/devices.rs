@@ -1,6 +1,7 @@
-//! `sotto devices`: lists audio input and output devices with their supported configurations.
+//! `sotto devices`: lists audio input and output devices with what a call can use of them.
 
 use clap::Args;
+use sotto::media::DeviceInfo;
 use sotto::text::Printable;
 
 /// Arguments of `sotto devices`.
@@ -12,21 +13,28 @@ pub struct DevicesArgs {
     /// Show only output devices.
     #[arg(long)]
     pub outputs: bool,
+    /// Print every device with every configuration range it reports, as one JSON array.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Prints the device list; fails only when the host cannot enumerate at all.
 pub fn run(args: DevicesArgs) -> Result<(), sotto::media::DeviceError> {
-    let devices = sotto::media::list_devices()?;
     let show_in = !args.outputs;
     let show_out = !args.inputs;
-    let mut shown = 0;
+    let devices: Vec<DeviceInfo> = sotto::media::list_devices()?
+        .into_iter()
+        .filter(|d| (show_in && !d.inputs.is_empty()) || (show_out && !d.outputs.is_empty()))
+        .collect();
+    if args.json {
+        // Serialising plain strings, numbers and bools cannot fail.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&devices).unwrap_or_default()
+        );
+        return Ok(());
+    }
     for d in &devices {
-        let has_in = !d.input_configs.is_empty();
-        let has_out = !d.output_configs.is_empty();
-        if !((show_in && has_in) || (show_out && has_out)) {
-            continue;
-        }
-        shown += 1;
         let mut tags = Vec::new();
         if d.default_input {
             tags.push("default input");
@@ -41,18 +49,14 @@ pub fn run(args: DevicesArgs) -> Result<(), sotto::media::DeviceError> {
         };
         // Names come from drivers and sound servers: print them escaped.
         println!("{}{tags}\n  id: {}", Printable(&d.name), Printable(&d.id));
-        if show_in {
-            for c in &d.input_configs {
-                println!("  input:  {c}");
-            }
+        if show_in && let Some(line) = DeviceInfo::summary(&d.inputs) {
+            println!("  input:  {line}");
         }
-        if show_out {
-            for c in &d.output_configs {
-                println!("  output: {c}");
-            }
+        if show_out && let Some(line) = DeviceInfo::summary(&d.outputs) {
+            println!("  output: {line}");
         }
     }
-    if shown == 0 {
+    if devices.is_empty() {
         println!(
             "no audio devices found (no sound card or sound server); \
              use --input file.wav / --output file.wav instead"

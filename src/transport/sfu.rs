@@ -1,0 +1,384 @@
+//! One member's connection to its room's SFU, for group calls.
+//!
+//! The offer follows the SFU's contract (`signaling/PROTOCOL.md`, "SFU"): the first audio
+//! m-line sends our voice and receives speaker slot 1, each further one receives another slot.
+//! Every packet we send carries the RFC 6464 audio level, the one thing the SFU reads to pick
+//! the loudest speakers; the payload is an SFrame frame it cannot open. What arrives on a slot
+//! is whoever the SFU put there: the sender is the authenticated KID inside the frame, never
+//! the SSRC.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp::extension::HeaderExtension;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState,
+};
+
+use super::{
+    IceServer, SealedFrame, TransportError, TransportState, ice_policy, opus_codec, random_ssrc,
+    rtc_err, rtc_ice_servers,
+};
+
+/// The RFC 6464 header extension (client-to-mixer audio level).
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// Most speaker slots a member asks the SFU for.
+pub const MAX_AUDIO_SLOTS: usize = 16;
+
+/// Received frames queued for the application at most (about a second of three speakers).
+const FRAME_QUEUE: usize = 256;
+
+/// The RFC 6464 level of audio at `dbov` (0 is the loudest, 127 silence).
+pub fn rfc6464_level(dbov: f32) -> u8 {
+    if dbov.is_nan() {
+        return 127;
+    }
+    // The clamp keeps the value in 0..=127, so the cast is exact.
+    (-dbov).round().clamp(0.0, 127.0) as u8
+}
+
+/// How a member connects to the SFU.
+#[derive(Debug, Clone)]
+pub struct SfuTransportConfig {
+    /// Local UDP addresses to gather host candidates on.
+    pub udp_addrs: Vec<String>,
+    /// STUN/TURN servers.
+    pub ice_servers: Vec<IceServer>,
+    /// Only relay candidates (needs a TURN server among `ice_servers`).
+    pub relay_only: bool,
+    /// Speaker slots to receive (at most [`MAX_AUDIO_SLOTS`]; the SFU may serve fewer).
+    pub audio_slots: usize,
+    /// How long ICE gathering may take before the offer goes out with what was found.
+    pub gather_timeout: Duration,
+}
+
+impl Default for SfuTransportConfig {
+    fn default() -> Self {
+        SfuTransportConfig {
+            udp_addrs: vec!["0.0.0.0:0".to_owned()],
+            ice_servers: Vec::new(),
+            relay_only: false,
+            audio_slots: 3,
+            gather_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A frame the SFU forwarded, still sealed.
+#[derive(Debug, Clone)]
+pub struct SlotFrame {
+    /// The SSRC of the slot it came on (a slot, not a member).
+    pub slot_ssrc: u32,
+    /// The slot's RTP sequence number (continuous per slot, rewritten by the SFU).
+    pub seq: u16,
+    /// The slot's RTP timestamp (48 kHz).
+    pub timestamp: u32,
+    /// The SFrame frame, byte for byte as its sender sealed it.
+    pub payload: Bytes,
+    /// When it arrived.
+    pub arrival: Instant,
+}
+
+struct Handler {
+    gathered: watch::Sender<bool>,
+    state: watch::Sender<TransportState>,
+    frames: mpsc::Sender<SlotFrame>,
+    runtime: Arc<dyn webrtc::runtime::Runtime>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let s = match state {
+            RTCPeerConnectionState::Connected => TransportState::Connected,
+            RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                TransportState::Closed
+            }
+            _ => TransportState::Connecting,
+        };
+        let _ = self.state.send(s);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if track.kind().await != RtpCodecKind::Audio {
+            return;
+        }
+        let frames = self.frames.clone();
+        self.runtime.spawn(Box::pin(async move {
+            while let Some(event) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                    continue;
+                };
+                if packet.payload.is_empty() {
+                    continue;
+                }
+                let frame = SlotFrame {
+                    slot_ssrc: packet.header.ssrc,
+                    seq: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    payload: packet.payload.clone(),
+                    arrival: Instant::now(),
+                };
+                // A full queue means the receiver stalled: drop rather than buffer.
+                if frames.try_send(frame).is_err() && frames.is_closed() {
+                    break;
+                }
+            }
+        }));
+    }
+}
+
+/// A member's peer connection to the SFU: our voice out, the loudest others in.
+pub struct SfuTransport {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    seq: AtomicU16,
+    timestamp_base: u32,
+    gathered: watch::Receiver<bool>,
+    state: watch::Receiver<TransportState>,
+    frames: Option<mpsc::Receiver<SlotFrame>>,
+    gather_timeout: Duration,
+}
+
+impl std::fmt::Debug for SfuTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SfuTransport")
+            .field("ssrc", &self.ssrc)
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SfuTransport {
+    /// A peer connection with our audio track and `audio_slots` receiving m-lines.
+    pub async fn new(config: SfuTransportConfig) -> Result<Self, TransportError> {
+        if config.audio_slots == 0 || config.audio_slots > MAX_AUDIO_SLOTS {
+            return Err(TransportError::WebRtc(format!(
+                "audio slots must be 1 to {MAX_AUDIO_SLOTS}"
+            )));
+        }
+        let runtime = webrtc::runtime::default_runtime()
+            .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
+        let mut media = MediaEngine::default();
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: opus_codec(),
+                    payload_type: 111,
+                },
+                RtpCodecKind::Audio,
+            )
+            .map_err(rtc_err)?;
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .map_err(rtc_err)?;
+        let rtc_config = RTCConfigurationBuilder::new()
+            .with_ice_servers(rtc_ice_servers(&config.ice_servers))
+            .with_ice_transport_policy(ice_policy(
+                config.relay_only && super::has_turn(&config.ice_servers),
+            ))
+            .build();
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (state_tx, state) = watch::channel(TransportState::Connecting);
+        let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(rtc_config)
+            .with_media_engine(media)
+            .with_handler(Arc::new(Handler {
+                gathered: gathered_tx,
+                state: state_tx,
+                frames: frames_tx,
+                runtime: Arc::clone(&runtime),
+            }))
+            .with_runtime(runtime)
+            .with_udp_addrs(config.udp_addrs.clone())
+            .build()
+            .await
+            .map_err(rtc_err)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let ssrc = random_ssrc()?;
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "sotto".to_owned(),
+            "sotto-audio".to_owned(),
+            "sotto-audio".to_owned(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec(),
+                ..Default::default()
+            }],
+        )));
+        pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await
+            .map_err(rtc_err)?;
+        for _ in 1..config.audio_slots {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Audio,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(rtc_err)?;
+        }
+        // Random starting points (RFC 3550), so a capture of one call says nothing about the
+        // next.
+        let start = random_ssrc()?;
+        Ok(SfuTransport {
+            pc,
+            track,
+            ssrc,
+            seq: AtomicU16::new(start as u16),
+            timestamp_base: random_ssrc()?,
+            gathered,
+            state,
+            frames: Some(frames),
+            gather_timeout: config.gather_timeout,
+        })
+    }
+
+    /// Creates the offer for the SFU (`sfu_offer`), once ICE candidates are gathered or the
+    /// gather timeout has passed.
+    pub async fn create_offer(&self) -> Result<String, TransportError> {
+        let offer = self.pc.create_offer(None).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_err)?;
+        let mut gathered = self.gathered.clone();
+        if tokio::time::timeout(self.gather_timeout, gathered.wait_for(|g| *g))
+            .await
+            .is_err()
+        {
+            tracing::warn!("ICE gathering did not finish in time; offering what was found");
+        }
+        let desc = self
+            .pc
+            .local_description()
+            .await
+            .ok_or_else(|| rtc_err("no local description"))?;
+        Ok(desc.sdp)
+    }
+
+    /// Takes the SFU's answer (`sfu_answer`).
+    pub async fn accept_answer(&self, answer: &str) -> Result<(), TransportError> {
+        let desc = RTCSessionDescription::answer(answer.to_owned())
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        self.pc
+            .set_remote_description(desc)
+            .await
+            .map_err(|e| TransportError::BadDescription(e.to_string()))
+    }
+
+    /// Waits until media can flow.
+    pub async fn connected(&self, timeout: Duration) -> Result<(), TransportError> {
+        let mut state = self.state.clone();
+        let wait =
+            state.wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
+        let state = *tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| TransportError::Timeout("connection"))?
+            .map_err(|_| TransportError::Closed)?;
+        if state == TransportState::Closed {
+            return Err(TransportError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> TransportState {
+        *self.state.borrow()
+    }
+
+    /// Sends one sealed audio frame captured at `sample` (48 kHz sample count since the start)
+    /// with its RFC 6464 `level` ([`rfc6464_level`]) and voice activity.
+    pub async fn send_audio(
+        &self,
+        frame: &SealedFrame,
+        sample: u64,
+        level: u8,
+        voice: bool,
+    ) -> Result<(), TransportError> {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: self.seq.fetch_add(1, Ordering::Relaxed),
+                // RTP timestamps wrap by design.
+                timestamp: self.timestamp_base.wrapping_add(sample as u32),
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: frame.0.clone(),
+        };
+        let ext = HeaderExtension::AudioLevel(AudioLevelExtension {
+            level: level.min(127),
+            voice,
+        });
+        self.track
+            .write_rtp_with_extensions(packet, &[ext])
+            .await
+            .map_err(rtc_err)
+    }
+
+    /// Takes the stream of forwarded (still sealed) frames; `None` after the first call.
+    pub fn take_frames(&mut self) -> Option<mpsc::Receiver<SlotFrame>> {
+        self.frames.take()
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) -> Result<(), TransportError> {
+        self.pc.close().await.map_err(rtc_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_rfc_6464() {
+        assert_eq!(rfc6464_level(0.0), 0);
+        assert_eq!(rfc6464_level(-30.4), 30);
+        assert_eq!(rfc6464_level(-200.0), 127);
+        assert_eq!(rfc6464_level(3.0), 0);
+        assert_eq!(rfc6464_level(f32::NAN), 127);
+        assert_eq!(rfc6464_level(f32::NEG_INFINITY), 127);
+    }
+}
