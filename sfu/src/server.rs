@@ -183,6 +183,7 @@ impl Sfu {
                 by_ufrag: HashMap::new(),
                 next_key: 0,
                 index: i,
+                any_failed: false,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("sotto-sfu-{i}"))
@@ -374,11 +375,14 @@ struct Worker {
     by_ufrag: HashMap<String, u64>,
     next_key: u64,
     index: usize,
+    /// Some connection failed or closed since the last reaping.
+    any_failed: bool,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut buf = vec![0u8; 2048];
+        let mut next_check = Instant::now();
         loop {
             loop {
                 match self.commands.try_recv() {
@@ -394,6 +398,7 @@ impl Worker {
                     }) => {
                         let r = self.join(&room, &id, &offer);
                         let _ = reply.send(r);
+                        next_check = Instant::now();
                     }
                     Ok(Command::Leave { room, id, reply }) => {
                         let was_member = self.remove_member(&room, &id);
@@ -406,14 +411,32 @@ impl Worker {
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
+            // Timers: checked when the earliest one is due, or every MAX_WAIT at the latest
+            // (a timer a datagram set meanwhile waits at most that long), not per datagram.
             let now = Instant::now();
-            let next = self
-                .peers
-                .values_mut()
-                .filter_map(|p| p.pc.poll_timeout())
-                .min();
-            let wait = next
-                .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
+            if next_check <= now {
+                let due: Vec<u64> = self
+                    .peers
+                    .iter_mut()
+                    .filter_map(|(k, p)| {
+                        p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*k)
+                    })
+                    .collect();
+                for key in due {
+                    if let Some(p) = self.peers.get_mut(&key) {
+                        let _ = p.pc.handle_timeout(now);
+                    }
+                    self.pump(key);
+                }
+                let earliest = self
+                    .peers
+                    .values_mut()
+                    .filter_map(|p| p.pc.poll_timeout())
+                    .min();
+                next_check = earliest.map_or(now + MAX_WAIT, |t| t.min(now + MAX_WAIT));
+            }
+            let wait = next_check
+                .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_micros(500), MAX_WAIT);
             if self.socket.set_read_timeout(Some(wait)).is_err() {
                 std::thread::sleep(wait);
@@ -427,19 +450,10 @@ impl Worker {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => tracing::debug!(worker = self.index, error = %e, "udp receive"),
             }
-            let now = Instant::now();
-            let due: Vec<u64> = self
-                .peers
-                .iter_mut()
-                .filter_map(|(k, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*k))
-                .collect();
-            for key in due {
-                if let Some(p) = self.peers.get_mut(&key) {
-                    let _ = p.pc.handle_timeout(now);
-                }
-                self.pump(key);
+            if self.any_failed {
+                self.any_failed = false;
+                self.reap_failed();
             }
-            self.reap_failed();
         }
     }
 
@@ -685,7 +699,10 @@ impl Worker {
                     }
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
-                    ) => p.failed = true,
+                    ) => {
+                        p.failed = true;
+                        self.any_failed = true;
+                    }
                     _ => {}
                 }
             }
