@@ -29,6 +29,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp::header::{Extension, Header};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -355,6 +356,16 @@ struct Peer {
     audio_out: Vec<OutTrack>,
     video_out: Vec<OutTrack>,
     failed: bool,
+}
+
+impl Peer {
+    /// Whether `ssrc` is one of our outgoing tracks to this participant.
+    fn sends_ssrc(&self, ssrc: u32) -> bool {
+        self.audio_out
+            .iter()
+            .chain(self.video_out.iter())
+            .any(|o| o.ssrc == ssrc)
+    }
 }
 
 struct RoomState {
@@ -714,6 +725,16 @@ impl Worker {
             match message {
                 RTCMessage::RtpPacket(track_id, packet) => self.forward(key, &track_id, packet),
                 RTCMessage::RtcpPacket(track_id, packets) => {
+                    let worst_loss = packets
+                        .iter()
+                        .filter_map(|p| p.as_any().downcast_ref::<ReceiverReport>())
+                        .flat_map(|rr| rr.reports.iter())
+                        .filter(|r| self.peers.get(&key).is_some_and(|p| p.sends_ssrc(r.ssrc)))
+                        .map(|r| r.fraction_lost)
+                        .max();
+                    if let Some(loss) = worst_loss {
+                        self.on_receiver_loss(key, loss);
+                    }
                     let wants_keyframe = packets.iter().any(|p| {
                         let any = p.as_any();
                         any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
@@ -786,6 +807,9 @@ impl Worker {
             }
         };
         let keyframes = room.core.take_keyframe_requests();
+        for _ in 0..room.core.take_shed() {
+            self.metrics.count_drop(DropReason::Bandwidth);
+        }
         let targets: Vec<(u64, crate::room::Route)> = routes
             .into_iter()
             .filter_map(|r| room.peers.get(&r.to).map(|&k| (k, r)))
@@ -855,6 +879,16 @@ impl Worker {
             {
                 self.send_pli(k);
             }
+        }
+    }
+
+    fn on_receiver_loss(&mut self, key: u64, fraction_lost: u8) {
+        let Some(p) = self.peers.get(&key) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.core
+                .on_receiver_loss(Instant::now(), &p.id, fraction_lost);
         }
     }
 
@@ -1025,8 +1059,8 @@ fn new_peer_connection(ufrag: &str) -> Result<RTCPeerConnection, String> {
         .map_err(e)
 }
 
-/// An interceptor that lets PLI and FIR reach the application (webrtc-rs stops inbound RTCP at
-/// the end of the chain otherwise); other RTCP ends there as usual.
+/// An interceptor that lets PLI, FIR and receiver reports reach the application (webrtc-rs
+/// stops inbound RTCP at the end of the chain otherwise); other RTCP ends there as usual.
 #[derive(Default)]
 pub struct KeyframeRequests {
     read: VecDeque<TaggedPacket>,
@@ -1044,7 +1078,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
         if let IPacket::Rtcp(packets) = &mut msg.message.packet {
             packets.retain(|p| {
                 let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<ReceiverReport>()
             });
             if packets.is_empty() {
                 return Ok(());
