@@ -176,10 +176,15 @@ impl Conn {
         };
         let offer = match serde_json::from_str::<SfuSignal>(data.get()) {
             Ok(SfuSignal::SfuOffer { sdp }) => sdp,
+            Ok(SfuSignal::SfuLeave {}) => {
+                leave_sfu(&self.app, j);
+                j.in_sfu = false;
+                return;
+            }
             Err(_) => {
                 return self.error(
                     ErrorCode::BadMessage,
-                    "the SFU takes {\"kind\":\"sfu_offer\",\"sdp\":...}",
+                    "the SFU takes sfu_offer (with sdp) or sfu_leave",
                 );
             }
         };

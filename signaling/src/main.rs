@@ -114,6 +114,22 @@ struct ServeArgs {
     /// Serve `/metrics` on this address (keep it private); off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Host an SFU for group calls in this process (signals to the peer `sfu`).
+    #[arg(long)]
+    sfu: bool,
+    /// The SFU's first UDP media socket [default: the --listen address's IP, a free port];
+    /// worker N binds port + N.
+    #[arg(long, value_name = "IP:PORT", requires = "sfu")]
+    sfu_listen: Option<SocketAddr>,
+    /// The address put in the SFU's ICE candidates when it listens on 0.0.0.0 or ::.
+    #[arg(long, value_name = "IP", requires = "sfu")]
+    sfu_announce_ip: Option<std::net::IpAddr>,
+    /// SFU worker threads, one UDP socket each [default: one per core].
+    #[arg(long, value_name = "N", requires = "sfu")]
+    sfu_workers: Option<usize>,
+    /// Speakers each member receives (the N loudest others).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "sfu")]
+    sfu_audio_slots: usize,
     /// Sustained messages per second per connection.
     #[arg(long, default_value_t = Limits::default().rate_per_sec)]
     rate_limit: u32,
@@ -232,6 +248,25 @@ fn run(args: ServeArgs) -> Result<(), String> {
         ice,
         tls: tls.as_ref().map(|t| t.config.clone()),
     };
+    let sfu = if args.sfu {
+        let defaults = sotto_sfu::SfuConfig::default();
+        let config = sotto_sfu::SfuConfig {
+            listen: args
+                .sfu_listen
+                .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0)),
+            workers: args.sfu_workers.unwrap_or(defaults.workers).max(1),
+            announce_ip: args.sfu_announce_ip,
+            forward: sotto_sfu::ForwardConfig {
+                audio_slots: args.sfu_audio_slots.clamp(1, 16),
+                max_participants: args.max_peers_per_room,
+                ..defaults.forward
+            },
+            ..defaults
+        };
+        Some(sotto_sfu::Sfu::start(config).map_err(|e| format!("--sfu: {e}"))?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -257,7 +292,17 @@ fn run(args: ServeArgs) -> Result<(), String> {
         tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let app = App::new(config, shutdown);
+        let sfu = match sfu {
+            Some(sfu) => {
+                let addrs: Vec<String> = sfu.local_addrs().iter().map(|a| a.to_string()).collect();
+                // Another line, only with the flag.
+                println!("sfu media on udp {}", addrs.join(","));
+                let _ = std::io::stdout().flush();
+                Some(std::sync::Arc::new(sfu) as std::sync::Arc<dyn sotto_signaling::SfuLink>)
+            }
+            None => None,
+        };
+        let app = App::with_sfu(config, shutdown, sfu);
         if let Some(listener) = metrics_listener {
             let at = listener.local_addr().map_err(|e| e.to_string())?;
             // Another line, only with the flag: the first stays the call address.

@@ -22,7 +22,7 @@ pub trait SfuLink: Send + Sync + std::fmt::Debug {
     fn render_metrics(&self) -> String;
 }
 
-/// The one signal a client may send to the SFU.
+/// The signals a client may send to the SFU.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum SfuSignal {
@@ -31,6 +31,23 @@ pub(crate) enum SfuSignal {
         /// The offer.
         sdp: String,
     },
+    /// Leave the room's media (and stay in the room).
+    SfuLeave {},
+}
+
+/// The SFU hosted in this process (`sotto-signaling --sfu`).
+impl SfuLink for sotto_sfu::Sfu {
+    fn join(&self, room: &str, peer: &str, offer_sdp: &str) -> Result<String, SfuRefusal> {
+        sotto_sfu::Sfu::join(self, room, peer, offer_sdp).map_err(|e| SfuRefusal(e.to_string()))
+    }
+
+    fn leave(&self, room: &str, peer: &str) {
+        sotto_sfu::Sfu::leave(self, room, peer);
+    }
+
+    fn render_metrics(&self) -> String {
+        sotto_sfu::Sfu::render_metrics(self)
+    }
 }
 
 /// The answer signal's `data` (serialising a JSON object of two strings cannot fail).

@@ -49,6 +49,28 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Starts the real server with an SFU in the same process (`sotto-signaling --sfu`), one
+    /// worker on loopback.
+    pub async fn start_with_sfu() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let sfu = sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
+            workers: 1,
+            ..sotto_sfu::SfuConfig::default()
+        })
+        .unwrap();
+        let app = sotto_signaling::App::with_sfu(
+            sotto_signaling::ServerConfig::default(),
+            shutdown.clone(),
+            Some(std::sync::Arc::new(sfu)),
+        );
+        tokio::spawn(sotto_signaling::serve(listener, app));
+        TestServer { url, shutdown }
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
