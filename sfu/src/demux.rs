@@ -146,4 +146,27 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..20_000 {
+            let len = (next() % 300) as usize;
+            let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Half of them with a valid STUN header, so the attribute walk runs.
+            if i % 2 == 0 && d.len() >= 20 {
+                d[0] = 0;
+                d[1] = 1;
+                d[4..8].copy_from_slice(&STUN_MAGIC);
+            }
+            let _ = stun_local_ufrag(&d);
+            let _ = media_lines(&String::from_utf8_lossy(&d));
+        }
+    }
 }

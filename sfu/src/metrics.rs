@@ -18,15 +18,18 @@ pub enum DropReason {
     Unroutable,
     /// The outgoing connection refused the packet.
     SendFailed,
+    /// Video withheld from a receiver whose downlink reported loss (its audio goes on).
+    Bandwidth,
 }
 
 impl DropReason {
-    const ALL: [DropReason; 5] = [
+    const ALL: [DropReason; 6] = [
         DropReason::RateLimit,
         DropReason::UnknownSource,
         DropReason::Malformed,
         DropReason::Unroutable,
         DropReason::SendFailed,
+        DropReason::Bandwidth,
     ];
 
     /// The `reason` label value.
@@ -37,6 +40,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::Unroutable => "unroutable",
             DropReason::SendFailed => "send_failed",
+            DropReason::Bandwidth => "bandwidth",
         }
     }
 
@@ -62,7 +66,7 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     /// Keyframe requests relayed to publishers.
     pub keyframe_requests: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; 6],
 }
 
 impl Metrics {

@@ -28,6 +28,11 @@ pub struct ForwardConfig {
     pub reselect_every: Duration,
     /// The least time between two keyframe requests relayed to one publisher.
     pub keyframe_interval: Duration,
+    /// A receiver reporting at least this fraction lost (RTCP, in 256ths) on any track is
+    /// short of bandwidth: its video stops, its audio goes on.
+    pub loss_to_pause_video: u8,
+    /// How long video stays off for such a receiver after its last lossy report.
+    pub video_pause: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -41,6 +46,9 @@ impl Default for ForwardConfig {
             silence_after: Duration::from_secs(1),
             reselect_every: Duration::from_millis(50),
             keyframe_interval: Duration::from_millis(300),
+            // About 10 %.
+            loss_to_pause_video: 26,
+            video_pause: Duration::from_secs(5),
         }
     }
 }
@@ -261,6 +269,8 @@ struct Member {
     rate: RateWindow,
     publishes_video: bool,
     last_keyframe_request: Option<Instant>,
+    /// Video to this receiver is off until then (its downlink reported loss).
+    video_paused_until: Option<Instant>,
 }
 
 /// One room: its members and what each receives.
@@ -270,6 +280,8 @@ pub struct Room {
     members: BTreeMap<String, Member>,
     last_select: Option<Instant>,
     keyframe_requests: Vec<String>,
+    /// Video packets not sent to receivers short of bandwidth, since the last take.
+    shed: u64,
 }
 
 impl Room {
@@ -280,6 +292,7 @@ impl Room {
             members: BTreeMap::new(),
             last_select: None,
             keyframe_requests: Vec::new(),
+            shed: 0,
         }
     }
 
@@ -330,6 +343,7 @@ impl Room {
                 rate: RateWindow::default(),
                 publishes_video: false,
                 last_keyframe_request: None,
+                video_paused_until: None,
             },
         );
         self.assign_video();
@@ -439,6 +453,23 @@ impl Room {
         self.request_keyframe(now, &publisher).then_some(publisher)
     }
 
+    /// A receiver's RTCP report of the fraction lost (in 256ths) on one of its tracks. Enough
+    /// loss turns its video off for a while, so its audio keeps the bandwidth.
+    pub fn on_receiver_loss(&mut self, now: Instant, receiver: &str, fraction_lost: u8) {
+        let (threshold, pause) = (self.config.loss_to_pause_video, self.config.video_pause);
+        if fraction_lost < threshold {
+            return;
+        }
+        if let Some(m) = self.members.get_mut(receiver) {
+            m.video_paused_until = Some(now + pause);
+        }
+    }
+
+    /// Video packets withheld from receivers short of bandwidth since the last call.
+    pub fn take_shed(&mut self) -> u64 {
+        std::mem::take(&mut self.shed)
+    }
+
     /// Publishers that need a keyframe because a receiver started getting their video.
     pub fn take_keyframe_requests(&mut self) -> Vec<String> {
         std::mem::take(&mut self.keyframe_requests)
@@ -460,9 +491,22 @@ impl Room {
 
     fn routes(&mut self, now: Instant, from: &str, kind: Kind, p: InPacket) -> Vec<Route> {
         let mut out = Vec::new();
+        let mut resumed = false;
         for (id, m) in self.members.iter_mut() {
             if id == from {
                 continue;
+            }
+            if kind == Kind::Video
+                && let Some(until) = m.video_paused_until
+                && m.video.iter().any(|s| s.source.as_deref() == Some(from))
+            {
+                if now < until {
+                    self.shed += 1;
+                    continue;
+                }
+                // Back on: the receiver needs a keyframe to show anything.
+                m.video_paused_until = None;
+                resumed = true;
             }
             let slots = match kind {
                 Kind::Audio => &mut m.audio,
@@ -480,6 +524,9 @@ impl Room {
                     });
                 }
             }
+        }
+        if resumed && !self.keyframe_requests.iter().any(|k| k == from) {
+            self.keyframe_requests.push(from.to_owned());
         }
         out
     }
@@ -883,5 +930,44 @@ mod tests {
         let mut to: Vec<(String, usize)> = routes.into_iter().map(|r| (r.to, r.slot)).collect();
         to.sort();
         assert_eq!(to, [("a".to_owned(), 1), ("b".to_owned(), 0)]);
+    }
+
+    #[test]
+    fn a_receiver_reporting_loss_loses_video_but_keeps_audio_then_gets_it_back_with_a_keyframe() {
+        let mut room = Room::new(cfg());
+        for id in ["a", "b", "c"] {
+            room.add(id, 3, 1).unwrap();
+        }
+        let t0 = Instant::now();
+        let pkt = |seq, level| InPacket {
+            ssrc: 1,
+            seq,
+            timestamp: 0,
+            level,
+        };
+        room.on_video(t0, "a", pkt(1, None)).unwrap();
+        room.take_keyframe_requests();
+        // b's downlink loses 5 %: nothing changes.
+        room.on_receiver_loss(t0, "b", 13);
+        let to = |r: Vec<Route>| r.into_iter().map(|r| r.to).collect::<Vec<_>>();
+        assert_eq!(
+            to(room.on_video(t0, "a", pkt(2, None)).unwrap()),
+            ["b", "c"]
+        );
+        // 20 %: b's video stops, c's does not, and b still gets a's audio.
+        room.on_receiver_loss(t0, "b", 51);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(to(room.on_video(t1, "a", pkt(3, None)).unwrap()), ["c"]);
+        assert_eq!(room.take_shed(), 1);
+        assert!(to(room.on_audio(t1, "a", pkt(1, Some(20))).unwrap()).contains(&"b".to_owned()));
+        assert!(room.take_keyframe_requests().is_empty());
+        // After the pause, video comes back, and a is asked for a keyframe.
+        let t2 = t0 + Duration::from_secs(6);
+        assert_eq!(
+            to(room.on_video(t2, "a", pkt(4, None)).unwrap()),
+            ["b", "c"]
+        );
+        assert_eq!(room.take_keyframe_requests(), ["a"]);
+        assert_eq!(room.take_shed(), 0);
     }
 }

@@ -29,6 +29,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtp::header::{Extension, Header};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
@@ -183,6 +184,7 @@ impl Sfu {
                 by_ufrag: HashMap::new(),
                 next_key: 0,
                 index: i,
+                any_failed: false,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("sotto-sfu-{i}"))
@@ -356,6 +358,16 @@ struct Peer {
     failed: bool,
 }
 
+impl Peer {
+    /// Whether `ssrc` is one of our outgoing tracks to this participant.
+    fn sends_ssrc(&self, ssrc: u32) -> bool {
+        self.audio_out
+            .iter()
+            .chain(self.video_out.iter())
+            .any(|o| o.ssrc == ssrc)
+    }
+}
+
 struct RoomState {
     core: Room,
     peers: HashMap<String, u64>,
@@ -374,11 +386,14 @@ struct Worker {
     by_ufrag: HashMap<String, u64>,
     next_key: u64,
     index: usize,
+    /// Some connection failed or closed since the last reaping.
+    any_failed: bool,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut buf = vec![0u8; 2048];
+        let mut next_check = Instant::now();
         loop {
             loop {
                 match self.commands.try_recv() {
@@ -394,6 +409,7 @@ impl Worker {
                     }) => {
                         let r = self.join(&room, &id, &offer);
                         let _ = reply.send(r);
+                        next_check = Instant::now();
                     }
                     Ok(Command::Leave { room, id, reply }) => {
                         let was_member = self.remove_member(&room, &id);
@@ -406,14 +422,32 @@ impl Worker {
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
+            // Timers: checked when the earliest one is due, or every MAX_WAIT at the latest
+            // (a timer a datagram set meanwhile waits at most that long), not per datagram.
             let now = Instant::now();
-            let next = self
-                .peers
-                .values_mut()
-                .filter_map(|p| p.pc.poll_timeout())
-                .min();
-            let wait = next
-                .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
+            if next_check <= now {
+                let due: Vec<u64> = self
+                    .peers
+                    .iter_mut()
+                    .filter_map(|(k, p)| {
+                        p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*k)
+                    })
+                    .collect();
+                for key in due {
+                    if let Some(p) = self.peers.get_mut(&key) {
+                        let _ = p.pc.handle_timeout(now);
+                    }
+                    self.pump(key);
+                }
+                let earliest = self
+                    .peers
+                    .values_mut()
+                    .filter_map(|p| p.pc.poll_timeout())
+                    .min();
+                next_check = earliest.map_or(now + MAX_WAIT, |t| t.min(now + MAX_WAIT));
+            }
+            let wait = next_check
+                .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_micros(500), MAX_WAIT);
             if self.socket.set_read_timeout(Some(wait)).is_err() {
                 std::thread::sleep(wait);
@@ -427,19 +461,10 @@ impl Worker {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => tracing::debug!(worker = self.index, error = %e, "udp receive"),
             }
-            let now = Instant::now();
-            let due: Vec<u64> = self
-                .peers
-                .iter_mut()
-                .filter_map(|(k, p)| p.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*k))
-                .collect();
-            for key in due {
-                if let Some(p) = self.peers.get_mut(&key) {
-                    let _ = p.pc.handle_timeout(now);
-                }
-                self.pump(key);
+            if self.any_failed {
+                self.any_failed = false;
+                self.reap_failed();
             }
-            self.reap_failed();
         }
     }
 
@@ -685,7 +710,10 @@ impl Worker {
                     }
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
                         RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
-                    ) => p.failed = true,
+                    ) => {
+                        p.failed = true;
+                        self.any_failed = true;
+                    }
                     _ => {}
                 }
             }
@@ -697,6 +725,16 @@ impl Worker {
             match message {
                 RTCMessage::RtpPacket(track_id, packet) => self.forward(key, &track_id, packet),
                 RTCMessage::RtcpPacket(track_id, packets) => {
+                    let worst_loss = packets
+                        .iter()
+                        .filter_map(|p| p.as_any().downcast_ref::<ReceiverReport>())
+                        .flat_map(|rr| rr.reports.iter())
+                        .filter(|r| self.peers.get(&key).is_some_and(|p| p.sends_ssrc(r.ssrc)))
+                        .map(|r| r.fraction_lost)
+                        .max();
+                    if let Some(loss) = worst_loss {
+                        self.on_receiver_loss(key, loss);
+                    }
                     let wants_keyframe = packets.iter().any(|p| {
                         let any = p.as_any();
                         any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
@@ -769,6 +807,9 @@ impl Worker {
             }
         };
         let keyframes = room.core.take_keyframe_requests();
+        for _ in 0..room.core.take_shed() {
+            self.metrics.count_drop(DropReason::Bandwidth);
+        }
         let targets: Vec<(u64, crate::room::Route)> = routes
             .into_iter()
             .filter_map(|r| room.peers.get(&r.to).map(|&k| (k, r)))
@@ -838,6 +879,16 @@ impl Worker {
             {
                 self.send_pli(k);
             }
+        }
+    }
+
+    fn on_receiver_loss(&mut self, key: u64, fraction_lost: u8) {
+        let Some(p) = self.peers.get(&key) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.core
+                .on_receiver_loss(Instant::now(), &p.id, fraction_lost);
         }
     }
 
@@ -1008,8 +1059,8 @@ fn new_peer_connection(ufrag: &str) -> Result<RTCPeerConnection, String> {
         .map_err(e)
 }
 
-/// An interceptor that lets PLI and FIR reach the application (webrtc-rs stops inbound RTCP at
-/// the end of the chain otherwise); other RTCP ends there as usual.
+/// An interceptor that lets PLI, FIR and receiver reports reach the application (webrtc-rs
+/// stops inbound RTCP at the end of the chain otherwise); other RTCP ends there as usual.
 #[derive(Default)]
 pub struct KeyframeRequests {
     read: VecDeque<TaggedPacket>,
@@ -1027,7 +1078,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequests {
         if let IPacket::Rtcp(packets) = &mut msg.message.packet {
             packets.retain(|p| {
                 let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<ReceiverReport>()
             });
             if packets.is_empty() {
                 return Ok(());

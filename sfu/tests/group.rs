@@ -588,3 +588,160 @@ async fn video_reaches_every_other_member_and_a_pli_reaches_only_its_publisher()
         let _ = c.pc.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_a_loud_member_leaves_its_slots_go_to_the_next_speakers() {
+    let sfu = sfu(ForwardConfig {
+        audio_slots: 2,
+        ..ForwardConfig::default()
+    });
+    let log: SentLog = Arc::default();
+    // Member 0 loudest, then 1, 2, 3.
+    let mut clients = join_all(&sfu, "leave", 2, &[10, 25, 40, 55]).await;
+    for c in &clients {
+        c.start_sending(FRAME, Arc::clone(&log));
+    }
+    let before: [&[u64]; 4] = [&[1, 2], &[0, 2], &[0, 1], &[0, 1]];
+    for (c, want) in clients.iter_mut().zip(before) {
+        settle(c, &log, &want.iter().copied().collect()).await;
+    }
+    let s = Arc::clone(&sfu);
+    assert!(
+        tokio::task::spawn_blocking(move || s.leave("leave", "m0"))
+            .await
+            .unwrap()
+    );
+    clients[0].stop_sending();
+    assert!(sfu.render_metrics().contains("sotto_sfu_participants 3\n"));
+    let after: [&[u64]; 3] = [&[2, 3], &[1, 3], &[1, 2]];
+    for (c, want) in clients.iter_mut().skip(1).zip(after) {
+        settle(c, &log, &want.iter().copied().collect()).await;
+    }
+    for c in &clients {
+        c.stop_sending();
+        let _ = c.pc.close().await;
+    }
+}
+
+/// A UDP relay between one client and the SFU that drops every third large SRTP packet
+/// towards the client (its video), as a congested downlink would.
+async fn lossy_downlink(sfu_addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let client_side = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let sfu_side = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = client_side.local_addr().unwrap();
+    let client_addr = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (c, s, who) = (
+            Arc::clone(&client_side),
+            Arc::clone(&sfu_side),
+            Arc::clone(&client_addr),
+        );
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, from)) = c.recv_from(&mut buf).await {
+                *who.lock().unwrap() = Some(from);
+                let _ = s.send_to(&buf[..n], sfu_addr).await;
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        let mut large = 0u64;
+        while let Ok((n, _)) = sfu_side.recv_from(&mut buf).await {
+            let srtp = (128..=191).contains(&buf[0]);
+            if srtp && n > 500 {
+                large += 1;
+                if large.is_multiple_of(3) {
+                    continue;
+                }
+            }
+            let to = *client_addr.lock().unwrap();
+            if let Some(to) = to {
+                let _ = client_side.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_losing_video_packets_keeps_audio_and_loses_video_others_keep_both() {
+    let sfu = sfu(ForwardConfig::default());
+    let log: SentLog = Arc::default();
+    let mut clients = Vec::new();
+    for kid in 0..3u64 {
+        let (client, offer) = Client::with_video(kid, 3, 30, 2).await;
+        let s = Arc::clone(&sfu);
+        let mut answer =
+            tokio::task::spawn_blocking(move || s.join("lossy", &format!("m{kid}"), &offer))
+                .await
+                .unwrap()
+                .unwrap();
+        if kid == 2 {
+            // Member 2 reaches the SFU through a lossy relay: point its candidate there.
+            let sfu_addr = sfu
+                .local_addrs()
+                .into_iter()
+                .find(|a| answer.contains(&format!("{} {} typ host", a.ip(), a.port())))
+                .expect("the answer names a worker");
+            let relay = lossy_downlink(sfu_addr).await;
+            answer = answer.replace(
+                &format!("{} {} typ host", sfu_addr.ip(), sfu_addr.port()),
+                &format!("{} {} typ host", relay.ip(), relay.port()),
+            );
+        }
+        client.accept(answer).await;
+        clients.push(client);
+    }
+    for c in &clients {
+        c.start_sending(FRAME, Arc::clone(&log));
+        c.start_sending_video(Duration::from_millis(33), Arc::clone(&log));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while sfu.metrics().dropped(DropReason::Bandwidth) < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the lossy receiver's video never paused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What member 2 got before the pause does not count.
+    while clients[2].packets.try_recv().is_ok() {}
+    // Member 2 still hears both others, and gets (almost) no video now.
+    let log2 = Arc::clone(&log);
+    let got = receive_until(&mut clients[2], |got| {
+        let log = log2.lock().unwrap();
+        let counts = count_by(
+            &got.iter()
+                .filter(|p| !p.video)
+                .filter_map(|p| log.get(&p.payload).copied())
+                .collect::<Vec<_>>(),
+        );
+        [0, 1]
+            .iter()
+            .all(|k| counts.get(k).is_some_and(|n| *n >= 40))
+    })
+    .await;
+    let audio = got.iter().filter(|p| !p.video).count();
+    let video = got.iter().filter(|p| p.video).count();
+    // While paused (5 s from the last lossy report) nothing but stragglers arrives: 80 audio
+    // packets take 0.8 s, in which two publishers would send about 48 video packets.
+    assert!(
+        video < 10,
+        "{video} video packets beside {audio} audio packets"
+    );
+    // Member 0's downlink is clean: it gets member 1's video all along.
+    let log2 = Arc::clone(&log);
+    receive_until(&mut clients[0], |got| {
+        let log = log2.lock().unwrap();
+        got.iter()
+            .filter(|p| p.video && log.get(&p.payload) == Some(&101))
+            .count()
+            >= 20
+    })
+    .await;
+    for c in &clients {
+        c.stop_sending();
+        let _ = c.pc.close().await;
+    }
+}

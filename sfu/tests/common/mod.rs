@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
@@ -184,7 +185,9 @@ impl Client {
             },
             RtpCodecKind::Video,
         );
-        let registry = Registry::new().with(Slot::from(14_000), KeyframeRequests::default());
+        // Receiver reports tell the SFU about loss on its tracks to us.
+        let registry = configure_rtcp_reports(Registry::new())
+            .with(Slot::from(14_000), KeyframeRequests::default());
         let remote_video = Arc::new(Mutex::new(Vec::new()));
         let (gathered_tx, mut gathered) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(false);
