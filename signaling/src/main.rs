@@ -263,6 +263,12 @@ fn run(args: ServeArgs) -> Result<(), String> {
             },
             ..defaults
         };
+        if config.listen.ip().is_unspecified() && config.announce_ip.is_none() {
+            return Err(format!(
+                "--sfu listening on {} needs --sfu-announce-ip (the address members reach)",
+                config.listen.ip()
+            ));
+        }
         Some(sotto_sfu::Sfu::start(config).map_err(|e| format!("--sfu: {e}"))?)
     } else {
         None
@@ -292,16 +298,11 @@ fn run(args: ServeArgs) -> Result<(), String> {
         tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let sfu = match sfu {
-            Some(sfu) => {
-                let addrs: Vec<String> = sfu.local_addrs().iter().map(|a| a.to_string()).collect();
-                // Another line, only with the flag.
-                println!("sfu media on udp {}", addrs.join(","));
-                let _ = std::io::stdout().flush();
-                Some(std::sync::Arc::new(sfu) as std::sync::Arc<dyn sotto_signaling::SfuLink>)
-            }
-            None => None,
-        };
+        let sfu_addrs: Option<Vec<String>> = sfu
+            .as_ref()
+            .map(|sfu| sfu.local_addrs().iter().map(|a| a.to_string()).collect());
+        let sfu =
+            sfu.map(|sfu| std::sync::Arc::new(sfu) as std::sync::Arc<dyn sotto_signaling::SfuLink>);
         let app = App::with_sfu(config, shutdown, sfu);
         if let Some(listener) = metrics_listener {
             let at = listener.local_addr().map_err(|e| e.to_string())?;
@@ -309,6 +310,11 @@ fn run(args: ServeArgs) -> Result<(), String> {
             println!("metrics on http://{at}/metrics");
             let _ = std::io::stdout().flush();
             tokio::spawn(serve_metrics(listener, app.clone()));
+        }
+        if let Some(addrs) = sfu_addrs {
+            // The last line, only with the flag.
+            println!("sfu media on udp {}", addrs.join(","));
+            let _ = std::io::stdout().flush();
         }
         serve(listener, app).await.map_err(|e| e.to_string())?;
         tracing::info!("sotto-signaling stopped");

@@ -188,6 +188,39 @@ fn metrics_are_served_only_on_the_metrics_address() {
     assert!(body.contains("sotto_signaling_connections 0"), "{body}");
 }
 
+#[test]
+fn sfu_flag_hosts_an_sfu_whose_metrics_join_the_servers() {
+    let server = Running::start(&["--sfu", "--metrics-listen", "127.0.0.1:0"], 3);
+    let udp = server.lines[2]
+        .strip_prefix("sfu media on udp ")
+        .expect("sfu line");
+    for addr in udp.split(',') {
+        let addr: std::net::SocketAddr = addr.parse().expect("an address");
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    }
+    let metrics = server.lines[1]
+        .strip_prefix("metrics on http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .expect("metrics line")
+        .to_string();
+    let body = http_get(&metrics, "/metrics");
+    assert!(body.contains("sotto_signaling_connections 0"), "{body}");
+    assert!(body.contains("sotto_sfu_rooms 0"), "{body}");
+
+    // An SFU on every address needs to know which one members reach; SFU flags need --sfu.
+    for (args, says) in [
+        (&["--sfu", "--listen", "0.0.0.0:0"][..], "--sfu-announce-ip"),
+        (&["--sfu-workers", "2"][..], "--sfu"),
+    ] {
+        let out = Command::new(binary()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{out:?}"
+        );
+    }
+}
+
 /// Eight clients that join and then never read, while another member sends each of them
 /// large messages: the server drops them and its memory stays bounded. (Before the fix they
 /// stayed connected and each held up to 256 queued messages: over 120 MB here.)
