@@ -1,7 +1,7 @@
 //! [`GroupKeys`]: one member's group key state machine (Sans-I/O: time and bytes come in,
 //! commands come out).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
@@ -16,6 +16,19 @@ use crate::sframe::{CipherSuite, SenderContext};
 
 /// How long a leave's fresh key waits for acks before sending moves to it anyway.
 pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a bundle waits for its ack before it goes again; the wait doubles each time.
+pub const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait between two sends of one bundle.
+pub const RESEND_MAX: Duration = Duration::from_secs(8);
+
+/// A bundle sent and not yet acknowledged: sent again, byte for byte (same sequence number,
+/// so a receiver that has it acks it again and changes nothing).
+struct Unacked {
+    body: Zeroizing<Vec<u8>>,
+    next: Instant,
+    wait: Duration,
+}
 
 /// How a member came into our view of the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +127,9 @@ pub struct GroupKeys {
     outputs: VecDeque<GroupOutput>,
     next_seq: u64,
     switches: u64,
+    /// Bundles awaiting their ack, by (recipient, generation).
+    unacked: BTreeMap<(Slot, u64), Unacked>,
+    resent: u64,
 }
 
 impl std::fmt::Debug for GroupKeys {
@@ -164,6 +180,8 @@ impl GroupKeys {
             outputs: VecDeque::new(),
             next_seq: 0,
             switches: 0,
+            unacked: BTreeMap::new(),
+            resent: 0,
         })
     }
 
@@ -192,7 +210,17 @@ impl GroupKeys {
         self.switches
     }
 
-    fn send_bundle(&mut self, to_slot: Slot, generation: u64, secret: GroupSecret) {
+    /// When sending moves to the pending key at the latest (a leave's switch).
+    pub fn switch_deadline(&self) -> Option<Instant> {
+        self.sender.deadline()
+    }
+
+    /// Bundles sent again because no ack came.
+    pub fn bundles_resent(&self) -> u64 {
+        self.resent
+    }
+
+    fn send_bundle(&mut self, now: Instant, to_slot: Slot, generation: u64, secret: GroupSecret) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let body = KeyBundle {
@@ -202,8 +230,33 @@ impl GroupKeys {
             secret,
         }
         .encode();
+        self.unacked.insert(
+            (to_slot, generation),
+            Unacked {
+                body: body.clone(),
+                next: now + RESEND_AFTER,
+                wait: RESEND_AFTER,
+            },
+        );
         self.outputs
             .push_back(GroupOutput::SendBundle { to_slot, body });
+    }
+
+    /// Sends again every bundle whose ack is overdue (a bundle lost on a reconnect would
+    /// otherwise leave that member unable to hear us for good).
+    fn resend_due(&mut self, now: Instant) {
+        for (&(to_slot, _), u) in self.unacked.iter_mut() {
+            if u.next > now {
+                continue;
+            }
+            u.wait = (u.wait * 2).min(RESEND_MAX);
+            u.next = now + u.wait;
+            self.resent += 1;
+            self.outputs.push_back(GroupOutput::SendBundle {
+                to_slot,
+                body: u.body.clone(),
+            });
+        }
     }
 
     fn rotate(&mut self) -> Result<(), GroupError> {
@@ -229,7 +282,7 @@ impl GroupKeys {
     /// ratcheted one if it is a [`JoinKind::NewJoiner`].
     pub fn member_joined(
         &mut self,
-        _now: Instant,
+        now: Instant,
         slot: Slot,
         kind: JoinKind,
     ) -> Result<(), GroupError> {
@@ -244,15 +297,15 @@ impl GroupKeys {
                 if switched {
                     self.rotate()?;
                 }
-                self.send_bundle(slot, generation, secret);
+                self.send_bundle(now, slot, generation, secret);
             }
             JoinKind::AlreadyPresent => {
                 let (generation, secret) = self.sender.current();
                 let secret = secret.clone();
-                self.send_bundle(slot, generation, secret);
+                self.send_bundle(now, slot, generation, secret);
                 if let Some((generation, secret)) = self.sender.pending() {
                     let secret = secret.clone();
-                    self.send_bundle(slot, generation, secret);
+                    self.send_bundle(now, slot, generation, secret);
                     self.sender.add_present(slot);
                 }
             }
@@ -266,10 +319,11 @@ impl GroupKeys {
             return Err(GroupError::UnknownMember(slot));
         }
         self.keyring.remove_sender(slot);
+        self.unacked.retain(|(to, _), _| *to != slot);
         let (generation, secret) = self.sender.leave(now, self.timeout, &self.members)?;
         let to: Vec<Slot> = self.members.iter().copied().collect();
         for member in to {
-            self.send_bundle(member, generation, secret.clone());
+            self.send_bundle(now, member, generation, secret.clone());
         }
         if let Some(deadline) = self.sender.deadline() {
             self.outputs
@@ -338,21 +392,26 @@ impl GroupKeys {
             return Err(GroupError::AckNotForUs(ack.slot));
         }
         self.sender.ack(from_slot, ack.generation);
+        // This member holds that generation, and so has no use for older ones from us.
+        self.unacked
+            .retain(|&(to, g), _| !(to == from_slot && g <= ack.generation));
         self.switch_if_due(now)
     }
 
     /// Runs what is due at `now`: a pending switch past its deadline, held frames past theirs.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), GroupError> {
         self.keyring.handle_timeout(now);
+        self.resend_due(now);
         self.switch_if_due(now)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.sender.deadline(), self.keyring.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let resend = self.unacked.values().map(|u| u.next).min();
+        [self.sender.deadline(), self.keyring.poll_timeout(), resend]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing to do.

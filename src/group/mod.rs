@@ -47,7 +47,9 @@ pub use keyring::{
     OpenOutcome, OpenedFrame, SenderStats,
 };
 pub use kid::{GroupKid, KeyKind, MAX_GENERATION, MAX_SLOT, Slot};
-pub use machine::{GroupEvent, GroupKeys, GroupOutput, JoinKind, SWITCH_TIMEOUT};
+pub use machine::{
+    GroupEvent, GroupKeys, GroupOutput, JoinKind, RESEND_AFTER, RESEND_MAX, SWITCH_TIMEOUT,
+};
 pub use secret::{GroupSecret, SECRET_LEN};
 
 #[cfg(test)]

@@ -296,7 +296,7 @@ fn the_switch_happens_at_two_seconds_when_a_member_never_acks() {
     let before = room.member(1).send_generation();
     let mut leaver = room.leave(t0, slot(4));
     assert_eq!(room.member(1).pending_generation(), Some(before + 1));
-    assert_eq!(room.member(1).poll_timeout(), Some(t0 + SWITCH_TIMEOUT));
+    assert_eq!(room.member(1).switch_deadline(), Some(t0 + SWITCH_TIMEOUT));
     // Frames sent before the switch still use the old key (the leaver may open those).
     let early = room.member(1).seal(KeyKind::Audio, b"early").unwrap();
     assert_eq!(kid_of(&early).generation, before);
@@ -379,7 +379,7 @@ fn two_leaves_in_quick_succession_make_one_switch_with_the_first_deadline() {
                 && generation == before + 1)
     );
     assert_eq!(room.member(1).pending_generation(), Some(before + 2));
-    assert_eq!(room.member(1).poll_timeout(), Some(t0 + SWITCH_TIMEOUT));
+    assert_eq!(room.member(1).switch_deadline(), Some(t0 + SWITCH_TIMEOUT));
     // Member 3's late acks of the replaced key do not count for the new one.
     room.release_acks_of(t1, |to, g| {
         gens.get(to.get() as usize - 1)
@@ -736,4 +736,66 @@ fn frames_with_reserved_kinds_are_refused_and_generations_stay_bounded() {
         .encrypt_to_vec(&[], b"zero")
         .unwrap();
     assert!(opened(ring.open(now, &[], &f0)).is_some());
+}
+
+#[test]
+fn a_lost_bundle_is_sent_again_until_acked() {
+    let now = Instant::now();
+    let mut a = GroupKeys::new(SUITE, slot(1)).unwrap();
+    let mut b = GroupKeys::new(SUITE, slot(2)).unwrap();
+    a.member_joined(now, slot(2), JoinKind::NewJoiner).unwrap();
+    b.member_joined(now, slot(1), JoinKind::AlreadyPresent)
+        .unwrap();
+    // B's bundle reaches A and is acked; A's first bundle to B is lost.
+    while let Some(out) = b.poll_output() {
+        if let GroupOutput::SendBundle { body, .. } = out {
+            a.bundle_received(now, slot(2), &body).unwrap();
+        }
+    }
+    while let Some(out) = a.poll_output() {
+        if let GroupOutput::SendAck { body, .. } = out {
+            b.ack_received(now, slot(1), &body).unwrap();
+        }
+    }
+    let frame = a.seal(KeyKind::Audio, b"hello").unwrap();
+    assert!(matches!(b.open(now, &frame), Ok(OpenOutcome::Held)));
+    // Nothing is due before the resend time; at it, the same bundle goes again.
+    assert_eq!(a.poll_timeout(), Some(now + RESEND_AFTER));
+    assert_eq!(b.poll_timeout(), Some(now + HOLD_TIME));
+    a.handle_timeout(now + RESEND_AFTER - Duration::from_millis(1))
+        .unwrap();
+    assert!(a.poll_output().is_none());
+    let t1 = now + RESEND_AFTER;
+    a.handle_timeout(t1).unwrap();
+    let mut resent = 0;
+    let mut acks = Vec::new();
+    while let Some(out) = a.poll_output() {
+        if let GroupOutput::SendBundle { to_slot, body } = out {
+            assert_eq!(to_slot, slot(2));
+            resent += 1;
+            // Its ack is lost too: B acks the same bundle again when it comes back.
+            b.bundle_received(t1, slot(1), &body).unwrap();
+            b.bundle_received(t1, slot(1), &body).unwrap();
+        }
+    }
+    assert_eq!((resent, a.bundles_resent()), (1, 1));
+    while let Some(out) = b.poll_output() {
+        if let GroupOutput::SendAck { body, .. } = out {
+            acks.push(body);
+        }
+    }
+    assert_eq!(
+        acks.len(),
+        2,
+        "a resent bundle is acked again, and changes nothing"
+    );
+    // B can now hear A (the frame held since before the bundle opens too).
+    let again = a.seal(KeyKind::Audio, b"again").unwrap();
+    assert!(opened(b.open(t1, &again)).is_some());
+    // The next resend waits twice as long; the ack ends it.
+    assert_eq!(a.poll_timeout(), Some(t1 + RESEND_AFTER * 2));
+    a.ack_received(t1, slot(2), &acks[0]).unwrap();
+    assert_eq!(a.poll_timeout(), None);
+    a.handle_timeout(t1 + RESEND_MAX * 4).unwrap();
+    assert!(a.poll_output().is_none());
 }
