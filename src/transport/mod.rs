@@ -321,6 +321,49 @@ pub enum TransportState {
     Closed,
 }
 
+impl TransportState {
+    /// Our view of a peer connection's state.
+    fn from_peer_connection(state: RTCPeerConnectionState) -> Self {
+        match state {
+            RTCPeerConnectionState::Connected => TransportState::Connected,
+            RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                TransportState::Closed
+            }
+            _ => TransportState::Connecting,
+        }
+    }
+}
+
+/// Waits until `state` says media can flow, or fails when the connection closes first.
+async fn wait_connected(
+    state: &watch::Receiver<TransportState>,
+    timeout: Duration,
+) -> Result<(), TransportError> {
+    let mut state = state.clone();
+    let wait = state.wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
+    let state = *tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| TransportError::Timeout("connection"))?
+        .map_err(|_| TransportError::Closed)?;
+    if state == TransportState::Closed {
+        return Err(TransportError::Closed);
+    }
+    Ok(())
+}
+
+/// Applies the answer to our offer.
+async fn set_remote_answer(
+    pc: &Arc<dyn PeerConnection>,
+    answer: &str,
+) -> Result<(), TransportError> {
+    let desc = RTCSessionDescription::answer(answer.to_owned())
+        .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+    pc.set_remote_description(desc)
+        .await
+        .map_err(|e| TransportError::BadDescription(e.to_string()))
+}
+
 /// The peer's video track, once it exists: where PLIs go.
 #[derive(Default)]
 struct RemoteVideo {
@@ -439,15 +482,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let s = match state {
-            RTCPeerConnectionState::Connected => TransportState::Connected,
-            RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
-            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                TransportState::Closed
-            }
-            _ => TransportState::Connecting,
-        };
-        let _ = self.state.send(s);
+        let _ = self.state.send(TransportState::from_peer_connection(state));
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -1064,27 +1099,12 @@ impl MediaTransport {
 
     /// Takes the peer's answer SDP to our offer.
     pub async fn accept_answer(&self, answer: &str) -> Result<(), TransportError> {
-        let desc = RTCSessionDescription::answer(answer.to_owned())
-            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
-        self.pc
-            .set_remote_description(desc)
-            .await
-            .map_err(|e| TransportError::BadDescription(e.to_string()))
+        set_remote_answer(&self.pc, answer).await
     }
 
     /// Waits until media can flow.
     pub async fn connected(&self, timeout: Duration) -> Result<(), TransportError> {
-        let mut state = self.state.clone();
-        let wait =
-            state.wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
-        let state = *tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| TransportError::Timeout("connection"))?
-            .map_err(|_| TransportError::Closed)?;
-        if state == TransportState::Closed {
-            return Err(TransportError::Closed);
-        }
-        Ok(())
+        wait_connected(&self.state, timeout).await
     }
 
     /// The connection state now.

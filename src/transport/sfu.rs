@@ -15,7 +15,6 @@ use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -34,7 +33,7 @@ use webrtc::peer_connection::{
 
 use super::{
     IceServer, SealedFrame, TransportError, TransportState, ice_pacing, ice_policy, opus_codec,
-    random_ssrc, rtc_err, rtc_ice_servers,
+    random_ssrc, rtc_err, rtc_ice_servers, set_remote_answer, wait_connected,
 };
 
 /// The RFC 6464 header extension (client-to-mixer audio level).
@@ -113,15 +112,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let s = match state {
-            RTCPeerConnectionState::Connected => TransportState::Connected,
-            RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
-            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                TransportState::Closed
-            }
-            _ => TransportState::Connecting,
-        };
-        let _ = self.state.send(s);
+        let _ = self.state.send(TransportState::from_peer_connection(state));
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -299,27 +290,12 @@ impl SfuTransport {
 
     /// Takes the SFU's answer (`sfu_answer`).
     pub async fn accept_answer(&self, answer: &str) -> Result<(), TransportError> {
-        let desc = RTCSessionDescription::answer(answer.to_owned())
-            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
-        self.pc
-            .set_remote_description(desc)
-            .await
-            .map_err(|e| TransportError::BadDescription(e.to_string()))
+        set_remote_answer(&self.pc, answer).await
     }
 
     /// Waits until media can flow.
     pub async fn connected(&self, timeout: Duration) -> Result<(), TransportError> {
-        let mut state = self.state.clone();
-        let wait =
-            state.wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
-        let state = *tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| TransportError::Timeout("connection"))?
-            .map_err(|_| TransportError::Closed)?;
-        if state == TransportState::Closed {
-            return Err(TransportError::Closed);
-        }
-        Ok(())
+        wait_connected(&self.state, timeout).await
     }
 
     /// The connection state now.
