@@ -27,6 +27,7 @@
 
 mod control;
 mod events;
+mod group;
 mod media_loop;
 mod options;
 mod protocol;
@@ -48,7 +49,7 @@ pub use options::{
 pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
 };
-pub use stats::CallStats;
+pub use stats::{CallStats, ParticipantStats};
 pub use video::VideoSettings;
 
 use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
@@ -113,6 +114,9 @@ pub struct CallConfig {
     pub video: VideoSettings,
     /// The video codec we send.
     pub video_codec: VideoCodec,
+    /// A group call through the server's SFU (`sotto-signaling --sfu`) instead of a two-party
+    /// peer-to-peer call. Every member of the room must use the same mode.
+    pub group: bool,
 }
 
 impl CallConfig {
@@ -134,6 +138,7 @@ impl CallConfig {
             setup_timeout: Duration::from_secs(20),
             video: VideoSettings::default(),
             video_codec: VideoCodec::Vp8,
+            group: false,
         }
     }
 }
@@ -275,6 +280,11 @@ impl CallBuilder {
                 "playout frame and Opus frame differ".into(),
             ));
         }
+        if c.group && self.video_source.is_some() {
+            return Err(CallError::Invalid(
+                "group calls carry audio only for now: drop the video source".into(),
+            ));
+        }
         let identity = match self.identity {
             Some(id) => id,
             None => Arc::new(Identity::generate()?),
@@ -306,7 +316,11 @@ impl CallBuilder {
             chat: Conversation::new(config_name),
             history: std::sync::Mutex::new(self.history),
         };
-        let task = runtime.spawn(session.run());
+        let task = if session.config.group {
+            runtime.spawn(group::run(session))
+        } else {
+            runtime.spawn(session.run())
+        };
         Ok(Call {
             commands: commands_tx,
             events,

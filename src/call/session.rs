@@ -22,8 +22,9 @@ use crate::messages::{
 };
 use crate::names;
 use crate::playout::AudioPlayout;
+use crate::signal::IceServerInfo;
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
-use crate::transport::{IceServer, MediaTransport, TransportState, has_turn};
+use crate::transport::{IceServer, MediaTransport, TransportConfig, TransportState, has_turn};
 
 use super::control::{ControlCrypto, ControlError};
 use super::events::{CallEvent, CallState, EndReason, PeerInfo};
@@ -459,31 +460,8 @@ impl Session {
                 if run.peer.is_some() {
                     return Ok(false); // a rejoin after a reconnect: the call goes on
                 }
-                // The server's STUN/TURN servers, unless the caller chose its own. Gathering
-                // starts with the offer or answer, later than this.
-                let own = &self.config.transport.ice_servers;
-                let servers: Vec<IceServer> = if own.is_empty() {
-                    ice_servers
-                        .into_iter()
-                        .map(|s| IceServer {
-                            urls: s.urls,
-                            username: s.username,
-                            credential: s.credential,
-                        })
-                        .collect()
-                } else {
-                    own.clone()
-                };
-                let relay_only = self.config.transport.relay_only;
-                if relay_only && !has_turn(&servers) {
-                    return Err(EndReason::ConnectionFailed(
-                        "relay-only needs a TURN server: none was given (--ice-server turn:...) \
-                         and the signaling server offers none"
-                            .into(),
-                    ));
-                }
-                if !servers.is_empty() && (own.is_empty() || relay_only) {
-                    tracing::info!(count = servers.len(), relay_only, "ICE servers");
+                // Gathering starts with the offer or answer, later than this.
+                if let Some(servers) = ice_servers_to_use(&self.config.transport, ice_servers)? {
                     if let Err(e) = run.transport.set_ice_servers(&servers).await {
                         return Err(EndReason::ConnectionFailed(format!(
                             "the ICE servers are not usable: {e}"
@@ -635,6 +613,10 @@ impl Session {
                 if run.established {
                     self.set_state(run, CallState::Connecting);
                 }
+            }
+            IncomingSignal::Control(_) => {
+                // Two-party control frames travel on the data channel.
+                tracing::debug!("ignoring a control frame relayed by the server");
             }
             IncomingSignal::Answer(sdp) => {
                 if peer.handshake.role() != Role::Initiator {
@@ -1001,6 +983,10 @@ impl Session {
                 }
                 self.flush_chat().await;
             }
+            // Group key messages mean nothing between two peers.
+            ControlMessage::GroupKey { .. } | ControlMessage::GroupAck { .. } => {
+                tracing::debug!("ignoring a group key message in a two-party call");
+            }
         }
         None
     }
@@ -1218,6 +1204,41 @@ impl Session {
         if let Some(signal) = run.signal.take() {
             signal.close().await;
         }
+    }
+}
+
+/// The ICE servers to use once the room is joined: the server's STUN/TURN servers, unless
+/// the caller chose its own (then `None`: nothing to change), or the union for relay-only.
+pub(super) fn ice_servers_to_use(
+    transport: &TransportConfig,
+    offered: Vec<IceServerInfo>,
+) -> Result<Option<Vec<IceServer>>, EndReason> {
+    let own = &transport.ice_servers;
+    let servers: Vec<IceServer> = if own.is_empty() {
+        offered
+            .into_iter()
+            .map(|s| IceServer {
+                urls: s.urls,
+                username: s.username,
+                credential: s.credential,
+            })
+            .collect()
+    } else {
+        own.clone()
+    };
+    let relay_only = transport.relay_only;
+    if relay_only && !has_turn(&servers) {
+        return Err(EndReason::ConnectionFailed(
+            "relay-only needs a TURN server: none was given (--ice-server turn:...) \
+             and the signaling server offers none"
+                .into(),
+        ));
+    }
+    if !servers.is_empty() && (own.is_empty() || relay_only) {
+        tracing::info!(count = servers.len(), relay_only, "ICE servers");
+        Ok(Some(servers))
+    } else {
+        Ok(None)
     }
 }
 

@@ -1,0 +1,238 @@
+//! Group calls through the SFU that `sotto-signaling --sfu` hosts, with the engine's real
+//! pipeline (Opus, group keys, SFrame, WebRTC to the SFU, one playout per member, mixing):
+//! every member hears every other member's tone and not its own, everyone sees one group
+//! safety code, and it changes when someone leaves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CaptureSink, TestServer, tone_ratio};
+use sotto::call::{Call, CallBuilder, CallEvent, CallState, CallStats, EndReason};
+use sotto::media::ToneSource;
+use tokio::sync::{mpsc, oneshot};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Calls in this binary run one at a time: each is several real-time pipelines on 2 cores.
+static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What one member saw, once its call ended.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every group code shown, with the members it covered.
+    codes: Vec<(String, Vec<String>)>,
+    joined: Vec<String>,
+    left: Vec<String>,
+    ended: Option<(EndReason, CallStats)>,
+}
+
+/// A running member: its sink, a way to hang it up, and what it saw.
+struct Member {
+    name: &'static str,
+    hz: f64,
+    sink: CaptureSink,
+    hang_up: Option<oneshot::Sender<()>>,
+    seen: tokio::task::JoinHandle<Seen>,
+}
+
+/// Starts `name` sending `hz` into the group room; once its media flows, `full` gets its name
+/// and the number of other members its group code covers, each time that changes.
+fn start(
+    server: &TestServer,
+    room: &str,
+    name: &'static str,
+    hz: f64,
+    full: mpsc::UnboundedSender<(&'static str, usize)>,
+) -> Member {
+    let sink = CaptureSink::default();
+    let call = CallBuilder::new(server.url.clone(), room)
+        .name(name)
+        .source(ToneSource::new(hz, 0.3))
+        .sink(sink.clone())
+        .configure(|c| c.group = true)
+        .start()
+        .unwrap();
+    let (hang_up, hang_up_rx) = oneshot::channel();
+    let seen = tokio::spawn(observe(call, name, hang_up_rx, full));
+    Member {
+        name,
+        hz,
+        sink,
+        hang_up: Some(hang_up),
+        seen,
+    }
+}
+
+async fn observe(
+    mut call: Call,
+    name: &'static str,
+    mut hang_up: oneshot::Receiver<()>,
+    full: mpsc::UnboundedSender<(&'static str, usize)>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut hung_up = false;
+    // Reported once media flows: the roster size of the latest code.
+    let mut connected = false;
+    loop {
+        let event = tokio::select! {
+            e = call.next_event() => e,
+            _ = &mut hang_up, if !hung_up => {
+                hung_up = true;
+                let reason = call.hang_up().await;
+                assert_eq!(reason, EndReason::LocalHangup, "{name}");
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        match event {
+            CallEvent::GroupSafetyCode { code, members, .. } => {
+                if connected {
+                    let _ = full.send((name, members.len()));
+                }
+                seen.codes.push((code, members));
+            }
+            CallEvent::State(CallState::Connected) => {
+                connected = true;
+                let others = seen.codes.last().map_or(0, |c| c.1.len());
+                let _ = full.send((name, others));
+            }
+            CallEvent::ParticipantJoined(info) => seen.joined.push(info.name),
+            CallEvent::ParticipantLeft { name } => seen.left.push(name),
+            CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
+            CallEvent::Ended { reason, stats } => seen.ended = Some((reason, stats)),
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Waits until every one of `names` has shown a group code over `others` other members.
+async fn until_everyone_sees(
+    full: &mut mpsc::UnboundedReceiver<(&'static str, usize)>,
+    names: &[&str],
+    others: usize,
+) {
+    let mut done: Vec<&str> = Vec::new();
+    while !names.iter().all(|n| done.contains(n)) {
+        let (who, n) = tokio::time::timeout(WAIT, full.recv())
+            .await
+            .expect("group codes in time")
+            .expect("members running");
+        if n == others && !done.contains(&who) {
+            done.push(who);
+        }
+    }
+}
+
+/// Mean share of `hz` over 100 ms blocks of `x` (robust to the phase seams playout leaves).
+fn share(x: &[f32], hz: f64) -> f64 {
+    let blocks: Vec<&[f32]> = x.chunks_exact(4800).collect();
+    blocks
+        .iter()
+        .map(|b| tone_ratio(b, 48_000.0, hz))
+        .sum::<f64>()
+        / blocks.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_hear_each_other_through_the_sfu_under_one_group_code() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (full_tx, mut full) = mpsc::unbounded_channel();
+    let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+    let mut members: Vec<Member> = Vec::new();
+    for (name, hz) in tones {
+        members.push(start(&server, "trio", name, hz, full_tx.clone()));
+    }
+    until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    // Three seconds of talk once everyone holds everyone's keys.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for m in &mut members {
+        let _ = m.hang_up.take().unwrap().send(());
+    }
+    let mut codes = Vec::new();
+    let mut rekeys = Vec::new();
+    for m in members {
+        let seen = tokio::time::timeout(WAIT, m.seen).await.unwrap().unwrap();
+        let (reason, stats) = seen.ended.expect("ended");
+        eprintln!("{}: {reason}; {stats:?}", m.name);
+        assert_eq!(stats.mode, "sfu");
+        assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
+        assert_eq!(stats.participants.len(), 2, "{}: {stats:?}", m.name);
+        for p in &stats.participants {
+            assert_eq!(p.decrypt_failures, 0, "{}: {p:?}", m.name);
+            assert!(p.frames_decrypted >= 50, "{}: {p:?}", m.name);
+        }
+        rekeys.push(stats.rekeys);
+        let code = stats.group_safety_code.clone().expect("a group code");
+        assert_eq!(seen.codes.last().map(|c| &c.0), Some(&code));
+        codes.push(code);
+        // The last two seconds played carry both other tones and not our own.
+        let heard = m.sink.tail(2.0);
+        for (other, hz) in tones {
+            let s = share(&heard, hz);
+            eprintln!("{} hears {other} ({hz} Hz) at share {s:.2}", m.name);
+            if other == m.name {
+                assert!(s < 0.05, "{} hears itself: {s:.2}", m.name);
+            } else {
+                assert!(s > 0.2, "{} barely hears {other}: {s:.2}", m.name);
+            }
+        }
+        let _ = m.hz;
+    }
+    assert!(
+        codes.windows(2).all(|w| w[0] == w[1]),
+        "codes differ: {codes:?}"
+    );
+    // Each join ratchets the keys of those already there: in the server's join order, the
+    // first member rekeyed twice, the second once, the last never.
+    rekeys.sort();
+    assert_eq!(rekeys, [0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (full_tx, mut full) = mpsc::unbounded_channel();
+    let mut alice = start(&server, "leave", "alice", 440.0, full_tx.clone());
+    let mut bob = start(&server, "leave", "bob", 660.0, full_tx.clone());
+    let mut carol = start(&server, "leave", "carol", 880.0, full_tx.clone());
+    until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    let _ = carol.hang_up.take().unwrap().send(());
+    let carol_seen = tokio::time::timeout(WAIT, carol.seen)
+        .await
+        .unwrap()
+        .unwrap();
+    let trio_code = carol_seen.codes.last().unwrap().0.clone();
+    until_everyone_sees(&mut full, &["alice", "bob"], 1).await;
+    // Two seconds on the new keys.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut duo_codes = Vec::new();
+    for (m, other) in [(&mut alice, 660.0), (&mut bob, 440.0)] {
+        let _ = m.hang_up.take().unwrap().send(());
+        let heard = m.sink.tail(1.5);
+        let s = share(&heard, other);
+        assert!(
+            s > 0.4,
+            "{} barely hears the other after the leave: {s:.2}",
+            m.name
+        );
+        assert!(share(&heard, 880.0) < 0.05, "{} still hears carol", m.name);
+    }
+    for m in [alice, bob] {
+        let seen = tokio::time::timeout(WAIT, m.seen).await.unwrap().unwrap();
+        assert_eq!(seen.left, ["carol"], "{}", m.name);
+        let (_, stats) = seen.ended.unwrap();
+        assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
+        assert_eq!(stats.participants.len(), 1, "{}", m.name);
+        // A leave replaces the key (on top of what the joins ratcheted).
+        assert!(stats.rekeys >= 1, "{}: {}", m.name, stats.rekeys);
+        let code = stats.group_safety_code.unwrap();
+        assert!(seen.codes.iter().any(|c| c.0 == trio_code), "{}", m.name);
+        assert_ne!(code, trio_code, "{}: the code did not change", m.name);
+        duo_codes.push(code);
+    }
+    assert_eq!(duo_codes[0], duo_codes[1]);
+}
