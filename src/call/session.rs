@@ -461,12 +461,12 @@ impl Session {
                     return Ok(false); // a rejoin after a reconnect: the call goes on
                 }
                 // Gathering starts with the offer or answer, later than this.
-                if let Some(servers) = ice_servers_to_use(&self.config.transport, ice_servers)? {
-                    if let Err(e) = run.transport.set_ice_servers(&servers).await {
-                        return Err(EndReason::ConnectionFailed(format!(
-                            "the ICE servers are not usable: {e}"
-                        )));
-                    }
+                if let Some(servers) = ice_servers_to_use(&self.config.transport, ice_servers)?
+                    && let Err(e) = run.transport.set_ice_servers(&servers).await
+                {
+                    return Err(EndReason::ConnectionFailed(format!(
+                        "the ICE servers are not usable: {e}"
+                    )));
                 }
                 let Some(other) = peers.into_iter().next() else {
                     self.set_state(run, CallState::WaitingForPeer);

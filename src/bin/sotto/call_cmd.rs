@@ -78,10 +78,12 @@ fn print_stats(s: &CallStats) {
     }
 }
 
-fn state_text(state: CallState) -> &'static str {
+fn state_text(state: CallState, group: bool) -> &'static str {
     match state {
         CallState::Joining => "joining the room",
+        CallState::WaitingForPeer if group => "waiting for other members",
         CallState::WaitingForPeer => "waiting for the other peer",
+        CallState::Handshaking if group => "agreeing keys with the members",
         CallState::Handshaking => "agreeing keys with the peer",
         CallState::Connecting => "connecting media",
         CallState::Connected => "connected (end-to-end encrypted)",
@@ -192,7 +194,7 @@ async fn call(
             event = call.next_event() => match event {
                 Some(CallEvent::State(state)) => {
                     undecryptable |= state == CallState::Undecryptable;
-                    println!("state: {}", state_text(state));
+                    println!("state: {}", state_text(state, args.group));
                     if state == CallState::Connected && !connected {
                         connected = true;
                         let mut quit = false;
