@@ -25,7 +25,9 @@ use crate::names;
 use crate::playout::AudioPlayout;
 use crate::signal::{IceServerInfo, PeerInfo as SignalPeer};
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
-use crate::transport::{IceServer, MediaTransport, TransportConfig, TransportState, has_turn};
+use crate::transport::{
+    IceServer, MediaTransport, TransportConfig, TransportState, VideoDirection, has_turn,
+};
 
 use super::control::{ControlCrypto, ControlError};
 use super::events::{CallEvent, CallState, EndReason, PeerInfo};
@@ -328,6 +330,11 @@ impl Session {
         })
     }
 
+    /// Group calls carry audio only: a call that sends video stays two-party.
+    fn can_move_to_group(&self) -> bool {
+        self.config.transport.video != VideoDirection::SendReceive
+    }
+
     fn emit(&self, event: CallEvent) {
         // Never block the call on a slow application: stats may be dropped, the rest fits.
         if self.events.try_send(event).is_err() {
@@ -624,7 +631,7 @@ impl Session {
                     ice_servers: ice_servers.clone(),
                     sfu,
                 });
-                if sfu && peers.len() >= 2 {
+                if sfu && peers.len() >= 2 && self.can_move_to_group() {
                     // Two or more are here already: a group call, and we start every pair.
                     run.escalate = Some(
                         peers
@@ -673,7 +680,8 @@ impl Session {
             }
             SignalEvent::PeerJoined(info) => {
                 if let Some(peer) = &run.peer {
-                    let Some(room) = run.room.as_ref().filter(|r| r.sfu) else {
+                    let room = run.room.as_ref().filter(|r| r.sfu && self.can_move_to_group());
+                    let Some(room) = room else {
                         tracing::info!(peer = %info.peer_id, "ignoring a third peer");
                         return Ok(false);
                     };
