@@ -156,6 +156,7 @@ export function runGroup(ctx) {
     $('hangup').disabled = true;
     secret.fill(0);
     pending?.secret.fill(0);
+    for (const [k, u] of unacked) forget(k, u);
     for (const m of members.values()) worker.postMessage({ type: 'group-forget', slot: m.slot });
     signalTo(SFU_PEER, { kind: 'sfu_leave' });
     pc?.close();
@@ -320,6 +321,12 @@ export function runGroup(ctx) {
     sendBody(slot, 'group_key', body);
   }
 
+  /// A bundle needs no more sending: its body (which holds a secret) is wiped.
+  function forget(key, u) {
+    u.body.fill(0);
+    unacked.delete(key);
+  }
+
   function sendBody(slot, type, body) {
     const m = bySlot(slot);
     if (!m) return;
@@ -376,7 +383,7 @@ export function runGroup(ctx) {
   function memberLeftKeys(slot) {
     worker.postMessage({ type: 'group-forget', slot });
     lastSeq.delete(slot);
-    for (const [k, u] of unacked) if (u.slot === slot) unacked.delete(k);
+    for (const [k, u] of unacked) if (u.slot === slot) forget(k, u);
     const now = performance.now();
     const remaining = trustedSlots();
     const fresh = randomSecret();
@@ -428,7 +435,9 @@ export function runGroup(ctx) {
     if (pending && ack.generation >= pending.freshGen && ack.generation <= pending.generation) {
       pending.awaiting.delete(m.slot);
     }
-    for (const [k, u] of unacked) if (u.slot === m.slot && u.gen <= ack.generation) unacked.delete(k);
+    for (const [k, u] of unacked) {
+      if (u.slot === m.slot && u.gen <= ack.generation) forget(k, u);
+    }
     switchIfDue(performance.now());
   }
 

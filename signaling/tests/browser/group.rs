@@ -293,6 +293,15 @@ async fn three_cli_members_and_a_page_share_one_group_call() {
             "a speaking indicator",
         )
         .await;
+    // Mute and unmute: each member prints both, from the page's sealed control signals.
+    page.eval("document.getElementById('mute').click()").await;
+    page.wait_for(
+        "document.querySelector('#tiles .tile[data-peer=\"web\"]').classList.contains('is-muted')",
+        CONNECT,
+        "our tile muted",
+    )
+    .await;
+    page.eval("document.getElementById('mute').click()").await;
     let page_codes = page.eval("window.sotto.group.codes").await;
     let shown = page
         .eval("document.querySelector('#safety-code .code').textContent")
@@ -337,6 +346,11 @@ async fn three_cli_members_and_a_page_share_one_group_call() {
             .chain(["web".to_owned()])
             .collect();
         others.sort();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("\"web\" muted") && stdout.contains("\"web\" unmuted"),
+            "{name} did not hear the page mute and unmute:\n{stdout}"
+        );
         let codes = printed_codes(out);
         let full = codes
             .iter()
