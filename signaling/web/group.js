@@ -698,6 +698,25 @@ export function runGroup(ctx) {
       }
     }
   }
+  // A transform that was not applied would send Opus in the clear, or play ciphertext: if
+  // packets flow but none went through SFrame, the call ends (as in two-party calls).
+  async function checkTransforms() {
+    if (ended || !pc) return;
+    const g = (await ctx.workerStats()).group;
+    let sent = 0;
+    let received = 0;
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type === 'outbound-rtp' && s.kind === 'audio') sent += s.packetsSent ?? 0;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') received += s.packetsReceived ?? 0;
+    }
+    if (sent > 50 && g.sealed === 0 && g.sendDroppedNoKey === 0) {
+      end('media bypassed encryption; call ended');
+    } else if (received > 50 && g.opened + g.failed + g.held === 0) {
+      end('incoming media bypassed decryption; call ended');
+    }
+  }
+  const guard = setInterval(() => (ended ? clearInterval(guard) : checkTransforms().catch(() => {})), 2000);
+
   const speaker = setInterval(() => (ended ? clearInterval(speaker) : speakingTick().catch(() => {})), 200);
 
   // --- signaling -----------------------------------------------------------------------------

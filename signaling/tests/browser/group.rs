@@ -95,6 +95,7 @@ async fn the_pages_group_keys_match_the_engines() {
     let js = format!(
         r#"(async () => {{
             const g = await import('/group-keys.js');
+            const {{ SframeSender }} = await import('/sframe.js');
             const bytes = (h) => Uint8Array.from(h.match(/../g), (x) => parseInt(x, 16));
             const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
             const keys = {keys}.map(bytes);
@@ -105,6 +106,40 @@ async fn the_pages_group_keys_match_the_engines() {
             await ring.insert(4, 0, new Uint8Array(32).fill(9));
             const opened = await ring.open(bytes('{frame0}'), performance.now(), null, null);
             const derived = await ring.open(bytes('{frame3}'), performance.now(), null, null);
+            // Held until its key comes, then released; never without it.
+            const s6 = new Uint8Array(32).fill(6);
+            const early = await SframeSender.create(s6, g.groupKid(0, 6));
+            ring.addSender(6);
+            let released = null;
+            const held = await ring.open(await early.encrypt(Uint8Array.of(1, 2)), performance.now(), (o) => (released = o), () => {{}});
+            const heldThen = released;
+            const inserted = await ring.insert(6, 0, s6);
+            // A key never replaces a held one of the same generation.
+            const again = await ring.insert(6, 0, new Uint8Array(32).fill(66));
+            const afterAgain = await ring.open(await early.encrypt(Uint8Array.of(3)), performance.now(), null, null);
+            // Too far past any held generation to derive: held, then dropped and counted.
+            const far = await SframeSender.create(s6, g.groupKid(20, 6));
+            let dropped = false;
+            const farOut = await ring.open(await far.encrypt(Uint8Array.of(4)), performance.now(), () => {{}}, () => (dropped = true));
+            ring.expire(performance.now() + g.HOLD_MS + 1);
+            await ring.senders.get(6).queue;
+            // Reserved kinds (4-7) are refused.
+            const reserved = await SframeSender.create(s6, g.groupKid(0, 6) | 5n);
+            const reservedOut = await Promise.resolve()
+                .then(async () => ring.open(await reserved.encrypt(Uint8Array.of(5)), performance.now(), null, null))
+                .then(() => 'opened', (e) => e.kind);
+            const held6 = {{
+                held: held.held === true,
+                heldThen,
+                released: released ? Array.from(released.plaintext) : null,
+                inserted,
+                again,
+                afterAgain: afterAgain.opened ? Array.from(afterAgain.opened.plaintext) : null,
+                far: farOut.held === true,
+                dropped,
+                stats: ring.stats()[6],
+                reservedOut,
+            }};
             const parsed = g.parseBundle(bytes('{bundle}'));
             let refused = [];
             for (const bad of ['{bad_version}', '{short}', '{ack}']) {{
@@ -121,6 +156,7 @@ async fn the_pages_group_keys_match_the_engines() {
                 opened: new TextDecoder().decode(opened.opened.plaintext),
                 derived: derived.opened ? [derived.opened.generation, new TextDecoder().decode(derived.opened.plaintext)] : null,
                 refused,
+                held6,
             }};
         }})()"#,
         keys = serde_json::to_string(&keys_hex).unwrap(),
