@@ -16,6 +16,7 @@ use sotto::media::{AudioSource, WavSource};
 use sotto::sframe::CipherSuite;
 
 use crate::cdp::Browser;
+use crate::peer::RustPeer;
 use crate::sotto_bin::sotto_bin;
 use crate::{CONNECT, Server, room, skip, tone_wav};
 
@@ -466,6 +467,106 @@ async fn three_cli_members_and_a_page_share_one_group_call() {
     eprintln!(
         "group call: tiles {tiles}; speaking {speaking}; status {status}; page codes {final_codes}; page stats {stats}; after {after}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(wav);
+}
+
+/// A member that signs another name than the server attested is refused by the page alone:
+/// its tile says why, and the call with the others goes on under the same group code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_failing_the_name_check_is_refused_alone() {
+    let test = "a_member_failing_the_name_check_is_refused_alone";
+    let _media = crate::MEDIA.lock().await;
+    let wav = tone_wav(880.0, 5);
+    let Some(browser) = Browser::launch(Some(&wav)).await else {
+        return skip(test);
+    };
+    let server = Server::start_with_sfu().await;
+    let room = room("group-refused");
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = browser.new_page(None).await;
+    page.goto(&format!("{}&group=1", server.page_url(&room, "web")))
+        .await;
+    wait_peers(&server, 1).await;
+    let alice = Command::new(sotto_bin())
+        .args([
+            "call",
+            "--group",
+            "--server",
+            &server.ws_url(),
+            "--room",
+            &room,
+        ])
+        .args(["--name", "alice", "--bind", "127.0.0.1:0"])
+        .args(["--tone", "440", "--duration", "7"])
+        .arg("--identity")
+        .arg(dir.join("alice").join("identity.json"))
+        .arg("--output")
+        .arg(dir.join("alice.wav"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let alice_trusted =
+        "document.querySelector('#tiles .tile[data-peer=\"alice\"] .trust')?.textContent === 'new'";
+    page.wait_for(alice_trusted, CONNECT, "alice trusted").await;
+    let code = page.eval("window.sotto.group.code").await;
+
+    // Joined as "rust2", signs "mallory".
+    let mallory = RustPeer::join(&server.ws_url(), &room, "rust2").await;
+    mallory.set_claim("mallory");
+    mallory.handshake(CONNECT).await;
+    let refused = page
+        .wait_for(
+            "(() => { const t = document.querySelector('#tiles .tile[data-peer=\"rust2\"]'); return t?.querySelector('.trust').textContent === 'refused' ? t.querySelector('.warning').textContent : null; })()",
+            CONNECT,
+            "rust2 refused",
+        )
+        .await;
+    assert_eq!(
+        refused, "refused: joined as \"rust2\" but claims \"mallory\"",
+        "{refused}"
+    );
+    // The call goes on: alice's frames keep opening, nothing failed, the code did not change.
+    let before = page.eval("window.sotto.stats()").await["participants"][0]["frames_decrypted"]
+        .as_u64()
+        .unwrap();
+    let stats = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| s["participants"][0]["frames_decrypted"].as_u64() >= Some(before + 50),
+            CONNECT,
+            "alice's frames after the refusal",
+        )
+        .await;
+    assert_eq!(
+        stats["participants"].as_array().unwrap().len(),
+        1,
+        "{stats}"
+    );
+    assert_eq!(stats["participants"][0]["name"], "alice", "{stats}");
+    assert_eq!(stats["participants"][0]["decrypt_failures"], 0, "{stats}");
+    assert_eq!(page.eval("window.sotto.group.code").await, code);
+    assert!(
+        page.text("status")
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("connected"),
+    );
+    let out = tokio::task::spawn_blocking(move || alice.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "alice failed");
+    let codes = printed_codes(&out);
+    assert!(
+        codes.iter().any(|(c, m)| *c == code && *m == ["web"]),
+        "alice printed {codes:?}, the page {code}"
+    );
+    drop(mallory);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(wav);
 }
