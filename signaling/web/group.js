@@ -272,6 +272,7 @@ export function runGroup(ctx) {
   const bySlot = (slot) => [...members.values()].find((m) => m.slot === slot && m.control);
 
   async function onControl(m, hex) {
+    if (members.get(m.id) !== m) return; // Gone: its keys with it.
     if (typeof hex !== 'string' || hex.length > MAX_CONTROL_HEX) {
       call.control.ignored += 1;
       return;
@@ -317,7 +318,9 @@ export function runGroup(ctx) {
     const seq = nextSeq;
     nextSeq += 1n;
     const body = encodeBundle({ slot: mySlot, generation: gen, seq, secret: key });
-    unacked.set(`${slot}:${gen}`, { slot, gen, body, next: performance.now() + RESEND_AFTER_MS, wait: RESEND_AFTER_MS });
+    const entry = `${slot}:${gen}`;
+    unacked.get(entry)?.body.fill(0);
+    unacked.set(entry, { slot, gen, body, next: performance.now() + RESEND_AFTER_MS, wait: RESEND_AFTER_MS });
     sendBody(slot, 'group_key', body);
   }
 
@@ -353,6 +356,7 @@ export function runGroup(ctx) {
   }
 
   async function memberJoinedKeys(m) {
+    if (members.get(m.id) !== m) return; // It left before its turn.
     worker.postMessage({ type: 'group-member', slot: m.slot });
     m.keyed = true;
     if (m.join === 'new') {
@@ -603,9 +607,10 @@ export function runGroup(ctx) {
     members.delete(id);
     m.tile?.div.remove();
     delete call.group.participants[m.info?.name ?? canonical(m.attestedName)];
-    if (m.keyed) {
-      serial(() => memberLeftKeys(m.slot));
-      rosterChanged(why).catch(() => {});
+    if (m.control) {
+      // After our key work for its join, if that is still queued (then it is skipped).
+      serial(() => m.keyed && memberLeftKeys(m.slot));
+      rosterChanged(why);
     }
     updateStatus();
   }

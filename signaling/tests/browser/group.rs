@@ -18,7 +18,7 @@ use sotto::sframe::CipherSuite;
 use crate::cdp::Browser;
 use crate::peer::RustPeer;
 use crate::sotto_bin::sotto_bin;
-use crate::{CONNECT, Server, room, skip, tone_wav};
+use crate::{CONNECT, Server, room, skip, tone_wav, wait_status};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -489,7 +489,7 @@ async fn a_member_failing_the_name_check_is_refused_alone() {
     let page = browser.new_page(None).await;
     page.goto(&format!("{}&group=1", server.page_url(&room, "web")))
         .await;
-    wait_peers(&server, 1).await;
+    wait_status(&page, "waiting for someone", CONNECT).await;
     let alice = Command::new(sotto_bin())
         .args([
             "call",
