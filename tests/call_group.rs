@@ -200,6 +200,8 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
     let mut bob = start(&server, "leave", "bob", 660.0, full_tx.clone());
     let mut carol = start(&server, "leave", "carol", 880.0, full_tx.clone());
     until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    // A second of the three talking, then carol leaves.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = carol.hang_up.take().unwrap().send(());
     let carol_seen = tokio::time::timeout(WAIT, carol.seen)
         .await
@@ -226,7 +228,23 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
         assert_eq!(seen.left, ["carol"], "{}", m.name);
         let (_, stats) = seen.ended.unwrap();
         assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
-        assert_eq!(stats.participants.len(), 1, "{}", m.name);
+        let present: Vec<&str> = stats
+            .participants
+            .iter()
+            .filter(|p| p.present)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(present.len(), 1, "{}: {:?}", m.name, stats.participants);
+        // Carol's figures stay, marked as gone.
+        assert!(
+            stats
+                .participants
+                .iter()
+                .any(|p| p.name == "carol" && !p.present && p.frames_decrypted > 0),
+            "{}: {:?}",
+            m.name,
+            stats.participants
+        );
         // A leave replaces the key (on top of what the joins ratcheted).
         assert!(stats.rekeys >= 1, "{}: {}", m.name, stats.rekeys);
         let code = stats.group_safety_code.unwrap();
@@ -235,4 +253,200 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
         duo_codes.push(code);
     }
     assert_eq!(duo_codes[0], duo_codes[1]);
+}
+
+/// What an escalation test waits for.
+#[derive(Debug, PartialEq)]
+enum Mark {
+    /// Two-party keys agreed (a safety code for one peer).
+    Pair,
+    /// A group code over this many other members.
+    Group(usize),
+    Connected,
+}
+
+/// A sink that keeps each frame played with the time it was played: a change of mode writes
+/// nothing while it lasts, so gaps show in time, not in samples.
+#[derive(Clone, Default)]
+struct TimedSink(std::sync::Arc<std::sync::Mutex<Vec<TimedFrame>>>);
+
+/// A frame played, and when.
+type TimedFrame = (std::time::Instant, Vec<f32>);
+
+impl sotto::media::AudioSink for TimedSink {
+    fn write_frame(&mut self, frame: &[f32]) -> Result<(), sotto::media::MediaError> {
+        let now = std::time::Instant::now();
+        self.0.lock().unwrap().push((now, frame.to_vec()));
+        Ok(())
+    }
+}
+
+impl TimedSink {
+    fn tail(&self, seconds: f64) -> Vec<f32> {
+        let frames = self.0.lock().unwrap();
+        let all: Vec<f32> = frames.iter().flat_map(|f| f.1.iter().copied()).collect();
+        let n = ((seconds * 48_000.0) as usize).min(all.len());
+        all[all.len() - n..].to_vec()
+    }
+
+    /// The longest time after `hz` was first heard during which no frame played carried it.
+    fn longest_gap(&self, hz: f64) -> Duration {
+        let frames = self.0.lock().unwrap();
+        let heard: Vec<std::time::Instant> = frames
+            .iter()
+            .filter(|(_, f)| tone_ratio(f, 48_000.0, hz) > 0.1)
+            .map(|(t, _)| *t)
+            .collect();
+        heard
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+/// Starts `name` in the default mode (two-party, moving to the SFU when a third comes).
+fn start_auto(
+    server: &TestServer,
+    room: &str,
+    name: &'static str,
+    hz: f64,
+    marks: mpsc::UnboundedSender<(&'static str, Mark)>,
+) -> (
+    TimedSink,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Seen>,
+) {
+    let sink = TimedSink::default();
+    let mut call = CallBuilder::new(server.url.clone(), room)
+        .name(name)
+        .source(ToneSource::new(hz, 0.3))
+        .sink(sink.clone())
+        .start()
+        .unwrap();
+    let (hang_up, mut hang_up_rx) = oneshot::channel::<()>();
+    let seen = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut hung_up = false;
+        loop {
+            let event = tokio::select! {
+                e = call.next_event() => e,
+                _ = &mut hang_up_rx, if !hung_up => {
+                    hung_up = true;
+                    assert_eq!(call.hang_up().await, EndReason::LocalHangup, "{name}");
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            let mark = match event {
+                CallEvent::SafetyCode(_) => Some(Mark::Pair),
+                CallEvent::GroupSafetyCode { code, members, .. } => {
+                    let n = members.len();
+                    seen.codes.push((code, members));
+                    Some(Mark::Group(n))
+                }
+                CallEvent::State(CallState::Connected) => Some(Mark::Connected),
+                CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
+                CallEvent::ParticipantLeft { name } => {
+                    seen.left.push(name);
+                    None
+                }
+                CallEvent::Ended { reason, stats } => {
+                    seen.ended = Some((reason, stats));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(mark) = mark {
+                let _ = marks.send((name, mark));
+            }
+        }
+        seen
+    });
+    (sink, hang_up, seen)
+}
+
+/// Waits until each of `names` has shown `mark` and then been connected.
+async fn until_marked(
+    marks: &mut mpsc::UnboundedReceiver<(&'static str, Mark)>,
+    names: &[&str],
+    mark: Mark,
+) {
+    let mut marked: Vec<&str> = Vec::new();
+    let mut done: Vec<&str> = Vec::new();
+    while !names.iter().all(|n| done.contains(n)) {
+        let (who, m) = tokio::time::timeout(WAIT, marks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {mark:?} in time (done: {done:?})"))
+            .expect("members running");
+        if m == mark && !marked.contains(&who) {
+            marked.push(who);
+        }
+        if m == Mark::Connected && marked.contains(&who) && !done.contains(&who) {
+            done.push(who);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_party_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_leaves() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (marks_tx, mut marks) = mpsc::unbounded_channel();
+    let (alice_sink, alice_hang_up, alice) =
+        start_auto(&server, "up", "alice", 440.0, marks_tx.clone());
+    let (bob_sink, bob_hang_up, bob) = start_auto(&server, "up", "bob", 660.0, marks_tx.clone());
+    until_marked(&mut marks, &["alice", "bob"], Mark::Pair).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (carol_sink, carol_hang_up, carol) =
+        start_auto(&server, "up", "carol", 880.0, marks_tx.clone());
+    until_marked(&mut marks, &["alice", "bob", "carol"], Mark::Group(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (who, sink, others) in [
+        ("alice", &alice_sink, [660.0, 880.0]),
+        ("bob", &bob_sink, [440.0, 880.0]),
+        ("carol", &carol_sink, [440.0, 660.0]),
+    ] {
+        let heard = sink.tail(1.5);
+        for hz in others {
+            let s = share(&heard, hz);
+            assert!(s > 0.2, "{who} barely hears {hz} Hz in the group: {s:.2}");
+        }
+    }
+    // Back to two: carol leaves, alice and bob meet again peer to peer.
+    let _ = carol_hang_up.send(());
+    let carol_seen = tokio::time::timeout(WAIT, carol).await.unwrap().unwrap();
+    assert_eq!(carol_seen.ended.unwrap().1.decrypt_failures, 0);
+    until_marked(&mut marks, &["alice", "bob"], Mark::Pair).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = alice_hang_up.send(());
+    let _ = bob_hang_up.send(());
+    for (who, seen, sink, other) in [
+        ("alice", alice, &alice_sink, 660.0),
+        ("bob", bob, &bob_sink, 440.0),
+    ] {
+        let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+        let (_, stats) = seen.ended.unwrap();
+        assert_eq!(stats.mode, "p2p", "{who} ends two-party");
+        assert_eq!(stats.decrypt_failures, 0, "{who}");
+        assert_eq!(seen.left, ["carol"], "{who}");
+        assert!(
+            seen.codes.iter().any(|c| c.1.len() == 2),
+            "{who}: {:?}",
+            seen.codes
+        );
+        let heard = sink.tail(1.5);
+        assert!(
+            share(&heard, other) > 0.4,
+            "{who} barely hears {other} Hz after"
+        );
+        assert!(share(&heard, 880.0) < 0.05, "{who} still hears carol");
+        // Through both moves, the other's voice never went missing for more than a second.
+        let gap = sink.longest_gap(other);
+        eprintln!("{who}: longest gap in {other} Hz: {gap:?}");
+        assert!(
+            gap <= Duration::from_secs(1),
+            "{who}: {other} Hz missing for {gap:?}"
+        );
+    }
 }

@@ -307,7 +307,7 @@ impl CallBuilder {
             config,
             identity,
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
-            audio: std::sync::Mutex::new(Some((source, sink))),
+            audio: Arc::new(media_loop::AudioHome::new(source, sink)),
             video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
             events: events_tx,
             commands,
@@ -316,11 +316,7 @@ impl CallBuilder {
             chat: Conversation::new(config_name),
             history: std::sync::Mutex::new(self.history),
         };
-        let task = if session.config.group {
-            runtime.spawn(group::run(session))
-        } else {
-            runtime.spawn(session.run())
-        };
+        let task = runtime.spawn(session.run());
         Ok(Call {
             commands: commands_tx,
             events,

@@ -108,7 +108,8 @@ pub struct CallStats {
     /// A group call's safety code over the room and every member's identity (ours included),
     /// once a member's keys are agreed. In a group, `safety_code` in reports is this code.
     pub group_safety_code: Option<String>,
-    /// A group call's other members whose keys are agreed.
+    /// A group call's other members whose keys were agreed: those in the call now, then
+    /// (with `present: false`) the latest that left.
     pub participants: Vec<ParticipantStats>,
     /// Times our group sending key changed (each join ratchets it, each leave replaces it).
     pub rekeys: u64,
@@ -131,6 +132,8 @@ pub struct ParticipantStats {
     pub decrypt_failures: u64,
     /// Whether its voice was heard in the last moment.
     pub speaking: bool,
+    /// Still in the call (members that left keep their last figures, `present: false`).
+    pub present: bool,
 }
 
 /// What a group call adds to the figures (set by the call task, read at snapshots).

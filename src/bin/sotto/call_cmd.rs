@@ -37,6 +37,7 @@ fn print_stats(s: &CallStats) {
         let members: Vec<String> = s
             .participants
             .iter()
+            .filter(|p| p.present)
             .map(|p| {
                 format!(
                     "{} ({}, decrypted {}, failures {}{})",
@@ -50,7 +51,7 @@ fn print_stats(s: &CallStats) {
             .collect();
         println!(
             "group: {} members besides us, rekeys {}: {}",
-            s.participants.len(),
+            members.len(),
             s.rekeys,
             members.join(", ")
         );

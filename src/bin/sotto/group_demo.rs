@@ -128,7 +128,9 @@ pub async fn demo(
     }
     // The codes while everyone is in: each hang-up below changes the others' code.
     let before: Vec<CallStats> = calls.iter().map(|(_, call, _)| call.stats()).collect();
-    let everyone = before.iter().all(|s| s.participants.len() == n - 1);
+    let everyone = before
+        .iter()
+        .all(|s| s.participants.iter().filter(|p| p.present).count() == n - 1);
     let codes = before.into_iter().map(|s| s.group_safety_code);
     let mut members = Vec::new();
     for (i, ((name, mut call, recorder), code)) in calls.into_iter().zip(codes).enumerate() {

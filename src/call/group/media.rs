@@ -22,7 +22,7 @@ use crate::playout::{AudioPlayout, Packet, PlayoutConfig};
 use crate::sframe::SframeError;
 use crate::transport::{SfuTransport, SlotFrame, rfc6464_level, seal};
 
-use super::super::media_loop::{MediaNotice, pace_until};
+use super::super::media_loop::{AudioHome, MediaNotice, finish_or_hand_back, pace_until};
 use super::super::stats::{SharedStats, clock_base};
 
 /// A frame this loud (dBFS) or louder counts as speech for the RFC 6464 voice flag and the
@@ -87,6 +87,7 @@ pub(crate) struct GroupCapture {
     pub stop: Arc<AtomicBool>,
     pub frame: FrameDuration,
     pub notices: mpsc::UnboundedSender<MediaNotice>,
+    pub home: Arc<AudioHome>,
 }
 
 impl GroupCapture {
@@ -96,6 +97,7 @@ impl GroupCapture {
             tracing::error!("capture stopped: {e}");
             let _ = self.notices.send(MediaNotice::Failed(e));
         }
+        self.home.put_source(self.source);
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
@@ -264,14 +266,16 @@ pub(crate) struct GroupPlayback {
     pub frame: FrameDuration,
     pub setup_start: Instant,
     pub notices: mpsc::UnboundedSender<MediaNotice>,
+    pub home: Arc<AudioHome>,
+    pub handover: Arc<AtomicBool>,
 }
 
 impl GroupPlayback {
-    /// Runs until `stop`, then finishes the sink.
+    /// Runs until `stop`, then finishes the sink or hands it back for the call's next mode.
     pub(crate) fn run(mut self) {
         let result = self.run_inner();
-        let finished = self.sink.finish().map_err(|e| e.to_string());
-        if let Err(e) = result.and(finished) {
+        let result = finish_or_hand_back(self.sink, &self.home, &self.handover, result);
+        if let Err(e) = result {
             tracing::error!("playback stopped: {e}");
             let _ = self.notices.send(MediaNotice::Failed(e));
         }

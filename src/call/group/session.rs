@@ -19,14 +19,17 @@ use crate::handshake::{
 };
 use crate::media::{OpusEncoder, SAMPLE_RATE};
 use crate::names;
-use crate::signal::{SignalClient, SignalConfig, SignalEvent};
+use crate::signal::{PeerInfo as SignalPeer, SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{SfuTransport, SfuTransportConfig, TransportState};
 
 use super::super::control::ControlCrypto;
 use super::super::events::{CallEvent, CallState, EndReason, PeerInfo};
 use super::super::media_loop::MediaNotice;
 use super::super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
-use super::super::session::{Session, ice_servers_to_use};
+use super::super::session::{
+    HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, Session, ice_servers_to_use,
+    stop_media, we_initiate,
+};
 use super::super::stats::{ParticipantStats, RateMeter};
 use super::super::{Command, stats::GroupFigures};
 use super::media::{GroupCapture, GroupPlayback, PLAYBACK_QUEUE, PlaybackInput, Speaking};
@@ -45,6 +48,9 @@ const SPEAKING_TICK: Duration = Duration::from_millis(100);
 
 /// Control frames kept per member until its keys are agreed.
 const EARLY_CONTROLS: usize = 32;
+
+/// Members that left whose last figures the stats keep.
+const DEPARTED: usize = 64;
 
 /// How long a hang-up gets to leave before signaling closes.
 const HANGUP_LINGER: Duration = Duration::from_millis(150);
@@ -80,9 +86,7 @@ impl Member {
 
 /// The media threads and tasks once running.
 struct Media {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    threads: MediaThreads,
     playback: std::sync::mpsc::SyncSender<PlaybackInput>,
 }
 
@@ -102,6 +106,12 @@ struct Run {
     code: Option<String>,
     speaking: Arc<Speaking>,
     sfu_connected: bool,
+    /// The room as the server described it.
+    room: Option<RoomInfo>,
+    /// Set when the call goes back to a two-party call with this member.
+    back: Option<HandoverPeer>,
+    /// The last figures of members that left, newest last (at most [`DEPARTED`]).
+    departed: Vec<ParticipantStats>,
 }
 
 impl Run {
@@ -110,8 +120,16 @@ impl Run {
     }
 }
 
-/// Runs a group call to its end; always emits `Ended` last.
-pub(crate) async fn run(mut session: Session) -> EndReason {
+/// How the group stretch of a call ended.
+enum Exit {
+    End(EndReason),
+    /// One other member is left: back to a two-party call with it.
+    Back(HandoverPeer),
+}
+
+/// Runs the group stretch of a call: to its end, or (a call that was not started as a group
+/// call) back to a two-party call when one other member is left.
+pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -> Outcome {
     session.shared.group_mode.store(true, Relaxed);
     let mut run = Run {
         signal: None,
@@ -126,26 +144,53 @@ pub(crate) async fn run(mut session: Session) -> EndReason {
         code: None,
         speaking: Arc::default(),
         sfu_connected: false,
+        room: None,
+        back: None,
+        departed: Vec::new(),
     };
-    let reason = run_inner(&mut session, &mut run).await;
-    shutdown(&session, &mut run, &reason).await;
-    let stats = session.shared.snapshot();
-    tracing::info!(%reason, "group call ended");
-    for event in [
-        CallEvent::State(CallState::Ended),
-        CallEvent::Ended {
-            reason: reason.clone(),
-            stats,
-        },
-    ] {
-        if tokio::time::timeout(Duration::from_secs(1), session.events.send(event))
-            .await
-            .is_err()
-        {
-            tracing::debug!("event queue full at the end of the call");
+    let (exit, events) = run_inner(session, &mut run, handover).await;
+    match exit {
+        Exit::End(reason) => {
+            shutdown(session, &mut run, &reason).await;
+            Outcome::Ended(reason)
         }
+        Exit::Back(peer) => match hand_back(session, &mut run, peer, events).await {
+            Some(handover) => Outcome::Switch(Mode::TwoParty(Some(handover))),
+            None => {
+                let reason = EndReason::SignalingFailed("lost while leaving the SFU".into());
+                shutdown(session, &mut run, &reason).await;
+                Outcome::Ended(reason)
+            }
+        },
     }
-    reason
+}
+
+/// Leaves the SFU (the audio I/O goes back home) and hands signaling to the two-party call.
+async fn hand_back(
+    session: &Session,
+    run: &mut Run,
+    peer: HandoverPeer,
+    events: Option<mpsc::Receiver<SignalEvent>>,
+) -> Option<RoomHandover> {
+    if let Some(media) = run.media.take() {
+        media.threads.handover.store(true, Relaxed);
+        stop_media(media.threads).await;
+    }
+    let _ = send_raw(run, SFU_PEER, &json!({"kind": "sfu_leave"})).await;
+    if let Some(transport) = run.transport.take()
+        && let Err(e) = transport.close().await
+    {
+        tracing::debug!("closing the SFU connection: {e}");
+    }
+    if let Ok(mut g) = session.shared.group.lock() {
+        *g = GroupFigures::default();
+    }
+    Some(RoomHandover {
+        signal: run.signal.take()?,
+        events: events?,
+        room: run.room.clone()?,
+        peers: vec![peer],
+    })
 }
 
 fn emit(session: &Session, event: CallEvent) {
@@ -162,18 +207,61 @@ fn set_state(session: &Session, run: &mut Run, state: CallState) {
     }
 }
 
-async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
-    emit(session, CallEvent::State(CallState::Joining));
-    let mut signal_config = SignalConfig::new(
-        session.config.server_url.clone(),
-        session.config.room.clone(),
-        session.config.name.clone(),
-    );
-    signal_config.token = session.config.token.clone();
-    signal_config.ca_cert = session.config.ca_cert.clone();
-    signal_config.max_attempts = Some(5);
-    let (signal, mut signal_events) = SignalClient::connect(signal_config);
-    run.signal = Some(signal);
+async fn run_inner(
+    session: &mut Session,
+    run: &mut Run,
+    handover: Option<RoomHandover>,
+) -> (Exit, Option<mpsc::Receiver<SignalEvent>>) {
+    let (state_tx, mut transport_state) = mpsc::unbounded_channel::<TransportState>();
+    let mut signal_events = match handover {
+        Some(h) => {
+            run.signal = Some(h.signal);
+            if let Err(reason) = enter(session, run, h.room, &state_tx).await {
+                return (Exit::End(reason), Some(h.events));
+            }
+            for peer in h.peers {
+                if let Err(reason) =
+                    add_member(session, run, peer.info, peer.join, peer.initiate).await
+                {
+                    return (Exit::End(reason), Some(h.events));
+                }
+            }
+            set_state(session, run, CallState::Handshaking);
+            h.events
+        }
+        None => {
+            emit(session, CallEvent::State(CallState::Joining));
+            let mut signal_config = SignalConfig::new(
+                session.config.server_url.clone(),
+                session.config.room.clone(),
+                session.config.name.clone(),
+            );
+            signal_config.token = session.config.token.clone();
+            signal_config.ca_cert = session.config.ca_cert.clone();
+            signal_config.max_attempts = Some(5);
+            let (signal, events) = SignalClient::connect(signal_config);
+            run.signal = Some(signal);
+            events
+        }
+    };
+    let exit = events_loop(
+        session,
+        run,
+        &mut signal_events,
+        state_tx,
+        &mut transport_state,
+    )
+    .await;
+    (exit, Some(signal_events))
+}
+
+async fn events_loop(
+    session: &mut Session,
+    run: &mut Run,
+    signal_events: &mut mpsc::Receiver<SignalEvent>,
+    state_tx: mpsc::UnboundedSender<TransportState>,
+    transport_state: &mut mpsc::UnboundedReceiver<TransportState>,
+) -> Exit {
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
     let mut stats_tick = tokio::time::interval(session.config.stats_interval);
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,7 +271,6 @@ async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
     let mut last_tick = Instant::now();
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let setup_deadline = tokio::time::Instant::now() + session.config.setup_timeout;
-    let (state_tx, mut transport_state) = mpsc::unbounded_channel::<TransportState>();
 
     loop {
         let keys_deadline = run
@@ -195,21 +282,24 @@ async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
                 let Some(event) = event else {
                     run.signaling_up = false;
                     if run.media.is_none() {
-                        return EndReason::SignalingFailed("signaling client stopped".into());
+                        return Exit::End(EndReason::SignalingFailed("signaling client stopped".into()));
                     }
                     continue;
                 };
                 if let Err(reason) = on_signal(session, run, event, &state_tx).await {
-                    return reason;
+                    return Exit::End(reason);
+                }
+                if let Some(peer) = run.back.take() {
+                    return Exit::Back(peer);
                 }
             }
             command = session.commands.recv() => match command {
                 Some(Command::HangUp) | None => {
-                    return if run.media.is_some() {
+                    return Exit::End(if run.media.is_some() {
                         EndReason::LocalHangup
                     } else {
                         EndReason::NeverConnected(setup_stage(run))
-                    };
+                    });
                 }
                 Some(Command::Mute(muted)) => {
                     session.shared.muted.store(muted, Relaxed);
@@ -228,7 +318,7 @@ async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
                     if run.media.is_none()
                         && let Err(reason) = start_media(session, run, &notices_tx)
                     {
-                        return reason;
+                        return Exit::End(reason);
                     }
                     update_state(session, run);
                 }
@@ -236,7 +326,9 @@ async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
                     set_state(session, run, CallState::Reconnecting);
                 }
                 TransportState::Closed => {
-                    return EndReason::ConnectionFailed("the connection to the SFU failed".into());
+                    return Exit::End(EndReason::ConnectionFailed(
+                        "the connection to the SFU failed".into(),
+                    ));
                 }
                 _ => {}
             },
@@ -257,7 +349,7 @@ async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
                     emit(session, CallEvent::FirstAudio { setup_ms });
                 }
                 MediaNotice::VideoSize(..) => {}
-                MediaNotice::Failed(e) => return EndReason::MediaFailed(e),
+                MediaNotice::Failed(e) => return Exit::End(EndReason::MediaFailed(e)),
             },
             _ = speaking_tick.tick() => speaking_changes(session, run),
             _ = stats_tick.tick() => {
@@ -271,7 +363,7 @@ async fn run_inner(session: &mut Session, run: &mut Run) -> EndReason {
                 }
             }
             _ = tokio::time::sleep_until(setup_deadline), if !run.sfu_connected => {
-                return EndReason::Timeout("the connection to the SFU");
+                return Exit::End(EndReason::Timeout("the connection to the SFU"));
             }
         }
     }
@@ -325,43 +417,13 @@ async fn on_signal(
             if run.keys.is_some() {
                 return Ok(()); // a rejoin after a reconnect: the call goes on
             }
-            if !sfu {
-                return Err(EndReason::ConnectionFailed(
-                    "this signaling server has no SFU; group calls need `sotto-signaling --sfu`"
-                        .into(),
-                ));
-            }
-            let slot = slot
-                .and_then(|s| Slot::new(s).ok())
-                .ok_or_else(|| EndReason::SignalingFailed("the server gave us no slot".into()))?;
-            let mut config = SfuTransportConfig {
-                udp_addrs: session.config.transport.udp_addrs.clone(),
-                ice_servers: session.config.transport.ice_servers.clone(),
-                relay_only: session.config.transport.relay_only,
-                audio_slots: AUDIO_SLOTS,
-                ..SfuTransportConfig::default()
+            let room = RoomInfo {
+                our_id: peer_id,
+                slot,
+                ice_servers,
+                sfu,
             };
-            if let Some(servers) = ice_servers_to_use(&session.config.transport, ice_servers)? {
-                config.ice_servers = servers;
-            }
-            let mut transport = SfuTransport::new(config)
-                .await
-                .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
-            run.frames = transport.take_frames();
-            let offer = transport
-                .create_offer()
-                .await
-                .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
-            run.dtls = DtlsFingerprint::all_in_sdp(&offer)
-                .ok()
-                .and_then(|f| f.into_iter().next());
-            let transport = Arc::new(transport);
-            watch_state(&transport, state_tx.clone());
-            run.transport = Some(transport);
-            let keys = GroupKeys::new(session.config.suite, slot)
-                .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
-            run.keys = Some(Arc::new(Mutex::new(keys)));
-            send_raw(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
+            enter(session, run, room, state_tx).await?;
             for peer in peers {
                 // Members that were there first: we start the handshake.
                 add_member(session, run, peer, JoinKind::AlreadyPresent, true).await?;
@@ -423,6 +485,59 @@ async fn on_signal(
             tracing::warn!(%reason, "signaling closed; the call continues without rekeying");
         }
     }
+    Ok(())
+}
+
+/// Takes our place in the group: the SFU connection (its offer goes out now) and our keys.
+async fn enter(
+    session: &Session,
+    run: &mut Run,
+    room: RoomInfo,
+    state_tx: &mpsc::UnboundedSender<TransportState>,
+) -> Result<(), EndReason> {
+    run.room = Some(room.clone());
+    let RoomInfo {
+        slot,
+        ice_servers,
+        sfu,
+        ..
+    } = room;
+    if !sfu {
+        return Err(EndReason::ConnectionFailed(
+            "this signaling server has no SFU; group calls need `sotto-signaling --sfu`".into(),
+        ));
+    }
+    let slot = slot
+        .and_then(|s| Slot::new(s).ok())
+        .ok_or_else(|| EndReason::SignalingFailed("the server gave us no slot".into()))?;
+    let mut config = SfuTransportConfig {
+        udp_addrs: session.config.transport.udp_addrs.clone(),
+        ice_servers: session.config.transport.ice_servers.clone(),
+        relay_only: session.config.transport.relay_only,
+        audio_slots: AUDIO_SLOTS,
+        ..SfuTransportConfig::default()
+    };
+    if let Some(servers) = ice_servers_to_use(&session.config.transport, ice_servers)? {
+        config.ice_servers = servers;
+    }
+    let mut transport = SfuTransport::new(config)
+        .await
+        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+    run.frames = transport.take_frames();
+    let offer = transport
+        .create_offer()
+        .await
+        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+    run.dtls = DtlsFingerprint::all_in_sdp(&offer)
+        .ok()
+        .and_then(|f| f.into_iter().next());
+    let transport = Arc::new(transport);
+    watch_state(&transport, state_tx.clone());
+    run.transport = Some(transport);
+    let keys = GroupKeys::new(session.config.suite, slot)
+        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+    run.keys = Some(Arc::new(Mutex::new(keys)));
+    send_raw(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
     Ok(())
 }
 
@@ -829,9 +944,21 @@ async fn member_left(session: &Session, run: &mut Run, id: &str) {
     if trusted {
         if let Some(keys) = &run.keys
             && let Ok(mut k) = keys.lock()
-            && let Err(e) = k.member_left(Instant::now(), member.slot)
         {
-            tracing::warn!("group keys: {e}");
+            // Its figures outlive its keys.
+            if let Some(last) = figures_of(&member, &k) {
+                if run.departed.len() == DEPARTED {
+                    run.departed.remove(0);
+                }
+                run.departed.push(ParticipantStats {
+                    present: false,
+                    speaking: false,
+                    ..last
+                });
+            }
+            if let Err(e) = k.member_left(Instant::now(), member.slot) {
+                tracing::warn!("group keys: {e}");
+            }
         }
         if let Some(media) = &run.media {
             let _ = media.playback.try_send(PlaybackInput::Forget(member.slot));
@@ -841,6 +968,23 @@ async fn member_left(session: &Session, run: &mut Run, id: &str) {
         emit(session, CallEvent::ParticipantLeft { name });
         pump(run).await;
         roster_changed(session, run);
+    }
+    // A call that became a group call goes back to two-party when one other member is left.
+    if !session.config.group
+        && run.members.len() == 1
+        && let Some(other) = run.members.values().next()
+    {
+        let our_slot = run.room.as_ref().and_then(|r| r.slot);
+        run.back = Some(HandoverPeer {
+            initiate: we_initiate(our_slot, Some(other.slot.get())),
+            info: SignalPeer {
+                peer_id: other.id.clone(),
+                name: other.attested_name.clone(),
+                slot: Some(other.slot.get()),
+            },
+            join: JoinKind::AlreadyPresent,
+        });
+        return;
     }
     update_state(session, run);
 }
@@ -900,6 +1044,22 @@ fn speaking_changes(session: &Session, run: &mut Run) {
     }
 }
 
+/// A trusted member's figures now.
+fn figures_of(m: &Member, keys: &GroupKeys) -> Option<ParticipantStats> {
+    m.control.as_ref()?;
+    let info = m.info.as_ref()?;
+    let s = keys.stats(m.slot).unwrap_or_default();
+    Some(ParticipantStats {
+        name: info.name.clone(),
+        identity: info.identity.fingerprint(),
+        trust: info.trust.as_str(),
+        frames_decrypted: s.frames_decrypted,
+        decrypt_failures: s.decrypt_failures,
+        speaking: m.speaking,
+        present: true,
+    })
+}
+
 /// Writes the per-member figures where snapshots read them.
 fn publish_figures(session: &Session, run: &Run) {
     let Some(keys) = &run.keys else { return };
@@ -907,21 +1067,10 @@ fn publish_figures(session: &Session, run: &Run) {
     let mut participants: Vec<ParticipantStats> = run
         .members
         .values()
-        .filter(|m| m.control.is_some())
-        .filter_map(|m| {
-            let info = m.info.as_ref()?;
-            let s = k.stats(m.slot).unwrap_or_default();
-            Some(ParticipantStats {
-                name: info.name.clone(),
-                identity: info.identity.fingerprint(),
-                trust: info.trust.as_str(),
-                frames_decrypted: s.frames_decrypted,
-                decrypt_failures: s.decrypt_failures,
-                speaking: m.speaking,
-            })
-        })
+        .filter_map(|m| figures_of(m, &k))
         .collect();
     participants.sort_by(|a, b| a.name.cmp(&b.name));
+    participants.extend(run.departed.iter().rev().cloned());
     let rekeys = k.rekeys();
     drop(k);
     if let Ok(mut g) = session.shared.group.lock() {
@@ -943,7 +1092,7 @@ fn start_media(
     else {
         return Ok(());
     };
-    let Some((source, sink)) = session.audio.lock().ok().and_then(|mut a| a.take()) else {
+    let Some((source, sink)) = session.audio.take() else {
         return Err(EndReason::MediaFailed("audio I/O already taken".into()));
     };
     let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
@@ -961,7 +1110,9 @@ fn start_media(
         stop: Arc::clone(&stop),
         frame,
         notices: notices.clone(),
+        home: Arc::clone(&session.audio),
     };
+    let handover = Arc::new(AtomicBool::new(false));
     let playback = GroupPlayback {
         sink,
         inputs: playback_rx,
@@ -972,6 +1123,8 @@ fn start_media(
         frame,
         setup_start: session.started,
         notices: notices.clone(),
+        home: Arc::clone(&session.audio),
+        handover: Arc::clone(&handover),
     };
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -993,9 +1146,12 @@ fn start_media(
         samples_per_frame,
     ))];
     run.media = Some(Media {
-        stop,
-        threads,
-        tasks,
+        threads: MediaThreads {
+            stop,
+            handover,
+            threads,
+            tasks,
+        },
         playback: playback_tx,
     });
     tracing::info!("group media started");
@@ -1031,22 +1187,7 @@ async fn send_raw(run: &Run, to: &str, payload: &serde_json::Value) -> Result<()
 /// Stops media first (nothing plays after the end), tells the members, leaves the SFU.
 async fn shutdown(session: &Session, run: &mut Run, reason: &EndReason) {
     if let Some(media) = run.media.take() {
-        media.stop.store(true, Relaxed);
-        for task in &media.tasks {
-            task.abort();
-        }
-        let threads = media.threads;
-        let joined = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        });
-        if tokio::time::timeout(Duration::from_secs(5), joined)
-            .await
-            .is_err()
-        {
-            tracing::warn!("a media thread did not stop in time");
-        }
+        stop_media(media.threads).await;
     }
     publish_figures(session, run);
     if *reason == EndReason::LocalHangup {
