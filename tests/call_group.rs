@@ -312,16 +312,33 @@ fn start_auto(
     name: &'static str,
     hz: f64,
     marks: mpsc::UnboundedSender<(&'static str, Mark)>,
-) -> (
+) -> Running {
+    start_marked(server, room, name, (hz, 0.3), false, marks)
+}
+
+/// A member's sink, its hang-up trigger and what it saw.
+type Running = (
     TimedSink,
     oneshot::Sender<()>,
     tokio::task::JoinHandle<Seen>,
-) {
+);
+
+/// Starts `name` sending `tone` (Hz, amplitude), as a group member if `group`, reporting
+/// marks as it goes.
+fn start_marked(
+    server: &TestServer,
+    room: &str,
+    name: &'static str,
+    tone: (f64, f32),
+    group: bool,
+    marks: mpsc::UnboundedSender<(&'static str, Mark)>,
+) -> Running {
     let sink = TimedSink::default();
     let mut call = CallBuilder::new(server.url.clone(), room)
         .name(name)
-        .source(ToneSource::new(hz, 0.3))
+        .source(ToneSource::new(tone.0, tone.1))
         .sink(sink.clone())
+        .configure(|c| c.group = group)
         .start()
         .unwrap();
     let (hang_up, mut hang_up_rx) = oneshot::channel::<()>();
@@ -366,24 +383,28 @@ fn start_auto(
     (sink, hang_up, seen)
 }
 
-/// Waits until each of `names` has shown `mark` and then been connected.
+/// Waits until each of `names` has shown `mark` and been connected (in either order) since
+/// this call.
 async fn until_marked(
     marks: &mut mpsc::UnboundedReceiver<(&'static str, Mark)>,
     names: &[&str],
     mark: Mark,
 ) {
     let mut marked: Vec<&str> = Vec::new();
-    let mut done: Vec<&str> = Vec::new();
-    while !names.iter().all(|n| done.contains(n)) {
+    let mut connected: Vec<&str> = Vec::new();
+    while !names
+        .iter()
+        .all(|n| marked.contains(n) && connected.contains(n))
+    {
         let (who, m) = tokio::time::timeout(WAIT, marks.recv())
             .await
-            .unwrap_or_else(|_| panic!("no {mark:?} in time (done: {done:?})"))
+            .unwrap_or_else(|_| panic!("no {mark:?} in time (marked: {marked:?})"))
             .expect("members running");
-        if m == mark && !marked.contains(&who) {
+        if m == mark {
             marked.push(who);
         }
-        if m == Mark::Connected && marked.contains(&who) && !done.contains(&who) {
-            done.push(who);
+        if m == Mark::Connected {
+            connected.push(who);
         }
     }
 }
@@ -447,6 +468,138 @@ async fn a_two_party_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_l
         assert!(
             gap <= Duration::from_secs(1),
             "{who}: {other} Hz missing for {gap:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_never_reaches_steady_members_as_garbage_or_long_gaps() {
+    use rand::{Rng, SeedableRng};
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (marks_tx, mut marks) = mpsc::unbounded_channel();
+    let steady_tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+    let mut steady = Vec::new();
+    for (name, hz) in steady_tones {
+        steady.push((
+            name,
+            hz,
+            start_marked(&server, "churn", name, (hz, 0.3), true, marks_tx.clone()),
+        ));
+    }
+    until_marked(&mut marks, &["alice", "bob", "carol"], Mark::Group(2)).await;
+    // Churners join and leave for 20 s, at most three at once. They are quieter, so the SFU
+    // keeps forwarding the steady members to each other.
+    const CHURN_HZ: f64 = 1320.0;
+    const NAMES: [&str; 40] = [
+        "c00", "c01", "c02", "c03", "c04", "c05", "c06", "c07", "c08", "c09", "c10", "c11", "c12",
+        "c13", "c14", "c15", "c16", "c17", "c18", "c19", "c20", "c21", "c22", "c23", "c24", "c25",
+        "c26", "c27", "c28", "c29", "c30", "c31", "c32", "c33", "c34", "c35", "c36", "c37", "c38",
+        "c39",
+    ];
+    let (churn_marks, _ignored) = mpsc::unbounded_channel();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+    let mut active: Vec<(oneshot::Sender<()>, tokio::task::JoinHandle<Seen>)> = Vec::new();
+    let mut done = Vec::new();
+    let (mut joins, mut leaves) = (0, 0);
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut next_name = NAMES.iter();
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(400..1200))).await;
+        let join = active.is_empty() || (active.len() < 3 && rng.random_bool(0.5));
+        match next_name.next().filter(|_| join) {
+            Some(name) => {
+                let (_, hang_up, seen) = start_marked(
+                    &server,
+                    "churn",
+                    name,
+                    (CHURN_HZ, 0.05),
+                    true,
+                    churn_marks.clone(),
+                );
+                active.push((hang_up, seen));
+                joins += 1;
+            }
+            None if !active.is_empty() => {
+                let (hang_up, seen) = active.swap_remove(rng.random_range(0..active.len()));
+                let _ = hang_up.send(());
+                done.push(seen);
+                leaves += 1;
+            }
+            None => {}
+        }
+    }
+    for (hang_up, seen) in active {
+        let _ = hang_up.send(());
+        done.push(seen);
+    }
+    for seen in done {
+        tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+    }
+    eprintln!("churn: {joins} joins, {leaves} leaves");
+    assert!(
+        joins >= 8 && leaves >= 5,
+        "too little churn: {joins} joins, {leaves} leaves"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let known: Vec<f64> = steady_tones.iter().map(|t| t.1).chain([CHURN_HZ]).collect();
+    let mut sinks = Vec::new();
+    for (name, hz, (sink, hang_up, seen)) in steady {
+        let _ = hang_up.send(());
+        let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+        let (_, stats) = seen.ended.unwrap();
+        eprintln!("{name}: rekeys {}, {:?}", stats.rekeys, stats.participants);
+        assert_eq!(stats.decrypt_failures, 0, "{name}");
+        for p in stats.participants.iter().filter(|p| p.name.len() > 3) {
+            assert_eq!(p.decrypt_failures, 0, "{name}: {p:?}");
+        }
+        assert!(
+            stats.rekeys >= 8,
+            "{name}: {} rekeys through the churn",
+            stats.rekeys
+        );
+        sinks.push((name, hz, sink));
+    }
+    for (name, hz, sink) in &sinks {
+        for (other, other_hz) in steady_tones {
+            if other_hz == *hz {
+                continue;
+            }
+            let gap = sink.longest_gap(other_hz);
+            eprintln!("{name}: longest gap in {other}'s voice: {gap:?}");
+            assert!(
+                gap <= Duration::from_secs(1),
+                "{name} lost {other} for {gap:?}"
+            );
+        }
+        // Nothing but the members' tones was ever played: no frame opened as noise.
+        let frames = sink.0.lock().unwrap();
+        let all: Vec<f32> = frames.iter().flat_map(|f| f.1.iter().copied()).collect();
+        let mut tonal: Vec<f64> = all
+            .chunks_exact(4800)
+            .filter(|b| sotto::media::dbfs(b) >= -40.0)
+            .map(|b| known.iter().map(|hz| tone_ratio(b, 48_000.0, *hz)).sum())
+            .collect();
+        tonal.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: tonal share of {} blocks: min {:.2}, p1 {:.2}, p5 {:.2}",
+            tonal.len(),
+            tonal[0],
+            tonal[tonal.len() / 100],
+            tonal[tonal.len() / 20]
+        );
+        // Frames opened as noise would fill many blocks with broadband sound; a tone's onset
+        // or a concealed seam touches one block now and then.
+        let noisy = tonal.iter().filter(|t| **t < 0.5).count();
+        assert!(
+            noisy * 50 <= tonal.len(),
+            "{name}: {noisy} of {} blocks are not the members' tones",
+            tonal.len()
+        );
+        assert!(
+            tonal[tonal.len() / 2] >= 0.95,
+            "{name}: median {:.2}",
+            tonal[tonal.len() / 2]
         );
     }
 }

@@ -680,7 +680,10 @@ impl Session {
             }
             SignalEvent::PeerJoined(info) => {
                 if let Some(peer) = &run.peer {
-                    let room = run.room.as_ref().filter(|r| r.sfu && self.can_move_to_group());
+                    let room = run
+                        .room
+                        .as_ref()
+                        .filter(|r| r.sfu && self.can_move_to_group());
                     let Some(room) = room else {
                         tracing::info!(peer = %info.peer_id, "ignoring a third peer");
                         return Ok(false);
