@@ -314,6 +314,7 @@ impl CallBuilder {
             shared: Arc::clone(&shared),
             started: Instant::now(),
             chat: Conversation::new(config_name),
+            had_media: false,
             history: std::sync::Mutex::new(self.history),
         };
         let task = runtime.spawn(session.run());

@@ -73,6 +73,9 @@ pub(crate) struct Session {
     pub started: Instant,
     /// The text messages of this call.
     pub chat: Conversation,
+    /// Media flowed at some point of this call (in any mode): a later stretch that ends
+    /// before its own media is not a call that never happened.
+    pub had_media: bool,
     /// Where live messages are kept across restarts, if anywhere (a mutex only so the
     /// session is `Sync`; never held across an await).
     pub history: std::sync::Mutex<Option<History>>,
@@ -483,6 +486,7 @@ impl Session {
                     Some(Command::HangUp) | None => {
                         break match run.media {
                             Some(_) => EndReason::LocalHangup,
+                            None if self.had_media => EndReason::LocalHangup,
                             None => EndReason::NeverConnected(setup_stage(run.state)),
                         };
                     }
@@ -595,6 +599,7 @@ impl Session {
                     if run.peer_left_at.is_some() => {
                     break match run.media {
                         Some(_) => EndReason::PeerLeft,
+                        None if self.had_media => EndReason::PeerLeft,
                         None => EndReason::NeverConnected("the peer left during the set-up"),
                     };
                 }
@@ -722,7 +727,12 @@ impl Session {
             SignalEvent::PeerLeft { peer_id } => {
                 if run.peer.as_ref().is_some_and(|p| p.id == peer_id) {
                     if run.media.is_none() {
-                        return Err(EndReason::NeverConnected("the peer left during the set-up"));
+                        // Back from a group call, the call did happen: the last one left.
+                        return Err(if self.had_media {
+                            EndReason::PeerLeft
+                        } else {
+                            EndReason::NeverConnected("the peer left during the set-up")
+                        });
                     }
                     if run.control.is_none() {
                         return Err(EndReason::PeerLeft);
@@ -1013,6 +1023,7 @@ impl Session {
             threads.extend(video.0);
             tasks.extend(video.1);
         }
+        self.had_media = true;
         run.media = Some(MediaThreads {
             stop,
             handover,

@@ -30,7 +30,7 @@ use super::super::session::{
     HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, Session, ice_servers_to_use,
     stop_media, we_initiate,
 };
-use super::super::stats::{ParticipantStats, RateMeter};
+use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
 use super::media::{GroupCapture, GroupPlayback, PLAYBACK_QUEUE, PlaybackInput, Speaking};
 
@@ -112,6 +112,7 @@ struct Run {
     back: Option<HandoverPeer>,
     /// The last figures of members that left, newest last (at most [`DEPARTED`]).
     departed: Vec<ParticipantStats>,
+    shared: Arc<SharedStats>,
 }
 
 impl Run {
@@ -147,6 +148,7 @@ pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -
         room: None,
         back: None,
         departed: Vec::new(),
+        shared: Arc::clone(&session.shared),
     };
     let (exit, events) = run_inner(session, &mut run, handover).await;
     match exit {
@@ -295,7 +297,7 @@ async fn events_loop(
             }
             command = session.commands.recv() => match command {
                 Some(Command::HangUp) | None => {
-                    return Exit::End(if run.media.is_some() {
+                    return Exit::End(if run.media.is_some() || session.had_media {
                         EndReason::LocalHangup
                     } else {
                         EndReason::NeverConnected(setup_stage(run))
@@ -858,6 +860,13 @@ async fn on_control(session: &Session, run: &mut Run, id: &str, frame: &[u8]) {
 
 /// Sends what the group keys ask for, each on its member's sealed channel.
 async fn pump(run: &mut Run) {
+    // A switch of our key shows in the figures at once (rekeys), not at the next tick.
+    if let Some(keys) = &run.keys
+        && let Ok(k) = keys.lock()
+        && let Ok(mut g) = run.shared.group.lock()
+    {
+        g.rekeys = k.rekeys();
+    }
     let outputs: Vec<GroupOutput> = match run.keys.as_ref().map(|k| k.lock()) {
         Some(Ok(mut k)) => std::iter::from_fn(|| k.poll_output()).collect(),
         _ => return,
@@ -1083,7 +1092,7 @@ fn publish_figures(session: &Session, run: &Run) {
 }
 
 fn start_media(
-    session: &Session,
+    session: &mut Session,
     run: &mut Run,
     notices: &mpsc::UnboundedSender<MediaNotice>,
 ) -> Result<(), EndReason> {
@@ -1145,6 +1154,7 @@ fn start_media(
         Arc::clone(&session.shared),
         samples_per_frame,
     ))];
+    session.had_media = true;
     run.media = Some(Media {
         threads: MediaThreads {
             stop,
