@@ -30,6 +30,9 @@ pub enum OutgoingSignal<'a> {
         /// Complete SDP text.
         sdp: &'a str,
     },
+    /// The responder answers ICE-restart offers (sent once, after its first answer).
+    #[serde(rename = "can_restart")]
+    CanRestart,
 }
 
 /// A signaling payload of the call protocol, as received.
@@ -41,6 +44,8 @@ pub enum IncomingSignal {
     Offer(String),
     /// An SDP answer.
     Answer(String),
+    /// The peer answers ICE-restart offers.
+    CanRestart,
 }
 
 /// Why a signaling payload was refused.
@@ -88,7 +93,10 @@ pub fn parse_signal(data: &str) -> Result<IncomingSignal, PayloadError> {
         }
         ("offer", None, Some(sdp)) => Ok(IncomingSignal::Offer(sdp)),
         ("answer", None, Some(sdp)) => Ok(IncomingSignal::Answer(sdp)),
-        ("handshake" | "offer" | "answer", _, _) => Err(malformed("wrong fields for its kind")),
+        ("can_restart", None, None) => Ok(IncomingSignal::CanRestart),
+        ("handshake" | "offer" | "answer" | "can_restart", _, _) => {
+            Err(malformed("wrong fields for its kind"))
+        }
         _ => Err(malformed("unknown kind")),
     }
 }
@@ -176,6 +184,10 @@ mod tests {
             parse_signal(&out).unwrap(),
             IncomingSignal::Answer("v=0".into())
         );
+        let out = serde_json::to_string(&OutgoingSignal::CanRestart).unwrap();
+        assert_eq!(out, r#"{"kind":"can_restart"}"#);
+        assert_eq!(parse_signal(&out).unwrap(), IncomingSignal::CanRestart);
+        assert!(parse_signal(r#"{"kind":"can_restart","sdp":"x"}"#).is_err());
     }
 
     #[test]

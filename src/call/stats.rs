@@ -103,6 +103,8 @@ pub struct CallStats {
     pub messages_rejected: u64,
     /// Text messages (ours and the peer's) that expired and were erased.
     pub messages_expired: u64,
+    /// ICE restarts after the path was lost: restart offers we sent, or answered.
+    pub ice_restarts: u64,
 }
 
 /// Counters shared between the call task and the media threads.
@@ -157,6 +159,7 @@ pub(crate) struct SharedStats {
     pub messages_received: AtomicU64,
     pub messages_rejected: AtomicU64,
     pub messages_expired: AtomicU64,
+    pub ice_restarts: AtomicU64,
 }
 
 /// The instant the call clocks of [`SharedStats`] count from.
@@ -255,6 +258,7 @@ impl SharedStats {
             messages_received: self.messages_received.load(Relaxed),
             messages_rejected: self.messages_rejected.load(Relaxed),
             messages_expired: self.messages_expired.load(Relaxed),
+            ice_restarts: self.ice_restarts.load(Relaxed),
         }
     }
 }
