@@ -29,7 +29,12 @@ async fn exchange(
     b: &MediaTransport,
     a_frames: &mut tokio::sync::mpsc::Receiver<sotto::transport::ReceivedFrame>,
     b_frames: &mut tokio::sync::mpsc::Receiver<sotto::transport::ReceivedFrame>,
-    keys: &mut (SenderContext, SenderContext, ReceiverContext, ReceiverContext),
+    keys: &mut (
+        SenderContext,
+        SenderContext,
+        ReceiverContext,
+        ReceiverContext,
+    ),
 ) -> (u32, u32) {
     let (a_tx, b_tx, a_rx, b_rx) = keys;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
@@ -37,12 +42,18 @@ async fn exchange(
     for i in 0..50u32 {
         ticker.tick().await;
         let body = format!("frame {i}");
-        a.send(&seal(a_tx, body.as_bytes()).unwrap(), Duration::from_millis(20))
-            .await
-            .unwrap();
-        b.send(&seal(b_tx, body.as_bytes()).unwrap(), Duration::from_millis(20))
-            .await
-            .unwrap();
+        a.send(
+            &seal(a_tx, body.as_bytes()).unwrap(),
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap();
+        b.send(
+            &seal(b_tx, body.as_bytes()).unwrap(),
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap();
         while let Ok(f) = b_frames.try_recv() {
             b_rx.decrypt_to_vec(&[], &f.payload).unwrap();
             at_b += 1;
@@ -132,7 +143,10 @@ async fn an_ice_restart_keeps_dtls_and_sframe_and_media_flows_again() {
     let (at_a, at_b) = exchange(&a, &b, &mut a_frames, &mut b_frames, &mut keys).await;
     assert!(at_a >= 45 && at_b >= 45, "after: {at_a} at a, {at_b} at b");
     assert_eq!(a.state(), TransportState::Connected);
-    assert_eq!(keys.2.stats().auth_failures + keys.3.stats().auth_failures, 0);
+    assert_eq!(
+        keys.2.stats().auth_failures + keys.3.stats().auth_failures,
+        0
+    );
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
@@ -199,7 +213,13 @@ impl Networks {
             .args(["netns", "exec", &public, "turnserver", "-n", "--no-cli"])
             .arg(format!("--listening-ip={PUBLIC}"))
             .arg(format!("--listening-port={STUN_PORT}"))
-            .args(["--stun-only", "--no-tls", "--no-dtls", "--pidfile", "/dev/null"])
+            .args([
+                "--stun-only",
+                "--no-tls",
+                "--no-dtls",
+                "--pidfile",
+                "/dev/null",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -226,7 +246,13 @@ impl Networks {
     /// LAN 1's uplink (its router's port on the public bridge) down or up.
     fn uplink(&self, up: bool) {
         let status = Command::new("ip")
-            .args(["-n", &format!("{}-pub", self.prefix), "link", "set", "port1"])
+            .args([
+                "-n",
+                &format!("{}-pub", self.prefix),
+                "link",
+                "set",
+                "port1",
+            ])
             .arg(if up { "up" } else { "down" })
             .status()
             .unwrap();
@@ -242,7 +268,9 @@ impl Networks {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-lan{lan}", self.prefix)])
             .arg(env!("CARGO_BIN_EXE_sotto"))
-            .args(["call", "--server", &self.url, "--room", "flap", "--name", name])
+            .args([
+                "call", "--server", &self.url, "--room", "flap", "--name", name,
+            ])
             .args(["--bind", &format!("10.{lan}.0.2:0"), "--tone", tone])
             .args(["--ice-server", &format!("stun:{PUBLIC}:{STUN_PORT}")])
             // An upper bound: the test hangs up (SIGINT) once it has what it needs.
@@ -348,7 +376,10 @@ async fn a_call_survives_a_link_flap_with_an_ice_restart() {
         lines.both("first audio from the peer", Duration::from_secs(30));
         net.uplink(false);
         let down = Instant::now();
-        let lost = lines.both("state: connection lost, reconnecting", Duration::from_secs(15));
+        let lost = lines.both(
+            "state: connection lost, reconnecting",
+            Duration::from_secs(15),
+        );
         // The outage itself: what the call has to live through.
         std::thread::sleep(Duration::from_secs(2).saturating_sub(down.elapsed()));
         net.uplink(true);
@@ -370,7 +401,12 @@ async fn a_call_survives_a_link_flap_with_an_ice_restart() {
     );
     let logs = || {
         let log = |n: &str| std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap();
-        format!("{}--- alice\n{}--- bob\n{}", lines.dump(), log("alice"), log("bob"))
+        format!(
+            "{}--- alice\n{}--- bob\n{}",
+            lines.dump(),
+            log("alice"),
+            log("bob")
+        )
     };
     assert!(
         statuses.iter().all(|s| s.success()),
@@ -379,7 +415,11 @@ async fn a_call_survives_a_link_flap_with_an_ice_restart() {
     );
     for (name, hz) in [("alice", 660.0), ("bob", 440.0)] {
         let r = report(&dir, name);
-        assert!(r["ice_restarts"].as_u64().unwrap_or(0) >= 1, "{r}\n{}", logs());
+        assert!(
+            r["ice_restarts"].as_u64().unwrap_or(0) >= 1,
+            "{r}\n{}",
+            logs()
+        );
         assert_eq!(r["decrypt_failures"], 0, "{r}");
         assert_eq!(r["reorder_rejected"], 0, "{r}");
         assert!(r["frames_decrypted"].as_u64().unwrap_or(0) > 100, "{r}");

@@ -252,7 +252,10 @@ mod tests {
         let t0 = Instant::now();
         let mut r = connected(RestartRole::Answerer, t0);
         r.on_state(TransportState::Disconnected, t0);
-        assert_eq!(r.poll(t0 + RECONNECT_GIVE_UP - Duration::from_millis(1)), None);
+        assert_eq!(
+            r.poll(t0 + RECONNECT_GIVE_UP - Duration::from_millis(1)),
+            None
+        );
         r.on_state(TransportState::Connected, t0 + Duration::from_secs(29));
         r.on_state(TransportState::Disconnected, t0 + Duration::from_secs(40));
         assert_eq!(r.poll(t0 + Duration::from_secs(69)), None);
