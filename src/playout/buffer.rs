@@ -220,8 +220,17 @@ impl PlayoutBuffer {
                 self.stats.lost = self.stats.lost.saturating_sub(1);
             }
             if ext >= next + self.cfg.max_packets as i64 {
-                self.stats.overflow += 1;
-                return;
+                if !self.packets.is_empty() {
+                    self.stats.overflow += 1;
+                    return;
+                }
+                // Nothing held: the stream resumes after a gap longer than the window (a path
+                // that was down for seconds). Refusing it would refuse everything after it
+                // until the reset distance; its gap is lost, play on from here.
+                let skipped = ext - next;
+                self.stats.lost += skipped.unsigned_abs();
+                self.next_seq = Some(ext);
+                self.played_mask = 0;
             }
         } else if let (Some((&lo, _)), Some((&hi, _))) = (
             self.packets.first_key_value(),
@@ -555,6 +564,16 @@ mod tests {
         assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 180));
         assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 181));
         assert_eq!(b.stats().lost, 130);
+        // A gap longer than the window (8 s) is not refused either: play resumes at once.
+        for _ in 0..400 {
+            assert!(!matches!(b.pop_unsteered(true, true), Playout::Packet(_)));
+        }
+        b.insert(pkt(582), ms(20 * 582));
+        b.insert(pkt(583), ms(20 * 583));
+        assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 582));
+        assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 583));
+        assert_eq!(b.stats().lost, 130 + 400);
+        assert_eq!(b.stats().overflow, 0);
     }
 
     /// A little jitter rounds the target up to two frames; when every packet still waits
