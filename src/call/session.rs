@@ -483,7 +483,10 @@ impl Session {
             } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
                 if run.peer.is_some() {
-                    return Ok(false); // a rejoin after a reconnect: the call goes on
+                    // A rejoin after a reconnect: the call goes on, but signals in flight may
+                    // have been lost.
+                    run.path.signaling_rejoined();
+                    return Ok(false);
                 }
                 // The server's STUN/TURN servers, unless the caller chose its own. Gathering
                 // starts with the offer or answer, later than this.
@@ -693,8 +696,12 @@ impl Session {
                 }
                 let again = peer.remote_sdp.replace(sdp.clone()).is_some();
                 peer.check_transport_binding()?;
+                if !run.path.on_answer(Instant::now()) {
+                    tracing::debug!("ignoring the answer to a replaced ICE restart offer");
+                    return Ok(());
+                }
                 match run.transport.accept_answer(&sdp).await {
-                    Ok(()) => run.path.on_answer(Instant::now()),
+                    Ok(()) => {}
                     Err(e) if !again => return Err(EndReason::ConnectionFailed(e.to_string())),
                     // An answer to an offer a newer restart replaced: the next restart mends it.
                     Err(e) => tracing::warn!("could not apply an ICE restart answer: {e}"),
@@ -725,10 +732,14 @@ impl Session {
                                 .send_signal(run, &OutgoingSignal::Offer { sdp: &offer })
                                 .await
                             {
+                                run.path.offer_not_sent();
                                 tracing::warn!("could not send an ICE restart offer: {e}");
                             }
                         }
-                        Err(e) => tracing::warn!("could not restart ICE: {e}"),
+                        Err(e) => {
+                            run.path.offer_not_sent();
+                            tracing::warn!("could not restart ICE: {e}");
+                        }
                     }
                 }
             }

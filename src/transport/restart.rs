@@ -6,7 +6,10 @@
 //! the old ICE credentials while we moved on, and the old path could no longer come back on
 //! its own. One restart offer is outstanding at a time; the next goes out when its answer
 //! did not bring the path back within [`CHECKS_WAIT`], or when it was not answered within
-//! [`ANSWER_WAIT`]. A path lost for [`RECONNECT_GIVE_UP`] ends the call.
+//! [`ANSWER_WAIT`]. Offers replaced that way are still answered (signaling held them up, it did
+//! not lose them): answers come in order, so all but the last answer to arrive of those in
+//! flight are stale, and only the newest offer's is applied. A path lost for
+//! [`RECONNECT_GIVE_UP`] ends the call.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +62,8 @@ pub struct Reconnector {
     lost_since: Option<Instant>,
     attempt: Option<Attempt>,
     restarts: u64,
+    /// Restart offers sent whose answers have not arrived.
+    in_flight: u32,
 }
 
 impl Reconnector {
@@ -71,6 +76,7 @@ impl Reconnector {
             lost_since: None,
             attempt: None,
             restarts: 0,
+            in_flight: 0,
         }
     }
 
@@ -98,11 +104,29 @@ impl Reconnector {
         }
     }
 
-    /// The answer to our restart offer was applied at `now`.
-    pub fn on_answer(&mut self, now: Instant) {
+    /// An answer arrived at `now`; returns whether to apply it. Answers to offers that a
+    /// newer restart offer replaced are not: they hold credentials the peer already left.
+    pub fn on_answer(&mut self, now: Instant) -> bool {
+        if self.in_flight > 1 {
+            self.in_flight -= 1;
+            return false;
+        }
+        self.in_flight = 0;
         if let Some(attempt) = self.attempt.as_mut() {
             attempt.answered.get_or_insert(now);
         }
+        true
+    }
+
+    /// The restart offer [`Self::poll`] asked for could not be sent: no answer will come.
+    pub fn offer_not_sent(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Our signaling connection was made anew: what was in flight may be lost, so the next
+    /// answer is taken as the newest offer's (if it is not, the next restart mends it).
+    pub fn signaling_rejoined(&mut self) {
+        self.in_flight = 0;
     }
 
     /// Whether the path is lost now.
@@ -147,6 +171,7 @@ impl Reconnector {
                 answered: None,
             });
             self.restarts += 1;
+            self.in_flight += 1;
             return Some(PathAction::Restart);
         }
         None
@@ -188,7 +213,7 @@ mod tests {
         // Its checks moving the transport to connecting does not restart the clock.
         r.on_state(TransportState::Connecting, lost + Duration::from_secs(1));
         let answered = lost + Duration::from_secs(2);
-        r.on_answer(answered);
+        assert!(r.on_answer(answered));
         assert_eq!(r.next_deadline(), Some(answered + CHECKS_WAIT));
         assert_eq!(r.poll(answered + CHECKS_WAIT / 2), None);
         assert_eq!(r.poll(answered + CHECKS_WAIT), Some(PathAction::Restart));
@@ -205,6 +230,37 @@ mod tests {
         r.on_state(TransportState::Failed, later);
         assert_eq!(r.poll(later), Some(PathAction::Restart));
         assert_eq!(r.restarts(), 4);
+    }
+
+    /// Offers replaced while signaling held them up are all answered when it lets go: only
+    /// the last answer (the newest offer's) is applied, and it starts the checks' wait.
+    #[test]
+    fn answers_to_replaced_offers_are_not_applied() {
+        let t0 = Instant::now();
+        let mut r = connected(RestartRole::Offerer, t0);
+        r.peer_answers_restarts();
+        r.on_state(TransportState::Disconnected, t0);
+        let mut now = t0;
+        for _ in 0..3 {
+            assert_eq!(r.poll(now), Some(PathAction::Restart));
+            now += ANSWER_WAIT;
+        }
+        let back = t0 + Duration::from_secs(14);
+        assert!(!r.on_answer(back));
+        assert!(!r.on_answer(back));
+        assert_eq!(r.next_deadline(), Some(t0 + ANSWER_WAIT * 3));
+        assert!(r.on_answer(back));
+        assert_eq!(r.next_deadline(), Some(back + CHECKS_WAIT));
+        // An offer that could not be sent is not waited for; a signaling reconnect forgets
+        // what was in flight.
+        assert_eq!(r.poll(back + CHECKS_WAIT), Some(PathAction::Restart));
+        r.offer_not_sent();
+        assert!(r.on_answer(back + CHECKS_WAIT));
+        let later = back + CHECKS_WAIT * 2;
+        assert_eq!(r.poll(later), Some(PathAction::Restart));
+        assert_eq!(r.poll(later + ANSWER_WAIT), Some(PathAction::Restart));
+        r.signaling_rejoined();
+        assert!(r.on_answer(later + ANSWER_WAIT));
     }
 
     #[test]
@@ -226,7 +282,7 @@ mod tests {
                 match r.poll(now) {
                     Some(PathAction::Restart) => {
                         restarts += 1;
-                        r.on_answer(now + Duration::from_millis(100));
+                        assert!(r.on_answer(now + Duration::from_millis(100)));
                     }
                     Some(PathAction::GiveUp) => break now,
                     None => {}
