@@ -438,3 +438,52 @@ async fn a_call_survives_a_link_flap_with_an_ice_restart() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// LAN 1's uplink goes down for good: after 30 s of reconnecting, both sides end the call with
+/// the reason and exit 1. Ignored (it takes over 30 s): `cargo test --test ice_restart --
+/// --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "takes over 30 s"]
+async fn a_path_that_never_comes_back_ends_the_call_after_30_s() {
+    if !can_run("a_path_that_never_comes_back_ends_the_call_after_30_s") {
+        return;
+    }
+    let net = Networks::up("sng").await;
+    let dir = common::temp_dir("ice-restart-gone");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut lines = Lines {
+        rx,
+        seen: Vec::new(),
+    };
+    let mut calls = [net.call(1, &dir, tx.clone()), net.call(2, &dir, tx)];
+    let lost = tokio::task::block_in_place(|| {
+        lines.both("first audio from the peer", Duration::from_secs(30));
+        net.uplink(false);
+        lines.both(
+            "state: connection lost, reconnecting",
+            Duration::from_secs(15),
+        )
+    });
+    let statuses: Vec<_> =
+        tokio::task::block_in_place(|| calls.iter_mut().map(|c| c.wait().unwrap()).collect());
+    let waited = lost.elapsed();
+    let _ = lines.rx.try_iter().map(|l| lines.seen.push(l)).count();
+    eprintln!("both ended {waited:?} after both said they were reconnecting");
+    for (name, status) in ["alice", "bob"].iter().zip(&statuses) {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+        assert_eq!(status.code(), Some(1), "{name}: {log}\n{}", lines.dump());
+        assert!(
+            log.contains("connection lost: the path to the peer did not come back within 30 s"),
+            "{name}: {log}"
+        );
+        let r = report(&dir, name);
+        assert!(
+            r["ended"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("connection lost")),
+            "{r}"
+        );
+    }
+    assert!(waited >= Duration::from_secs(25), "{waited:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -166,3 +166,19 @@ pub enum CallEvent {
         stats: CallStats,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lost path ends the call as a failure that says why.
+    #[test]
+    fn a_lost_path_is_a_failed_end_with_its_reason() {
+        let lost = EndReason::ConnectionLost(std::time::Duration::from_secs(30));
+        assert_eq!(
+            lost.to_string(),
+            "connection lost: the path to the peer did not come back within 30 s"
+        );
+        assert!(!crate::call::ended_ok(&lost));
+    }
+}
