@@ -703,7 +703,7 @@ impl Session {
                 match run.transport.accept_answer(&sdp).await {
                     Ok(()) => {}
                     Err(e) if !again => return Err(EndReason::ConnectionFailed(e.to_string())),
-                    // An answer to an offer a newer restart replaced: the next restart mends it.
+                    // Not fatal during a restart: the next one follows.
                     Err(e) => tracing::warn!("could not apply an ICE restart answer: {e}"),
                 }
             }
@@ -722,18 +722,22 @@ impl Session {
             match action {
                 PathAction::GiveUp => return Err(EndReason::ConnectionLost(RECONNECT_GIVE_UP)),
                 PathAction::Restart => {
-                    self.shared.ice_restarts.fetch_add(1, Relaxed);
                     tracing::info!(restart = run.path.restarts(), "path lost: restarting ICE");
                     // Not fatal: signaling may be down with the path; the next attempt or the
                     // give-up deadline follows.
                     match run.transport.create_restart_offer().await {
                         Ok(offer) => {
-                            if let Err(e) = self
+                            match self
                                 .send_signal(run, &OutgoingSignal::Offer { sdp: &offer })
                                 .await
                             {
-                                run.path.offer_not_sent();
-                                tracing::warn!("could not send an ICE restart offer: {e}");
+                                Ok(()) => {
+                                    self.shared.ice_restarts.fetch_add(1, Relaxed);
+                                }
+                                Err(e) => {
+                                    run.path.offer_not_sent();
+                                    tracing::warn!("could not send an ICE restart offer: {e}");
+                                }
                             }
                         }
                         Err(e) => {
