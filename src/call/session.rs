@@ -727,8 +727,11 @@ impl Session {
                     // give-up deadline follows.
                     match run.transport.create_restart_offer().await {
                         Ok(offer) => {
+                            if !offer.gathered {
+                                run.path.offer_partial();
+                            }
                             match self
-                                .send_signal(run, &OutgoingSignal::Offer { sdp: &offer })
+                                .send_signal(run, &OutgoingSignal::Offer { sdp: &offer.sdp })
                                 .await
                             {
                                 Ok(()) => {

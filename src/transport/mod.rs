@@ -278,6 +278,17 @@ pub struct IceServer {
     pub credential: String,
 }
 
+/// An ICE-restart offer ([`MediaTransport::create_restart_offer`]).
+#[derive(Debug, Clone)]
+pub struct RestartOffer {
+    /// The SDP for the peer.
+    pub sdp: String,
+    /// Whether gathering finished in time. If not (a STUN or TURN server out of reach, as in
+    /// an outage), the offer may hold only candidates from before, which a changed network
+    /// no longer reaches.
+    pub gathered: bool,
+}
+
 /// An SFrame frame ready for the wire. Only [`seal`] makes one, from a [`SenderContext`].
 #[derive(Debug, Clone)]
 pub struct SealedFrame(Bytes);
@@ -1121,7 +1132,7 @@ impl MediaTransport {
     /// keys stay; the path comes back once the peer's answer is accepted
     /// ([`Self::accept_answer`]) and the new checks succeed. Only the offerer restarts; an
     /// offer made before the last one was answered replaces it.
-    pub async fn create_restart_offer(&self) -> Result<String, TransportError> {
+    pub async fn create_restart_offer(&self) -> Result<RestartOffer, TransportError> {
         let before = *self.gathered.borrow();
         let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
         let offer = self.pc.create_offer(Some(options)).await.map_err(rtc_err)?;
@@ -1129,8 +1140,11 @@ impl MediaTransport {
             .set_local_description(offer)
             .await
             .map_err(rtc_err)?;
-        self.local_sdp(before, RESTART_GATHER_WAIT.min(self.gather_timeout))
-            .await
+        let sdp = self
+            .local_sdp(before, RESTART_GATHER_WAIT.min(self.gather_timeout))
+            .await?;
+        let gathered = *self.gathered.borrow() > before;
+        Ok(RestartOffer { sdp, gathered })
     }
 
     /// Takes the peer's offer SDP; returns the answer SDP for the peer. A later offer (the

@@ -28,6 +28,12 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// replaces pairs that were still trying, a later one leaves a path that came back unused.
 const CHECKS_WAIT: Duration = Duration::from_millis(1500);
 
+/// The same for an offer whose gathering did not finish (made during the outage): its
+/// candidates are the old ones, which work at once if the network is as it was and never if it
+/// changed (a new address or NAT mapping). Its answer arriving says signaling, so likely the
+/// path, is back: a fresh offer then gathers the new candidates.
+const PARTIAL_CHECKS_WAIT: Duration = Duration::from_millis(500);
+
 /// Which side of the call this is, for restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartRole {
@@ -51,6 +57,8 @@ pub enum PathAction {
 struct Attempt {
     offered: Instant,
     answered: Option<Instant>,
+    /// Its gathering did not finish.
+    partial: bool,
 }
 
 /// Follows the transport's state and says when to restart ICE and when to give up.
@@ -118,6 +126,14 @@ impl Reconnector {
         true
     }
 
+    /// The restart offer [`Self::poll`] asked for went out without finishing its gathering
+    /// ([`super::RestartOffer::gathered`] false).
+    pub fn offer_partial(&mut self) {
+        if let Some(attempt) = self.attempt.as_mut() {
+            attempt.partial = true;
+        }
+    }
+
     /// The restart offer [`Self::poll`] asked for could not be sent: no answer will come.
     pub fn offer_not_sent(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -152,8 +168,16 @@ impl Reconnector {
         Some(match self.attempt {
             None => since,
             Some(Attempt {
-                answered: Some(at), ..
-            }) => at + CHECKS_WAIT,
+                answered: Some(at),
+                partial,
+                ..
+            }) => {
+                at + if partial {
+                    PARTIAL_CHECKS_WAIT
+                } else {
+                    CHECKS_WAIT
+                }
+            }
             Some(Attempt { offered, .. }) => offered + ANSWER_WAIT,
         })
     }
@@ -169,6 +193,7 @@ impl Reconnector {
             self.attempt = Some(Attempt {
                 offered: now,
                 answered: None,
+                partial: false,
             });
             self.restarts += 1;
             self.in_flight += 1;
@@ -221,6 +246,18 @@ mod tests {
         let again = answered + CHECKS_WAIT;
         assert_eq!(r.poll(again + ANSWER_WAIT), Some(PathAction::Restart));
         assert_eq!(r.restarts(), 3);
+        // An offer made without finished gathering gets a shorter wait once answered.
+        r.offer_partial();
+        let answered = again + ANSWER_WAIT + Duration::from_secs(1);
+        // The replaced offer's answer first (stale), then this one's.
+        assert!(!r.on_answer(answered));
+        assert!(r.on_answer(answered));
+        assert_eq!(r.next_deadline(), Some(answered + PARTIAL_CHECKS_WAIT));
+        assert_eq!(
+            r.poll(answered + PARTIAL_CHECKS_WAIT),
+            Some(PathAction::Restart)
+        );
+        assert_eq!(r.restarts(), 4);
         // Back: nothing due, and a later loss starts over with a restart at once.
         r.on_state(TransportState::Connected, again + ANSWER_WAIT);
         assert!(!r.is_lost());
@@ -229,7 +266,7 @@ mod tests {
         let later = again + RECONNECT_GIVE_UP * 3;
         r.on_state(TransportState::Failed, later);
         assert_eq!(r.poll(later), Some(PathAction::Restart));
-        assert_eq!(r.restarts(), 4);
+        assert_eq!(r.restarts(), 5);
     }
 
     /// Offers replaced while signaling held them up are all answered when it lets go: only
