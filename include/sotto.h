@@ -82,6 +82,13 @@ typedef struct sotto_sframe_sender sotto_sframe_sender;
 //   (the call ended before the peer acknowledged it), `{"event":"rejected","reason":..}`
 //   (a message from the peer was refused), and `{"event":"error","reason":..}` (a message or
 //   timer of ours could not be sent, e.g. before the call is connected)
+// - group calls (the `group` option, or a two-party call a third person joins on a server
+//   with an SFU): `{"event":"participant_joined","name":..,"fingerprint":..,"identity":"<hex>",
+//   "trust":..,"mixed_script":false}`, `{"event":"participant_left","name":..}`,
+//   `{"event":"participant_refused","name":..,"reason":..}`,
+//   `{"event":"group_safety_code","code":"0421 7736","members":[..],"changed":false}`,
+//   `{"event":"speaking","name":..,"speaking":true}`,
+//   `{"event":"participant_muted","name":..,"muted":true}`
 // - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 //   false when the call failed
 typedef void (*sotto_event_cb)(void *user_data, const char *event_json);

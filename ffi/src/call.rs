@@ -46,6 +46,13 @@ use crate::error::{
 ///   (the call ended before the peer acknowledged it), `{"event":"rejected","reason":..}`
 ///   (a message from the peer was refused), and `{"event":"error","reason":..}` (a message or
 ///   timer of ours could not be sent, e.g. before the call is connected)
+/// - group calls (the `group` option, or a two-party call a third person joins on a server
+///   with an SFU): `{"event":"participant_joined","name":..,"fingerprint":..,"identity":"<hex>",
+///   "trust":..,"mixed_script":false}`, `{"event":"participant_left","name":..}`,
+///   `{"event":"participant_refused","name":..,"reason":..}`,
+///   `{"event":"group_safety_code","code":"0421 7736","members":[..],"changed":false}`,
+///   `{"event":"speaking","name":..,"speaking":true}`,
+///   `{"event":"participant_muted","name":..,"muted":true}`
 /// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 ///   false when the call failed
 pub type sotto_event_cb =
@@ -268,6 +275,34 @@ fn event_json(event: &CallEvent) -> Option<Value> {
         }
         CallEvent::Ended { reason, stats } => ended_json(reason, stats),
         CallEvent::Chat(chat) => return chat_event_json(chat),
+        CallEvent::ParticipantJoined(p) => json!({
+            "event": "participant_joined",
+            "name": p.name,
+            "fingerprint": p.identity.fingerprint(),
+            "identity": p.identity.to_hex(),
+            "trust": p.trust.as_str(),
+            "mixed_script": p.mixed_script,
+        }),
+        CallEvent::ParticipantLeft { name } => json!({"event": "participant_left", "name": name}),
+        CallEvent::ParticipantRefused { name, reason } => {
+            json!({"event": "participant_refused", "name": name, "reason": reason})
+        }
+        CallEvent::GroupSafetyCode {
+            code,
+            members,
+            changed,
+        } => json!({
+            "event": "group_safety_code",
+            "code": code,
+            "members": members,
+            "changed": changed,
+        }),
+        CallEvent::Speaking { name, speaking } => {
+            json!({"event": "speaking", "name": name, "speaking": speaking})
+        }
+        CallEvent::ParticipantMuted { name, muted } => {
+            json!({"event": "participant_muted", "name": name, "muted": muted})
+        }
         _ => return None,
     })
 }
@@ -866,4 +901,36 @@ pub unsafe extern "C" fn sotto_call_free(call: *mut sotto_call) {
             runtime.shutdown_timeout(Duration::from_secs(5));
         }
     })
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn group_events_have_their_documented_json() {
+        let code = event_json(&CallEvent::GroupSafetyCode {
+            code: "0421 7736".into(),
+            members: vec!["bob".into(), "carol".into()],
+            changed: true,
+        });
+        assert_eq!(
+            code,
+            Some(json!({"event": "group_safety_code", "code": "0421 7736",
+                "members": ["bob", "carol"], "changed": true}))
+        );
+        let left = event_json(&CallEvent::ParticipantLeft { name: "bob".into() });
+        assert_eq!(
+            left,
+            Some(json!({"event": "participant_left", "name": "bob"}))
+        );
+        let speaking = event_json(&CallEvent::Speaking {
+            name: "carol".into(),
+            speaking: false,
+        });
+        assert_eq!(
+            speaking,
+            Some(json!({"event": "speaking", "name": "carol", "speaking": false}))
+        );
+    }
 }

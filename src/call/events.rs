@@ -158,6 +158,46 @@ pub enum CallEvent {
     /// timer changed, or (at the end of the call) a message was not delivered. Texts in these
     /// events are wiped when their message expires.
     Chat(ChatEvent),
+    /// Group calls: a member's keys are agreed and it gets ours (`safety_code` is the pair's
+    /// code; the one to compare is [`CallEvent::GroupSafetyCode`]).
+    ParticipantJoined(PeerInfo),
+    /// Group calls: a member left (its keys are erased; ours are replaced).
+    ParticipantLeft {
+        /// Its name (canonical).
+        name: String,
+    },
+    /// Group calls: a member was refused (its name or identity failed the trust policy); it
+    /// gets no key and its frames are not opened.
+    ParticipantRefused {
+        /// The name it joined with (canonical).
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Group calls: the group safety code, over the room and every member's identity. It
+    /// changes when the membership does; everyone in the call sees the same code.
+    GroupSafetyCode {
+        /// The code ("0421 7736").
+        code: String,
+        /// The members it covers besides us (canonical names, sorted).
+        members: Vec<String>,
+        /// There was an earlier code in this call: tell the people it changed.
+        changed: bool,
+    },
+    /// Group calls: a member started or stopped speaking.
+    Speaking {
+        /// Its name (canonical).
+        name: String,
+        /// Speaking now.
+        speaking: bool,
+    },
+    /// Group calls: a member muted or unmuted.
+    ParticipantMuted {
+        /// Its name (canonical).
+        name: String,
+        /// Muted now.
+        muted: bool,
+    },
     /// The call is over; the final statistics follow in `stats`.
     Ended {
         /// Why.

@@ -27,6 +27,47 @@ const MAX_PACKET: usize = 1500;
 /// dropped (the playback thread stalled, and old audio is worthless).
 pub(crate) const PLAYBACK_QUEUE: usize = 64;
 
+/// The application's audio source and sink while no media thread holds them. Each thread puts
+/// its half back when it stops, so a call that changes mode (two-party to group and back)
+/// hands the same devices or files to the next threads.
+#[derive(Default)]
+pub(crate) struct AudioHome {
+    source: std::sync::Mutex<Option<Box<dyn AudioSource>>>,
+    sink: std::sync::Mutex<Option<Box<dyn AudioSink>>>,
+}
+
+impl AudioHome {
+    /// A home holding `source` and `sink`.
+    pub(crate) fn new(source: Box<dyn AudioSource>, sink: Box<dyn AudioSink>) -> Self {
+        AudioHome {
+            source: std::sync::Mutex::new(Some(source)),
+            sink: std::sync::Mutex::new(Some(sink)),
+        }
+    }
+
+    /// Both halves, or `None` (then nothing is taken) while a thread still holds one.
+    pub(crate) fn take(&self) -> Option<(Box<dyn AudioSource>, Box<dyn AudioSink>)> {
+        let mut source = self.source.lock().ok()?;
+        let mut sink = self.sink.lock().ok()?;
+        if source.is_none() || sink.is_none() {
+            return None;
+        }
+        Some((source.take()?, sink.take()?))
+    }
+
+    pub(crate) fn put_source(&self, source: Box<dyn AudioSource>) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = Some(source);
+        }
+    }
+
+    pub(crate) fn put_sink(&self, sink: Box<dyn AudioSink>) {
+        if let Ok(mut s) = self.sink.lock() {
+            *s = Some(sink);
+        }
+    }
+}
+
 /// Something a media thread tells the call task.
 #[derive(Debug)]
 pub(crate) enum MediaNotice {
@@ -36,6 +77,22 @@ pub(crate) enum MediaNotice {
     VideoSize(u32, u32),
     /// A thread stopped because of an error.
     Failed(String),
+}
+
+/// At a playback thread's end: the sink goes back home for the call's next mode, or is
+/// finished (a WAV file gets its header) when the call ends.
+pub(crate) fn finish_or_hand_back(
+    mut sink: Box<dyn AudioSink>,
+    home: &AudioHome,
+    handover: &AtomicBool,
+    result: Result<(), String>,
+) -> Result<(), String> {
+    if handover.load(Relaxed) {
+        home.put_sink(sink);
+        return result;
+    }
+    let finished = sink.finish().map_err(|e| e.to_string());
+    result.and(finished)
 }
 
 /// Sleeps until `deadline` unless `stop` is raised first (checked every few ms).
@@ -60,6 +117,8 @@ pub(crate) struct Capture {
     pub stop: Arc<AtomicBool>,
     pub frame: FrameDuration,
     pub notices: mpsc::UnboundedSender<MediaNotice>,
+    /// Where the source goes back when the thread stops.
+    pub home: Arc<AudioHome>,
 }
 
 impl Capture {
@@ -69,6 +128,7 @@ impl Capture {
             tracing::error!("capture stopped: {e}");
             let _ = self.notices.send(MediaNotice::Failed(e));
         }
+        self.home.put_source(self.source);
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
@@ -132,14 +192,19 @@ pub(crate) struct Playback {
     /// When this side could start the call (setup time is measured from here).
     pub setup_start: Instant,
     pub notices: mpsc::UnboundedSender<MediaNotice>,
+    /// Where the sink goes back when the call changes mode (`handover` raised before
+    /// `stop`); otherwise it is finished.
+    pub home: Arc<AudioHome>,
+    pub handover: Arc<AtomicBool>,
 }
 
 impl Playback {
-    /// Runs until `stop`, then finishes the sink (e.g. writes the WAV header).
+    /// Runs until `stop`, then finishes the sink (e.g. writes the WAV header), or hands it
+    /// back for the call's next mode.
     pub(crate) fn run(mut self) {
         let result = self.run_inner();
-        let finished = self.sink.finish().map_err(|e| e.to_string());
-        if let Err(e) = result.and(finished) {
+        let result = finish_or_hand_back(self.sink, &self.home, &self.handover, result);
+        if let Err(e) = result {
             tracing::error!("playback stopped: {e}");
             let _ = self.notices.send(MediaNotice::Failed(e));
         }

@@ -27,6 +27,7 @@
 
 mod control;
 mod events;
+mod group;
 mod media_loop;
 mod options;
 mod protocol;
@@ -48,7 +49,7 @@ pub use options::{
 pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
 };
-pub use stats::CallStats;
+pub use stats::{CallStats, ParticipantStats};
 pub use video::VideoSettings;
 
 use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
@@ -113,6 +114,9 @@ pub struct CallConfig {
     pub video: VideoSettings,
     /// The video codec we send.
     pub video_codec: VideoCodec,
+    /// A group call through the server's SFU (`sotto-signaling --sfu`) instead of a two-party
+    /// peer-to-peer call. Every member of the room must use the same mode.
+    pub group: bool,
 }
 
 impl CallConfig {
@@ -134,6 +138,7 @@ impl CallConfig {
             setup_timeout: Duration::from_secs(20),
             video: VideoSettings::default(),
             video_codec: VideoCodec::Vp8,
+            group: false,
         }
     }
 }
@@ -275,6 +280,11 @@ impl CallBuilder {
                 "playout frame and Opus frame differ".into(),
             ));
         }
+        if c.group && self.video_source.is_some() {
+            return Err(CallError::Invalid(
+                "group calls carry audio only for now: drop the video source".into(),
+            ));
+        }
         let identity = match self.identity {
             Some(id) => id,
             None => Arc::new(Identity::generate()?),
@@ -297,7 +307,7 @@ impl CallBuilder {
             config,
             identity,
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
-            audio: std::sync::Mutex::new(Some((source, sink))),
+            audio: Arc::new(media_loop::AudioHome::new(source, sink)),
             video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
             events: events_tx,
             commands,

@@ -126,6 +126,12 @@ pub struct CallOptions {
     #[arg(long)]
     #[serde(default)]
     pub relay_only: bool,
+    /// Join a group call: every member of the room meets every other one through the
+    /// server's SFU (`sotto-signaling --sfu`), which forwards sealed audio it cannot decrypt.
+    /// Each member's keys are agreed pairwise; one group safety code covers everyone.
+    #[arg(long)]
+    #[serde(default)]
+    pub group: bool,
     /// Refuse, before any media, a peer whose identity is not verified (see `sotto peers
     /// verify`): new, unverified, changed and lookalike peers end the call with exit 1.
     #[arg(long)]
@@ -368,6 +374,7 @@ impl CallOptions {
             ice_credential: String::new(),
             require_verified: false,
             relay_only: false,
+            group: false,
             video: None,
             video_output: None,
             video_window: false,
@@ -431,6 +438,11 @@ impl CallOptions {
         }
         if let Some(video) = &self.video {
             VideoChoice::parse(video)?;
+        }
+        if self.group && (self.video.is_some() || self.chat || self.chat_json.is_some()) {
+            return Err(OptionsError::Invalid(
+                "--group carries audio only for now: no --video, --chat or --chat-json".into(),
+            ));
         }
         Ok(())
     }
@@ -540,6 +552,7 @@ impl CallOptions {
             }];
         }
         config.transport.relay_only = self.relay_only;
+        config.group = self.group;
         if self.require_verified {
             config.trust = TrustPolicy::RequireVerified;
         }
@@ -672,7 +685,9 @@ impl CallReport {
             room: options.room.clone(),
             name: options.name.clone(),
             identity: fingerprint,
-            safety_code: peer.map(|p| p.safety_code.clone()),
+            safety_code: peer
+                .map(|p| p.safety_code.clone())
+                .or_else(|| stats.group_safety_code.clone()),
             peer_name: peer.map(|p| p.name.clone()),
             peer_identity: peer.map(|p| p.identity.to_hex()),
             peer_fingerprint: peer.map(|p| p.identity.fingerprint()),

@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 
 use crate::handshake::MAX_MESSAGE_LEN;
 use crate::messages::ChatWire;
+use crate::transport::MAX_CONTROL_MESSAGE;
 
 /// Largest SDP accepted from the peer, in bytes (well under the server's message limit).
 pub const MAX_SDP_LEN: usize = 32 * 1024;
@@ -33,6 +34,12 @@ pub enum OutgoingSignal<'a> {
     /// The responder answers ICE-restart offers (sent once, after its first answer).
     #[serde(rename = "can_restart")]
     CanRestart,
+    /// A control frame sealed under the pair's control key, hex: how the members of a group
+    /// call talk pairwise (key bundles, acks, mute, hang-up) without a data channel.
+    Control {
+        /// The sealed frame, lowercase hex.
+        frame: &'a str,
+    },
 }
 
 /// A signaling payload of the call protocol, as received.
@@ -46,6 +53,8 @@ pub enum IncomingSignal {
     Answer(String),
     /// The peer answers ICE-restart offers.
     CanRestart,
+    /// A sealed control frame (group calls), still sealed.
+    Control(Vec<u8>),
 }
 
 /// Why a signaling payload was refused.
@@ -70,6 +79,8 @@ struct Wire<'a> {
     message: Option<&'a RawValue>,
     #[serde(default)]
     sdp: Option<String>,
+    #[serde(default)]
+    frame: Option<&'a str>,
 }
 
 /// Parses a relayed `data` payload.
@@ -80,6 +91,20 @@ pub fn parse_signal(data: &str) -> Result<IncomingSignal, PayloadError> {
     let wire: Wire<'_> =
         serde_json::from_str(data).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     let malformed = |what: &str| PayloadError::Malformed(what.to_string());
+    if wire.kind == "control" {
+        return match (wire.frame, wire.message, wire.sdp) {
+            (Some(frame), None, None) if frame.len() > 2 * MAX_CONTROL_MESSAGE => {
+                Err(PayloadError::TooLarge("control frame"))
+            }
+            (Some(frame), None, None) => hex::decode(frame)
+                .map(IncomingSignal::Control)
+                .map_err(|_| malformed("control frame is not hex")),
+            _ => Err(malformed("wrong fields for its kind")),
+        };
+    }
+    if wire.frame.is_some() {
+        return Err(malformed("wrong fields for its kind"));
+    }
     match (wire.kind, wire.message, wire.sdp) {
         ("handshake", Some(message), None) => {
             let bytes = message.get().as_bytes();
@@ -122,6 +147,19 @@ pub enum ControlMessage {
     Pong {
         /// The ping's id.
         id: u64,
+    },
+    /// Group calls: a key bundle for the recipient (`docs/call-protocol.md`, "Group keys"),
+    /// hex. Holds a secret: wiped once used.
+    #[serde(rename = "group_key")]
+    GroupKey {
+        /// The bundle body, lowercase hex.
+        body: String,
+    },
+    /// Group calls: the acknowledgement of a key bundle, hex.
+    #[serde(rename = "group_ack")]
+    GroupAck {
+        /// The ack body, lowercase hex.
+        body: String,
     },
     /// A text message, its acknowledgement, or a timer change (`message`, `delivered`,
     /// `timer`: the chat item carries its own `type`).
@@ -188,6 +226,12 @@ mod tests {
         assert_eq!(out, r#"{"kind":"can_restart"}"#);
         assert_eq!(parse_signal(&out).unwrap(), IncomingSignal::CanRestart);
         assert!(parse_signal(r#"{"kind":"can_restart","sdp":"x"}"#).is_err());
+        let out = serde_json::to_string(&OutgoingSignal::Control { frame: "00ff" }).unwrap();
+        assert_eq!(out, r#"{"kind":"control","frame":"00ff"}"#);
+        assert_eq!(
+            parse_signal(&out).unwrap(),
+            IncomingSignal::Control(vec![0, 0xff])
+        );
     }
 
     #[test]
@@ -201,6 +245,10 @@ mod tests {
             r#"{"kind":"bye"}"#,
             r#"{"kind":"answer","sdp":"x","extra":1}"#,
             r#"{"sdp":"x"}"#,
+            r#"{"kind":"control"}"#,
+            r#"{"kind":"control","frame":"xyz"}"#,
+            r#"{"kind":"control","frame":"00","sdp":"x"}"#,
+            r#"{"kind":"offer","sdp":"x","frame":"00"}"#,
         ] {
             assert!(
                 matches!(parse_signal(bad), Err(PayloadError::Malformed(_))),

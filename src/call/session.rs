@@ -9,28 +9,30 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use crate::group::JoinKind;
 use crate::handshake::MediaKind;
 use crate::handshake::{
     CallKeys, DtlsFingerprint, Established, Handshake, Identity, KnownPeers, MediaReceiver,
     MediaSender, PeerTrust, Role,
 };
 use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
-use crate::media::{AudioSink, AudioSource, OpusDecoder, OpusEncoder};
+use crate::media::{OpusDecoder, OpusEncoder};
 use crate::messages::{
     ChatEvent, Conversation, DisappearingTimer, History, MessageError, MessageId, Rejection,
     StoredMessage, unix_ms,
 };
 use crate::names;
 use crate::playout::AudioPlayout;
+use crate::signal::{IceServerInfo, PeerInfo as SignalPeer};
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{
     IceServer, MediaTransport, PathAction, RECONNECT_GIVE_UP, Reconnector, RestartRole,
-    TransportState, has_turn,
+    TransportConfig, TransportState, VideoDirection, has_turn,
 };
 
 use super::control::{ControlCrypto, ControlError};
 use super::events::{CallEvent, CallState, EndReason, PeerInfo};
-use super::media_loop::{self, Capture, MediaNotice, PLAYBACK_QUEUE, Playback};
+use super::media_loop::{self, AudioHome, Capture, MediaNotice, PLAYBACK_QUEUE, Playback};
 use super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::stats::{RateMeter, SharedStats};
 use super::video::{self, VideoCapture, VideoControl, VideoOpener, VideoRender};
@@ -45,9 +47,6 @@ const HANGUP_GRACE: Duration = Duration::from_millis(500);
 
 /// How long signaling may keep failing before a call that is not connected yet gives up.
 const SIGNAL_ATTEMPTS: u32 = 5;
-
-/// The application's source and sink.
-pub(crate) type AudioIo = (Box<dyn AudioSource>, Box<dyn AudioSink>);
 
 /// The application's video source (if it sends video) and sink.
 pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
@@ -65,9 +64,8 @@ pub(crate) struct Session {
     pub config: CallConfig,
     pub identity: Arc<Identity>,
     pub known_peers: KnownPeers,
-    /// The application's audio I/O until the media threads take it (a mutex only so the
-    /// session is `Sync`; it is locked once).
-    pub audio: std::sync::Mutex<Option<AudioIo>>,
+    /// The application's audio I/O while no media thread holds it.
+    pub audio: Arc<AudioHome>,
     /// The same for video.
     pub video: std::sync::Mutex<Option<VideoIo>>,
     pub events: mpsc::Sender<CallEvent>,
@@ -88,6 +86,8 @@ const UNDECRYPTABLE_AFTER: Duration = Duration::from_secs(1);
 /// The peer we are calling and how far we got with it.
 struct Peer {
     id: String,
+    /// Its slot in the room (servers with an SFU give one).
+    slot: Option<u8>,
     /// The name the server attested for this peer (its join name, checked against the token).
     attested_name: String,
     handshake: Handshake,
@@ -100,9 +100,15 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(id: String, attested_name: String, handshake: Handshake, since: Instant) -> Self {
+    fn new(info: SignalPeer, handshake: Handshake, since: Instant) -> Self {
+        let SignalPeer {
+            peer_id: id,
+            name: attested_name,
+            slot,
+        } = info;
         Peer {
             id,
+            slot,
             attested_name,
             handshake,
             since,
@@ -124,10 +130,12 @@ impl Peer {
 }
 
 /// Media threads and tasks once running.
-struct Media {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+pub(crate) struct MediaThreads {
+    pub stop: Arc<AtomicBool>,
+    /// Raised before `stop` when the call changes mode: the sink goes back home unfinished.
+    pub handover: Arc<AtomicBool>,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The transport's video streams, until the video side starts.
@@ -146,7 +154,7 @@ struct Run {
     /// The media keys, until the media threads take them.
     keys: Option<CallKeys>,
     control: Option<ControlCrypto>,
-    media: Option<Media>,
+    media: Option<MediaThreads>,
     state: CallState,
     ping: Option<(u64, Instant)>,
     next_ping: u64,
@@ -171,6 +179,61 @@ struct Run {
     peer_heard: bool,
     /// Whether the path is lost, and when to restart ICE or give up.
     path: Reconnector,
+    /// The room as the server described it to us (for a move to a group call).
+    room: Option<RoomInfo>,
+    /// Set when the call moves to a group call: the members to agree keys with there.
+    escalate: Option<Vec<HandoverPeer>>,
+    /// The signaling events, kept for the next mode when the call moves.
+    signal_events: Option<mpsc::Receiver<SignalEvent>>,
+}
+
+/// What the server's `welcome` said about the room and us.
+#[derive(Debug, Clone)]
+pub(crate) struct RoomInfo {
+    pub our_id: String,
+    pub slot: Option<u8>,
+    pub ice_servers: Vec<IceServerInfo>,
+    pub sfu: bool,
+}
+
+/// A member the next mode meets, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct HandoverPeer {
+    pub info: SignalPeer,
+    /// We start its handshake (else it starts it with us).
+    pub initiate: bool,
+    /// It came after the previous mode started (it gets a ratcheted group key).
+    pub join: JoinKind,
+}
+
+/// What a call hands to its next mode: the signaling connection (our place in the room stays)
+/// and the room as we know it.
+pub(crate) struct RoomHandover {
+    pub signal: SignalClient,
+    pub events: mpsc::Receiver<SignalEvent>,
+    pub room: RoomInfo,
+    pub peers: Vec<HandoverPeer>,
+}
+
+/// How one mode of a call ended.
+pub(crate) enum Outcome {
+    /// The call is over.
+    Ended(EndReason),
+    /// A third member came (to a group call through the SFU) or only one other member is
+    /// left (back to a two-party call).
+    Switch(Mode),
+}
+
+/// A call's mode, with what the previous mode hands over.
+pub(crate) enum Mode {
+    TwoParty(Option<RoomHandover>),
+    Group(Option<RoomHandover>),
+}
+
+/// Whether we start the handshake with a member that was in the room as long as we were: the
+/// later of the two (the higher slot), as a joiner does.
+pub(crate) fn we_initiate(our_slot: Option<u8>, theirs: Option<u8>) -> bool {
+    our_slot > theirs
 }
 
 /// Control frames kept at most until the keys are agreed.
@@ -180,12 +243,31 @@ const EARLY_CONTROLS: usize = 32;
 const CHAT_OUTBOX: usize = 256;
 
 impl Session {
-    /// Runs the call to its end; always emits `Ended` last.
+    /// Runs the call to its end, through every change of mode; always emits `Ended` last.
     pub(crate) async fn run(mut self) -> EndReason {
-        let (reason, run) = self.run_inner().await;
-        if let Some(mut run) = run {
-            self.shutdown(&mut run, &reason).await;
-        }
+        let mut mode = if self.config.group {
+            Mode::Group(None)
+        } else {
+            Mode::TwoParty(None)
+        };
+        let reason = loop {
+            let outcome = match mode {
+                Mode::TwoParty(handover) => self.run_two_party(handover).await,
+                Mode::Group(handover) => super::group::run(&mut self, handover).await,
+            };
+            match outcome {
+                Outcome::Ended(reason) => break reason,
+                Outcome::Switch(next) => {
+                    let to = if matches!(next, Mode::Group(_)) {
+                        "a group call through the SFU"
+                    } else {
+                        "a two-party call"
+                    };
+                    tracing::info!("the call moves to {to}");
+                    mode = next;
+                }
+            }
+        };
         // Messages the peer did not acknowledge are reported, never silently lost; texts held
         // in memory are wiped (the history, if any, keeps and expires its copies).
         self.chat.end();
@@ -213,6 +295,49 @@ impl Session {
         reason
     }
 
+    /// One two-party stretch of the call: to its end, or to the move to a group call.
+    async fn run_two_party(&mut self, handover: Option<RoomHandover>) -> Outcome {
+        self.shared.group_mode.store(false, Relaxed);
+        let (reason, run) = self.run_inner(handover).await;
+        let Some(mut run) = run else {
+            return Outcome::Ended(reason);
+        };
+        if run.escalate.is_some()
+            && let Some(handover) = self.hand_over(&mut run).await
+        {
+            return Outcome::Switch(Mode::Group(Some(handover)));
+        }
+        self.shutdown(&mut run, &reason).await;
+        Outcome::Ended(reason)
+    }
+
+    /// Stops this mode's media (the audio I/O goes back home), keeps signaling, and lets the
+    /// peer connection linger a moment so the peer is not cut off before it moves too.
+    async fn hand_over(&mut self, run: &mut Run) -> Option<RoomHandover> {
+        let peers = run.escalate.take()?;
+        let room = run.room.clone()?;
+        if let Some(media) = run.media.take() {
+            media.handover.store(true, Relaxed);
+            stop_media(media).await;
+        }
+        let transport = Arc::clone(&run.transport);
+        tokio::spawn(async move {
+            tokio::time::sleep(PEER_CONNECTION_LINGER).await;
+            let _ = transport.close().await;
+        });
+        Some(RoomHandover {
+            signal: run.signal.take()?,
+            events: run.signal_events.take()?,
+            room,
+            peers,
+        })
+    }
+
+    /// Group calls carry audio only: a call that sends video stays two-party.
+    fn can_move_to_group(&self) -> bool {
+        self.config.transport.video != VideoDirection::SendReceive
+    }
+
     fn emit(&self, event: CallEvent) {
         // Never block the call on a slow application: stats may be dropped, the rest fits.
         if self.events.try_send(event).is_err() {
@@ -228,9 +353,11 @@ impl Session {
         }
     }
 
-    async fn run_inner(&mut self) -> (EndReason, Option<Run>) {
-        self.emit(CallEvent::State(CallState::Joining));
-        self.restore_history().await;
+    async fn run_inner(&mut self, handover: Option<RoomHandover>) -> (EndReason, Option<Run>) {
+        if handover.is_none() {
+            self.emit(CallEvent::State(CallState::Joining));
+            self.restore_history().await;
+        }
         // The transport starts first: its sockets and ICE agent get ready while we join.
         let mut transport = match MediaTransport::new(self.config.transport.clone()).await {
             Ok(t) => t,
@@ -243,15 +370,35 @@ impl Session {
             keyframe_requests: transport.take_keyframe_requests(),
         };
         let transport = Arc::new(transport);
-        let mut signal_config = SignalConfig::new(
-            self.config.server_url.clone(),
-            self.config.room.clone(),
-            self.config.name.clone(),
-        );
-        signal_config.token = self.config.token.clone();
-        signal_config.ca_cert = self.config.ca_cert.clone();
-        signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
-        let (signal, mut signal_events) = SignalClient::connect(signal_config);
+        // A call that comes back from a group call keeps its place in the room; it meets the
+        // one member left as if the room were new: the later of the two starts.
+        let (signal, mut signal_events, mut injected) = match handover {
+            Some(h) => {
+                let mut injected = Vec::new();
+                let (start, wait): (Vec<_>, Vec<_>) = h.peers.into_iter().partition(|p| p.initiate);
+                injected.push(SignalEvent::Joined {
+                    peer_id: h.room.our_id,
+                    slot: h.room.slot,
+                    peers: start.into_iter().map(|p| p.info).collect(),
+                    ice_servers: h.room.ice_servers,
+                    sfu: h.room.sfu,
+                });
+                injected.extend(wait.into_iter().map(|p| SignalEvent::PeerJoined(p.info)));
+                (h.signal, h.events, injected)
+            }
+            None => {
+                let mut signal_config = SignalConfig::new(
+                    self.config.server_url.clone(),
+                    self.config.room.clone(),
+                    self.config.name.clone(),
+                );
+                signal_config.token = self.config.token.clone();
+                signal_config.ca_cert = self.config.ca_cert.clone();
+                signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
+                let (signal, events) = SignalClient::connect(signal_config);
+                (signal, events, Vec::new())
+            }
+        };
         let mut run = Run {
             signal: Some(signal),
             transport: Arc::clone(&transport),
@@ -272,6 +419,9 @@ impl Session {
             early_controls: Vec::new(),
             peer_heard: false,
             path: Reconnector::new(RestartRole::Answerer),
+            room: None,
+            escalate: None,
+            signal_events: None,
         };
         let mut control_open = transport.control_open_watch();
         let mut control_watch = true;
@@ -284,6 +434,18 @@ impl Session {
         let mut last_tick = Instant::now();
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let mut setup_deadline = far;
+        for event in injected.drain(..) {
+            match self.on_signal(&mut run, event).await {
+                Ok(true) => {
+                    setup_deadline = tokio::time::Instant::now() + self.config.setup_timeout;
+                }
+                Ok(false) => {}
+                Err(reason) => {
+                    run.signal_events = Some(signal_events);
+                    return (reason, Some(run));
+                }
+            }
+        }
 
         let reason = loop {
             let chat_deadline = self.chat.next_deadline();
@@ -469,6 +631,7 @@ impl Session {
                 }
             }
         };
+        run.signal_events = Some(signal_events);
         (reason, Some(run))
     }
 
@@ -477,9 +640,10 @@ impl Session {
         match event {
             SignalEvent::Joined {
                 peer_id,
+                slot,
                 peers,
                 ice_servers,
-                ..
+                sfu,
             } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
                 if run.peer.is_some() {
@@ -488,36 +652,33 @@ impl Session {
                     run.path.signaling_rejoined();
                     return Ok(false);
                 }
-                // The server's STUN/TURN servers, unless the caller chose its own. Gathering
-                // starts with the offer or answer, later than this.
-                let own = &self.config.transport.ice_servers;
-                let servers: Vec<IceServer> = if own.is_empty() {
-                    ice_servers
-                        .into_iter()
-                        .map(|s| IceServer {
-                            urls: s.urls,
-                            username: s.username,
-                            credential: s.credential,
-                        })
-                        .collect()
-                } else {
-                    own.clone()
-                };
-                let relay_only = self.config.transport.relay_only;
-                if relay_only && !has_turn(&servers) {
-                    return Err(EndReason::ConnectionFailed(
-                        "relay-only needs a TURN server: none was given (--ice-server turn:...) \
-                         and the signaling server offers none"
-                            .into(),
-                    ));
+                run.room = Some(RoomInfo {
+                    our_id: peer_id,
+                    slot,
+                    ice_servers: ice_servers.clone(),
+                    sfu,
+                });
+                if sfu && peers.len() >= 2 && self.can_move_to_group() {
+                    // Two or more are here already: a group call, and we start every pair.
+                    run.escalate = Some(
+                        peers
+                            .into_iter()
+                            .map(|info| HandoverPeer {
+                                info,
+                                initiate: true,
+                                join: JoinKind::AlreadyPresent,
+                            })
+                            .collect(),
+                    );
+                    return Err(EndReason::LocalHangup);
                 }
-                if !servers.is_empty() && (own.is_empty() || relay_only) {
-                    tracing::info!(count = servers.len(), relay_only, "ICE servers");
-                    if let Err(e) = run.transport.set_ice_servers(&servers).await {
-                        return Err(EndReason::ConnectionFailed(format!(
-                            "the ICE servers are not usable: {e}"
-                        )));
-                    }
+                // Gathering starts with the offer or answer, later than this.
+                if let Some(servers) = ice_servers_to_use(&self.config.transport, ice_servers)?
+                    && let Err(e) = run.transport.set_ice_servers(&servers).await
+                {
+                    return Err(EndReason::ConnectionFailed(format!(
+                        "the ICE servers are not usable: {e}"
+                    )));
                 }
                 let Some(other) = peers.into_iter().next() else {
                     self.set_state(run, CallState::WaitingForPeer);
@@ -533,12 +694,7 @@ impl Session {
                 .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
                 run.path = Reconnector::new(RestartRole::Offerer);
                 // Set-up time of the joiner counts from its own start.
-                run.peer = Some(Peer::new(
-                    other.peer_id,
-                    other.name,
-                    handshake,
-                    self.started,
-                ));
+                run.peer = Some(Peer::new(other, handshake, self.started));
                 self.set_state(run, CallState::Handshaking);
                 self.send_handshake(run, hello).await?;
                 let offer = run
@@ -551,9 +707,34 @@ impl Session {
                 Ok(true)
             }
             SignalEvent::PeerJoined(info) => {
-                if run.peer.is_some() {
-                    tracing::info!(peer = %info.peer_id, "ignoring a third peer");
-                    return Ok(false);
+                if let Some(peer) = &run.peer {
+                    let room = run
+                        .room
+                        .as_ref()
+                        .filter(|r| r.sfu && self.can_move_to_group());
+                    let Some(room) = room else {
+                        tracing::info!(peer = %info.peer_id, "ignoring a third peer");
+                        return Ok(false);
+                    };
+                    // A third person: everyone moves to the SFU with new keys.
+                    let present = SignalPeer {
+                        peer_id: peer.id.clone(),
+                        name: peer.attested_name.clone(),
+                        slot: peer.slot,
+                    };
+                    run.escalate = Some(vec![
+                        HandoverPeer {
+                            initiate: we_initiate(room.slot, present.slot),
+                            info: present,
+                            join: JoinKind::AlreadyPresent,
+                        },
+                        HandoverPeer {
+                            info,
+                            initiate: false,
+                            join: JoinKind::NewJoiner,
+                        },
+                    ]);
+                    return Err(EndReason::LocalHangup);
                 }
                 let handshake = Handshake::responder(
                     Arc::clone(&self.identity),
@@ -562,12 +743,7 @@ impl Session {
                     run.transport.dtls_fingerprint(),
                 )
                 .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
-                run.peer = Some(Peer::new(
-                    info.peer_id,
-                    info.name,
-                    handshake,
-                    Instant::now(),
-                ));
+                run.peer = Some(Peer::new(info, handshake, Instant::now()));
                 self.set_state(run, CallState::Handshaking);
                 Ok(true)
             }
@@ -688,6 +864,10 @@ impl Session {
                     }
                     Err(e) => tracing::warn!("could not apply an ICE restart offer: {e}"),
                 }
+            }
+            IncomingSignal::Control(_) => {
+                // Two-party control frames travel on the data channel.
+                tracing::debug!("ignoring a control frame relayed by the server");
             }
             IncomingSignal::Answer(sdp) => {
                 if peer.handshake.role() != Role::Initiator {
@@ -864,7 +1044,7 @@ impl Session {
         {
             return Ok(());
         }
-        let audio = self.audio.lock().ok().and_then(|mut a| a.take());
+        let audio = self.audio.take();
         let (Some(keys), Some(frames), Some((source, sink))) =
             (run.keys.take(), frames.take(), audio)
         else {
@@ -895,7 +1075,9 @@ impl Session {
             stop: Arc::clone(&stop),
             frame: self.config.opus.frame,
             notices: notices.clone(),
+            home: Arc::clone(&self.audio),
         };
+        let handover = Arc::new(AtomicBool::new(false));
         let playback = Playback {
             sink,
             playout: AudioPlayout::new(self.config.playout, decoder),
@@ -905,6 +1087,8 @@ impl Session {
             frame: self.config.opus.frame,
             setup_start: run.peer.as_ref().map_or(self.started, |p| p.since),
             notices: notices.clone(),
+            home: Arc::clone(&self.audio),
+            handover: Arc::clone(&handover),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -929,8 +1113,9 @@ impl Session {
             threads.extend(video.0);
             tasks.extend(video.1);
         }
-        run.media = Some(Media {
+        run.media = Some(MediaThreads {
             stop,
+            handover,
             threads,
             tasks,
         });
@@ -1102,6 +1287,10 @@ impl Session {
                     self.send_chat(run, ControlMessage::Chat(ack)).await;
                 }
                 self.flush_chat().await;
+            }
+            // Group key messages mean nothing between two peers.
+            ControlMessage::GroupKey { .. } | ControlMessage::GroupAck { .. } => {
+                tracing::debug!("ignoring a group key message in a two-party call");
             }
         }
         None
@@ -1292,22 +1481,7 @@ impl Session {
     /// first, so nothing is played after the hang-up.
     async fn shutdown(&mut self, run: &mut Run, reason: &EndReason) {
         if let Some(media) = run.media.take() {
-            media.stop.store(true, Relaxed);
-            for task in &media.tasks {
-                task.abort();
-            }
-            let threads = media.threads;
-            let joined = tokio::task::spawn_blocking(move || {
-                for t in threads {
-                    let _ = t.join();
-                }
-            });
-            if tokio::time::timeout(Duration::from_secs(5), joined)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a media thread did not stop in time");
-            }
+            stop_media(media).await;
         }
         if *reason == EndReason::LocalHangup
             && self.send_control(run, &ControlMessage::Hangup).await
@@ -1329,6 +1503,65 @@ fn ice_ufrag(sdp: &str) -> Option<&str> {
     sdp.lines()
         .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
         .map(str::trim)
+}
+
+/// How long a two-party peer connection stays open after the call moved to the SFU, so the
+/// peer's side sees the move coming through signaling rather than a failed connection.
+const PEER_CONNECTION_LINGER: Duration = Duration::from_secs(3);
+
+/// Stops media threads and tasks and waits (bounded) for the threads to end.
+pub(crate) async fn stop_media(media: MediaThreads) {
+    media.stop.store(true, Relaxed);
+    for task in &media.tasks {
+        task.abort();
+    }
+    let threads = media.threads;
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    if tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a media thread did not stop in time");
+    }
+}
+
+/// The ICE servers to use once the room is joined: the server's STUN/TURN servers, unless
+/// the caller chose its own (then `None`: nothing to change), or the union for relay-only.
+pub(super) fn ice_servers_to_use(
+    transport: &TransportConfig,
+    offered: Vec<IceServerInfo>,
+) -> Result<Option<Vec<IceServer>>, EndReason> {
+    let own = &transport.ice_servers;
+    let servers: Vec<IceServer> = if own.is_empty() {
+        offered
+            .into_iter()
+            .map(|s| IceServer {
+                urls: s.urls,
+                username: s.username,
+                credential: s.credential,
+            })
+            .collect()
+    } else {
+        own.clone()
+    };
+    let relay_only = transport.relay_only;
+    if relay_only && !has_turn(&servers) {
+        return Err(EndReason::ConnectionFailed(
+            "relay-only needs a TURN server: none was given (--ice-server turn:...) \
+             and the signaling server offers none"
+                .into(),
+        ));
+    }
+    if !servers.is_empty() && (own.is_empty() || relay_only) {
+        tracing::info!(count = servers.len(), relay_only, "ICE servers");
+        Ok(Some(servers))
+    } else {
+        Ok(None)
+    }
 }
 
 /// How far a call that never connected got, for [`EndReason::NeverConnected`].

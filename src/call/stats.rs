@@ -105,6 +105,45 @@ pub struct CallStats {
     pub messages_expired: u64,
     /// ICE restarts after the path was lost: restart offers we sent, or answered.
     pub ice_restarts: u64,
+    /// `p2p` for a two-party call, `sfu` for a group call through the SFU.
+    pub mode: &'static str,
+    /// A group call's safety code over the room and every member's identity (ours included),
+    /// once a member's keys are agreed. In a group, `safety_code` in reports is this code.
+    pub group_safety_code: Option<String>,
+    /// A group call's other members whose keys were agreed: those in the call now, then
+    /// (with `present: false`) the latest that left.
+    pub participants: Vec<ParticipantStats>,
+    /// Times our group sending key changed (each join ratchets it, each leave replaces it).
+    pub rekeys: u64,
+    /// Group frames dropped because their sender's key never came (never played).
+    pub unknown_key_frames: u64,
+}
+
+/// One other member of a group call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ParticipantStats {
+    /// Its name (canonical, as shown).
+    pub name: String,
+    /// Its identity key's fingerprint.
+    pub identity: String,
+    /// What the known-peers store says about it.
+    pub trust: &'static str,
+    /// Its frames that authenticated and decrypted.
+    pub frames_decrypted: u64,
+    /// Its frames that failed authentication under a key we hold.
+    pub decrypt_failures: u64,
+    /// Whether its voice was heard in the last moment.
+    pub speaking: bool,
+    /// Still in the call (members that left keep their last figures, `present: false`).
+    pub present: bool,
+}
+
+/// What a group call adds to the figures (set by the call task, read at snapshots).
+#[derive(Debug, Default)]
+pub(crate) struct GroupFigures {
+    pub group_safety_code: Option<String>,
+    pub participants: Vec<ParticipantStats>,
+    pub rekeys: u64,
 }
 
 /// Counters shared between the call task and the media threads.
@@ -160,6 +199,11 @@ pub(crate) struct SharedStats {
     pub messages_rejected: AtomicU64,
     pub messages_expired: AtomicU64,
     pub ice_restarts: AtomicU64,
+    pub unknown_key_frames: AtomicU64,
+    /// Set for a group call (then `group` holds its figures).
+    pub group_mode: AtomicBool,
+    /// Not on the frame path: written by the call task, read by snapshots.
+    pub group: std::sync::Mutex<GroupFigures>,
 }
 
 /// The instant the call clocks of [`SharedStats`] count from.
@@ -206,7 +250,7 @@ impl SharedStats {
         let played = self.frames_played.load(Relaxed);
         let lost = self.frames_lost.load(Relaxed);
         let nonzero = |v: u64| (v > 0).then(|| ms(v));
-        CallStats {
+        let mut stats = CallStats {
             rtt_ms: nonzero(self.rtt_us.load(Relaxed)),
             loss_percent: if played + lost == 0 {
                 0.0
@@ -259,7 +303,22 @@ impl SharedStats {
             messages_rejected: self.messages_rejected.load(Relaxed),
             messages_expired: self.messages_expired.load(Relaxed),
             ice_restarts: self.ice_restarts.load(Relaxed),
+            mode: if self.group_mode.load(Relaxed) {
+                "sfu"
+            } else {
+                "p2p"
+            },
+            group_safety_code: None,
+            participants: Vec::new(),
+            rekeys: 0,
+            unknown_key_frames: self.unknown_key_frames.load(Relaxed),
+        };
+        if let Ok(group) = self.group.lock() {
+            stats.group_safety_code = group.group_safety_code.clone();
+            stats.participants = group.participants.clone();
+            stats.rekeys = group.rekeys;
         }
+        stats
     }
 }
 

@@ -60,6 +60,9 @@ pub enum MessageError {
     /// No random number could be drawn for the message id.
     #[error("no randomness for a message id")]
     Random,
+    /// Text messages are two-party only for now; group calls carry voice.
+    #[error("text messages are not available in group calls yet")]
+    NotInGroupCalls,
 }
 
 /// Why a message from the peer was refused (each one is counted in `messages_rejected`).

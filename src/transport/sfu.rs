@@ -298,6 +298,11 @@ impl SfuTransport {
         wait_connected(&self.state, timeout).await
     }
 
+    /// Follows the connection state.
+    pub fn state_watch(&self) -> watch::Receiver<TransportState> {
+        self.state.clone()
+    }
+
     /// The connection state now.
     pub fn state(&self) -> TransportState {
         *self.state.borrow()

@@ -33,6 +33,29 @@ fn print_stats(s: &CallStats) {
         s.replays_rejected,
         s.reorder_rejected
     );
+    if s.mode == "sfu" {
+        let members: Vec<String> = s
+            .participants
+            .iter()
+            .filter(|p| p.present)
+            .map(|p| {
+                format!(
+                    "{} ({}, decrypted {}, failures {}{})",
+                    p.name,
+                    p.trust,
+                    p.frames_decrypted,
+                    p.decrypt_failures,
+                    if p.speaking { ", speaking" } else { "" }
+                )
+            })
+            .collect();
+        println!(
+            "group: {} members besides us, rekeys {}: {}",
+            members.len(),
+            s.rekeys,
+            members.join(", ")
+        );
+    }
     if s.video_frames_sent + s.video_frames_received > 0 {
         let sync = s
             .av_sync_offset_ms
@@ -56,10 +79,12 @@ fn print_stats(s: &CallStats) {
     }
 }
 
-fn state_text(state: CallState) -> &'static str {
+fn state_text(state: CallState, group: bool) -> &'static str {
     match state {
         CallState::Joining => "joining the room",
+        CallState::WaitingForPeer if group => "waiting for other members",
         CallState::WaitingForPeer => "waiting for the other peer",
+        CallState::Handshaking if group => "agreeing keys with the members",
         CallState::Handshaking => "agreeing keys with the peer",
         CallState::Connecting => "connecting media",
         CallState::Connected => "connected (end-to-end encrypted)",
@@ -170,7 +195,7 @@ async fn call(
             event = call.next_event() => match event {
                 Some(CallEvent::State(state)) => {
                     undecryptable |= state == CallState::Undecryptable;
-                    println!("state: {}", state_text(state));
+                    println!("state: {}", state_text(state, args.group));
                     if state == CallState::Connected && !connected {
                         connected = true;
                         let mut quit = false;
@@ -222,6 +247,36 @@ async fn call(
                          be in the middle. Compare safety codes before you talk.",
                         presented.fingerprint(),
                         pinned.fingerprint()
+                    );
+                }
+                Some(CallEvent::ParticipantJoined(info)) => {
+                    println!(
+                        "member: {:?} (identity {}, {}){}",
+                        info.name,
+                        info.identity.fingerprint(),
+                        info.trust.as_str(),
+                        if info.mixed_script {
+                            "  WARNING: the name mixes writing systems, as imitations do"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                Some(CallEvent::ParticipantLeft { name }) => println!("member left: {name:?}"),
+                Some(CallEvent::ParticipantRefused { name, reason }) => {
+                    println!("member refused: {name:?}: {reason}");
+                }
+                Some(CallEvent::ParticipantMuted { name, muted }) => {
+                    println!("{name:?} {}", if muted { "muted" } else { "unmuted" });
+                }
+                Some(CallEvent::GroupSafetyCode { code, members, changed }) => {
+                    if changed {
+                        println!("the members changed, so the group safety code changed");
+                    }
+                    println!(
+                        "group safety code: {code}   (everyone in the call sees the same code; \
+                         members besides us: {})",
+                        members.join(", ")
                     );
                 }
                 Some(CallEvent::FirstAudio { setup_ms }) => {

@@ -44,6 +44,10 @@ pub struct DemoArgs {
     /// a barcode) and checks the pictures it receives.
     #[arg(long)]
     video: bool,
+    /// Run a group call of N members (3-8) through the signaling server's SFU instead: each
+    /// sends its own tone, and the summary says what each member heard and the group code.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(3..=8), conflicts_with = "video")]
+    group: Option<u8>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -55,7 +59,7 @@ fn parse_secs(s: &str) -> Result<f64, String> {
 
 /// Keeps the most recent audio played, for the summary.
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<f32>>>);
+pub(crate) struct Recorder(Arc<Mutex<Vec<f32>>>);
 
 /// Seconds of audio a recorder keeps.
 const RECORD_SECS: usize = 3;
@@ -74,14 +78,14 @@ impl AudioSink for Recorder {
 }
 
 impl Recorder {
-    fn last_two_seconds(&self) -> Vec<f32> {
+    pub(crate) fn last_two_seconds(&self) -> Vec<f32> {
         let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         buf[buf.len().saturating_sub(2 * 48_000)..].to_vec()
     }
 }
 
 /// The signaling server child; killed when dropped.
-struct ServerProcess(Child);
+pub(crate) struct ServerProcess(Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -106,11 +110,16 @@ fn server_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// Starts `sotto-signaling` on a free loopback port and reads the URL it prints.
-fn start_server() -> Result<(ServerProcess, String), String> {
+/// Starts `sotto-signaling` on a free loopback port (with its SFU for a group call) and
+/// reads the URL it prints.
+pub(crate) fn start_server(sfu: bool) -> Result<(ServerProcess, String), String> {
     let bin = server_binary()?;
-    let mut child = Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0"])
+    let mut command = Command::new(&bin);
+    command.args(["--listen", "127.0.0.1:0"]);
+    if sfu {
+        command.arg("--sfu");
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -119,9 +128,12 @@ fn start_server() -> Result<(ServerProcess, String), String> {
     let stdout = child.stdout.take().ok_or("no server stdout")?;
     let server = ServerProcess(child);
     let mut line = String::new();
-    BufReader::new(stdout)
+    let mut stdout = BufReader::new(stdout);
+    stdout
         .read_line(&mut line)
         .map_err(|e| format!("reading the server's address: {e}"))?;
+    // The server prints more (its SFU's addresses); a closed pipe would stop it.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -219,17 +231,26 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let (server, url) = match &args.server {
         Some(url) => (None, url.clone()),
         None => {
-            let (s, url) = start_server()?;
+            let (s, url) = start_server(args.group.is_some())?;
             (Some(s), url)
         }
     };
     let runtime = crate::runtime()?;
-    let result = runtime.block_on(demo(&args, &url));
+    let result = match args.group {
+        Some(n) => runtime.block_on(crate::group_demo::demo(
+            usize::from(n),
+            args.duration,
+            args.json,
+            &url,
+            args.ca_cert.as_ref(),
+        )),
+        None => runtime.block_on(demo(&args, &url)),
+    };
     drop(server);
     result
 }
 
-fn builder(
+pub(crate) fn builder(
     url: &str,
     ca_cert: Option<&PathBuf>,
     room: &str,

@@ -4,6 +4,7 @@ mod call_cmd;
 mod chat;
 mod demo;
 mod devices;
+mod group_demo;
 mod hexarg;
 mod identity_cmd;
 mod latency_cmd;

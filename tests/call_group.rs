@@ -1,0 +1,605 @@
+//! Group calls through the SFU that `sotto-signaling --sfu` hosts, with the engine's real
+//! pipeline (Opus, group keys, SFrame, WebRTC to the SFU, one playout per member, mixing):
+//! every member hears every other member's tone and not its own, everyone sees one group
+//! safety code, and it changes when someone leaves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CaptureSink, TestServer, tone_ratio};
+use sotto::call::{Call, CallBuilder, CallEvent, CallState, CallStats, EndReason};
+use sotto::media::ToneSource;
+use tokio::sync::{mpsc, oneshot};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Calls in this binary run one at a time: each is several real-time pipelines on 2 cores.
+static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What one member saw, once its call ended.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Every group code shown, with the members it covered.
+    codes: Vec<(String, Vec<String>)>,
+    joined: Vec<String>,
+    left: Vec<String>,
+    ended: Option<(EndReason, CallStats)>,
+}
+
+/// A running member: its sink, a way to hang it up, and what it saw.
+struct Member {
+    name: &'static str,
+    hz: f64,
+    sink: CaptureSink,
+    hang_up: Option<oneshot::Sender<()>>,
+    seen: tokio::task::JoinHandle<Seen>,
+}
+
+/// Starts `name` sending `hz` into the group room; once its media flows, `full` gets its name
+/// and the number of other members its group code covers, each time that changes.
+fn start(
+    server: &TestServer,
+    room: &str,
+    name: &'static str,
+    hz: f64,
+    full: mpsc::UnboundedSender<(&'static str, usize)>,
+) -> Member {
+    let sink = CaptureSink::default();
+    let call = CallBuilder::new(server.url.clone(), room)
+        .name(name)
+        .source(ToneSource::new(hz, 0.3))
+        .sink(sink.clone())
+        .configure(|c| c.group = true)
+        .start()
+        .unwrap();
+    let (hang_up, hang_up_rx) = oneshot::channel();
+    let seen = tokio::spawn(observe(call, name, hang_up_rx, full));
+    Member {
+        name,
+        hz,
+        sink,
+        hang_up: Some(hang_up),
+        seen,
+    }
+}
+
+async fn observe(
+    mut call: Call,
+    name: &'static str,
+    mut hang_up: oneshot::Receiver<()>,
+    full: mpsc::UnboundedSender<(&'static str, usize)>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut hung_up = false;
+    // Reported once media flows: the roster size of the latest code.
+    let mut connected = false;
+    loop {
+        let event = tokio::select! {
+            e = call.next_event() => e,
+            _ = &mut hang_up, if !hung_up => {
+                hung_up = true;
+                let reason = call.hang_up().await;
+                assert_eq!(reason, EndReason::LocalHangup, "{name}");
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        match event {
+            CallEvent::GroupSafetyCode { code, members, .. } => {
+                if connected {
+                    let _ = full.send((name, members.len()));
+                }
+                seen.codes.push((code, members));
+            }
+            CallEvent::State(CallState::Connected) => {
+                connected = true;
+                let others = seen.codes.last().map_or(0, |c| c.1.len());
+                let _ = full.send((name, others));
+            }
+            CallEvent::ParticipantJoined(info) => seen.joined.push(info.name),
+            CallEvent::ParticipantLeft { name } => seen.left.push(name),
+            CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
+            CallEvent::Ended { reason, stats } => seen.ended = Some((reason, stats)),
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Waits until every one of `names` has shown a group code over `others` other members.
+async fn until_everyone_sees(
+    full: &mut mpsc::UnboundedReceiver<(&'static str, usize)>,
+    names: &[&str],
+    others: usize,
+) {
+    let mut done: Vec<&str> = Vec::new();
+    while !names.iter().all(|n| done.contains(n)) {
+        let (who, n) = tokio::time::timeout(WAIT, full.recv())
+            .await
+            .expect("group codes in time")
+            .expect("members running");
+        if n == others && !done.contains(&who) {
+            done.push(who);
+        }
+    }
+}
+
+/// Mean share of `hz` over 100 ms blocks of `x` (robust to the phase seams playout leaves).
+fn share(x: &[f32], hz: f64) -> f64 {
+    let blocks: Vec<&[f32]> = x.chunks_exact(4800).collect();
+    blocks
+        .iter()
+        .map(|b| tone_ratio(b, 48_000.0, hz))
+        .sum::<f64>()
+        / blocks.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_hear_each_other_through_the_sfu_under_one_group_code() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (full_tx, mut full) = mpsc::unbounded_channel();
+    let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+    let mut members: Vec<Member> = Vec::new();
+    for (name, hz) in tones {
+        members.push(start(&server, "trio", name, hz, full_tx.clone()));
+    }
+    until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    // Three seconds of talk once everyone holds everyone's keys.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for m in &mut members {
+        let _ = m.hang_up.take().unwrap().send(());
+    }
+    let mut codes = Vec::new();
+    let mut rekeys = Vec::new();
+    for m in members {
+        let seen = tokio::time::timeout(WAIT, m.seen).await.unwrap().unwrap();
+        let (reason, stats) = seen.ended.expect("ended");
+        eprintln!("{}: {reason}; {stats:?}", m.name);
+        assert_eq!(stats.mode, "sfu");
+        assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
+        assert_eq!(stats.participants.len(), 2, "{}: {stats:?}", m.name);
+        for p in &stats.participants {
+            assert_eq!(p.decrypt_failures, 0, "{}: {p:?}", m.name);
+            assert!(p.frames_decrypted >= 50, "{}: {p:?}", m.name);
+        }
+        rekeys.push(stats.rekeys);
+        let code = stats.group_safety_code.clone().expect("a group code");
+        assert_eq!(seen.codes.last().map(|c| &c.0), Some(&code));
+        codes.push(code);
+        // The last two seconds played carry both other tones and not our own.
+        let heard = m.sink.tail(2.0);
+        for (other, hz) in tones {
+            let s = share(&heard, hz);
+            eprintln!("{} hears {other} ({hz} Hz) at share {s:.2}", m.name);
+            if other == m.name {
+                assert!(s < 0.05, "{} hears itself: {s:.2}", m.name);
+            } else {
+                assert!(s > 0.2, "{} barely hears {other}: {s:.2}", m.name);
+            }
+        }
+        let _ = m.hz;
+    }
+    assert!(
+        codes.windows(2).all(|w| w[0] == w[1]),
+        "codes differ: {codes:?}"
+    );
+    // Each join ratchets the keys of those already there: in the server's join order, the
+    // first member rekeyed twice, the second once, the last never.
+    rekeys.sort();
+    assert_eq!(rekeys, [0, 1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (full_tx, mut full) = mpsc::unbounded_channel();
+    let mut alice = start(&server, "leave", "alice", 440.0, full_tx.clone());
+    let mut bob = start(&server, "leave", "bob", 660.0, full_tx.clone());
+    let mut carol = start(&server, "leave", "carol", 880.0, full_tx.clone());
+    until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    // A second of the three talking, then carol leaves.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = carol.hang_up.take().unwrap().send(());
+    let carol_seen = tokio::time::timeout(WAIT, carol.seen)
+        .await
+        .unwrap()
+        .unwrap();
+    let trio_code = carol_seen.codes.last().unwrap().0.clone();
+    until_everyone_sees(&mut full, &["alice", "bob"], 1).await;
+    // Two seconds on the new keys.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut duo_codes = Vec::new();
+    for (m, other) in [(&mut alice, 660.0), (&mut bob, 440.0)] {
+        let _ = m.hang_up.take().unwrap().send(());
+        let heard = m.sink.tail(1.5);
+        let s = share(&heard, other);
+        assert!(
+            s > 0.4,
+            "{} barely hears the other after the leave: {s:.2}",
+            m.name
+        );
+        assert!(share(&heard, 880.0) < 0.05, "{} still hears carol", m.name);
+    }
+    for m in [alice, bob] {
+        let seen = tokio::time::timeout(WAIT, m.seen).await.unwrap().unwrap();
+        assert_eq!(seen.left, ["carol"], "{}", m.name);
+        let (_, stats) = seen.ended.unwrap();
+        assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
+        let present: Vec<&str> = stats
+            .participants
+            .iter()
+            .filter(|p| p.present)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(present.len(), 1, "{}: {:?}", m.name, stats.participants);
+        // Carol's figures stay, marked as gone.
+        assert!(
+            stats
+                .participants
+                .iter()
+                .any(|p| p.name == "carol" && !p.present && p.frames_decrypted > 0),
+            "{}: {:?}",
+            m.name,
+            stats.participants
+        );
+        // A leave replaces the key (on top of what the joins ratcheted).
+        assert!(stats.rekeys >= 1, "{}: {}", m.name, stats.rekeys);
+        let code = stats.group_safety_code.unwrap();
+        assert!(seen.codes.iter().any(|c| c.0 == trio_code), "{}", m.name);
+        assert_ne!(code, trio_code, "{}: the code did not change", m.name);
+        duo_codes.push(code);
+    }
+    assert_eq!(duo_codes[0], duo_codes[1]);
+}
+
+/// What an escalation test waits for.
+#[derive(Debug, PartialEq)]
+enum Mark {
+    /// Two-party keys agreed (a safety code for one peer).
+    Pair,
+    /// A group code over this many other members.
+    Group(usize),
+    Connected,
+}
+
+/// A sink that keeps each frame played with the time it was played: a change of mode writes
+/// nothing while it lasts, so gaps show in time, not in samples.
+#[derive(Clone, Default)]
+struct TimedSink(std::sync::Arc<std::sync::Mutex<Vec<TimedFrame>>>);
+
+/// A frame played, and when.
+type TimedFrame = (std::time::Instant, Vec<f32>);
+
+impl sotto::media::AudioSink for TimedSink {
+    fn write_frame(&mut self, frame: &[f32]) -> Result<(), sotto::media::MediaError> {
+        let now = std::time::Instant::now();
+        self.0.lock().unwrap().push((now, frame.to_vec()));
+        Ok(())
+    }
+}
+
+impl TimedSink {
+    fn tail(&self, seconds: f64) -> Vec<f32> {
+        let frames = self.0.lock().unwrap();
+        let all: Vec<f32> = frames.iter().flat_map(|f| f.1.iter().copied()).collect();
+        let n = ((seconds * 48_000.0) as usize).min(all.len());
+        all[all.len() - n..].to_vec()
+    }
+
+    /// The longest time after `hz` was first heard during which no frame played carried it.
+    fn longest_gap(&self, hz: f64) -> Duration {
+        let frames = self.0.lock().unwrap();
+        let heard: Vec<std::time::Instant> = frames
+            .iter()
+            .filter(|(_, f)| tone_ratio(f, 48_000.0, hz) > 0.1)
+            .map(|(t, _)| *t)
+            .collect();
+        heard
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(Duration::MAX)
+    }
+}
+
+/// Starts `name` in the default mode (two-party, moving to the SFU when a third comes).
+fn start_auto(
+    server: &TestServer,
+    room: &str,
+    name: &'static str,
+    hz: f64,
+    marks: mpsc::UnboundedSender<(&'static str, Mark)>,
+) -> Running {
+    start_marked(server, room, name, (hz, 0.3), false, marks)
+}
+
+/// A member's sink, its hang-up trigger and what it saw.
+type Running = (
+    TimedSink,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Seen>,
+);
+
+/// Starts `name` sending `tone` (Hz, amplitude), as a group member if `group`, reporting
+/// marks as it goes.
+fn start_marked(
+    server: &TestServer,
+    room: &str,
+    name: &'static str,
+    tone: (f64, f32),
+    group: bool,
+    marks: mpsc::UnboundedSender<(&'static str, Mark)>,
+) -> Running {
+    let sink = TimedSink::default();
+    let mut call = CallBuilder::new(server.url.clone(), room)
+        .name(name)
+        .source(ToneSource::new(tone.0, tone.1))
+        .sink(sink.clone())
+        .configure(|c| c.group = group)
+        .start()
+        .unwrap();
+    let (hang_up, mut hang_up_rx) = oneshot::channel::<()>();
+    let seen = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut hung_up = false;
+        loop {
+            let event = tokio::select! {
+                e = call.next_event() => e,
+                _ = &mut hang_up_rx, if !hung_up => {
+                    hung_up = true;
+                    assert_eq!(call.hang_up().await, EndReason::LocalHangup, "{name}");
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
+            let mark = match event {
+                CallEvent::SafetyCode(_) => Some(Mark::Pair),
+                CallEvent::GroupSafetyCode { code, members, .. } => {
+                    let n = members.len();
+                    seen.codes.push((code, members));
+                    Some(Mark::Group(n))
+                }
+                CallEvent::State(CallState::Connected) => Some(Mark::Connected),
+                CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
+                CallEvent::ParticipantLeft { name } => {
+                    seen.left.push(name);
+                    None
+                }
+                CallEvent::Ended { reason, stats } => {
+                    seen.ended = Some((reason, stats));
+                    None
+                }
+                _ => None,
+            };
+            if let Some(mark) = mark {
+                let _ = marks.send((name, mark));
+            }
+        }
+        seen
+    });
+    (sink, hang_up, seen)
+}
+
+/// Waits until each of `names` has shown `mark` and been connected (in either order) since
+/// this call.
+async fn until_marked(
+    marks: &mut mpsc::UnboundedReceiver<(&'static str, Mark)>,
+    names: &[&str],
+    mark: Mark,
+) {
+    let mut marked: Vec<&str> = Vec::new();
+    let mut connected: Vec<&str> = Vec::new();
+    while !names
+        .iter()
+        .all(|n| marked.contains(n) && connected.contains(n))
+    {
+        let (who, m) = tokio::time::timeout(WAIT, marks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {mark:?} in time (marked: {marked:?})"))
+            .expect("members running");
+        if m == mark {
+            marked.push(who);
+        }
+        if m == Mark::Connected {
+            connected.push(who);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_party_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_leaves() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (marks_tx, mut marks) = mpsc::unbounded_channel();
+    let (alice_sink, alice_hang_up, alice) =
+        start_auto(&server, "up", "alice", 440.0, marks_tx.clone());
+    let (bob_sink, bob_hang_up, bob) = start_auto(&server, "up", "bob", 660.0, marks_tx.clone());
+    until_marked(&mut marks, &["alice", "bob"], Mark::Pair).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (carol_sink, carol_hang_up, carol) =
+        start_auto(&server, "up", "carol", 880.0, marks_tx.clone());
+    until_marked(&mut marks, &["alice", "bob", "carol"], Mark::Group(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (who, sink, others) in [
+        ("alice", &alice_sink, [660.0, 880.0]),
+        ("bob", &bob_sink, [440.0, 880.0]),
+        ("carol", &carol_sink, [440.0, 660.0]),
+    ] {
+        let heard = sink.tail(1.5);
+        for hz in others {
+            let s = share(&heard, hz);
+            assert!(s > 0.2, "{who} barely hears {hz} Hz in the group: {s:.2}");
+        }
+    }
+    // Back to two: carol leaves, alice and bob meet again peer to peer.
+    let _ = carol_hang_up.send(());
+    let carol_seen = tokio::time::timeout(WAIT, carol).await.unwrap().unwrap();
+    assert_eq!(carol_seen.ended.unwrap().1.decrypt_failures, 0);
+    until_marked(&mut marks, &["alice", "bob"], Mark::Pair).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = alice_hang_up.send(());
+    let _ = bob_hang_up.send(());
+    for (who, seen, sink, other) in [
+        ("alice", alice, &alice_sink, 660.0),
+        ("bob", bob, &bob_sink, 440.0),
+    ] {
+        let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+        let (_, stats) = seen.ended.unwrap();
+        assert_eq!(stats.mode, "p2p", "{who} ends two-party");
+        assert_eq!(stats.decrypt_failures, 0, "{who}");
+        assert_eq!(seen.left, ["carol"], "{who}");
+        assert!(
+            seen.codes.iter().any(|c| c.1.len() == 2),
+            "{who}: {:?}",
+            seen.codes
+        );
+        let heard = sink.tail(1.5);
+        assert!(
+            share(&heard, other) > 0.4,
+            "{who} barely hears {other} Hz after"
+        );
+        assert!(share(&heard, 880.0) < 0.05, "{who} still hears carol");
+        // Through both moves, the other's voice never went missing for more than a second.
+        let gap = sink.longest_gap(other);
+        eprintln!("{who}: longest gap in {other} Hz: {gap:?}");
+        assert!(
+            gap <= Duration::from_secs(1),
+            "{who}: {other} Hz missing for {gap:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_never_reaches_steady_members_as_garbage_or_long_gaps() {
+    use rand::{Rng, SeedableRng};
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let (marks_tx, mut marks) = mpsc::unbounded_channel();
+    let steady_tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+    let mut steady = Vec::new();
+    for (name, hz) in steady_tones {
+        steady.push((
+            name,
+            hz,
+            start_marked(&server, "churn", name, (hz, 0.3), true, marks_tx.clone()),
+        ));
+    }
+    until_marked(&mut marks, &["alice", "bob", "carol"], Mark::Group(2)).await;
+    // Churners join and leave for 20 s, at most three at once. They are quieter, so the SFU
+    // keeps forwarding the steady members to each other.
+    const CHURN_HZ: f64 = 1320.0;
+    const NAMES: [&str; 40] = [
+        "c00", "c01", "c02", "c03", "c04", "c05", "c06", "c07", "c08", "c09", "c10", "c11", "c12",
+        "c13", "c14", "c15", "c16", "c17", "c18", "c19", "c20", "c21", "c22", "c23", "c24", "c25",
+        "c26", "c27", "c28", "c29", "c30", "c31", "c32", "c33", "c34", "c35", "c36", "c37", "c38",
+        "c39",
+    ];
+    let (churn_marks, _ignored) = mpsc::unbounded_channel();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+    let mut active: Vec<(oneshot::Sender<()>, tokio::task::JoinHandle<Seen>)> = Vec::new();
+    let mut done = Vec::new();
+    let (mut joins, mut leaves) = (0, 0);
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut next_name = NAMES.iter();
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(400..1200))).await;
+        let join = active.is_empty() || (active.len() < 3 && rng.random_bool(0.5));
+        match next_name.next().filter(|_| join) {
+            Some(name) => {
+                let (_, hang_up, seen) = start_marked(
+                    &server,
+                    "churn",
+                    name,
+                    (CHURN_HZ, 0.05),
+                    true,
+                    churn_marks.clone(),
+                );
+                active.push((hang_up, seen));
+                joins += 1;
+            }
+            None if !active.is_empty() => {
+                let (hang_up, seen) = active.swap_remove(rng.random_range(0..active.len()));
+                let _ = hang_up.send(());
+                done.push(seen);
+                leaves += 1;
+            }
+            None => {}
+        }
+    }
+    for (hang_up, seen) in active {
+        let _ = hang_up.send(());
+        done.push(seen);
+    }
+    for seen in done {
+        tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+    }
+    eprintln!("churn: {joins} joins, {leaves} leaves");
+    assert!(
+        joins >= 8 && leaves >= 5,
+        "too little churn: {joins} joins, {leaves} leaves"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let known: Vec<f64> = steady_tones.iter().map(|t| t.1).chain([CHURN_HZ]).collect();
+    let mut sinks = Vec::new();
+    for (name, hz, (sink, hang_up, seen)) in steady {
+        let _ = hang_up.send(());
+        let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+        let (_, stats) = seen.ended.unwrap();
+        eprintln!("{name}: rekeys {}, {:?}", stats.rekeys, stats.participants);
+        assert_eq!(stats.decrypt_failures, 0, "{name}");
+        for p in stats.participants.iter().filter(|p| p.name.len() > 3) {
+            assert_eq!(p.decrypt_failures, 0, "{name}: {p:?}");
+        }
+        assert!(
+            stats.rekeys >= 8,
+            "{name}: {} rekeys through the churn",
+            stats.rekeys
+        );
+        sinks.push((name, hz, sink));
+    }
+    for (name, hz, sink) in &sinks {
+        for (other, other_hz) in steady_tones {
+            if other_hz == *hz {
+                continue;
+            }
+            let gap = sink.longest_gap(other_hz);
+            eprintln!("{name}: longest gap in {other}'s voice: {gap:?}");
+            assert!(
+                gap <= Duration::from_secs(1),
+                "{name} lost {other} for {gap:?}"
+            );
+        }
+        // Nothing but the members' tones was ever played: no frame opened as noise.
+        let frames = sink.0.lock().unwrap();
+        let all: Vec<f32> = frames.iter().flat_map(|f| f.1.iter().copied()).collect();
+        let mut tonal: Vec<f64> = all
+            .chunks_exact(4800)
+            .filter(|b| sotto::media::dbfs(b) >= -40.0)
+            .map(|b| known.iter().map(|hz| tone_ratio(b, 48_000.0, *hz)).sum())
+            .collect();
+        tonal.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: tonal share of {} blocks: min {:.2}, p1 {:.2}, p5 {:.2}",
+            tonal.len(),
+            tonal[0],
+            tonal[tonal.len() / 100],
+            tonal[tonal.len() / 20]
+        );
+        // Frames opened as noise would fill many blocks with broadband sound; a tone's onset
+        // or a concealed seam touches one block now and then.
+        let noisy = tonal.iter().filter(|t| **t < 0.5).count();
+        assert!(
+            noisy * 50 <= tonal.len(),
+            "{name}: {noisy} of {} blocks are not the members' tones",
+            tonal.len()
+        );
+        assert!(
+            tonal[tonal.len() / 2] >= 0.95,
+            "{name}: median {:.2}",
+            tonal[tonal.len() / 2]
+        );
+    }
+}
