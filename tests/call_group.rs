@@ -255,14 +255,13 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
     assert_eq!(duo_codes[0], duo_codes[1]);
 }
 
-/// What an escalation test waits for.
+/// What a test waits for: each is reported while the member's media flows.
 #[derive(Debug, PartialEq)]
 enum Mark {
     /// Two-party keys agreed (a safety code for one peer).
     Pair,
     /// A group code over this many other members.
     Group(usize),
-    Connected,
 }
 
 /// A sink that keeps each frame played with the time it was played: a change of mode writes
@@ -345,6 +344,7 @@ fn start_marked(
     let seen = tokio::spawn(async move {
         let mut seen = Seen::default();
         let mut hung_up = false;
+        let (mut connected, mut pair_pending, mut last_group) = (false, false, None);
         loop {
             let event = tokio::select! {
                 e = call.next_event() => e,
@@ -355,26 +355,36 @@ fn start_marked(
                 }
             };
             let Some(event) = event else { break };
-            let mark = match event {
-                CallEvent::SafetyCode(_) => Some(Mark::Pair),
+            // Marks go out once media flows: a code shown while connecting waits for it.
+            let mut out = Vec::new();
+            match event {
+                CallEvent::SafetyCode(_) if connected => out.push(Mark::Pair),
+                CallEvent::SafetyCode(_) => pair_pending = true,
                 CallEvent::GroupSafetyCode { code, members, .. } => {
-                    let n = members.len();
+                    last_group = Some(members.len());
+                    if connected {
+                        out.push(Mark::Group(members.len()));
+                    }
                     seen.codes.push((code, members));
-                    Some(Mark::Group(n))
                 }
-                CallEvent::State(CallState::Connected) => Some(Mark::Connected),
+                CallEvent::State(CallState::Connected) => {
+                    connected = true;
+                    if std::mem::take(&mut pair_pending) {
+                        out.push(Mark::Pair);
+                    }
+                    out.extend(last_group.map(Mark::Group));
+                }
                 CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
-                CallEvent::ParticipantLeft { name } => {
-                    seen.left.push(name);
-                    None
+                CallEvent::State(CallState::Reconnecting) => {}
+                CallEvent::State(_) => {
+                    connected = false;
+                    last_group = None;
                 }
-                CallEvent::Ended { reason, stats } => {
-                    seen.ended = Some((reason, stats));
-                    None
-                }
-                _ => None,
-            };
-            if let Some(mark) = mark {
+                CallEvent::ParticipantLeft { name } => seen.left.push(name),
+                CallEvent::Ended { reason, stats } => seen.ended = Some((reason, stats)),
+                _ => {}
+            }
+            for mark in out {
                 let _ = marks.send((name, mark));
             }
         }
@@ -383,28 +393,20 @@ fn start_marked(
     (sink, hang_up, seen)
 }
 
-/// Waits until each of `names` has shown `mark` and been connected (in either order) since
-/// this call.
+/// Waits until each of `names` has shown `mark` (marks go out while media flows).
 async fn until_marked(
     marks: &mut mpsc::UnboundedReceiver<(&'static str, Mark)>,
     names: &[&str],
     mark: Mark,
 ) {
     let mut marked: Vec<&str> = Vec::new();
-    let mut connected: Vec<&str> = Vec::new();
-    while !names
-        .iter()
-        .all(|n| marked.contains(n) && connected.contains(n))
-    {
+    while !names.iter().all(|n| marked.contains(n)) {
         let (who, m) = tokio::time::timeout(WAIT, marks.recv())
             .await
             .unwrap_or_else(|_| panic!("no {mark:?} in time (marked: {marked:?})"))
             .expect("members running");
         if m == mark {
             marked.push(who);
-        }
-        if m == Mark::Connected {
-            connected.push(who);
         }
     }
 }
@@ -602,4 +604,155 @@ async fn churn_never_reaches_steady_members_as_garbage_or_long_gaps() {
             tonal[tonal.len() / 2]
         );
     }
+}
+
+/// A signaling proxy that lies to whoever connects through it: `hidden` is not in the room.
+/// It drops her from `welcome`, drops her `peer_joined` and `peer_left`, and drops every
+/// signal between her and the client. Returns its URL.
+async fn roster_liar(upstream: String, hidden: &'static str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(client) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let Ok((server, _)) = tokio_tungstenite::connect_async(upstream.as_str()).await
+                else {
+                    return;
+                };
+                let (mut to_client, mut from_client) = client.split();
+                let (mut to_server, mut from_server) = server.split();
+                let hidden_id = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+                let id = std::sync::Arc::clone(&hidden_id);
+                let up = tokio::spawn(async move {
+                    while let Some(Ok(m)) = from_client.next().await {
+                        if let Message::Text(t) = &m {
+                            let v: serde_json::Value =
+                                serde_json::from_str(t.as_str()).unwrap_or_default();
+                            let hidden = id.lock().unwrap().clone();
+                            if hidden.is_some() && v["to"].as_str() == hidden.as_deref() {
+                                continue;
+                            }
+                        }
+                        if to_server.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Some(Ok(m)) = from_server.next().await {
+                    let m = match &m {
+                        Message::Text(t) => {
+                            let mut v: serde_json::Value =
+                                serde_json::from_str(t.as_str()).unwrap_or_default();
+                            let is_hidden = |p: &serde_json::Value| p["name"] == hidden;
+                            match v["type"].as_str() {
+                                Some("welcome") => {
+                                    if let Some(peers) = v["peers"].as_array_mut() {
+                                        if let Some(p) = peers.iter().find(|p| is_hidden(p)) {
+                                            *hidden_id.lock().unwrap() =
+                                                p["peer_id"].as_str().map(str::to_owned);
+                                        }
+                                        peers.retain(|p| !is_hidden(p));
+                                    }
+                                }
+                                Some("peer_joined") if is_hidden(&v) => {
+                                    *hidden_id.lock().unwrap() =
+                                        v["peer_id"].as_str().map(str::to_owned);
+                                    continue;
+                                }
+                                Some("peer_left" | "signal") => {
+                                    let who = v["peer_id"].as_str().or(v["from"].as_str());
+                                    if who.is_some() && who == hidden_id.lock().unwrap().as_deref()
+                                    {
+                                        continue;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            Message::text(v.to_string())
+                        }
+                        other => other.clone(),
+                    };
+                    if to_client.send(m).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_hides_a_member_from_one_member_is_exposed_by_the_codes() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start_with_sfu().await;
+    let liar = roster_liar(server.url.clone(), "carol").await;
+    let (marks_tx, mut marks) = mpsc::unbounded_channel();
+    let alice = start_marked(
+        &server,
+        "lie",
+        "alice",
+        (440.0, 0.3),
+        true,
+        marks_tx.clone(),
+    );
+    // Bob's view of the room comes through the liar: carol is not there for him.
+    let mut liar_server = TestServer::detached();
+    liar_server.url = liar;
+    let bob = start_marked(
+        &liar_server,
+        "lie",
+        "bob",
+        (660.0, 0.3),
+        true,
+        marks_tx.clone(),
+    );
+    until_marked(&mut marks, &["alice", "bob"], Mark::Group(1)).await;
+    let carol = start_marked(
+        &server,
+        "lie",
+        "carol",
+        (880.0, 0.3),
+        true,
+        marks_tx.clone(),
+    );
+    until_marked(&mut marks, &["alice"], Mark::Group(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut codes = Vec::new();
+    let mut views = Vec::new();
+    for (name, (_, hang_up, seen)) in [("alice", alice), ("bob", bob), ("carol", carol)] {
+        let _ = hang_up.send(());
+        let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+        // The code each showed while everyone was in (the hang-ups change them after).
+        let (code, members) = seen
+            .codes
+            .iter()
+            .max_by_key(|c| c.1.len())
+            .cloned()
+            .unwrap();
+        eprintln!("{name} shows {code} over {members:?}");
+        let (_, stats) = seen.ended.unwrap();
+        assert_eq!(stats.decrypt_failures, 0, "{name}");
+        codes.push(code);
+        views.push((name, members, stats));
+    }
+    // Alice sees both; bob was shown a room without carol; carol never completed a handshake
+    // with bob. Three rosters, three codes: comparing any two exposes the lie.
+    assert_eq!(views[0].1, ["bob", "carol"]);
+    assert_eq!(views[1].1, ["alice"]);
+    assert_eq!(views[2].1, ["alice"]);
+    assert_ne!(codes[0], codes[1]);
+    assert_ne!(codes[0], codes[2]);
+    // Carol's voice reached bob through the SFU, but he never had her key: nothing of hers was
+    // opened or played, and it counts as frames without a key.
+    let bob_stats = &views[1].2;
+    assert!(bob_stats.unknown_key_frames > 0, "{bob_stats:?}");
+    assert!(bob_stats.participants.iter().all(|p| p.name != "carol"));
 }

@@ -17,6 +17,7 @@ import { controlKey } from './keys.js';
 import { Conversation, MAX_TEXT_BYTES, timerText } from './chat.js';
 import { canonical, isMixedScript } from './names.js';
 import { SframeReceiver, SframeSender } from './sframe.js';
+import { runGroup } from './group.js';
 
 // A chat message of 4 KiB of text needs up to 6 x that as escaped JSON.
 const MAX_CONTROL_MESSAGE = 32 * 1024;
@@ -201,6 +202,26 @@ async function main() {
     call.undecryptable = e.data.undecryptable === true;
     updateConnected();
   });
+
+  // &group=1: a member of a group call through the SFU (group.js), not a two-party call.
+  if (params.get('group') === '1') {
+    runGroup({
+      params,
+      room,
+      name,
+      identity,
+      dtls,
+      stream,
+      track,
+      worker,
+      workerStats,
+      setStatus,
+      mark,
+      call,
+      offeredIceServers,
+    });
+    return;
+  }
 
   const roomPeers = new Map();
   let pc = null;

@@ -14,8 +14,17 @@
 // Messages from the page: { type: 'keys', send, recv, sendDirection, recvDirection,
 // rotateMs } (base keys as bytes) and { type: 'stats' } (answered with { type: 'stats', ... }).
 // To the page, besides answers: { type: 'media-state', undecryptable }.
+//
+// Group calls (docs/call-protocol.md, "Group keys"; transforms with `group: true`): our voice
+// is sealed under our group audio KID; what the SFU forwards on any slot track is opened by
+// its KID's sender and generation (group-keys.js). From the page: { type: 'group-send', slot,
+// generation, secret }, { type: 'group-member', slot }, { type: 'group-forget', slot },
+// { type: 'group-key', id, slot, generation, secret, onlyIfHeld } (answered with
+// { type: 'group-key-result', id, ok, inserted | error }).
 
+import { GroupKeyring, groupKid } from './group-keys.js';
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
+import { SframeSender, deriveKeySalt } from './sframe.js';
 import { PlayoutOrder } from './order.js';
 import { openVp8, sealVp8 } from './video.js';
 
@@ -67,6 +76,26 @@ const stats = {
   },
 };
 const order = new PlayoutOrder();
+
+// Group calls: our sender (one KID per generation, the counter keeps counting), every other
+// member's keys, the playout order per (slot track, sender), and when each sender was heard.
+let groupSender = null;
+let groupSendQueue = Promise.resolve();
+const groupRing = new GroupKeyring();
+const groupOrders = new Map();
+const groupHeard = new Map(); // slot -> { at, track }
+stats.group = {
+  sealed: 0,
+  sendDroppedNoKey: 0,
+  opened: 0,
+  failed: 0,
+  failureKinds: {},
+  held: 0,
+  reorderRejected: 0,
+  senders: {},
+  sendGeneration: null,
+};
+setInterval(() => groupRing.expire(performance.now()), 100);
 const videoOrder = new PlayoutOrder();
 /// The video send transformer (to ask for keyframes) and the epoch of the last sealed frame.
 let videoSendTransformer = null;
@@ -115,7 +144,17 @@ self.onmessage = async (event) => {
       msg.send.fill(0);
       msg.recv.fill(0);
     }
+  } else if (typeof msg?.type === 'string' && msg.type.startsWith('group-')) {
+    await onGroupMessage(msg);
   } else if (msg?.type === 'stats') {
+    stats.group.senders = groupRing.stats();
+    const now = performance.now();
+    for (const [slot, heard] of groupHeard) {
+      Object.assign(stats.group.senders[slot] ?? {}, {
+        heardAgoMs: Math.round(now - heard.at),
+        track: heard.track,
+      });
+    }
     stats.sendEpoch = sender?.epoch ?? null;
     stats.recvEpoch = receiver?.current ?? null;
     stats.video.sendEpoch = videoSendEpoch;
@@ -302,10 +341,116 @@ async function openVideo(frame, controller, transformer) {
   controller.enqueue(frame);
 }
 
+async function onGroupMessage(msg) {
+  const secret = msg.secret instanceof Uint8Array ? msg.secret : null;
+  try {
+    if (msg.type === 'group-send' && secret) {
+      // In order: a later key never loses to an earlier one still being derived.
+      const kid = groupKid(msg.generation, msg.slot);
+      const derived = deriveKeySalt(secret, kid);
+      groupSendQueue = groupSendQueue.catch(() => {}).then(async () => {
+        const keys = await derived;
+        if (groupSender) groupSender.setKey(kid, keys);
+        else groupSender = new SframeSender(kid, keys.key, keys.salt);
+        stats.group.sendGeneration = msg.generation;
+      });
+      await groupSendQueue.catch(() => {});
+    } else if (msg.type === 'group-member') {
+      groupRing.addSender(msg.slot);
+    } else if (msg.type === 'group-forget') {
+      groupRing.removeSender(msg.slot);
+      groupHeard.delete(msg.slot);
+      for (const k of [...groupOrders.keys()]) if (k.endsWith(`:${msg.slot}`)) groupOrders.delete(k);
+    } else if (msg.type === 'group-key' && secret) {
+      try {
+        const inserted = await groupRing.insert(msg.slot, msg.generation, secret, {
+          onlyIfHeld: msg.onlyIfHeld === true,
+        });
+        self.postMessage({ type: 'group-key-result', id: msg.id, ok: true, inserted });
+      } catch (e) {
+        self.postMessage({ type: 'group-key-result', id: msg.id, ok: false, error: String(e) });
+      }
+    }
+  } finally {
+    secret?.fill(0);
+  }
+}
+
+async function sealGroup(frame, controller) {
+  const data = new Uint8Array(frame.data);
+  if (data.length === 0) {
+    stats.padding += 1;
+    controller.enqueue(frame);
+    return;
+  }
+  if (!groupSender) {
+    stats.group.sendDroppedNoKey += 1;
+    return;
+  }
+  try {
+    frame.data = (await groupSender.encrypt(data)).buffer;
+    stats.group.sealed += 1;
+    stats.encrypted += 1;
+    controller.enqueue(frame);
+  } catch {
+    stats.sendErrors += 1; // Dropped: never sent in the clear.
+  }
+}
+
+/// A forwarded frame on slot track `track`: opened by its sender's keys, whoever it is.
+async function openGroup(frame, controller, track) {
+  const data = new Uint8Array(frame.data);
+  if (data.length === 0) {
+    stats.padding += 1;
+    controller.enqueue(frame);
+    return;
+  }
+  const g = stats.group;
+  const deliver = (opened) => {
+    // The SFU rewrites RTP timestamps per slot track, so the order rule is per track and sender.
+    const key = `${track}:${opened.slot}`;
+    if (!groupOrders.has(key)) groupOrders.set(key, new PlayoutOrder());
+    if (groupOrders.get(key).accept(opened.ctr, rtpTimestamp(frame)) !== null) {
+      g.reorderRejected += 1;
+      stats.reorderRejected += 1;
+      return;
+    }
+    g.opened += 1;
+    stats.decrypted += 1;
+    groupHeard.set(opened.slot, { at: performance.now(), track });
+    frame.data = opened.plaintext.buffer;
+    controller.enqueue(frame);
+  };
+  let out;
+  try {
+    out = await groupRing.open(data, performance.now(), deliver, () => {});
+  } catch (e) {
+    const kind = e?.kind ?? 'error';
+    g.failed += 1;
+    g.failureKinds[kind] = (g.failureKinds[kind] ?? 0) + 1;
+    if (kind === 'unknown_kid') stats.recvDroppedNoKey += 1;
+    else stats.decryptFailures += 1;
+    return;
+  }
+  if (out.held) g.held += 1;
+  else deliver(out.opened);
+}
+
 self.onrtctransform = (event) => {
   const transformer = event.transformer;
   const side = transformer.options?.side === 'send' ? 'send' : 'recv';
   const video = transformer.options?.kind === 'video';
+  if (transformer.options?.group === true) {
+    const track = Number(transformer.options.track) || 0;
+    stats.transforms[`group-${side}`] = (stats.transforms[`group-${side}`] ?? 0) + 1;
+    const transform =
+      side === 'send' ? sealGroup : (frame, controller) => openGroup(frame, controller, track);
+    transformer.readable
+      .pipeThrough(new TransformStream({ transform }))
+      .pipeTo(transformer.writable)
+      .catch(() => {});
+    return;
+  }
   stats.transforms[video ? `video-${side}` : side] =
     (stats.transforms[video ? `video-${side}` : side] ?? 0) + 1;
   let transform;

@@ -71,6 +71,17 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// A handle to a server run elsewhere (its `url` set by the caller): dropping it stops
+    /// nothing.
+    pub fn detached() -> Self {
+        TestServer {
+            url: String::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();

@@ -7,6 +7,7 @@ mod cdp;
 mod chat;
 mod cli;
 mod csp;
+mod group;
 #[path = "../support/mitm.rs"]
 mod mitm;
 mod mitm_pages;
@@ -41,6 +42,20 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// With an SFU in the same process (as `sotto-signaling --sfu`), for group calls.
+    pub async fn start_with_sfu() -> Self {
+        let sfu = sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
+            workers: 1,
+            ..sotto_sfu::SfuConfig::default()
+        })
+        .unwrap();
+        Self::start_inner(Some(std::sync::Arc::new(sfu))).await
+    }
+
+    async fn start_inner(sfu: Option<std::sync::Arc<dyn sotto_signaling::SfuLink>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -48,7 +63,7 @@ impl Server {
             web_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("web")),
             ..ServerConfig::default()
         };
-        let app = App::new(config, shutdown.clone());
+        let app = App::with_sfu(config, shutdown.clone(), sfu);
         tokio::spawn(serve(listener, app.clone()));
         Server {
             addr,

@@ -1,0 +1,858 @@
+// Group calls in the page (`&group=1`), as the engine's src/call/group/: one two-party
+// handshake per member over signaling (the newcomer initiates with everyone already there),
+// each pair's control keys sealing `{"kind":"control","frame":"<hex>"}` signals that carry the
+// group key bundles and acks (`group_key` / `group_ack`, hex bodies), `mute` and `hangup`; our
+// own random group key with the rules of docs/call-protocol.md "Group keys" (ratchet on each
+// join, a fresh key on each leave that we switch to once every remaining member acked it or
+// after 2 s, bundles sent again after 1 s, doubling to 8 s, until acked); one peer connection
+// to the SFU (`sfu_offer` to peer `sfu`) with our voice sealed under our group audio KID and
+// receive-only slot tracks opened by KID in the worker. In a group the DTLS peer is the SFU:
+// the fingerprint each handshake signs is our certificate's, checked against no member's SDP.
+
+import { Handshake, toHex } from './handshake.js';
+import { checkKnownPeer, fingerprint } from './identity.js';
+import { controlKey } from './keys.js';
+import { canonical, isMixedScript } from './names.js';
+import { SframeReceiver, SframeSender } from './sframe.js';
+import {
+  encodeAck,
+  encodeBundle,
+  groupSafetyCode,
+  parseAck,
+  parseBundle,
+  ratchetGroup,
+} from './group-keys.js';
+
+const SFU_PEER = 'sfu';
+/// Speaker slots asked of the SFU: one sendrecv audio m-line and two receive-only ones.
+const AUDIO_SLOTS = 3;
+const SWITCH_TIMEOUT_MS = 2000;
+const RESEND_AFTER_MS = 1000;
+const RESEND_MAX_MS = 8000;
+const TICK_MS = 100;
+/// A member counts as speaking if a frame of its opened this recently and its track's level
+/// is above -45 dBov (as the engine's playout does on decoded audio).
+const SPEAKING_WINDOW_MS = 300;
+const SPEECH_LEVEL = 10 ** (-45 / 20);
+/// A sealed control frame (hex) from a member, at most: bundles and acks are small.
+const MAX_CONTROL_HEX = 2 * 32 * 1024;
+/// Control frames kept per member until its keys are agreed.
+const EARLY_CONTROLS = 32;
+const GATHER_TIMEOUT_MS = 10_000;
+
+const $ = (id) => document.getElementById(id);
+const q = (name) => JSON.stringify(String(name));
+
+function fromHex(text) {
+  if (typeof text !== 'string' || text.length % 2 !== 0 || !/^[0-9a-f]*$/.test(text)) return null;
+  const out = new Uint8Array(text.length / 2);
+  for (let i = 0; i < out.length; i += 1) out[i] = parseInt(text.substr(2 * i, 2), 16);
+  return out;
+}
+
+function randomSecret() {
+  return crypto.getRandomValues(new Uint8Array(32));
+}
+
+function waitGathered(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') resolve();
+    });
+    setTimeout(resolve, GATHER_TIMEOUT_MS);
+  });
+}
+
+/// Runs the page as a group member. `ctx` comes from app.js: params, room, name, identity,
+/// dtls, stream, track, worker, workerStats, setStatus, mark, call (window.sotto),
+/// offeredIceServers.
+export function runGroup(ctx) {
+  const { room, name, identity, dtls, stream, track, worker, call } = ctx;
+  const relayOnly = ctx.params.get('relay') === '1';
+  call.mode = 'sfu';
+  call.group = {
+    slot: null,
+    code: null,
+    codes: [], // { code, members, changed } each time the group code changed
+    participants: {}, // name -> { trust, muted, speaking, refused }
+    rekeys: 0,
+    sendGeneration: null,
+    bundlesResent: 0,
+    sfu: 'new',
+  };
+  // Two-party parts of the page (one peer's identity, video, chat) have no place in a group.
+  for (const el of document.querySelectorAll('.two-party')) el.hidden = true;
+  $('safety-code-label').textContent =
+    'Group safety code (read it aloud; everyone in the call must see the same)';
+  $('tiles').hidden = false;
+
+  let ended = false;
+  let sfuConnected = false;
+  let pc = null;
+  let mySlot = null;
+  let keyReqId = 0;
+  const keyReplies = new Map();
+  const members = new Map(); // peer id -> member
+  const slotReceivers = []; // RTCRtpReceiver per slot track, in m-line order
+  // Our sending key (src/group/sender.rs): the current generation, and the one pending after
+  // a leave until everyone acked it or its deadline.
+  let generation = 0;
+  let secret = randomSecret();
+  let pending = null; // { generation, freshGen, secret, deadline, awaiting: Set<slot> }
+  let nextSeq = 0n;
+  const unacked = new Map(); // `${slot}:${gen}` -> { slot, gen, body, next, wait }
+  const lastSeq = new Map(); // slot -> BigInt: the newest bundle accepted from that member
+  let keysQueue = Promise.resolve();
+  /// Group-key work runs one step at a time, in arrival order.
+  const serial = (fn) => {
+    const p = keysQueue.then(fn);
+    keysQueue = p.catch((e) => console.warn('group keys:', e));
+    return p;
+  };
+
+  const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+  const sendServer = (msg) => {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, ...msg }));
+  };
+  const keepalive = setInterval(() => sendServer({ type: 'ping' }), 20_000);
+  const signalTo = (to, data) => sendServer({ type: 'signal', to, data });
+
+  worker.addEventListener('message', (e) => {
+    if (e.data?.type !== 'group-key-result') return;
+    keyReplies.get(e.data.id)?.(e.data);
+    keyReplies.delete(e.data.id);
+  });
+  /// Installs a member's key in the worker's keyring; resolves its answer.
+  function installKey(slot, gen, key, onlyIfHeld) {
+    keyReqId += 1;
+    const id = keyReqId;
+    const reply = new Promise((resolve) => keyReplies.set(id, resolve));
+    const copy = Uint8Array.from(key);
+    worker.postMessage(
+      { type: 'group-key', id, slot, generation: gen, secret: copy, onlyIfHeld },
+      [copy.buffer],
+    );
+    return reply;
+  }
+  function tellWorkerSendKey() {
+    const copy = Uint8Array.from(secret);
+    worker.postMessage({ type: 'group-send', slot: mySlot, generation, secret: copy }, [copy.buffer]);
+    call.group.sendGeneration = generation;
+  }
+
+  function setStatus(text) {
+    ctx.setStatus(text);
+  }
+
+  function end(reason) {
+    if (ended) return;
+    ended = true;
+    ctx.mark('ended');
+    clearInterval(keepalive);
+    setStatus(`ended: ${reason}`);
+    track.stop();
+    $('mute').disabled = true;
+    $('hangup').disabled = true;
+    secret.fill(0);
+    pending?.secret.fill(0);
+    for (const [k, u] of unacked) forget(k, u);
+    for (const m of members.values()) worker.postMessage({ type: 'group-forget', slot: m.slot });
+    signalTo(SFU_PEER, { kind: 'sfu_leave' });
+    pc?.close();
+    sendServer({ type: 'leave' });
+    ws.close();
+  }
+
+  function updateStatus() {
+    if (ended) return;
+    const trusted = [...members.values()].filter((m) => m.control).length;
+    if (!sfuConnected) setStatus('connecting to the SFU');
+    else if (trusted) {
+      ctx.mark('connected');
+      setStatus(`connected: end-to-end encrypted, group of ${trusted + 1}`);
+    } else if ([...members.values()].some((m) => m.handshake && !m.refused)) {
+      setStatus('handshakes with the members');
+    } else setStatus('waiting for someone to join');
+  }
+
+  // --- tiles -----------------------------------------------------------------------------
+
+  function tile(m) {
+    if (!m.tile) {
+      const div = document.createElement('div');
+      div.className = 'tile';
+      const parts = {};
+      for (const cls of ['name', 'trust', 'muted', 'speaking', 'warning']) {
+        parts[cls] = Object.assign(document.createElement('span'), { className: cls });
+        div.append(parts[cls]);
+      }
+      m.tile = { div, parts };
+      $('tiles').append(div);
+    }
+    const { div, parts } = m.tile;
+    const shown = m.info?.name ?? canonical(m.attestedName);
+    div.dataset.peer = shown;
+    parts.name.textContent = m.self ? `${shown} (you)` : shown;
+    const trust = m.self ? 'you' : m.refused ? 'refused' : (m.info?.trust ?? 'handshake');
+    parts.trust.textContent = trust;
+    parts.trust.className = `trust ${trust}`;
+    div.classList.toggle('refused', Boolean(m.refused));
+    parts.muted.textContent = m.muted ? 'muted' : '';
+    div.classList.toggle('is-muted', Boolean(m.muted));
+    parts.speaking.textContent = m.speaking ? 'speaking' : '';
+    div.classList.toggle('is-speaking', Boolean(m.speaking));
+    parts.warning.textContent = m.warning ?? '';
+    if (!m.self) {
+      call.group.participants[shown] = {
+        trust,
+        muted: Boolean(m.muted),
+        speaking: Boolean(m.speaking),
+        refused: m.refused ?? null,
+      };
+    }
+  }
+
+  const me = { self: true, attestedName: name, info: { name: canonical(name) }, muted: false };
+
+  // --- the group code ------------------------------------------------------------------------
+
+  let codeQueue = Promise.resolve();
+  /// Recomputes the group code over us and every trusted member; the page says when it changed.
+  function rosterChanged(why) {
+    codeQueue = codeQueue.then(() => showCode(why)).catch(() => {});
+    return codeQueue;
+  }
+
+  async function showCode(why) {
+    const trusted = [...members.values()].filter((m) => m.control && m.info);
+    let code;
+    try {
+      code = await groupSafetyCode(room, [identity.publicKey, ...trusted.map((m) => m.info.identity)]);
+    } catch (e) {
+      console.warn('no group safety code:', e);
+      return;
+    }
+    if (code === call.group.code) return;
+    const changed = call.group.code !== null;
+    const names = trusted.map((m) => m.info.name).sort();
+    call.group.code = code;
+    call.safetyCode = code;
+    call.group.codes.push({ code, members: names, changed });
+    const box = $('safety-code');
+    const codeSpan = Object.assign(document.createElement('span'), { className: 'code', textContent: code });
+    const note = Object.assign(document.createElement('span'), {
+      className: 'changed',
+      textContent: changed ? ` changed at ${new Date().toLocaleTimeString()}: ${why}` : '',
+    });
+    box.replaceChildren(codeSpan, note);
+    box.classList.toggle('changed', changed);
+  }
+
+  // --- sealed control over signaling ---------------------------------------------------------
+
+  function sendControl(m, msg) {
+    if (!m.control) return Promise.resolve(false);
+    const next = m.sendQueue.then(async () => {
+      const bytes = new TextEncoder().encode(JSON.stringify(msg));
+      const frame = await m.control.sender.encrypt(bytes);
+      bytes.fill(0);
+      signalTo(m.id, { kind: 'control', frame: toHex(frame) });
+      call.control.sent += 1;
+      return true;
+    });
+    m.sendQueue = next.catch(() => false);
+    return next;
+  }
+
+  function broadcast(msg) {
+    return Promise.all([...members.values()].map((m) => sendControl(m, msg).catch(() => false)));
+  }
+
+  const bySlot = (slot) => [...members.values()].find((m) => m.slot === slot && m.control);
+
+  async function onControl(m, hex) {
+    if (members.get(m.id) !== m) return; // Gone: its keys with it.
+    if (typeof hex !== 'string' || hex.length > MAX_CONTROL_HEX) {
+      call.control.ignored += 1;
+      return;
+    }
+    const frame = fromHex(hex);
+    if (!frame) {
+      call.control.ignored += 1;
+      return;
+    }
+    let msg;
+    let plaintext;
+    try {
+      ({ plaintext } = await m.control.receiver.decrypt(frame));
+      msg = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(plaintext));
+    } catch (e) {
+      if (e instanceof SyntaxError || e instanceof TypeError) call.control.ignored += 1;
+      else call.control.decryptFailures += 1;
+      return;
+    } finally {
+      plaintext?.fill(0);
+    }
+    call.control.received += 1;
+    if (msg === null || typeof msg !== 'object') return;
+    if (msg.type === 'group_key' && typeof msg.body === 'string') {
+      const body = fromHex(msg.body);
+      msg.body = '';
+      await serial(() => bundleReceived(m, body));
+    } else if (msg.type === 'group_ack' && typeof msg.body === 'string') {
+      await serial(() => ackReceived(m, fromHex(msg.body)));
+    } else if (msg.type === 'mute' && typeof msg.muted === 'boolean') {
+      m.muted = msg.muted;
+      tile(m);
+    } else if (msg.type === 'hangup') {
+      memberLeft(m.id, `${m.info.name} hung up`);
+    } else {
+      call.control.ignored += 1;
+    }
+  }
+
+  // --- group keys (src/group/machine.rs) -----------------------------------------------------
+
+  function sendBundle(slot, gen, key) {
+    const seq = nextSeq;
+    nextSeq += 1n;
+    const body = encodeBundle({ slot: mySlot, generation: gen, seq, secret: key });
+    const entry = `${slot}:${gen}`;
+    unacked.get(entry)?.body.fill(0);
+    unacked.set(entry, { slot, gen, body, next: performance.now() + RESEND_AFTER_MS, wait: RESEND_AFTER_MS });
+    sendBody(slot, 'group_key', body);
+  }
+
+  /// A bundle needs no more sending: its body (which holds a secret) is wiped.
+  function forget(key, u) {
+    u.body.fill(0);
+    unacked.delete(key);
+  }
+
+  function sendBody(slot, type, body) {
+    const m = bySlot(slot);
+    if (!m) return;
+    const msg = { type, body: toHex(body) };
+    sendControl(m, msg).catch(() => {});
+  }
+
+  function rotate() {
+    call.group.rekeys += 1;
+    tellWorkerSendKey();
+  }
+
+  function switchIfDue(now) {
+    if (!pending || (pending.awaiting.size && now < pending.deadline)) return;
+    secret.fill(0);
+    generation = pending.generation;
+    secret = pending.secret;
+    pending = null;
+    rotate();
+  }
+
+  function trustedSlots() {
+    return [...members.values()].filter((m) => m.keyed).map((m) => m.slot);
+  }
+
+  async function memberJoinedKeys(m) {
+    if (members.get(m.id) !== m) return; // It left before its turn.
+    worker.postMessage({ type: 'group-member', slot: m.slot });
+    m.keyed = true;
+    if (m.join === 'new') {
+      if (pending) {
+        const next = await ratchetGroup(pending.secret);
+        pending.secret.fill(0);
+        pending.secret = next;
+        pending.generation += 1;
+        pending.awaiting.add(m.slot);
+        sendBundle(m.slot, pending.generation, pending.secret);
+      } else {
+        const next = await ratchetGroup(secret);
+        secret.fill(0);
+        secret = next;
+        generation += 1;
+        rotate();
+        sendBundle(m.slot, generation, secret);
+      }
+    } else {
+      sendBundle(m.slot, generation, secret);
+      if (pending) {
+        sendBundle(m.slot, pending.generation, pending.secret);
+        pending.awaiting.add(m.slot);
+      }
+    }
+  }
+
+  function memberLeftKeys(slot) {
+    worker.postMessage({ type: 'group-forget', slot });
+    lastSeq.delete(slot);
+    for (const [k, u] of unacked) if (u.slot === slot) forget(k, u);
+    const now = performance.now();
+    const remaining = trustedSlots();
+    const fresh = randomSecret();
+    const gen = (pending ? pending.generation : generation) + 1;
+    const deadline = pending ? pending.deadline : now + SWITCH_TIMEOUT_MS;
+    pending?.secret.fill(0);
+    pending = { generation: gen, freshGen: gen, secret: fresh, deadline, awaiting: new Set(remaining) };
+    for (const s of remaining) sendBundle(s, gen, fresh);
+    switchIfDue(now);
+  }
+
+  async function bundleReceived(m, body) {
+    if (!m.keyed || !body) return;
+    let bundle;
+    try {
+      bundle = parseBundle(body);
+    } catch (e) {
+      console.warn(`refused a key bundle from ${q(m.info.name)}: ${e.message}`);
+      return;
+    } finally {
+      body.fill(0);
+    }
+    try {
+      if (bundle.slot !== m.slot) throw new Error(`slot ${bundle.slot} from the member in ${m.slot}`);
+      const last = lastSeq.get(m.slot);
+      if (last !== undefined && bundle.seq < last) throw new Error('an older bundle');
+      const again = last !== undefined && bundle.seq === last;
+      lastSeq.set(m.slot, bundle.seq);
+      const r = await installKey(m.slot, bundle.generation, bundle.secret, again);
+      if (!r.ok) throw new Error(r.error);
+      sendBody(m.slot, 'group_ack', encodeAck({ slot: m.slot, generation: bundle.generation }));
+    } catch (e) {
+      console.warn(`refused a key bundle from ${q(m.info.name)}: ${e.message}`);
+    } finally {
+      bundle.secret.fill(0);
+    }
+  }
+
+  function ackReceived(m, body) {
+    if (!m.keyed || !body) return;
+    let ack;
+    try {
+      ack = parseAck(body);
+    } catch (e) {
+      console.warn(`refused a key ack: ${e.message}`);
+      return;
+    }
+    if (ack.slot !== mySlot) return;
+    if (pending && ack.generation >= pending.freshGen && ack.generation <= pending.generation) {
+      pending.awaiting.delete(m.slot);
+    }
+    for (const [k, u] of unacked) {
+      if (u.slot === m.slot && u.gen <= ack.generation) forget(k, u);
+    }
+    switchIfDue(performance.now());
+  }
+
+  function tick() {
+    if (ended) return;
+    serial(() => {
+      const now = performance.now();
+      for (const u of unacked.values()) {
+        if (u.next > now) continue;
+        u.wait = Math.min(u.wait * 2, RESEND_MAX_MS);
+        u.next = now + u.wait;
+        call.group.bundlesResent += 1;
+        sendBody(u.slot, 'group_key', u.body);
+      }
+      switchIfDue(now);
+    });
+  }
+  const ticker = setInterval(() => (ended ? clearInterval(ticker) : tick()), TICK_MS);
+
+  // --- members -------------------------------------------------------------------------------
+
+  async function addMember(peer, join, initiate) {
+    if (!Number.isInteger(peer.slot) || peer.slot < 0 || peer.slot > 127 || peer.slot === mySlot) return;
+    if ([...members.values()].some((m) => m.slot === peer.slot)) return;
+    const m = {
+      id: peer.id,
+      attestedName: peer.name,
+      slot: peer.slot,
+      join,
+      handshake: null,
+      control: null,
+      info: null,
+      refused: null,
+      keyed: false,
+      early: [],
+      muted: false,
+      speaking: false,
+      hsQueue: Promise.resolve(),
+      sendQueue: Promise.resolve(),
+      ctrlQueue: Promise.resolve(),
+    };
+    members.set(m.id, m);
+    tile(m);
+    if (initiate) {
+      m.hsQueue = m.hsQueue.then(async () => {
+        const started = await Handshake.initiator(identity, room, name, dtls.dtls);
+        m.handshake = started.handshake;
+        signalTo(m.id, { kind: 'handshake', message: started.hello });
+      });
+    } else {
+      m.handshake = Handshake.responder(identity, room, name, dtls.dtls);
+    }
+    m.hsQueue.catch((e) => refuse(m, `key agreement failed: ${e?.message ?? e}`));
+    updateStatus();
+  }
+
+  function refuse(m, reason) {
+    if (m.refused) return;
+    m.refused = reason;
+    m.handshake = null;
+    m.warning = `refused: ${reason}`;
+    console.warn(`member ${q(m.attestedName)} refused: ${reason}`);
+    tile(m);
+    updateStatus();
+  }
+
+  async function onHandshake(m, message) {
+    if (!m.handshake) {
+      if (m.control) call.lateHandshakeMessages += 1;
+      return;
+    }
+    let step;
+    try {
+      step = await m.handshake.handle(message);
+    } catch (e) {
+      refuse(m, `key agreement failed: ${e?.code ?? e?.message ?? e}`);
+      return;
+    }
+    if (step.send) signalTo(m.id, { kind: 'handshake', message: step.send });
+    if (step.established) {
+      m.handshake = null;
+      await onEstablished(m, step.established);
+    }
+  }
+
+  let trustQueue = Promise.resolve();
+
+  async function onEstablished(m, done) {
+    const claimed = canonical(done.peerName);
+    const listed = canonical(m.attestedName);
+    const wipe = () => {
+      done.sendKey.fill(0);
+      done.recvKey.fill(0);
+    };
+    if (claimed !== listed) {
+      wipe();
+      refuse(m, `joined as ${q(listed)} but claims ${q(claimed)}`);
+      return;
+    }
+    const key = Uint8Array.from(done.peerIdentity);
+    const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+    if (
+      same(key, identity.publicKey) ||
+      [...members.values()].some((o) => o !== m && o.info?.identity && same(o.info.identity, key))
+    ) {
+      wipe();
+      refuse(m, 'an identity already in the call');
+      return;
+    }
+    // Known peers, one check at a time (IndexedDB): pins and trust as in two-party calls.
+    const check = trustQueue.then(() => checkKnownPeer(claimed, key));
+    trustQueue = check.catch(() => {});
+    let known;
+    try {
+      known = await check;
+    } catch (e) {
+      wipe();
+      refuse(m, `known peers: ${e?.message ?? e}`);
+      return;
+    }
+    if (ended || !members.has(m.id)) {
+      wipe();
+      return;
+    }
+    const sendControlKey = await controlKey(done.sendKey);
+    const recvControlKey = await controlKey(done.recvKey);
+    wipe();
+    const receiver = new SframeReceiver();
+    await receiver.addKey(BigInt(done.recvDirection), recvControlKey);
+    const sender = await SframeSender.create(sendControlKey, BigInt(done.sendDirection));
+    sendControlKey.fill(0);
+    recvControlKey.fill(0);
+    const print = await fingerprint(key);
+    if (ended || !members.has(m.id)) return;
+    // From here to queueing our key for it, nothing waits: a bundle it sends as soon as it
+    // can is queued after our own key work for it (memberJoinedKeys), never dropped.
+    m.control = { sender, receiver };
+    m.info = { name: claimed, identity: key, trust: known.trust, pairCode: done.safetyCode, fingerprint: print };
+    const keyed = serial(() => memberJoinedKeys(m));
+    const notes = [];
+    if (known.trust === 'changed') {
+      notes.push(
+        known.lookalike
+          ? `WARNING: ${q(claimed)} looks like ${q(known.lookalike)}, a known peer with another identity (${known.previous}).`
+          : `WARNING: IDENTITY CHANGED: ${q(claimed)} presents another identity than the one pinned (${known.previous}).`,
+      );
+    } else if (known.trust === 'renamed') {
+      notes.push(`Note: this identity was known as ${q(known.previousName)}.`);
+    }
+    if (isMixedScript(claimed)) notes.push(`Note: ${q(claimed)} mixes writing systems.`);
+    m.warning = notes.join(' ');
+    tile(m);
+    await keyed;
+    if (me.muted) sendControl(m, { type: 'mute', muted: true }).catch(() => {});
+    for (const hex of m.early.splice(0)) await onControl(m, hex);
+    await rosterChanged(`${claimed} joined`);
+    updateStatus();
+  }
+
+  function memberLeft(id, why) {
+    const m = members.get(id);
+    if (!m) return;
+    members.delete(id);
+    m.tile?.div.remove();
+    delete call.group.participants[m.info?.name ?? canonical(m.attestedName)];
+    if (m.control) {
+      // After our key work for its join, if that is still queued (then it is skipped).
+      serial(() => m.keyed && memberLeftKeys(m.slot));
+      rosterChanged(why);
+    }
+    updateStatus();
+  }
+
+  function onMemberSignal(m, data) {
+    if (m.refused || data === null || typeof data !== 'object') return;
+    if (data.kind === 'handshake') {
+      m.hsQueue = m.hsQueue.then(() => onHandshake(m, data.message));
+      m.hsQueue.catch((e) => refuse(m, `key agreement failed: ${e?.message ?? e}`));
+    } else if (data.kind === 'control') {
+      if (!m.control) {
+        if (m.early.length < EARLY_CONTROLS) m.early.push(data.frame);
+        else call.control.droppedNoKey += 1;
+        return;
+      }
+      m.ctrlQueue = m.ctrlQueue.then(() => onControl(m, data.frame)).catch(() => {});
+    }
+    // SDP from a member is ignored: group media goes through the SFU.
+  }
+
+  // --- the SFU connection --------------------------------------------------------------------
+
+  async function connectSfu(iceServers) {
+    if (relayOnly && !iceServers.some((s) => s.urls.some((u) => /^turns?:/.test(u)))) {
+      end('relay-only needs a TURN server, and the signaling server offers none');
+      return;
+    }
+    pc = new RTCPeerConnection({
+      iceServers,
+      iceTransportPolicy: relayOnly ? 'relay' : 'all',
+      bundlePolicy: 'max-bundle',
+      certificates: [dtls.certificate],
+    });
+    // Transforms go on before any description is applied (see README: Chromium ignores later ones).
+    const sender = pc.addTrack(track, stream);
+    sender.transform = new RTCRtpScriptTransform(worker, { side: 'send', group: true });
+    const first = pc.getTransceivers().find((t) => t.sender === sender);
+    const transceivers = [first];
+    for (let i = 1; i < AUDIO_SLOTS; i += 1) {
+      transceivers.push(pc.addTransceiver('audio', { direction: 'recvonly' }));
+    }
+    transceivers.forEach((t, i) => {
+      t.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv', group: true, track: i });
+      slotReceivers.push(t.receiver);
+    });
+    pc.ontrack = (e) => {
+      const audio = document.createElement('audio');
+      audio.autoplay = true;
+      audio.className = 'slot-audio';
+      audio.srcObject = new MediaStream([e.track]);
+      $('slot-audio').append(audio);
+      audio.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      call.group.sfu = pc.connectionState;
+      if (pc.connectionState === 'connected') sfuConnected = true;
+      if (pc.connectionState === 'failed') end('the connection to the SFU failed');
+      updateStatus();
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitGathered(pc);
+    signalTo(SFU_PEER, { kind: 'sfu_offer', sdp: pc.localDescription.sdp });
+  }
+
+  let sfuAnswered = false;
+  async function onSfuSignal(data) {
+    if (data?.kind !== 'sfu_answer' || typeof data.sdp !== 'string' || sfuAnswered || !pc) return;
+    sfuAnswered = true;
+    await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+  }
+
+  // --- speaking ------------------------------------------------------------------------------
+
+  async function speakingTick() {
+    if (ended) return;
+    const s = await ctx.workerStats();
+    const senders = s.group?.senders ?? {};
+    for (const m of members.values()) {
+      if (!m.keyed) continue;
+      const heard = senders[m.slot];
+      let speaking = false;
+      if (heard && heard.heardAgoMs !== undefined && heard.heardAgoMs < SPEAKING_WINDOW_MS) {
+        // The level of the slot track it was last heard on (RFC 6464, or decoded).
+        const src = slotReceivers[heard.track]?.getSynchronizationSources?.()[0];
+        speaking = typeof src?.audioLevel === 'number' ? src.audioLevel >= SPEECH_LEVEL : true;
+      }
+      if (speaking !== m.speaking) {
+        m.speaking = speaking;
+        tile(m);
+      }
+    }
+  }
+  // A transform that was not applied would send Opus in the clear, or play ciphertext: if
+  // packets flow but none went through SFrame, the call ends (as in two-party calls).
+  async function checkTransforms() {
+    if (ended || !pc) return;
+    const g = (await ctx.workerStats()).group;
+    let sent = 0;
+    let received = 0;
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type === 'outbound-rtp' && s.kind === 'audio') sent += s.packetsSent ?? 0;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') received += s.packetsReceived ?? 0;
+    }
+    if (sent > 50 && g.sealed === 0 && g.sendDroppedNoKey === 0) {
+      end('media bypassed encryption; call ended');
+    } else if (received > 50 && g.opened + g.failed + g.held === 0) {
+      end('incoming media bypassed decryption; call ended');
+    }
+  }
+  const guard = setInterval(() => (ended ? clearInterval(guard) : checkTransforms().catch(() => {})), 2000);
+
+  const speaker = setInterval(() => (ended ? clearInterval(speaker) : speakingTick().catch(() => {})), 200);
+
+  // --- signaling -----------------------------------------------------------------------------
+
+  ws.onopen = () => {
+    setStatus('joining');
+    const token = ctx.params.get('token');
+    sendServer({ type: 'join', room, name, ...(token ? { token } : {}) });
+  };
+  ws.onclose = () => {
+    if (!ended) end('lost the signaling server');
+  };
+  ws.onmessage = (e) => {
+    let msg;
+    try {
+      msg = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    if (msg === null || typeof msg !== 'object' || msg.v !== 1 || ended) return;
+    const peerInfo = (p) =>
+      p && typeof p.peer_id === 'string' && typeof p.name === 'string'
+        ? { id: p.peer_id, name: p.name, slot: p.slot }
+        : null;
+    switch (msg.type) {
+      case 'welcome': {
+        ctx.mark('joined');
+        if (mySlot !== null) break; // A rejoin: the call goes on.
+        if (msg.sfu !== true) {
+          end('this signaling server has no SFU; group calls need `sotto-signaling --sfu`');
+          break;
+        }
+        if (!Number.isInteger(msg.slot) || msg.slot < 0 || msg.slot > 127) {
+          end('the server gave us no slot');
+          break;
+        }
+        mySlot = msg.slot;
+        call.group.slot = mySlot;
+        tellWorkerSendKey();
+        tile(me);
+        connectSfu(ctx.offeredIceServers(msg.ice_servers)).catch((err) =>
+          end(`could not connect to the SFU: ${err?.message ?? err}`),
+        );
+        const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
+        // Members that were there first: we start each handshake.
+        for (const p of peers) addMember(p, 'present', true);
+        updateStatus();
+        break;
+      }
+      case 'peer_joined': {
+        const p = peerInfo(msg);
+        if (p && mySlot !== null) addMember(p, 'new', false);
+        break;
+      }
+      case 'peer_left': {
+        const m = members.get(msg.peer_id);
+        if (m) memberLeft(m.id, `${m.info?.name ?? canonical(m.attestedName)} left`);
+        break;
+      }
+      case 'signal':
+        if (msg.from === SFU_PEER) {
+          onSfuSignal(msg.data).catch((err) => end(`the SFU's answer: ${err?.message ?? err}`));
+        } else if (members.has(msg.from)) {
+          onMemberSignal(members.get(msg.from), msg.data);
+        }
+        break;
+      case 'error':
+        if (['no_sfu', 'sfu_refused'].includes(msg.code) && !sfuConnected) {
+          end(`the SFU refused us: ${msg.code}${msg.message ? `: ${msg.message}` : ''}`);
+        } else if (['room_full', 'bad_token', 'token_expired', 'server_full'].includes(msg.code)) {
+          end(`the server refused: ${msg.code}`);
+        }
+        break;
+      default:
+        break;
+    }
+  };
+
+  $('mute').onclick = () => {
+    me.muted = !me.muted;
+    call.muted = me.muted;
+    track.enabled = !me.muted;
+    $('mute').textContent = me.muted ? 'Unmute' : 'Mute';
+    tile(me);
+    broadcast({ type: 'mute', muted: me.muted });
+  };
+  call.hangup = async () => {
+    if (ended) return;
+    await broadcast({ type: 'hangup' });
+    end('hung up');
+  };
+  $('hangup').onclick = () => call.hangup();
+
+  /// Per member: what the worker opened from it (by name), as the engine's `participants`.
+  call.stats = async () => {
+    const media = await ctx.workerStats();
+    const participants = [];
+    for (const m of members.values()) {
+      if (!m.info || !m.keyed) continue;
+      const s = media.group?.senders?.[m.slot] ?? {};
+      participants.push({
+        name: m.info.name,
+        identity: m.info.fingerprint,
+        trust: m.info.trust,
+        frames_decrypted: s.framesDecrypted ?? 0,
+        decrypt_failures: s.decryptFailures ?? 0,
+        replays: s.replays ?? 0,
+        unknown_key: s.unknownKey ?? 0,
+        held: s.held ?? 0,
+        speaking: m.speaking,
+        muted: m.muted,
+      });
+    }
+    participants.sort((a, b) => (a.name < b.name ? -1 : 1));
+    let outbound = null;
+    if (pc) {
+      for (const s of (await pc.getStats()).values()) {
+        if (s.type === 'outbound-rtp' && s.kind === 'audio') outbound = { packetsSent: s.packetsSent };
+      }
+    }
+    return JSON.parse(
+      JSON.stringify({
+        mode: 'sfu',
+        group_safety_code: call.group.code,
+        rekeys: call.group.rekeys,
+        participants,
+        media,
+        outbound,
+        control: call.control,
+        lateHandshakeMessages: call.lateHandshakeMessages,
+      }),
+    );
+  };
+}
