@@ -23,7 +23,9 @@ pub enum CallState {
     /// none decrypted: the keys differ, someone may be in the middle. Not end-to-end
     /// encrypted in any useful sense; back to `Connected` when frames decrypt.
     Undecryptable,
-    /// The path dropped; ICE may bring it back.
+    /// The path dropped: ICE is restarted (by the call's initiator) to bring it back, with the
+    /// same keys and playout. Back to `Connected` when it is, or the call ends with
+    /// [`EndReason::ConnectionLost`] after 30 s.
     Reconnecting,
     /// Over.
     Ended,
@@ -51,6 +53,9 @@ pub enum EndReason {
     TransportNotBound(String),
     /// The WebRTC connection failed or could not be set up.
     ConnectionFailed(String),
+    /// The path to the peer was lost and did not come back within this time, ICE restarts
+    /// included.
+    ConnectionLost(std::time::Duration),
     /// The signaling server refused us or went away for good.
     SignalingFailed(String),
     /// A local audio device or file failed.
@@ -76,6 +81,11 @@ impl std::fmt::Display for EndReason {
                 write!(f, "transport not bound to the peer: {}", P(e))
             }
             EndReason::ConnectionFailed(e) => write!(f, "connection failed: {}", P(e)),
+            EndReason::ConnectionLost(after) => write!(
+                f,
+                "connection lost: the path to the peer did not come back within {} s",
+                after.as_secs()
+            ),
             EndReason::SignalingFailed(e) => write!(f, "signaling failed: {}", P(e)),
             EndReason::MediaFailed(e) => write!(f, "audio failed: {}", P(e)),
             EndReason::Timeout(what) => write!(f, "timed out: {what}"),
@@ -195,4 +205,20 @@ pub enum CallEvent {
         /// Final figures.
         stats: CallStats,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lost path ends the call as a failure that says why.
+    #[test]
+    fn a_lost_path_is_a_failed_end_with_its_reason() {
+        let lost = EndReason::ConnectionLost(std::time::Duration::from_secs(30));
+        assert_eq!(
+            lost.to_string(),
+            "connection lost: the path to the peer did not come back within 30 s"
+        );
+        assert!(!crate::call::ended_ok(&lost));
+    }
 }

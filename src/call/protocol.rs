@@ -31,6 +31,9 @@ pub enum OutgoingSignal<'a> {
         /// Complete SDP text.
         sdp: &'a str,
     },
+    /// The responder answers ICE-restart offers (sent once, after its first answer).
+    #[serde(rename = "can_restart")]
+    CanRestart,
     /// A control frame sealed under the pair's control key, hex: how the members of a group
     /// call talk pairwise (key bundles, acks, mute, hang-up) without a data channel.
     Control {
@@ -48,6 +51,8 @@ pub enum IncomingSignal {
     Offer(String),
     /// An SDP answer.
     Answer(String),
+    /// The peer answers ICE-restart offers.
+    CanRestart,
     /// A sealed control frame (group calls), still sealed.
     Control(Vec<u8>),
 }
@@ -113,7 +118,10 @@ pub fn parse_signal(data: &str) -> Result<IncomingSignal, PayloadError> {
         }
         ("offer", None, Some(sdp)) => Ok(IncomingSignal::Offer(sdp)),
         ("answer", None, Some(sdp)) => Ok(IncomingSignal::Answer(sdp)),
-        ("handshake" | "offer" | "answer", _, _) => Err(malformed("wrong fields for its kind")),
+        ("can_restart", None, None) => Ok(IncomingSignal::CanRestart),
+        ("handshake" | "offer" | "answer" | "can_restart", _, _) => {
+            Err(malformed("wrong fields for its kind"))
+        }
         _ => Err(malformed("unknown kind")),
     }
 }
@@ -214,6 +222,10 @@ mod tests {
             parse_signal(&out).unwrap(),
             IncomingSignal::Answer("v=0".into())
         );
+        let out = serde_json::to_string(&OutgoingSignal::CanRestart).unwrap();
+        assert_eq!(out, r#"{"kind":"can_restart"}"#);
+        assert_eq!(parse_signal(&out).unwrap(), IncomingSignal::CanRestart);
+        assert!(parse_signal(r#"{"kind":"can_restart","sdp":"x"}"#).is_err());
         let out = serde_json::to_string(&OutgoingSignal::Control { frame: "00ff" }).unwrap();
         assert_eq!(out, r#"{"kind":"control","frame":"00ff"}"#);
         assert_eq!(

@@ -26,7 +26,8 @@ use crate::playout::AudioPlayout;
 use crate::signal::{IceServerInfo, PeerInfo as SignalPeer};
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{
-    IceServer, MediaTransport, TransportConfig, TransportState, VideoDirection, has_turn,
+    IceServer, MediaTransport, PathAction, RECONNECT_GIVE_UP, Reconnector, RestartRole,
+    TransportConfig, TransportState, VideoDirection, has_turn,
 };
 
 use super::control::{ControlCrypto, ControlError};
@@ -179,6 +180,8 @@ struct Run {
     /// we send now is not lost (a data channel drops messages that reach a side not open
     /// yet, and the two sides open at different times).
     peer_heard: bool,
+    /// Whether the path is lost, and when to restart ICE or give up.
+    path: Reconnector,
     /// The room as the server described it to us (for a move to a group call).
     room: Option<RoomInfo>,
     /// Set when the call moves to a group call: the members to agree keys with there.
@@ -418,6 +421,7 @@ impl Session {
             chat_outbox: std::collections::VecDeque::new(),
             early_controls: Vec::new(),
             peer_heard: false,
+            path: Reconnector::new(RestartRole::Answerer),
             room: None,
             escalate: None,
             signal_events: None,
@@ -448,6 +452,7 @@ impl Session {
 
         let reason = loop {
             let chat_deadline = self.chat.next_deadline();
+            let path_deadline = run.path.next_deadline();
             tokio::select! {
                 event = signal_events.recv(), if run.signaling_up => {
                     let Some(event) = event else {
@@ -463,6 +468,10 @@ impl Session {
                         }
                         Ok(false) => {}
                         Err(reason) => break reason,
+                    }
+                    // The peer may just have said it answers restarts, or answered one.
+                    if let Err(reason) = self.drive_path(&mut run).await {
+                        break reason;
                     }
                     if let Err(reason) =
                         self.maybe_start_media(&mut run, &mut frames, &mut video_streams, &notices_tx)
@@ -528,6 +537,7 @@ impl Session {
                         break EndReason::ConnectionFailed("transport stopped".into());
                     }
                     let state = *transport_state.borrow_and_update();
+                    run.path.on_state(state, Instant::now());
                     match state {
                         TransportState::Connected => {
                             if run.established && run.media.is_none() {
@@ -540,13 +550,27 @@ impl Session {
                                 self.set_state(&mut run, CallState::Connected);
                             }
                         }
-                        TransportState::Disconnected if run.media.is_some() => {
-                            self.set_state(&mut run, CallState::Reconnecting);
-                        }
                         TransportState::Closed => {
                             break EndReason::ConnectionFailed("peer connection closed".into());
                         }
+                        // A path that never came up is not lost: it failed.
+                        TransportState::Failed if !run.path.is_lost() => {
+                            break EndReason::ConnectionFailed("peer connection failed".into());
+                        }
+                        _ if run.path.is_lost() && run.media.is_some() => {
+                            self.set_state(&mut run, CallState::Reconnecting);
+                        }
                         _ => {}
+                    }
+                    if let Err(reason) = self.drive_path(&mut run).await {
+                        break reason;
+                    }
+                }
+                _ = tokio::time::sleep_until(
+                    path_deadline.map_or(far, tokio::time::Instant::from_std)
+                ), if path_deadline.is_some() => {
+                    if let Err(reason) = self.drive_path(&mut run).await {
+                        break reason;
                     }
                 }
                 Some(message) = async {
@@ -628,7 +652,10 @@ impl Session {
             } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
                 if run.peer.is_some() {
-                    return Ok(false); // a rejoin after a reconnect: the call goes on
+                    // A rejoin after a reconnect: the call goes on, but signals in flight may
+                    // have been lost.
+                    run.path.signaling_rejoined();
+                    return Ok(false);
                 }
                 run.room = Some(RoomInfo {
                     our_id: peer_id,
@@ -670,6 +697,7 @@ impl Session {
                     run.transport.dtls_fingerprint(),
                 )
                 .map_err(|e| EndReason::HandshakeFailed(e.to_string()))?;
+                run.path = Reconnector::new(RestartRole::Offerer);
                 // Set-up time of the joiner counts from its own start.
                 run.peer = Some(Peer::new(other, handshake, self.started));
                 self.set_state(run, CallState::Handshaking);
@@ -808,20 +836,43 @@ impl Session {
             }
             IncomingSignal::Offer(sdp) => {
                 if peer.handshake.role() != Role::Responder {
+                    // Only the initiator offers (restarts included), so offers never cross.
                     tracing::warn!("ignoring an offer: we are the offerer");
                     return Ok(());
                 }
-                peer.remote_sdp = Some(sdp.clone());
+                let previous = peer.remote_sdp.replace(sdp.clone());
+                // Every SDP, a restart's too, must carry the fingerprint the peer signed.
                 peer.check_transport_binding()?;
-                let answer = run
-                    .transport
-                    .accept_offer(&sdp)
-                    .await
-                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
-                self.send_signal(run, &OutgoingSignal::Answer { sdp: &answer })
-                    .await?;
-                if run.established {
-                    self.set_state(run, CallState::Connecting);
+                let Some(previous) = previous else {
+                    let answer = run
+                        .transport
+                        .accept_offer(&sdp)
+                        .await
+                        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                    self.send_signal(run, &OutgoingSignal::Answer { sdp: &answer })
+                        .await?;
+                    self.send_signal(run, &OutgoingSignal::CanRestart).await?;
+                    if run.established {
+                        self.set_state(run, CallState::Connecting);
+                    }
+                    return Ok(());
+                };
+                // A later offer: the initiator restarting ICE. Its failures are not fatal; the
+                // initiator tries again, and a path that stays lost ends the call.
+                if ice_ufrag(&previous) != ice_ufrag(&sdp) {
+                    self.shared.ice_restarts.fetch_add(1, Relaxed);
+                    tracing::info!("the peer restarts ICE");
+                }
+                match run.transport.accept_offer(&sdp).await {
+                    Ok(answer) => {
+                        if let Err(e) = self
+                            .send_signal(run, &OutgoingSignal::Answer { sdp: &answer })
+                            .await
+                        {
+                            tracing::warn!("could not answer an ICE restart: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("could not apply an ICE restart offer: {e}"),
                 }
             }
             IncomingSignal::Control(_) => {
@@ -833,12 +884,61 @@ impl Session {
                     tracing::warn!("ignoring an answer: we did not offer");
                     return Ok(());
                 }
-                peer.remote_sdp = Some(sdp.clone());
+                let again = peer.remote_sdp.replace(sdp.clone()).is_some();
                 peer.check_transport_binding()?;
-                run.transport
-                    .accept_answer(&sdp)
-                    .await
-                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                if !run.path.on_answer(Instant::now()) {
+                    tracing::debug!("ignoring the answer to a replaced ICE restart offer");
+                    return Ok(());
+                }
+                match run.transport.accept_answer(&sdp).await {
+                    Ok(()) => {}
+                    Err(e) if !again => return Err(EndReason::ConnectionFailed(e.to_string())),
+                    // Not fatal during a restart: the next one follows.
+                    Err(e) => tracing::warn!("could not apply an ICE restart answer: {e}"),
+                }
+            }
+            IncomingSignal::CanRestart => {
+                if peer.handshake.role() == Role::Initiator {
+                    run.path.peer_answers_restarts();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts ICE or gives up on a lost path, as [`Reconnector`] says.
+    async fn drive_path(&self, run: &mut Run) -> Result<(), EndReason> {
+        while let Some(action) = run.path.poll(Instant::now()) {
+            match action {
+                PathAction::GiveUp => return Err(EndReason::ConnectionLost(RECONNECT_GIVE_UP)),
+                PathAction::Restart => {
+                    tracing::info!(restart = run.path.restarts(), "path lost: restarting ICE");
+                    // Not fatal: signaling may be down with the path; the next attempt or the
+                    // give-up deadline follows.
+                    match run.transport.create_restart_offer().await {
+                        Ok(offer) => {
+                            if !offer.gathered {
+                                run.path.offer_partial();
+                            }
+                            match self
+                                .send_signal(run, &OutgoingSignal::Offer { sdp: &offer.sdp })
+                                .await
+                            {
+                                Ok(()) => {
+                                    self.shared.ice_restarts.fetch_add(1, Relaxed);
+                                }
+                                Err(e) => {
+                                    run.path.offer_not_sent();
+                                    tracing::warn!("could not send an ICE restart offer: {e}");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            run.path.offer_not_sent();
+                            tracing::warn!("could not restart ICE: {e}");
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -1406,6 +1506,14 @@ impl Session {
             signal.close().await;
         }
     }
+}
+
+/// The ICE user name fragment of an SDP (the first; sotto's SDP bundles everything on one):
+/// a new one means an ICE restart.
+fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
 }
 
 /// How long a two-party peer connection stays open after the call moved to the SFU, so the

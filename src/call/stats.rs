@@ -103,6 +103,8 @@ pub struct CallStats {
     pub messages_rejected: u64,
     /// Text messages (ours and the peer's) that expired and were erased.
     pub messages_expired: u64,
+    /// ICE restarts after the path was lost: restart offers we sent, or answered.
+    pub ice_restarts: u64,
     /// `p2p` for a two-party call, `sfu` for a group call through the SFU.
     pub mode: &'static str,
     /// A group call's safety code over the room and every member's identity (ours included),
@@ -196,6 +198,7 @@ pub(crate) struct SharedStats {
     pub messages_received: AtomicU64,
     pub messages_rejected: AtomicU64,
     pub messages_expired: AtomicU64,
+    pub ice_restarts: AtomicU64,
     pub unknown_key_frames: AtomicU64,
     /// Set for a group call (then `group` holds its figures).
     pub group_mode: AtomicBool,
@@ -299,6 +302,7 @@ impl SharedStats {
             messages_received: self.messages_received.load(Relaxed),
             messages_rejected: self.messages_rejected.load(Relaxed),
             messages_expired: self.messages_expired.load(Relaxed),
+            ice_restarts: self.ice_restarts.load(Relaxed),
             mode: if self.group_mode.load(Relaxed) {
                 "sfu"
             } else {

@@ -220,8 +220,17 @@ impl PlayoutBuffer {
                 self.stats.lost = self.stats.lost.saturating_sub(1);
             }
             if ext >= next + self.cfg.max_packets as i64 {
-                self.stats.overflow += 1;
-                return;
+                if !self.packets.is_empty() {
+                    self.stats.overflow += 1;
+                    return;
+                }
+                // Nothing held: the stream resumes after a gap longer than the window (a path
+                // that was down for seconds). Refusing it would refuse everything after it
+                // until the reset distance; its gap is lost, play on from here.
+                let skipped = ext - next;
+                self.stats.lost += skipped.unsigned_abs();
+                self.next_seq = Some(ext);
+                self.played_mask = 0;
             }
         } else if let (Some((&lo, _)), Some((&hi, _))) = (
             self.packets.first_key_value(),
@@ -397,6 +406,20 @@ impl PlayoutBuffer {
         if self.packets.is_empty() {
             return self.underrun();
         }
+        // The stream resumes after a gap longer than `max_delay` (a path that was down): its
+        // frames are long overdue. Concealing them one per pop would add the whole outage to
+        // the delay for good, so they are lost at once, but the one just before the first
+        // packet held, concealed now (that packet's FEC may recover it).
+        if let Some((&first, _)) = self.packets.first_key_value()
+            && first - next > self.max_frames()
+        {
+            let skipped = first - 1 - next;
+            self.stats.lost += skipped.unsigned_abs();
+            self.stats.concealed += skipped.unsigned_abs();
+            self.next_seq = Some(first - 1);
+            self.played_mask = 0;
+            return self.declare_lost(first - 1);
+        }
         if !give_up && self.wait_run < self.max_frames() && self.level() <= self.max_frames() {
             self.wait_run += 1;
             self.stats.expanded += 1;
@@ -516,6 +539,41 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// After an outage of 2.6 s (the path down, ICE restarted), the packets that follow the
+    /// gap are played within one frame: the gap is lost at once, not concealed frame by frame
+    /// at the cost of 2.6 s of delay.
+    #[test]
+    fn a_long_gap_is_skipped_not_concealed_in_real_time() {
+        let mut b = PlayoutBuffer::new(PlayoutConfig::default());
+        for i in 0..50u16 {
+            b.insert(pkt(i), ms(20 * u64::from(i)));
+            assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == i));
+        }
+        // Nothing for 130 frames: the consumer conceals on an empty buffer.
+        for _ in 0..130 {
+            assert!(!matches!(b.pop_unsteered(true, true), Playout::Packet(_)));
+        }
+        b.insert(pkt(180), ms(20 * 180));
+        b.insert(pkt(181), ms(20 * 181));
+        // At most the frame just before the first one held is concealed, then it plays.
+        let first = b.pop_unsteered(false, true);
+        assert!(matches!(first, Playout::Lost { seq: 179 }), "{first:?}");
+        assert_eq!(b.peek_next().map(|p| p.seq), Some(180));
+        assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 180));
+        assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 181));
+        assert_eq!(b.stats().lost, 130);
+        // A gap longer than the window (8 s) is not refused either: play resumes at once.
+        for _ in 0..400 {
+            assert!(!matches!(b.pop_unsteered(true, true), Playout::Packet(_)));
+        }
+        b.insert(pkt(582), ms(20 * 582));
+        b.insert(pkt(583), ms(20 * 583));
+        assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 582));
+        assert!(matches!(b.pop_unsteered(false, true), Playout::Packet(p) if p.seq == 583));
+        assert_eq!(b.stats().lost, 130 + 400);
+        assert_eq!(b.stats().overflow, 0);
     }
 
     /// A little jitter rounds the target up to two frames; when every packet still waits

@@ -21,6 +21,11 @@
 //! Negotiation is non-trickle: each side's SDP (plain SDP text) is sent once ICE gathering
 //! completes, for the caller to relay over signaling.
 //!
+//! A lost path is noticed within [`ICE_DISCONNECTED_AFTER`] of silence (media or consent
+//! checks, sent every [`ICE_KEEPALIVE`]); [`MediaTransport::create_restart_offer`] then restarts
+//! ICE on the same peer connection: new ICE credentials and candidates, the same DTLS
+//! association, tracks and SRTP keys. [`Reconnector`] decides when (Sans-I/O).
+//!
 //! ```no_run
 //! # async fn demo(mut sender: sotto::sframe::SenderContext) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
@@ -87,6 +92,7 @@ use crate::sframe::{MAX_HEADER_LEN, SenderContext, SframeError};
 mod layout;
 mod order;
 mod pacer;
+mod restart;
 mod sfu;
 mod sync;
 mod video;
@@ -96,6 +102,7 @@ pub use layout::{
 };
 pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
 pub use pacer::{MAX_PACER_DELAY, PACING_FACTOR, VideoPacer};
+pub use restart::{PathAction, RECONNECT_GIVE_UP, Reconnector, RestartRole};
 pub use sfu::{
     AUDIO_LEVEL_URI, MAX_AUDIO_SLOTS, SfuTransport, SfuTransportConfig, SlotFrame, rfc6464_level,
 };
@@ -195,10 +202,26 @@ const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// so a slow relayed path gets no less time than before.
 const ICE_MAX_CHECKS: u16 = 40;
 
-/// ICE pacing for every peer connection we make.
+/// Silence on the selected path (no media, no consent check) after which ICE calls it
+/// disconnected and the call restarts ICE. The stack's default of 5 s would let a short outage
+/// pass unnoticed and a longer one cost 5 s before any repair starts.
+pub const ICE_DISCONNECTED_AFTER: Duration = Duration::from_millis(1500);
+/// How often consent checks go out on the selected path, media or not (default 2 s): three
+/// fit in [`ICE_DISCONNECTED_AFTER`], so an idle but healthy path is never taken for lost.
+pub const ICE_KEEPALIVE: Duration = Duration::from_millis(500);
+
+/// How long a restart's offer or answer waits for ICE gathering. Gathering during an outage
+/// can wait out an unreachable STUN server; the candidates kept from before (host,
+/// server-reflexive, relay) are usually the ones that work again when the path returns.
+pub const RESTART_GATHER_WAIT: Duration = Duration::from_secs(1);
+
+/// ICE pacing and timeouts for every peer connection we make.
 fn ice_pacing() -> SettingEngine {
     SettingEngineBuilder::new()
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_CHECKS))
+        // Failure keeps the stack's default (25 s after disconnected): a restart or the call's
+        // own deadline decides before that.
+        .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), None, Some(ICE_KEEPALIVE))
         .build()
 }
 
@@ -253,6 +276,17 @@ pub struct IceServer {
     pub username: String,
     /// TURN credential.
     pub credential: String,
+}
+
+/// An ICE-restart offer ([`MediaTransport::create_restart_offer`]).
+#[derive(Debug, Clone)]
+pub struct RestartOffer {
+    /// The SDP for the peer.
+    pub sdp: String,
+    /// Whether gathering finished in time. If not (a STUN or TURN server out of reach, as in
+    /// an outage), the offer may hold only candidates from before, which a changed network
+    /// no longer reaches.
+    pub gathered: bool,
 }
 
 /// An SFrame frame ready for the wire. Only [`seal`] makes one, from a [`SenderContext`].
@@ -317,7 +351,9 @@ pub enum TransportState {
     Connected,
     /// The path was lost; ICE may recover it.
     Disconnected,
-    /// Failed or closed for good.
+    /// ICE gave up on the path: only an ICE restart can bring it back.
+    Failed,
+    /// Closed for good.
     Closed,
 }
 
@@ -327,26 +363,31 @@ impl TransportState {
         match state {
             RTCPeerConnectionState::Connected => TransportState::Connected,
             RTCPeerConnectionState::Disconnected => TransportState::Disconnected,
-            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                TransportState::Closed
-            }
+            RTCPeerConnectionState::Failed => TransportState::Failed,
+            RTCPeerConnectionState::Closed => TransportState::Closed,
             _ => TransportState::Connecting,
         }
     }
 }
 
-/// Waits until `state` says media can flow, or fails when the connection closes first.
+/// Waits until `state` says media can flow, or fails when the connection fails or closes
+/// first.
 async fn wait_connected(
     state: &watch::Receiver<TransportState>,
     timeout: Duration,
 ) -> Result<(), TransportError> {
     let mut state = state.clone();
-    let wait = state.wait_for(|s| matches!(s, TransportState::Connected | TransportState::Closed));
+    let wait = state.wait_for(|s| {
+        matches!(
+            s,
+            TransportState::Connected | TransportState::Failed | TransportState::Closed
+        )
+    });
     let state = *tokio::time::timeout(timeout, wait)
         .await
         .map_err(|_| TransportError::Timeout("connection"))?
         .map_err(|_| TransportError::Closed)?;
-    if state == TransportState::Closed {
+    if state != TransportState::Connected {
         return Err(TransportError::Closed);
     }
     Ok(())
@@ -372,7 +413,8 @@ struct RemoteVideo {
 }
 
 struct Handler {
-    gathered: watch::Sender<bool>,
+    /// How many times ICE gathering completed: each local description gathers anew.
+    gathered: watch::Sender<u64>,
     state: watch::Sender<TransportState>,
     frames: mpsc::Sender<ReceivedFrame>,
     video_frames: mpsc::Sender<ReceivedVideoFrame>,
@@ -477,11 +519,12 @@ async fn pump_video(
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
+            self.gathered.send_modify(|n| *n += 1);
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(?state, "peer connection state");
         let _ = self.state.send(TransportState::from_peer_connection(state));
     }
 
@@ -536,7 +579,7 @@ pub struct MediaTransport {
     control_open: watch::Receiver<bool>,
     ssrc: u32,
     payload_type: OnceLock<PayloadType>,
-    gathered: watch::Receiver<bool>,
+    gathered: watch::Receiver<u64>,
     state: watch::Receiver<TransportState>,
     frames: Option<mpsc::Receiver<ReceivedFrame>>,
     controls: Option<mpsc::Receiver<Bytes>>,
@@ -847,7 +890,7 @@ impl MediaTransport {
             ))
             .with_certificates(vec![certificate])
             .build();
-        let (gathered_tx, gathered) = watch::channel(false);
+        let (gathered_tx, gathered) = watch::channel(0);
         let (state_tx, state) = watch::channel(TransportState::Connecting);
         let (frames_tx, frames) = mpsc::channel(512);
         let (video_frames_tx, video_frames) = mpsc::channel(VIDEO_QUEUE);
@@ -1035,17 +1078,18 @@ impl MediaTransport {
         &self.dtls_fingerprint
     }
 
-    async fn local_sdp(&self) -> Result<String, TransportError> {
+    /// Our SDP once the gathering that follows gathering number `before` completes, or once
+    /// `limit` passed.
+    async fn local_sdp(&self, before: u64, limit: Duration) -> Result<String, TransportError> {
         let mut gathered = self.gathered.clone();
-        let wait = gathered.wait_for(|done| *done);
-        match tokio::time::timeout(self.gather_timeout, wait).await {
+        let wait = gathered.wait_for(|done| *done > before);
+        match tokio::time::timeout(limit, wait).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return Err(TransportError::Closed),
             // A STUN or TURN server that does not answer (a firewall that drops UDP) must not
             // stop the call: it goes ahead with the candidates gathered so far.
             Err(_) => tracing::warn!(
-                "ICE gathering did not finish within {:?}; going on with the candidates found",
-                self.gather_timeout
+                "ICE gathering did not finish within {limit:?}; going on with the candidates found"
             ),
         }
         let desc = self
@@ -1073,28 +1117,59 @@ impl MediaTransport {
 
     /// Creates the offer; returns its SDP for the peer once ICE candidates are gathered.
     pub async fn create_offer(&self) -> Result<String, TransportError> {
+        let before = *self.gathered.borrow();
         let offer = self.pc.create_offer(None).await.map_err(rtc_err)?;
         self.pc
             .set_local_description(offer)
             .await
             .map_err(rtc_err)?;
-        self.local_sdp().await
+        self.local_sdp(before, self.gather_timeout).await
     }
 
-    /// Takes the peer's offer SDP; returns the answer SDP for the peer.
+    /// Restarts ICE (RFC 8445 section 9): an offer with new ICE credentials, applied at once,
+    /// with the candidates kept from before plus those gathered within
+    /// [`RESTART_GATHER_WAIT`]. The DTLS association, its fingerprint, the tracks and the SRTP
+    /// keys stay; the path comes back once the peer's answer is accepted
+    /// ([`Self::accept_answer`]) and the new checks succeed. Only the offerer restarts; an
+    /// offer made before the last one was answered replaces it.
+    pub async fn create_restart_offer(&self) -> Result<RestartOffer, TransportError> {
+        let before = *self.gathered.borrow();
+        let options = rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true };
+        let offer = self.pc.create_offer(Some(options)).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_err)?;
+        let sdp = self
+            .local_sdp(before, RESTART_GATHER_WAIT.min(self.gather_timeout))
+            .await?;
+        let gathered = *self.gathered.borrow() > before;
+        Ok(RestartOffer { sdp, gathered })
+    }
+
+    /// Takes the peer's offer SDP; returns the answer SDP for the peer. A later offer (the
+    /// peer restarting ICE) is answered the same way, its gathering bounded by
+    /// [`RESTART_GATHER_WAIT`].
     pub async fn accept_offer(&self, offer: &str) -> Result<String, TransportError> {
         let desc = RTCSessionDescription::offer(offer.to_owned())
             .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let again = self.pc.current_remote_description().await.is_some();
         self.pc
             .set_remote_description(desc)
             .await
             .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let before = *self.gathered.borrow();
         let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
         self.pc
             .set_local_description(answer)
             .await
             .map_err(rtc_err)?;
-        self.local_sdp().await
+        let limit = if again {
+            RESTART_GATHER_WAIT.min(self.gather_timeout)
+        } else {
+            self.gather_timeout
+        };
+        self.local_sdp(before, limit).await
     }
 
     /// Takes the peer's answer SDP to our offer.

@@ -688,7 +688,7 @@ async fn on_member_message(
             }
             on_control(session, run, from, &frame).await;
         }
-        IncomingSignal::Offer(_) | IncomingSignal::Answer(_) => {
+        IncomingSignal::Offer(_) | IncomingSignal::Answer(_) | IncomingSignal::CanRestart => {
             tracing::debug!(%from, "ignoring SDP from a member: group media goes through the SFU");
         }
     }
