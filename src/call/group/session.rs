@@ -327,7 +327,8 @@ async fn events_loop(
                 TransportState::Disconnected if run.media.is_some() => {
                     set_state(session, run, CallState::Reconnecting);
                 }
-                TransportState::Closed => {
+                // No ICE restart towards the SFU yet: a failed path ends the call.
+                TransportState::Failed | TransportState::Closed => {
                     return Exit::End(EndReason::ConnectionFailed(
                         "the connection to the SFU failed".into(),
                     ));
