@@ -338,6 +338,7 @@ impl<D: FrameDecoder> AudioPlayout<D> {
                 (DecodeKind::Silence, None)
             }
         };
+        self.delay.frame_done(self.buffer.stats().lost);
         if matches!(kind, DecodeKind::Normal | DecodeKind::Fec) {
             self.conceal_run = 0;
             self.expand = None;
@@ -543,7 +544,8 @@ mod tests {
     }
 
     /// 30 ms of jitter and 5 % loss: nearly every packet is in time (late loss at most 2 %)
-    /// at a delay near the jitter, not far above it.
+    /// at a delay near the jitter plus, as the path loses packets, about a frame for the
+    /// packet after a gap (its FEC), not far above that.
     #[test]
     fn jitter_and_loss_keep_late_loss_low() {
         for frame in [960usize, 480] {
@@ -565,8 +567,26 @@ mod tests {
                 sim.frames
             );
             assert!(s.lost > 0 && s.accelerated > 0, "{s:?}");
-            assert!((25.0..=45.0).contains(&mean_ms), "{mean_ms}");
+            assert!((25.0..=45.0 + frame_ms).contains(&mean_ms), "{mean_ms}");
             assert!(max_step(&sim.out) <= 1.1 * tone_step());
+        }
+    }
+
+    /// 5 % loss with 30 ms of jitter: the packet after a lost one carries its FEC, and the
+    /// delay leaves room for it to come, so most lost frames are rebuilt rather than
+    /// concealed (half of them were, when the target only covered the jitter).
+    #[test]
+    fn lost_frames_are_recovered_from_the_next_packet() {
+        for frame in [960usize, 480] {
+            let frame_ms = frame as f64 / 48.0;
+            let sim = simulate(frame, 30, |k| {
+                (draw(k, 6) >= 0.05).then(|| k as f64 * frame_ms + 1.0 + 30.0 * draw(k, 7))
+            });
+            let s = sim.stats;
+            eprintln!("{frame}: {s:?}");
+            assert!(s.lost >= 40, "{s:?}");
+            assert!(s.fec_recovered * 4 >= s.lost * 3, "{frame}: {s:?}");
+            eprintln!("{frame}: step {}", max_step(&sim.out) / tone_step());
         }
     }
 

@@ -12,6 +12,12 @@
 //! one spike moves the target a little and briefly, while a path that stays worse moves it
 //! step by step. Packets that all come over the cap for 100 ms of calls are not a spike but a
 //! new base delay (a bottleneck queue that filled): the reference moves up to them at once.
+//!
+//! On a path that loses packets the target also covers the packet after a gap: its forward
+//! error correction (Opus in-band FEC) rebuilds the lost frame, but only if it is here when
+//! the gap is played. The target then is at least the [`FEC_QUANTILE`] of readiness (held at
+//! its peak, falling slowly) plus a frame; concealing speech costs far more than that wait
+//! (PESQ under 5 % loss, 20 ms frames: 2.40 without it, 2.85 with it; see the README).
 
 /// Histogram bucket width in ticks at 48 kHz (0.5 ms).
 const BUCKET: i64 = 24;
@@ -43,6 +49,16 @@ const STEP_TICKS: i64 = 4800;
 /// still rising at first: the run's own minimum would lag).
 const STEP_RECENT: usize = 3;
 
+/// Share of the packets after a gap that should come in time for their FEC to rebuild it.
+const FEC_QUANTILE: f64 = 0.6;
+/// How fast the held FEC percentile may fall, in ticks per second of media (2 ms/s).
+const FEC_FALL_PER_S: f64 = 96.0;
+/// Time constant over which losses are remembered, in seconds of media.
+const LOSS_MEMORY_S: f64 = 5.0;
+/// Remembered losses (a count decaying over [`LOSS_MEMORY_S`]) from which the path counts as
+/// lossy: two, so one stray loss does not raise the delay.
+const LOSSY_COUNT: f64 = 1.5;
+
 /// Delay target learnt from packet readiness; fixed size, no allocation after creation.
 #[derive(Debug, Clone)]
 pub(crate) struct DelayManager {
@@ -59,6 +75,16 @@ pub(crate) struct DelayManager {
     reference: i64,
     min_transit: i64,
     quantile: i64,
+    /// The [`FEC_QUANTILE`] of the same histogram.
+    fec_quantile: i64,
+    frame_ticks: i64,
+    /// Losses, each decaying by `loss_forget` per frame.
+    losses: f64,
+    loss_forget: f64,
+    lost_total: u64,
+    /// The FEC percentile held at its peak, falling by `fec_fall` per packet.
+    fec_hold: f64,
+    fec_fall: f64,
     /// The spike cap's base: the percentile, but rising at most [`CAP_RISE_PER_S`].
     cap_base: i64,
     last_batch: Option<i64>,
@@ -92,6 +118,13 @@ impl DelayManager {
             reference: 0,
             min_transit: 0,
             quantile: 0,
+            fec_quantile: 0,
+            frame_ticks: frame_ticks.max(1),
+            losses: 0.0,
+            loss_forget: (-per_packet / LOSS_MEMORY_S).exp(),
+            lost_total: 0,
+            fec_hold: 0.0,
+            fec_fall: FEC_FALL_PER_S * per_packet,
             cap_base: 0,
             last_batch: None,
             batches: 0,
@@ -168,17 +201,34 @@ impl DelayManager {
         }
         self.hist[b] += self.weight * w;
         self.total += self.weight * w;
-        let want = self.total * QUANTILE;
+        let (want, want_fec) = (self.total * QUANTILE, self.total * FEC_QUANTILE);
         let mut sum = 0.0;
-        let mut q = BUCKETS - 1;
+        let (mut q, mut q_fec) = (BUCKETS - 1, None);
         for (i, h) in self.hist.iter().enumerate() {
             sum += h;
+            if q_fec.is_none() && sum >= want_fec {
+                q_fec = Some(i);
+            }
             if sum >= want {
                 q = i;
                 break;
             }
         }
         self.quantile = (q as i64 + 1) * BUCKET;
+        // Held at its peak and let down slowly: every move of the target is a stretch, and
+        // this percentile wanders by milliseconds from second to second.
+        let fec = ((q_fec.unwrap_or(q) as i64 + 1) * BUCKET) as f64;
+        self.fec_hold = fec.max(self.fec_hold - self.fec_fall);
+        self.fec_quantile = self.fec_hold as i64;
+    }
+
+    /// Called once per frame the playout produces, with its count of frames given up as lost
+    /// so far (whether FEC then rebuilt them or not). The count goes down when a frame given
+    /// up on arrives after all (it was late, not lost), and so do the remembered losses.
+    pub(crate) fn frame_done(&mut self, lost_total: u64) {
+        let new = lost_total as f64 - self.lost_total as f64;
+        self.lost_total = lost_total;
+        self.losses = (self.losses * self.loss_forget + new).max(0.0);
     }
 
     /// Whether any packet has been recorded as ready.
@@ -188,7 +238,12 @@ impl DelayManager {
 
     /// The playout offset (output time minus media timestamp) to steer to, in ticks.
     pub(crate) fn target_offset(&self) -> i64 {
-        self.reference + self.quantile + GUARD
+        let fec = if self.losses >= LOSSY_COUNT {
+            self.fec_quantile + self.frame_ticks
+        } else {
+            0
+        };
+        self.reference + self.quantile.max(fec) + GUARD
     }
 
     /// The fastest transit seen recently (arrival minus timestamp), in ticks.
