@@ -132,53 +132,80 @@ impl Capture {
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
-        let mut pcm = vec![0f32; self.frame.samples()];
-        let mut packet = vec![0u8; MAX_PACKET];
-        let live = self.source.is_live();
-        let start = Instant::now();
-        let mut ended = false;
-        let mut frames: u32 = 0;
-        while !self.stop.load(Relaxed) {
-            if !ended
-                && !self
-                    .source
-                    .read_frame(&mut pcm)
-                    .map_err(|e| e.to_string())?
-            {
-                // A file or finite tone ran out: keep the call going with silence.
-                tracing::info!("audio source ended; sending silence");
-                ended = true;
-            }
-            if ended || self.shared.muted.load(Relaxed) {
-                pcm.fill(0.0);
-            }
-            let len = self
-                .encoder
-                .encode(&pcm, &mut packet)
-                .map_err(|e| e.to_string())?;
-            let now = Instant::now();
-            self.sender.poll(now).map_err(|e| e.to_string())?;
-            let sealed = seal(self.sender.context(), &packet[..len]).map_err(|e| e.to_string())?;
-            match self
-                .runtime
-                .block_on(self.transport.send(&sealed, self.frame.duration()))
-            {
-                Ok(()) => {
-                    self.shared.frames_sent.fetch_add(1, Relaxed);
-                    self.shared
-                        .bytes_sent
-                        .fetch_add(sealed.as_bytes().len() as u64, Relaxed);
+        let Capture {
+            source,
+            encoder,
+            sender,
+            transport,
+            runtime,
+            shared,
+            stop,
+            frame,
+            ..
+        } = self;
+        capture_loop(
+            source.as_mut(),
+            encoder,
+            shared,
+            stop,
+            *frame,
+            |_, packet| {
+                sender.poll(Instant::now()).map_err(|e| e.to_string())?;
+                let sealed = seal(sender.context(), packet).map_err(|e| e.to_string())?;
+                match runtime.block_on(transport.send(&sealed, frame.duration())) {
+                    Ok(()) => count_sent(shared, sealed.as_bytes().len()),
+                    // The path may come back (ICE restart, reconnect): the call task decides.
+                    Err(e) => tracing::debug!("send failed: {e}"),
                 }
-                // The path may come back (ICE restart, reconnect): the call task decides.
-                Err(e) => tracing::debug!("send failed: {e}"),
-            }
-            if !live || ended {
-                frames = frames.wrapping_add(1);
-                pace_until(start + self.frame.duration() * frames, &self.stop);
-            }
-        }
-        Ok(())
+                Ok(())
+            },
+        )
     }
+}
+
+/// Counts one frame handed to the transport.
+pub(crate) fn count_sent(shared: &SharedStats, bytes: usize) {
+    shared.frames_sent.fetch_add(1, Relaxed);
+    shared.bytes_sent.fetch_add(bytes as u64, Relaxed);
+}
+
+/// The capture loop both call modes share, until `stop`: reads `source` (silence once it
+/// has ended or while muted), encodes, and hands `send` each frame's samples and Opus packet;
+/// a source that is not live is paced at one frame per frame duration on an absolute
+/// schedule. A source, codec or `send` failure ends it.
+pub(crate) fn capture_loop(
+    source: &mut dyn AudioSource,
+    encoder: &mut OpusEncoder,
+    shared: &SharedStats,
+    stop: &AtomicBool,
+    frame: FrameDuration,
+    mut send: impl FnMut(&[f32], &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut pcm = vec![0f32; frame.samples()];
+    let mut packet = vec![0u8; MAX_PACKET];
+    let live = source.is_live();
+    let start = Instant::now();
+    let mut ended = false;
+    let mut frames: u32 = 0;
+    while !stop.load(Relaxed) {
+        if !ended && !source.read_frame(&mut pcm).map_err(|e| e.to_string())? {
+            // A file or finite tone ran out: keep the call going with silence.
+            tracing::info!("audio source ended; sending silence");
+            ended = true;
+        }
+        if ended || shared.muted.load(Relaxed) {
+            pcm.fill(0.0);
+        }
+        let len = encoder
+            .encode(&pcm, &mut packet)
+            .map_err(|e| e.to_string())?;
+        send(&pcm, &packet[..len])?;
+        if !live || ended {
+            frames = frames.wrapping_add(1);
+            pace_until(start + frame.duration() * frames, stop);
+        }
+    }
+    Ok(())
 }
 
 /// Everything the playback thread owns.

@@ -16,13 +16,15 @@ use tokio::sync::mpsc;
 
 use crate::group::{GroupError, GroupKeys, KeyKind, MAX_SLOT, OpenOutcome, OpenedFrame, Slot};
 use crate::media::{
-    AudioSink, AudioSource, DecodeKind, FrameDuration, MAX_PACKET, OpusDecoder, OpusEncoder, dbfs,
+    AudioSink, AudioSource, DecodeKind, FrameDuration, OpusDecoder, OpusEncoder, dbfs,
 };
 use crate::playout::{AudioPlayout, Packet, PlayoutConfig};
 use crate::sframe::SframeError;
 use crate::transport::{SfuTransport, SlotFrame, rfc6464_level, seal};
 
-use super::super::media_loop::{AudioHome, MediaNotice, finish_or_hand_back, pace_until};
+use super::super::media_loop::{
+    AudioHome, MediaNotice, capture_loop, count_sent, finish_or_hand_back, pace_until,
+};
 use super::super::stats::{SharedStats, clock_base};
 
 /// A frame this loud (dBFS) or louder counts as speech for the RFC 6464 voice flag and the
@@ -101,59 +103,42 @@ impl GroupCapture {
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
-        let mut pcm = vec![0f32; self.frame.samples()];
-        let mut packet = vec![0u8; MAX_PACKET];
-        let live = self.source.is_live();
-        let start = Instant::now();
-        let mut ended = false;
-        let mut frames: u32 = 0;
+        let GroupCapture {
+            source,
+            encoder,
+            keys,
+            transport,
+            runtime,
+            shared,
+            stop,
+            frame,
+            ..
+        } = self;
         let mut sample: u64 = 0;
-        while !self.stop.load(Relaxed) {
-            if !ended
-                && !self
-                    .source
-                    .read_frame(&mut pcm)
-                    .map_err(|e| e.to_string())?
-            {
-                tracing::info!("audio source ended; sending silence");
-                ended = true;
-            }
-            if ended || self.shared.muted.load(Relaxed) {
-                pcm.fill(0.0);
-            }
-            let level = dbfs(&pcm);
-            let len = self
-                .encoder
-                .encode(&pcm, &mut packet)
-                .map_err(|e| e.to_string())?;
-            // The lock is held for one seal; the call task takes it only on membership
-            // changes and key messages, the open task per received frame.
-            let sealed = {
-                let mut keys = lock(&self.keys)?;
-                seal(keys.sender(KeyKind::Audio), &packet[..len]).map_err(|e| e.to_string())?
-            };
-            let send = self.transport.send_audio(
-                &sealed,
-                sample,
-                rfc6464_level(level),
-                level >= SPEECH_DBFS,
-            );
-            match self.runtime.block_on(send) {
-                Ok(()) => {
-                    self.shared.frames_sent.fetch_add(1, Relaxed);
-                    self.shared
-                        .bytes_sent
-                        .fetch_add(sealed.as_bytes().len() as u64, Relaxed);
+        capture_loop(
+            source.as_mut(),
+            encoder,
+            shared,
+            stop,
+            *frame,
+            |pcm, packet| {
+                let level = dbfs(pcm);
+                // The lock is held for one seal; the call task takes it only on membership
+                // changes and key messages, the open task per received frame.
+                let sealed = {
+                    let mut keys = lock(keys)?;
+                    seal(keys.sender(KeyKind::Audio), packet).map_err(|e| e.to_string())?
+                };
+                let voice = level >= SPEECH_DBFS;
+                let send = transport.send_audio(&sealed, sample, rfc6464_level(level), voice);
+                match runtime.block_on(send) {
+                    Ok(()) => count_sent(shared, sealed.as_bytes().len()),
+                    Err(e) => tracing::debug!("send failed: {e}"),
                 }
-                Err(e) => tracing::debug!("send failed: {e}"),
-            }
-            sample += self.frame.samples() as u64;
-            if !live || ended {
-                frames = frames.wrapping_add(1);
-                pace_until(start + self.frame.duration() * frames, &self.stop);
-            }
-        }
-        Ok(())
+                sample += frame.samples() as u64;
+                Ok(())
+            },
+        )
     }
 }
 

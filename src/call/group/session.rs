@@ -178,7 +178,7 @@ async fn hand_back(
         media.threads.handover.store(true, Relaxed);
         stop_media(media.threads).await;
     }
-    let _ = send_raw(run, SFU_PEER, &json!({"kind": "sfu_leave"})).await;
+    let _ = send_signal(run, SFU_PEER, &json!({"kind": "sfu_leave"})).await;
     if let Some(transport) = run.transport.take()
         && let Err(e) = transport.close().await
     {
@@ -540,7 +540,7 @@ async fn enter(
     let keys = GroupKeys::new(session.config.suite, slot)
         .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
     run.keys = Some(Arc::new(Mutex::new(keys)));
-    send_raw(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
+    send_signal(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
     Ok(())
 }
 
@@ -1175,17 +1175,12 @@ async fn send_handshake(run: &Run, to: &str, message: Vec<u8>) -> Result<(), End
     send_signal(run, to, &OutgoingSignal::Handshake { message: &raw }).await
 }
 
-async fn send_signal(run: &Run, to: &str, payload: &OutgoingSignal<'_>) -> Result<(), EndReason> {
-    let Some(signal) = run.signal.as_ref() else {
-        return Ok(());
-    };
-    signal
-        .send_to(to, payload)
-        .await
-        .map_err(|e| EndReason::SignalingFailed(e.to_string()))
-}
-
-async fn send_raw(run: &Run, to: &str, payload: &serde_json::Value) -> Result<(), EndReason> {
+/// Sends `payload` to the member or SFU `to` through signaling (nothing once it is gone).
+async fn send_signal(
+    run: &Run,
+    to: &str,
+    payload: &impl serde::Serialize,
+) -> Result<(), EndReason> {
     let Some(signal) = run.signal.as_ref() else {
         return Ok(());
     };
@@ -1203,7 +1198,7 @@ async fn shutdown(session: &Session, run: &mut Run, reason: &EndReason) {
     publish_figures(session, run);
     if *reason == EndReason::LocalHangup {
         broadcast(run, &ControlMessage::Hangup).await;
-        let _ = send_raw(run, SFU_PEER, &json!({"kind": "sfu_leave"})).await;
+        let _ = send_signal(run, SFU_PEER, &json!({"kind": "sfu_leave"})).await;
         tokio::time::sleep(HANGUP_LINGER).await;
     }
     if let Some(transport) = run.transport.take()
