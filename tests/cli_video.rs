@@ -128,19 +128,19 @@ async fn two_cli_peers_send_video_both_ways_and_record_it() {
     );
     let alice_saw = probe_file(&dir.join("alice.y4m"), small);
     eprintln!("bob saw {bob_saw:?}\nalice saw {alice_saw:?}");
-    for (who, seen, sent) in [
-        ("bob", &bob_saw, &ra["video_frames_sent"]),
-        ("alice", &alice_saw, &rb["video_frames_sent"]),
-    ] {
+    for (who, seen) in [("bob", &bob_saw), ("alice", &alice_saw)] {
         assert_eq!(seen.out_of_order, 0, "{who}");
         assert_eq!(seen.codes_read, seen.frames, "{who}");
-        assert!(
-            seen.frames * 10 >= sent.as_u64().unwrap() * 9,
-            "{who}: {seen:?} of {sent}"
-        );
         assert!(seen.psnr_min_db.unwrap() >= 30.0, "{who}: {seen:?}");
+        // Of the pictures sent while both were in the call, 90 % or more were recorded. Alice
+        // goes on sending until she learns Bob hung up, so her sent count is no baseline.
+        assert!(seen.frames * 10 >= seen.code_span() * 9, "{who}: {seen:?}");
     }
+    // Bob recorded Alice's pattern from its start for most of his 5 s.
+    assert!(bob_saw.first_code.unwrap() <= 30, "{bob_saw:?}");
+    assert!(bob_saw.code_span() >= 100, "{bob_saw:?}");
     // The file ran out after 3 s: Bob's call went on, Alice saw all 90 pictures.
+    assert_eq!(rb["video_frames_sent"], 90, "{rb}");
     assert_eq!(alice_saw.code_span(), 90);
     let _ = std::fs::remove_dir_all(&dir);
 }
