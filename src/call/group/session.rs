@@ -539,7 +539,12 @@ async fn enter(
     run.transport = Some(transport);
     let keys = GroupKeys::new(session.config.suite, slot)
         .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
-    run.keys = Some(Arc::new(Mutex::new(keys)));
+    let keys = Arc::new(Mutex::new(keys));
+    #[cfg(feature = "insecure-test-hooks")]
+    if let Some(tap) = &session.config.insecure_group_keys_for_tests {
+        tap.put(&keys);
+    }
+    run.keys = Some(keys);
     send_signal(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
     Ok(())
 }
