@@ -4,6 +4,7 @@
 //! it to the SFU, which forwards the loudest few members to everyone. The SFU holds no key.
 
 mod media;
+mod reconnect;
 mod session;
 
 pub(crate) use session::run;
