@@ -33,6 +33,7 @@ mod options;
 mod protocol;
 mod session;
 mod stats;
+mod trickle;
 mod video;
 
 use std::sync::Arc;
