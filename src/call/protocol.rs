@@ -447,7 +447,7 @@ mod tests {
 a=x","ufrag":"abcd"}}"#
             ),
             format!(r#"{{"kind":"candidate","candidate":"{line}[2J","ufrag":"abcd"}}"#),
-            format!(r#"{{"kind":"candidate","candidate":5,"ufrag":"abcd"}}"#),
+            r#"{"kind":"candidate","candidate":5,"ufrag":"abcd"}"#.to_string(),
             format!(r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd","sdp":"x"}}"#),
             format!(
                 r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd","sdp_mline_index":70000}}"#
