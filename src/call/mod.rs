@@ -35,6 +35,7 @@ mod options;
 mod protocol;
 mod session;
 mod stats;
+mod trickle;
 mod video;
 
 use std::sync::Arc;

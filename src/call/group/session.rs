@@ -810,8 +810,13 @@ async fn on_member_message(
             }
             on_control(session, run, from, &frame).await;
         }
-        IncomingSignal::Offer(_) | IncomingSignal::Answer(_) | IncomingSignal::CanRestart => {
-            tracing::debug!(%from, "ignoring SDP from a member: group media goes through the SFU");
+        IncomingSignal::Offer(_)
+        | IncomingSignal::Answer(_)
+        | IncomingSignal::CanRestart
+        | IncomingSignal::Trickle
+        | IncomingSignal::Candidate(_)
+        | IncomingSignal::EndOfCandidates(_) => {
+            tracing::debug!(%from, "ignoring SDP or ICE from a member: group media goes through the SFU");
         }
     }
     Ok(())
