@@ -4,6 +4,8 @@
 //! safety code, and it changes when someone leaves.
 
 mod common;
+#[path = "../signaling/tests/support/forgetful_sfu.rs"]
+mod forgetful_sfu;
 
 use std::time::Duration;
 
@@ -260,57 +262,13 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
     assert_eq!(duo_codes[0], duo_codes[1]);
 }
 
-/// The hosted SFU, with a way to make it forget a room's members (as a restarted SFU would):
-/// their media paths die, and they must reconnect.
-#[derive(Debug)]
-struct ForgetfulSfu {
-    sfu: sotto_sfu::Sfu,
-    seated: std::sync::Mutex<Vec<(String, String)>>,
-}
-
-impl ForgetfulSfu {
-    /// Drops every member of `room` from the SFU; returns how many there were.
-    fn forget(&self, room: &str) -> usize {
-        let seated = std::mem::take(&mut *self.seated.lock().unwrap());
-        seated
-            .iter()
-            .filter(|(r, peer)| r == room && self.sfu.leave(r, peer))
-            .count()
-    }
-}
-
-impl sotto_signaling::SfuLink for ForgetfulSfu {
-    fn join(
-        &self,
-        room: &str,
-        peer: &str,
-        offer_sdp: &str,
-    ) -> Result<String, sotto_signaling::SfuRefusal> {
-        let answer = sotto_signaling::SfuLink::join(&self.sfu, room, peer, offer_sdp)?;
-        self.seated
-            .lock()
-            .unwrap()
-            .push((room.to_owned(), peer.to_owned()));
-        Ok(answer)
-    }
-    fn leave(&self, room: &str, peer: &str) {
-        sotto_signaling::SfuLink::leave(&self.sfu, room, peer);
-    }
-    fn render_metrics(&self) -> String {
-        self.sfu.render_metrics()
-    }
-}
-
 /// The SFU forgets every member mid-call (their ICE consent fails): each member notices, leaves
 /// and joins the SFU again over a new connection with the keys it has, and the three hear each
 /// other again with zero decrypt failures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_reconnect_to_an_sfu_that_lost_them_and_keep_talking() {
     let _one = ONE_CALL.lock().await;
-    let sfu = std::sync::Arc::new(ForgetfulSfu {
-        sfu: TestServer::loopback_sfu(),
-        seated: Default::default(),
-    });
+    let sfu = std::sync::Arc::new(forgetful_sfu::ForgetfulSfu::new(TestServer::loopback_sfu()));
     let server = TestServer::start_with_sfu_link(sfu.clone()).await;
     let (full_tx, mut full) = mpsc::unbounded_channel();
     let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
@@ -326,7 +284,7 @@ async fn members_reconnect_to_an_sfu_that_lost_them_and_keep_talking() {
     // Each reports its media connected again (with both others still in its code).
     until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
     let rejoined = forgotten.elapsed();
-    assert_eq!(sfu.seated.lock().unwrap().len(), 3);
+    assert_eq!(sfu.seated(), 3);
     // Four seconds after all three are back: the last 2.5 s must carry both others.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for m in &mut members {
