@@ -92,6 +92,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
     })?);
     tracing::info!(addrs = ?sfu.local_addrs(), "sotto-sfu listening");
+    // One parseable line on stdout, as `sotto-signaling --sfu` prints it.
+    let addrs: Vec<String> = sfu.local_addrs().iter().map(|a| a.to_string()).collect();
+    println!("sfu media on udp {}", addrs.join(","));
+    std::io::stdout().flush()?;
     if let Some(addr) = args.metrics {
         let listener = TcpListener::bind(addr)?;
         tracing::info!(%addr, "metrics");

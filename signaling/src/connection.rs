@@ -307,18 +307,7 @@ impl Conn {
             Err(TokenError::Expired) => return self.error(ErrorCode::TokenExpired, "token expired"),
             Err(e) => return self.error(ErrorCode::BadToken, e.to_string()),
         }
-        if self.claim.as_ref().is_none_or(|c| c.token != token) {
-            if !self.app.hub.claim_token(&token) {
-                return self.error(
-                    ErrorCode::TokenInUse,
-                    "this token is in use by another connection",
-                );
-            }
-            self.claim = Some(TokenClaim {
-                app: self.app.clone(),
-                token,
-            });
-        }
+        // Not bound to one connection: several SFUs may attach with one token.
         let handle = PeerHandle {
             outbox: self.outbox.clone(),
             kick: self.kick.clone(),
@@ -339,10 +328,7 @@ impl Conn {
                     self.kick.cancel();
                 }
             }
-            Err(code) => {
-                self.claim = None;
-                self.error(code, "too many SFUs attached")
-            }
+            Err(code) => self.error(code, "too many SFUs attached"),
         }
     }
 
@@ -685,7 +671,12 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
                             join_deadline.as_mut().reset(tokio::time::Instant::now() + limits.join_timeout);
                         }
                     }
-                    Message::Binary(_) => conn.error(ErrorCode::BadMessage, "binary frames are not supported"),
+                    Message::Binary(_) => {
+                        if conn.attached.is_some() {
+                            app.metrics.sfu_bad_messages.fetch_add(1, Relaxed);
+                        }
+                        conn.error(ErrorCode::BadMessage, "binary frames are not supported");
+                    }
                     Message::Close(_) => break End::Quiet,
                     // Pings are answered by the WebSocket layer; pongs only refresh `last_seen`.
                     Message::Ping(_) | Message::Pong(_) => {}
