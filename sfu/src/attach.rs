@@ -137,7 +137,10 @@ fn target(config: &AttachConfig) -> Result<Target, AttachError> {
         .filter(|h| !h.is_empty())
         .ok_or_else(|| AttachError::BadUrl(format!("{:?} has no host", config.url)))?;
     // `[::1]` in a URL is `::1` to the resolver and to the certificate check.
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let port = uri.port_u16().unwrap_or(default_port);
     let tls = if tls {
         ServerName::try_from(host.clone())
@@ -326,12 +329,9 @@ fn attach(config: &AttachConfig, target: &Target) -> Result<WebSocket<Stream>, S
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    let (mut socket, _) = tungstenite::client::client_with_config(
-        target.uri.clone(),
-        stream,
-        Some(ws_config),
-    )
-    .map_err(|e| SessionEnd::Retry(format!("WebSocket upgrade: {e}")))?;
+    let (mut socket, _) =
+        tungstenite::client::client_with_config(target.uri.clone(), stream, Some(ws_config))
+            .map_err(|e| SessionEnd::Retry(format!("WebSocket upgrade: {e}")))?;
     text(
         &mut socket,
         &serde_json::json!({
@@ -348,7 +348,9 @@ fn attach(config: &AttachConfig, target: &Target) -> Result<WebSocket<Stream>, S
             .map_err(|e| SessionEnd::Retry(format!("read: {e}")))?;
         let Message::Text(msg) = msg else { continue };
         let Ok(reply) = serde_json::from_str::<FromHub>(msg.as_str()) else {
-            return Err(SessionEnd::Retry("the hub sent something that is not JSON".into()));
+            return Err(SessionEnd::Retry(
+                "the hub sent something that is not JSON".into(),
+            ));
         };
         match (reply.kind.as_str(), reply.code.as_deref()) {
             ("sfu_attached", _) => break,

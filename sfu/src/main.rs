@@ -43,7 +43,12 @@ struct Args {
     #[arg(long, value_name = "WS-URL", requires = "token")]
     signaling: Option<String>,
     /// The hub's token for this SFU (`sotto-signaling token --sfu`).
-    #[arg(long, env = "SOTTO_SFU_TOKEN", hide_env_values = true, requires = "signaling")]
+    #[arg(
+        long,
+        env = "SOTTO_SFU_TOKEN",
+        hide_env_values = true,
+        requires = "signaling"
+    )]
     token: Option<String>,
     /// With a wss:// --signaling URL: trust only the certificates in this PEM file.
     #[arg(long, value_name = "FILE", requires = "signaling")]

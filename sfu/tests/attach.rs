@@ -70,7 +70,14 @@ struct SfuProcess {
 impl SfuProcess {
     fn start(url: &str, token: &str) -> SfuProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-sfu"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "1", "--signaling", url])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--signaling",
+                url,
+            ])
             .args(["--token", token])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -255,7 +262,11 @@ async fn a_killed_sfu_is_left_by_its_rooms_and_they_rejoin_on_another() {
 
     // Offering again lands on the SFU that is left.
     let (_a2, port) = alice.offer_and_get_port(4).await;
-    assert!(sfus[0].ports.contains(&port), "{port} vs {:?}", sfus[0].ports);
+    assert!(
+        sfus[0].ports.contains(&port),
+        "{port} vs {:?}",
+        sfus[0].ports
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,8 +299,10 @@ async fn sfu_attach_needs_an_sfu_token_on_a_server_with_a_secret() {
         .await;
     p.expect_type("sfu_attached").await;
     assert_eq!(hub.app.sfus.attached(), 1);
-    p.send(json!({"v":1,"type":"join","room":"red","name":"mallory","token":token("red", "mallory")}))
-        .await;
+    p.send(
+        json!({"v":1,"type":"join","room":"red","name":"mallory","token":token("red", "mallory")}),
+    )
+    .await;
     p.expect_error("already_joined").await;
 
     // A server without a secret takes no SFU at all.
@@ -302,7 +315,14 @@ async fn sfu_attach_needs_an_sfu_token_on_a_server_with_a_secret() {
 
     // The process exits at once, with the reason, when its token is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_sotto-sfu"))
-        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--signaling", &hub.url])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--signaling",
+            &hub.url,
+        ])
         .args(["--token", "v1.1.00"])
         .stdin(Stdio::null())
         .output()
@@ -385,14 +405,22 @@ async fn garbage_from_an_attached_sfu_does_not_disturb_the_hub() {
         .await;
     let answer = alice.expect_type("signal").await;
     assert_eq!(answer["from"], "sfu");
-    assert_eq!(answer["data"], json!({"kind":"sfu_answer","sdp":"v=0 answer"}));
+    assert_eq!(
+        answer["data"],
+        json!({"kind":"sfu_answer","sdp":"v=0 answer"})
+    );
     // Bob got nothing from the SFU: his next message is the pong.
     bob.send(json!({"v":1,"type":"ping"})).await;
     bob.expect_type("pong").await;
     sfu.send(json!({"v":1,"type":"ping"})).await;
     sfu.expect_type("pong").await;
     assert_eq!(hub.app.sfus.attached(), 1);
-    assert!(hub.app.metrics.render().contains("sotto_signaling_sfu_bad_messages_total 10"));
+    assert!(
+        hub.app
+            .metrics
+            .render()
+            .contains("sotto_signaling_sfu_bad_messages_total 10")
+    );
 
     // Leaves travel with the room; a refusal comes back as `sfu_refused` with a known reason.
     alice
@@ -422,4 +450,126 @@ async fn garbage_from_an_attached_sfu_does_not_disturb_the_hub() {
     until_attached(&hub, 0).await;
     alice.offer("v=0").await;
     alice.expect_error("no_sfu").await;
+}
+
+/// A sink that keeps everything played (48 kHz).
+#[derive(Clone, Default)]
+struct CaptureSink(Arc<std::sync::Mutex<Vec<f32>>>);
+
+impl sotto::media::AudioSink for CaptureSink {
+    fn write_frame(&mut self, frame: &[f32]) -> Result<(), sotto::media::MediaError> {
+        self.0.lock().unwrap().extend_from_slice(frame);
+        Ok(())
+    }
+}
+
+impl CaptureSink {
+    fn tail(&self, seconds: f64) -> Vec<f32> {
+        let all = self.0.lock().unwrap();
+        let n = ((seconds * 48_000.0) as usize).min(all.len());
+        all[all.len() - n..].to_vec()
+    }
+}
+
+/// Mean share of `hz` over 100 ms blocks of `x` (robust to the phase seams playout leaves).
+fn share(x: &[f32], hz: f64) -> f64 {
+    let blocks: Vec<&[f32]> = x.chunks_exact(4800).collect();
+    blocks
+        .iter()
+        .map(|b| sotto::media::tone_share(b, 48_000.0, hz))
+        .sum::<f64>()
+        / blocks.len().max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_engine_members_hear_each_other_through_an_attached_sfu() {
+    use sotto::call::{CallBuilder, CallEvent, CallState};
+    use sotto::media::ToneSource;
+
+    let hub = hub().await;
+    let sfu = SfuProcess::start(&hub.url, &sfu_token());
+    until_attached(&hub, 1).await;
+    let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+    let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+    let mut members = Vec::new();
+    for (name, hz) in tones {
+        let sink = CaptureSink::default();
+        let mut call = CallBuilder::new(hub.url.clone(), "trio")
+            .name(name)
+            .token(token("trio", name))
+            .source(ToneSource::new(hz, 0.3))
+            .sink(sink.clone())
+            .configure(|c| c.group = true)
+            .start()
+            .unwrap();
+        let (hang_up, mut hang_up_rx) = tokio::sync::oneshot::channel::<()>();
+        let ready_tx = ready_tx.clone();
+        let seen = tokio::spawn(async move {
+            let (mut connected, mut others, mut ended) = (false, 0, None);
+            let mut hung_up = false;
+            loop {
+                let event = tokio::select! {
+                    e = call.next_event() => e,
+                    _ = &mut hang_up_rx, if !hung_up => {
+                        hung_up = true;
+                        call.hang_up().await;
+                        continue;
+                    }
+                };
+                let Some(event) = event else { break };
+                match event {
+                    CallEvent::GroupSafetyCode { members, .. } => others = members.len(),
+                    CallEvent::State(CallState::Connected) => connected = true,
+                    CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
+                    CallEvent::Ended { stats, .. } => ended = Some(stats),
+                    _ => {}
+                }
+                if connected && others == 2 {
+                    let _ = ready_tx.send(name);
+                }
+            }
+            ended
+        });
+        members.push((name, sink, hang_up, seen));
+    }
+    let mut done = std::collections::HashSet::new();
+    while done.len() < 3 {
+        let who = tokio::time::timeout(WAIT, ready.recv())
+            .await
+            .expect("everyone connected with everyone's keys in time")
+            .unwrap();
+        done.insert(who);
+    }
+    // The room is on the attached SFU (the hub has none of its own).
+    let metrics = hub.app.metrics.render();
+    assert!(
+        metrics.contains("sotto_signaling_sfus_attached 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, sink, hang_up, seen) in members {
+        let heard = sink.tail(2.0);
+        let _ = hang_up.send(());
+        let stats = tokio::time::timeout(WAIT, seen)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("ended");
+        assert_eq!(stats.mode, "sfu", "{name}");
+        assert_eq!(stats.decrypt_failures, 0, "{name}");
+        assert_eq!(stats.participants.len(), 2, "{name}: {stats:?}");
+        for p in &stats.participants {
+            assert!(p.frames_decrypted >= 50, "{name}: {p:?}");
+        }
+        for (other, hz) in tones {
+            let s = share(&heard, hz);
+            eprintln!("{name} hears {other} ({hz} Hz) at share {s:.2}");
+            if other == name {
+                assert!(s < 0.05, "{name} hears itself: {s:.2}");
+            } else {
+                assert!(s > 0.2, "{name} barely hears {other}: {s:.2}");
+            }
+        }
+    }
+    drop(sfu);
 }

@@ -304,7 +304,9 @@ impl Conn {
         };
         match verify(secret, &token, "", SFU_TOKEN_NAME, unix_now()) {
             Ok(()) => {}
-            Err(TokenError::Expired) => return self.error(ErrorCode::TokenExpired, "token expired"),
+            Err(TokenError::Expired) => {
+                return self.error(ErrorCode::TokenExpired, "token expired");
+            }
             Err(e) => return self.error(ErrorCode::BadToken, e.to_string()),
         }
         // Not bound to one connection: several SFUs may attach with one token.
@@ -344,7 +346,9 @@ impl Conn {
             ClientMessage::Join { .. } => {
                 return self.error(ErrorCode::AlreadyJoined, "an attached SFU joins no room");
             }
-            ClientMessage::Signal { to: Some(to), data, .. } => (to, data),
+            ClientMessage::Signal {
+                to: Some(to), data, ..
+            } => (to, data),
             _ => return self.sfu_bad("an attached SFU sends signal (with to) or ping"),
         };
         let reply = match serde_json::from_str::<SfuReply>(data.get()) {
