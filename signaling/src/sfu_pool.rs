@@ -233,3 +233,92 @@ impl SfuPool {
             .is_some_and(|pin| pin.on == Target::Attached(id) && pin.seated.contains(peer))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::hub::outbox;
+    use crate::sfu_link::SfuRefusal;
+
+    #[derive(Debug, Default)]
+    struct Local {
+        full: AtomicBool,
+    }
+
+    impl SfuLink for Local {
+        fn join(&self, _: &str, _: &str, _: &str) -> Result<String, SfuRefusal> {
+            Ok(String::new())
+        }
+        fn leave(&self, _: &str, _: &str) {}
+        fn render_metrics(&self) -> String {
+            String::new()
+        }
+        fn can_take_room(&self) -> bool {
+            !self.full.load(Relaxed)
+        }
+    }
+
+    fn handle(metrics: &Arc<Metrics>) -> (PeerHandle, crate::hub::Inbox) {
+        let (outbox, inbox) = outbox(8, 1 << 16, metrics.clone());
+        let kick = tokio_util::sync::CancellationToken::new();
+        (PeerHandle { outbox, kick }, inbox)
+    }
+
+    fn on(route: Result<Route, NoRoute>) -> &'static str {
+        match route {
+            Ok(Route::InProcess(_)) => "local",
+            Ok(Route::Attached(_)) => "attached",
+            Err(NoRoute::NoSfu) => "none",
+            Err(NoRoute::Full) => "full",
+            Err(NoRoute::AlreadySeated) => "seated",
+        }
+    }
+
+    #[test]
+    fn rooms_go_to_the_local_sfu_first_then_the_least_loaded_and_stay_until_empty() {
+        let metrics = Arc::new(Metrics::default());
+        let local = Arc::new(Local::default());
+        let pool = SfuPool::new(Some(local.clone()), 2, metrics.clone());
+        let p = |s: &str| -> Arc<str> { s.into() };
+        assert_eq!(on(pool.seat("a", &p("p1"))), "local");
+        assert_eq!(on(pool.seat("a", &p("p1"))), "seated");
+        local.full.store(true, Relaxed);
+        // No attached SFU and the local one full.
+        assert_eq!(on(pool.seat("b", &p("p1"))), "full");
+        // Room a stays where it is.
+        assert_eq!(on(pool.seat("a", &p("p2"))), "local");
+
+        let (h1, _i1) = handle(&metrics);
+        let (h2, _i2) = handle(&metrics);
+        let (h3, _i3) = handle(&metrics);
+        let one = pool.attach(h1, 1).unwrap();
+        let two = pool.attach(h2, 5).unwrap();
+        assert_eq!(pool.attach(h3, 5), Err(ErrorCode::ServerFull));
+        assert_eq!(on(pool.seat("b", &p("p1"))), "attached");
+        assert_eq!(on(pool.seat("c", &p("p1"))), "attached");
+        assert!(pool.serves(one, "b", "p1") && pool.serves(two, "c", "p1"));
+        assert!(!pool.serves(one, "c", "p1") && !pool.serves(two, "c", "p2"));
+        // `one` is at its capacity of one room: d goes to `two`.
+        assert_eq!(on(pool.seat("d", &p("p1"))), "attached");
+        assert!(pool.serves(two, "d", "p1"));
+
+        // A room is unpinned when its last seated member leaves.
+        assert!(pool.unseat("b", "p1").is_some());
+        assert!(pool.unseat("b", "p1").is_none());
+        assert!(!pool.serves(one, "b", "p1"));
+        assert_eq!(on(pool.seat("e", &p("p1"))), "attached");
+        assert!(pool.serves(one, "e", "p1"));
+
+        // Detaching unpins exactly that SFU's rooms.
+        let mut gone = pool.detach(two);
+        gone.sort();
+        assert_eq!(gone, ["c", "d"]);
+        assert!(pool.detach(two).is_empty());
+        assert!(pool.serves(one, "e", "p1"));
+        assert_eq!(pool.attached(), 1);
+        assert_eq!(metrics.sfus_attached.load(Relaxed), 1);
+        assert!(pool.unseat("c", "p1").is_none());
+    }
+}
