@@ -118,6 +118,33 @@ async fn until_attached(hub: &Hub, n: usize) {
     .unwrap_or_else(|_| panic!("{n} SFUs attached in time"));
 }
 
+/// Runs `sotto-sfu` with `args` and returns its exit status and standard error; panics if it
+/// is still running after a minute (it must stop by itself on these errors, not retry).
+async fn sfu_exit(args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-sfu"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sotto-sfu {args:?} did not stop by itself");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A raw WebSocket client of the hub.
@@ -314,36 +341,23 @@ async fn sfu_attach_needs_an_sfu_token_on_a_server_with_a_secret() {
     assert_eq!(open.app.sfus.attached(), 0);
 
     // The process exits at once, with the reason, when its token is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_sotto-sfu"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--signaling",
-            &hub.url,
-        ])
-        .args(["--token", "v1.1.00"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let url = std::ffi::OsString::from(&hub.url);
+    let (status, stderr) = sfu_exit(&[os("--signaling"), &url, os("--token"), os("v1.1.00")]).await;
+    assert!(!status.success());
     assert!(
         stderr.contains("refused to attach this SFU: bad_token"),
         "{stderr}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_sotto-sfu"))
-        .args(["--signaling", "http://example.org/ws", "--token", "t"])
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bad --signaling URL"),
-        "{out:?}"
-    );
+    let (status, stderr) = sfu_exit(&[
+        os("--signaling"),
+        os("http://example.org/ws"),
+        os("--token"),
+        os("t"),
+    ])
+    .await;
+    assert!(!status.success());
+    assert!(stderr.contains("bad --signaling URL"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,4 +586,64 @@ async fn three_engine_members_hear_each_other_through_an_attached_sfu() {
         }
     }
     drop(sfu);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_wss_it_attaches_with_ca_cert_and_stops_on_an_unknown_certificate() {
+    let setup =
+        sotto_signaling::tls::self_signed(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = ServerConfig {
+        secret: Some(SECRET.to_vec()),
+        tls: Some(setup.config.clone()),
+        ..ServerConfig::default()
+    };
+    let app = App::new(config, shutdown.clone());
+    tokio::spawn(sotto_signaling::serve(listener, app.clone()));
+    let hub = Hub {
+        app,
+        url: format!("wss://localhost:{port}/ws"),
+        shutdown,
+    };
+    let dir = std::env::temp_dir().join(format!("sotto-attach-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("hub.pem");
+    std::fs::write(&ca, setup.certificate_pem()).unwrap();
+
+    // Without the CA the certificate is unknown: a clear error, at once, no retries.
+    let url = std::ffi::OsString::from(&hub.url);
+    let token = std::ffi::OsString::from(sfu_token());
+    let os = std::ffi::OsStr::new;
+    let (status, stderr) = sfu_exit(&[os("--signaling"), &url, os("--token"), &token]).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains("not trusted") && stderr.contains("--ca-cert"),
+        "{stderr}"
+    );
+    assert_eq!(hub.app.sfus.attached(), 0);
+
+    // With it, the SFU attaches over TLS.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-sfu"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--signaling",
+            &hub.url,
+        ])
+        .args(["--token", &sfu_token()])
+        .arg("--ca-cert")
+        .arg(&ca)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    until_attached(&hub, 1).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    until_attached(&hub, 0).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
