@@ -647,3 +647,71 @@ async fn over_wss_it_attaches_with_ca_cert_and_stops_on_an_unknown_certificate()
     until_attached(&hub, 0).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sfu_attaches_again_when_the_hub_comes_back() {
+    let first = hub().await;
+    let addr: std::net::SocketAddr = first
+        .url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .parse()
+        .unwrap();
+    let sfu = SfuProcess::start(&first.url, &sfu_token());
+    until_attached(&first, 1).await;
+    let (mut alice, _) = Peer::join(&first, "red", "alice").await;
+    let (_a, port) = alice.offer_and_get_port(0).await;
+    assert!(sfu.ports.contains(&port));
+
+    // The hub stops (its connections are closed) and a new one starts on the same address.
+    let server = first.app.clone();
+    drop(first);
+    // (She may hear first that `sfu` left, if its connection closed before hers.)
+    loop {
+        let v = alice.next().await;
+        if v["type"] == "error" {
+            assert_eq!(v["code"], "shutting_down", "{v}");
+            break;
+        }
+        assert_eq!(v, json!({"v":1,"type":"peer_left","peer_id":"sfu"}));
+    }
+    tokio::time::timeout(WAIT, async {
+        while server
+            .metrics
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the old hub's connections closed");
+    let listener = tokio::time::timeout(WAIT, async {
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the address free again");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = ServerConfig {
+        secret: Some(SECRET.to_vec()),
+        ..ServerConfig::default()
+    };
+    let app = App::new(config, shutdown.clone());
+    tokio::spawn(sotto_signaling::serve(listener, app.clone()));
+    let second = Hub {
+        app,
+        url: format!("ws://{addr}/ws"),
+        shutdown,
+    };
+    until_attached(&second, 1).await;
+    let (mut bob, welcome) = Peer::join(&second, "red", "bob").await;
+    assert_eq!(welcome["sfu"], true, "{welcome}");
+    let (_b, port) = bob.offer_and_get_port(1).await;
+    assert!(sfu.ports.contains(&port));
+}
