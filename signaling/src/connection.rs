@@ -219,14 +219,6 @@ impl Conn {
                     message: "too_many_rooms: every SFU is at its room limit".into(),
                 });
             }
-            Err(NoRoute::AlreadySeated) => {
-                self.app.metrics.error(ErrorCode::SfuRefused);
-                return self.send(&ServerMessage::Error {
-                    v: PROTOCOL_VERSION,
-                    code: ErrorCode::SfuRefused,
-                    message: "participant already in the room".into(),
-                });
-            }
         };
         let sfu = match route {
             Route::InProcess(sfu) => sfu,

@@ -33,8 +33,6 @@ pub(crate) enum NoRoute {
     NoSfu,
     /// Every SFU is at its room limit.
     Full,
-    /// This member is already seated in the room's SFU.
-    AlreadySeated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,13 +150,13 @@ impl SfuPool {
         let mut state = self.state();
         let state = &mut *state;
         if let Some(pin) = state.rooms.get_mut(room) {
-            if pin.seated.contains(&**peer) {
-                return Err(NoRoute::AlreadySeated);
-            }
+            // A member seated already offers again (its SFU connection failed, say): the SFU
+            // decides whether it still has it.
+            let fresh = !pin.seated.contains(&**peer);
             let route = match pin.on {
                 Target::InProcess => self.in_process.clone().map(Route::InProcess),
                 Target::Attached(id) => state.sfus.get_mut(&id).map(|sfu| {
-                    sfu.seated += 1;
+                    sfu.seated += usize::from(fresh);
                     Route::Attached(sfu.handle.clone())
                 }),
             };
@@ -272,7 +270,6 @@ mod tests {
             Ok(Route::Attached(_)) => "attached",
             Err(NoRoute::NoSfu) => "none",
             Err(NoRoute::Full) => "full",
-            Err(NoRoute::AlreadySeated) => "seated",
         }
     }
 
@@ -283,7 +280,8 @@ mod tests {
         let pool = SfuPool::new(Some(local.clone()), 2, metrics.clone());
         let p = |s: &str| -> Arc<str> { s.into() };
         assert_eq!(on(pool.seat("a", &p("p1"))), "local");
-        assert_eq!(on(pool.seat("a", &p("p1"))), "seated");
+        // Seating again is allowed (the SFU refuses a member it still has).
+        assert_eq!(on(pool.seat("a", &p("p1"))), "local");
         local.full.store(true, Relaxed);
         // No attached SFU and the local one full.
         assert_eq!(on(pool.seat("b", &p("p1"))), "full");
