@@ -14,6 +14,7 @@ mod mitm_pages;
 mod peer;
 #[path = "../support/sotto_bin.rs"]
 mod sotto_bin;
+mod tap;
 mod v2;
 mod video;
 
