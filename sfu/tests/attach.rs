@@ -495,76 +495,112 @@ fn share(x: &[f32], hz: f64) -> f64 {
         / blocks.len().max(1) as f64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_engine_members_hear_each_other_through_an_attached_sfu() {
-    use sotto::call::{CallBuilder, CallEvent, CallState};
-    use sotto::media::ToneSource;
+/// What an engine member reports while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Connected, with a group code over both others.
+    Full,
+    /// Its path to the SFU is lost.
+    Reconnecting,
+}
 
-    let hub = hub().await;
-    let sfu = SfuProcess::start(&hub.url, &sfu_token());
-    until_attached(&hub, 1).await;
-    let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
-    let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
-    let mut members = Vec::new();
-    for (name, hz) in tones {
-        let sink = CaptureSink::default();
-        let mut call = CallBuilder::new(hub.url.clone(), "trio")
-            .name(name)
-            .token(token("trio", name))
-            .source(ToneSource::new(hz, 0.3))
-            .sink(sink.clone())
-            .configure(|c| c.group = true)
-            .start()
-            .unwrap();
-        let (hang_up, mut hang_up_rx) = tokio::sync::oneshot::channel::<()>();
-        let ready_tx = ready_tx.clone();
-        let seen = tokio::spawn(async move {
-            let (mut connected, mut others, mut ended) = (false, 0, None);
-            let mut hung_up = false;
-            loop {
-                let event = tokio::select! {
-                    e = call.next_event() => e,
-                    _ = &mut hang_up_rx, if !hung_up => {
-                        hung_up = true;
-                        call.hang_up().await;
-                        continue;
-                    }
-                };
-                let Some(event) = event else { break };
-                match event {
-                    CallEvent::GroupSafetyCode { members, .. } => others = members.len(),
-                    CallEvent::State(CallState::Connected) => connected = true,
-                    CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
-                    CallEvent::Ended { stats, .. } => ended = Some(stats),
-                    _ => {}
+/// An engine member of a group call on `hub`: its sink, a hang-up trigger and its final stats.
+struct Member {
+    name: &'static str,
+    sink: CaptureSink,
+    hang_up: tokio::sync::oneshot::Sender<()>,
+    ended: tokio::task::JoinHandle<Option<sotto::call::CallStats>>,
+}
+
+/// Starts `name` sending `hz` in `room`; it reports its marks to `marks`.
+fn member(
+    hub: &Hub,
+    room: &str,
+    name: &'static str,
+    hz: f64,
+    marks: tokio::sync::mpsc::UnboundedSender<(&'static str, Mark)>,
+) -> Member {
+    use sotto::call::{CallBuilder, CallEvent, CallState};
+    let sink = CaptureSink::default();
+    let mut call = CallBuilder::new(hub.url.clone(), room)
+        .name(name)
+        .token(token(room, name))
+        .source(sotto::media::ToneSource::new(hz, 0.3))
+        .sink(sink.clone())
+        .configure(|c| c.group = true)
+        .start()
+        .unwrap();
+    let (hang_up, mut hang_up_rx) = tokio::sync::oneshot::channel::<()>();
+    let ended = tokio::spawn(async move {
+        let (mut connected, mut others, mut ended) = (false, 0, None);
+        let mut hung_up = false;
+        loop {
+            let event = tokio::select! {
+                e = call.next_event() => e,
+                _ = &mut hang_up_rx, if !hung_up => {
+                    hung_up = true;
+                    call.hang_up().await;
+                    continue;
                 }
-                if connected && others == 2 {
-                    let _ = ready_tx.send(name);
+            };
+            let Some(event) = event else { break };
+            match event {
+                CallEvent::GroupSafetyCode { members, .. } => others = members.len(),
+                CallEvent::State(CallState::Connected) => connected = true,
+                CallEvent::State(CallState::Reconnecting) => {
+                    connected = false;
+                    let _ = marks.send((name, Mark::Reconnecting));
                 }
+                CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
+                CallEvent::Ended { stats, .. } => ended = Some(stats),
+                _ => {}
             }
-            ended
-        });
-        members.push((name, sink, hang_up, seen));
+            if connected && others == 2 {
+                let _ = marks.send((name, Mark::Full));
+            }
+        }
+        ended
+    });
+    Member {
+        name,
+        sink,
+        hang_up,
+        ended,
     }
+}
+
+/// Waits until each of `names` has reported `mark`.
+async fn until_marked(
+    marks: &mut tokio::sync::mpsc::UnboundedReceiver<(&'static str, Mark)>,
+    names: &[&str],
+    mark: Mark,
+) {
     let mut done = std::collections::HashSet::new();
-    while done.len() < 3 {
-        let who = tokio::time::timeout(WAIT, ready.recv())
+    while !names.iter().all(|n| done.contains(n)) {
+        let (who, m) = tokio::time::timeout(WAIT, marks.recv())
             .await
-            .expect("everyone connected with everyone's keys in time")
+            .unwrap_or_else(|_| panic!("everyone {mark:?} in time; only {done:?}"))
             .unwrap();
-        done.insert(who);
+        if m == mark {
+            done.insert(who);
+        }
     }
-    // The room is on the attached SFU (the hub has none of its own).
-    let metrics = hub.app.metrics.render();
-    assert!(
-        metrics.contains("sotto_signaling_sfus_attached 1"),
-        "{metrics}"
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for (name, sink, hang_up, seen) in members {
-        let heard = sink.tail(2.0);
-        let _ = hang_up.send(());
-        let stats = tokio::time::timeout(WAIT, seen)
+}
+
+/// Engine calls in this binary run one at a time: each is three real-time pipelines.
+static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TONES: [(&str, f64); 3] = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+
+/// Hangs everyone up and checks that each heard the two others (and not itself) in its last
+/// `seconds` of playout, and decrypted everything; returns their stats.
+async fn hang_up_and_check(members: Vec<Member>, seconds: f64) -> Vec<sotto::call::CallStats> {
+    let mut all = Vec::new();
+    for m in members {
+        let heard = m.sink.tail(seconds);
+        let _ = m.hang_up.send(());
+        let name = m.name;
+        let stats = tokio::time::timeout(WAIT, m.ended)
             .await
             .unwrap()
             .unwrap()
@@ -575,7 +611,7 @@ async fn three_engine_members_hear_each_other_through_an_attached_sfu() {
         for p in &stats.participants {
             assert!(p.frames_decrypted >= 50, "{name}: {p:?}");
         }
-        for (other, hz) in tones {
+        for (other, hz) in TONES {
             let s = share(&heard, hz);
             eprintln!("{name} hears {other} ({hz} Hz) at share {s:.2}");
             if other == name {
@@ -584,8 +620,62 @@ async fn three_engine_members_hear_each_other_through_an_attached_sfu() {
                 assert!(s > 0.2, "{name} barely hears {other}: {s:.2}");
             }
         }
+        all.push(stats);
     }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_engine_members_hear_each_other_through_an_attached_sfu() {
+    let _one = ONE_CALL.lock().await;
+    let hub = hub().await;
+    let sfu = SfuProcess::start(&hub.url, &sfu_token());
+    until_attached(&hub, 1).await;
+    let (marks_tx, mut marks) = tokio::sync::mpsc::unbounded_channel();
+    let members: Vec<Member> = TONES
+        .iter()
+        .map(|&(name, hz)| member(&hub, "trio", name, hz, marks_tx.clone()))
+        .collect();
+    until_marked(&mut marks, &["alice", "bob", "carol"], Mark::Full).await;
+    // The room is on the attached SFU (the hub has none of its own).
+    let metrics = hub.app.metrics.render();
+    assert!(
+        metrics.contains("sotto_signaling_sfus_attached 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    hang_up_and_check(members, 2.0).await;
     drop(sfu);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_members_move_to_another_attached_sfu_when_theirs_is_killed() {
+    let _one = ONE_CALL.lock().await;
+    let hub = hub().await;
+    let first = SfuProcess::start(&hub.url, &sfu_token());
+    until_attached(&hub, 1).await;
+    let (marks_tx, mut marks) = tokio::sync::mpsc::unbounded_channel();
+    let members: Vec<Member> = TONES
+        .iter()
+        .map(|&(name, hz)| member(&hub, "trio", name, hz, marks_tx.clone()))
+        .collect();
+    let everyone = ["alice", "bob", "carol"];
+    until_marked(&mut marks, &everyone, Mark::Full).await;
+    // A second SFU attaches; the room is on the first one, which dies.
+    let second = SfuProcess::start(&hub.url, &sfu_token());
+    until_attached(&hub, 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = std::time::Instant::now();
+    drop(first);
+    until_marked(&mut marks, &everyone, Mark::Reconnecting).await;
+    until_marked(&mut marks, &everyone, Mark::Full).await;
+    eprintln!("all connected again {:?} after the kill", killed.elapsed());
+    assert_eq!(hub.app.sfus.attached(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for stats in hang_up_and_check(members, 2.0).await {
+        assert!(stats.sfu_reconnects >= 1, "{stats:?}");
+    }
+    drop(second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
