@@ -63,6 +63,60 @@ impl Bucket {
 struct Joined {
     room: String,
     peer_id: Arc<str>,
+    /// This member's calls to the in-process SFU, in order.
+    sfu_jobs: SfuJobs,
+}
+
+/// A member's calls to the in-process SFU, run one after the other on the blocking pool: a
+/// leave and the offer right after it (a member reconnecting) must reach the SFU in that order.
+/// A thread is used only while there is work.
+#[derive(Clone, Default)]
+struct SfuJobs(Arc<std::sync::Mutex<JobQueue>>);
+
+#[derive(Default)]
+struct JobQueue {
+    jobs: std::collections::VecDeque<Box<dyn FnOnce() + Send>>,
+    running: bool,
+}
+
+/// Offers waiting for the in-process SFU, per member; more are refused (`unavailable`).
+const MAX_QUEUED_OFFERS: usize = 8;
+
+impl SfuJobs {
+    fn queue(&self) -> std::sync::MutexGuard<'_, JobQueue> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an offer may be queued now.
+    fn has_room(&self) -> bool {
+        self.queue().jobs.len() < MAX_QUEUED_OFFERS
+    }
+
+    /// Runs `job` after the jobs queued before it.
+    fn run(&self, app: &App, job: impl FnOnce() + Send + 'static) {
+        let mut queue = self.queue();
+        queue.jobs.push_back(Box::new(job));
+        if queue.running {
+            return;
+        }
+        queue.running = true;
+        drop(queue);
+        let jobs = self.clone();
+        app.spawn_blocking(move || {
+            loop {
+                let next = {
+                    let mut queue = jobs.queue();
+                    let next = queue.jobs.pop_front();
+                    queue.running = next.is_some();
+                    next
+                };
+                match next {
+                    Some(job) => job(),
+                    None => return,
+                }
+            }
+        });
+    }
 }
 
 /// Attached SFUs may send this many times the per-connection message rate: one SFU answers
@@ -244,8 +298,17 @@ impl Conn {
                 return;
             }
         };
+        if !j.sfu_jobs.has_room() {
+            self.app.sfus.unseat(&room, &peer);
+            self.app.metrics.error(ErrorCode::SfuRefused);
+            return self.send(&ServerMessage::Error {
+                v: PROTOCOL_VERSION,
+                code: ErrorCode::SfuRefused,
+                message: "unavailable: too many offers waiting".into(),
+            });
+        }
         let (outbox, kick, app) = (self.outbox.clone(), self.kick.clone(), self.app.clone());
-        self.app.spawn_blocking(move || {
+        j.sfu_jobs.clone().run(&self.app, move || {
             let reply = match sfu.join(&room, &peer, &offer) {
                 Ok(answer) => answer_data(&answer).map(|data| ServerMessage::Signal {
                     v: PROTOCOL_VERSION,
@@ -438,7 +501,11 @@ impl Conn {
                     ice_servers,
                     sfu: self.app.sfus.available(),
                 });
-                self.joined = Some(Joined { room, peer_id });
+                self.joined = Some(Joined {
+                    room,
+                    peer_id,
+                    sfu_jobs: SfuJobs::default(),
+                });
                 if claim.is_some() {
                     self.claim = claim;
                 }
@@ -454,7 +521,7 @@ fn leave_sfu(app: &Arc<App>, j: &Joined) {
     match app.sfus.unseat(&j.room, &j.peer_id) {
         Some(Route::InProcess(sfu)) => {
             let (room, peer) = (j.room.clone(), j.peer_id.clone());
-            app.spawn_blocking(move || sfu.leave(&room, &peer));
+            j.sfu_jobs.run(app, move || sfu.leave(&room, &peer));
         }
         Some(Route::Attached(to)) => {
             let leave = forwarded_leave(&j.room).map(|data| {
