@@ -111,6 +111,7 @@ impl Networks {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        wait_for_coturn(&public);
         let listener = common::tcp_listener_in_netns(&public, &format!("{PUBLIC}:0"));
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -160,6 +161,29 @@ impl Networks {
             .stdin(Stdio::null());
         cmd
     }
+}
+
+/// Waits (up to 10 s) until coturn accepts TCP connections in namespace `ns`: it gives no
+/// other sign of being ready, and a client that comes first has its first request refused.
+fn wait_for_coturn(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd; only this short-lived thread changes.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let addr: std::net::SocketAddr = format!("{PUBLIC}:{STUN_PORT}").parse().unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("coturn does not listen on {addr}");
+    })
+    .join()
+    .unwrap();
 }
 
 impl Drop for Networks {

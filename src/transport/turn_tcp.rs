@@ -507,6 +507,90 @@ mod tests {
         ));
     }
 
+    /// The I/O path against a stand-in server: a datagram goes out framed on TCP, the
+    /// server's bytes come back (in pieces) as one datagram per message, garbage ends the
+    /// connection, and dropping the bridge closes it.
+    // Multi-threaded: the test body blocks on its std sockets while the bridge runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bridge_carries_datagrams_over_tcp_and_closes_with_its_owner() {
+        use std::io::{Read, Write};
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let (servers, bridges) = bridge_tcp_turn(&[IceServer {
+            urls: vec![
+                "stun:127.0.0.1:9".into(),
+                format!("turn:127.0.0.1:{port}?transport=tcp"),
+            ],
+            username: "u".into(),
+            credential: "c".into(),
+        }])
+        .unwrap();
+        let url = &servers[0].urls[1];
+        assert_eq!(servers[0].urls[0], "stun:127.0.0.1:9");
+        assert_eq!(servers[0].username, "u");
+        let bridge = url
+            .strip_prefix("turn:")
+            .and_then(|u| u.strip_suffix("?transport=udp"))
+            .unwrap()
+            .parse::<SocketAddr>()
+            .unwrap();
+        assert!(bridge.ip().is_loopback() && bridge.port() != port, "{url}");
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(&channel_data(5, false), bridge)
+            .await
+            .unwrap();
+        let accepted = tokio::task::spawn_blocking(move || server.accept().unwrap().0);
+        let mut tcp = accepted.await.unwrap();
+        // A broken bridge fails the test instead of hanging it.
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = [0u8; 12];
+        tcp.read_exact(&mut got).unwrap();
+        assert_eq!(got.as_slice(), channel_data(5, true));
+
+        let mut back = stun(8);
+        back.extend(channel_data(3, true));
+        tcp.write_all(&back[..10]).unwrap();
+        tcp.flush().unwrap();
+        tcp.write_all(&back[10..]).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((&buf[..n], from), (stun(8).as_slice(), bridge));
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], channel_data(3, true));
+
+        drop(bridges);
+        let eof = tokio::task::spawn_blocking(move || tcp.read(&mut [0u8; 16]).unwrap());
+        assert_eq!(eof.await.unwrap(), 0, "the connection outlived the bridge");
+    }
+
+    // Multi-threaded: the test body blocks on its std sockets while the bridge runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_from_the_server_ends_the_connection() {
+        use std::io::{Read, Write};
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let bridge = TurnTcpBridge::start("127.0.0.1".into(), port).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(&stun(0), bridge.local_addr()).await.unwrap();
+        let mut tcp = tokio::task::spawn_blocking(move || server.accept().unwrap().0)
+            .await
+            .unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp.read_exact(&mut [0u8; 20]).unwrap();
+        tcp.write_all(&[0xc0, 0, 0, 0]).unwrap();
+        let eof = tokio::task::spawn_blocking(move || tcp.read(&mut [0u8; 16]).unwrap());
+        assert_eq!(eof.await.unwrap(), 0);
+        drop(bridge);
+    }
+
     #[test]
     fn only_tcp_turn_urls_are_bridged() {
         assert_eq!(
