@@ -70,6 +70,26 @@ impl Networks {
     /// signaling server on the public side; with `offer_turn` the signaling server hands out
     /// coturn's STUN and TURN (with credentials) in `welcome`.
     async fn up(prefix: &str, variant: &str, secret: &str, offer_turn: bool) -> Networks {
+        let turn = [format!("turn:{PUBLIC}:{STUN_PORT}?transport=udp")];
+        Self::up_offering(
+            prefix,
+            variant,
+            secret,
+            if offer_turn { &turn } else { &[] },
+        )
+        .await
+    }
+
+    /// [`Networks::up`], the signaling server offering coturn's STUN and `turn_urls` (none:
+    /// no ICE servers at all). coturn listens on UDP and TCP.
+    async fn up_offering(
+        prefix: &str,
+        variant: &str,
+        secret: &str,
+        turn_urls: &[String],
+    ) -> Networks {
+        let offer_turn = !turn_urls.is_empty();
+        let turn_urls = turn_urls.to_vec();
         let prefix = format!("{prefix}{}", std::process::id() % 10_000);
         let status = Command::new(netsim_script())
             .args(["up", variant])
@@ -91,6 +111,7 @@ impl Networks {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        wait_for_coturn(&public);
         let listener = common::tcp_listener_in_netns(&public, &format!("{PUBLIC}:0"));
         let url = format!("ws://{}/ws", listener.local_addr().unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -103,7 +124,7 @@ impl Networks {
                 if offer_turn {
                     config.ice = sotto_signaling::turn::IceOffer {
                         stun_urls: vec![format!("stun:{PUBLIC}:{STUN_PORT}")],
-                        turn_urls: vec![format!("turn:{PUBLIC}:{STUN_PORT}?transport=udp")],
+                        turn_urls,
                         turn_secret: Some(zeroize::Zeroizing::new(secret.as_bytes().to_vec())),
                         turn_ttl: Duration::from_secs(600),
                     };
@@ -140,6 +161,29 @@ impl Networks {
             .stdin(Stdio::null());
         cmd
     }
+}
+
+/// Waits (up to 10 s) until coturn accepts TCP connections in namespace `ns`: it gives no
+/// other sign of being ready, and a client that comes first has its first request refused.
+fn wait_for_coturn(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd; only this short-lived thread changes.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let addr: std::net::SocketAddr = format!("{PUBLIC}:{STUN_PORT}").parse().unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("coturn does not listen on {addr}");
+    })
+    .join()
+    .unwrap();
 }
 
 impl Drop for Networks {
@@ -362,6 +406,99 @@ async fn a_stun_server_that_never_answers_does_not_hold_up_the_call() {
         eprintln!("{name}: set-up {setup:.0} ms");
         // Generous: the old wait alone was 5 s.
         assert!(setup < 3_500.0, "{name}: set-up {setup} ms, {r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// All UDP to the outside dropped by the routers: the signaling server hands out coturn over
+/// TCP (`turn:...?transport=tcp`), the engine carries its TURN client over TCP, the relay's
+/// UDP allocation joins the two, and both sides hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_udp_is_blocked_goes_through_turn_over_tcp() {
+    if !can_run("a_call_whose_udp_is_blocked_goes_through_turn_over_tcp") {
+        return;
+    }
+    // As a deployment would: both transports (and STUN). The firewall hides STUN and TURN
+    // over UDP, so each side's gathering waits out its 5 s limit before its description goes.
+    let turn = [
+        format!("turn:{PUBLIC}:{STUN_PORT}?transport=udp"),
+        format!("turn:{PUBLIC}:{STUN_PORT}?transport=tcp"),
+    ];
+    let net = Networks::up_offering("snu", "udp-blocked", "netsim-turn-secret", &turn).await;
+    let dir = common::temp_dir("netsim-nat-turn-tcp");
+    let args = ["--duration", "20"];
+    let (a, b) = both(
+        net.call(1, "tcp", &dir, &args),
+        net.call(2, "tcp", &dir, &args),
+    )
+    .await;
+    check_call_worked(&a, &b, &dir);
+    for name in ["alice", "bob"] {
+        let r = report(&dir, name);
+        eprintln!("{name}: set-up {} ms through TURN over TCP", r["setup_ms"]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same with `--ice-server` (and relay-only): the description offers the relay's address
+/// only, never the loopback end of the TCP bridge nor the host's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_over_turn_tcp_from_the_command_line_offers_only_the_relay() {
+    if !can_run("relay_only_over_turn_tcp_from_the_command_line_offers_only_the_relay") {
+        return;
+    }
+    let secret = "netsim-turn-secret";
+    let net = Networks::up_offering("snc", "udp-blocked", secret, &[]).await;
+    let dir = common::temp_dir("netsim-nat-turn-tcp-cli");
+    // coturn's REST credentials (user "expiry:name", password base64(HMAC-SHA1(secret, user))).
+    let user = format!(
+        "{}:netsim",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600
+    );
+    let password = sotto_signaling::turn::rest_credential(secret.as_bytes(), &user);
+    let url = format!("turn:{PUBLIC}:{STUN_PORT}?transport=tcp");
+    let args = [
+        "--ice-server",
+        url.as_str(),
+        "--ice-username",
+        user.as_str(),
+        "--ice-credential",
+        password.as_str(),
+        "--duration",
+        "10",
+        "--relay-only",
+    ];
+    let mut alice = net.call(1, "tcpcli", &dir, &args);
+    alice.env("RUST_LOG", "sotto::transport=debug");
+    let (a, b) = both(alice, net.call(2, "tcpcli", &dir, &args)).await;
+    check_call_worked(&a, &b, &dir);
+    for name in ["alice", "bob"] {
+        let r = report(&dir, name);
+        eprintln!("{name}: set-up {} ms through TURN over TCP", r["setup_ms"]);
+    }
+    let log = String::from_utf8_lossy(&a.stderr);
+    let described: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("local description ready"))
+        .collect();
+    assert_eq!(described.len(), 1, "{log}");
+    assert!(
+        described[0].contains(&format!("{PUBLIC} ")) && described[0].contains("typ relay"),
+        "{}",
+        described[0]
+    );
+    for leak in [
+        "typ host",
+        "typ srflx",
+        "127.0.0.1",
+        "10.1.0.2",
+        "203.0.113.11",
+    ] {
+        assert!(!described[0].contains(leak), "{leak} in {}", described[0]);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

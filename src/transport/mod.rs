@@ -99,6 +99,7 @@ mod pacer;
 mod restart;
 mod sfu;
 mod sync;
+mod turn_tcp;
 mod video;
 pub use layout::{
     OpenVideoError, OpenedVideo, VP8_DELTA_PREFIX, VP8_KEYFRAME_PREFIX, VideoLayoutError,
@@ -111,6 +112,9 @@ pub use sfu::{
     AUDIO_LEVEL_URI, MAX_AUDIO_SLOTS, SfuTransport, SfuTransportConfig, SlotFrame, rfc6464_level,
 };
 pub use sync::SenderClock;
+pub use turn_tcp::{
+    MAX_TURN_MESSAGE, StreamSplitter, TurnTcpError, frame_datagram, tcp_turn_server,
+};
 pub use video::{
     AssemblerStats, DescriptorError, FrameAssembler, MAX_VIDEO_FRAME, MAX_VIDEO_RTP_PAYLOAD,
     ReceivedVideoFrame, VIDEO_REORDER_WAIT, VideoDirection, Vp8Descriptor, Vp8Packetizer,
@@ -143,6 +147,9 @@ pub enum TransportError {
     /// Video was sent on a transport built with [`VideoDirection::ReceiveOnly`].
     #[error("this transport does not send video")]
     VideoReceiveOnly,
+    /// A TURN over TCP server could not be set up.
+    #[error(transparent)]
+    TurnTcp(#[from] TurnTcpError),
 }
 
 /// `sdp` with every candidate's related address and port (`raddr`, `rport`) replaced by
@@ -664,6 +671,8 @@ pub struct MediaTransport {
     runtime: Arc<dyn webrtc::runtime::Runtime>,
     audio_clock: watch::Receiver<Option<SenderClock>>,
     video_clock: watch::Receiver<Option<SenderClock>>,
+    /// Carries TURN over TCP for the peer connection's TURN client, while the call lasts.
+    turn_tcp: Mutex<turn_tcp::TurnTcpBridges>,
 }
 
 /// The sending half of the video track.
@@ -930,7 +939,8 @@ impl MediaTransport {
         let runtime = webrtc::runtime::default_runtime()
             .ok_or_else(|| TransportError::WebRtc("no async runtime".into()))?;
         let (media, registry, bitrate) = media_setup(config.max_bitrate)?;
-        let ice_servers = rtc_ice_servers(&config.ice_servers);
+        let (ice_servers, turn_tcp) = turn_tcp::bridge_tcp_turn(&config.ice_servers)?;
+        let ice_servers = rtc_ice_servers(&ice_servers);
         // Our own certificate, so its fingerprint is known before any SDP exists: the
         // handshake signs it (docs/handshake.md, "Binding the transport").
         let provider = rtc::crypto::default_provider().map_err(rtc_err)?;
@@ -1135,17 +1145,23 @@ impl MediaTransport {
             runtime,
             audio_clock,
             video_clock,
+            turn_tcp: Mutex::new(turn_tcp),
         })
     }
 
     /// Replaces the STUN/TURN servers, before gathering starts (the offer or answer); with
     /// relay-only set, they must include a TURN server.
     pub async fn set_ice_servers(&self, servers: &[IceServer]) -> Result<(), TransportError> {
+        let (servers, bridges) = turn_tcp::bridge_tcp_turn(servers)?;
         let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(rtc_ice_servers(servers))
+            .with_ice_servers(rtc_ice_servers(&servers))
             .with_ice_transport_policy(ice_policy(self.relay_only))
             .build();
-        self.pc.set_configuration(config).await.map_err(rtc_err)
+        self.pc.set_configuration(config).await.map_err(rtc_err)?;
+        if let Ok(mut held) = self.turn_tcp.lock() {
+            *held = bridges;
+        }
+        Ok(())
     }
 
     /// The SHA-256 fingerprint of our DTLS certificate, as our SDP carries it.

@@ -155,6 +155,8 @@ pub struct SfuTransport {
     state: watch::Receiver<TransportState>,
     frames: Option<mpsc::Receiver<SlotFrame>>,
     gather_timeout: Duration,
+    /// Carries TURN over TCP for the peer connection's TURN client, while the call lasts.
+    _turn_tcp: super::turn_tcp::TurnTcpBridges,
 }
 
 impl std::fmt::Debug for SfuTransport {
@@ -195,8 +197,9 @@ impl SfuTransport {
                 None,
             )
             .map_err(rtc_err)?;
+        let (ice_servers, turn_tcp) = super::turn_tcp::bridge_tcp_turn(&config.ice_servers)?;
         let rtc_config = RTCConfigurationBuilder::new()
-            .with_ice_servers(rtc_ice_servers(&config.ice_servers))
+            .with_ice_servers(rtc_ice_servers(&ice_servers))
             .with_ice_transport_policy(ice_policy(
                 config.relay_only && super::has_turn(&config.ice_servers),
             ))
@@ -262,6 +265,7 @@ impl SfuTransport {
             state,
             frames: Some(frames),
             gather_timeout: config.gather_timeout,
+            _turn_tcp: turn_tcp,
         })
     }
 
