@@ -419,7 +419,7 @@ async fn a_call_whose_udp_is_blocked_goes_through_turn_over_tcp() {
         return;
     }
     // As a deployment would: both transports (and STUN). The firewall hides STUN and TURN
-    // over UDP, so each side's gathering waits out its 5 s limit before its description goes.
+    // over UDP; with trickle ICE they do not hold the descriptions up.
     let turn = [
         format!("turn:{PUBLIC}:{STUN_PORT}?transport=udp"),
         format!("turn:{PUBLIC}:{STUN_PORT}?transport=tcp"),
