@@ -11,6 +11,7 @@ mod group;
 #[path = "../support/mitm.rs"]
 mod mitm;
 mod mitm_pages;
+mod netsim;
 mod peer;
 #[path = "../support/sotto_bin.rs"]
 mod sotto_bin;
