@@ -6,8 +6,9 @@
 
 import { sdpMatchesDtls } from './handshake.js';
 
-/// The connection must stay disconnected or failed this long before the first restart
-/// (Chromium itself reports it only after ~2.5 s without a packet).
+/// The path is lost when nothing arrived from the peer for this long (as the engine says it),
+/// or when Chromium says the connection is disconnected or failed; the first restart follows
+/// at once.
 export const LOST_MS = 1500;
 /// A path lost this long (restarts included) ends the call.
 export const GIVE_UP_MS = 30_000;
@@ -46,21 +47,31 @@ export function selectedPath(report) {
   return null;
 }
 
-function gathered(pc, ms) {
-  if (pc.iceGatheringState === 'complete') return Promise.resolve(true);
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      pc.removeEventListener('icegatheringstatechange', onChange);
-      resolve(false);
-    }, ms);
-    const onChange = () => {
-      if (pc.iceGatheringState !== 'complete') return;
-      clearTimeout(timer);
-      pc.removeEventListener('icegatheringstatechange', onChange);
-      resolve(true);
-    };
-    pc.addEventListener('icegatheringstatechange', onChange);
+/// Waits for the end of the gathering that the next setLocalDescription starts (made before
+/// it: iceGatheringState may still say 'complete' from the last gathering just after it).
+/// `wait(ms)` gives true when gathering ended in time, false when it did not.
+function gatheringEnd(pc) {
+  let done;
+  const ended = new Promise((resolve) => {
+    done = resolve;
   });
+  const onCandidate = (e) => {
+    if (e.candidate === null) done(true);
+  };
+  pc.addEventListener('icecandidate', onCandidate);
+  return {
+    wait(ms) {
+      const timer = setTimeout(() => done(false), ms);
+      return ended.finally(() => {
+        clearTimeout(timer);
+        pc.removeEventListener('icecandidate', onCandidate);
+      });
+    },
+    cancel() {
+      done(false);
+      pc.removeEventListener('icecandidate', onCandidate);
+    },
+  };
 }
 
 /// Watches `pc` and restarts ICE (initiator) or answers restarts (responder).
@@ -80,6 +91,9 @@ export class IceRestarts {
     this.inFlight = 0; // Restart offers sent whose answers have not arrived.
     this.episodeRestarts = 0;
     this.lastUfrag = null;
+    this.bytes = -1;
+    this.lastHeard = 0; // When bytes last arrived (performance.now()).
+    this.polling = false;
     Object.assign(this.state, {
       reconnecting: false,
       peerAnswersRestarts: false,
@@ -89,35 +103,46 @@ export class IceRestarts {
       // One entry per lost path: ms since page start when it was lost, when the first
       // restart went out (null if none), and when it was back (null while lost).
       outages: [],
+      // The last few restart offers: when sent and answered (ms since page start), whether
+      // their gathering finished (partial), and the candidate types they carried.
+      attempts: [],
     });
     this.onState = () => this.update();
     this.pc.addEventListener('connectionstatechange', this.onState);
     this.timer = setInterval(() => this.poll(), POLL_MS);
   }
 
-  /// Follows the connection's state: lost on disconnected/failed after it was connected.
-  update() {
+  /// Follows the connection's state; `lost` says whether the path is lost now.
+  update(lost = this.lostSince !== null) {
     if (this.ended()) return this.stop();
     const s = this.pc.connectionState;
     const now = performance.now();
-    if (s === 'connected') {
+    if (s === 'connected' && !this.connectedOnce) {
       this.connectedOnce = true;
-      if (this.lostSince !== null) {
-        this.lostSince = null;
+      this.lastHeard = now;
+    }
+    if (!this.connectedOnce) return;
+    // Chromium itself says disconnected only after ~5 s without a packet.
+    const isLost = lost || s === 'disconnected' || s === 'failed';
+    if (isLost && this.lostSince === null) {
+      this.lostSince = now;
+      // A restart still outstanding, or answered a moment ago, from the last outage paces
+      // this one: its offer may have reached the peer only now (signaling held it up), so
+      // its answer's checks get their time before the next restart replaces them.
+      const a = this.attempt;
+      if (a && this.inFlight === 0 && (a.answered === null || now - a.answered >= CHECKS_WAIT_MS)) {
         this.attempt = null;
-        this.episodeRestarts = 0;
-        this.state.reconnecting = false;
-        const last = this.state.outages[this.state.outages.length - 1];
-        if (last) last.back = Math.round(now);
-        this.onBack();
       }
-    } else if ((s === 'disconnected' || s === 'failed') && this.connectedOnce) {
-      if (this.lostSince === null) {
-        this.lostSince = now;
-        this.state.reconnecting = true;
-        this.state.outages.push({ lost: Math.round(now), restarted: null, back: null });
-        this.setStatus(STATUS_RECONNECTING);
-      }
+      this.state.reconnecting = true;
+      this.state.outages.push({ lost: Math.round(now), restarted: null, back: null });
+      this.setStatus(STATUS_RECONNECTING);
+    } else if (!isLost && this.lostSince !== null && s === 'connected') {
+      this.lostSince = null;
+      this.episodeRestarts = 0;
+      this.state.reconnecting = false;
+      const last = this.state.outages[this.state.outages.length - 1];
+      if (last) last.back = Math.round(now);
+      this.onBack();
     }
   }
 
@@ -126,16 +151,57 @@ export class IceRestarts {
     this.pc.removeEventListener('connectionstatechange', this.onState);
   }
 
-  poll() {
+  /// Bytes received on the peer connection's transports (media, RTCP, data channel, ICE).
+  async bytesReceived() {
+    let bytes = 0;
+    for (const t of (await this.pc.getStats()).values()) {
+      if (t.type === 'transport') bytes += t.bytesReceived ?? 0;
+    }
+    return bytes;
+  }
+
+  async poll() {
     if (this.ended()) return this.stop();
-    if (this.lostSince === null) return;
-    const now = performance.now();
+    if (this.polling || !this.connectedOnce) return;
+    this.polling = true;
+    let bytes;
+    try {
+      bytes = await this.bytesReceived();
+    } catch {
+      bytes = null;
+    } finally {
+      this.polling = false;
+    }
+    if (this.ended()) return this.stop();
+    let now = performance.now();
+    if (bytes !== null && bytes > this.bytes) {
+      this.bytes = bytes;
+      this.lastHeard = now;
+    }
+    // Lost, as the engine says it: nothing from the peer for LOST_MS (audio flows all the
+    // time, silence when muted, and ICE consent checks answer on an idle path).
+    this.update(now - this.lastHeard >= LOST_MS);
+    now = performance.now();
+    if (this.lostSince === null) {
+      // The path came back by itself while a restart offer made in the outage was on its
+      // way: once answered, the peer checks only that offer's candidates, the old ones
+      // (its gathering did not finish), which a changed network does not reach. A fresh
+      // offer brings the new ones.
+      const a = this.attempt;
+      if (this.role === 'initiator' && a?.partial && a.answered !== null && !a.refreshed) {
+        if (now - a.answered >= PARTIAL_CHECKS_WAIT_MS) {
+          a.refreshed = true;
+          this.restart(true);
+        }
+      }
+      return;
+    }
     if (now - this.lostSince >= GIVE_UP_MS) {
       this.stop();
       this.end(`connection lost: the path to the peer did not come back within ${GIVE_UP_MS / 1000} s`);
       return;
     }
-    if (this.role !== 'initiator' || !this.peerAnswers || now - this.lostSince < LOST_MS) return;
+    if (this.role !== 'initiator' || !this.peerAnswers) return;
     const a = this.attempt;
     let due;
     if (!a) {
@@ -149,26 +215,32 @@ export class IceRestarts {
     if (due) this.restart();
   }
 
-  /// Sends a restart offer (new ICE credentials, same DTLS certificate and tracks).
-  restart() {
+  /// Sends a restart offer (new ICE credentials, same DTLS certificate and tracks); `refresh`:
+  /// also while the path is not lost.
+  restart(refresh = false) {
     // Placed at once, so the next poll does not start another one meanwhile.
-    const attempt = { offered: performance.now(), answered: null, partial: false };
+    const attempt = { offered: performance.now(), answered: null, partial: false, refreshed: false };
     this.attempt = attempt;
     this.episodeRestarts += 1;
     this.queue(async () => {
-      if (this.ended() || this.lostSince === null) return;
+      if (this.ended() || (this.lostSince === null && !refresh)) return;
+      const gathering = gatheringEnd(this.pc);
       try {
         await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
-        attempt.partial = !(await gathered(this.pc, RESTART_GATHER_MS));
+        attempt.partial = !(await gathering.wait(RESTART_GATHER_MS));
         this.checkOwnSdp();
-        this.signal({ kind: 'offer', sdp: this.pc.localDescription.sdp });
+        const sdp = this.pc.localDescription.sdp;
+        this.signal({ kind: 'offer', sdp });
         attempt.offered = performance.now();
+        attempt.candidateTypes = [...new Set([...sdp.matchAll(/ typ (\w+)/g)].map((m) => m[1]))];
         this.inFlight += 1;
+        this.state.attempts = [...this.state.attempts.slice(-9), attempt];
         this.state.iceRestarts += 1;
         const last = this.state.outages[this.state.outages.length - 1];
         if (last && last.restarted === null) last.restarted = Math.round(attempt.offered);
       } catch {
         // Not fatal: the next attempt follows, or the give-up deadline.
+        gathering.cancel();
         this.state.restartErrors += 1;
       }
     });
@@ -198,11 +270,13 @@ export class IceRestarts {
     }
     this.queue(async () => {
       if (this.ended()) return;
+      const ufrag = iceUfrag(sdp);
+      // Only new credentials start a new gathering; the same ones (a repeated offer) do not.
+      const gathering = ufrag !== this.lastUfrag ? gatheringEnd(this.pc) : null;
       try {
-        const ufrag = iceUfrag(sdp);
         await this.pc.setRemoteDescription({ type: 'offer', sdp });
         await this.pc.setLocalDescription(await this.pc.createAnswer());
-        await gathered(this.pc, RESTART_GATHER_MS);
+        await gathering?.wait(RESTART_GATHER_MS);
         this.checkOwnSdp();
         this.signal({ kind: 'answer', sdp: this.pc.localDescription.sdp });
         if (ufrag !== this.lastUfrag) {
@@ -214,6 +288,7 @@ export class IceRestarts {
           }
         }
       } catch {
+        gathering?.cancel();
         this.state.restartErrors += 1;
       }
     });

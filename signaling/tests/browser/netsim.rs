@@ -210,8 +210,8 @@ impl Net {
     }
 
     /// `sotto call` in LAN 2 with a 660 Hz tone over WSS, trusting the server's certificate;
-    /// its standard output goes line by line into `lines`.
-    fn cli(&self, room: &str, secs: u32, lines: mpsc::Sender<String>) -> Child {
+    /// its standard output goes line by line into `lines`, each with the time it was read.
+    fn cli(&self, room: &str, secs: u32, lines: mpsc::Sender<(Instant, String)>) -> Child {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-lan2", self.prefix)])
             .arg(sotto_bin())
@@ -237,7 +237,7 @@ impl Net {
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
+                if lines.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -266,7 +266,7 @@ impl Net {
 
     /// The CLI's recording: the share of its last 2 s of sound that is the page's 440 Hz.
     fn cli_heard_440(&self) -> (f64, f64) {
-        let mut src = WavSource::open(&self.dir.join("heard.wav")).unwrap();
+        let mut src = WavSource::open(self.dir.join("heard.wav")).unwrap();
         let mut all = Vec::new();
         let mut frame = [0f32; 960];
         while src.read_frame(&mut frame).unwrap() {
@@ -303,20 +303,29 @@ impl Drop for Net {
     }
 }
 
-/// Waits for a CLI output line containing `what`; the lines seen go into `seen`.
-fn wait_line(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, what: &str, timeout: Duration) {
+/// Waits for a CLI output line containing `what`; returns when it was printed. The lines
+/// seen go into `seen`.
+fn wait_line(
+    rx: &mpsc::Receiver<(Instant, String)>,
+    seen: &mut Vec<String>,
+    what: &str,
+    timeout: Duration,
+) -> Instant {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) => {
+            Ok((at, line)) => {
                 let hit = line.contains(what);
                 seen.push(line);
                 if hit {
-                    return;
+                    return at;
                 }
             }
-            Err(_) => panic!("waited {timeout:?} for {what:?}; the CLI said:\n{}", seen.join("\n")),
+            Err(_) => panic!(
+                "waited {timeout:?} for {what:?}; the CLI said:\n{}",
+                seen.join("\n")
+            ),
         }
     }
 }
@@ -371,7 +380,7 @@ async fn a_browser_on_https_calls_a_cli_across_symmetric_nats_through_turn() {
     let ended = wait_status(&page, "ended", CONNECT + Duration::from_secs(secs.into())).await;
     let out = tokio::task::block_in_place(|| cli.wait()).unwrap();
     let mut seen = Vec::new();
-    while let Ok(line) = rx.try_recv() {
+    while let Ok((_, line)) = rx.try_recv() {
         seen.push(line);
     }
     assert!(
@@ -395,4 +404,151 @@ async fn a_browser_on_https_calls_a_cli_across_symmetric_nats_through_turn() {
         stats["frames_decrypted"]
     );
     let _ = std::fs::remove_file(wav);
+}
+
+/// The CLI's log says it sent an ICE restart offer.
+fn cli_restarted(net: &Net) -> bool {
+    net.cli_log().contains("path lost: restarting ICE")
+}
+
+/// LAN 1's uplink (the page's side) goes down mid-call, media and signaling alike, and stays
+/// down until both sides say they are reconnecting and the initiator sent a restart offer
+/// (at least 2 s). The initiator (the page or the CLI) restarts ICE, the other answers on
+/// the same peer connection, both are connected again, audio flows both ways again, and
+/// nothing failed to decrypt.
+async fn a_call_with_the_page_survives_a_link_flap(test: &str, page_initiates: bool) {
+    if !can_run(test) {
+        return;
+    }
+    let _media = crate::MEDIA.lock().await;
+    let net = Net::up(if page_initiates { "sbi" } else { "sbr" }, "eim", test);
+    let wav = tone_wav(440.0, 5);
+    let browser = net.browser(&wav).await;
+    let page = browser.new_page(None).await;
+    let room = crate::room("flap");
+    let (tx, rx) = mpsc::channel();
+    let mut seen = Vec::new();
+    let line = |seen: &mut Vec<String>, what: &str, secs: u64| {
+        tokio::task::block_in_place(|| wait_line(&rx, seen, what, Duration::from_secs(secs)))
+    };
+    // An upper bound: the test hangs up (SIGINT) once it has what it needs.
+    let cli = if page_initiates {
+        let cli = net.cli(&room, 120, tx);
+        line(&mut seen, "waiting for the other peer", 60);
+        page.goto(&net.page_url(&room, "web")).await;
+        cli
+    } else {
+        page.goto(&net.page_url(&room, "web")).await;
+        wait_status(&page, "waiting for someone", CONNECT).await;
+        net.cli(&room, 120, tx)
+    };
+    let role = if page_initiates {
+        "initiator"
+    } else {
+        "responder"
+    };
+    wait_status(&page, "connected", CONNECT).await;
+    line(&mut seen, "first audio from the peer", 60);
+    assert_eq!(page.eval("window.sotto.role").await, role);
+    // The responder said it answers restarts before the path is taken down.
+    if page_initiates {
+        page.wait_for(
+            "window.sotto.restart.peerAnswersRestarts",
+            CONNECT,
+            "can_restart from the CLI",
+        )
+        .await;
+    }
+    let before = flowing(&page, 100, 0.0).await;
+
+    net.uplink(false);
+    let down = Instant::now();
+    wait_status(&page, "reconnecting", CONNECT).await;
+    let page_lost = down.elapsed();
+    let cli_lost = line(&mut seen, "state: connection lost, reconnecting", 60) - down;
+    // Down until the initiator restarted in the outage, so the path cannot come back by
+    // itself before a restart.
+    if page_initiates {
+        page.wait_for(
+            "window.sotto.restart.iceRestarts >= 1",
+            CONNECT,
+            "the page's restart offer",
+        )
+        .await;
+    } else {
+        let deadline = Instant::now() + CONNECT;
+        while !cli_restarted(&net) {
+            assert!(Instant::now() < deadline, "the CLI never restarted ICE");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(down.elapsed())).await;
+    net.uplink(true);
+    let up = Instant::now();
+    let outage = up - down;
+    wait_status(&page, "connected", CONNECT).await;
+    let page_back = up.elapsed();
+    let cli_back = line(&mut seen, "state: connected", 60) - up;
+    // Audio again both ways: 3 s of the CLI's frames decrypted in the page, and the CLI's
+    // recording of the same time checked below.
+    let decrypted = before["media"]["decrypted"].as_u64().unwrap_or(0);
+    let energy = before["inbound"]["totalAudioEnergy"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let after = flowing(&page, decrypted + 150, energy).await;
+    let restart = page.eval("window.sotto.restart").await;
+    // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs sotto in place).
+    unsafe { libc::kill(cli.id() as libc::pid_t, libc::SIGINT) };
+    let mut cli = cli;
+    let status = tokio::task::block_in_place(|| cli.wait()).unwrap();
+    while let Ok((_, l)) = rx.try_recv() {
+        seen.push(l);
+    }
+    let logs = || format!("{}\n--- cli log\n{}", seen.join("\n"), net.cli_log());
+    assert!(status.success(), "sotto call: {status}\n{}", logs());
+    let stats = net.stats();
+    assert!(
+        stats["ice_restarts"].as_u64() >= Some(1),
+        "{stats}\n{}",
+        logs()
+    );
+    assert_eq!(stats["decrypt_failures"], 0, "{stats}");
+    assert_eq!(after["media"]["decryptFailures"], 0, "{after}");
+    assert_eq!(after["control"]["decryptFailures"], 0, "{after}");
+    assert!(restart["iceRestarts"].as_u64() >= Some(1), "{restart}");
+    assert_eq!(restart["restartErrors"], 0, "{restart}");
+    assert_eq!(restart["reconnecting"], false, "{restart}");
+    let (hz, share) = net.cli_heard_440();
+    assert!(
+        (hz - 440.0).abs() <= 5.0 && share > 0.3,
+        "after the restart the CLI heard {hz} Hz, 440 Hz share {share:.3}"
+    );
+    eprintln!(
+        "link flap, page {role}: reconnecting after {page_lost:?} (page), {cli_lost:?} (CLI); \
+         down for {outage:?}; connected again {page_back:?} (page), {cli_back:?} (CLI) after \
+         it came back; page restarts {restart}; CLI ice_restarts {}, decrypted {}; CLI hears \
+         {hz:.0} Hz (share {share:.3}) after; page decrypted {} since",
+        stats["ice_restarts"],
+        stats["frames_decrypted"],
+        after["media"]["decrypted"].as_u64().unwrap_or(0) - decrypted,
+    );
+    let _ = std::fs::remove_file(wav);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_as_initiator_restarts_ice_after_a_link_flap() {
+    a_call_with_the_page_survives_a_link_flap(
+        "the_page_as_initiator_restarts_ice_after_a_link_flap",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_as_responder_answers_an_ice_restart_after_a_link_flap() {
+    a_call_with_the_page_survives_a_link_flap(
+        "the_page_as_responder_answers_an_ice_restart_after_a_link_flap",
+        false,
+    )
+    .await;
 }
