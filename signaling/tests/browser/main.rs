@@ -13,6 +13,7 @@ mod mitm;
 mod mitm_pages;
 mod netsim;
 mod peer;
+mod restart;
 #[path = "../support/sotto_bin.rs"]
 mod sotto_bin;
 mod v2;
