@@ -263,7 +263,8 @@ export class IceRestarts {
   /// A later offer (responder): the initiator restarting ICE. Its fingerprint must be the
   /// signed one; its failures are not fatal (the initiator tries again).
   onOffer(sdp) {
-    if (this.role !== 'responder') return;
+    // Before the handshake nothing is connected to restart (and nothing to check against).
+    if (this.role !== 'responder' || this.peerDtls() === null) return;
     if (!sdpMatchesDtls(sdp, this.peerDtls())) {
       this.mismatch();
       return;
@@ -297,7 +298,7 @@ export class IceRestarts {
   /// A later answer (initiator): to the newest restart offer, or to one it replaced (stale,
   /// skipped; answers come in order). Every one must carry the signed fingerprint.
   onAnswer(sdp) {
-    if (this.role !== 'initiator') return;
+    if (this.role !== 'initiator' || this.peerDtls() === null) return;
     if (!sdpMatchesDtls(sdp, this.peerDtls())) {
       this.mismatch();
       return;

@@ -314,6 +314,8 @@ impl Browser {
             session: attached["sessionId"].as_str().unwrap().to_string(),
         };
         page.call("Runtime.enable", json!({})).await;
+        // The browser's own messages too: failed loads, certificate and network errors.
+        page.call("Log.enable", json!({})).await;
         page.call("Page.enable", json!({})).await;
         if let Some(script) = init_script {
             page.call(
@@ -339,6 +341,13 @@ fn log_event(log: &Log, v: &Value) {
                 "console.{}: {}",
                 v["params"]["type"],
                 args.join(" ")
+            ));
+        }
+        Some("Log.entryAdded") => {
+            let e = &v["params"]["entry"];
+            log.push(format!(
+                "log.{} ({}): {} {}",
+                e["level"], e["source"], e["text"], e["url"]
             ));
         }
         Some("Runtime.exceptionThrown") => log.push(format!(

@@ -111,6 +111,16 @@ fn spki_sha256_base64(pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
 }
 
+/// A child process killed (if still running) when the test ends, a failing one too.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The networks, coturn and `sotto-signaling` over HTTPS on the public side; torn down on drop.
 struct Net {
     prefix: String,
@@ -171,9 +181,10 @@ impl Net {
                 &format!("turn:{PUBLIC}:{STUN_PORT}?transport=udp"),
             ])
             .args(["--turn-secret", secret])
+            .env("RUST_LOG", "sotto_signaling=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(net.dir.join("server.log")).unwrap())
             .spawn()
             .unwrap();
         let stdout = signaling.stdout.take().unwrap();
@@ -211,7 +222,7 @@ impl Net {
 
     /// `sotto call` in LAN 2 with a 660 Hz tone over WSS, trusting the server's certificate;
     /// its standard output goes line by line into `lines`, each with the time it was read.
-    fn cli(&self, room: &str, secs: u32, lines: mpsc::Sender<(Instant, String)>) -> Child {
+    fn cli(&self, room: &str, secs: u32, lines: mpsc::Sender<(Instant, String)>) -> Killed {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-lan2", self.prefix)])
             .arg(sotto_bin())
@@ -242,7 +253,7 @@ impl Net {
                 }
             }
         });
-        child
+        Killed(child)
     }
 
     /// LAN 1's uplink (its router's port on the public bridge) down or up.
@@ -378,7 +389,7 @@ async fn a_browser_on_https_calls_a_cli_across_symmetric_nats_through_turn() {
     );
     let code = page.eval("window.sotto.safetyCode").await;
     let ended = wait_status(&page, "ended", CONNECT + Duration::from_secs(secs.into())).await;
-    let out = tokio::task::block_in_place(|| cli.wait()).unwrap();
+    let out = tokio::task::block_in_place(|| cli.0.wait()).unwrap();
     let mut seen = Vec::new();
     while let Ok((_, line)) = rx.try_recv() {
         seen.push(line);
@@ -496,11 +507,19 @@ async fn a_call_with_the_page_survives_a_link_flap(test: &str, page_initiates: b
         .as_f64()
         .unwrap_or(0.0);
     let after = flowing(&page, decrypted + 150, energy).await;
-    let restart = page.eval("window.sotto.restart").await;
+    // Back for good: a late restart answer can still move the path once more.
+    let restart = page
+        .wait_until(
+            "window.sotto.restart",
+            |r| r["reconnecting"] == false,
+            CONNECT,
+            "the page no longer reconnecting",
+        )
+        .await;
     // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs sotto in place).
-    unsafe { libc::kill(cli.id() as libc::pid_t, libc::SIGINT) };
+    unsafe { libc::kill(cli.0.id() as libc::pid_t, libc::SIGINT) };
     let mut cli = cli;
-    let status = tokio::task::block_in_place(|| cli.wait()).unwrap();
+    let status = tokio::task::block_in_place(|| cli.0.wait()).unwrap();
     while let Ok((_, l)) = rx.try_recv() {
         seen.push(l);
     }
@@ -517,7 +536,6 @@ async fn a_call_with_the_page_survives_a_link_flap(test: &str, page_initiates: b
     assert_eq!(after["control"]["decryptFailures"], 0, "{after}");
     assert!(restart["iceRestarts"].as_u64() >= Some(1), "{restart}");
     assert_eq!(restart["restartErrors"], 0, "{restart}");
-    assert_eq!(restart["reconnecting"], false, "{restart}");
     let (hz, share) = net.cli_heard_440();
     assert!(
         (hz - 440.0).abs() <= 5.0 && share > 0.3,
