@@ -475,8 +475,12 @@ impl Page {
                 let status = self
                     .try_eval("document.getElementById('status')?.textContent")
                     .await;
+                // What the page loaded, and how long each load took (a load that hangs shows).
+                let loads = self
+                    .try_eval("performance.getEntriesByType('resource').map((r) => `${r.name.split('/').pop()} ${Math.round(r.startTime)}+${Math.round(r.duration)} ms`).join(', ')")
+                    .await;
                 panic!(
-                    "timed out after {timeout:?} waiting for {what} ({expr}): last {last:?}, #status {status:?}\npage log:\n{}",
+                    "timed out after {timeout:?} waiting for {what} ({expr}): last {last:?}, #status {status:?}, loads {loads:?}\npage log:\n{}",
                     self.log.dump()
                 );
             }
