@@ -185,6 +185,82 @@ async fn two_peers_hear_each_others_tone_end_to_end_encrypted() {
     }
 }
 
+/// Both hear the other's tone, with nothing failing.
+fn assert_heard_each_other(
+    alice: Observed,
+    bob: Observed,
+    heard_by_alice: &CaptureSink,
+    heard_by_bob: &CaptureSink,
+) {
+    let (a_reason, a_stats) = alice.ended.unwrap();
+    let (b_reason, b_stats) = bob.ended.unwrap();
+    assert_eq!(a_reason, EndReason::LocalHangup);
+    assert_eq!(b_reason, EndReason::RemoteHangup);
+    for (who, s) in [("alice", &a_stats), ("bob", &b_stats)] {
+        eprintln!("{who}: set-up {:?} ms", s.setup_ms);
+        assert!(
+            s.frames_decrypted >= 50,
+            "{who} decrypted {}",
+            s.frames_decrypted
+        );
+        assert_eq!(s.decrypt_failures, 0, "{who}");
+    }
+    assert_hears(&heard_by_alice.tail(1.0), 660.0, "alice");
+    assert_hears(&heard_by_bob.tail(1.0), 440.0, "bob");
+}
+
+/// A peer that trickles ICE and one that does not (complete descriptions only, as before
+/// trickle ICE) call each other, whichever of them offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_and_non_trickle_peers_call_each_other() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start().await;
+    // Bob joins second, so Bob offers.
+    for (alice_trickles, bob_trickles) in [(false, true), (true, false)] {
+        eprintln!("alice trickles: {alice_trickles}, bob (the offerer) trickles: {bob_trickles}");
+        let room = format!("mixed-{alice_trickles}");
+        let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
+        let (alice, bob) = talk(
+            call(&server, &room, "alice", 440.0, &heard_by_alice)
+                .configure(|c| c.transport.trickle = alice_trickles),
+            call(&server, &room, "bob", 660.0, &heard_by_bob)
+                .configure(|c| c.transport.trickle = bob_trickles),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_heard_each_other(alice, bob, &heard_by_alice, &heard_by_bob);
+    }
+}
+
+/// A STUN server that never answers holds up ICE gathering until the gathering limit (here a
+/// minute, three times the call's set-up limit). Trickling peers send their descriptions at
+/// once and connect on their host candidates; without trickle ICE no description would go
+/// out before the set-up limit ended the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stun_server_that_never_answers_does_not_hold_up_the_call() {
+    let _one = ONE_CALL.lock().await;
+    let server = TestServer::start().await;
+    // Takes the STUN requests and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stun = format!("stun:{}", silent.local_addr().unwrap());
+    let unanswered = |c: &mut sotto::call::CallConfig| {
+        c.transport.ice_servers = vec![sotto::transport::IceServer {
+            urls: vec![stun.clone()],
+            ..Default::default()
+        }];
+        c.transport.gather_timeout = Duration::from_secs(60);
+    };
+    let (heard_by_alice, heard_by_bob) = (CaptureSink::default(), CaptureSink::default());
+    let (alice, bob) = talk(
+        call(&server, "silent-stun", "alice", 440.0, &heard_by_alice).configure(unanswered),
+        call(&server, "silent-stun", "bob", 660.0, &heard_by_bob).configure(unanswered),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_heard_each_other(alice, bob, &heard_by_alice, &heard_by_bob);
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_in_the_room_cannot_disturb_the_call() {
     let _one = ONE_CALL.lock().await;
@@ -225,6 +301,9 @@ async fn strangers_in_the_room_cannot_disturb_the_call() {
         json!({"kind": "answer", "sdp": "garbage"}),
         json!({"kind": "handshake", "message": "not an object"}),
         json!({"kind": "bye"}),
+        json!({"kind": "trickle"}),
+        json!({"kind": "candidate", "candidate": "candidate:1 1 udp 1 10.9.9.9 9 typ host", "ufrag": "abcd"}),
+        json!({"kind": "end_of_candidates", "ufrag": "abcd"}),
     ] {
         mallory.broadcast(&junk).await.unwrap();
     }

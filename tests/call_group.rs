@@ -4,6 +4,8 @@
 //! safety code, and it changes when someone leaves.
 
 mod common;
+#[path = "../signaling/tests/support/forgetful_sfu.rs"]
+mod forgetful_sfu;
 
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ struct Seen {
     codes: Vec<(String, Vec<String>)>,
     joined: Vec<String>,
     left: Vec<String>,
+    /// Every state shown, with when.
+    states: Vec<(std::time::Instant, CallState)>,
     ended: Option<(EndReason, CallStats)>,
 }
 
@@ -85,6 +89,9 @@ async fn observe(
             }
         };
         let Some(event) = event else { break };
+        if let CallEvent::State(state) = &event {
+            seen.states.push((std::time::Instant::now(), *state));
+        }
         match event {
             CallEvent::GroupSafetyCode { code, members, .. } => {
                 if connected {
@@ -253,6 +260,71 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
         duo_codes.push(code);
     }
     assert_eq!(duo_codes[0], duo_codes[1]);
+}
+
+/// The SFU forgets every member mid-call (their ICE consent fails): each member notices, leaves
+/// and joins the SFU again over a new connection with the keys it has, and the three hear each
+/// other again with zero decrypt failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reconnect_to_an_sfu_that_lost_them_and_keep_talking() {
+    let _one = ONE_CALL.lock().await;
+    let sfu = std::sync::Arc::new(forgetful_sfu::ForgetfulSfu::new(TestServer::loopback_sfu()));
+    let server = TestServer::start_with_sfu_link(sfu.clone()).await;
+    let (full_tx, mut full) = mpsc::unbounded_channel();
+    let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
+    let mut members: Vec<Member> = Vec::new();
+    for (name, hz) in tones {
+        members.push(start(&server, "forgotten", name, hz, full_tx.clone()));
+    }
+    until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while full.try_recv().is_ok() {}
+    let forgotten = std::time::Instant::now();
+    assert_eq!(sfu.forget("forgotten"), 3);
+    // Each reports its media connected again (with both others still in its code).
+    until_everyone_sees(&mut full, &["alice", "bob", "carol"], 2).await;
+    let rejoined = forgotten.elapsed();
+    assert_eq!(sfu.seated(), 3);
+    // Four seconds after all three are back: the last 2.5 s must carry both others.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for m in &mut members {
+        let _ = m.hang_up.take().unwrap().send(());
+    }
+    for m in members {
+        let heard = m.sink.tail(2.5);
+        let seen = tokio::time::timeout(WAIT, m.seen).await.unwrap().unwrap();
+        let (reason, stats) = seen.ended.expect("ended");
+        let lost = seen
+            .states
+            .iter()
+            .find(|(at, s)| *at > forgotten && *s == CallState::Reconnecting)
+            .map(|(at, _)| *at - forgotten);
+        let again = seen
+            .states
+            .iter()
+            .find(|(at, s)| *at > forgotten && *s == CallState::Connected)
+            .map(|(at, _)| *at - forgotten);
+        eprintln!(
+            "{}: {reason}; reconnecting after {lost:?}, connected again after {again:?} (all seated again after {rejoined:?}); sfu_reconnects {}",
+            m.name, stats.sfu_reconnects
+        );
+        assert_eq!(reason, EndReason::LocalHangup, "{}", m.name);
+        assert!(
+            lost.is_some() && again.is_some(),
+            "{}: {:?}",
+            m.name,
+            seen.states
+        );
+        assert!(stats.sfu_reconnects >= 1, "{}", m.name);
+        assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
+        for (other, hz) in tones {
+            let s = share(&heard, hz);
+            eprintln!("{} hears {other} ({hz} Hz) at share {s:.2}", m.name);
+            if other != m.name {
+                assert!(s > 0.2, "{} barely hears {other} after: {s:.2}", m.name);
+            }
+        }
+    }
 }
 
 /// What a test waits for: each is reported while the member's media flows.

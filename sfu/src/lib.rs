@@ -11,10 +11,12 @@
 //! - [`room`]: the Sans-I/O forwarding core (top-N selection, rewriting, limits, PLI routing).
 //! - [`server`]: worker threads with one UDP socket each; [`Sfu::join`] and [`Sfu::leave`].
 //! - [`metrics`]: Prometheus counters.
+//! - [`attach`]: `--signaling`, the SFU as a WebSocket client of a signaling hub.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod attach;
 pub mod demux;
 pub mod metrics;
 pub mod room;

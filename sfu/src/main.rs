@@ -2,9 +2,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use sotto_sfu::attach::AttachConfig;
 use sotto_sfu::{ForwardConfig, Sfu, SfuConfig};
 
 /// Forwards SFrame-sealed group-call media it cannot decrypt.
@@ -35,17 +38,52 @@ struct Args {
     /// Serve Prometheus metrics over HTTP at this address (any path).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Attach to the signaling hub at this URL (ws://HOST:PORT/ws or wss://...), which then
+    /// hands this SFU group rooms; reconnects with back-off when the hub goes away.
+    #[arg(long, value_name = "WS-URL", requires = "token")]
+    signaling: Option<String>,
+    /// The hub's token for this SFU (`sotto-signaling token --sfu`).
+    #[arg(
+        long,
+        env = "SOTTO_SFU_TOKEN",
+        hide_env_values = true,
+        requires = "signaling"
+    )]
+    token: Option<String>,
+    /// With a wss:// --signaling URL: trust only the certificates in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "signaling")]
+    ca_cert: Option<PathBuf>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sotto-sfu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let defaults = SfuConfig::default();
+    let attach = match (args.signaling, args.token) {
+        (Some(url), Some(token)) => Some(AttachConfig {
+            url,
+            token,
+            capacity: u32::try_from(args.max_rooms).unwrap_or(u32::MAX).max(1),
+            ca_cert: args.ca_cert,
+        }),
+        _ => None,
+    };
     let sfu = Arc::new(Sfu::start(SfuConfig {
         listen: args.listen,
         workers: args.workers.unwrap_or(defaults.workers),
@@ -59,8 +97,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     })?);
     tracing::info!(addrs = ?sfu.local_addrs(), "sotto-sfu listening");
-    match args.metrics {
-        Some(addr) => serve_metrics(addr, &sfu)?,
+    // One parseable line on stdout, as `sotto-signaling --sfu` prints it.
+    let addrs: Vec<String> = sfu.local_addrs().iter().map(|a| a.to_string()).collect();
+    println!("sfu media on udp {}", addrs.join(","));
+    std::io::stdout().flush()?;
+    if let Some(addr) = args.metrics {
+        let listener = TcpListener::bind(addr)?;
+        tracing::info!(%addr, "metrics");
+        let sfu = sfu.clone();
+        std::thread::Builder::new()
+            .name("sotto-sfu-metrics".into())
+            .spawn(move || serve_metrics(&listener, &sfu))?;
+    }
+    match attach {
+        Some(config) => sotto_sfu::attach::run(&sfu, &config)?,
         None => loop {
             std::thread::park();
         },
@@ -69,9 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// A minimal HTTP responder: every request gets the metrics page.
-fn serve_metrics(addr: SocketAddr, sfu: &Sfu) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
-    tracing::info!(%addr, "metrics");
+fn serve_metrics(listener: &TcpListener, sfu: &Sfu) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
@@ -88,5 +136,4 @@ fn serve_metrics(addr: SocketAddr, sfu: &Sfu) -> std::io::Result<()> {
             body.len()
         );
     }
-    Ok(())
 }

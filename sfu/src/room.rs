@@ -80,6 +80,19 @@ pub enum JoinError {
     Unavailable,
 }
 
+impl JoinError {
+    /// The reason as a protocol word: `room_full`, `too_many_rooms`, `bad_offer` (also for a
+    /// participant already in the room) or `unavailable`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JoinError::RoomFull { .. } => "room_full",
+            JoinError::TooManyRooms { .. } => "too_many_rooms",
+            JoinError::AlreadyJoined | JoinError::BadOffer(_) => "bad_offer",
+            JoinError::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Why a packet was not forwarded.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

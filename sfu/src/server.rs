@@ -214,6 +214,11 @@ impl Sfu {
         &self.metrics
     }
 
+    /// Whether it hosts its maximum of rooms (a new room would be refused).
+    pub fn is_full(&self) -> bool {
+        self.metrics.rooms.load(Ordering::Relaxed) as usize >= self.max_rooms
+    }
+
     /// The counters in the Prometheus text format, to append to a `/metrics` page.
     pub fn render_metrics(&self) -> String {
         self.metrics.render()

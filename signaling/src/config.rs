@@ -38,6 +38,8 @@ pub struct Limits {
     /// Time allowed to send a request's headers, and to start the next request on a kept-alive
     /// HTTP connection.
     pub header_timeout: Duration,
+    /// SFUs attached at once (`sotto-sfu --signaling`); more are refused with `server_full`.
+    pub max_attached_sfus: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +59,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(45),
             join_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            max_attached_sfus: 16,
         }
     }
 }

@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Inbox, Outbox, PeerHandle, encode, outbox};
 use crate::server::App;
-use crate::sfu_link::{SfuRefusal, SfuSignal, answer_data};
+use crate::sfu_link::{
+    SfuAttach, SfuRefusal, SfuReply, SfuSignal, answer_data, forwarded_leave, forwarded_offer,
+    is_attach, refusal_text,
+};
+use crate::sfu_pool::{NoRoute, Route};
 use crate::token::{TokenError, unix_now, verify};
 
 /// A reason to end the connection, told to the client before the close frame.
@@ -59,9 +63,68 @@ impl Bucket {
 struct Joined {
     room: String,
     peer_id: Arc<str>,
-    /// Whether this peer offered to the SFU (so leaving tells it).
-    in_sfu: bool,
+    /// This member's calls to the in-process SFU, in order.
+    sfu_jobs: SfuJobs,
 }
+
+/// A member's calls to the in-process SFU, run one after the other on the blocking pool: a
+/// leave and the offer right after it (a member reconnecting) must reach the SFU in that order.
+/// A thread is used only while there is work.
+#[derive(Clone, Default)]
+struct SfuJobs(Arc<std::sync::Mutex<JobQueue>>);
+
+#[derive(Default)]
+struct JobQueue {
+    jobs: std::collections::VecDeque<Box<dyn FnOnce() + Send>>,
+    running: bool,
+}
+
+/// Offers waiting for the in-process SFU, per member; more are refused (`unavailable`).
+const MAX_QUEUED_OFFERS: usize = 8;
+
+impl SfuJobs {
+    fn queue(&self) -> std::sync::MutexGuard<'_, JobQueue> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an offer may be queued now.
+    fn has_room(&self) -> bool {
+        self.queue().jobs.len() < MAX_QUEUED_OFFERS
+    }
+
+    /// Runs `job` after the jobs queued before it.
+    fn run(&self, app: &App, job: impl FnOnce() + Send + 'static) {
+        let mut queue = self.queue();
+        queue.jobs.push_back(Box::new(job));
+        if queue.running {
+            return;
+        }
+        queue.running = true;
+        drop(queue);
+        let jobs = self.clone();
+        app.spawn_blocking(move || {
+            loop {
+                let next = {
+                    let mut queue = jobs.queue();
+                    let next = queue.jobs.pop_front();
+                    queue.running = next.is_some();
+                    next
+                };
+                match next {
+                    Some(job) => job(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// Attached SFUs may send this many times the per-connection message rate: one SFU answers
+/// the offers of many members.
+const ATTACHED_RATE_FACTOR: u32 = 100;
+
+/// The name an SFU's token is minted for (with the empty room, which no `join` can name).
+pub(crate) const SFU_TOKEN_NAME: &str = "sfu";
 
 /// A join token held by this connection; freed when the connection ends or joins with another.
 struct TokenClaim {
@@ -80,6 +143,8 @@ struct Conn {
     outbox: Outbox,
     kick: CancellationToken,
     joined: Option<Joined>,
+    /// Set when this connection is an attached SFU: its id in the pool.
+    attached: Option<u64>,
     claim: Option<TokenClaim>,
     bucket: Bucket,
     last_rate_error: Option<Instant>,
@@ -129,8 +194,19 @@ impl Conn {
             return None;
         }
         let msg = match parse_client_message(text) {
+            Ok(msg) if self.attached.is_some() => {
+                self.on_sfu_message(msg);
+                return None;
+            }
             Ok(msg) => msg,
+            Err(e) if e.code == ErrorCode::UnknownType && is_attach(text) => {
+                self.on_attach(text);
+                return None;
+            }
             Err(e) => {
+                if self.attached.is_some() {
+                    self.app.metrics.sfu_bad_messages.fetch_add(1, Relaxed);
+                }
                 self.error(e.code, e.message);
                 return None;
             }
@@ -165,22 +241,19 @@ impl Conn {
         None
     }
 
-    /// A signal to the SFU: an offer, answered from a blocking task (the SFU's worker replies
-    /// within milliseconds) so this connection keeps reading meanwhile.
+    /// A signal to the SFU: an offer, handed to the room's SFU. The in-process one answers
+    /// from a blocking task (its worker replies within milliseconds) so this connection keeps
+    /// reading meanwhile; an attached one answers later over its own connection.
     fn on_sfu_signal(&mut self, data: &serde_json::value::RawValue) {
-        let Some(j) = self.joined.as_mut() else {
+        let Some(j) = self.joined.as_ref() else {
             return self.error(ErrorCode::NotJoined, "signal before join");
         };
-        let Some(sfu) = self.app.sfu.clone() else {
+        if !self.app.sfus.available() {
             return self.error(ErrorCode::NoSfu, "this server has no SFU");
-        };
+        }
         let offer = match serde_json::from_str::<SfuSignal>(data.get()) {
             Ok(SfuSignal::SfuOffer { sdp }) => sdp,
-            Ok(SfuSignal::SfuLeave {}) => {
-                leave_sfu(&self.app, j);
-                j.in_sfu = false;
-                return;
-            }
+            Ok(SfuSignal::SfuLeave {}) => return leave_sfu(&self.app, j),
             Err(_) => {
                 return self.error(
                     ErrorCode::BadMessage,
@@ -188,10 +261,54 @@ impl Conn {
                 );
             }
         };
-        j.in_sfu = true;
         let (room, peer) = (j.room.clone(), j.peer_id.clone());
+        let route = match self.app.sfus.seat(&room, &peer) {
+            Ok(route) => route,
+            Err(NoRoute::NoSfu) => return self.error(ErrorCode::NoSfu, "this server has no SFU"),
+            Err(NoRoute::Full) => {
+                self.app.metrics.error(ErrorCode::SfuRefused);
+                return self.send(&ServerMessage::Error {
+                    v: PROTOCOL_VERSION,
+                    code: ErrorCode::SfuRefused,
+                    message: "too_many_rooms: every SFU is at its room limit".into(),
+                });
+            }
+        };
+        let sfu = match route {
+            Route::InProcess(sfu) => sfu,
+            Route::Attached(to) => {
+                let forwarded = forwarded_offer(&room, &offer).map(|data| {
+                    encode(&ServerMessage::Signal {
+                        v: PROTOCOL_VERSION,
+                        from: peer.to_string(),
+                        data,
+                    })
+                });
+                if forwarded.is_none_or(|f| to.outbox.try_push(f).is_err()) {
+                    // An SFU that does not keep up is dropped; its rooms hear `peer_left`.
+                    to.kick.cancel();
+                    self.app.sfus.unseat(&room, &peer);
+                    self.app.metrics.error(ErrorCode::SfuRefused);
+                    self.send(&ServerMessage::Error {
+                        v: PROTOCOL_VERSION,
+                        code: ErrorCode::SfuRefused,
+                        message: "unavailable: the SFU is not keeping up".into(),
+                    });
+                }
+                return;
+            }
+        };
+        if !j.sfu_jobs.has_room() {
+            self.app.sfus.unseat(&room, &peer);
+            self.app.metrics.error(ErrorCode::SfuRefused);
+            return self.send(&ServerMessage::Error {
+                v: PROTOCOL_VERSION,
+                code: ErrorCode::SfuRefused,
+                message: "unavailable: too many offers waiting".into(),
+            });
+        }
         let (outbox, kick, app) = (self.outbox.clone(), self.kick.clone(), self.app.clone());
-        self.app.spawn_blocking(move || {
+        j.sfu_jobs.clone().run(&self.app, move || {
             let reply = match sfu.join(&room, &peer, &offer) {
                 Ok(answer) => answer_data(&answer).map(|data| ServerMessage::Signal {
                     v: PROTOCOL_VERSION,
@@ -200,6 +317,7 @@ impl Conn {
                 }),
                 Err(SfuRefusal(why)) => {
                     tracing::info!(peer = %peer, room = %room, reason = %why, "SFU refused");
+                    app.sfus.unseat(&room, &peer);
                     app.metrics.error(ErrorCode::SfuRefused);
                     Some(ServerMessage::Error {
                         v: PROTOCOL_VERSION,
@@ -216,8 +334,124 @@ impl Conn {
         });
     }
 
+    /// `sfu_attach`: this connection becomes an attached SFU, if its token says so.
+    fn on_attach(&mut self, text: &str) {
+        if self.joined.is_some() || self.attached.is_some() {
+            return self.error(ErrorCode::AlreadyJoined, "already in a room or attached");
+        }
+        let attach = match serde_json::from_str::<SfuAttach>(text) {
+            Ok(a) if a.capacity > 0 => a,
+            _ => {
+                return self.error(
+                    ErrorCode::BadMessage,
+                    "sfu_attach takes capacity (1 or more) and token",
+                );
+            }
+        };
+        let Some(secret) = &self.app.config.secret else {
+            return self.error(
+                ErrorCode::BadToken,
+                "this server has no secret; attaching an SFU needs a token minted with one",
+            );
+        };
+        let Some(token) = attach.token else {
+            return self.error(ErrorCode::BadToken, "attaching an SFU needs a token");
+        };
+        match verify(secret, &token, "", SFU_TOKEN_NAME, unix_now()) {
+            Ok(()) => {}
+            Err(TokenError::Expired) => {
+                return self.error(ErrorCode::TokenExpired, "token expired");
+            }
+            Err(e) => return self.error(ErrorCode::BadToken, e.to_string()),
+        }
+        // Not bound to one connection: several SFUs may attach with one token.
+        let handle = PeerHandle {
+            outbox: self.outbox.clone(),
+            kick: self.kick.clone(),
+        };
+        let capacity = usize::try_from(attach.capacity).unwrap_or(usize::MAX);
+        match self.app.sfus.attach(handle, capacity) {
+            Ok(id) => {
+                tracing::info!(sfu = id, capacity, "SFU attached");
+                self.attached = Some(id);
+                let limits = &self.app.config.limits;
+                self.bucket = Bucket::new(
+                    limits.rate_per_sec.saturating_mul(ATTACHED_RATE_FACTOR),
+                    limits.rate_burst.saturating_mul(ATTACHED_RATE_FACTOR),
+                );
+                // Only SFUs get this message, so it is not among the engine's types.
+                let attached = format!(r#"{{"v":{PROTOCOL_VERSION},"type":"sfu_attached"}}"#);
+                if self.outbox.try_push(Utf8Bytes::from(attached)).is_err() {
+                    self.kick.cancel();
+                }
+            }
+            Err(code) => self.error(code, "too many SFUs attached"),
+        }
+    }
+
+    /// A message from an attached SFU: answers and refusals for members of its rooms, pings.
+    fn on_sfu_message(&mut self, msg: ClientMessage) {
+        let Some(id) = self.attached else { return };
+        let (to, data) = match msg {
+            ClientMessage::Ping { .. } => {
+                return self.send(&ServerMessage::Pong {
+                    v: PROTOCOL_VERSION,
+                });
+            }
+            ClientMessage::Join { .. } => {
+                return self.error(ErrorCode::AlreadyJoined, "an attached SFU joins no room");
+            }
+            ClientMessage::Signal {
+                to: Some(to), data, ..
+            } => (to, data),
+            _ => return self.sfu_bad("an attached SFU sends signal (with to) or ping"),
+        };
+        let reply = match serde_json::from_str::<SfuReply>(data.get()) {
+            Ok(reply) => reply,
+            Err(_) => return self.sfu_bad("sfu_answer or sfu_refused, with room"),
+        };
+        let room = match &reply {
+            SfuReply::SfuAnswer { room, .. } | SfuReply::SfuRefused { room, .. } => room.clone(),
+        };
+        if !self.app.sfus.serves(id, &room, &to) {
+            // Late (the member left meanwhile) or not this SFU's member: not for us to relay.
+            self.app.metrics.sfu_bad_messages.fetch_add(1, Relaxed);
+            return;
+        }
+        let frame = match reply {
+            SfuReply::SfuAnswer { sdp, .. } => match answer_data(&sdp) {
+                Some(data) => encode(&ServerMessage::Signal {
+                    v: PROTOCOL_VERSION,
+                    from: SFU_PEER_ID.to_owned(),
+                    data,
+                }),
+                None => return,
+            },
+            SfuReply::SfuRefused {
+                reason, message, ..
+            } => {
+                tracing::info!(peer = %to, room = %room, reason = %refusal_text(&reason, ""), "SFU refused");
+                self.app.sfus.unseat(&room, &to);
+                self.app.metrics.error(ErrorCode::SfuRefused);
+                encode(&ServerMessage::Error {
+                    v: PROTOCOL_VERSION,
+                    code: ErrorCode::SfuRefused,
+                    message: refusal_text(&reason, &message),
+                })
+            }
+        };
+        if self.app.hub.send_to(&room, &to, &frame) {
+            self.app.metrics.messages_relayed.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn sfu_bad(&self, message: &'static str) {
+        self.app.metrics.sfu_bad_messages.fetch_add(1, Relaxed);
+        self.error(ErrorCode::BadMessage, message);
+    }
+
     fn on_join(&mut self, room: String, name: String, token: Option<String>) {
-        if self.joined.is_some() {
+        if self.joined.is_some() || self.attached.is_some() {
             return self.error(ErrorCode::AlreadyJoined, "already in a room; leave first");
         }
         let mut claim = None;
@@ -265,12 +499,12 @@ impl Conn {
                     room: room.clone(),
                     peers,
                     ice_servers,
-                    sfu: self.app.sfu.is_some(),
+                    sfu: self.app.sfus.available(),
                 });
                 self.joined = Some(Joined {
                     room,
                     peer_id,
-                    in_sfu: false,
+                    sfu_jobs: SfuJobs::default(),
                 });
                 if claim.is_some() {
                     self.claim = claim;
@@ -282,11 +516,40 @@ impl Conn {
     }
 }
 
-/// Tells the SFU that `j` left, if it had offered to it.
+/// Tells the room's SFU that `j` left it, if it had offered to it.
 fn leave_sfu(app: &Arc<App>, j: &Joined) {
-    if let (true, Some(sfu)) = (j.in_sfu, app.sfu.clone()) {
-        let (room, peer) = (j.room.clone(), j.peer_id.clone());
-        app.spawn_blocking(move || sfu.leave(&room, &peer));
+    match app.sfus.unseat(&j.room, &j.peer_id) {
+        Some(Route::InProcess(sfu)) => {
+            let (room, peer) = (j.room.clone(), j.peer_id.clone());
+            j.sfu_jobs.run(app, move || sfu.leave(&room, &peer));
+        }
+        Some(Route::Attached(to)) => {
+            let leave = forwarded_leave(&j.room).map(|data| {
+                encode(&ServerMessage::Signal {
+                    v: PROTOCOL_VERSION,
+                    from: j.peer_id.to_string(),
+                    data,
+                })
+            });
+            if leave.is_none_or(|f| to.outbox.try_push(f).is_err()) {
+                to.kick.cancel();
+            }
+        }
+        None => {}
+    }
+}
+
+/// An attached SFU's connection ended: its rooms are unpinned and their members hear that
+/// `sfu` left (they offer again, to another SFU).
+fn detach_sfu(app: &Arc<App>, id: u64) {
+    let rooms = app.sfus.detach(id);
+    tracing::info!(sfu = id, rooms = rooms.len(), "SFU detached");
+    let gone = encode(&ServerMessage::PeerLeft {
+        v: PROTOCOL_VERSION,
+        peer_id: SFU_PEER_ID.to_owned(),
+    });
+    for room in rooms {
+        app.hub.send_to_room(&room, &gone);
     }
 }
 
@@ -429,6 +692,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
         outbox,
         kick: kick.clone(),
         joined: None,
+        attached: None,
         claim: None,
         bucket: Bucket::new(limits.rate_per_sec, limits.rate_burst),
         last_rate_error: None,
@@ -444,7 +708,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
         tokio::select! {
             biased;
             () = kick.cancelled() => break kicked(&app),
-            () = &mut join_deadline, if conn.joined.is_none() => {
+            () = &mut join_deadline, if conn.joined.is_none() && conn.attached.is_none() => {
                 break End::Tell {
                     close: Close { code: ErrorCode::JoinTimeout, ws_code: 1008, reason: "no join" },
                     detail: "no room joined within the join timeout",
@@ -470,7 +734,12 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
                             join_deadline.as_mut().reset(tokio::time::Instant::now() + limits.join_timeout);
                         }
                     }
-                    Message::Binary(_) => conn.error(ErrorCode::BadMessage, "binary frames are not supported"),
+                    Message::Binary(_) => {
+                        if conn.attached.is_some() {
+                            app.metrics.sfu_bad_messages.fetch_add(1, Relaxed);
+                        }
+                        conn.error(ErrorCode::BadMessage, "binary frames are not supported");
+                    }
                     Message::Close(_) => break End::Quiet,
                     // Pings are answered by the WebSocket layer; pongs only refresh `last_seen`.
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -504,6 +773,9 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
         app.hub.leave(&j.room, &j.peer_id);
         leave_sfu(&app, &j);
         tracing::info!(peer = %j.peer_id, room = %j.room, "left");
+    }
+    if let Some(id) = conn.attached.take() {
+        detach_sfu(&app, id);
     }
     drop(conn);
     let End::Tell { close, detail, .. } = end else {

@@ -306,6 +306,27 @@ impl Hub {
         }
     }
 
+    /// Queues `frame` for member `peer` of `room`; false if there is no such member.
+    pub fn send_to(&self, room: &str, peer: &str, frame: &Utf8Bytes) -> bool {
+        let rooms = self.rooms();
+        let Some(member) = rooms
+            .get(room)
+            .and_then(|r| r.members.iter().find(|m| &*m.id == peer))
+        else {
+            return false;
+        };
+        self.deliver(member, frame);
+        true
+    }
+
+    /// Queues `frame` for every member of `room`.
+    pub fn send_to_room(&self, room: &str, frame: &Utf8Bytes) {
+        let rooms = self.rooms();
+        for m in rooms.get(room).into_iter().flat_map(|r| &r.members) {
+            self.deliver(m, frame);
+        }
+    }
+
     /// Relays `data` from `from` to peer `to`, or to every other peer in the room. Returns
     /// how many peers it was queued for.
     pub fn relay(

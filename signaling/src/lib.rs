@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 pub mod sfu_link;
+pub mod sfu_pool;
 pub mod tls;
 pub mod token;
 pub mod turn;

@@ -130,6 +130,10 @@ struct ServeArgs {
     /// Speakers each member receives (the N loudest others).
     #[arg(long, value_name = "N", default_value_t = 3, requires = "sfu")]
     sfu_audio_slots: usize,
+    /// SFUs that may attach at once (`sotto-sfu --signaling`, with a token from
+    /// `sotto-signaling token --sfu`).
+    #[arg(long, default_value_t = Limits::default().max_attached_sfus)]
+    max_attached_sfus: usize,
     /// Sustained messages per second per connection.
     #[arg(long, default_value_t = Limits::default().rate_per_sec)]
     rate_limit: u32,
@@ -150,11 +154,14 @@ struct TokenArgs {
     #[arg(long, env = "SOTTO_SIGNALING_SECRET", hide_env_values = true)]
     secret: String,
     /// Room the token admits to.
-    #[arg(long)]
-    room: String,
+    #[arg(long, required_unless_present = "sfu", conflicts_with = "sfu")]
+    room: Option<String>,
     /// User (display name) the token admits.
+    #[arg(long, required_unless_present = "sfu", conflicts_with = "sfu")]
+    user: Option<String>,
+    /// A token for `sotto-sfu --signaling` to attach with (the empty room, the name `sfu`).
     #[arg(long)]
-    user: String,
+    sfu: bool,
     /// Seconds until the token expires.
     #[arg(long, default_value_t = 3600)]
     ttl_secs: u64,
@@ -179,7 +186,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let expiry = unix_now().saturating_add(t.ttl_secs);
-            println!("{}", mint(t.secret.as_bytes(), &t.room, &t.user, expiry));
+            let (room, user) = if t.sfu {
+                (String::new(), "sfu".to_owned())
+            } else {
+                (t.room.unwrap_or_default(), t.user.unwrap_or_default())
+            };
+            println!("{}", mint(t.secret.as_bytes(), &room, &user, expiry));
             ExitCode::SUCCESS
         }
         None => match run(cli.serve) {
@@ -239,6 +251,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
             rate_burst: args.rate_burst,
             heartbeat: Duration::from_secs(args.heartbeat_secs),
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            max_attached_sfus: args.max_attached_sfus,
             ..Limits::default()
         },
         secret,

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub messages_relayed: AtomicU64,
     /// WebSocket upgrades refused (HTTP 403) because of their `Origin`.
     pub origins_refused: AtomicU64,
+    /// SFUs attached over WebSocket (`sotto-sfu --signaling`).
+    pub sfus_attached: AtomicU64,
+    /// Messages from attached SFUs that were malformed or about members they do not serve.
+    pub sfu_bad_messages: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -106,6 +110,18 @@ impl Metrics {
             "counter",
             "WebSocket upgrades refused for their Origin.",
             self.origins_refused.load(Relaxed),
+        );
+        metric(
+            "sfus_attached",
+            "gauge",
+            "SFUs attached over WebSocket.",
+            self.sfus_attached.load(Relaxed),
+        );
+        metric(
+            "sfu_bad_messages_total",
+            "counter",
+            "Malformed or unwarranted messages from attached SFUs.",
+            self.sfu_bad_messages.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -39,8 +39,10 @@ pub struct App {
     pub config: ServerConfig,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
-    /// The SFU that group calls use, if this server has one.
+    /// The SFU in this process, if the server has one.
     pub sfu: Option<Arc<dyn crate::SfuLink>>,
+    /// Attached SFUs, and which SFU each group room is pinned to.
+    pub sfus: crate::sfu_pool::SfuPool,
     tracker: TaskTracker,
     raw: Mutex<RawConnections>,
     refusing: AtomicUsize,
@@ -67,6 +69,11 @@ impl App {
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         Arc::new(App {
+            sfus: crate::sfu_pool::SfuPool::new(
+                sfu.clone(),
+                config.limits.max_attached_sfus,
+                metrics.clone(),
+            ),
             sfu,
             hub: Hub::new(config.limits.max_peers_per_room, metrics.clone()),
             metrics,

@@ -20,6 +20,11 @@ pub trait SfuLink: Send + Sync + std::fmt::Debug {
     fn leave(&self, room: &str, peer: &str);
     /// The SFU's counters in the Prometheus text format, appended to `/metrics`.
     fn render_metrics(&self) -> String;
+    /// Whether it may take one more room (below its room limit); new rooms go elsewhere, to an
+    /// attached SFU, when it may not.
+    fn can_take_room(&self) -> bool {
+        true
+    }
 }
 
 /// The signals a client may send to the SFU.
@@ -48,9 +53,97 @@ impl SfuLink for sotto_sfu::Sfu {
     fn render_metrics(&self) -> String {
         sotto_sfu::Sfu::render_metrics(self)
     }
+
+    fn can_take_room(&self) -> bool {
+        !sotto_sfu::Sfu::is_full(self)
+    }
 }
 
 /// The answer signal's `data` (serialising a JSON object of two strings cannot fail).
 pub(crate) fn answer_data(sdp: &str) -> Option<Box<serde_json::value::RawValue>> {
     serde_json::value::to_raw_value(&serde_json::json!({ "kind": "sfu_answer", "sdp": sdp })).ok()
+}
+
+/// `sfu_attach`: the first message of an SFU attaching to this hub (see PROTOCOL.md, "SFU").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SfuAttach {
+    /// Protocol version (checked before this is parsed).
+    #[serde(rename = "v")]
+    _v: u32,
+    #[serde(rename = "type")]
+    _kind: serde::de::IgnoredAny,
+    /// The most rooms the SFU takes.
+    pub capacity: u32,
+    /// A token for the empty room and the name `sfu`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Whether `text` is an `sfu_attach` message (by its `type` alone).
+pub(crate) fn is_attach(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Kind<'_>>(text).is_ok_and(|k| k.kind.as_deref() == Some("sfu_attach"))
+}
+
+/// What an attached SFU sends back about one member: the `data` of its `signal`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum SfuReply {
+    /// The member's answer.
+    SfuAnswer {
+        /// The member's room.
+        room: String,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// The SFU refused the member's offer.
+    SfuRefused {
+        /// The member's room.
+        room: String,
+        /// `room_full`, `too_many_rooms`, `bad_offer` or `unavailable`.
+        reason: String,
+        /// Human-readable detail.
+        #[serde(default)]
+        message: String,
+    },
+}
+
+/// Longest refusal detail relayed from an attached SFU to a member, in characters.
+const MAX_REFUSAL_CHARS: usize = 200;
+
+/// The `message` of the `sfu_refused` error a member gets for an attached SFU's refusal:
+/// the known reason, and its detail cut short and without control characters.
+pub(crate) fn refusal_text(reason: &str, message: &str) -> String {
+    let reason = match reason {
+        "room_full" | "too_many_rooms" | "bad_offer" | "unavailable" => reason,
+        _ => "unavailable",
+    };
+    let detail: String = message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REFUSAL_CHARS)
+        .collect();
+    if detail.is_empty() {
+        reason.to_owned()
+    } else {
+        format!("{reason}: {detail}")
+    }
+}
+
+/// The `data` of a member's offer as forwarded to an attached SFU.
+pub(crate) fn forwarded_offer(room: &str, sdp: &str) -> Option<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(
+        &serde_json::json!({ "kind": "sfu_offer", "room": room, "sdp": sdp }),
+    )
+    .ok()
+}
+
+/// The `data` of a member's leave as forwarded to an attached SFU.
+pub(crate) fn forwarded_leave(room: &str) -> Option<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(&serde_json::json!({ "kind": "sfu_leave", "room": room })).ok()
 }

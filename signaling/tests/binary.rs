@@ -83,6 +83,23 @@ fn token_subcommand_mints_verifiable_tokens_and_bad_flags_fail() {
         Ok(())
     );
 
+    // `--sfu`: the token an attached SFU presents, for the empty room and the name `sfu`.
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
+        .args(["token", "--sfu", "--secret", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        verify(b"s3cret", token.trim(), "", "sfu", unix_now()),
+        Ok(())
+    );
+    let both = Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
+        .args(["token", "--sfu", "--secret", "s3cret", "--room", "r"])
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+
     let bad = Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
         .args(["--listen", "not-an-address"])
         .output()

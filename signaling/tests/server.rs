@@ -1112,3 +1112,73 @@ async fn websocket_origins_are_checked() {
     assert_forbidden(connect_with_origin(&server, Some("https://evil.example")).await);
     server.stop().await;
 }
+
+/// An in-process SFU whose `leave` is slow (300 ms) and that tells when each leave is done.
+#[derive(Debug)]
+struct SlowLeaveSfu {
+    seated: std::sync::Mutex<std::collections::HashSet<String>>,
+    left: std::sync::Mutex<tokio::sync::mpsc::UnboundedSender<()>>,
+}
+
+impl sotto_signaling::SfuLink for SlowLeaveSfu {
+    fn join(
+        &self,
+        _room: &str,
+        peer: &str,
+        _offer_sdp: &str,
+    ) -> Result<String, sotto_signaling::SfuRefusal> {
+        if !self.seated.lock().unwrap().insert(peer.to_owned()) {
+            return Err(sotto_signaling::SfuRefusal("already in".into()));
+        }
+        Ok("v=0 answer".into())
+    }
+    fn leave(&self, _room: &str, peer: &str) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.seated.lock().unwrap().remove(peer);
+        let _ = self.left.lock().unwrap().send(());
+    }
+    fn render_metrics(&self) -> String {
+        String::new()
+    }
+}
+
+/// A member that leaves the SFU and offers again at once (as the engine does when its path to
+/// the SFU is lost) is seated afterwards: the leave reaches the SFU before the new offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sfu_leave_and_the_offer_after_it_reach_the_sfu_in_order() {
+    let (left_tx, mut left) = tokio::sync::mpsc::unbounded_channel();
+    let sfu = std::sync::Arc::new(SlowLeaveSfu {
+        seated: Default::default(),
+        left: std::sync::Mutex::new(left_tx),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let app = App::with_sfu(ServerConfig::default(), shutdown.clone(), Some(sfu.clone()));
+    let task = tokio::spawn(serve(listener, app.clone()));
+    let server = Server {
+        addr,
+        app,
+        shutdown,
+        task,
+    };
+    let mut a = Client::connect(&server).await;
+    let w = a.join("room", "a").await;
+    let me = w["peer_id"].as_str().unwrap().to_owned();
+    let offer = json!({"v":1,"type":"signal","to":"sfu","data":{"kind":"sfu_offer","sdp":"v=0"}});
+    a.send(offer.clone()).await;
+    assert_eq!(a.expect("signal").await["data"]["kind"], "sfu_answer");
+    a.send(json!({"v":1,"type":"signal","to":"sfu","data":{"kind":"sfu_leave"}}))
+        .await;
+    a.send(offer).await;
+    assert_eq!(a.expect("signal").await["data"]["kind"], "sfu_answer");
+    tokio::time::timeout(Duration::from_secs(10), left.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        sfu.seated.lock().unwrap().contains(&me),
+        "the leave overtook the offer after it"
+    );
+    server.stop().await;
+}

@@ -19,6 +19,7 @@ import { canonical, isMixedScript } from './names.js';
 import { SframeReceiver, SframeSender } from './sframe.js';
 import { runGroup } from './group.js';
 import { IceRestarts, selectedPath } from './restart.js';
+import { Trickle, firstCandidate } from './trickle.js';
 
 // A chat message of 4 KiB of text needs up to 6 x that as escaped JSON.
 const MAX_CONTROL_MESSAGE = 32 * 1024;
@@ -271,6 +272,8 @@ async function main() {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, ...msg }));
   };
   const signal = (data) => sendServer({ type: 'signal', to: call.peer.id, data });
+  // Trickle ICE (docs/call-protocol.md): candidates go as they are found.
+  const trickle = new Trickle(signal);
   const keepalive = setInterval(() => sendServer({ type: 'ping' }), 20_000);
 
   /// Ends the call; `before` (a promise) runs before the connections close.
@@ -806,6 +809,7 @@ async function main() {
       if (pc.connectionState === 'failed' && !restarts?.connectedOnce) end('the connection failed');
       updateConnected();
     };
+    pc.onicecandidate = (e) => trickle.onLocal(e);
     restarts = watchRestarts(role);
     const guard = setInterval(() => (ended ? clearInterval(guard) : checkTransforms()), 2000);
     channel = pc.createDataChannel('sotto-control', { negotiated: true, id: 0, ordered: true });
@@ -823,15 +827,23 @@ async function main() {
       hsQueue.catch(fail('handshake failed'));
       sdpQueue = hsQueue.then(async () => {
         addSender();
+        // Before the offer, so the peer may answer at once.
+        signal({ kind: 'trickle' });
         await pc.setLocalDescription(await pc.createOffer());
-        await waitGathered(pc);
+        await firstCandidate(pc);
         checkOwnSdp();
         signal({ kind: 'offer', sdp: pc.localDescription.sdp });
+        trickle.sent();
       });
       sdpQueue.catch(fail('could not offer'));
     } else {
       handshake = Handshake.responder(identity, room, name, dtls.dtls);
     }
+  }
+
+  // One of the peer's candidates, queued behind the descriptions; a refused one is not fatal.
+  function addPeerCandidate(init) {
+    sdpQueue = sdpQueue.then(() => pc.addIceCandidate(init).catch(() => {}));
   }
 
   // Our SDP must carry the fingerprint we sign, or the peer would (rightly) end the call.
@@ -847,18 +859,29 @@ async function main() {
     if (data.kind === 'handshake') {
       hsQueue = hsQueue.then(() => onHandshake(data.message));
       hsQueue.catch(fail('handshake failed'));
+    } else if (data.kind === 'trickle') {
+      trickle.peerSaidTrickle();
+    } else if (data.kind === 'candidate') {
+      // After the description it belongs to; one that does not apply costs nothing.
+      trickle.onCandidate(data, addPeerCandidate);
     } else if (data.kind === 'offer' && call.role === 'responder' && typeof data.sdp === 'string') {
       if (peerSdp !== null) return restarts.onOffer(data.sdp); // An ICE restart.
       peerSdp = data.sdp;
       checkBinding();
+      trickle.peerDescribed();
+      const trickling = trickle.peerTrickles;
+      if (trickling) signal({ kind: 'trickle' });
       sdpQueue = sdpQueue.then(async () => {
         await bound;
         addSender();
         await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
+        trickle.applied(data.sdp).forEach(addPeerCandidate);
         await pc.setLocalDescription(await pc.createAnswer());
-        await waitGathered(pc);
+        // A peer that does not trickle gets a complete answer, as before.
+        await (trickling ? firstCandidate(pc) : waitGathered(pc));
         checkOwnSdp();
         signal({ kind: 'answer', sdp: pc.localDescription.sdp });
+        if (trickling) trickle.sent();
         restarts.firstAnswerSent(data.sdp);
       });
       sdpQueue.catch(fail('could not answer'));
@@ -866,9 +889,11 @@ async function main() {
       if (peerSdp !== null) return restarts.onAnswer(data.sdp); // To an ICE restart.
       peerSdp = data.sdp;
       checkBinding();
+      trickle.peerDescribed();
       sdpQueue = sdpQueue.then(async () => {
         await bound;
         await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+        trickle.applied(data.sdp).forEach(addPeerCandidate);
       });
       sdpQueue.catch(fail('could not accept the answer'));
     } else if (data.kind === 'can_restart') {
@@ -895,6 +920,9 @@ async function main() {
       },
       setStatus,
       onBack: updateConnected,
+      // A restart's description applied: its generation's candidates that came early.
+      remoteApplied: (sdp) => trickle.applied(sdp).forEach(addPeerCandidate),
+      peerTrickles: () => trickle.peerTrickles === true,
       state: call.restart,
     });
   }

@@ -80,6 +80,7 @@ export function runGroup(ctx) {
     sendGeneration: null,
     bundlesResent: 0,
     sfu: 'new',
+    sfuReconnects: 0, // the path to the SFU lost and back (as the engine's `sfu_reconnects`)
   };
   // Two-party parts of the page (one peer's identity, video, chat) have no place in a group.
   for (const el of document.querySelectorAll('.two-party')) el.hidden = true;
@@ -90,6 +91,12 @@ export function runGroup(ctx) {
   let ended = false;
   let sfuConnected = false;
   let pc = null;
+  // The SFU connection's ICE servers, and its reconnection (see openSfu).
+  let sfuIceServers = [];
+  let lostSince = null;
+  let retryTimer = null;
+  let attempts = 0;
+  let sfuAnswered = false;
   let mySlot = null;
   let keyReqId = 0;
   const keyReplies = new Map();
@@ -149,6 +156,7 @@ export function runGroup(ctx) {
     if (ended) return;
     ended = true;
     ctx.mark('ended');
+    clearTimeout(retryTimer);
     clearInterval(keepalive);
     setStatus(`ended: ${reason}`);
     track.stop();
@@ -167,7 +175,8 @@ export function runGroup(ctx) {
   function updateStatus() {
     if (ended) return;
     const trusted = [...members.values()].filter((m) => m.control).length;
-    if (!sfuConnected) setStatus('connecting to the SFU');
+    if (lostSince !== null) setStatus('the path to the SFU was lost: reconnecting');
+    else if (!sfuConnected) setStatus('connecting to the SFU');
     else if (trusted) {
       ctx.mark('connected');
       setStatus(`connected: end-to-end encrypted, group of ${trusted + 1}`);
@@ -633,30 +642,43 @@ export function runGroup(ctx) {
 
   // --- the SFU connection --------------------------------------------------------------------
 
+  // A lost path to the SFU (as the engine does, docs/call-protocol.md): wait a second for it
+  // to come back by itself, then leave the SFU and join again on a new peer connection. The
+  // keys stay, and the worker's sender keeps counting, so no nonce repeats.
+  const SFU_GRACE_MS = 1000;
+  const SFU_GIVE_UP_MS = 30_000;
   async function connectSfu(iceServers) {
     if (relayOnly && !iceServers.some((s) => s.urls.some((u) => /^turns?:/.test(u)))) {
       end('relay-only needs a TURN server, and the signaling server offers none');
       return;
     }
-    pc = new RTCPeerConnection({
-      iceServers,
+    sfuIceServers = iceServers;
+    await openSfu();
+  }
+
+  async function openSfu() {
+    const conn = new RTCPeerConnection({
+      iceServers: sfuIceServers,
       iceTransportPolicy: relayOnly ? 'relay' : 'all',
       bundlePolicy: 'max-bundle',
       certificates: [dtls.certificate],
     });
+    pc = conn;
+    sfuAnswered = false;
+    slotReceivers.length = 0;
     // Transforms go on before any description is applied (see README: Chromium ignores later ones).
-    const sender = pc.addTrack(track, stream);
+    const sender = conn.addTrack(track, stream);
     sender.transform = new RTCRtpScriptTransform(worker, { side: 'send', group: true });
-    const first = pc.getTransceivers().find((t) => t.sender === sender);
+    const first = conn.getTransceivers().find((t) => t.sender === sender);
     const transceivers = [first];
     for (let i = 1; i < AUDIO_SLOTS; i += 1) {
-      transceivers.push(pc.addTransceiver('audio', { direction: 'recvonly' }));
+      transceivers.push(conn.addTransceiver('audio', { direction: 'recvonly' }));
     }
     transceivers.forEach((t, i) => {
       t.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv', group: true, track: i });
       slotReceivers.push(t.receiver);
     });
-    pc.ontrack = (e) => {
+    conn.ontrack = (e) => {
       const audio = document.createElement('audio');
       audio.autoplay = true;
       audio.className = 'slot-audio';
@@ -664,22 +686,68 @@ export function runGroup(ctx) {
       $('slot-audio').append(audio);
       audio.play().catch(() => {});
     };
-    pc.onconnectionstatechange = () => {
-      call.group.sfu = pc.connectionState;
-      if (pc.connectionState === 'connected') sfuConnected = true;
-      if (pc.connectionState === 'failed') end('the connection to the SFU failed');
+    conn.onconnectionstatechange = () => {
+      if (conn !== pc || ended) return; // a connection already replaced
+      call.group.sfu = conn.connectionState;
+      if (conn.connectionState === 'connected') {
+        sfuConnected = true;
+        if (lostSince !== null) {
+          call.group.sfuReconnects += 1;
+          lostSince = null;
+          attempts = 0;
+          clearTimeout(retryTimer);
+          retryTimer = null;
+        }
+      } else if (conn.connectionState === 'disconnected' && sfuConnected) {
+        sfuLost(SFU_GRACE_MS);
+      } else if (conn.connectionState === 'failed') {
+        if (sfuConnected || lostSince !== null) sfuLost(0);
+        else end('the connection to the SFU failed');
+      }
       updateStatus();
     };
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitGathered(pc);
-    signalTo(SFU_PEER, { kind: 'sfu_offer', sdp: pc.localDescription.sdp });
+    await conn.setLocalDescription(await conn.createOffer());
+    await waitGathered(conn);
+    if (conn !== pc || ended) return;
+    signalTo(SFU_PEER, { kind: 'sfu_offer', sdp: conn.localDescription.sdp });
   }
 
-  let sfuAnswered = false;
+  /// The path to the SFU is lost (or the SFU is gone): reconnect after `afterMs`.
+  function sfuLost(afterMs) {
+    if (ended) return;
+    if (lostSince === null) lostSince = Date.now();
+    if (retryTimer === null) retryTimer = setTimeout(retrySfu, afterMs);
+    updateStatus();
+  }
+
+  function retrySfu() {
+    retryTimer = null;
+    if (ended || lostSince === null) return;
+    if (Date.now() - lostSince >= SFU_GIVE_UP_MS) {
+      end(`the path to the SFU did not come back within ${SFU_GIVE_UP_MS / 1000} s`);
+      return;
+    }
+    attempts += 1;
+    sfuConnected = false;
+    signalTo(SFU_PEER, { kind: 'sfu_leave' });
+    const old = pc;
+    pc = null;
+    old?.close();
+    for (const a of document.querySelectorAll('#slot-audio .slot-audio')) a.remove();
+    openSfu().catch((err) => console.warn('a new connection to the SFU:', err));
+    retryTimer = setTimeout(retrySfu, Math.min(2000 * 2 ** (attempts - 1), 8000));
+  }
+
   async function onSfuSignal(data) {
     if (data?.kind !== 'sfu_answer' || typeof data.sdp !== 'string' || sfuAnswered || !pc) return;
     sfuAnswered = true;
-    await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
+    } catch (err) {
+      // An answer to an earlier offer while reconnecting: the next attempt sorts it out.
+      if (lostSince === null) throw err;
+      console.warn("the SFU's answer while reconnecting:", err);
+    }
   }
 
   // --- speaking ------------------------------------------------------------------------------
@@ -777,6 +845,11 @@ export function runGroup(ctx) {
         break;
       }
       case 'peer_left': {
+        // The server's SFU went away: join again, wherever the server places the room now.
+        if (msg.peer_id === SFU_PEER) {
+          if (sfuConnected || lostSince !== null) sfuLost(0);
+          break;
+        }
         const m = members.get(msg.peer_id);
         if (m) memberLeft(m.id, `${m.info?.name ?? canonical(m.attestedName)} left`);
         break;
@@ -789,7 +862,7 @@ export function runGroup(ctx) {
         }
         break;
       case 'error':
-        if (['no_sfu', 'sfu_refused'].includes(msg.code) && !sfuConnected) {
+        if (['no_sfu', 'sfu_refused'].includes(msg.code) && !sfuConnected && lostSince === null) {
           end(`the SFU refused us: ${msg.code}${msg.message ? `: ${msg.message}` : ''}`);
         } else if (['room_full', 'bad_token', 'token_expired', 'server_full'].includes(msg.code)) {
           end(`the server refused: ${msg.code}`);

@@ -5,6 +5,7 @@
 // fingerprint the peer signed in the handshake; one that does not ends the call.
 
 import { sdpMatchesDtls } from './handshake.js';
+import { iceUfrag } from './trickle.js';
 
 /// The path is lost when nothing arrived from the peer for this long (as the engine says it),
 /// or when Chromium says the connection is disconnected or failed; the first restart follows
@@ -26,12 +27,6 @@ const ANSWER_WAIT_MS = 5000;
 const RESTART_GATHER_MS = 1000;
 const POLL_MS = 250;
 const STATUS_RECONNECTING = 'reconnecting: the path to the peer was lost';
-
-/// The first `a=ice-ufrag` of an SDP, or null.
-export function iceUfrag(sdp) {
-  const m = /^a=ice-ufrag:(\S+)\s*$/m.exec(sdp);
-  return m ? m[1] : null;
-}
 
 /// The selected candidate pair's types and protocol in a getStats() report, or null: which
 /// path the media takes (host, srflx, prflx or relay at each end).
@@ -80,7 +75,9 @@ function gatheringEnd(pc) {
 /// fingerprint), checkOwnSdp() (throws if ours is not the signed one), queue(fn) (runs fn
 /// after the SDP work before it), ended(), end(reason), onMismatch() (a restart's SDP does
 /// not carry the signed fingerprint: ends the call), setStatus(text), onBack() (the path is
-/// back), state (an object the page exposes: counters and times are written into it) }.
+/// back), remoteApplied(sdp) (the peer's restart description was applied: trickled candidates
+/// of its generation may be added), peerTrickles() (candidates found after a description follow
+/// it), state (an object the page exposes: counters and times are written into it) }.
 export class IceRestarts {
   constructor(opts) {
     Object.assign(this, opts);
@@ -186,9 +183,10 @@ export class IceRestarts {
       // The path came back by itself while a restart offer made in the outage was on its
       // way: once answered, the peer checks only that offer's candidates, the old ones
       // (its gathering did not finish), which a changed network does not reach. A fresh
-      // offer brings the new ones.
+      // offer brings the new ones (a peer that trickles gets them as they are found).
       const a = this.attempt;
-      if (this.role === 'initiator' && a?.partial && a.answered !== null && !a.refreshed) {
+      const stale = a?.partial && a.answered !== null && !a.refreshed && !this.peerTrickles();
+      if (this.role === 'initiator' && stale) {
         if (now - a.answered >= PARTIAL_CHECKS_WAIT_MS) {
           a.refreshed = true;
           this.restart(true);
@@ -276,6 +274,7 @@ export class IceRestarts {
       const gathering = ufrag !== this.lastUfrag ? gatheringEnd(this.pc) : null;
       try {
         await this.pc.setRemoteDescription({ type: 'offer', sdp });
+        this.remoteApplied(sdp);
         await this.pc.setLocalDescription(await this.pc.createAnswer());
         await gathering?.wait(RESTART_GATHER_MS);
         this.checkOwnSdp();
@@ -314,6 +313,7 @@ export class IceRestarts {
       if (this.ended() || this.pc.signalingState !== 'have-local-offer') return;
       try {
         await this.pc.setRemoteDescription({ type: 'answer', sdp });
+        this.remoteApplied(sdp);
       } catch {
         this.state.restartErrors += 1;
       }

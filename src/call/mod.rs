@@ -28,11 +28,14 @@
 mod control;
 mod events;
 mod group;
+#[cfg(feature = "insecure-test-hooks")]
+pub use group::GroupKeysTap;
 mod media_loop;
 mod options;
 mod protocol;
 mod session;
 mod stats;
+mod trickle;
 mod video;
 
 use std::sync::Arc;
@@ -117,6 +120,9 @@ pub struct CallConfig {
     /// A group call through the server's SFU (`sotto-signaling --sfu`) instead of a two-party
     /// peer-to-peer call. Every member of the room must use the same mode.
     pub group: bool,
+    /// Test only (`insecure-test-hooks`): receives a handle on our group keys.
+    #[cfg(feature = "insecure-test-hooks")]
+    pub insecure_group_keys_for_tests: Option<GroupKeysTap>,
 }
 
 impl CallConfig {
@@ -139,6 +145,8 @@ impl CallConfig {
             video: VideoSettings::default(),
             video_codec: VideoCodec::Vp8,
             group: false,
+            #[cfg(feature = "insecure-test-hooks")]
+            insecure_group_keys_for_tests: None,
         }
     }
 }

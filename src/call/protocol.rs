@@ -12,6 +12,15 @@ use crate::transport::MAX_CONTROL_MESSAGE;
 /// Largest SDP accepted from the peer, in bytes (well under the server's message limit).
 pub const MAX_SDP_LEN: usize = 32 * 1024;
 
+/// Largest trickled candidate accepted (`candidate:...`), in bytes.
+pub const MAX_CANDIDATE_LEN: usize = 512;
+/// Longest ICE user fragment (RFC 8839: 4 to 256 characters).
+pub const MAX_UFRAG_LEN: usize = 256;
+/// Shortest ICE user fragment.
+pub const MIN_UFRAG_LEN: usize = 4;
+/// Longest media id (`sdp_mid`) accepted.
+pub const MAX_MID_LEN: usize = 32;
+
 /// A signaling payload of the call protocol, as sent.
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -40,6 +49,35 @@ pub enum OutgoingSignal<'a> {
         /// The sealed frame, lowercase hex.
         frame: &'a str,
     },
+    /// The sender trickles ICE: it sends candidates as it gathers them and takes the peer's.
+    /// Sent once, before its first offer or answer.
+    Trickle,
+    /// One ICE candidate of the sender's (trickle ICE).
+    Candidate {
+        /// `candidate:...` (RFC 8839 without the `a=`).
+        candidate: &'a str,
+        /// The media id of the m-line it belongs to (the first: everything is bundled).
+        sdp_mid: &'a str,
+        /// That m-line's index.
+        sdp_mline_index: u16,
+        /// The ICE user fragment of the description it belongs to (its ICE generation).
+        ufrag: &'a str,
+    },
+    /// The sender's gathering for this ICE generation is over.
+    #[serde(rename = "end_of_candidates")]
+    EndOfCandidates {
+        /// The ICE user fragment of that generation.
+        ufrag: &'a str,
+    },
+}
+
+/// An ICE candidate from the peer (trickle ICE), checked for size and form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCandidate {
+    /// `candidate:...`: printable ASCII, at most [`MAX_CANDIDATE_LEN`] bytes.
+    pub candidate: String,
+    /// The ICE user fragment of the peer's description it belongs to.
+    pub ufrag: String,
 }
 
 /// A signaling payload of the call protocol, as received.
@@ -55,6 +93,12 @@ pub enum IncomingSignal {
     CanRestart,
     /// A sealed control frame (group calls), still sealed.
     Control(Vec<u8>),
+    /// The peer trickles ICE.
+    Trickle,
+    /// One of the peer's ICE candidates.
+    Candidate(RemoteCandidate),
+    /// The peer's gathering for the ICE generation of this user fragment is over.
+    EndOfCandidates(String),
 }
 
 /// Why a signaling payload was refused.
@@ -81,6 +125,65 @@ struct Wire<'a> {
     sdp: Option<String>,
     #[serde(default)]
     frame: Option<&'a str>,
+    #[serde(default)]
+    candidate: Option<String>,
+    #[serde(default)]
+    sdp_mid: Option<String>,
+    #[serde(default)]
+    sdp_mline_index: Option<u16>,
+    #[serde(default)]
+    ufrag: Option<String>,
+}
+
+/// Whether `ufrag` is an ICE user fragment: 4 to 256 `ice-char`s (RFC 8839).
+fn is_ufrag(ufrag: &str) -> bool {
+    (MIN_UFRAG_LEN..=MAX_UFRAG_LEN).contains(&ufrag.len())
+        && ufrag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// The trickle kinds (`trickle`, `candidate`, `end_of_candidates`), checked.
+fn parse_trickle(wire: Wire<'_>) -> Result<IncomingSignal, PayloadError> {
+    let malformed = |what: &str| PayloadError::Malformed(what.to_string());
+    if wire.message.is_some() || wire.sdp.is_some() || wire.frame.is_some() {
+        return Err(malformed("wrong fields for its kind"));
+    }
+    let ufrag = match wire.ufrag {
+        Some(u) if u.len() > MAX_UFRAG_LEN => return Err(PayloadError::TooLarge("ufrag")),
+        Some(u) if !is_ufrag(&u) => return Err(malformed("ufrag is not an ICE user fragment")),
+        u => u,
+    };
+    match (wire.kind, wire.candidate, ufrag) {
+        ("trickle", None, None) if wire.sdp_mid.is_none() && wire.sdp_mline_index.is_none() => {
+            Ok(IncomingSignal::Trickle)
+        }
+        ("end_of_candidates", None, Some(ufrag))
+            if wire.sdp_mid.is_none() && wire.sdp_mline_index.is_none() =>
+        {
+            Ok(IncomingSignal::EndOfCandidates(ufrag))
+        }
+        ("candidate", Some(candidate), Some(ufrag)) => {
+            if candidate.len() > MAX_CANDIDATE_LEN {
+                return Err(PayloadError::TooLarge("candidate"));
+            }
+            if wire.sdp_mid.as_ref().is_some_and(|m| m.len() > MAX_MID_LEN) {
+                return Err(PayloadError::TooLarge("sdp_mid"));
+            }
+            // Printable ASCII only: no line breaks or control characters into anything that
+            // parses or logs it.
+            let printable = candidate.bytes().all(|b| (0x20..0x7f).contains(&b));
+            let value = candidate.strip_prefix("candidate:").unwrap_or_default();
+            if !printable || value.trim().is_empty() {
+                return Err(malformed("not a candidate"));
+            }
+            Ok(IncomingSignal::Candidate(RemoteCandidate {
+                candidate,
+                ufrag,
+            }))
+        }
+        _ => Err(malformed("wrong fields for its kind")),
+    }
 }
 
 /// Parses a relayed `data` payload.
@@ -91,6 +194,16 @@ pub fn parse_signal(data: &str) -> Result<IncomingSignal, PayloadError> {
     let wire: Wire<'_> =
         serde_json::from_str(data).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     let malformed = |what: &str| PayloadError::Malformed(what.to_string());
+    if matches!(wire.kind, "trickle" | "candidate" | "end_of_candidates") {
+        return parse_trickle(wire);
+    }
+    if wire.candidate.is_some()
+        || wire.sdp_mid.is_some()
+        || wire.sdp_mline_index.is_some()
+        || wire.ufrag.is_some()
+    {
+        return Err(malformed("wrong fields for its kind"));
+    }
     if wire.kind == "control" {
         return match (wire.frame, wire.message, wire.sdp) {
             (Some(frame), None, None) if frame.len() > 2 * MAX_CONTROL_MESSAGE => {
@@ -268,6 +381,118 @@ mod tests {
             parse_signal(&big_hs),
             Err(PayloadError::TooLarge("handshake message"))
         );
+    }
+
+    #[test]
+    fn trickle_payloads_round_trip() {
+        let out = serde_json::to_string(&OutgoingSignal::Trickle).unwrap();
+        assert_eq!(out, r#"{"kind":"trickle"}"#);
+        assert_eq!(parse_signal(&out).unwrap(), IncomingSignal::Trickle);
+        let line = "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host";
+        let out = serde_json::to_string(&OutgoingSignal::Candidate {
+            candidate: line,
+            sdp_mid: "0",
+            sdp_mline_index: 0,
+            ufrag: "AbCd+/09",
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"kind":"candidate","candidate":"{line}","sdp_mid":"0","sdp_mline_index":0,"ufrag":"AbCd+/09"}}"#
+            )
+        );
+        assert_eq!(
+            parse_signal(&out).unwrap(),
+            IncomingSignal::Candidate(RemoteCandidate {
+                candidate: line.into(),
+                ufrag: "AbCd+/09".into()
+            })
+        );
+        // What a browser sends: sdp_mid and sdp_mline_index are optional.
+        assert!(matches!(
+            parse_signal(&format!(
+                r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd"}}"#
+            )),
+            Ok(IncomingSignal::Candidate(_))
+        ));
+        let out =
+            serde_json::to_string(&OutgoingSignal::EndOfCandidates { ufrag: "wxyz" }).unwrap();
+        assert_eq!(out, r#"{"kind":"end_of_candidates","ufrag":"wxyz"}"#);
+        assert_eq!(
+            parse_signal(&out).unwrap(),
+            IncomingSignal::EndOfCandidates("wxyz".into())
+        );
+    }
+
+    #[test]
+    fn bad_trickle_payloads_are_refused() {
+        let line = "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host";
+        for bad in [
+            r#"{"kind":"trickle","ufrag":"abcd"}"#.to_string(),
+            r#"{"kind":"trickle","sdp":"x"}"#.to_string(),
+            r#"{"kind":"end_of_candidates"}"#.to_string(),
+            r#"{"kind":"end_of_candidates","ufrag":"abcd","candidate":"candidate:1"}"#.to_string(),
+            // No ufrag, a short one, one with characters ICE does not allow.
+            format!(r#"{{"kind":"candidate","candidate":"{line}"}}"#),
+            format!(r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abc"}}"#),
+            format!(r#"{{"kind":"candidate","candidate":"{line}","ufrag":"ab cd"}}"#),
+            format!(r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcdé"}}"#),
+            // Not a candidate, an empty one, a line break or control character in it.
+            r#"{"kind":"candidate","candidate":"a=candidate:1","ufrag":"abcd"}"#.to_string(),
+            r#"{"kind":"candidate","candidate":"candidate: ","ufrag":"abcd"}"#.to_string(),
+            r#"{"kind":"candidate","candidate":"","ufrag":"abcd"}"#.to_string(),
+            format!(
+                r#"{{"kind":"candidate","candidate":"{line}
+a=x","ufrag":"abcd"}}"#
+            ),
+            format!(r#"{{"kind":"candidate","candidate":"{line}[2J","ufrag":"abcd"}}"#),
+            r#"{"kind":"candidate","candidate":5,"ufrag":"abcd"}"#.to_string(),
+            format!(r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd","sdp":"x"}}"#),
+            format!(
+                r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd","sdp_mline_index":70000}}"#
+            ),
+            format!(r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd","x":1}}"#),
+            // Trickle fields on other kinds.
+            r#"{"kind":"offer","sdp":"v=0","ufrag":"abcd"}"#.to_string(),
+            r#"{"kind":"answer","sdp":"v=0","candidate":"candidate:1"}"#.to_string(),
+            r#"{"kind":"control","frame":"00","sdp_mid":"0"}"#.to_string(),
+        ] {
+            assert!(
+                matches!(parse_signal(&bad), Err(PayloadError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let long = format!("candidate:{}", "1".repeat(MAX_CANDIDATE_LEN));
+        assert_eq!(
+            parse_signal(&format!(
+                r#"{{"kind":"candidate","candidate":"{long}","ufrag":"abcd"}}"#
+            )),
+            Err(PayloadError::TooLarge("candidate"))
+        );
+        let ufrag = "a".repeat(MAX_UFRAG_LEN + 1);
+        assert_eq!(
+            parse_signal(&format!(
+                r#"{{"kind":"candidate","candidate":"{line}","ufrag":"{ufrag}"}}"#
+            )),
+            Err(PayloadError::TooLarge("ufrag"))
+        );
+        let mid = "m".repeat(MAX_MID_LEN + 1);
+        assert_eq!(
+            parse_signal(&format!(
+                r#"{{"kind":"candidate","candidate":"{line}","ufrag":"abcd","sdp_mid":"{mid}"}}"#
+            )),
+            Err(PayloadError::TooLarge("sdp_mid"))
+        );
+        // The longest of each is fine.
+        let ufrag = "a".repeat(MAX_UFRAG_LEN);
+        let long = format!("candidate:{}", "1".repeat(MAX_CANDIDATE_LEN - 10));
+        assert!(matches!(
+            parse_signal(&format!(
+                r#"{{"kind":"candidate","candidate":"{long}","ufrag":"{ufrag}"}}"#
+            )),
+            Ok(IncomingSignal::Candidate(_))
+        ));
     }
 
     #[test]

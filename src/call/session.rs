@@ -26,8 +26,8 @@ use crate::playout::AudioPlayout;
 use crate::signal::{IceServerInfo, PeerInfo as SignalPeer};
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{
-    IceServer, MediaTransport, PathAction, RECONNECT_GIVE_UP, Reconnector, RestartRole,
-    TransportConfig, TransportState, VideoDirection, has_turn,
+    IceServer, LocalCandidate, MediaTransport, PathAction, RECONNECT_GIVE_UP, Reconnector,
+    RestartRole, TransportConfig, TransportState, VideoDirection, has_turn,
 };
 
 use super::control::{ControlCrypto, ControlError};
@@ -35,6 +35,7 @@ use super::events::{CallEvent, CallState, EndReason, PeerInfo};
 use super::media_loop::{self, AudioHome, Capture, MediaNotice, PLAYBACK_QUEUE, Playback};
 use super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::stats::{RateMeter, SharedStats};
+use super::trickle::{LocalTrickle, RemoteTrickle, Verdict, ice_ufrag};
 use super::video::{self, VideoCapture, VideoControl, VideoOpener, VideoRender};
 use super::{CallConfig, Command};
 
@@ -188,6 +189,17 @@ struct Run {
     escalate: Option<Vec<HandoverPeer>>,
     /// The signaling events, kept for the next mode when the call moves.
     signal_events: Option<mpsc::Receiver<SignalEvent>>,
+    /// Trickle ICE: which of our candidates the peer has.
+    local_ice: LocalTrickle,
+    /// Trickle ICE: the peer's candidates.
+    remote_ice: RemoteTrickle,
+    /// Whether the peer trickles: `Some(true)` once it said so, `Some(false)` once its first
+    /// description came without that.
+    peer_trickles: Option<bool>,
+    /// Our first gathering is over.
+    gathered: bool,
+    /// The complete offer for a peer that does not trickle went out.
+    offered_again: bool,
 }
 
 /// What the server's `welcome` said about the room and us.
@@ -368,6 +380,7 @@ impl Session {
         };
         let frames = transport.take_frames();
         let mut controls = transport.take_control();
+        let mut local_candidates = transport.take_local_candidates();
         let mut video_streams = VideoStreams {
             frames: transport.take_video_frames(),
             keyframe_requests: transport.take_keyframe_requests(),
@@ -425,6 +438,11 @@ impl Session {
             room: None,
             escalate: None,
             signal_events: None,
+            local_ice: LocalTrickle::default(),
+            remote_ice: RemoteTrickle::default(),
+            peer_trickles: None,
+            gathered: false,
+            offered_again: false,
         };
         let mut control_open = transport.control_open_watch();
         let mut control_watch = true;
@@ -573,6 +591,15 @@ impl Session {
                         break reason;
                     }
                 }
+                found = async {
+                    match local_candidates.as_mut() {
+                        Some(c) => c.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match found {
+                    Some(found) => self.on_local_candidate(&mut run, found).await,
+                    None => local_candidates = None,
+                },
                 Some(message) = async {
                     match controls.as_mut() {
                         Some(c) => c.recv().await,
@@ -702,13 +729,20 @@ impl Session {
                 run.peer = Some(Peer::new(other, handshake, self.started));
                 self.set_state(run, CallState::Handshaking);
                 self.send_handshake(run, hello).await?;
-                let offer = run
-                    .transport
-                    .create_offer()
-                    .await
-                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                let trickle = self.config.transport.trickle;
+                let offer = if trickle {
+                    // Before the offer, so the peer knows it may answer at once.
+                    self.send_signal(run, &OutgoingSignal::Trickle).await?;
+                    run.transport.create_offer_trickle().await
+                } else {
+                    run.transport.create_offer().await
+                }
+                .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
                 self.send_signal(run, &OutgoingSignal::Offer { sdp: &offer })
                     .await?;
+                if trickle {
+                    run.local_ice.described(&offer);
+                }
                 Ok(true)
             }
             SignalEvent::PeerJoined(info) => {
@@ -844,13 +878,22 @@ impl Session {
                 // Every SDP, a restart's too, must carry the fingerprint the peer signed.
                 peer.check_transport_binding()?;
                 let Some(previous) = previous else {
-                    let answer = run
-                        .transport
-                        .accept_offer(&sdp)
-                        .await
-                        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                    // The peer said `trickle` before its offer, or it does not trickle.
+                    let trickle = self.config.transport.trickle && run.peer_trickles == Some(true);
+                    run.peer_trickles.get_or_insert(false);
+                    let answer = if trickle {
+                        self.send_signal(run, &OutgoingSignal::Trickle).await?;
+                        run.transport.accept_offer_trickle(&sdp).await
+                    } else {
+                        run.transport.accept_offer(&sdp).await
+                    }
+                    .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+                    self.apply_held_candidates(run, &sdp).await;
                     self.send_signal(run, &OutgoingSignal::Answer { sdp: &answer })
                         .await?;
+                    if trickle {
+                        run.local_ice.described(&answer);
+                    }
                     self.send_signal(run, &OutgoingSignal::CanRestart).await?;
                     if run.established {
                         self.set_state(run, CallState::Connecting);
@@ -865,11 +908,15 @@ impl Session {
                 }
                 match run.transport.accept_offer(&sdp).await {
                     Ok(answer) => {
+                        self.apply_held_candidates(run, &sdp).await;
                         if let Err(e) = self
                             .send_signal(run, &OutgoingSignal::Answer { sdp: &answer })
                             .await
                         {
                             tracing::warn!("could not answer an ICE restart: {e}");
+                        }
+                        if self.trickling(run) {
+                            run.local_ice.described(&answer);
                         }
                     }
                     Err(e) => tracing::warn!("could not apply an ICE restart offer: {e}"),
@@ -886,24 +933,145 @@ impl Session {
                 }
                 let again = peer.remote_sdp.replace(sdp.clone()).is_some();
                 peer.check_transport_binding()?;
+                // No `trickle` before its answer: the peer takes complete descriptions only.
+                run.peer_trickles.get_or_insert(false);
                 if !run.path.on_answer(Instant::now()) {
                     tracing::debug!("ignoring the answer to a replaced ICE restart offer");
                     return Ok(());
                 }
                 match run.transport.accept_answer(&sdp).await {
-                    Ok(()) => {}
+                    Ok(()) => self.apply_held_candidates(run, &sdp).await,
                     Err(e) if !again => return Err(EndReason::ConnectionFailed(e.to_string())),
                     // Not fatal during a restart: the next one follows.
                     Err(e) => tracing::warn!("could not apply an ICE restart answer: {e}"),
                 }
+                self.offer_again_if_needed(run).await;
             }
             IncomingSignal::CanRestart => {
                 if peer.handshake.role() == Role::Initiator {
                     run.path.peer_answers_restarts();
                 }
             }
+            IncomingSignal::Trickle => {
+                // Only before its first description: it decides how that one is answered.
+                if run.peer_trickles.is_none() {
+                    run.peer_trickles = Some(true);
+                }
+            }
+            IncomingSignal::Candidate(candidate) => {
+                if !self.config.transport.trickle {
+                    tracing::debug!("ignoring a trickled candidate: trickle ICE is off");
+                    return Ok(());
+                }
+                match run.remote_ice.candidate(candidate) {
+                    Verdict::Apply(candidate) => {
+                        if let Err(e) = run.transport.add_remote_candidate(&candidate).await {
+                            tracing::debug!("the peer's candidate was not added: {e}");
+                        }
+                    }
+                    Verdict::Held => tracing::debug!("holding a candidate until its description"),
+                    Verdict::Dropped(why) => tracing::debug!("dropped the peer's candidate: {why}"),
+                }
+            }
+            IncomingSignal::EndOfCandidates(ufrag) => {
+                tracing::debug!(%ufrag, "the peer's gathering is over");
+            }
         }
         Ok(())
+    }
+
+    /// Whether our candidates go to the peer as they are found.
+    fn trickling(&self, run: &Run) -> bool {
+        self.config.transport.trickle && run.peer_trickles != Some(false)
+    }
+
+    /// The peer's description `sdp` was applied: its candidates that came early go in now.
+    async fn apply_held_candidates(&self, run: &mut Run, sdp: &str) {
+        let Some(ufrag) = ice_ufrag(sdp) else {
+            return;
+        };
+        for candidate in run.remote_ice.described(ufrag) {
+            if let Err(e) = run.transport.add_remote_candidate(&candidate).await {
+                tracing::debug!("the peer's held candidate was not added: {e}");
+            }
+        }
+    }
+
+    /// One local candidate, or the end of a gathering: to the peer if it trickles. A peer that
+    /// does not trickle gets our complete offer again once gathering found more than the first
+    /// one held (and the path is not up yet).
+    async fn on_local_candidate(&self, run: &mut Run, found: LocalCandidate) {
+        if !self.config.transport.trickle {
+            return;
+        }
+        let sending = self.trickling(run);
+        match found {
+            LocalCandidate::Candidate(candidate) => {
+                let Some(out) = run.local_ice.candidate(&candidate) else {
+                    return;
+                };
+                if !sending {
+                    return;
+                }
+                let signal = OutgoingSignal::Candidate {
+                    candidate: &out.candidate,
+                    sdp_mid: &out.sdp_mid,
+                    sdp_mline_index: 0,
+                    ufrag: &out.ufrag,
+                };
+                // Not fatal: the candidate is in our next description too.
+                if let Err(e) = self.send_signal(run, &signal).await {
+                    tracing::warn!("could not send a candidate: {e}");
+                }
+            }
+            LocalCandidate::End => {
+                run.gathered = true;
+                if sending && let Some(ufrag) = run.local_ice.end() {
+                    let signal = OutgoingSignal::EndOfCandidates { ufrag: &ufrag };
+                    if let Err(e) = self.send_signal(run, &signal).await {
+                        tracing::warn!("could not send the end of candidates: {e}");
+                    }
+                }
+                self.offer_again_if_needed(run).await;
+            }
+        }
+    }
+
+    /// For a peer that does not trickle: our complete offer again, once, when our first
+    /// gathering is over and found candidates the first offer did not hold.
+    async fn offer_again_if_needed(&self, run: &mut Run) {
+        let initiator = run
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.handshake.role() == Role::Initiator);
+        if !initiator
+            || !self.config.transport.trickle
+            || run.peer_trickles != Some(false)
+            || !run.gathered
+            || run.offered_again
+            || run.local_ice.found_after() == 0
+            || run.transport.state() == TransportState::Connected
+            // Only during the set-up: a restart's offers carry every candidate anyway.
+            || run.path.is_lost()
+            || run.path.restarts() > 0
+            || run.peer.as_ref().is_none_or(|p| p.remote_sdp.is_none())
+        {
+            return;
+        }
+        run.offered_again = true;
+        tracing::info!("the peer does not trickle: offering again with every candidate");
+        match run.transport.create_offer_again().await {
+            Ok(offer) => {
+                if let Err(e) = self
+                    .send_signal(run, &OutgoingSignal::Offer { sdp: &offer })
+                    .await
+                {
+                    tracing::warn!("could not send the complete offer: {e}");
+                }
+                run.local_ice.described(&offer);
+            }
+            Err(e) => tracing::warn!("could not make the complete offer: {e}"),
+        }
     }
 
     /// Restarts ICE or gives up on a lost path, as [`Reconnector`] says.
@@ -926,6 +1094,10 @@ impl Session {
                             {
                                 Ok(()) => {
                                     self.shared.ice_restarts.fetch_add(1, Relaxed);
+                                    if self.trickling(run) {
+                                        // What it gathers after this goes as candidates.
+                                        run.local_ice.described(&offer.sdp);
+                                    }
                                 }
                                 Err(e) => {
                                     run.path.offer_not_sent();
@@ -1506,14 +1678,6 @@ impl Session {
             signal.close().await;
         }
     }
-}
-
-/// The ICE user name fragment of an SDP (the first; sotto's SDP bundles everything on one):
-/// a new one means an ICE restart.
-fn ice_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-        .map(str::trim)
 }
 
 /// How long a two-party peer connection stays open after the call moved to the SFU, so the

@@ -105,6 +105,8 @@ pub struct CallStats {
     pub messages_expired: u64,
     /// ICE restarts after the path was lost: restart offers we sent, or answered.
     pub ice_restarts: u64,
+    /// New connections to the SFU after the path to it was lost (group calls).
+    pub sfu_reconnects: u64,
     /// `p2p` for a two-party call, `sfu` for a group call through the SFU.
     pub mode: &'static str,
     /// A group call's safety code over the room and every member's identity (ours included),
@@ -199,6 +201,7 @@ pub(crate) struct SharedStats {
     pub messages_rejected: AtomicU64,
     pub messages_expired: AtomicU64,
     pub ice_restarts: AtomicU64,
+    pub sfu_reconnects: AtomicU64,
     pub unknown_key_frames: AtomicU64,
     /// Set for a group call (then `group` holds its figures).
     pub group_mode: AtomicBool,
@@ -303,6 +306,7 @@ impl SharedStats {
             messages_rejected: self.messages_rejected.load(Relaxed),
             messages_expired: self.messages_expired.load(Relaxed),
             ice_restarts: self.ice_restarts.load(Relaxed),
+            sfu_reconnects: self.sfu_reconnects.load(Relaxed),
             mode: if self.group_mode.load(Relaxed) {
                 "sfu"
             } else {

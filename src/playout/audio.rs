@@ -36,6 +36,9 @@ const EXPAND_VOICED: f32 = 0.95;
 const ACTIVE_MEAN_SQUARE: f32 = 1e-5;
 /// Packets inserted between two calls whose readiness is remembered.
 const PENDING: usize = 64;
+/// Latest frames whose waits in the buffer bound how much an acceleration may take from
+/// the frame being played (see `produce`).
+const WAITS: usize = 16;
 
 /// The audio-specific seam: how to turn a packet (or its absence) into one frame of samples.
 pub trait FrameDecoder {
@@ -92,6 +95,10 @@ pub struct AudioPlayout<D: FrameDecoder> {
     pending_len: usize,
     /// Media timestamp of the next sample to be appended to the FIFO.
     play_ts: Option<i64>,
+    /// How long each of the latest [`WAITS`] frames' packets sat in the buffer before it was
+    /// decoded (ticks; 0 for a frame that was concealed), as a ring.
+    waits: [i64; WAITS],
+    waits_next: usize,
 }
 
 impl<D: FrameDecoder> AudioPlayout<D> {
@@ -126,6 +133,8 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             pending: [0; PENDING],
             pending_len: 0,
             play_ts: None,
+            waits: [0; WAITS],
+            waits_next: 0,
         }
     }
 
@@ -219,6 +228,12 @@ impl<D: FrameDecoder> AudioPlayout<D> {
         let give_up = excess.is_some_and(|e| e >= 0);
         let mut frame = std::mem::take(&mut self.frame);
         let (kind, media_ts) = self.decode_next(give_up, &mut frame);
+        let waited = match (kind, media_ts) {
+            (DecodeKind::Normal, Some(_)) => self.buffer.last_arrival().map_or(0, |a| now_t - a),
+            _ => 0,
+        };
+        self.waits[self.waits_next] = waited.max(0);
+        self.waits_next = (self.waits_next + 1) % WAITS;
         // A packet sets the timeline (it may jump after DTX); a lost frame advances it; a wait
         // inserts audio without advancing.
         let frame_offset = match media_ts {
@@ -248,12 +263,16 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             return;
         };
         let ticks_to_samples = |t: i64| (t.max(0) as usize).min(self.frame_samples);
-        // Shorten only audio that is here: when the excess is the path's own delay (every
-        // packet comes late), accelerating cannot lower it, only run the buffer dry.
+        // Shorten only by what is here, or by how long the latest packets all sat waiting:
+        // when the excess is the path's own delay (every packet comes late), accelerating
+        // cannot lower it, only run the buffer dry. Packets that all waited, though, could
+        // have been played that much sooner (the phase between their arrival and the
+        // device's calls): shedding it is what brings a clean path down to its floor.
         let held = self.tail as i64 - self.frame_samples as i64
             + self.buffer.len() as i64 * self.frame_ticks;
-        if e > ACCELERATE_MARGIN && held > 0 {
-            let budget = ticks_to_samples(e.min(held));
+        let room = held.max(self.steady_wait());
+        if e > ACCELERATE_MARGIN && room > 0 {
+            let budget = ticks_to_samples(e.min(room));
             if let Some(r) = self
                 .stretcher
                 .accelerate(&mut self.fifo[..self.tail], budget)
@@ -277,6 +296,14 @@ impl<D: FrameDecoder> AudioPlayout<D> {
             }
         }
         self.update_delay_stats(now_t);
+    }
+
+    /// The least time any of the latest frames' packets waited in the buffer: the phase
+    /// between the packets' arrival and the device's calls that every one of them showed.
+    /// Shedding it cannot run the buffer dry while the path stays as it is; a path whose delay
+    /// rises (packets ever later, or lost) shows small waits and is left alone.
+    fn steady_wait(&self) -> i64 {
+        self.waits.iter().copied().min().unwrap_or(0)
     }
 
     /// Delay figures in time: how long after the fastest recent arrival the next frame will
@@ -525,16 +552,26 @@ mod tests {
     /// buffer would hold 10 or 20 ms more.
     #[test]
     fn a_clean_path_converges_to_the_arrival_phase() {
-        for frame in [960usize, 480] {
+        // Steady from the start, and after a start whose first packets came 15 ms late (the
+        // decoding then sits a device period behind the arrivals, with nothing buffered:
+        // only the packets' waits show the delay that can go).
+        for (frame, late_start) in [(960usize, 0.0), (480, 0.0), (960, 15.0), (480, 15.0)] {
             let frame_ms = frame as f64 / 48.0;
-            let sim = simulate(frame, 5, |k| Some(k as f64 * frame_ms + 1.0));
+            let sim = simulate(frame, 5, |k| {
+                // Back to the steady phase over five packets (no reordering).
+                let late = (late_start - 3.0 * k.saturating_sub(10) as f64).max(0.0);
+                Some(k as f64 * frame_ms + 1.0 + late)
+            });
             let s = sim.stats;
-            eprintln!("{frame}: {s:?}");
+            eprintln!("{frame} {late_start}: {s:?}");
             assert_eq!((s.lost, s.late, s.underruns), (0, 0, 0), "{s:?}");
             for &(t, delay, target) in &sim.trace[200..] {
+                // Voiced audio is shortened by whole pitch periods: what is left over is
+                // under one period of the 250 Hz tone (4.2 ms).
+                let floor = if late_start > 0.0 { 10 } else { 6 };
                 assert!(
-                    delay <= Duration::from_millis(6),
-                    "{frame} at {t:?}: {delay:?}"
+                    delay <= Duration::from_millis(floor),
+                    "{frame} {late_start} at {t:?}: {delay:?}"
                 );
                 assert!(target <= Duration::from_millis(6), "{target:?}");
             }

@@ -106,6 +106,8 @@ pub struct PlayoutBuffer {
     shrink: bool,
     /// `pop_unsteered` gave up a head on an empty buffer and has not played a packet since.
     gave_up_empty: bool,
+    /// Arrival time (ticks) of the packet played last, if known.
+    last_arrival: Option<i64>,
     stats: PlayoutStats,
 }
 
@@ -143,6 +145,7 @@ impl PlayoutBuffer {
             above_target: 0,
             wait_run: 0,
             arrivals: [i64::MIN; ARRIVALS],
+            last_arrival: None,
             min_wait: i64::MAX,
             waits: 0,
             shrink: false,
@@ -487,6 +490,8 @@ impl PlayoutBuffer {
         };
         match self.packets.remove(&next) {
             Some(p) => {
+                let arrived = self.arrivals[(next as usize) % ARRIVALS];
+                self.last_arrival = (arrived != i64::MIN).then_some(arrived);
                 self.wait_run = 0;
                 self.gave_up_empty = false;
                 self.advance(true);
@@ -495,6 +500,12 @@ impl PlayoutBuffer {
             }
             None => self.declare_lost(next),
         }
+    }
+
+    /// When the packet played last arrived (ticks of the clock rate, on the clock `insert`
+    /// was given), if it is still remembered.
+    pub(crate) fn last_arrival(&self) -> Option<i64> {
+        self.last_arrival
     }
 
     /// The packet that will be played next, if it is here (after a `Lost`, the one that

@@ -18,8 +18,12 @@
 //! A negotiated data channel (`sotto-control`, stream id 0) carries control messages, which
 //! are sealed the same way (with the control keys of `docs/call-protocol.md`).
 //!
-//! Negotiation is non-trickle: each side's SDP (plain SDP text) is sent once ICE gathering
-//! completes, for the caller to relay over signaling.
+//! Negotiation is plain SDP text for the caller to relay over signaling, either complete (sent
+//! once ICE gathering finished: [`MediaTransport::create_offer`], [`MediaTransport::accept_offer`])
+//! or trickled (sent at once, [`MediaTransport::create_offer_trickle`],
+//! [`MediaTransport::accept_offer_trickle`], with each candidate gathered later coming out of
+//! [`MediaTransport::take_local_candidates`] and the peer's going in through
+//! [`MediaTransport::add_remote_candidate`]).
 //!
 //! A lost path is noticed within [`ICE_DISCONNECTED_AFTER`] of silence (media or consent
 //! checks, sent every [`ICE_KEEPALIVE`]); [`MediaTransport::create_restart_offer`] then restarts
@@ -154,18 +158,24 @@ fn scrub_related_addresses(sdp: &str) -> String {
             Some(b) => (b, "\r\n"),
             None => line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n")),
         };
-        let mut words: Vec<&str> = body.split(' ').collect();
-        for i in 1..words.len() {
-            match words[i - 1] {
-                "raddr" => words[i] = "0.0.0.0",
-                "rport" => words[i] = "0",
-                _ => {}
-            }
-        }
-        out.push_str(&words.join(" "));
+        out.push_str(&scrub_candidate(body));
         out.push_str(end);
     }
     out
+}
+
+/// One candidate (an SDP line's value or a trickled `candidate:` string) with its related
+/// address and port replaced by `0.0.0.0 0`.
+fn scrub_candidate(candidate: &str) -> String {
+    let mut words: Vec<&str> = candidate.split(' ').collect();
+    for i in 1..words.len() {
+        match words[i - 1] {
+            "raddr" => words[i] = "0.0.0.0",
+            "rport" => words[i] = "0",
+            _ => {}
+        }
+    }
+    words.join(" ")
 }
 
 /// Whether any of `servers` is a TURN server.
@@ -215,6 +225,25 @@ pub const ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 /// server-reflexive, relay) are usually the ones that work again when the path returns.
 pub const RESTART_GATHER_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a trickled description waits for its first candidate (host candidates come within
+/// a few milliseconds of the description): a peer that does not trickle then still finds
+/// them in it. Relay-only has none and goes out when this passes.
+pub const HOST_CANDIDATE_WAIT: Duration = Duration::from_millis(50);
+
+/// Local candidates queued for the caller at most (a caller that does not drain them loses
+/// the rest; they are also in every later description).
+const LOCAL_CANDIDATE_QUEUE: usize = 64;
+
+/// What local ICE gathering found, for the peer (trickle ICE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LocalCandidate {
+    /// One candidate: the `candidate:...` string (RFC 8839 without the `a=`).
+    Candidate(String),
+    /// Gathering finished: no more candidates until the next description gathers anew.
+    End,
+}
+
 /// ICE pacing and timeouts for every peer connection we make.
 fn ice_pacing() -> SettingEngine {
     SettingEngineBuilder::new()
@@ -245,6 +274,9 @@ pub struct TransportConfig {
     pub max_bitrate: u64,
     /// Gather and offer TURN relay candidates only, so the peer never learns our addresses.
     pub relay_only: bool,
+    /// Trickle ICE in calls: send the offer or answer at once and the candidates as they are
+    /// gathered. `false` behaves as a peer that does not trickle: complete descriptions only.
+    pub trickle: bool,
 }
 
 /// Where the sending bitrate estimate starts, in bits/s (lowered to `max_bitrate` if above).
@@ -263,6 +295,7 @@ impl Default for TransportConfig {
             video: VideoDirection::default(),
             max_bitrate: DEFAULT_MAX_BITRATE,
             relay_only: false,
+            trickle: true,
         }
     }
 }
@@ -415,6 +448,11 @@ struct RemoteVideo {
 struct Handler {
     /// How many times ICE gathering completed: each local description gathers anew.
     gathered: watch::Sender<u64>,
+    /// How many local candidates were found so far.
+    found: watch::Sender<u64>,
+    /// Each local candidate and the end of each gathering, for trickle ICE.
+    candidates: mpsc::Sender<LocalCandidate>,
+    relay_only: bool,
     state: watch::Sender<TransportState>,
     frames: mpsc::Sender<ReceivedFrame>,
     video_frames: mpsc::Sender<ReceivedVideoFrame>,
@@ -520,6 +558,34 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
             self.gathered.send_modify(|n| *n += 1);
+            if self.candidates.try_send(LocalCandidate::End).is_err() {
+                tracing::debug!("local candidate queue full: end of gathering not queued");
+            }
+        }
+    }
+
+    async fn on_ice_candidate(&self, event: webrtc::peer_connection::RTCPeerConnectionIceEvent) {
+        let candidate = match event.candidate.to_json() {
+            Ok(init) => init.candidate,
+            Err(e) => {
+                tracing::debug!(error = %e, "local candidate not expressible");
+                return;
+            }
+        };
+        // As in the description: relay-only never names our own addresses.
+        let candidate = if self.relay_only {
+            scrub_candidate(&candidate)
+        } else {
+            candidate
+        };
+        tracing::debug!(%candidate, "local candidate");
+        self.found.send_modify(|n| *n += 1);
+        if self
+            .candidates
+            .try_send(LocalCandidate::Candidate(candidate))
+            .is_err()
+        {
+            tracing::debug!("local candidate queue full: candidate not queued");
         }
     }
 
@@ -580,6 +646,8 @@ pub struct MediaTransport {
     ssrc: u32,
     payload_type: OnceLock<PayloadType>,
     gathered: watch::Receiver<u64>,
+    found: watch::Receiver<u64>,
+    local_candidates: Option<mpsc::Receiver<LocalCandidate>>,
     state: watch::Receiver<TransportState>,
     frames: Option<mpsc::Receiver<ReceivedFrame>>,
     controls: Option<mpsc::Receiver<Bytes>>,
@@ -891,6 +959,8 @@ impl MediaTransport {
             .with_certificates(vec![certificate])
             .build();
         let (gathered_tx, gathered) = watch::channel(0);
+        let (found_tx, found) = watch::channel(0);
+        let (candidates_tx, local_candidates) = mpsc::channel(LOCAL_CANDIDATE_QUEUE);
         let (state_tx, state) = watch::channel(TransportState::Connecting);
         let (frames_tx, frames) = mpsc::channel(512);
         let (video_frames_tx, video_frames) = mpsc::channel(VIDEO_QUEUE);
@@ -904,6 +974,9 @@ impl MediaTransport {
             .with_interceptor_registry(registry)
             .with_handler(Arc::new(Handler {
                 gathered: gathered_tx,
+                found: found_tx,
+                candidates: candidates_tx,
+                relay_only: config.relay_only,
                 state: state_tx,
                 frames: frames_tx,
                 video_frames: video_frames_tx,
@@ -1045,6 +1118,8 @@ impl MediaTransport {
             ssrc,
             payload_type: OnceLock::new(),
             gathered,
+            found,
+            local_candidates: Some(local_candidates),
             state,
             frames: Some(frames),
             controls: Some(controls),
@@ -1092,6 +1167,31 @@ impl MediaTransport {
                 "ICE gathering did not finish within {limit:?}; going on with the candidates found"
             ),
         }
+        self.describe_local().await
+    }
+
+    /// Our SDP once the first candidate after `found` candidates came (or gathering number
+    /// `gathered` completed), at most [`HOST_CANDIDATE_WAIT`] from now: the trickled
+    /// description, with the host candidates in it.
+    async fn early_local_sdp(&self, found: u64, gathered: u64) -> Result<String, TransportError> {
+        let mut found_watch = self.found.clone();
+        let mut gathered_watch = self.gathered.clone();
+        let wait = async {
+            tokio::select! {
+                _ = found_watch.wait_for(|n| *n > found) => {}
+                _ = gathered_watch.wait_for(|n| *n > gathered) => {}
+            }
+        };
+        // Going on without any is fine: they follow as candidates.
+        let _ = tokio::time::timeout(HOST_CANDIDATE_WAIT, wait).await;
+        // The candidates of one gathering step come one after the other: let the rest of this
+        // one in.
+        tokio::task::yield_now().await;
+        self.describe_local().await
+    }
+
+    /// Our local description as it is now, with the candidates gathered so far.
+    async fn describe_local(&self) -> Result<String, TransportError> {
         let desc = self
             .pc
             .local_description()
@@ -1113,6 +1213,70 @@ impl MediaTransport {
             .collect();
         tracing::debug!(?addresses, "local description ready");
         Ok(sdp)
+    }
+
+    /// Takes the stream of local candidates as gathering finds them, and the end of each
+    /// gathering (trickle ICE); `None` after the first call. Bounded: what does not fit is
+    /// dropped (it is still in every later description).
+    pub fn take_local_candidates(&mut self) -> Option<mpsc::Receiver<LocalCandidate>> {
+        self.local_candidates.take()
+    }
+
+    /// Creates the offer and returns its SDP at once, with the candidates found within
+    /// [`HOST_CANDIDATE_WAIT`] (trickle ICE: the rest come out of
+    /// [`Self::take_local_candidates`]).
+    pub async fn create_offer_trickle(&self) -> Result<String, TransportError> {
+        let (found, gathered) = (*self.found.borrow(), *self.gathered.borrow());
+        let offer = self.pc.create_offer(None).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_err)?;
+        self.early_local_sdp(found, gathered).await
+    }
+
+    /// Takes the peer's offer SDP and returns the answer SDP at once, as
+    /// [`Self::create_offer_trickle`] does.
+    pub async fn accept_offer_trickle(&self, offer: &str) -> Result<String, TransportError> {
+        let desc = RTCSessionDescription::offer(offer.to_owned())
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        self.pc
+            .set_remote_description(desc)
+            .await
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let (found, gathered) = (*self.found.borrow(), *self.gathered.borrow());
+        let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(rtc_err)?;
+        self.early_local_sdp(found, gathered).await
+    }
+
+    /// A new offer with the same ICE credentials and every candidate gathered so far, without
+    /// waiting: for a peer that does not trickle, once gathering found more than the first
+    /// offer held.
+    pub async fn create_offer_again(&self) -> Result<String, TransportError> {
+        let offer = self.pc.create_offer(None).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .map_err(rtc_err)?;
+        self.describe_local().await
+    }
+
+    /// Adds one of the peer's candidates (a `candidate:...` string, RFC 8839 without the
+    /// `a=`). Needs the peer's description first; the caller checks which ICE generation
+    /// (ufrag) it belongs to.
+    pub async fn add_remote_candidate(&self, candidate: &str) -> Result<(), TransportError> {
+        let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+            candidate: candidate.to_owned(),
+            ..Default::default()
+        };
+        self.pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| TransportError::BadDescription(e.to_string()))
     }
 
     /// Creates the offer; returns its SDP for the peer once ICE candidates are gathered.

@@ -53,18 +53,27 @@ impl TestServer {
     /// Starts the real server with an SFU in the same process (`sotto-signaling --sfu`), one
     /// worker on loopback.
     pub async fn start_with_sfu() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let sfu = sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
+        Self::start_with_sfu_link(std::sync::Arc::new(Self::loopback_sfu())).await
+    }
+
+    /// The SFU `start_with_sfu` hosts: one worker on loopback.
+    pub fn loopback_sfu() -> sotto_sfu::Sfu {
+        sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
             workers: 1,
             ..sotto_sfu::SfuConfig::default()
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Starts the real server hosting `sfu` (a test may wrap the SFU to watch or disturb it).
+    pub async fn start_with_sfu_link(sfu: std::sync::Arc<dyn sotto_signaling::SfuLink>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let shutdown = tokio_util::sync::CancellationToken::new();
         let app = sotto_signaling::App::with_sfu(
             sotto_signaling::ServerConfig::default(),
             shutdown.clone(),
-            Some(std::sync::Arc::new(sfu)),
+            Some(sfu),
         );
         tokio::spawn(sotto_signaling::serve(listener, app));
         TestServer { url, shutdown }

@@ -471,6 +471,136 @@ async fn three_cli_members_and_a_page_share_one_group_call() {
     let _ = std::fs::remove_file(wav);
 }
 
+/// The SFU forgets everyone mid-call (their ICE consent fails): the page and two CLI members
+/// each leave and join the SFU again on a new connection with the keys they have, and hear
+/// each other again with zero decrypt failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_and_cli_members_reconnect_to_an_sfu_that_lost_them() {
+    let test = "a_page_and_cli_members_reconnect_to_an_sfu_that_lost_them";
+    let _media = crate::MEDIA.lock().await;
+    let page_hz = 880.0;
+    let wav = tone_wav(page_hz, 5);
+    let Some(browser) = Browser::launch(Some(&wav)).await else {
+        return skip(test);
+    };
+    let sfu = std::sync::Arc::new(crate::forgetful_sfu::ForgetfulSfu::new(
+        Server::loopback_sfu(),
+    ));
+    let server = Server::start_with_sfu_link(sfu.clone()).await;
+    let room = room("sfu-lost");
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let members = [("alice", 440.0), ("bob", 660.0)];
+    let mut children = Vec::new();
+    for (name, hz) in members {
+        let child = Command::new(sotto_bin())
+            .args(["call", "--group", "--server", &server.ws_url()])
+            .args(["--room", &room, "--name", name, "--bind", "127.0.0.1:0"])
+            .args(["--tone", &hz.to_string(), "--duration", "16"])
+            .arg("--identity")
+            .arg(dir.join(name).join("identity.json"))
+            .arg("--stats-json")
+            .arg(dir.join(format!("{name}.json")))
+            .arg("--output")
+            .arg(dir.join(format!("{name}.wav")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((name, child));
+    }
+    wait_peers(&server, 2).await;
+    let page = browser.new_page(None).await;
+    page.goto(&format!("{}&group=1", server.page_url(&room, "web")))
+        .await;
+    let frames = |min: u64| {
+        move |s: &Value| {
+            s["participants"].as_array().is_some_and(|p| {
+                p.len() == 2
+                    && p.iter()
+                        .all(|p| p["frames_decrypted"].as_u64() >= Some(min))
+            })
+        }
+    };
+    let before = page
+        .wait_until(
+            "window.sotto.stats()",
+            frames(50),
+            CONNECT,
+            "50 frames from each member",
+        )
+        .await;
+    let forgotten = Instant::now();
+    assert_eq!(sfu.forget(&room), 3);
+    page.wait_until(
+        "window.sotto.group.sfuReconnects",
+        |v| v.as_u64() >= Some(1),
+        CONNECT,
+        "the page back on the SFU",
+    )
+    .await;
+    let back = forgotten.elapsed();
+    // 100 more frames (2 s) from each member, opened after the new connection.
+    let most = before["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["frames_decrypted"].as_u64())
+        .max()
+        .unwrap();
+    let after = page
+        .wait_until(
+            "window.sotto.stats()",
+            frames(most + 100),
+            CONNECT,
+            "the members' frames again",
+        )
+        .await;
+    eprintln!("the page was back on the SFU {back:?} after it forgot everyone; stats {after}");
+    for p in after["participants"].as_array().unwrap() {
+        assert_eq!(p["decrypt_failures"], 0, "{after}");
+    }
+    let status = page.text("status").await;
+    assert!(
+        status.as_str().is_some_and(|s| s.starts_with("connected")),
+        "{status}"
+    );
+    for (name, child) in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            report["sfu_reconnects"].as_u64() >= Some(1),
+            "{name}: {report}"
+        );
+        assert_eq!(report["decrypt_failures"], 0, "{name}: {report}");
+        // The last 3 s before the last second: the page's tone and the other member's.
+        let heard = read_wav(&dir.join(format!("{name}.wav")));
+        let end = heard.len().saturating_sub(48_000);
+        let window = &heard[end.saturating_sub(3 * 48_000)..end];
+        for (other, hz) in [("web", page_hz), ("alice", 440.0), ("bob", 660.0)] {
+            let s = share(window, hz);
+            eprintln!("{name} hears {other} at share {s:.2} after the reconnection");
+            if other != name {
+                assert!(s > 0.15, "{name} barely hears {other}: {s:.2}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(wav);
+}
+
 /// A member that signs another name than the server attested is refused by the page alone:
 /// its tile says why, and the call with the others goes on under the same group code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@ mod cdp;
 mod chat;
 mod cli;
 mod csp;
+#[path = "../support/forgetful_sfu.rs"]
+mod forgetful_sfu;
 mod group;
 #[path = "../support/mitm.rs"]
 mod mitm;
@@ -16,6 +18,7 @@ mod peer;
 mod restart;
 #[path = "../support/sotto_bin.rs"]
 mod sotto_bin;
+mod tap;
 mod v2;
 mod video;
 
@@ -49,12 +52,20 @@ impl Server {
 
     /// With an SFU in the same process (as `sotto-signaling --sfu`), for group calls.
     pub async fn start_with_sfu() -> Self {
-        let sfu = sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
+        Self::start_inner(Some(std::sync::Arc::new(Self::loopback_sfu()))).await
+    }
+
+    /// With `sfu` hosted (a test may wrap the SFU to watch or disturb it).
+    pub async fn start_with_sfu_link(sfu: std::sync::Arc<dyn sotto_signaling::SfuLink>) -> Self {
+        Self::start_inner(Some(sfu)).await
+    }
+
+    pub fn loopback_sfu() -> sotto_sfu::Sfu {
+        sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
             workers: 1,
             ..sotto_sfu::SfuConfig::default()
         })
-        .unwrap();
-        Self::start_inner(Some(std::sync::Arc::new(sfu))).await
+        .unwrap()
     }
 
     async fn start_inner(sfu: Option<std::sync::Arc<dyn sotto_signaling::SfuLink>>) -> Self {

@@ -131,6 +131,11 @@ impl RustPeer {
                 }
                 Ok(Some(SignalEvent::Message { from, data })) => {
                     let v: Value = serde_json::from_str(data.get()).unwrap();
+                    // This peer does not trickle ICE: it ignores those payloads, as an
+                    // engine from before trickle ICE does.
+                    if is_trickle(&v) {
+                        continue;
+                    }
                     if let (Some(kind @ ("offer" | "answer")), Some(sdp)) =
                         (v["kind"].as_str(), v["sdp"].as_str())
                     {
@@ -264,6 +269,9 @@ impl RustPeer {
             match tokio::time::timeout(left, events.recv()).await {
                 Ok(Some(SignalEvent::Message { data, .. })) => {
                     let v: Value = serde_json::from_str(data.get()).unwrap();
+                    if is_trickle(&v) {
+                        continue;
+                    }
                     if let (Some(kind), Some(sdp)) = (v["kind"].as_str(), v["sdp"].as_str()) {
                         self.sdp.lock().await.push((kind.into(), sdp.into()));
                     } else {
@@ -278,6 +286,14 @@ impl RustPeer {
             }
         }
     }
+}
+
+/// A trickle ICE payload (`trickle`, `candidate`, `end_of_candidates`).
+fn is_trickle(v: &Value) -> bool {
+    matches!(
+        v["kind"].as_str(),
+        Some("trickle" | "candidate" | "end_of_candidates")
+    )
 }
 
 impl RustPeer {

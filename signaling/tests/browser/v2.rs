@@ -77,6 +77,105 @@ async fn playout_order_rule_in_the_page() {
     assert_eq!(result["passed"], 24, "{result}");
 }
 
+/// Trickled candidates: the page takes what the engine takes (docs/call-protocol.md, "Trickle
+/// ICE": sizes, user fragment, printable `candidate:` text, no other fields) and applies the
+/// same per-generation rules (src/call/trickle.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickle_payloads_in_the_page_are_checked_as_the_engines() {
+    let test = "trickle_payloads_in_the_page_are_checked_as_the_engines";
+    let Some(browser) = Browser::launch(None).await else {
+        return skip(test);
+    };
+    let server = Server::start().await;
+    let page = unit_page(&browser, &server).await;
+    let line = "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host";
+    // 512 bytes, and one more.
+    let long = format!("candidate:{}", "1".repeat(502));
+    let too_long = format!("candidate:{}", "1".repeat(503));
+    let cases = [
+        (
+            json!({"kind": "candidate", "candidate": line, "sdp_mid": "0", "sdp_mline_index": 0, "ufrag": "AbCd+/09"}),
+            true,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "abcd"}),
+            true,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "abcd", "sdp_mid": null}),
+            true,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": long, "ufrag": "a".repeat(256)}),
+            true,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": too_long, "ufrag": "abcd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "a".repeat(257)}),
+            false,
+        ),
+        (json!({"kind": "candidate", "candidate": line}), false),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "abc"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "ab cd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": "a=candidate:1", "ufrag": "abcd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": "candidate: ", "ufrag": "abcd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": format!("{line}\r\na=x"), "ufrag": "abcd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": format!("{line}\u{1b}[2J"), "ufrag": "abcd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": 5, "ufrag": "abcd"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "abcd", "sdp": "x"}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "abcd", "sdp_mline_index": 70000}),
+            false,
+        ),
+        (
+            json!({"kind": "candidate", "candidate": line, "ufrag": "abcd", "sdp_mid": "m".repeat(33)}),
+            false,
+        ),
+    ];
+    let payloads: Vec<&Value> = cases.iter().map(|(p, _)| p).collect();
+    let got = page
+        .eval(&format!("window.trickleParse({})", json!(payloads)))
+        .await;
+    let got = got.as_array().expect("an array");
+    for ((payload, accepted), parsed) in cases.iter().zip(got) {
+        assert_eq!(!parsed.is_null(), *accepted, "{payload} -> {parsed}");
+        if *accepted {
+            assert_eq!(parsed["candidate"], payload["candidate"]);
+            assert_eq!(parsed["ufrag"], payload["ufrag"]);
+        }
+    }
+    let result = page.eval("window.runTrickleChecks()").await;
+    assert_eq!(result["failures"], Value::Array(vec![]), "{result}");
+    assert_eq!(result["passed"], 10, "{result}");
+}
+
 /// What `#trust-warning` shows ("" when hidden).
 pub async fn trust_warning(page: &Page) -> String {
     page.eval(

@@ -6,6 +6,13 @@ import { PlayoutOrder, tsAfter } from '../order.js';
 import { canonical, confusable, isMixedScript, skeleton } from '../names.js';
 import { MediaReceiver, MediaSender } from '../keys.js';
 import { openVp8, sealVp8 } from '../video.js';
+import {
+  MAX_CANDIDATES_PER_GENERATION,
+  MAX_HELD_CANDIDATES,
+  RemoteCandidates,
+  iceUfrag,
+  parseCandidate,
+} from '../trickle.js';
 
 const fromHex = (hex) => Uint8Array.from(hex.match(/../g) ?? [], (b) => parseInt(b, 16));
 const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
@@ -103,3 +110,34 @@ export function namesOf(list) {
 }
 
 export { confusable };
+
+/// For each payload, the candidate the page takes from it (as trickle.js parses it), or null.
+export function trickleParse(payloads) {
+  return payloads.map((p) => parseCandidate(p));
+}
+
+/// The peer-candidate rules of trickle.js, as src/call/trickle.rs has them: { passed, failures }.
+export function runTrickleChecks() {
+  const result = { passed: 0, failures: [] };
+  const expect = (name, got, want) => {
+    if (JSON.stringify(got) === JSON.stringify(want)) result.passed += 1;
+    else result.failures.push(`${name}: got ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+  };
+  const c = (n, ufrag) => ({ candidate: `candidate:${n} 1 udp 1 10.0.0.1 ${1000 + n} typ host`, ufrag });
+  const peer = new RemoteCandidates();
+  expect('held before its description', peer.candidate(c(1, 'gen1')), 'held');
+  expect('held, next generation', peer.candidate(c(2, 'gen2')), 'held');
+  expect('released with gen1', peer.described('gen1'), [c(1, 'gen1')]);
+  expect('applied in gen1', peer.candidate(c(3, 'gen1')), 'apply');
+  expect('released with gen2', peer.described('gen2'), [c(2, 'gen2')]);
+  expect('gen1 is stale', peer.candidate(c(4, 'gen1')), 'dropped');
+  expect('applied in gen2', peer.candidate(c(5, 'gen2')), 'apply');
+  let applied = 2;
+  for (let n = 0; n < 100; n += 1) if (peer.candidate(c(100 + n, 'gen2')) === 'apply') applied += 1;
+  expect('capped per generation', applied, MAX_CANDIDATES_PER_GENERATION);
+  const full = new RemoteCandidates();
+  for (let n = 0; n < MAX_HELD_CANDIDATES; n += 1) full.candidate(c(n, 'later'));
+  expect('held are capped', full.candidate(c(999, 'later')), 'dropped');
+  expect('ufrag from SDP', iceUfrag('v=0\r\na=ice-ufrag:abcd \r\n'), 'abcd');
+  return result;
+}

@@ -19,6 +19,7 @@ use crate::handshake::{
 };
 use crate::media::{OpusEncoder, SAMPLE_RATE};
 use crate::names;
+use crate::signal::IceServerInfo;
 use crate::signal::{PeerInfo as SignalPeer, SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{SfuTransport, SfuTransportConfig, TransportState};
 
@@ -33,6 +34,7 @@ use super::super::session::{
 use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
 use super::media::{GroupCapture, GroupPlayback, PLAYBACK_QUEUE, PlaybackInput, Speaking};
+use super::reconnect::{Action, GIVE_UP as RECONNECT_GIVE_UP, SfuReconnect};
 
 /// The SFU's reserved peer id on the signaling server.
 const SFU_PEER: &str = "sfu";
@@ -106,6 +108,12 @@ struct Run {
     code: Option<String>,
     speaking: Arc<Speaking>,
     sfu_connected: bool,
+    /// Which SFU connection is the current one: states of older ones are stale.
+    sfu_gen: u64,
+    /// When to make a new connection to the SFU after the path was lost.
+    reconnect: SfuReconnect,
+    /// First audio was reported (a new SFU connection restarts the media threads).
+    first_audio: bool,
     /// The room as the server described it.
     room: Option<RoomInfo>,
     /// Set when the call goes back to a two-party call with this member.
@@ -145,6 +153,9 @@ pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -
         code: None,
         speaking: Arc::default(),
         sfu_connected: false,
+        sfu_gen: 0,
+        reconnect: SfuReconnect::default(),
+        first_audio: false,
         room: None,
         back: None,
         departed: Vec::new(),
@@ -214,7 +225,7 @@ async fn run_inner(
     run: &mut Run,
     handover: Option<RoomHandover>,
 ) -> (Exit, Option<mpsc::Receiver<SignalEvent>>) {
-    let (state_tx, mut transport_state) = mpsc::unbounded_channel::<TransportState>();
+    let (state_tx, mut transport_state) = mpsc::unbounded_channel::<(u64, TransportState)>();
     let mut signal_events = match handover {
         Some(h) => {
             run.signal = Some(h.signal);
@@ -261,8 +272,8 @@ async fn events_loop(
     session: &mut Session,
     run: &mut Run,
     signal_events: &mut mpsc::Receiver<SignalEvent>,
-    state_tx: mpsc::UnboundedSender<TransportState>,
-    transport_state: &mut mpsc::UnboundedReceiver<TransportState>,
+    state_tx: mpsc::UnboundedSender<(u64, TransportState)>,
+    transport_state: &mut mpsc::UnboundedReceiver<(u64, TransportState)>,
 ) -> Exit {
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
     let mut stats_tick = tokio::time::interval(session.config.stats_interval);
@@ -279,6 +290,7 @@ async fn events_loop(
             .keys
             .as_ref()
             .and_then(|k| k.lock().ok().and_then(|k| k.poll_timeout()));
+        let reconnect_deadline = run.reconnect.deadline();
         tokio::select! {
             event = signal_events.recv(), if run.signaling_up => {
                 let Some(event) = event else {
@@ -314,27 +326,53 @@ async fn events_loop(
                     let _ = reply.send(Err(crate::messages::MessageError::NotInGroupCalls));
                 }
             },
-            Some(state) = transport_state.recv() => match state {
-                TransportState::Connected => {
-                    run.sfu_connected = true;
-                    if run.media.is_none()
-                        && let Err(reason) = start_media(session, run, &notices_tx)
-                    {
-                        return Exit::End(reason);
+            Some((generation, state)) = transport_state.recv() => {
+                if generation != run.sfu_gen {
+                    continue; // a connection already replaced
+                }
+                match state {
+                    TransportState::Connected => {
+                        run.sfu_connected = true;
+                        if let Some(outage) = run.reconnect.connected(Instant::now()) {
+                            tracing::info!(?outage, "the path to the SFU is back");
+                            session.shared.sfu_reconnects.fetch_add(1, Relaxed);
+                        }
+                        if run.media.is_none()
+                            && let Err(reason) = start_media(session, run, &notices_tx)
+                        {
+                            return Exit::End(reason);
+                        }
+                        update_state(session, run);
                     }
-                    update_state(session, run);
+                    TransportState::Disconnected if session.had_media => {
+                        run.reconnect.disconnected(Instant::now());
+                        set_state(session, run, CallState::Reconnecting);
+                    }
+                    TransportState::Failed | TransportState::Closed if session.had_media => {
+                        run.reconnect.failed(Instant::now());
+                        set_state(session, run, CallState::Reconnecting);
+                    }
+                    TransportState::Failed | TransportState::Closed => {
+                        return Exit::End(EndReason::ConnectionFailed(
+                            "the connection to the SFU failed".into(),
+                        ));
+                    }
+                    _ => {}
                 }
-                TransportState::Disconnected if run.media.is_some() => {
-                    set_state(session, run, CallState::Reconnecting);
+            }
+            _ = tokio::time::sleep_until(reconnect_deadline.map_or(far, tokio::time::Instant::from_std)),
+                if reconnect_deadline.is_some() => {
+                match run.reconnect.poll(Instant::now()) {
+                    Some(Action::Reconnect) => reconnect_sfu(session, run, &state_tx).await,
+                    Some(Action::GiveUp) => {
+                        return Exit::End(EndReason::ConnectionFailed(format!(
+                            "the path to the SFU did not come back within {} s",
+                            RECONNECT_GIVE_UP.as_secs()
+                        )));
+                    }
+                    None => {}
                 }
-                // No ICE restart towards the SFU yet: a failed path ends the call.
-                TransportState::Failed | TransportState::Closed => {
-                    return Exit::End(EndReason::ConnectionFailed(
-                        "the connection to the SFU failed".into(),
-                    ));
-                }
-                _ => {}
-            },
+            }
             _ = tokio::time::sleep_until(keys_deadline.map_or(far, tokio::time::Instant::from_std)),
                 if keys_deadline.is_some() => {
                 if let Some(keys) = &run.keys
@@ -346,7 +384,9 @@ async fn events_loop(
                 pump(run).await;
             }
             Some(notice) = notices.recv() => match notice {
+                MediaNotice::FirstAudio(_) if run.first_audio => {}
                 MediaNotice::FirstAudio(setup) => {
+                    run.first_audio = true;
                     let setup_ms = setup.as_secs_f64() * 1000.0;
                     tracing::info!(setup_ms, "first audio played");
                     emit(session, CallEvent::FirstAudio { setup_ms });
@@ -365,7 +405,7 @@ async fn events_loop(
                     emit(session, CallEvent::Stats(stats));
                 }
             }
-            _ = tokio::time::sleep_until(setup_deadline), if !run.sfu_connected => {
+            _ = tokio::time::sleep_until(setup_deadline), if !run.sfu_connected && !session.had_media => {
                 return Exit::End(EndReason::Timeout("the connection to the SFU"));
             }
         }
@@ -406,7 +446,7 @@ async fn on_signal(
     session: &mut Session,
     run: &mut Run,
     event: SignalEvent,
-    state_tx: &mpsc::UnboundedSender<TransportState>,
+    state_tx: &mpsc::UnboundedSender<(u64, TransportState)>,
 ) -> Result<(), EndReason> {
     match event {
         SignalEvent::Joined {
@@ -447,6 +487,14 @@ async fn on_signal(
                 update_state(session, run);
             }
         }
+        // The server's SFU went away (an attached one that died): join again, wherever
+        // the server places the room now.
+        SignalEvent::PeerLeft { peer_id } if peer_id == SFU_PEER => {
+            if session.had_media {
+                run.reconnect.failed(Instant::now());
+                set_state(session, run, CallState::Reconnecting);
+            }
+        }
         SignalEvent::PeerLeft { peer_id } => {
             member_left(session, run, &peer_id).await;
         }
@@ -465,7 +513,10 @@ async fn on_signal(
         }
         SignalEvent::ServerError { code, message } => {
             use crate::signal::ErrorCode;
-            if !run.sfu_connected && matches!(code, ErrorCode::NoSfu | ErrorCode::SfuRefused) {
+            if !run.sfu_connected
+                && !run.reconnect.is_lost()
+                && matches!(code, ErrorCode::NoSfu | ErrorCode::SfuRefused)
+            {
                 return Err(EndReason::ConnectionFailed(format!(
                     "the SFU refused us: {}: {message}",
                     code.as_str()
@@ -496,7 +547,7 @@ async fn enter(
     session: &Session,
     run: &mut Run,
     room: RoomInfo,
-    state_tx: &mpsc::UnboundedSender<TransportState>,
+    state_tx: &mpsc::UnboundedSender<(u64, TransportState)>,
 ) -> Result<(), EndReason> {
     run.room = Some(room.clone());
     let RoomInfo {
@@ -513,6 +564,26 @@ async fn enter(
     let slot = slot
         .and_then(|s| Slot::new(s).ok())
         .ok_or_else(|| EndReason::SignalingFailed("the server gave us no slot".into()))?;
+    let offer = connect_sfu(session, run, ice_servers, state_tx).await?;
+    let keys = GroupKeys::new(session.config.suite, slot)
+        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
+    let keys = Arc::new(Mutex::new(keys));
+    #[cfg(feature = "insecure-test-hooks")]
+    if let Some(tap) = &session.config.insecure_group_keys_for_tests {
+        tap.put(&keys);
+    }
+    run.keys = Some(keys);
+    send_signal(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
+    Ok(())
+}
+
+/// Makes a new connection to the SFU (the current one, `run.sfu_gen`) and returns its offer.
+async fn connect_sfu(
+    session: &Session,
+    run: &mut Run,
+    ice_servers: Vec<IceServerInfo>,
+    state_tx: &mpsc::UnboundedSender<(u64, TransportState)>,
+) -> Result<String, EndReason> {
     let mut config = SfuTransportConfig {
         udp_addrs: session.config.transport.udp_addrs.clone(),
         ice_servers: session.config.transport.ice_servers.clone(),
@@ -535,23 +606,64 @@ async fn enter(
         .ok()
         .and_then(|f| f.into_iter().next());
     let transport = Arc::new(transport);
-    watch_state(&transport, state_tx.clone());
+    watch_state(&transport, run.sfu_gen, state_tx.clone());
     run.transport = Some(transport);
-    let keys = GroupKeys::new(session.config.suite, slot)
-        .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
-    run.keys = Some(Arc::new(Mutex::new(keys)));
-    send_signal(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await?;
-    Ok(())
+    Ok(offer)
 }
 
-/// Forwards the SFU connection's state changes to the call task.
-fn watch_state(transport: &Arc<SfuTransport>, tx: mpsc::UnboundedSender<TransportState>) {
+/// The path to the SFU was lost: stops the media (the audio I/O goes home), leaves the SFU and
+/// joins it again over a new connection. The keys stay: the SFU never holds any, and the
+/// members are the same. A step that fails is tried again at the next attempt.
+async fn reconnect_sfu(
+    session: &Session,
+    run: &mut Run,
+    state_tx: &mpsc::UnboundedSender<(u64, TransportState)>,
+) {
+    tracing::info!("reconnecting to the SFU");
+    if let Some(media) = run.media.take() {
+        // The audio I/O goes home unfinished: the next media threads take it up.
+        media.threads.handover.store(true, Relaxed);
+        stop_media(media.threads).await;
+    }
+    run.sfu_connected = false;
+    let _ = send_signal(run, SFU_PEER, &json!({"kind": "sfu_leave"})).await;
+    if let Some(old) = run.transport.take() {
+        tokio::spawn(async move {
+            if let Err(e) = old.close().await {
+                tracing::debug!("closing the old SFU connection: {e}");
+            }
+        });
+    }
+    run.sfu_gen += 1;
+    let ice_servers = run
+        .room
+        .as_ref()
+        .map(|r| r.ice_servers.clone())
+        .unwrap_or_default();
+    let offer = match connect_sfu(session, run, ice_servers, state_tx).await {
+        Ok(offer) => offer,
+        Err(e) => {
+            tracing::warn!("a new connection to the SFU: {e}");
+            return;
+        }
+    };
+    if let Err(e) = send_signal(run, SFU_PEER, &json!({"kind": "sfu_offer", "sdp": offer})).await {
+        tracing::warn!("offering to the SFU again: {e}");
+    }
+}
+
+/// Forwards the SFU connection's state changes to the call task, tagged with its generation.
+fn watch_state(
+    transport: &Arc<SfuTransport>,
+    generation: u64,
+    tx: mpsc::UnboundedSender<(u64, TransportState)>,
+) {
     let transport = Arc::clone(transport);
     tokio::spawn(async move {
         let mut watch = transport.state_watch();
         loop {
             let state = *watch.borrow_and_update();
-            if tx.send(state).is_err() || state == TransportState::Closed {
+            if tx.send((generation, state)).is_err() || state == TransportState::Closed {
                 return;
             }
             if watch.changed().await.is_err() {
@@ -576,10 +688,19 @@ async fn on_sfu_message(run: &mut Run, data: &str) -> Result<(), EndReason> {
         }
     };
     match (answer.kind.as_str(), answer.sdp, &run.transport) {
-        ("sfu_answer", Some(sdp), Some(transport)) if !run.sfu_connected => transport
-            .accept_answer(&sdp)
-            .await
-            .map_err(|e| EndReason::ConnectionFailed(format!("the SFU's answer: {e}"))),
+        ("sfu_answer", Some(sdp), Some(transport)) if !run.sfu_connected => {
+            match transport.accept_answer(&sdp).await {
+                Ok(()) => Ok(()),
+                // An answer to an earlier offer: the next attempt sorts it out.
+                Err(e) if run.reconnect.is_lost() => {
+                    tracing::warn!("the SFU's answer while reconnecting: {e}");
+                    Ok(())
+                }
+                Err(e) => Err(EndReason::ConnectionFailed(format!(
+                    "the SFU's answer: {e}"
+                ))),
+            }
+        }
         (kind, ..) => {
             tracing::debug!(kind, "ignoring a message from the SFU");
             Ok(())
@@ -689,8 +810,13 @@ async fn on_member_message(
             }
             on_control(session, run, from, &frame).await;
         }
-        IncomingSignal::Offer(_) | IncomingSignal::Answer(_) | IncomingSignal::CanRestart => {
-            tracing::debug!(%from, "ignoring SDP from a member: group media goes through the SFU");
+        IncomingSignal::Offer(_)
+        | IncomingSignal::Answer(_)
+        | IncomingSignal::CanRestart
+        | IncomingSignal::Trickle
+        | IncomingSignal::Candidate(_)
+        | IncomingSignal::EndOfCandidates(_) => {
+            tracing::debug!(%from, "ignoring SDP or ICE from a member: group media goes through the SFU");
         }
     }
     Ok(())
