@@ -18,6 +18,7 @@ import { Conversation, MAX_TEXT_BYTES, timerText } from './chat.js';
 import { canonical, isMixedScript } from './names.js';
 import { SframeReceiver, SframeSender } from './sframe.js';
 import { runGroup } from './group.js';
+import { IceRestarts, selectedPath } from './restart.js';
 import { Trickle, firstCandidate } from './trickle.js';
 
 // A chat message of 4 KiB of text needs up to 6 x that as escaped JSON.
@@ -60,6 +61,8 @@ const call = {
   camera: false, // Our camera is on (sent, sealed, once the call has keys).
   cameraError: null,
   remoteVideo: false, // The peer's video is attached to #remote-video (only once keys exist).
+  // ICE restarts (restart.js): reconnecting, iceRestarts, outages [{ lost, restarted, back }].
+  restart: {},
   // Text messages (docs/call-protocol.md, "Messages"): the events as `sotto call --chat-json`
   // writes them (a text is null once its message expired), the counters, and send/setTimer.
   chat: { events: [], counters: { sent: 0, received: 0, rejected: 0, expired: 0 }, ttl: null },
@@ -226,6 +229,7 @@ async function main() {
 
   const roomPeers = new Map();
   let pc = null;
+  let restarts = null; // IceRestarts, with the peer connection.
   let channel = null;
   let handshake = null;
   let established = null; // Set once the media keys are installed.
@@ -801,10 +805,12 @@ async function main() {
       audio.play().catch(() => {});
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'failed') end('the connection failed');
+      // Once connected, a failed path is the restarts' to repair (or give up on).
+      if (pc.connectionState === 'failed' && !restarts?.connectedOnce) end('the connection failed');
       updateConnected();
     };
     pc.onicecandidate = (e) => trickle.onLocal(e);
+    restarts = watchRestarts(role);
     const guard = setInterval(() => (ended ? clearInterval(guard) : checkTransforms()), 2000);
     channel = pc.createDataChannel('sotto-control', { negotiated: true, id: 0, ordered: true });
     channel.binaryType = 'arraybuffer';
@@ -859,7 +865,7 @@ async function main() {
       // After the description it belongs to; one that does not apply costs nothing.
       trickle.onCandidate(data, addPeerCandidate);
     } else if (data.kind === 'offer' && call.role === 'responder' && typeof data.sdp === 'string') {
-      if (peerSdp !== null) return; // One offer per call.
+      if (peerSdp !== null) return restarts.onOffer(data.sdp); // An ICE restart.
       peerSdp = data.sdp;
       checkBinding();
       trickle.peerDescribed();
@@ -876,10 +882,11 @@ async function main() {
         checkOwnSdp();
         signal({ kind: 'answer', sdp: pc.localDescription.sdp });
         if (trickling) trickle.sent();
+        restarts.firstAnswerSent(data.sdp);
       });
       sdpQueue.catch(fail('could not answer'));
     } else if (data.kind === 'answer' && call.role === 'initiator' && typeof data.sdp === 'string') {
-      if (peerSdp !== null) return; // One answer per call.
+      if (peerSdp !== null) return restarts.onAnswer(data.sdp); // To an ICE restart.
       peerSdp = data.sdp;
       checkBinding();
       trickle.peerDescribed();
@@ -889,7 +896,35 @@ async function main() {
         trickle.applied(data.sdp).forEach(addPeerCandidate);
       });
       sdpQueue.catch(fail('could not accept the answer'));
+    } else if (data.kind === 'can_restart') {
+      restarts.onCanRestart();
     }
+  }
+
+  /// ICE restarts on this call's peer connection (restart.js), after the SDP work before.
+  function watchRestarts(role) {
+    return new IceRestarts({
+      pc,
+      role,
+      signal,
+      peerDtls: () => peerDtls,
+      checkOwnSdp,
+      queue: (fn) => {
+        sdpQueue = sdpQueue.then(fn, () => {});
+      },
+      ended: () => ended,
+      end,
+      onMismatch: () => {
+        call.handshakeError = 'DtlsMismatch';
+        end(DTLS_MISMATCH);
+      },
+      setStatus,
+      onBack: updateConnected,
+      // A restart's description applied: its generation's candidates that came early.
+      remoteApplied: (sdp) => trickle.applied(sdp).forEach(addPeerCandidate),
+      peerTrickles: () => trickle.peerTrickles === true,
+      state: call.restart,
+    });
   }
 
   ws.onopen = () => {
@@ -1005,7 +1040,10 @@ async function main() {
       videoOutbound: null,
     };
     if (pc) {
-      for (const s of (await pc.getStats()).values()) {
+      const report = await pc.getStats();
+      out.path = selectedPath(report);
+      out.restart = call.restart;
+      for (const s of report.values()) {
         if (s.type === 'inbound-rtp' && s.kind === 'audio') {
           out.inbound = {
             packetsReceived: s.packetsReceived,

@@ -90,6 +90,37 @@ impl Conn {
 
 static PROFILE_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How to start Chromium, beyond the defaults of [`Browser::launch`].
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// The WAV file its fake microphone plays.
+    pub fake_audio: Option<&'a Path>,
+    /// The Y4M file its fake camera plays.
+    pub fake_video: Option<&'a Path>,
+    /// Runs it inside this network namespace (`ip netns exec`); DevTools is reached there.
+    pub netns: Option<&'a str>,
+    /// More command-line flags.
+    pub args: Vec<String>,
+}
+
+/// A TCP connection to `addr` made inside network namespace `ns` (a socket keeps the
+/// namespace it was made in, so only a short-lived thread enters it).
+fn connect_in_netns(ns: &str, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on a valid namespace fd; only this short-lived thread changes.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        stream
+    })
+    .join()
+    .unwrap()
+}
+
 impl Browser {
     /// Starts Chromium with the flags of `../shared/notes/platform-notes.md`; `fake_audio` is
     /// the WAV file its fake microphone plays. `None` when Chromium is not installed and not
@@ -104,6 +135,22 @@ impl Browser {
         fake_audio: Option<&Path>,
         fake_video: Option<&Path>,
     ) -> Option<Browser> {
+        Self::launch_opts(Launch {
+            fake_audio,
+            fake_video,
+            ..Launch::default()
+        })
+        .await
+    }
+
+    /// Starts Chromium as `opts` says.
+    pub async fn launch_opts(opts: Launch<'_>) -> Option<Browser> {
+        let Launch {
+            fake_audio,
+            fake_video,
+            netns,
+            args,
+        } = opts;
         let Some(binary) = find_chromium() else {
             assert!(
                 !browser_required(),
@@ -118,7 +165,15 @@ impl Browser {
         ));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();
-        let mut cmd = Command::new(&binary);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                // `ip netns exec` execs Chromium in place: the child is Chromium itself.
+                cmd.args(["netns", "exec", ns]).arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
         cmd.args([
             "--headless",
             "--no-sandbox",
@@ -130,7 +185,6 @@ impl Browser {
             "--disable-sync",
             "--use-fake-device-for-media-stream",
             "--use-fake-ui-for-media-stream",
-            "--allow-loopback-in-peer-connection",
             "--autoplay-policy=no-user-gesture-required",
             "--remote-debugging-port=0",
         ])
@@ -147,6 +201,13 @@ impl Browser {
                 y4m.display()
             ));
         }
+        if netns.is_none() {
+            // Calls within one machine. Not in a namespace of the simulated networks: there it
+            // would only add a path that never works, and a TURN allocation from loopback
+            // never completes, which holds up gathering for its whole timeout.
+            cmd.arg("--allow-loopback-in-peer-connection");
+        }
+        cmd.args(&args);
         cmd.arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -158,11 +219,13 @@ impl Browser {
         // Chromium writes its DevTools port and browser path into the profile once it listens.
         let port_file = profile.join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
+        let (port, url) = loop {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
                 let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    break format!("ws://127.0.0.1:{port}{path}");
+                if let (Some(port), Some(path)) = (lines.next(), lines.next())
+                    && let Ok(port) = port.parse::<u16>()
+                {
+                    break (port, format!("ws://127.0.0.1:{port}{path}"));
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -174,9 +237,19 @@ impl Browser {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
-            .await
-            .expect("connect to DevTools");
+        let (ws, _) = match netns {
+            Some(ns) => {
+                let tcp = connect_in_netns(ns, ([127, 0, 0, 1], port).into());
+                let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+                let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+                tokio_tungstenite::client_async(&url, stream)
+                    .await
+                    .expect("connect to DevTools")
+            }
+            None => tokio_tungstenite::connect_async(&url)
+                .await
+                .expect("connect to DevTools"),
+        };
         let (sink, mut stream) = ws.split();
         let pending: Pending = Arc::default();
         let log = Log::default();
@@ -241,6 +314,8 @@ impl Browser {
             session: attached["sessionId"].as_str().unwrap().to_string(),
         };
         page.call("Runtime.enable", json!({})).await;
+        // The browser's own messages too: failed loads, certificate and network errors.
+        page.call("Log.enable", json!({})).await;
         page.call("Page.enable", json!({})).await;
         if let Some(script) = init_script {
             page.call(
@@ -266,6 +341,13 @@ fn log_event(log: &Log, v: &Value) {
                 "console.{}: {}",
                 v["params"]["type"],
                 args.join(" ")
+            ));
+        }
+        Some("Log.entryAdded") => {
+            let e = &v["params"]["entry"];
+            log.push(format!(
+                "log.{} ({}): {} {}",
+                e["level"], e["source"], e["text"], e["url"]
             ));
         }
         Some("Runtime.exceptionThrown") => log.push(format!(
@@ -393,8 +475,12 @@ impl Page {
                 let status = self
                     .try_eval("document.getElementById('status')?.textContent")
                     .await;
+                // What the page loaded, and how long each load took (a load that hangs shows).
+                let loads = self
+                    .try_eval("performance.getEntriesByType('resource').map((r) => `${r.name.split('/').pop()} ${Math.round(r.startTime)}+${Math.round(r.duration)} ms`).join(', ')")
+                    .await;
                 panic!(
-                    "timed out after {timeout:?} waiting for {what} ({expr}): last {last:?}, #status {status:?}\npage log:\n{}",
+                    "timed out after {timeout:?} waiting for {what} ({expr}): last {last:?}, #status {status:?}, loads {loads:?}\npage log:\n{}",
                     self.log.dump()
                 );
             }

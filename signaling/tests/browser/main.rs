@@ -13,7 +13,9 @@ mod group;
 #[path = "../support/mitm.rs"]
 mod mitm;
 mod mitm_pages;
+mod netsim;
 mod peer;
+mod restart;
 #[path = "../support/sotto_bin.rs"]
 mod sotto_bin;
 mod tap;

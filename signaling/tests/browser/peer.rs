@@ -237,10 +237,31 @@ impl RustPeer {
         self.sdp_of("answer", timeout).await
     }
 
+    /// The browser's `n`th (from 0) SDP answer, once it arrives (ICE restarts add more).
+    pub async fn nth_answer(&self, n: usize, timeout: Duration) -> String {
+        self.nth_sdp("answer", n, timeout).await
+    }
+
+    /// The next relayed payload from the browser that is not an SDP, as JSON.
+    pub async fn next_signal(&self, timeout: Duration) -> Value {
+        self.next_message(Instant::now() + timeout).await
+    }
+
     async fn sdp_of(&self, want: &str, timeout: Duration) -> String {
+        self.nth_sdp(want, 0, timeout).await
+    }
+
+    async fn nth_sdp(&self, want: &str, n: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some((_, sdp)) = self.sdp.lock().await.iter().find(|(k, _)| k == want) {
+            if let Some((_, sdp)) = self
+                .sdp
+                .lock()
+                .await
+                .iter()
+                .filter(|(k, _)| k == want)
+                .nth(n)
+            {
                 return sdp.clone();
             }
             let mut events = self.events.lock().await;
