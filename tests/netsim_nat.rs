@@ -31,6 +31,7 @@ fn missing_capability() -> Option<String> {
         ["ip", "netns"],
         ["iptables", "--version"],
         ["turnserver", "-h"],
+        ["tcpdump", "--version"],
     ] {
         let ok = Command::new(tool[0])
             .arg(tool[1])
@@ -306,14 +307,82 @@ async fn a_call_across_two_symmetric_nats_goes_through_turn_from_the_welcome() {
     }
     let net = Networks::up("sns", "symmetric", "netsim-turn-secret", true).await;
     let dir = common::temp_dir("netsim-nat-symmetric");
-    let args = ["--duration", "8"];
-    let (a, b) = both(
-        net.call(1, "symmetric", &dir, &args),
-        net.call(2, "symmetric", &dir, &args),
-    )
-    .await;
+    // Everything UDP on the public side, where coturn relays, is recorded; Alice also sends a
+    // text message, whose words must never show there.
+    let capture = Capture::start(&format!("{}-pub", net.prefix), &dir.join("public.pcap"));
+    let marker = format!("plaintext marker {} never on the relay", std::process::id());
+    std::fs::write(dir.join("alice-says.txt"), format!("{marker}\n")).unwrap();
+    let mut alice = net.call(1, "symmetric", &dir, &["--duration", "8", "--chat"]);
+    alice.stdin(std::fs::File::open(dir.join("alice-says.txt")).unwrap());
+    let bob = net.call(2, "symmetric", &dir, &["--duration", "8", "--chat"]);
+    let (a, b) = both(alice, bob).await;
+    let recorded = capture.stop();
     check_call_worked(&a, &b, &dir);
+    // Bob got the message, so it crossed the relay; its words never did, nor did the tones'
+    // audio in any form the relay could read: 8 s of two calls' media went through it.
+    let bob_out = String::from_utf8_lossy(&b.stdout);
+    assert!(
+        bob_out.contains(&marker),
+        "bob never got the message: {bob_out}"
+    );
+    assert!(
+        recorded.len() > 100_000,
+        "the capture saw {} bytes",
+        recorded.len()
+    );
+    assert!(
+        !recorded
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes()),
+        "the message crossed coturn in the clear"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// tcpdump in a namespace, writing every UDP packet it sees to a file.
+struct Capture {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Capture {
+    /// Starts recording and returns once tcpdump listens.
+    fn start(ns: &str, path: &Path) -> Capture {
+        use std::io::BufRead;
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", "any", "-n", "-U", "-s", "0", "-w",
+            ])
+            .arg(path)
+            .arg("udp")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("listening on") => break,
+                Some(Ok(_)) => {}
+                other => panic!("tcpdump did not start: {other:?}"),
+            }
+        }
+        // Keep reading so tcpdump never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Capture {
+            child,
+            path: path.to_owned(),
+        }
+    }
+
+    /// Stops tcpdump (it flushes on SIGINT) and returns the file's bytes.
+    fn stop(mut self) -> Vec<u8> {
+        // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs tcpdump in place).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let _ = self.child.wait();
+        std::fs::read(&self.path).unwrap()
+    }
 }
 
 /// `--relay-only`: the peer learns no address of ours, only the relay's, and the call works.
