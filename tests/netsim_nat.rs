@@ -159,6 +159,8 @@ impl Networks {
             .arg("--output")
             .arg(dir.join(format!("{name}.wav")))
             .args(extra)
+            // What the transport did (candidates, ICE states) shows with a failed call.
+            .env("RUST_LOG", "sotto=debug")
             .stdin(Stdio::null());
         cmd
     }
@@ -312,9 +314,9 @@ async fn a_call_across_two_symmetric_nats_goes_through_turn_from_the_welcome() {
     let capture = Capture::start(&format!("{}-pub", net.prefix), &dir.join("public.pcap"));
     let marker = format!("plaintext marker {} never on the relay", std::process::id());
     std::fs::write(dir.join("alice-says.txt"), format!("{marker}\n")).unwrap();
-    let mut alice = net.call(1, "symmetric", &dir, &["--duration", "8", "--chat"]);
+    let mut alice = net.call(1, "symmetric", &dir, &["--duration", "12", "--chat"]);
     alice.stdin(std::fs::File::open(dir.join("alice-says.txt")).unwrap());
-    let bob = net.call(2, "symmetric", &dir, &["--duration", "8", "--chat"]);
+    let bob = net.call(2, "symmetric", &dir, &["--duration", "12", "--chat"]);
     let (a, b) = both(alice, bob).await;
     let recorded = capture.stop();
     check_call_worked(&a, &b, &dir);
