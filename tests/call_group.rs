@@ -19,6 +19,15 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Calls in this binary run one at a time: each is several real-time pipelines on 2 cores.
 static ONE_CALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Sends the engine's debug log to the test's captured output, shown when a test fails.
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sotto=debug,sotto_sfu=debug,sotto_signaling=info")
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// What one member saw, once its call ended.
 #[derive(Debug, Default)]
 struct Seen {
@@ -145,6 +154,7 @@ fn share(x: &[f32], hz: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_hear_each_other_through_the_sfu_under_one_group_code() {
     let _one = ONE_CALL.lock().await;
+    capture_logs();
     let server = TestServer::start_with_sfu().await;
     let (full_tx, mut full) = mpsc::unbounded_channel();
     let tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
@@ -201,6 +211,7 @@ async fn three_members_hear_each_other_through_the_sfu_under_one_group_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking() {
     let _one = ONE_CALL.lock().await;
+    capture_logs();
     let server = TestServer::start_with_sfu().await;
     let (full_tx, mut full) = mpsc::unbounded_channel();
     let mut alice = start(&server, "leave", "alice", 440.0, full_tx.clone());
@@ -268,6 +279,7 @@ async fn the_group_code_changes_when_a_member_leaves_and_the_rest_keep_talking()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_reconnect_to_an_sfu_that_lost_them_and_keep_talking() {
     let _one = ONE_CALL.lock().await;
+    capture_logs();
     let sfu = std::sync::Arc::new(forgetful_sfu::ForgetfulSfu::new(TestServer::loopback_sfu()));
     let server = TestServer::start_with_sfu_link(sfu.clone()).await;
     let (full_tx, mut full) = mpsc::unbounded_channel();
@@ -486,6 +498,7 @@ async fn until_marked(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_party_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_leaves() {
     let _one = ONE_CALL.lock().await;
+    capture_logs();
     let server = TestServer::start_with_sfu().await;
     let (marks_tx, mut marks) = mpsc::unbounded_channel();
     let (alice_sink, alice_hang_up, alice) =
@@ -550,6 +563,7 @@ async fn a_two_party_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_l
 async fn churn_never_reaches_steady_members_as_garbage_or_long_gaps() {
     use rand::{Rng, SeedableRng};
     let _one = ONE_CALL.lock().await;
+    capture_logs();
     let server = TestServer::start_with_sfu().await;
     let (marks_tx, mut marks) = mpsc::unbounded_channel();
     let steady_tones = [("alice", 440.0), ("bob", 660.0), ("carol", 880.0)];
@@ -764,6 +778,7 @@ async fn roster_liar(upstream: String, hidden: &'static str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_hides_a_member_from_one_member_is_exposed_by_the_codes() {
     let _one = ONE_CALL.lock().await;
+    capture_logs();
     let server = TestServer::start_with_sfu().await;
     let liar = roster_liar(server.url.clone(), "carol").await;
     let (marks_tx, mut marks) = mpsc::unbounded_channel();

@@ -9,7 +9,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use sotto::signal::ErrorCode;
 use sotto::signal::protocol::{
-    ClientMessage, PROTOCOL_VERSION, SFU_PEER_ID, ServerMessage, parse_client_message,
+    ClientMessage, PROTOCOL_VERSION, PeerInfo, SFU_PEER_ID, ServerMessage, parse_client_message,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -484,23 +484,26 @@ impl Conn {
             outbox: self.outbox.clone(),
             kick: self.kick.clone(),
         };
-        match self.app.hub.join(&room, &name, handle) {
-            Ok((peer_id, slot, peers)) => {
-                tracing::info!(peer = %peer_id, room = %room, "joined");
-                let ice_servers = self
-                    .app
+        let app = &self.app;
+        // Asked before the hub's lock is taken: the SFU pool has a lock of its own.
+        let sfu = app.sfus.available();
+        let welcome = |peer_id: &Arc<str>, slot: u8, peers: Vec<PeerInfo>| {
+            encode(&ServerMessage::Welcome {
+                v: PROTOCOL_VERSION,
+                peer_id: peer_id.to_string(),
+                slot: Some(slot),
+                room: room.clone(),
+                peers,
+                ice_servers: app
                     .config
                     .ice
-                    .servers_for(peer_id.as_ref(), crate::token::unix_now());
-                self.send(&ServerMessage::Welcome {
-                    v: PROTOCOL_VERSION,
-                    peer_id: peer_id.to_string(),
-                    slot: Some(slot),
-                    room: room.clone(),
-                    peers,
-                    ice_servers,
-                    sfu: self.app.sfus.available(),
-                });
+                    .servers_for(peer_id.as_ref(), crate::token::unix_now()),
+                sfu,
+            })
+        };
+        match app.hub.join(&room, &name, handle, welcome) {
+            Ok(peer_id) => {
+                tracing::info!(peer = %peer_id, room = %room, "joined");
                 self.joined = Some(Joined {
                     room,
                     peer_id,

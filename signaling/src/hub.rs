@@ -212,7 +212,11 @@ impl Hub {
         }
     }
 
-    /// Adds a peer to `room`; returns its id and the peers already there, and tells them.
+    /// Adds a peer to `room`, tells the others, and queues for the peer the welcome that
+    /// `welcome` makes from its id, its slot and the peers already there. Returns its id.
+    ///
+    /// The welcome is queued under the rooms' lock, so a peer joining right after cannot get
+    /// its `peer_joined` into this peer's queue ahead of this peer's welcome.
     ///
     /// Refused with `room_full`, with `name_taken` when a member's name is confusable with
     /// `name` (equal [`sotto::names::skeleton`]), or with `server_full` if no random id can be
@@ -222,7 +226,8 @@ impl Hub {
         room: &str,
         name: &str,
         handle: PeerHandle,
-    ) -> Result<(Arc<str>, u8, Vec<PeerInfo>), ErrorCode> {
+        welcome: impl FnOnce(&Arc<str>, u8, Vec<PeerInfo>) -> Utf8Bytes,
+    ) -> Result<Arc<str>, ErrorCode> {
         // Outside the lock: the skeleton is the costly part of a join.
         let skeleton = sotto::names::skeleton(name);
         let mut rooms = self.rooms();
@@ -267,6 +272,15 @@ impl Hub {
         for m in &entry.members {
             self.deliver(m, &announce);
         }
+        if handle
+            .outbox
+            .try_push(welcome(&id, slot, existing))
+            .is_err()
+        {
+            // A joining connection's queue holds little; if the welcome does not fit, the
+            // client is not reading.
+            handle.kick.cancel();
+        }
         entry.members.push(Member {
             id: id.clone(),
             slot,
@@ -278,7 +292,7 @@ impl Hub {
             self.metrics.rooms.fetch_add(1, Relaxed);
         }
         self.metrics.peers.fetch_add(1, Relaxed);
-        Ok((id, slot, existing))
+        Ok(id)
     }
 
     /// Removes a peer and tells the rest of its room.

@@ -179,6 +179,57 @@ async fn join_relay_and_leave_round_trip() {
     server.stop().await;
 }
 
+/// Peers that join one room at the same moment each get their welcome first, and then learn of
+/// every later joiner: a `peer_joined` never overtakes the welcome (a client would take the
+/// roster from the welcome and miss that peer for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_joiners_get_their_welcome_before_any_peer_joined() {
+    let server = Server::start(ServerConfig::default()).await;
+    for round in 0..20 {
+        let room = format!("rush{round}");
+        let mut clients = Vec::new();
+        for _ in 0..12 {
+            clients.push(Client::connect(&server).await);
+        }
+        // Every join is on the wire before any reply is read.
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(json!({"v":1,"type":"join","room":room,"name":format!("m{i}")}))
+                .await;
+        }
+        let mut known = Vec::new();
+        for c in &mut clients {
+            let welcome = c.expect("welcome").await;
+            let me = welcome["peer_id"].as_str().unwrap().to_owned();
+            let mut peers: Vec<String> = welcome["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["peer_id"].as_str().unwrap().to_owned())
+                .collect();
+            known.push((me, std::mem::take(&mut peers)));
+        }
+        // Then each learns of everyone who joined after it, and nobody twice.
+        let total = clients.len();
+        for (c, (_, peers)) in clients.iter_mut().zip(known.iter_mut()) {
+            while peers.len() < total - 1 {
+                let joined = c.expect("peer_joined").await;
+                let id = joined["peer_id"].as_str().unwrap().to_owned();
+                assert!(!peers.contains(&id), "{id} announced twice");
+                peers.push(id);
+            }
+        }
+        let ids: Vec<&String> = known.iter().map(|(me, _)| me).collect();
+        for (me, peers) in &known {
+            let mut all: Vec<&String> = peers.iter().chain([me]).collect();
+            all.sort();
+            let mut expected = ids.clone();
+            expected.sort();
+            assert_eq!(all, expected);
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn slots_are_unique_in_a_room_and_reused_after_a_leave() {
     let server = Server::start(ServerConfig::default()).await;
