@@ -40,6 +40,9 @@ const t0 = performance.now();
 /// What tests and curious people can read: window.sotto.
 const call = {
   status: 'starting',
+  // 'p2p' or 'sfu' (a group call); `moves` counts moves between the two (group.js).
+  mode: 'p2p',
+  moves: 0,
   role: null,
   safetyCode: null,
   peer: null, // { id, name (as the server listed it), shown (canonical) }
@@ -242,7 +245,7 @@ async function main() {
   let peerSdp = null;
   let peerDtls = null;
   let bindingOk;
-  const bound = new Promise((resolve) => {
+  let bound = new Promise((resolve) => {
     bindingOk = resolve;
   });
   function checkBinding() {
@@ -273,7 +276,16 @@ async function main() {
   };
   const signal = (data) => sendServer({ type: 'signal', to: call.peer.id, data });
   // Trickle ICE (docs/call-protocol.md): candidates go as they are found.
-  const trickle = new Trickle(signal);
+  let trickle = new Trickle(signal);
+  // Moving between two-party and group calls (docs/call-protocol.md): on a server with an SFU
+  // a third person moves everyone to a group call (group.js, on this WebSocket), and down to
+  // two we meet peer to peer again. `pairGen` counts two-party calls: work left over from an
+  // earlier one checks it and stops.
+  let mySlot = null;
+  let serverSfu = false;
+  let group = null; // runGroup's handle while in a group call
+  let pairGen = 0;
+  let pairUi = null; // call.hangup and call.stats of two-party calls
   const keepalive = setInterval(() => sendServer({ type: 'ping' }), 20_000);
 
   /// Ends the call; `before` (a promise) runs before the connections close.
@@ -297,8 +309,11 @@ async function main() {
       ws.close();
     });
   }
-  const fail = (what) => (e) => {
-    if (!ended) end(`${what}: ${e?.message ?? e}`);
+  const fail = (what) => {
+    const gen = pairGen;
+    return (e) => {
+      if (!ended && gen === pairGen) end(`${what}: ${e?.message ?? e}`);
+    };
   };
 
   function updateConnected() {
@@ -547,6 +562,8 @@ async function main() {
   /// its SDP is known, its DTLS fingerprint; show the code and trust; only then install the
   /// media and control keys.
   async function onEstablished(done) {
+    const gen = pairGen;
+    const stale = () => ended || gen !== pairGen;
     mark('established');
     // docs/call-protocol.md, "Names": the name the server listed for this peer must be the
     // name it signed, after canonicalisation; otherwise no media.
@@ -565,7 +582,7 @@ async function main() {
     $('peer-fingerprint').textContent = await fingerprint(done.peerIdentity);
     await showTrust(done);
     await bound;
-    if (ended) return;
+    if (stale()) return;
     const sendControlKey = await controlKey(done.sendKey);
     const recvControlKey = await controlKey(done.recvKey);
     const receiver = new SframeReceiver();
@@ -604,6 +621,7 @@ async function main() {
       [send.buffer, recv.buffer],
     );
     const result = await installed;
+    if (stale()) return;
     if (!result.ok) throw new Error(`media keys not installed: ${result.error}`);
     established = done; // Only now may the status say "connected": media keys are in place.
     attachRemoteVideo();
@@ -621,7 +639,8 @@ async function main() {
       sendControl({ type: 'ping', id: pingId }).catch(() => {});
     };
     ping();
-    const timer = setInterval(() => (ended ? clearInterval(timer) : ping()), PING_EVERY_MS);
+    const gen = pairGen;
+    const timer = setInterval(() => (ended || gen !== pairGen ? clearInterval(timer) : ping()), PING_EVERY_MS);
   }
 
   async function onHandshake(message) {
@@ -789,7 +808,10 @@ async function main() {
       iceTransportPolicy: relayOnly ? 'relay' : 'all',
       certificates: [dtls.certificate],
     });
+    const conn = pc;
+    const gen = pairGen;
     pc.ontrack = (e) => {
+      if (pc !== conn) return;
       const kind = e.track.kind === 'video' ? 'video' : 'audio';
       if (!e.receiver.transform) {
         // Not expected (addSender covers our two m-lines); checkTransforms guards it.
@@ -805,17 +827,19 @@ async function main() {
       audio.play().catch(() => {});
     };
     pc.onconnectionstatechange = () => {
+      if (pc !== conn) return; // A two-party call we left for a group call.
       // Once connected, a failed path is the restarts' to repair (or give up on).
       if (pc.connectionState === 'failed' && !restarts?.connectedOnce) end('the connection failed');
       updateConnected();
     };
-    pc.onicecandidate = (e) => trickle.onLocal(e);
+    pc.onicecandidate = (e) => pc === conn && trickle.onLocal(e);
     restarts = watchRestarts(role);
-    const guard = setInterval(() => (ended ? clearInterval(guard) : checkTransforms()), 2000);
+    const guard = setInterval(() => (ended || gen !== pairGen ? clearInterval(guard) : checkTransforms()), 2000);
     channel = pc.createDataChannel('sotto-control', { negotiated: true, id: 0, ordered: true });
     channel.binaryType = 'arraybuffer';
-    channel.onopen = onChannelOpen;
+    channel.onopen = () => gen === pairGen && onChannelOpen();
     channel.onmessage = (e) => {
+      if (gen !== pairGen) return;
       controlQueue = controlQueue.then(() => onControl(e.data)).catch(() => {});
     };
     if (role === 'initiator') {
@@ -856,8 +880,9 @@ async function main() {
   function onSignal(from, data) {
     if (!call.peer || from !== call.peer.id || ended) return; // A third peer: ignored.
     if (data === null || typeof data !== 'object') return;
+    const gen = pairGen;
     if (data.kind === 'handshake') {
-      hsQueue = hsQueue.then(() => onHandshake(data.message));
+      hsQueue = hsQueue.then(() => gen === pairGen && onHandshake(data.message));
       hsQueue.catch(fail('handshake failed'));
     } else if (data.kind === 'trickle') {
       trickle.peerSaidTrickle();
@@ -873,6 +898,7 @@ async function main() {
       if (trickling) signal({ kind: 'trickle' });
       sdpQueue = sdpQueue.then(async () => {
         await bound;
+        if (gen !== pairGen) return;
         addSender();
         await pc.setRemoteDescription({ type: 'offer', sdp: data.sdp });
         trickle.applied(data.sdp).forEach(addPeerCandidate);
@@ -892,6 +918,7 @@ async function main() {
       trickle.peerDescribed();
       sdpQueue = sdpQueue.then(async () => {
         await bound;
+        if (gen !== pairGen) return;
         await pc.setRemoteDescription({ type: 'answer', sdp: data.sdp });
         trickle.applied(data.sdp).forEach(addPeerCandidate);
       });
@@ -903,6 +930,7 @@ async function main() {
 
   /// ICE restarts on this call's peer connection (restart.js), after the SDP work before.
   function watchRestarts(role) {
+    const conn = pc;
     return new IceRestarts({
       pc,
       role,
@@ -912,7 +940,7 @@ async function main() {
       queue: (fn) => {
         sdpQueue = sdpQueue.then(fn, () => {});
       },
-      ended: () => ended,
+      ended: () => ended || pc !== conn,
       end,
       onMismatch: () => {
         call.handshakeError = 'DtlsMismatch';
@@ -934,8 +962,119 @@ async function main() {
     sendServer({ type: 'join', room, name, ...(token ? { token } : {}) });
   };
   ws.onclose = () => {
-    if (!ended) end('lost the signaling server');
+    if (group) group.lost('lost the signaling server');
+    else if (!ended) end('lost the signaling server');
   };
+
+  const validSlot = (slot) => Number.isInteger(slot) && slot >= 0 && slot <= 127;
+  /// Whether a third person moves this call to the SFU (as the engine's can_move_to_group):
+  /// the server hosts one, the room gave slots, and we send no video.
+  const canMove = (p) => serverSfu && mySlot !== null && validSlot(p.slot) && !cameraTrack;
+
+  /// Two-party media stops (the peer connection closes 3 s later, so the peer does not take
+  /// the move for a failure) and the pair's state is new for the next two-party call.
+  function leavePair() {
+    const old = pc;
+    if (old) {
+      for (const sender of old.getSenders()) sender.replaceTrack(null).catch(() => {});
+      setTimeout(() => old.close(), 3000);
+    }
+    $('remote-audio').srcObject = null;
+    $('remote-video').srcObject = null;
+    if (chat) for (const ev of chat.end()) onChatEvent(ev);
+    $('chat-input').disabled = true;
+    $('timer-select').disabled = true;
+    pairGen += 1;
+    pc = null;
+    restarts = null;
+    channel = null;
+    handshake = null;
+    established = null;
+    videoSender = null;
+    remoteVideoTrack = null;
+    handshakeDone = false;
+    peerSdp = null;
+    peerDtls = null;
+    bound = new Promise((resolve) => {
+      bindingOk = resolve;
+    });
+    control = null;
+    chat = null;
+    peerHeard = false;
+    chatOutbox.length = 0;
+    hsQueue = Promise.resolve();
+    sdpQueue = Promise.resolve();
+    controlQueue = Promise.resolve();
+    controlSend = Promise.resolve();
+    pingsSent.clear();
+    trickle = new Trickle(signal);
+    peerKey = null;
+    Object.assign(call, {
+      role: null,
+      peer: null,
+      safetyCode: null,
+      peerMuted: false,
+      rttMs: null,
+      remoteVideo: false,
+      undecryptable: false,
+      peerTrust: null,
+      peerName: null,
+      lookalike: null,
+      mixedScript: false,
+    });
+    call.restart = {};
+    $('safety-code').textContent = '-';
+    $('safety-code').classList.remove('changed');
+    $('peer-fingerprint').textContent = '-';
+    $('peer-trust').textContent = '-';
+    $('rtt').textContent = '-';
+    $('trust-warning').hidden = true;
+  }
+
+  /// Into the group call (group.js) on this WebSocket, with `roster` ({ peer, join, initiate }).
+  function enterGroup(roster, fromPair) {
+    call.moves += 1;
+    setStatus(fromPair ? 'a third person joined: moving to a group call' : 'joining the group call');
+    group = runGroup({
+      params,
+      room,
+      name,
+      identity,
+      dtls,
+      stream,
+      track,
+      worker,
+      workerStats,
+      setStatus,
+      mark,
+      call,
+      offeredIceServers,
+      join: {
+        ws,
+        slot: mySlot,
+        iceServers,
+        fromPair,
+        peers: roster.map((r) => ({ ...r, peer: { id: r.peer.id, name: r.peer.name, slot: r.peer.slot } })),
+        onPair: backToPair,
+      },
+    });
+  }
+
+  /// The group is down to one other member: meet it again peer to peer, with a new handshake
+  /// and a new peer connection; the higher slot starts (as a joiner would).
+  function backToPair(peer) {
+    group = null;
+    call.moves += 1;
+    call.mode = 'p2p';
+    call.safetyCode = null;
+    delete call.group;
+    Object.assign(call, pairUi);
+    $('mute').onclick = pairMute;
+    $('hangup').onclick = () => call.hangup();
+    const other = { ...peer, shown: canonical(peer.name) };
+    startCall(mySlot > peer.slot ? 'initiator' : 'responder', other);
+  }
+
   ws.onmessage = (e) => {
     let msg;
     try {
@@ -946,30 +1085,52 @@ async function main() {
     if (msg === null || typeof msg !== 'object' || msg.v !== 1) return;
     const peerInfo = (p) =>
       p && typeof p.peer_id === 'string' && typeof p.name === 'string'
-        ? { id: p.peer_id, name: p.name, shown: canonical(p.name) }
+        ? { id: p.peer_id, name: p.name, shown: canonical(p.name), slot: p.slot }
         : null;
+    if (msg.type === 'peer_joined' && peerInfo(msg)) roomPeers.set(msg.peer_id, peerInfo(msg));
+    if (msg.type === 'peer_left') roomPeers.delete(msg.peer_id);
+    if (group) {
+      group.onMessage(msg);
+      return;
+    }
     switch (msg.type) {
       case 'welcome': {
         mark('joined');
         iceServers = offeredIceServers(msg.ice_servers);
+        serverSfu = msg.sfu === true;
+        mySlot = validSlot(msg.slot) ? msg.slot : null;
         roomPeers.set(msg.peer_id, { id: msg.peer_id, shown: `${canonical(name)} (you)` });
         const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
         for (const p of peers) roomPeers.set(p.id, p);
         showPeers(roomPeers);
-        if (peers.length) startCall('initiator', peers[0]);
+        if (peers.length >= 2 && peers.every(canMove)) {
+          // Two or more are here already: a group call, and we start every pair.
+          enterGroup(peers.map((peer) => ({ peer, join: 'present', initiate: true })), false);
+        } else if (peers.length) startCall('initiator', peers[0]);
         else setStatus('waiting for someone to join');
         break;
       }
       case 'peer_joined': {
         const p = peerInfo(msg);
         if (!p) break;
-        roomPeers.set(p.id, p);
         showPeers(roomPeers);
-        if (!call.peer && !ended) startCall('responder', p);
+        if (ended) break;
+        if (!call.peer) startCall('responder', p);
+        else if (canMove(p) && canMove(call.peer)) {
+          // A third person: everyone moves to the SFU with new keys.
+          const partner = call.peer;
+          leavePair();
+          enterGroup(
+            [
+              { peer: partner, join: 'present', initiate: mySlot > partner.slot },
+              { peer: p, join: 'new', initiate: false },
+            ],
+            true,
+          );
+        }
         break;
       }
       case 'peer_left':
-        roomPeers.delete(msg.peer_id);
         showPeers(roomPeers);
         if (msg.peer_id === call.peer?.id) end('the peer left');
         break;
@@ -986,12 +1147,13 @@ async function main() {
     }
   };
 
-  $('mute').onclick = () => {
+  const pairMute = () => {
     call.muted = !call.muted;
     track.enabled = !call.muted;
     $('mute').textContent = call.muted ? 'Unmute' : 'Mute';
     sendControl({ type: 'mute', muted: call.muted }).catch(() => {});
   };
+  $('mute').onclick = pairMute;
   $('hangup').onclick = () => call.hangup();
   $('camera').onclick = () => {
     setCamera(!cameraTrack).catch(() => {});
@@ -1091,6 +1253,8 @@ async function main() {
       }),
     );
   };
+  // What a group call replaces and a move back to two-party restores.
+  pairUi = { hangup: call.hangup, stats: call.stats };
 }
 
 main().catch((e) => setStatus(`error: ${e?.message ?? e}`));

@@ -50,6 +50,9 @@ function fromHex(text) {
   return out;
 }
 
+/// Key requests to the worker, numbered across group calls (a page may be in several in turn).
+let keyReqId = 0;
+
 function randomSecret() {
   return crypto.getRandomValues(new Uint8Array(32));
 }
@@ -66,11 +69,17 @@ function waitGathered(pc) {
 
 /// Runs the page as a group member. `ctx` comes from app.js: params, room, name, identity,
 /// dtls, stream, track, worker, workerStats, setStatus, mark, call (window.sotto),
-/// offeredIceServers.
+/// offeredIceServers. With `ctx.join` (a page that moves between two-party and group calls,
+/// docs/call-protocol.md "Moving between two-party and group calls") the group runs on
+/// app.js's open WebSocket: `join` has `ws`, `slot`, `iceServers`, `peers` (each `{ peer: { id,
+/// name, slot }, join: 'new' | 'present', initiate }`) and `onPair(peer)`, called when one other
+/// member is left, after we left the SFU. It then returns `{ onMessage(msg), lost(reason) }`
+/// for app.js to feed the server's messages in.
 export function runGroup(ctx) {
   const { room, name, identity, dtls, stream, track, worker, call } = ctx;
   const relayOnly = ctx.params.get('relay') === '1';
   call.mode = 'sfu';
+  const moving = ctx.join ?? null;
   call.group = {
     slot: null,
     code: null,
@@ -83,7 +92,9 @@ export function runGroup(ctx) {
     sfuReconnects: 0, // the path to the SFU lost and back (as the engine's `sfu_reconnects`)
   };
   // Two-party parts of the page (one peer's identity, video, chat) have no place in a group.
-  for (const el of document.querySelectorAll('.two-party')) el.hidden = true;
+  const hidden = [...document.querySelectorAll('.two-party')].filter((el) => !el.hidden);
+  for (const el of hidden) el.hidden = true;
+  const pairLabel = $('safety-code-label').textContent;
   $('safety-code-label').textContent =
     'Group safety code (read it aloud; everyone in the call must see the same)';
   $('tiles').hidden = false;
@@ -98,7 +109,7 @@ export function runGroup(ctx) {
   let attempts = 0;
   let sfuAnswered = false;
   let mySlot = null;
-  let keyReqId = 0;
+
   const keyReplies = new Map();
   const members = new Map(); // peer id -> member
   const slotReceivers = []; // RTCRtpReceiver per slot track, in m-line order
@@ -118,7 +129,8 @@ export function runGroup(ctx) {
     return p;
   };
 
-  const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+  const ws =
+    moving?.ws ?? new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
   const sendServer = (msg) => {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, ...msg }));
   };
@@ -222,7 +234,7 @@ export function runGroup(ctx) {
     }
   }
 
-  const me = { self: true, attestedName: name, info: { name: canonical(name) }, muted: false };
+  const me = { self: true, attestedName: name, info: { name: canonical(name) }, muted: Boolean(call.muted) };
 
   // --- the group code ------------------------------------------------------------------------
 
@@ -243,7 +255,8 @@ export function runGroup(ctx) {
       return;
     }
     if (code === call.group.code) return;
-    const changed = call.group.code !== null;
+    // Coming from a two-party call, the first group code replaces the pair's.
+    const changed = call.group.code !== null || moving?.fromPair === true;
     const names = trusted.map((m) => m.info.name).sort();
     call.group.code = code;
     call.safetyCode = code;
@@ -621,7 +634,32 @@ export function runGroup(ctx) {
       serial(() => m.keyed && memberLeftKeys(m.slot));
       rosterChanged(why);
     }
+    if (moving && members.size === 1) {
+      backToPair([...members.values()][0]);
+      return;
+    }
     updateStatus();
+  }
+
+  /// One other member left: both leave the SFU and meet again peer to peer (app.js), with
+  /// every group key erased. The signaling connection and the microphone stay.
+  function backToPair(other) {
+    ended = true;
+    clearTimeout(retryTimer);
+    clearInterval(keepalive);
+    secret.fill(0);
+    pending?.secret.fill(0);
+    for (const [k, u] of unacked) forget(k, u);
+    for (const m of members.values()) worker.postMessage({ type: 'group-forget', slot: m.slot });
+    signalTo(SFU_PEER, { kind: 'sfu_leave' });
+    pc?.close();
+    pc = null;
+    for (const a of document.querySelectorAll('#slot-audio .slot-audio')) a.remove();
+    $('tiles').replaceChildren();
+    $('tiles').hidden = true;
+    for (const el of hidden) el.hidden = false;
+    $('safety-code-label').textContent = pairLabel;
+    moving.onPair({ id: other.id, name: other.attestedName, slot: other.slot });
   }
 
   function onMemberSignal(m, data) {
@@ -794,21 +832,38 @@ export function runGroup(ctx) {
 
   // --- signaling -----------------------------------------------------------------------------
 
-  ws.onopen = () => {
-    setStatus('joining');
-    const token = ctx.params.get('token');
-    sendServer({ type: 'join', room, name, ...(token ? { token } : {}) });
-  };
-  ws.onclose = () => {
-    if (!ended) end('lost the signaling server');
-  };
-  ws.onmessage = (e) => {
-    let msg;
-    try {
-      msg = JSON.parse(e.data);
-    } catch {
-      return;
-    }
+  /// In the room with slot `slot`: to the SFU, and a handshake with each of `roster`.
+  function joined(slot, iceServers, roster) {
+    mySlot = slot;
+    call.group.slot = mySlot;
+    tellWorkerSendKey();
+    tile(me);
+    connectSfu(iceServers).catch((err) => end(`could not connect to the SFU: ${err?.message ?? err}`));
+    for (const r of roster) addMember(r.peer, r.join, r.initiate);
+    updateStatus();
+  }
+
+  if (!moving) {
+    ws.onopen = () => {
+      setStatus('joining');
+      const token = ctx.params.get('token');
+      sendServer({ type: 'join', room, name, ...(token ? { token } : {}) });
+    };
+    ws.onclose = () => {
+      if (!ended) end('lost the signaling server');
+    };
+    ws.onmessage = (e) => {
+      let msg;
+      try {
+        msg = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      onServer(msg);
+    };
+  }
+
+  function onServer(msg) {
     if (msg === null || typeof msg !== 'object' || msg.v !== 1 || ended) return;
     const peerInfo = (p) =>
       p && typeof p.peer_id === 'string' && typeof p.name === 'string'
@@ -826,17 +881,13 @@ export function runGroup(ctx) {
           end('the server gave us no slot');
           break;
         }
-        mySlot = msg.slot;
-        call.group.slot = mySlot;
-        tellWorkerSendKey();
-        tile(me);
-        connectSfu(ctx.offeredIceServers(msg.ice_servers)).catch((err) =>
-          end(`could not connect to the SFU: ${err?.message ?? err}`),
-        );
         const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
         // Members that were there first: we start each handshake.
-        for (const p of peers) addMember(p, 'present', true);
-        updateStatus();
+        joined(
+          msg.slot,
+          ctx.offeredIceServers(msg.ice_servers),
+          peers.map((peer) => ({ peer, join: 'present', initiate: true })),
+        );
         break;
       }
       case 'peer_joined': {
@@ -871,7 +922,7 @@ export function runGroup(ctx) {
       default:
         break;
     }
-  };
+  }
 
   $('mute').onclick = () => {
     me.muted = !me.muted;
@@ -928,4 +979,10 @@ export function runGroup(ctx) {
       }),
     );
   };
+
+  if (moving) {
+    joined(moving.slot, moving.iceServers, moving.peers);
+    return { onMessage: onServer, lost: (reason) => end(reason) };
+  }
+  return null;
 }

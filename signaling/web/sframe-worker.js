@@ -75,7 +75,7 @@ const stats = {
     recvEpoch: null,
   },
 };
-const order = new PlayoutOrder();
+let order = new PlayoutOrder();
 
 // Group calls: our sender (one KID per generation, the counter keeps counting), every other
 // member's keys, the playout order per (slot track, sender), and when each sender was heard.
@@ -96,7 +96,7 @@ stats.group = {
   sendGeneration: null,
 };
 setInterval(() => groupRing.expire(performance.now()), 100);
-const videoOrder = new PlayoutOrder();
+let videoOrder = new PlayoutOrder();
 /// The video send transformer (to ask for keyframes) and the epoch of the last sealed frame.
 let videoSendTransformer = null;
 let videoSendEpoch = null;
@@ -137,6 +137,11 @@ self.onmessage = async (event) => {
       sender = send;
       receiver = recv;
       videoReceiver = recvVideo;
+      // A new two-party call (after a group call): its counters start again.
+      order = new PlayoutOrder();
+      videoOrder = new PlayoutOrder();
+      failingSince = null;
+      wantKeyframe = true;
       self.postMessage({ type: 'keys-installed', ok: true });
     } catch (e) {
       self.postMessage({ type: 'keys-installed', ok: false, error: String(e) });

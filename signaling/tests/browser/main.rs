@@ -7,6 +7,7 @@ mod cdp;
 mod chat;
 mod cli;
 mod csp;
+mod escalate;
 #[path = "../support/forgetful_sfu.rs"]
 mod forgetful_sfu;
 mod group;
