@@ -90,6 +90,7 @@ export function runGroup(ctx) {
     bundlesResent: 0,
     sfu: 'new',
     sfuReconnects: 0, // the path to the SFU lost and back (as the engine's `sfu_reconnects`)
+    sfuLost: [], // each loss: { by: 'no packets' | 'disconnected' | 'failed' | 'sfu left', at }
   };
   // Two-party parts of the page (one peer's identity, video, chat) have no place in a group.
   const hidden = [...document.querySelectorAll('.two-party')].filter((el) => !el.hidden);
@@ -737,9 +738,9 @@ export function runGroup(ctx) {
           retryTimer = null;
         }
       } else if (conn.connectionState === 'disconnected' && sfuConnected) {
-        sfuLost(SFU_GRACE_MS);
+        sfuLost(SFU_GRACE_MS, 'disconnected');
       } else if (conn.connectionState === 'failed') {
-        if (sfuConnected || lostSince !== null) sfuLost(0);
+        if (sfuConnected || lostSince !== null) sfuLost(0, 'failed');
         else end('the connection to the SFU failed');
       }
       updateStatus();
@@ -751,9 +752,13 @@ export function runGroup(ctx) {
   }
 
   /// The path to the SFU is lost (or the SFU is gone): reconnect after `afterMs`.
-  function sfuLost(afterMs) {
+  function sfuLost(afterMs, by) {
     if (ended) return;
-    if (lostSince === null) lostSince = Date.now();
+    if (lostSince === null) {
+      lostSince = Date.now();
+      silentLoss = by === 'no packets';
+      call.group.sfuLost.push({ by, at: Math.round(performance.now()) });
+    } else if (by !== 'no packets') silentLoss = false;
     if (retryTimer === null) retryTimer = setTimeout(retrySfu, afterMs);
     updateStatus();
   }
@@ -772,9 +777,48 @@ export function runGroup(ctx) {
     pc = null;
     old?.close();
     for (const a of document.querySelectorAll('#slot-audio .slot-audio')) a.remove();
+    worker.postMessage({ type: 'group-new-connection' });
     openSfu().catch((err) => console.warn('a new connection to the SFU:', err));
     retryTimer = setTimeout(retrySfu, Math.min(2000 * 2 ** (attempts - 1), 8000));
   }
+
+  // A silent path, noticed sooner than ICE's `disconnected` (Chromium's consent checks take
+  // about 5 s): nothing at all from the SFU (RTP, RTCP, STUN: the transport's bytes) for
+  // 1.5 s, when an unmuted member's frame was opened just before it went quiet, counts as lost
+  // (then the same 1 s grace). A member that pauses still sends (Opus DTX: a packet every
+  // 400 ms at least), and muted members do not count, so a quiet call does not trip it.
+  const SFU_SILENT_MS = 1500;
+  const HEARD_BEFORE_MS = 500;
+  let heardAt = null; // When an unmuted member's frame was last opened (performance.now()).
+  let silentLoss = false; // The loss now pending was noticed by silence alone.
+  const seen = { conn: null, bytes: 0, at: 0 };
+  async function watchPath() {
+    const conn = pc;
+    if (ended || !conn || !sfuConnected || (lostSince !== null && !silentLoss)) return;
+    let bytes = 0;
+    for (const s of (await conn.getStats()).values()) {
+      if (s.type === 'transport') bytes += s.bytesReceived ?? 0;
+    }
+    const now = performance.now();
+    if (conn !== pc || ended) return;
+    if (seen.conn !== conn || bytes !== seen.bytes) {
+      const grew = seen.conn === conn;
+      Object.assign(seen, { conn, bytes, at: now });
+      // It was only quiet: the grace had not run out, nothing was torn down.
+      if (grew && silentLoss && lostSince !== null && attempts === 0) {
+        lostSince = null;
+        silentLoss = false;
+        clearTimeout(retryTimer);
+        retryTimer = null;
+        updateStatus();
+      }
+      return;
+    }
+    if (lostSince === null && now - seen.at >= SFU_SILENT_MS && heardAt !== null && seen.at - heardAt < HEARD_BEFORE_MS) {
+      sfuLost(SFU_GRACE_MS, 'no packets');
+    }
+  }
+  const pathWatch = setInterval(() => (ended ? clearInterval(pathWatch) : watchPath().catch(() => {})), 250);
 
   async function onSfuSignal(data) {
     if (data?.kind !== 'sfu_answer' || typeof data.sdp !== 'string' || sfuAnswered || !pc) return;
@@ -797,6 +841,9 @@ export function runGroup(ctx) {
     for (const m of members.values()) {
       if (!m.keyed) continue;
       const heard = senders[m.slot];
+      if (!m.muted && heard?.heardAgoMs !== undefined) {
+        heardAt = Math.max(heardAt ?? -Infinity, performance.now() - heard.heardAgoMs);
+      }
       let speaking = false;
       if (heard && heard.heardAgoMs !== undefined && heard.heardAgoMs < SPEAKING_WINDOW_MS) {
         // The level of the slot track it was last heard on (RFC 6464, or decoded).
@@ -898,7 +945,7 @@ export function runGroup(ctx) {
       case 'peer_left': {
         // The server's SFU went away: join again, wherever the server places the room now.
         if (msg.peer_id === SFU_PEER) {
-          if (sfuConnected || lostSince !== null) sfuLost(0);
+          if (sfuConnected || lostSince !== null) sfuLost(0, 'sfu left');
           break;
         }
         const m = members.get(msg.peer_id);

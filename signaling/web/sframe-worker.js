@@ -20,7 +20,7 @@
 // its KID's sender and generation (group-keys.js). From the page: { type: 'group-send', slot,
 // generation, secret }, { type: 'group-member', slot }, { type: 'group-forget', slot },
 // { type: 'group-key', id, slot, generation, secret, onlyIfHeld } (answered with
-// { type: 'group-key-result', id, ok, inserted | error }).
+// { type: 'group-key-result', id, ok, inserted | error }), { type: 'group-new-connection' }.
 
 import { GroupKeyring, groupKid } from './group-keys.js';
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
@@ -360,6 +360,10 @@ async function onGroupMessage(msg) {
         stats.group.sendGeneration = msg.generation;
       });
       await groupSendQueue.catch(() => {});
+    } else if (msg.type === 'group-new-connection') {
+      // A new connection to the SFU rewrites RTP timestamps afresh on every slot track; the
+      // counters run on, so the old tracks' order would refuse every new frame as misplaced.
+      groupOrders.clear();
     } else if (msg.type === 'group-member') {
       groupRing.addSender(msg.slot);
     } else if (msg.type === 'group-forget') {

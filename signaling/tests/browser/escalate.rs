@@ -378,3 +378,123 @@ async fn a_page_and_cli_move_to_the_sfu_when_a_third_comes_and_back_when_it_leav
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(wav);
 }
+
+/// The SFU forgets everyone mid-call: the page notices from its own receive stats (nothing
+/// from the SFU for 1.5 s right after members were heard), well before Chromium reports the
+/// connection `disconnected`, and joins the SFU again with the keys it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_notices_a_silent_sfu_path_from_its_receive_stats() {
+    let test = "the_page_notices_a_silent_sfu_path_from_its_receive_stats";
+    let _media = crate::MEDIA.lock().await;
+    let wav = tone_wav(880.0, 5);
+    let Some(browser) = crate::cdp::Browser::launch(Some(&wav)).await else {
+        return skip(test);
+    };
+    let sfu = Arc::new(crate::forgetful_sfu::ForgetfulSfu::new(
+        Server::loopback_sfu(),
+    ));
+    let server = Server::start_with_sfu_link(sfu.clone()).await;
+    let room = room("sfu-silent");
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two `--group` members, so the page is in a group call from the start (`&group=1`).
+    let mut children = Vec::new();
+    for (name, hz) in [("alice", 440.0), ("bob", 660.0)] {
+        let child = Command::new(sotto_bin())
+            .args(["call", "--group", "--server", &server.ws_url()])
+            .args(["--room", &room, "--name", name, "--bind", "127.0.0.1:0"])
+            .args(["--tone", &hz.to_string(), "--duration", "14"])
+            .arg("--identity")
+            .arg(dir.join(name).join("identity.json"))
+            .arg("--output")
+            .arg(dir.join(format!("{name}.wav")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        children.push(child);
+    }
+    let page = browser.new_page(None).await;
+    page.goto(&format!("{}&group=1", server.page_url(&room, "web")))
+        .await;
+    let frames = |min: u64| {
+        move |s: &Value| {
+            s["participants"].as_array().is_some_and(|p| {
+                p.len() == 2
+                    && p.iter()
+                        .all(|p| p["frames_decrypted"].as_u64() >= Some(min))
+            })
+        }
+    };
+    let before = page
+        .wait_until(
+            "window.sotto.stats()",
+            frames(50),
+            CONNECT,
+            "50 frames from each member",
+        )
+        .await;
+    let forgotten = Instant::now();
+    assert_eq!(sfu.forget(&room), 3);
+    let lost = page
+        .wait_until(
+            "window.sotto.group.sfuLost",
+            |v| v.as_array().is_some_and(|a| !a.is_empty()),
+            CONNECT,
+            "the page noticing the lost path",
+        )
+        .await;
+    let noticed = forgotten.elapsed();
+    page.wait_until(
+        "window.sotto.group.sfuReconnects",
+        |v| v.as_u64() >= Some(1),
+        CONNECT,
+        "the page back on the SFU",
+    )
+    .await;
+    let back = forgotten.elapsed();
+    // Noticed by the silence, not by ICE's `disconnected` (which comes later).
+    assert_eq!(lost[0]["by"], "no packets", "{lost}");
+    let most = before["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["frames_decrypted"].as_u64())
+        .max()
+        .unwrap();
+    let after = page
+        .wait_until(
+            "window.sotto.stats()",
+            frames(most + 50),
+            CONNECT,
+            "the members' frames again",
+        )
+        .await;
+    for p in after["participants"].as_array().unwrap() {
+        assert_eq!(p["decrypt_failures"], 0, "{after}");
+    }
+    // And played: the new connection's RTP timestamps start afresh, so the playout order
+    // (bound to the SFrame counter, which runs on) must start afresh too, or every frame on
+    // the new connection is refused as misplaced.
+    let opened = before["media"]["group"]["opened"].as_u64().unwrap();
+    let played = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| s["media"]["group"]["opened"].as_u64() >= Some(opened + 150),
+            CONNECT,
+            "frames played after the reconnection",
+        )
+        .await;
+    eprintln!(
+        "the silent SFU path: noticed after {noticed:?}, back on the SFU after {back:?}; {lost}; {}",
+        played["media"]["group"]
+    );
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(wav);
+}
