@@ -231,6 +231,19 @@ async fn page_pair_code(page: &Page) -> String {
     .to_owned()
 }
 
+/// The pair code once the page is peer to peer again after `moves` moves, with keys.
+async fn page_pair_code_after(page: &Page, moves: u64) -> String {
+    page.wait_for(
+        &format!("window.sotto.mode === 'p2p' && window.sotto.moves >= {moves} && window.sotto.status.startsWith('connected') ? window.sotto.safetyCode : null"),
+        CONNECT,
+        "the page back in a two-party call",
+    )
+    .await
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_and_cli_move_to_the_sfu_when_a_third_comes_and_back_when_it_leaves() {
     let test = "a_page_and_cli_move_to_the_sfu_when_a_third_comes_and_back_when_it_leaves";
@@ -324,16 +337,7 @@ async fn a_page_and_cli_move_to_the_sfu_when_a_third_comes_and_back_when_it_leav
 
     // carol leaves: the page and alice are peer to peer again, with a new handshake.
     let (carol_out, carol_report, carol_heard) = carol.finish(&dir).await;
-    let second_pair = page
-        .wait_for(
-            "window.sotto.mode === 'p2p' && window.sotto.moves >= 2 && window.sotto.status.startsWith('connected') ? window.sotto.safetyCode : null",
-            CONNECT,
-            "the page back in a two-party call",
-        )
-        .await
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let second_pair = page_pair_code_after(&page, 2).await;
     assert_eq!(alice.wait_code("safety code: ", 2).await, second_pair);
     assert_eq!(page.text("safety-code").await, second_pair.as_str());
     let back = page
@@ -374,6 +378,91 @@ async fn a_page_and_cli_move_to_the_sfu_when_a_third_comes_and_back_when_it_leav
     assert_eq!(alice_report["mode"], "p2p", "{alice_report}");
     eprintln!(
         "moves: gap to the group {up:?}, gap back to two-party {down:?}; pair codes {first_pair} / {second_pair}, group {group_code}; alice hears the page at {last:.2} at the end"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(wav);
+}
+
+/// A page that joins a room where two `sotto call` talk peer to peer goes straight into the
+/// group call (it starts both handshakes; the two move to the SFU), and back peer to peer with
+/// the one that stays when the other leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_joining_two_cli_in_a_call_makes_it_a_group_call() {
+    let test = "a_page_joining_two_cli_in_a_call_makes_it_a_group_call";
+    let _media = crate::MEDIA.lock().await;
+    let wav = tone_wav(880.0, 5);
+    let Some(browser) = crate::cdp::Browser::launch(Some(&wav)).await else {
+        return skip(test);
+    };
+    let server = Server::start_with_sfu().await;
+    let room = room("escalate-join");
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let alice = Cli::spawn(&server, &room, &dir, "alice", 440.0, 22);
+    let bob = Cli::spawn(&server, &room, &dir, "bob", 660.0, 10);
+    let pair = alice.wait_code("safety code: ", 1).await;
+    assert_eq!(bob.wait_code("safety code: ", 1).await, pair);
+
+    let page = browser.new_page(None).await;
+    page.goto(&server.page_url(&room, "web")).await;
+    let stats = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| {
+                s["mode"] == "sfu"
+                    && s["participants"].as_array().is_some_and(|p| {
+                        p.len() == 2 && p.iter().all(|p| p["frames_decrypted"].as_u64() >= Some(50))
+                    })
+            },
+            CONNECT,
+            "50 frames from alice and from bob through the SFU",
+        )
+        .await;
+    for p in stats["participants"].as_array().unwrap() {
+        assert_eq!(p["decrypt_failures"], 0, "{stats}");
+    }
+    let code = page
+        .wait_for(
+            "(() => { const c = window.sotto.group.codes.find((c) => c.members.length === 2); return c ? c.code : null; })()",
+            CONNECT,
+            "the page's code over alice and bob",
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(alice.wait_group_code(&["bob", "web"]).await, code);
+    assert_eq!(bob.wait_group_code(&["alice", "web"]).await, code);
+    // Straight into the group: the page never had a two-party call.
+    assert_eq!(page.eval("window.sotto.moves").await, 1);
+
+    let (_, bob_report, bob_heard) = bob.finish(&dir).await;
+    let second = page_pair_code_after(&page, 2).await;
+    assert_eq!(alice.wait_code("safety code: ", 2).await, second);
+    let back = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| {
+                s["inbound"]["totalAudioEnergy"].as_f64() > Some(0.0)
+                    && s["media"]["decrypted"].as_u64() >= Some(50)
+            },
+            CONNECT,
+            "alice's audio peer to peer",
+        )
+        .await;
+    assert_eq!(back["media"]["reorderRejected"], 0, "{back}");
+    let (_, alice_report, alice_heard) = alice.finish(&dir).await;
+    assert_eq!(bob_report["decrypt_failures"], 0, "{bob_report}");
+    assert_eq!(alice_report["decrypt_failures"], 0, "{alice_report}");
+    // bob heard the page in the group; alice heard it at the end, peer to peer.
+    let s = best_share(&bob_heard, 880.0);
+    assert!(s > 0.15, "bob never heard the page: {s:.2}");
+    let end = alice_heard.len().saturating_sub(48_000);
+    let last = share(&alice_heard[end.saturating_sub(2 * 48_000)..end], 880.0);
+    assert!(
+        last > 0.15,
+        "alice barely hears the page at the end: {last:.2}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(wav);
