@@ -115,8 +115,11 @@ async fn the_pages_group_video_frames_match_the_engines() {
             // The page seals a delta frame as member 12, generation 3, for the engine to open.
             const sender = await SframeSender.create(new Uint8Array(32).fill(6), g.groupKid(3, 12, g.KIND_VIDEO));
             const sealed = await v.sealVp8With((plain, prefix) => sender.encrypt(plain, prefix), bytes('{delta}'), false);
+            // No key for member 12 here: refused, never returned unopened.
+            const unknown = await open(sealed);
             return {{
                 opened,
+                unknown,
                 tamperedOut,
                 audioKind,
                 onAudio,
@@ -139,6 +142,7 @@ async fn the_pages_group_video_frames_match_the_engines() {
     assert_eq!(out["tamperedOut"], json!({ "error": "auth" }), "{out}");
     assert_eq!(out["audioKind"], json!({ "error": "malformed" }), "{out}");
     assert_eq!(out["onAudio"], "malformed", "{out}");
+    assert_eq!(out["unknown"], json!({ "error": "unknown_kid" }), "{out}");
     assert_eq!(out["kid"], video_kid.to_string(), "{out}");
     assert_eq!(out["stats"]["videoFramesDecrypted"], 1, "{out}");
     assert_eq!(out["stats"]["decryptFailures"], 1, "{out}");
