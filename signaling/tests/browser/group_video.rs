@@ -220,7 +220,7 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
     let cli = Command::new(sotto_bin())
         .args(["call", "--group", "--server", &server.ws_url()])
         .args(["--room", &room, "--name", "carol", "--bind", "127.0.0.1:0"])
-        .args(["--tone", "440", "--duration", "20"])
+        .args(["--tone", "440", "--duration", "25"])
         .arg("--identity")
         .arg(dir.join("carol").join("identity.json"))
         .arg("--stats-json")
