@@ -796,6 +796,9 @@ export function runGroup(ctx) {
   /// The video m-lines of an offer to the SFU, with their transforms (before any description).
   async function addVideoTransceivers(conn) {
     const camera = await cameraReady;
+    // The SFU rewrites RTP timestamps per slot track, from the publisher's own on a new
+    // connection: the worker's order checks start again (for audio too).
+    worker.postMessage({ type: 'group-connection' });
     videoReceivers.length = 0;
     const codecs = vp8Codecs();
     if (!codecs || ended) return; // No VP8: the call stays audio only.

@@ -19,6 +19,7 @@
 // is sealed under our group audio KID; what the SFU forwards on any slot track is opened by
 // its KID's sender and generation (group-keys.js). From the page: { type: 'group-send', slot,
 // generation, secret }, { type: 'group-member', slot }, { type: 'group-forget', slot },
+// { type: 'group-connection' } (a new peer connection to the SFU: order checks start again),
 // { type: 'group-key', id, slot, generation, secret, onlyIfHeld } (answered with
 // { type: 'group-key-result', id, ok, inserted | error }).
 //
@@ -395,6 +396,14 @@ async function onGroupMessage(msg) {
         if (switched) groupKeyframeAfterSwitch();
       });
       await groupSendQueue.catch(() => {});
+    } else if (msg.type === 'group-connection') {
+      // A new connection to the SFU: new RTP streams whose timestamps start anywhere, so the
+      // order checks start again (the counters, bound to the keys, run on).
+      groupOrders.clear();
+      groupVideoOrders.clear();
+      for (const state of groupVideoTracks.values()) {
+        Object.assign(state, { slot: null, generation: null, wantKeyframe: true });
+      }
     } else if (msg.type === 'group-member') {
       groupRing.addSender(msg.slot);
     } else if (msg.type === 'group-forget') {

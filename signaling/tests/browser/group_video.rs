@@ -212,7 +212,10 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
     let Some(browser) = Browser::launch(Some(&wav)).await else {
         return skip(test);
     };
-    let server = Server::start_with_sfu().await;
+    let sfu = std::sync::Arc::new(crate::forgetful_sfu::ForgetfulSfu::new(
+        Server::loopback_sfu(),
+    ));
+    let server = Server::start_with_sfu_link(sfu.clone()).await;
     let room = room("group-video");
     let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -334,6 +337,32 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
         assert_eq!(stats["media"]["group"]["failureKinds"]["auth"], Value::Null);
     }
 
+    // The SFU forgets everyone: both pages join it again on new connections, and each tile
+    // shows the other's video again, decoded on the new connection's slot track.
+    assert_eq!(sfu.forget(&room), 3);
+    for (me, page, other) in [("ann", &ann, "ben"), ("ben", &ben, "ann")] {
+        page.wait_until(
+            "window.sotto.group.sfuReconnects",
+            |v| v.as_u64() >= Some(1),
+            CONNECT,
+            &format!("{me} back on the SFU"),
+        )
+        .await;
+        let video = page
+            .wait_until(
+                "window.sotto.group.videoStats()",
+                |v| v[other]["framesDecoded"].as_u64() >= Some(30),
+                CONNECT,
+                &format!("{me}'s tile for {other} decoding video again"),
+            )
+            .await;
+        eprintln!("{me} after the SFU came back: {video}");
+        // Every frame opened on the new connection was played: the order checks started
+        // again with its timestamps.
+        let g = &page.eval("window.sotto.stats()").await["media"]["group"];
+        assert_eq!(g["reorderRejected"], 0, "{me}: {g}");
+        assert_eq!(g["video"]["reorderRejected"], 0, "{me}: {g}");
+    }
     let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
         .await
         .unwrap();
