@@ -19,15 +19,8 @@
 // is sealed under our group audio KID; what the SFU forwards on any slot track is opened by
 // its KID's sender and generation (group-keys.js). From the page: { type: 'group-send', slot,
 // generation, secret }, { type: 'group-member', slot }, { type: 'group-forget', slot },
-// { type: 'group-connection' } (a new peer connection to the SFU: order checks start again),
 // { type: 'group-key', id, slot, generation, secret, onlyIfHeld } (answered with
 // { type: 'group-key-result', id, ok, inserted | error }).
-//
-// Group video (transforms with `group: true, kind: 'video'`): our camera's VP8 frames sealed
-// with the two-party video layout (clear prefix as metadata) under our group VIDEO KID (kind
-// 1: its own key, salt and counter from the same secret); each receive-only video slot's
-// frames opened by the key their KID names, whoever the SFU says they come from. The stats
-// say which member each video track carried last (`group.video.tracks`), for the tiles.
 
 import { GroupKeyring, KIND_VIDEO, groupKid } from './group-keys.js';
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
@@ -103,9 +96,17 @@ stats.group = {
   sendGeneration: null,
 };
 setInterval(() => groupRing.expire(performance.now()), 100);
-// Group video: our sender (the counter keeps counting across generations), its transformer
-// (for keyframes after a key switch), the playout order per (video track, sender), and per
-// video track the sender whose frames it carried last.
+// Group video (transforms with `group: true, kind: 'video'`): our camera's VP8 frames sealed
+// with the two-party video layout (clear prefix as metadata) under our group VIDEO KID (kind
+// 1: its own key, salt and counter from the same secret); each receive-only video slot's
+// frames opened by the key their KID names, whoever the SFU says they come from. The stats
+// say which member each video track carried last (`group.video.tracks`), for the tiles.
+// { type: 'group-connection' } from the page: a new peer connection to the SFU, whose RTP
+// timestamps start anywhere; the order checks (audio and video) start again.
+//
+// Our sender (the counter keeps counting across generations), its transformer (for keyframes
+// after a key switch), the playout order per (video track, sender), and per video track the
+// sender whose frames it carried last.
 let groupVideoSender = null;
 let groupVideoSendTransformer = null;
 const groupVideoOrders = new Map();
@@ -396,6 +397,13 @@ async function onGroupMessage(msg) {
         if (switched) groupKeyframeAfterSwitch();
       });
       await groupSendQueue.catch(() => {});
+    } else if (msg.type === 'group-member') {
+      groupRing.addSender(msg.slot);
+    } else if (msg.type === 'group-forget') {
+      groupRing.removeSender(msg.slot);
+      groupHeard.delete(msg.slot);
+      for (const k of [...groupOrders.keys()]) if (k.endsWith(`:${msg.slot}`)) groupOrders.delete(k);
+      forgetGroupVideo(msg.slot);
     } else if (msg.type === 'group-connection') {
       // A new connection to the SFU: new RTP streams whose timestamps start anywhere, so the
       // order checks start again (the counters, bound to the keys, run on).
@@ -404,13 +412,6 @@ async function onGroupMessage(msg) {
       for (const state of groupVideoTracks.values()) {
         Object.assign(state, { slot: null, generation: null, wantKeyframe: true });
       }
-    } else if (msg.type === 'group-member') {
-      groupRing.addSender(msg.slot);
-    } else if (msg.type === 'group-forget') {
-      groupRing.removeSender(msg.slot);
-      groupHeard.delete(msg.slot);
-      for (const k of [...groupOrders.keys()]) if (k.endsWith(`:${msg.slot}`)) groupOrders.delete(k);
-      forgetGroupVideo(msg.slot);
     } else if (msg.type === 'group-key' && secret) {
       try {
         const inserted = await groupRing.insert(msg.slot, msg.generation, secret, {
