@@ -96,39 +96,6 @@ stats.group = {
   sendGeneration: null,
 };
 setInterval(() => groupRing.expire(performance.now()), 100);
-// Group video (transforms with `group: true, kind: 'video'`): our camera's VP8 frames sealed
-// with the two-party video layout (clear prefix as metadata) under our group VIDEO KID (kind
-// 1: its own key, salt and counter from the same secret); each receive-only video slot's
-// frames opened by the key their KID names, whoever the SFU says they come from. The stats
-// say which member each video track carried last (`group.video.tracks`), for the tiles.
-// { type: 'group-connection' } from the page: a new peer connection to the SFU, whose RTP
-// timestamps start anywhere; the order checks (audio and video) start again.
-//
-// Our sender (the counter keeps counting across generations), its transformer (for keyframes
-// after a key switch), the playout order per (video track, sender), and per video track the
-// sender whose frames it carried last.
-let groupVideoSender = null;
-let groupVideoSendTransformer = null;
-const groupVideoOrders = new Map();
-const groupVideoTracks = new Map(); // track -> { slot, at, wantKeyframe, lastRequest }
-stats.group.video = {
-  sealed: 0,
-  keyframesSent: 0,
-  sendDroppedNoKey: 0,
-  notVp8: 0,
-  sendErrors: 0,
-  keyframesAfterSwitch: 0,
-  opened: 0,
-  keyframesReceived: 0,
-  failed: 0,
-  failureKinds: {},
-  duplicates: 0,
-  held: 0,
-  reorderRejected: 0,
-  keyframeRequestsSent: 0,
-  padding: 0,
-  tracks: {}, // track -> { slot, agoMs }: the member a video track carried last, and when
-};
 const videoOrder = new PlayoutOrder();
 /// The video send transformer (to ask for keyframes) and the epoch of the last sealed frame.
 let videoSendTransformer = null;
@@ -488,6 +455,40 @@ async function openGroup(frame, controller, track) {
 }
 
 // --- group video -------------------------------------------------------------------------
+
+// Group video (transforms with `group: true, kind: 'video'`): our camera's VP8 frames sealed
+// with the two-party video layout (clear prefix as metadata) under our group VIDEO KID (kind
+// 1: its own key, salt and counter from the same secret); each receive-only video slot's
+// frames opened by the key their KID names, whoever the SFU says they come from. The stats
+// say which member each video track carried last (`group.video.tracks`), for the tiles.
+// { type: 'group-connection' } from the page: a new peer connection to the SFU, whose RTP
+// timestamps start anywhere; the order checks (audio and video) start again.
+//
+// Our sender (the counter keeps counting across generations), its transformer (for keyframes
+// after a key switch), the playout order per (video track, sender), and per video track the
+// sender whose frames it carried last.
+let groupVideoSender = null;
+let groupVideoSendTransformer = null;
+const groupVideoOrders = new Map();
+const groupVideoTracks = new Map(); // track -> { slot, at, wantKeyframe, lastRequest }
+stats.group.video = {
+  sealed: 0,
+  keyframesSent: 0,
+  sendDroppedNoKey: 0,
+  notVp8: 0,
+  sendErrors: 0,
+  keyframesAfterSwitch: 0,
+  opened: 0,
+  keyframesReceived: 0,
+  failed: 0,
+  failureKinds: {},
+  duplicates: 0,
+  held: 0,
+  reorderRejected: 0,
+  keyframeRequestsSent: 0,
+  padding: 0,
+  tracks: {}, // track -> { slot, agoMs }: the member a video track carried last, and when
+};
 
 /// After our key switched: a keyframe, where the browser can force one (RFC 9605 section 6.2);
 /// elsewhere receivers ask for it (PLI) when a sender's generation moves on.
