@@ -32,6 +32,7 @@ mod group;
 pub use group::GroupKeysTap;
 mod media_loop;
 mod options;
+mod participant_audio;
 mod protocol;
 mod session;
 mod stats;
@@ -49,13 +50,16 @@ pub use options::{
     CallOptions, CallReport, LoadedIdentity, OptionsError, VideoIo, check_duration, check_tone,
     ended_ok, known_peers_path, parse_duration, parse_tone,
 };
+pub use participant_audio::ParticipantAudio;
 pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
 };
 pub use stats::{CallStats, ParticipantStats};
 pub use video::VideoSettings;
 
-use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
+use crate::handshake::{
+    HandshakeError, Identity, KnownPeers, PeerTrust, RotationConfig, TrustPolicy, VerifyError,
+};
 use crate::media::video::{NullVideoSink, VideoCodec, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusConfig};
 use crate::messages::{Conversation, DisappearingTimer, History, MessageError, MessageId};
@@ -160,6 +164,7 @@ pub struct CallBuilder {
     sink: Option<Box<dyn AudioSink>>,
     video_source: Option<Box<dyn VideoSource>>,
     video_sink: Option<Box<dyn VideoSink>>,
+    participant_audio: Option<Box<dyn ParticipantAudio>>,
     history: Option<History>,
 }
 
@@ -187,6 +192,7 @@ impl CallBuilder {
             sink: None,
             video_source: None,
             video_sink: None,
+            participant_audio: None,
             history: None,
         }
     }
@@ -259,6 +265,13 @@ impl CallBuilder {
         self
     }
 
+    /// In group calls, also hands each member's voice, before mixing, to `receiver` (see
+    /// [`ParticipantAudio`]). Default: only the mix, on the sink.
+    pub fn participant_audio(mut self, receiver: impl ParticipantAudio + 'static) -> Self {
+        self.participant_audio = Some(Box::new(receiver));
+        self
+    }
+
     /// Keeps this call's messages in `history` across restarts (encrypted at rest, erased at
     /// expiry); its live messages are shown again at start as restored [`CallEvent::Chat`]
     /// events. Default: messages live in memory only.
@@ -317,6 +330,9 @@ impl CallBuilder {
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
             audio: Arc::new(media_loop::AudioHome::new(source, sink)),
             video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
+            participant_audio: self
+                .participant_audio
+                .map(|p| Arc::new(std::sync::Mutex::new(p))),
             events: events_tx,
             commands,
             shared: Arc::clone(&shared),
@@ -347,6 +363,10 @@ pub(crate) enum Command {
     SetTimer(
         DisappearingTimer,
         tokio::sync::oneshot::Sender<Result<(), MessageError>>,
+    ),
+    Verify(
+        String,
+        tokio::sync::oneshot::Sender<Result<PeerTrust, VerifyError>>,
     ),
 }
 
@@ -398,6 +418,19 @@ impl Call {
             .await
             .map_err(|_| MessageError::NotConnected)?;
         answer.await.unwrap_or(Err(MessageError::NotConnected))
+    }
+
+    /// Marks `name` verified (the people compared the safety code, or the group code, and it
+    /// matched): the identity key it proved in this call is pinned as verified in the
+    /// known-peers store, and [`CallEvent::TrustChanged`] follows. `name` is the peer's or a
+    /// member's name as the events show it.
+    pub async fn verify(&self, name: &str) -> Result<PeerTrust, VerifyError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Verify(crate::names::canonical(name), reply))
+            .await
+            .map_err(|_| VerifyError::CallEnded)?;
+        answer.await.unwrap_or(Err(VerifyError::CallEnded))
     }
 
     /// Hangs up (the peer is told over the encrypted control channel) and waits until the

@@ -11,6 +11,7 @@ mod escalate;
 #[path = "../support/forgetful_sfu.rs"]
 mod forgetful_sfu;
 mod group;
+mod group_video;
 #[path = "../support/mitm.rs"]
 mod mitm;
 mod mitm_pages;
