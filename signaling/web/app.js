@@ -220,6 +220,7 @@ async function main() {
       dtls,
       stream,
       track,
+      cameraTrack, // the one camera `&video=1` opened, so it is not opened twice
       worker,
       workerStats,
       setStatus,
