@@ -534,6 +534,15 @@ async fn a_page_and_cli_members_reconnect_to_an_sfu_that_lost_them() {
         .await;
     let forgotten = Instant::now();
     assert_eq!(sfu.forget(&room), 3);
+    let lost = page
+        .wait_until(
+            "window.sotto.group.sfuLost",
+            |v| v.as_array().is_some_and(|a| !a.is_empty()),
+            CONNECT,
+            "the page noticing the lost path",
+        )
+        .await;
+    let noticed = forgotten.elapsed();
     page.wait_until(
         "window.sotto.group.sfuReconnects",
         |v| v.as_u64() >= Some(1),
@@ -542,6 +551,9 @@ async fn a_page_and_cli_members_reconnect_to_an_sfu_that_lost_them() {
     )
     .await;
     let back = forgotten.elapsed();
+    // Noticed from the page's own receive stats (nothing for 1.5 s right after members were
+    // heard), not by ICE's `disconnected`, which comes seconds later.
+    assert_eq!(lost[0]["by"], "no packets", "{lost}");
     // 100 more frames (2 s) from each member, opened after the new connection.
     let most = before["participants"]
         .as_array()
@@ -558,10 +570,24 @@ async fn a_page_and_cli_members_reconnect_to_an_sfu_that_lost_them() {
             "the members' frames again",
         )
         .await;
-    eprintln!("the page was back on the SFU {back:?} after it forgot everyone; stats {after}");
+    eprintln!(
+        "the page noticed after {noticed:?} and was back on the SFU {back:?} after it forgot \
+         everyone; stats {after}"
+    );
     for p in after["participants"].as_array().unwrap() {
         assert_eq!(p["decrypt_failures"], 0, "{after}");
     }
+    // And played: the new connection's RTP timestamps start afresh, so the playout order
+    // (bound to the SFrame counter, which runs on) must start afresh too, or every frame on
+    // the new connection is refused as misplaced.
+    let opened = before["media"]["group"]["opened"].as_u64().unwrap();
+    page.wait_until(
+        "window.sotto.stats()",
+        |s| s["media"]["group"]["opened"].as_u64() >= Some(opened + 150),
+        CONNECT,
+        "frames played after the reconnection",
+    )
+    .await;
     let status = page.text("status").await;
     assert!(
         status.as_str().is_some_and(|s| s.starts_with("connected")),
