@@ -876,10 +876,9 @@ impl Worker {
             if let (Some(id), Some(l)) = (level_id, level) {
                 header.extension = true;
                 header.extension_profile = 0xBEDE;
-                let l = usize::from(l.min(127));
                 header.extensions = vec![Extension {
                     id,
-                    payload: Bytes::from_static(LEVELS.get(l..=l).unwrap_or(&[127])),
+                    payload: level_payload(l),
                 }];
             }
             let len = packet.payload.len() as u64;
@@ -976,6 +975,13 @@ fn flush(socket: &UdpSocket, pc: &mut RTCPeerConnection, watch: Option<SocketAdd
         }
     }
     to_watch
+}
+
+/// The one-byte RFC 6464 extension payload for `level` (0-127; anything above is not a
+/// level and becomes 127, silence), without an allocation.
+fn level_payload(level: u8) -> Bytes {
+    let l = usize::from(level.min(127));
+    Bytes::from_static(LEVELS.get(l..=l).unwrap_or(&[127]))
 }
 
 fn bad(e: impl std::fmt::Display) -> JoinError {
@@ -1146,4 +1152,17 @@ impl Interceptor for KeyframeRequests {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_payload_is_the_level_byte() {
+        for level in 0..=127u8 {
+            assert_eq!(&level_payload(level)[..], &[level]);
+        }
+        assert_eq!(&level_payload(200)[..], &[127]);
+    }
 }
