@@ -1,6 +1,7 @@
 //! SFU figures on loopback with real webrtc-rs clients: CPU time of the SFU's worker threads
-//! per forwarded packet, forwarded packets per second, and the send-to-receive latency of a
-//! frame through the SFU (both clients' stacks included). Prints one JSON object.
+//! per forwarded packet (and its inverse, packets per CPU-second), forwarded packets per
+//! second, the worker's wakeups per packet in, and the send-to-receive latency of a frame
+//! through the SFU (both clients' stacks included). Prints one JSON object.
 //!
 //! `cargo run --release -p sotto-sfu --example bench -- [members] [seconds]`
 //! (or `scripts/bench-sfu`).
@@ -138,7 +139,7 @@ async fn main() {
     let forwarded = out1 - out0;
     let cpu = cpu1 - cpu0;
     println!(
-        "{{\"members\":{members},\"seconds\":{seconds},\"sfu_workers\":1,\"packets_in_per_s\":{:.0},\"packets_out_per_s\":{:.0},\"sfu_cpu_seconds\":{cpu:.3},\"sfu_cpu_us_per_forwarded_packet\":{:.1},\"sfu_wakeups_per_packet_in\":{:.2},\"latency_ms_p50\":{:.2},\"latency_ms_p99\":{:.2},\"latency_samples\":{},\"dropped_rate_limit\":{},\"dropped_send_failed\":{}}}",
+        "{{\"members\":{members},\"seconds\":{seconds},\"sfu_workers\":1,\"packets_in_per_s\":{:.0},\"packets_out_per_s\":{:.0},\"sfu_cpu_seconds\":{cpu:.3},\"sfu_cpu_us_per_forwarded_packet\":{:.1},\"forwarded_packets_per_cpu_second\":{:.0},\"sfu_wakeups_per_packet_in\":{:.2},\"latency_ms_p50\":{:.2},\"latency_ms_p99\":{:.2},\"latency_samples\":{},\"dropped_rate_limit\":{},\"dropped_send_failed\":{}}}",
         (in1 - in0) as f64 / seconds as f64,
         forwarded as f64 / seconds as f64,
         if forwarded > 0 {
@@ -146,6 +147,7 @@ async fn main() {
         } else {
             f64::NAN
         },
+        forwarded as f64 / cpu,
         (sw1 - sw0) as f64 / (in1 - in0).max(1) as f64,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
