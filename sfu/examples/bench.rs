@@ -1,6 +1,7 @@
 //! SFU figures on loopback with real webrtc-rs clients: CPU time of the SFU's worker threads
-//! per forwarded packet, forwarded packets per second, and the send-to-receive latency of a
-//! frame through the SFU (both clients' stacks included). Prints one JSON object.
+//! per forwarded packet (and its inverse, packets per CPU-second), forwarded packets per
+//! second, the worker's wakeups per packet in, and the send-to-receive latency of a frame
+//! through the SFU (both clients' stacks included). Prints one JSON object.
 //!
 //! `cargo run --release -p sotto-sfu --example bench -- [members] [seconds]`
 //! (or `scripts/bench-sfu`).
@@ -21,30 +22,35 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// User plus system CPU seconds of this process's threads named `sotto-sfu-*`.
-fn sfu_cpu_seconds() -> f64 {
-    let tick = 100.0; // USER_HZ on Linux.
-    let mut total = 0.0;
+/// CPU seconds (user plus system) and voluntary context switches of this process's threads
+/// named `sotto-sfu-*`. The CPU time comes from `schedstat` (nanoseconds); `stat` counts only
+/// 10 ms ticks, too coarse for a few tenths of a second.
+fn sfu_cpu() -> (f64, u64) {
+    let (mut total, mut switches) = (0.0, 0);
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return f64::NAN;
+        return (f64::NAN, 0);
     };
     for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if !stat[open + 1..close].starts_with("sotto-sfu") {
+        if !name.starts_with("sotto-sfu") {
             continue;
         }
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        total += (utime + stime) / tick;
+        total += std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split(' ').next().and_then(|f| f.parse::<f64>().ok()))
+            .map_or(f64::NAN, |ns| ns / 1e9);
+        switches += std::fs::read_to_string(task.path().join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
     }
-    total
+    (total, switches)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -115,25 +121,25 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let m = sfu.metrics();
-    let (in0, out0, cpu0) = (
+    let (in0, out0, (cpu0, sw0)) = (
         m.packets_in.load(Ordering::Relaxed),
         m.packets_out.load(Ordering::Relaxed),
-        sfu_cpu_seconds(),
+        sfu_cpu(),
     );
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
-    let (in1, out1, cpu1) = (
+    let (in1, out1, (cpu1, sw1)) = (
         m.packets_in.load(Ordering::Relaxed),
         m.packets_out.load(Ordering::Relaxed),
-        sfu_cpu_seconds(),
+        sfu_cpu(),
     );
     let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     lat.sort_unstable();
     let forwarded = out1 - out0;
     let cpu = cpu1 - cpu0;
     println!(
-        "{{\"members\":{members},\"seconds\":{seconds},\"sfu_workers\":1,\"packets_in_per_s\":{:.0},\"packets_out_per_s\":{:.0},\"sfu_cpu_seconds\":{cpu:.2},\"sfu_cpu_us_per_forwarded_packet\":{:.1},\"latency_ms_p50\":{:.2},\"latency_ms_p99\":{:.2},\"latency_samples\":{},\"dropped_rate_limit\":{},\"dropped_send_failed\":{}}}",
+        "{{\"members\":{members},\"seconds\":{seconds},\"sfu_workers\":1,\"packets_in_per_s\":{:.0},\"packets_out_per_s\":{:.0},\"sfu_cpu_seconds\":{cpu:.3},\"sfu_cpu_us_per_forwarded_packet\":{:.1},\"forwarded_packets_per_cpu_second\":{:.0},\"sfu_wakeups_per_packet_in\":{:.2},\"latency_ms_p50\":{:.2},\"latency_ms_p99\":{:.2},\"latency_samples\":{},\"dropped_rate_limit\":{},\"dropped_send_failed\":{}}}",
         (in1 - in0) as f64 / seconds as f64,
         forwarded as f64 / seconds as f64,
         if forwarded > 0 {
@@ -141,6 +147,8 @@ async fn main() {
         } else {
             f64::NAN
         },
+        forwarded as f64 / cpu,
+        (sw1 - sw0) as f64 / (in1 - in0).max(1) as f64,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         lat.len(),

@@ -44,6 +44,17 @@ use crate::metrics::{DropReason, Metrics};
 use crate::room::{ForwardConfig, InPacket, JoinError, Kind, Room};
 
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// Every RFC 6464 level as a one-byte slice, so a forwarded packet's extension is not an
+/// allocation.
+static LEVELS: [u8; 128] = {
+    let mut l = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        l[i] = i as u8;
+        i += 1;
+    }
+    l
+};
 /// The longest the worker sleeps without looking at its commands.
 const MAX_WAIT: Duration = Duration::from_millis(10);
 /// A join waits this long for its worker.
@@ -185,6 +196,8 @@ impl Sfu {
                 next_key: 0,
                 index: i,
                 any_failed: false,
+                reads: Vec::new(),
+                targets: Vec::new(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("sotto-sfu-{i}"))
@@ -347,8 +360,9 @@ struct OutTrack {
 }
 
 struct Peer {
-    room: String,
-    id: String,
+    /// Shared names: the forwarding path needs them per packet without copying.
+    room: Arc<str>,
+    id: Arc<str>,
     ufrag: String,
     pc: RTCPeerConnection,
     addrs: Vec<SocketAddr>,
@@ -393,6 +407,9 @@ struct Worker {
     index: usize,
     /// Some connection failed or closed since the last reaping.
     any_failed: bool,
+    /// Scratch space reused per packet, so forwarding allocates nothing of ours.
+    reads: Vec<RTCMessage>,
+    targets: Vec<(u64, crate::room::Route)>,
 }
 
 impl Worker {
@@ -590,8 +607,8 @@ impl Worker {
         self.peers.insert(
             key,
             Peer {
-                room: room.to_owned(),
-                id: id.to_owned(),
+                room: Arc::from(room),
+                id: Arc::from(id),
                 ufrag,
                 pc,
                 addrs: Vec::new(),
@@ -635,7 +652,7 @@ impl Worker {
             .peers
             .values()
             .filter(|p| p.failed)
-            .map(|p| (p.room.clone(), p.id.clone()))
+            .map(|p| (p.room.to_string(), p.id.to_string()))
             .collect();
         for (room, id) in failed {
             tracing::debug!(%room, %id, "participant connection failed; removed");
@@ -694,9 +711,11 @@ impl Worker {
 
     /// Sends what `key`'s connection has to send, and acts on what it received.
     fn pump(&mut self, key: u64) {
-        let mut reads = VecDeque::new();
+        let mut reads = std::mem::take(&mut self.reads);
+        reads.clear();
         {
             let Some(p) = self.peers.get_mut(&key) else {
+                self.reads = reads;
                 return;
             };
             flush(&self.socket, &mut p.pc, None);
@@ -723,10 +742,10 @@ impl Worker {
                 }
             }
             while let Some(TaggedRTCMessage { message, .. }) = p.pc.poll_read() {
-                reads.push_back(message);
+                reads.push(message);
             }
         }
-        for message in reads {
+        for message in reads.drain(..) {
             match message {
                 RTCMessage::RtpPacket(track_id, packet) => self.forward(key, &track_id, packet),
                 RTCMessage::RtcpPacket(track_id, packets) => {
@@ -751,6 +770,7 @@ impl Worker {
                 _ => {}
             }
         }
+        self.reads = reads;
     }
 
     fn forward(&mut self, key: u64, track_id: &str, packet: rtc::rtp::Packet) {
@@ -786,8 +806,8 @@ impl Worker {
                 None
             }
         };
-        let (room_name, from) = (p.room.clone(), p.id.clone());
-        let Some(room) = self.rooms.get_mut(&room_name) else {
+        let (room_name, from) = (Arc::clone(&p.room), Arc::clone(&p.id));
+        let Some(room) = self.rooms.get_mut(&*room_name) else {
             return;
         };
         let input = InPacket {
@@ -815,11 +835,14 @@ impl Worker {
         for _ in 0..room.core.take_shed() {
             self.metrics.count_drop(DropReason::Bandwidth);
         }
-        let targets: Vec<(u64, crate::room::Route)> = routes
-            .into_iter()
-            .filter_map(|r| room.peers.get(&r.to).map(|&k| (k, r)))
-            .collect();
-        for (target, route) in targets {
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        targets.extend(
+            routes
+                .into_iter()
+                .filter_map(|r| room.peers.get(&r.to).map(|&k| (k, r))),
+        );
+        for (target, route) in targets.drain(..) {
             let Some(t) = self.peers.get_mut(&target) else {
                 continue;
             };
@@ -855,7 +878,7 @@ impl Worker {
                 header.extension_profile = 0xBEDE;
                 header.extensions = vec![Extension {
                     id,
-                    payload: Bytes::copy_from_slice(&[l]),
+                    payload: level_payload(l),
                 }];
             }
             let len = packet.payload.len() as u64;
@@ -876,10 +899,11 @@ impl Worker {
             }
             flush(&self.socket, &mut t.pc, None);
         }
+        self.targets = targets;
         for publisher in keyframes {
             if let Some(&k) = self
                 .rooms
-                .get(&room_name)
+                .get(&*room_name)
                 .and_then(|r| r.peers.get(&publisher))
             {
                 self.send_pli(k);
@@ -891,7 +915,7 @@ impl Worker {
         let Some(p) = self.peers.get(&key) else {
             return;
         };
-        if let Some(room) = self.rooms.get_mut(&p.room) {
+        if let Some(room) = self.rooms.get_mut(&*p.room) {
             room.core
                 .on_receiver_loss(Instant::now(), &p.id, fraction_lost);
         }
@@ -904,8 +928,8 @@ impl Worker {
         let Some(slot) = p.video_out.iter().position(|o| o.track_id == track_id) else {
             return;
         };
-        let (room_name, receiver) = (p.room.clone(), p.id.clone());
-        let Some(room) = self.rooms.get_mut(&room_name) else {
+        let (room_name, receiver) = (Arc::clone(&p.room), Arc::clone(&p.id));
+        let Some(room) = self.rooms.get_mut(&*room_name) else {
             return;
         };
         let Some(publisher) = room
@@ -951,6 +975,13 @@ fn flush(socket: &UdpSocket, pc: &mut RTCPeerConnection, watch: Option<SocketAdd
         }
     }
     to_watch
+}
+
+/// The one-byte RFC 6464 extension payload for `level` (0-127; anything above is not a
+/// level and becomes 127, silence), without an allocation.
+fn level_payload(level: u8) -> Bytes {
+    let l = usize::from(level.min(127));
+    Bytes::from_static(LEVELS.get(l..=l).unwrap_or(&[127]))
 }
 
 fn bad(e: impl std::fmt::Display) -> JoinError {
@@ -1121,4 +1152,17 @@ impl Interceptor for KeyframeRequests {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_payload_is_the_level_byte() {
+        for level in 0..=127u8 {
+            assert_eq!(&level_payload(level)[..], &[level]);
+        }
+        assert_eq!(&level_payload(200)[..], &[127]);
+    }
 }
