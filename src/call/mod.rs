@@ -30,6 +30,7 @@ mod events;
 mod group;
 #[cfg(feature = "insecure-test-hooks")]
 pub use group::GroupKeysTap;
+pub use group::VideoSinkFactory;
 mod media_loop;
 mod options;
 mod protocol;
@@ -47,7 +48,7 @@ pub use control::{ControlCrypto, ControlError};
 pub use events::{CallEvent, CallState, EndReason, PeerInfo};
 pub use options::{
     CallOptions, CallReport, LoadedIdentity, OptionsError, VideoIo, check_duration, check_tone,
-    ended_ok, known_peers_path, parse_duration, parse_tone,
+    ended_ok, known_peers_path, member_video_path, parse_duration, parse_tone,
 };
 pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
@@ -160,6 +161,7 @@ pub struct CallBuilder {
     sink: Option<Box<dyn AudioSink>>,
     video_source: Option<Box<dyn VideoSource>>,
     video_sink: Option<Box<dyn VideoSink>>,
+    group_video_sinks: Option<VideoSinkFactory>,
     history: Option<History>,
 }
 
@@ -187,6 +189,7 @@ impl CallBuilder {
             sink: None,
             video_source: None,
             video_sink: None,
+            group_video_sinks: None,
             history: None,
         }
     }
@@ -259,6 +262,20 @@ impl CallBuilder {
         self
     }
 
+    /// In a group call, shows each member's video on the sink `factory` makes for it (called
+    /// with the member's name the first time its video shows). Default: decoded and
+    /// counted, not shown. The two-party [`video_sink`](Self::video_sink) is not used in a
+    /// group.
+    pub fn group_video_sinks(
+        mut self,
+        factory: impl FnMut(&str) -> Result<Box<dyn VideoSink>, crate::media::video::VideoError>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.group_video_sinks = Some(Box::new(factory));
+        self
+    }
+
     /// Keeps this call's messages in `history` across restarts (encrypted at rest, erased at
     /// expiry); its live messages are shown again at start as restored [`CallEvent::Chat`]
     /// events. Default: messages live in memory only.
@@ -288,11 +305,6 @@ impl CallBuilder {
                 "playout frame and Opus frame differ".into(),
             ));
         }
-        if c.group && self.video_source.is_some() {
-            return Err(CallError::Invalid(
-                "group calls carry audio only for now: drop the video source".into(),
-            ));
-        }
         let identity = match self.identity {
             Some(id) => id,
             None => Arc::new(Identity::generate()?),
@@ -317,6 +329,7 @@ impl CallBuilder {
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
             audio: Arc::new(media_loop::AudioHome::new(source, sink)),
             video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
+            group_video: Arc::new(group::GroupVideoHome::new(self.group_video_sinks)),
             events: events_tx,
             commands,
             shared: Arc::clone(&shared),

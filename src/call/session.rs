@@ -69,6 +69,8 @@ pub(crate) struct Session {
     pub audio: Arc<AudioHome>,
     /// The same for video.
     pub video: std::sync::Mutex<Option<VideoIo>>,
+    /// Group calls' video source and per-member sinks.
+    pub group_video: Arc<super::group::GroupVideoHome>,
     pub events: mpsc::Sender<CallEvent>,
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
@@ -620,6 +622,7 @@ impl Session {
                         tracing::info!(width, height, "peer's video size");
                         self.emit(CallEvent::VideoSize { width, height });
                     }
+                    MediaNotice::ParticipantVideoSize { .. } => {}
                     MediaNotice::Failed(e) => break EndReason::MediaFailed(e),
                 },
                 _ = stats_tick.tick() => {

@@ -1,0 +1,597 @@
+//! Video in group calls: our camera (or file, or test pattern) sealed under our group video
+//! key and sent to the SFU; the others' video, forwarded on our video slots, opened under the
+//! key its KID names, decoded per member and shown on that member's sink.
+//!
+//! The SFU decides which publisher a slot carries and may change it at any time, so a slot
+//! says nothing about who sent a frame: the sender is the KID's slot, which the frame's
+//! authentication binds. Per member there is one decoder, one sink and one "broken" state
+//! (a frame lost, held for its key, or dropped: delta frames wait for a keyframe, which is
+//! asked for with a PLI on the slot that last carried that member).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::group::{GroupError, GroupKeys, GroupKid, KeyKind, OpenOutcome, Slot};
+use crate::media::video::{
+    EncodedVideoFrame, NullVideoSink, VIDEO_CLOCK_RATE, VideoDecoder, VideoEncoder, VideoError,
+    VideoFrame, VideoSink, VideoSource,
+};
+use crate::sframe::{Header, SframeError};
+use crate::transport::{SfuTransport, SlotVideoFrame, seal_video, video_clear_prefix_len};
+
+use super::super::media_loop::{MediaNotice, pace_until};
+use super::super::stats::SharedStats;
+use super::super::video::{VideoControl, VideoSettings};
+
+/// Makes the sink a member's video is shown on, given its name (canonical, as shown).
+pub type VideoSinkFactory =
+    Box<dyn FnMut(&str) -> Result<Box<dyn VideoSink>, VideoError> + Send + 'static>;
+
+/// Least time between two keyframe requests on one slot.
+const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(300);
+
+/// Video slots we ask the SFU for: enough for a room of five with every member's video.
+pub(crate) const VIDEO_SLOTS: usize = 4;
+
+/// Per-member video counts, by slot (written under the group keys' lock, so they agree with
+/// the keyring's counts read under it).
+pub(crate) struct VideoCounts {
+    decrypted: [AtomicU64; 128],
+    failures: [AtomicU64; 128],
+}
+
+impl Default for VideoCounts {
+    fn default() -> Self {
+        VideoCounts {
+            decrypted: std::array::from_fn(|_| AtomicU64::new(0)),
+            failures: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl VideoCounts {
+    pub(crate) fn decrypted(&self, slot: Slot) -> u64 {
+        self.decrypted[usize::from(slot.get())].load(Relaxed)
+    }
+
+    pub(crate) fn failures(&self, slot: Slot) -> u64 {
+        self.failures[usize::from(slot.get())].load(Relaxed)
+    }
+
+    pub(crate) fn count_decrypted(&self, slot: Slot) {
+        self.decrypted[usize::from(slot.get())].fetch_add(1, Relaxed);
+    }
+
+    fn count_failure(&self, slot: Slot) {
+        self.failures[usize::from(slot.get())].fetch_add(1, Relaxed);
+    }
+
+    /// Forgets `slot` (it left; its last figures were kept; the slot may be reused).
+    pub(crate) fn clear(&self, slot: Slot) {
+        self.decrypted[usize::from(slot.get())].store(0, Relaxed);
+        self.failures[usize::from(slot.get())].store(0, Relaxed);
+    }
+}
+
+/// The application's video I/O for group calls, kept across SFU reconnections: our source,
+/// and one sink per member (made by the factory the first time the member's video shows).
+#[derive(Default)]
+pub(crate) struct GroupVideoHome {
+    source: Mutex<Option<Box<dyn VideoSource>>>,
+    sinks: Mutex<HashMap<String, Box<dyn VideoSink>>>,
+    factory: Mutex<Option<VideoSinkFactory>>,
+}
+
+impl GroupVideoHome {
+    pub(crate) fn new(factory: Option<VideoSinkFactory>) -> Self {
+        GroupVideoHome {
+            factory: Mutex::new(factory),
+            ..Default::default()
+        }
+    }
+
+    /// Keeps `source` for the next capture thread.
+    pub(crate) fn put_source(&self, source: Box<dyn VideoSource>) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = Some(source);
+        }
+    }
+
+    /// Takes the source (`None` if there is none, or a capture thread has it).
+    pub(crate) fn take_source(&self) -> Option<Box<dyn VideoSource>> {
+        self.source.lock().ok()?.take()
+    }
+
+    /// Whether a source is kept here.
+    pub(crate) fn has_source(&self) -> bool {
+        self.source.lock().is_ok_and(|s| s.is_some())
+    }
+
+    /// Shows `picture` on `name`'s sink, making the sink first if needed. Without a factory
+    /// (or when it fails, logged once) pictures are decoded and counted only.
+    fn write(&self, name: &str, picture: &VideoFrame) -> Result<(), VideoError> {
+        let mut sinks = self.sinks.lock().map_err(|_| poisoned())?;
+        if !sinks.contains_key(name) {
+            let made = match self.factory.lock().map_err(|_| poisoned())?.as_mut() {
+                Some(factory) => factory(name).unwrap_or_else(|e| {
+                    tracing::warn!(member = %name, "no video sink for this member: {e}");
+                    Box::new(NullVideoSink::default())
+                }),
+                None => Box::new(NullVideoSink::default()),
+            };
+            sinks.insert(name.to_owned(), made);
+        }
+        match sinks.get_mut(name) {
+            Some(sink) => sink.write_frame(picture),
+            None => Ok(()),
+        }
+    }
+
+    /// Finishes every member's sink (the call ended).
+    pub(crate) fn finish(&self) {
+        let Ok(mut sinks) = self.sinks.lock() else {
+            return;
+        };
+        for (name, sink) in sinks.iter_mut() {
+            if let Err(e) = sink.finish() {
+                tracing::warn!(member = %name, "finishing a video sink: {e}");
+            }
+        }
+        sinks.clear();
+    }
+}
+
+fn poisoned() -> VideoError {
+    VideoError::from(std::io::Error::other("video sinks unusable"))
+}
+
+/// Locks the group keys; a poisoned lock (a thread panicked holding it) is an error.
+fn lock(keys: &Mutex<GroupKeys>) -> Result<std::sync::MutexGuard<'_, GroupKeys>, String> {
+    keys.lock()
+        .map_err(|_| "the group keys are unusable".to_owned())
+}
+
+/// Everything the group video capture thread owns.
+pub(crate) struct GroupVideoCapture {
+    pub source: Option<Box<dyn VideoSource>>,
+    pub encoder: Box<dyn VideoEncoder>,
+    pub keys: Arc<Mutex<GroupKeys>>,
+    pub transport: Arc<SfuTransport>,
+    pub runtime: tokio::runtime::Handle,
+    pub shared: Arc<SharedStats>,
+    pub control: Arc<VideoControl>,
+    pub stop: Arc<AtomicBool>,
+    pub settings: VideoSettings,
+    pub notices: mpsc::UnboundedSender<MediaNotice>,
+    pub home: Arc<GroupVideoHome>,
+}
+
+impl GroupVideoCapture {
+    /// Runs until `stop`; a source or codec failure ends the thread with a notice. The
+    /// source goes back home either way.
+    pub(crate) fn run(mut self) {
+        if let Err(e) = self.run_inner() {
+            tracing::error!("video capture stopped: {e}");
+            let _ = self.notices.send(MediaNotice::Failed(e));
+        }
+        if let Some(source) = self.source.take() {
+            self.home.put_source(source);
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<(), String> {
+        let Some(source) = self.source.as_mut() else {
+            return Ok(());
+        };
+        let (sw, sh) = source.size();
+        let size = self.settings.size.unwrap_or((sw, sh));
+        let source_fps = source.frame_rate().max(1.0);
+        let fps = self
+            .settings
+            .fps
+            .map_or(source_fps, |f| f64::from(f).min(source_fps));
+        let skip = (source_fps / fps).round().max(1.0) as u32;
+        let mut picture = VideoFrame::black(sw, sh).map_err(|e| e.to_string())?;
+        let mut scaled = VideoFrame::black(size.0, size.1).map_err(|e| e.to_string())?;
+        let mut encoded = EncodedVideoFrame::default();
+        let live = source.is_live();
+        let period = Duration::from_secs_f64(1.0 / source_fps);
+        let start = Instant::now();
+        let mut read: u32 = 0;
+        let mut generation = None;
+        while !self.stop.load(Relaxed) {
+            if !live {
+                pace_until(start + period * read, &self.stop);
+            }
+            if !source.read_frame(&mut picture).map_err(|e| e.to_string())? {
+                tracing::info!("video source ended");
+                // The call goes on; the others' picture of us stays on the last frame.
+                while !self.stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+            read = read.wrapping_add(1);
+            if !read.is_multiple_of(skip) {
+                continue;
+            }
+            if self.control.keyframe.swap(false, Relaxed) {
+                self.encoder.force_keyframe();
+            }
+            let frame = if picture.size() == size {
+                &picture
+            } else {
+                picture.scale_into(&mut scaled);
+                scaled.capture = picture.capture;
+                &scaled
+            };
+            let pts = frame.capture.saturating_duration_since(start).as_micros() as u64
+                * u64::from(VIDEO_CLOCK_RATE)
+                / 1_000_000;
+            // A member that missed our key switch recovers at the next keyframe.
+            let now_gen = lock(&self.keys)?.send_generation();
+            if generation.is_some_and(|g| g != now_gen) {
+                self.encoder.force_keyframe();
+            }
+            generation = Some(now_gen);
+            if !self
+                .encoder
+                .encode_into(frame, pts, &mut encoded)
+                .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+            // The lock is held for one seal (the open tasks take it per received frame).
+            let sealed = {
+                let mut keys = lock(&self.keys)?;
+                seal_video(keys.sender(KeyKind::Video), &encoded.data)
+                    .map_err(|e| e.to_string())?
+            };
+            let sent = self
+                .runtime
+                .block_on(self.transport.send_video(&sealed, frame.capture));
+            match sent {
+                Ok(()) => {
+                    let s = &self.shared;
+                    s.video_frames_sent.fetch_add(1, Relaxed);
+                    s.video_bytes_sent
+                        .fetch_add(sealed.as_bytes().len() as u64, Relaxed);
+                    if encoded.keyframe {
+                        s.video_keyframes_sent.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(e) => tracing::debug!("video send failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A member's VP8 frame, opened, for the render thread.
+pub(crate) struct MemberFrame {
+    sender: Slot,
+    vp8: Vec<u8>,
+}
+
+/// What the open task knows of one sender.
+#[derive(Default)]
+struct SenderState {
+    /// The slot that carried it last: where its keyframe requests go.
+    slot_ssrc: Option<u32>,
+    /// Delta frames cannot decode until a keyframe comes.
+    broken: bool,
+    /// (generation, counter) of the last frame passed on: older ones are refused.
+    last: Option<(u64, u64)>,
+}
+
+/// Asks for keyframes, at most one per [`KEYFRAME_REQUEST_GAP`] on each slot.
+struct Asker {
+    transport: Arc<SfuTransport>,
+    shared: Arc<SharedStats>,
+    last: HashMap<u32, Instant>,
+}
+
+impl Asker {
+    fn ask(&mut self, slot_ssrc: Option<u32>, now: Instant) {
+        let Some(ssrc) = slot_ssrc else { return };
+        if self
+            .last
+            .get(&ssrc)
+            .is_some_and(|t| now.saturating_duration_since(*t) < KEYFRAME_REQUEST_GAP)
+        {
+            return;
+        }
+        if self.transport.request_keyframe(ssrc) {
+            self.last.insert(ssrc, now);
+            self.shared
+                .video_keyframe_requests_sent
+                .fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// What opening one forwarded frame gave.
+enum Opened {
+    Frame {
+        sender: Slot,
+        generation: u64,
+        ctr: u64,
+        vp8: Vec<u8>,
+    },
+    /// Its key has not come yet: held by the keyring (dropped if released later).
+    Held(Slot),
+    Refused,
+}
+
+/// Opens one sealed video frame under the group keys, counting what happens.
+fn open_one(
+    keys: &Mutex<GroupKeys>,
+    counts: &VideoCounts,
+    shared: &SharedStats,
+    frame: &SlotVideoFrame,
+) -> Result<Opened, String> {
+    let payload = &frame.frame.payload;
+    let Some(&first) = payload.first() else {
+        return Ok(Opened::Refused);
+    };
+    let n = video_clear_prefix_len(first);
+    let refuse = |slot: Option<Slot>| {
+        shared.video_decrypt_failures.fetch_add(1, Relaxed);
+        if let Some(slot) = slot {
+            counts.count_failure(slot);
+        }
+        Ok(Opened::Refused)
+    };
+    if payload.len() <= n {
+        return refuse(None);
+    }
+    let (prefix, sealed) = payload.split_at(n);
+    // The KID only says which key to try; the key's tag decides.
+    let claimed = match Header::parse(sealed).map(|(h, _)| GroupKid::parse(h.kid)) {
+        Ok(Ok(kid)) if kid.kind == KeyKind::Video => kid.slot,
+        _ => return refuse(None),
+    };
+    let mut k = lock(keys)?;
+    match k.open_with_metadata(frame.frame.arrival, prefix, sealed) {
+        Ok(OpenOutcome::Opened(o)) if o.kind == KeyKind::Video => {
+            counts.count_decrypted(o.slot);
+            shared.video_frames_decrypted.fetch_add(1, Relaxed);
+            let mut vp8 = Vec::with_capacity(n + o.payload.len());
+            vp8.extend_from_slice(prefix);
+            vp8.extend_from_slice(&o.payload);
+            Ok(Opened::Frame {
+                sender: o.slot,
+                generation: o.generation,
+                ctr: o.ctr,
+                vp8,
+            })
+        }
+        Ok(OpenOutcome::Opened(_)) => refuse(Some(claimed)),
+        Ok(OpenOutcome::Held) => Ok(Opened::Held(claimed)),
+        Err(GroupError::Sframe(SframeError::Replay { .. } | SframeError::TooOld { .. })) => {
+            shared.video_replays_rejected.fetch_add(1, Relaxed);
+            Ok(Opened::Refused)
+        }
+        Err(GroupError::UnknownMember(_) | GroupError::UnknownKey { .. }) => {
+            // Never shown: a member we have no key of (yet, or any more).
+            shared.unknown_key_frames.fetch_add(1, Relaxed);
+            Ok(Opened::Refused)
+        }
+        Err(e) => {
+            tracing::debug!("refused a forwarded video frame: {e}");
+            refuse(Some(claimed))
+        }
+    }
+}
+
+/// Opens forwarded video frames and hands them to the render thread, per sender; asks for
+/// keyframes when a slot starts carrying a sender, a frame was lost, or the render thread
+/// needs one. Runs until the transport's video stream ends.
+pub(crate) async fn open_video_frames(
+    mut frames: mpsc::Receiver<SlotVideoFrame>,
+    mut needs: mpsc::UnboundedReceiver<Slot>,
+    keys: Arc<Mutex<GroupKeys>>,
+    counts: Arc<VideoCounts>,
+    out: SyncSender<MemberFrame>,
+    transport: Arc<SfuTransport>,
+    shared: Arc<SharedStats>,
+) {
+    let mut senders: HashMap<Slot, SenderState> = HashMap::new();
+    // Which sender each slot carried last.
+    let mut carried: HashMap<u32, Slot> = HashMap::new();
+    let mut asker = Asker {
+        transport,
+        shared: Arc::clone(&shared),
+        last: HashMap::new(),
+    };
+    loop {
+        let frame = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(f) => f,
+                None => return,
+            },
+            Some(sender) = needs.recv() => {
+                let ssrc = senders.get(&sender).and_then(|s| s.slot_ssrc);
+                asker.ask(ssrc, Instant::now());
+                continue;
+            }
+        };
+        let now = Instant::now();
+        shared.video_frames_received.fetch_add(1, Relaxed);
+        shared
+            .video_bytes_received
+            .fetch_add(frame.frame.payload.len() as u64, Relaxed);
+        let ssrc = frame.slot_ssrc;
+        let opened = match open_one(&keys, &counts, &shared, &frame) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("{e}");
+                return;
+            }
+        };
+        let (sender, generation, ctr, vp8) = match opened {
+            Opened::Frame {
+                sender,
+                generation,
+                ctr,
+                vp8,
+            } => (sender, generation, ctr, vp8),
+            Opened::Held(claimed) => {
+                // It opens later or never: either way the picture needs a keyframe.
+                let s = senders.entry(claimed).or_default();
+                s.broken = true;
+                s.slot_ssrc = Some(ssrc);
+                continue;
+            }
+            Opened::Refused => continue,
+        };
+        let state = senders.entry(sender).or_default();
+        state.slot_ssrc = Some(ssrc);
+        let keyframe = vp8.first().is_some_and(|b| b & 1 == 0);
+        if carried.insert(ssrc, sender) != Some(sender) {
+            // A slot that starts carrying a sender: its first frames are deltas of a picture
+            // we never had, unless this is a keyframe.
+            if !keyframe {
+                state.broken = true;
+            }
+        } else if frame.frame.after_loss {
+            state.broken = true;
+        }
+        if state.last.is_some_and(|last| (generation, ctr) <= last) {
+            shared.video_reorder_rejected.fetch_add(1, Relaxed);
+            continue;
+        }
+        state.last = Some((generation, ctr));
+        if state.broken {
+            if !keyframe {
+                shared.video_frames_skipped.fetch_add(1, Relaxed);
+                asker.ask(Some(ssrc), now);
+                continue;
+            }
+            state.broken = false;
+        }
+        match out.try_send(MemberFrame { sender, vp8 }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                state.broken = true;
+                asker.ask(Some(ssrc), now);
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
+/// Who each slot is, for naming the pictures (set by the call task as members are trusted
+/// and leave).
+pub(crate) type VideoNames = Arc<Mutex<HashMap<Slot, String>>>;
+
+/// One member's picture in the render thread.
+struct View {
+    name: String,
+    decoder: Box<dyn VideoDecoder>,
+    have_keyframe: bool,
+    shown_size: (u32, u32),
+}
+
+/// Everything the group video render thread owns.
+pub(crate) struct GroupVideoRender {
+    pub frames: Receiver<MemberFrame>,
+    pub names: VideoNames,
+    pub new_decoder: Box<dyn Fn() -> Result<Box<dyn VideoDecoder>, VideoError> + Send>,
+    pub needs: mpsc::UnboundedSender<Slot>,
+    pub home: Arc<GroupVideoHome>,
+    pub shared: Arc<SharedStats>,
+    pub stop: Arc<AtomicBool>,
+    pub notices: mpsc::UnboundedSender<MediaNotice>,
+}
+
+impl GroupVideoRender {
+    /// Runs until `stop`; a sink failure ends the thread with a notice.
+    pub(crate) fn run(self) {
+        if let Err(e) = self.run_inner() {
+            tracing::error!("video render stopped: {e}");
+            let _ = self.notices.send(MediaNotice::Failed(e));
+        }
+    }
+
+    fn run_inner(&self) -> Result<(), String> {
+        let mut picture = VideoFrame::black(2, 2).map_err(|e| e.to_string())?;
+        let mut views: HashMap<Slot, View> = HashMap::new();
+        while !self.stop.load(Relaxed) {
+            let frame = match self.frames.recv_timeout(Duration::from_millis(50)) {
+                Ok(f) => f,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let Some(name) = self
+                .names
+                .lock()
+                .ok()
+                .and_then(|n| n.get(&frame.sender).cloned())
+            else {
+                continue; // not (or no longer) a trusted member
+            };
+            // A slot given to another member starts over.
+            if views.get(&frame.sender).is_none_or(|v| v.name != name) {
+                let decoder = (self.new_decoder)().map_err(|e| e.to_string())?;
+                views.insert(
+                    frame.sender,
+                    View {
+                        name: name.clone(),
+                        decoder,
+                        have_keyframe: false,
+                        shown_size: (0, 0),
+                    },
+                );
+            }
+            let Some(view) = views.get_mut(&frame.sender) else {
+                continue;
+            };
+            let keyframe = frame.vp8.first().is_some_and(|b| b & 1 == 0);
+            if !view.have_keyframe && !keyframe {
+                let _ = self.needs.send(frame.sender);
+                continue;
+            }
+            match view.decoder.decode_into(&frame.vp8, &mut picture) {
+                Ok(true) if view.decoder.last_picture_damaged() => {
+                    self.shared.video_decode_errors.fetch_add(1, Relaxed);
+                    view.have_keyframe = false;
+                    let _ = self.needs.send(frame.sender);
+                    continue;
+                }
+                Ok(true) => view.have_keyframe = true,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::debug!(member = %name, "video frame did not decode: {e}");
+                    self.shared.video_decode_errors.fetch_add(1, Relaxed);
+                    view.have_keyframe = false;
+                    let _ = self.needs.send(frame.sender);
+                    continue;
+                }
+            }
+            picture.capture = Instant::now();
+            self.home
+                .write(&name, &picture)
+                .map_err(|e| format!("video of {name}: {e}"))?;
+            let s = &self.shared;
+            s.video_frames_rendered.fetch_add(1, Relaxed);
+            let (w, h) = picture.size();
+            s.video_width.store(w, Relaxed);
+            s.video_height.store(h, Relaxed);
+            if (w, h) != view.shown_size {
+                view.shown_size = (w, h);
+                let _ = self.notices.send(MediaNotice::ParticipantVideoSize {
+                    name: name.clone(),
+                    width: w,
+                    height: h,
+                });
+            }
+        }
+        Ok(())
+    }
+}
