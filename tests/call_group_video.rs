@@ -233,6 +233,18 @@ async fn three_members_see_each_others_video_and_a_late_joiner_gets_a_keyframe()
         let (sizes, ended) = m.done.await.unwrap();
         let (reason, stats) = ended.expect("ended");
         assert_eq!(reason, EndReason::LocalHangup, "{}", m.name);
+        println!(
+            "{}: video sent {} ({} keyframes, {} asked for), received {}, shown {}, \
+             keyframe requests sent {}, skipped {}",
+            m.name,
+            stats.video_frames_sent,
+            stats.video_keyframes_sent,
+            stats.video_keyframes_requested,
+            stats.video_frames_received,
+            stats.video_frames_rendered,
+            stats.video_keyframe_requests_sent,
+            stats.video_frames_skipped
+        );
         let others: Vec<&str> = ["alice", "bob", "carol"]
             .into_iter()
             .filter(|n| *n != m.name)
