@@ -290,3 +290,81 @@ async fn three_members_see_each_others_video_and_a_late_joiner_gets_a_keyframe()
         assert!(stats.video_frames_rendered >= 2 * ENOUGH, "{}", m.name);
     }
 }
+
+/// `sotto call --group --video test-pattern --video-output DIR/video.y4m`: each member's video
+/// lands in `DIR/video-<name>.y4m`, readable, with the pattern's frame numbers in order, and
+/// the stats JSON counts it per participant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_members_write_each_others_video_to_one_file_per_member() {
+    use common::{sotto_cli, temp_dir};
+    use sotto::media::video::Y4mSource;
+    let server = TestServer::start_with_sfu().await;
+    let dir = temp_dir("cli-group-video");
+    let names = ["alice", "bob"];
+    let mut children = Vec::new();
+    for name in names {
+        let own = dir.join(name);
+        std::fs::create_dir_all(&own).unwrap();
+        let mut cmd = sotto_cli();
+        cmd.args(["call", "--group", "--server", &server.url, "--room", "duo-video"])
+            .args(["--name", name, "--bind", "127.0.0.1:0"])
+            .args(["--tone", "440", "--duration", "5"])
+            .args(["--video", "test-pattern", "--fps", "15"])
+            .arg("--video-output")
+            .arg(own.join("video.y4m"))
+            .arg("--identity")
+            .arg(own.join("identity.json"))
+            .arg("--stats-json")
+            .arg(own.join("stats.json"))
+            .arg("--output")
+            .arg(own.join("audio.wav"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push((name, cmd.spawn().unwrap()));
+    }
+    for (name, child) in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        common::show(name, &out);
+        assert!(out.status.success(), "{name} failed");
+    }
+    for (name, other) in [("alice", "bob"), ("bob", "alice")] {
+        let own = dir.join(name);
+        // Only the other member's file: no two-party file, none for ourselves.
+        let mut files: Vec<String> = std::fs::read_dir(&own)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".y4m"))
+            .collect();
+        files.sort();
+        assert_eq!(files, [format!("video-{other}.y4m")], "{name}");
+        let mut source = Y4mSource::open(own.join(format!("video-{other}.y4m"))).unwrap();
+        let mut picture = VideoFrame::black(2, 2).unwrap();
+        let mut codes = Vec::new();
+        while source.read_frame(&mut picture).unwrap() {
+            assert_eq!(picture.size(), (640, 360), "{name}");
+            codes.extend(read_code(&picture));
+        }
+        assert!(codes.len() >= 20, "{name}: {} pictures of {other}", codes.len());
+        assert!(
+            codes.windows(2).all(|w| w[1] > w[0]),
+            "{name}: {other}'s pictures out of order: {codes:?}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(own.join("stats.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["mode"], "sfu", "{name}: {report}");
+        assert_eq!(report["video_decrypt_failures"], 0, "{name}: {report}");
+        let p = &report["participants"][0];
+        assert_eq!(p["name"], other, "{name}: {report}");
+        assert!(p["video_frames_decrypted"].as_u64().unwrap() >= 20, "{p}");
+        assert_eq!(p["video_decrypt_failures"], 0, "{p}");
+        assert!(
+            report["video_frames_decrypted"].as_u64().unwrap()
+                >= p["video_frames_decrypted"].as_u64().unwrap(),
+            "{report}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
