@@ -860,4 +860,25 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_group_member_s_video_file_is_the_path_with_its_name_before_the_extension() {
+        let p = |path: &str, name: &str| member_video_path(Path::new(path), name);
+        assert_eq!(p("out/video.y4m", "alice"), Path::new("out/video-alice.y4m"));
+        assert_eq!(p("video", "bob"), Path::new("video-bob"));
+        // Nothing in a name leaves the directory or makes a hidden path.
+        assert_eq!(p("/tmp/v.y4m", "../x y"), Path::new("/tmp/v-___x_y.y4m"));
+        assert_eq!(p("v.y4m", "zoë-k_9"), Path::new("v-zoë-k_9.y4m"));
+    }
+
+    #[test]
+    fn a_group_call_may_send_video_but_not_text() {
+        let video = r#"{"server":"ws://h/ws","room":"r","group":true,"video":"test-pattern"}"#;
+        assert!(CallOptions::from_json(video).is_ok());
+        let chat = r#"{"server":"ws://h/ws","room":"r","group":true,"chat":true}"#;
+        assert!(matches!(
+            CallOptions::from_json(chat),
+            Err(OptionsError::Invalid(_))
+        ));
+    }
 }

@@ -595,3 +595,128 @@ impl GroupVideoRender {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::{GroupOutput, JoinKind};
+    use crate::sframe::CipherSuite;
+    use crate::transport::ReceivedVideoFrame;
+
+    const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
+
+    fn slot(n: u8) -> Slot {
+        Slot::new(n).unwrap()
+    }
+
+    /// `me` holding the keys of each of `senders` (given their bundles).
+    fn keys_of(me: u8, senders: &mut [GroupKeys]) -> GroupKeys {
+        let now = Instant::now();
+        let mut mine = GroupKeys::new(SUITE, slot(me)).unwrap();
+        for s in senders.iter_mut() {
+            s.member_joined(now, slot(me), JoinKind::NewJoiner).unwrap();
+            mine.member_joined(now, s.slot(), JoinKind::AlreadyPresent)
+                .unwrap();
+            while let Some(out) = s.poll_output() {
+                if let GroupOutput::SendBundle { to_slot, body } = out
+                    && to_slot == slot(me)
+                {
+                    mine.bundle_received(now, s.slot(), &body).unwrap();
+                }
+            }
+        }
+        mine
+    }
+
+    fn vp8(keyframe: bool, n: u8) -> Vec<u8> {
+        let mut f = if keyframe {
+            vec![0x90, 0x3e, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]
+        } else {
+            vec![0x51, 0x15, 0x00]
+        };
+        f.extend((0..100u8).map(|i| i.wrapping_mul(n)));
+        f
+    }
+
+    fn on_slot(slot_ssrc: u32, sealed: &[u8]) -> SlotVideoFrame {
+        SlotVideoFrame {
+            slot_ssrc,
+            frame: ReceivedVideoFrame {
+                timestamp: 0,
+                payload: bytes::Bytes::copy_from_slice(sealed),
+                arrival: Instant::now(),
+                after_loss: false,
+            },
+        }
+    }
+
+    fn seal(keys: &mut GroupKeys, frame: &[u8]) -> Vec<u8> {
+        seal_video(keys.sender(KeyKind::Video), frame)
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_sender_is_the_frames_key_not_the_slot_it_came_on() {
+        let alice = GroupKeys::new(SUITE, slot(1)).unwrap();
+        let bob = GroupKeys::new(SUITE, slot(2)).unwrap();
+        let mut senders = [alice, bob];
+        let carol = Mutex::new(keys_of(3, &mut senders));
+        let (counts, shared) = (VideoCounts::default(), SharedStats::default());
+        // One SFU slot carries alice, then bob: each frame is its own sender's.
+        for (index, who, n) in [(0, 1, 4), (1, 2, 5), (0, 1, 6)] {
+            let frame = vp8(n == 4, n);
+            let sealed = seal(&mut senders[index], &frame);
+            match open_one(&carol, &counts, &shared, &on_slot(77, &sealed)).unwrap() {
+                Opened::Frame { sender, vp8, .. } => {
+                    assert_eq!(sender, slot(who));
+                    assert_eq!(vp8, frame);
+                }
+                _ => panic!("frame {n} did not open"),
+            }
+        }
+        assert_eq!((counts.decrypted(slot(1)), counts.decrypted(slot(2))), (2, 1));
+        assert_eq!(shared.video_frames_decrypted.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn forged_audio_and_unknown_frames_are_counted_never_returned() {
+        let alice = GroupKeys::new(SUITE, slot(1)).unwrap();
+        let mut senders = [alice];
+        let carol = Mutex::new(keys_of(3, &mut senders));
+        let [mut alice] = senders;
+        let (counts, shared) = (VideoCounts::default(), SharedStats::default());
+        let open = |sealed: &[u8]| open_one(&carol, &counts, &shared, &on_slot(1, sealed));
+        // A changed byte in the clear prefix (it is authenticated) or the ciphertext.
+        for at in [7usize, 20] {
+            let mut sealed = seal(&mut alice, &vp8(true, 9));
+            sealed[at] ^= 1;
+            assert!(matches!(open(&sealed).unwrap(), Opened::Refused), "byte {at}");
+        }
+        // An audio frame of alice's in a video slot: not video.
+        let audio = alice.seal(KeyKind::Audio, &vp8(false, 1)[3..]).unwrap();
+        let mut wrapped = vp8(false, 1)[..3].to_vec();
+        wrapped.extend_from_slice(&audio);
+        assert!(matches!(open(&wrapped).unwrap(), Opened::Refused));
+        // A stranger in slot 5, whose keys we never had.
+        let mut stranger = GroupKeys::new(SUITE, slot(5)).unwrap();
+        assert!(matches!(
+            open(&seal(&mut stranger, &vp8(true, 2))).unwrap(),
+            Opened::Refused
+        ));
+        // Too short for its own prefix.
+        assert!(matches!(open(&[0x51, 0x15]).unwrap(), Opened::Refused));
+        assert_eq!(shared.video_frames_decrypted.load(Relaxed), 0);
+        // The forged ones count against alice; the others name no video key of anyone's.
+        assert_eq!(counts.failures(slot(1)), 2);
+        assert_eq!(shared.video_decrypt_failures.load(Relaxed), 4);
+        assert_eq!(shared.unknown_key_frames.load(Relaxed), 1);
+        // Alice's genuine frames still open.
+        let frame = vp8(true, 3);
+        assert!(matches!(
+            open(&seal(&mut alice, &frame)).unwrap(),
+            Opened::Frame { .. }
+        ));
+    }
+}
