@@ -103,12 +103,15 @@ fn id_of(name: &str) -> Option<u16> {
     }
 }
 
+/// Each member's picture sizes as shown, and how its call ended.
+type Outcome = (Vec<(String, u32, u32)>, Option<(EndReason, CallStats)>);
+
 struct Member {
     name: &'static str,
     log: Log,
     started: Instant,
     hang_up: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<(Vec<(String, u32, u32)>, Option<(EndReason, CallStats)>)>,
+    done: tokio::task::JoinHandle<Outcome>,
 }
 
 fn start(server: &TestServer, room: &str, name: &'static str) -> Member {
@@ -148,7 +151,7 @@ async fn observe(
     mut call: Call,
     name: &'static str,
     mut hang_up: oneshot::Receiver<()>,
-) -> (Vec<(String, u32, u32)>, Option<(EndReason, CallStats)>) {
+) -> Outcome {
     let mut sizes = Vec::new();
     let mut ended = None;
     let mut hung_up = false;
@@ -255,7 +258,11 @@ async fn three_members_see_each_others_video_and_a_late_joiner_gets_a_keyframe()
         sinks.sort();
         assert_eq!(sinks, others, "{}: sinks", m.name);
         for (of, s) in &log {
-            assert_eq!(s.wrong, 0, "{} showed someone else on {of}'s sink: {s:?}", m.name);
+            assert_eq!(
+                s.wrong, 0,
+                "{} showed someone else on {of}'s sink: {s:?}",
+                m.name
+            );
             assert!(s.right >= ENOUGH, "{} of {of}: {s:?}", m.name);
         }
         for other in &others {
@@ -306,20 +313,27 @@ async fn cli_members_write_each_others_video_to_one_file_per_member() {
         let own = dir.join(name);
         std::fs::create_dir_all(&own).unwrap();
         let mut cmd = sotto_cli();
-        cmd.args(["call", "--group", "--server", &server.url, "--room", "duo-video"])
-            .args(["--name", name, "--bind", "127.0.0.1:0"])
-            .args(["--tone", "440", "--duration", "5"])
-            .args(["--video", "test-pattern", "--fps", "15"])
-            .arg("--video-output")
-            .arg(own.join("video.y4m"))
-            .arg("--identity")
-            .arg(own.join("identity.json"))
-            .arg("--stats-json")
-            .arg(own.join("stats.json"))
-            .arg("--output")
-            .arg(own.join("audio.wav"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        cmd.args([
+            "call",
+            "--group",
+            "--server",
+            &server.url,
+            "--room",
+            "duo-video",
+        ])
+        .args(["--name", name, "--bind", "127.0.0.1:0"])
+        .args(["--tone", "440", "--duration", "5"])
+        .args(["--video", "test-pattern", "--fps", "15"])
+        .arg("--video-output")
+        .arg(own.join("video.y4m"))
+        .arg("--identity")
+        .arg(own.join("identity.json"))
+        .arg("--stats-json")
+        .arg(own.join("stats.json"))
+        .arg("--output")
+        .arg(own.join("audio.wav"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
         children.push((name, cmd.spawn().unwrap()));
     }
     for (name, child) in children {
@@ -346,7 +360,11 @@ async fn cli_members_write_each_others_video_to_one_file_per_member() {
             assert_eq!(picture.size(), (640, 360), "{name}");
             codes.extend(read_code(&picture));
         }
-        assert!(codes.len() >= 20, "{name}: {} pictures of {other}", codes.len());
+        assert!(
+            codes.len() >= 20,
+            "{name}: {} pictures of {other}",
+            codes.len()
+        );
         assert!(
             codes.windows(2).all(|w| w[1] > w[0]),
             "{name}: {other}'s pictures out of order: {codes:?}"

@@ -864,7 +864,10 @@ mod tests {
     #[test]
     fn a_group_member_s_video_file_is_the_path_with_its_name_before_the_extension() {
         let p = |path: &str, name: &str| member_video_path(Path::new(path), name);
-        assert_eq!(p("out/video.y4m", "alice"), Path::new("out/video-alice.y4m"));
+        assert_eq!(
+            p("out/video.y4m", "alice"),
+            Path::new("out/video-alice.y4m")
+        );
         assert_eq!(p("video", "bob"), Path::new("video-bob"));
         // Nothing in a name leaves the directory or makes a hidden path.
         assert_eq!(p("/tmp/v.y4m", "../x y"), Path::new("/tmp/v-___x_y.y4m"));

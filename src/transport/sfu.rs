@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -301,8 +301,7 @@ impl SfuTransport {
                 "audio slots must be 1 to {MAX_AUDIO_SLOTS}"
             )));
         }
-        if config.video_slots > MAX_VIDEO_SLOTS || (config.send_video && config.video_slots == 0)
-        {
+        if config.video_slots > MAX_VIDEO_SLOTS || (config.send_video && config.video_slots == 0) {
             return Err(TransportError::WebRtc(format!(
                 "video slots must be 0 to {MAX_VIDEO_SLOTS}, and at least 1 to send video"
             )));
@@ -368,8 +367,10 @@ impl SfuTransport {
         if video {
             // Receiver reports tell the SFU about loss on the video it sends us; keyframe
             // requests (the SFU's, on our track) must reach us.
-            let registry = configure_rtcp_reports(Registry::new())
-                .with(rtc::interceptor::Slot::from(14_000), KeyframeRequests::new());
+            let registry = configure_rtcp_reports(Registry::new()).with(
+                rtc::interceptor::Slot::from(14_000),
+                KeyframeRequests::new(),
+            );
             builder = builder.with_interceptor_registry(registry);
         }
         let pc = builder

@@ -34,11 +34,11 @@ use super::super::session::{
 use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
 use super::media::{GroupCapture, GroupPlayback, PLAYBACK_QUEUE, PlaybackInput, Speaking};
+use super::reconnect::{Action, GIVE_UP as RECONNECT_GIVE_UP, SfuReconnect};
 use super::video::{
     GroupVideoCapture, GroupVideoRender, VIDEO_SLOTS, VideoCounts, VideoNames, open_video_frames,
 };
 use crate::media::video::VideoEncoderConfig;
-use super::reconnect::{Action, GIVE_UP as RECONNECT_GIVE_UP, SfuReconnect};
 
 /// The SFU's reserved peer id on the signaling server.
 const SFU_PEER: &str = "sfu";
@@ -1345,6 +1345,12 @@ fn start_media(
     Ok(())
 }
 
+/// The threads and tasks of one media kind.
+type Workers = (
+    Vec<std::thread::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
 /// The video threads and tasks: the others' video always (any member may send it), ours
 /// when we have a source.
 fn start_video(
@@ -1353,13 +1359,7 @@ fn start_video(
     keys: &Arc<Mutex<GroupKeys>>,
     stop: &Arc<AtomicBool>,
     notices: &mpsc::UnboundedSender<MediaNotice>,
-) -> Result<
-    (
-        Vec<std::thread::JoinHandle<()>>,
-        Vec<tokio::task::JoinHandle<()>>,
-    ),
-    EndReason,
-> {
+) -> Result<Workers, EndReason> {
     let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()

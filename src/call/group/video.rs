@@ -249,8 +249,7 @@ impl GroupVideoCapture {
             // The lock is held for one seal (the open tasks take it per received frame).
             let sealed = {
                 let mut keys = lock(&self.keys)?;
-                seal_video(keys.sender(KeyKind::Video), &encoded.data)
-                    .map_err(|e| e.to_string())?
+                seal_video(keys.sender(KeyKind::Video), &encoded.data).map_err(|e| e.to_string())?
             };
             let sent = self
                 .runtime
@@ -676,7 +675,10 @@ mod tests {
                 _ => panic!("frame {n} did not open"),
             }
         }
-        assert_eq!((counts.decrypted(slot(1)), counts.decrypted(slot(2))), (2, 1));
+        assert_eq!(
+            (counts.decrypted(slot(1)), counts.decrypted(slot(2))),
+            (2, 1)
+        );
         assert_eq!(shared.video_frames_decrypted.load(Relaxed), 3);
     }
 
@@ -692,7 +694,10 @@ mod tests {
         for at in [7usize, 20] {
             let mut sealed = seal(&mut alice, &vp8(true, 9));
             sealed[at] ^= 1;
-            assert!(matches!(open(&sealed).unwrap(), Opened::Refused), "byte {at}");
+            assert!(
+                matches!(open(&sealed).unwrap(), Opened::Refused),
+                "byte {at}"
+            );
         }
         // An audio frame of alice's in a video slot: not video.
         let audio = alice.seal(KeyKind::Audio, &vp8(false, 1)[3..]).unwrap();
