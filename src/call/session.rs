@@ -350,7 +350,8 @@ impl Session {
         })
     }
 
-    /// Group calls carry audio only: a call that sends video stays two-party.
+    /// A call that sends video stays two-party (only a call started as a group call carries
+    /// video in the group).
     fn can_move_to_group(&self) -> bool {
         self.config.transport.video != VideoDirection::SendReceive
     }

@@ -43,6 +43,9 @@ pub(crate) const VIDEO_SLOTS: usize = 4;
 pub(crate) struct VideoCounts {
     decrypted: [AtomicU64; 128],
     failures: [AtomicU64; 128],
+    /// Bumped when the slot's member leaves: the open task then starts that sender afresh
+    /// (a member given the slot later starts its counters and generations anew).
+    epoch: [AtomicU64; 128],
 }
 
 impl Default for VideoCounts {
@@ -50,6 +53,7 @@ impl Default for VideoCounts {
         VideoCounts {
             decrypted: std::array::from_fn(|_| AtomicU64::new(0)),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            epoch: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -75,6 +79,11 @@ impl VideoCounts {
     pub(crate) fn clear(&self, slot: Slot) {
         self.decrypted[usize::from(slot.get())].store(0, Relaxed);
         self.failures[usize::from(slot.get())].store(0, Relaxed);
+        self.epoch[usize::from(slot.get())].fetch_add(1, Relaxed);
+    }
+
+    fn epoch(&self, slot: Slot) -> u64 {
+        self.epoch[usize::from(slot.get())].load(Relaxed)
     }
 }
 
@@ -278,14 +287,43 @@ pub(crate) struct MemberFrame {
 }
 
 /// What the open task knows of one sender.
-#[derive(Default)]
 struct SenderState {
+    /// The slot's [`VideoCounts`] epoch this is about.
+    epoch: u64,
     /// The slot that carried it last: where its keyframe requests go.
     slot_ssrc: Option<u32>,
     /// Delta frames cannot decode until a keyframe comes.
     broken: bool,
     /// (generation, counter) of the last frame passed on: older ones are refused.
     last: Option<(u64, u64)>,
+}
+
+impl SenderState {
+    /// A sender not seen yet (or since it left): its first picture must be a keyframe.
+    fn new(epoch: u64) -> Self {
+        SenderState {
+            epoch,
+            slot_ssrc: None,
+            broken: true,
+            last: None,
+        }
+    }
+}
+
+/// The state of `slot`'s sender, started afresh if the member in it left since.
+fn sender_state<'a>(
+    senders: &'a mut HashMap<Slot, SenderState>,
+    counts: &VideoCounts,
+    slot: Slot,
+) -> &'a mut SenderState {
+    let epoch = counts.epoch(slot);
+    let state = senders
+        .entry(slot)
+        .or_insert_with(|| SenderState::new(epoch));
+    if state.epoch != epoch {
+        *state = SenderState::new(epoch);
+    }
+    state
 }
 
 /// Asks for keyframes, at most one per [`KEYFRAME_REQUEST_GAP`] on each slot.
@@ -442,14 +480,14 @@ pub(crate) async fn open_video_frames(
             } => (sender, generation, ctr, vp8),
             Opened::Held(claimed) => {
                 // It opens later or never: either way the picture needs a keyframe.
-                let s = senders.entry(claimed).or_default();
+                let s = sender_state(&mut senders, &counts, claimed);
                 s.broken = true;
                 s.slot_ssrc = Some(ssrc);
                 continue;
             }
             Opened::Refused => continue,
         };
-        let state = senders.entry(sender).or_default();
+        let state = sender_state(&mut senders, &counts, sender);
         state.slot_ssrc = Some(ssrc);
         let keyframe = vp8.first().is_some_and(|b| b & 1 == 0);
         if carried.insert(ssrc, sender) != Some(sender) {
@@ -723,5 +761,25 @@ mod tests {
             open(&seal(&mut alice, &frame)).unwrap(),
             Opened::Frame { .. }
         ));
+    }
+
+    #[test]
+    fn a_member_given_a_slot_that_was_left_starts_afresh() {
+        let counts = VideoCounts::default();
+        let mut senders = HashMap::new();
+        let s = sender_state(&mut senders, &counts, slot(4));
+        assert!(s.broken, "a new sender's first picture must be a keyframe");
+        s.broken = false;
+        s.last = Some((3, 900));
+        assert_eq!(
+            sender_state(&mut senders, &counts, slot(4)).last,
+            Some((3, 900))
+        );
+        // Its member leaves; a new one in the slot starts at generation 0, counter 0: its
+        // frames must not be refused as older than the last one's.
+        counts.clear(slot(4));
+        let s = sender_state(&mut senders, &counts, slot(4));
+        assert_eq!(s.last, None);
+        assert!(s.broken);
     }
 }
