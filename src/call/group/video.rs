@@ -272,6 +272,9 @@ impl GroupVideoCapture {
                     if encoded.keyframe {
                         s.video_keyframes_sent.fetch_add(1, Relaxed);
                     }
+                    // No estimate in a group: the encoder's fixed rate is the target.
+                    s.video_target_kbps
+                        .store(u64::from(self.encoder.bitrate()), Relaxed);
                 }
                 Err(e) => tracing::debug!("video send failed: {e}"),
             }
