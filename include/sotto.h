@@ -89,6 +89,7 @@ typedef struct sotto_sframe_sender sotto_sframe_sender;
 //   `{"event":"group_safety_code","code":"0421 7736","members":[..],"changed":false}`,
 //   `{"event":"speaking","name":..,"speaking":true}`,
 //   `{"event":"participant_muted","name":..,"muted":true}`
+// - `{"event":"trust_changed","name":..,"trust":"verified"}`: after `sotto_call_verify`
 // - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 //   false when the call failed
 typedef void (*sotto_event_cb)(void *user_data, const char *event_json);
@@ -194,6 +195,20 @@ sotto_status sotto_call_send_message(sotto_call *call, const char *text, size_t 
 // # Safety
 // `call` must come from `sotto_call_start*` and not be freed.
 sotto_status sotto_call_set_disappearing_timer(sotto_call *call, uint32_t seconds);
+
+// Marks the peer or group member `name` (NUL-terminated UTF-8, as the events name it)
+// verified, once the people compared the safety code (or the group code) and it matched:
+// the identity key it proved in this call is pinned as verified in `known_peers.json`. A
+// `trust_changed` event follows, or an `error` event if nobody of that name has agreed keys
+// in this call. SOTTO_ERR_INVALID for a name that is not UTF-8, SOTTO_ERR_STATE once the
+// call has ended.
+//
+// Thread-safety: any thread, also from the event callback. Ownership: `name` stays the
+// caller's (copied); `call` stays the caller's.
+//
+// # Safety
+// `call` must come from `sotto_call_start*` and not be freed; `name` NUL-terminated.
+sotto_status sotto_call_verify(sotto_call *call, const char *name);
 
 // Hangs up (if the call has not ended) and waits for the end: when it returns, the ended
 // event has been delivered. SOTTO_OK also if the call had already ended. Called from the

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{CaptureSink, TestServer, tone_ratio};
 use sotto::call::{Call, CallBuilder, CallEvent, CallState, CallStats, EndReason};
+use sotto::handshake::{PeerTrust, VerifyError};
 use sotto::media::ToneSource;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +38,39 @@ struct Seen {
     left: Vec<String>,
     /// Every state shown, with when.
     states: Vec<(std::time::Instant, CallState)>,
+    /// Every trust change shown.
+    trust: Vec<(String, PeerTrust)>,
     ended: Option<(EndReason, CallStats)>,
+}
+
+/// Each other member's voice as the engine hands it over before mixing, by name.
+#[derive(Clone, Default)]
+struct Voices(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<f32>>>>);
+
+impl sotto::call::ParticipantAudio for Voices {
+    fn frame(&mut self, member: &str, samples: &[f32]) {
+        let mut voices = self.0.lock().unwrap();
+        voices
+            .entry(member.to_owned())
+            .or_default()
+            .extend_from_slice(samples);
+    }
+}
+
+impl Voices {
+    /// The last `secs` of `member`'s voice (all of it if shorter).
+    fn tail(&self, member: &str, secs: f64) -> Vec<f32> {
+        let voices = self.0.lock().unwrap();
+        let all = voices.get(member).map(Vec::as_slice).unwrap_or_default();
+        let n = ((48_000.0 * secs) as usize).min(all.len());
+        all[all.len() - n..].to_vec()
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.0.lock().unwrap().keys().cloned().collect();
+        names.sort();
+        names
+    }
 }
 
 /// A running member: its sink, a way to hang it up, and what it saw.
@@ -45,6 +78,7 @@ struct Member {
     name: &'static str,
     hz: f64,
     sink: CaptureSink,
+    voices: Voices,
     hang_up: Option<oneshot::Sender<()>>,
     seen: tokio::task::JoinHandle<Seen>,
 }
@@ -59,10 +93,12 @@ fn start(
     full: mpsc::UnboundedSender<(&'static str, usize)>,
 ) -> Member {
     let sink = CaptureSink::default();
+    let voices = Voices::default();
     let call = CallBuilder::new(server.url.clone(), room)
         .name(name)
         .source(ToneSource::new(hz, 0.3))
         .sink(sink.clone())
+        .participant_audio(voices.clone())
         .configure(|c| c.group = true)
         .start()
         .unwrap();
@@ -72,6 +108,7 @@ fn start(
         name,
         hz,
         sink,
+        voices,
         hang_up: Some(hang_up),
         seen,
     }
@@ -113,7 +150,18 @@ async fn observe(
                 let others = seen.codes.last().map_or(0, |c| c.1.len());
                 let _ = full.send((name, others));
             }
-            CallEvent::ParticipantJoined(info) => seen.joined.push(info.name),
+            CallEvent::ParticipantJoined(info) => {
+                // Alice compares codes with bob as soon as his keys are agreed.
+                if name == "alice" && info.name == "bob" {
+                    assert_eq!(call.verify("Bob").await, Ok(PeerTrust::Verified));
+                    assert_eq!(
+                        call.verify("zed").await,
+                        Err(VerifyError::NotInCall("zed".into()))
+                    );
+                }
+                seen.joined.push(info.name)
+            }
+            CallEvent::TrustChanged { name, trust } => seen.trust.push((name, trust)),
             CallEvent::ParticipantLeft { name } => seen.left.push(name),
             CallEvent::State(CallState::Undecryptable) => panic!("{name}: undecryptable"),
             CallEvent::Ended { reason, stats } => seen.ended = Some((reason, stats)),
@@ -177,6 +225,19 @@ async fn three_members_hear_each_other_through_the_sfu_under_one_group_code() {
         assert_eq!(stats.mode, "sfu");
         assert_eq!(stats.decrypt_failures, 0, "{}", m.name);
         assert_eq!(stats.participants.len(), 2, "{}: {stats:?}", m.name);
+        // Alice verified bob mid-call: she was told, and her figures say so.
+        let verified: Vec<&str> = stats
+            .participants
+            .iter()
+            .filter(|p| p.trust == "verified")
+            .map(|p| p.name.as_str())
+            .collect();
+        if m.name == "alice" {
+            assert_eq!(seen.trust, [("bob".to_owned(), PeerTrust::Verified)]);
+            assert_eq!(verified, ["bob"]);
+        } else {
+            assert!(seen.trust.is_empty() && verified.is_empty(), "{}", m.name);
+        }
         for p in &stats.participants {
             assert_eq!(p.decrypt_failures, 0, "{}: {p:?}", m.name);
             assert!(p.frames_decrypted >= 50, "{}: {p:?}", m.name);
@@ -195,6 +256,25 @@ async fn three_members_hear_each_other_through_the_sfu_under_one_group_code() {
             } else {
                 assert!(s > 0.2, "{} barely hears {other}: {s:.2}", m.name);
             }
+        }
+        // Each other member's voice also came on its own, under its name, before mixing.
+        let mut others: Vec<&str> = tones.iter().map(|t| t.0).filter(|n| *n != m.name).collect();
+        others.sort();
+        assert_eq!(m.voices.names(), others, "{}", m.name);
+        for (other, hz) in tones.iter().filter(|t| t.0 != m.name) {
+            let voice = m.voices.tail(other, 2.0);
+            assert!(
+                voice.len() >= 48_000,
+                "{}: {other}'s voice is short",
+                m.name
+            );
+            let s = share(&voice, *hz);
+            eprintln!("{} has {other}'s voice alone at share {s:.2}", m.name);
+            assert!(
+                s > 0.8,
+                "{}: {other}'s voice is not its tone alone: {s:.2}",
+                m.name
+            );
         }
         let _ = m.hz;
     }

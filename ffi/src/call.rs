@@ -53,6 +53,7 @@ use crate::error::{
 ///   `{"event":"group_safety_code","code":"0421 7736","members":[..],"changed":false}`,
 ///   `{"event":"speaking","name":..,"speaking":true}`,
 ///   `{"event":"participant_muted","name":..,"muted":true}`
+/// - `{"event":"trust_changed","name":..,"trust":"verified"}`: after `sotto_call_verify`
 /// - `{"event":"ended","reason":"hung up","ok":true,"stats":{...}}`, always the last; `ok` is
 ///   false when the call failed
 pub type sotto_event_cb =
@@ -138,6 +139,7 @@ enum Command {
     HangUp,
     SendMessage(zeroize::Zeroizing<String>),
     SetTimer(Option<Duration>),
+    Verify(String),
     Stats(oneshot::Sender<CallStats>),
     /// Tests only: the driver panics, as a bug in it would.
     #[cfg(test)]
@@ -303,6 +305,9 @@ fn event_json(event: &CallEvent) -> Option<Value> {
         CallEvent::ParticipantMuted { name, muted } => {
             json!({"event": "participant_muted", "name": name, "muted": muted})
         }
+        CallEvent::TrustChanged { name, trust } => {
+            json!({"event": "trust_changed", "name": name, "trust": trust.as_str()})
+        }
         _ => return None,
     })
 }
@@ -379,6 +384,11 @@ impl Driver {
                     }
                     Some(Command::SetTimer(ttl)) => {
                         if let Err(e) = self.call.set_disappearing_timer(ttl).await {
+                            self.emit(&json!({"event": "error", "reason": e.to_string()}));
+                        }
+                    }
+                    Some(Command::Verify(name)) => {
+                        if let Err(e) = self.call.verify(&name).await {
                             self.emit(&json!({"event": "error", "reason": e.to_string()}));
                         }
                     }
@@ -747,6 +757,42 @@ pub unsafe extern "C" fn sotto_call_set_disappearing_timer(
         }
         call.commands
             .send(Command::SetTimer(timer.ttl()))
+            .map_err(|_| ended_already())
+    })
+}
+
+/// Marks the peer or group member `name` (NUL-terminated UTF-8, as the events name it)
+/// verified, once the people compared the safety code (or the group code) and it matched:
+/// the identity key it proved in this call is pinned as verified in `known_peers.json`. A
+/// `trust_changed` event follows, or an `error` event if nobody of that name has agreed keys
+/// in this call. SOTTO_ERR_INVALID for a name that is not UTF-8, SOTTO_ERR_STATE once the
+/// call has ended.
+///
+/// Thread-safety: any thread, also from the event callback. Ownership: `name` stays the
+/// caller's (copied); `call` stays the caller's.
+///
+/// # Safety
+/// `call` must come from `sotto_call_start*` and not be freed; `name` NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sotto_call_verify(
+    call: *mut sotto_call,
+    name: *const c_char,
+) -> sotto_status {
+    guard(|| {
+        // SAFETY: as promised by the caller.
+        let call = unsafe { handle(call) }?;
+        if name.is_null() {
+            return Err(Failure::null("name"));
+        }
+        // SAFETY: `name` is non-null and NUL-terminated, as promised.
+        let name = unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_str()
+            .map_err(|_| Failure::invalid("name is not UTF-8"))?;
+        if call.shared.final_stats().is_some() {
+            return Err(ended_already());
+        }
+        call.commands
+            .send(Command::Verify(name.to_owned()))
             .map_err(|_| ended_already())
     })
 }

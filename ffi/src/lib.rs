@@ -16,7 +16,7 @@ pub use call::{
     sotto_audio_io, sotto_audio_read_cb, sotto_audio_write_cb, sotto_call, sotto_call_free,
     sotto_call_hang_up, sotto_call_send_message, sotto_call_set_disappearing_timer,
     sotto_call_set_muted, sotto_call_start, sotto_call_start_with_audio, sotto_call_stats_json,
-    sotto_call_wait, sotto_event_cb,
+    sotto_call_verify, sotto_call_wait, sotto_event_cb,
 };
 pub use error::{sotto_last_error, sotto_status, sotto_version};
 pub use sframe::{

@@ -3,10 +3,20 @@
 // media worker opens forwarded frames with (one replay window per KID, generations derived
 // forward up to 8 steps, frames under a missing key held briefly, never passed on unopened).
 
-import { SframeError, SframeReceiver, decodeHeader, hkdfExpand32 } from './sframe.js';
+import {
+  MAX_FRAME_LEN,
+  MAX_VIDEO_FRAME_LEN,
+  SframeError,
+  SframeReceiver,
+  decodeHeader,
+  hkdfExpand32,
+} from './sframe.js';
 import { hashFields, safetyCode } from './handshake.js';
 
 export const KIND_AUDIO = 0;
+export const KIND_VIDEO = 1;
+/// The kinds a member's media keys cover (each its own SFrame key, salt and counter).
+const MEDIA_KINDS = [KIND_AUDIO, KIND_VIDEO];
 export const MAX_SLOT = 127;
 /// gen is 54 bits on the wire; a browser's Number holds 53 exactly, and no call gets near.
 export const MAX_GENERATION = Number.MAX_SAFE_INTEGER;
@@ -113,18 +123,26 @@ export async function groupSafetyCode(room, keys) {
   return safetyCode(await hashFields('sotto v2 group', room, n, ...sorted));
 }
 
-/// One sender's keys as a receiver holds them (audio kind only: the page sends and receives
-/// nothing else in a group). Every operation runs in order (`run`): frames of one sender come
-/// on several slot tracks at once, and keys arrive meanwhile.
+/// One sender's keys as a receiver holds them (the audio and video kinds: the page sends and
+/// receives nothing else in a group). Every operation runs in order (`run`): frames of one
+/// sender come on several slot tracks at once, and keys arrive meanwhile.
 export class SenderRing {
   constructor() {
     this.gens = new Map(); // generation -> secret bytes
-    this.receiver = new SframeReceiver();
+    // Video frames are larger; an audio frame's size is checked in GroupKeyring.open.
+    this.receiver = new SframeReceiver(MAX_VIDEO_FRAME_LEN);
     this.active = null; // The generation frames use now.
     this.floor = 0; // Generations below it are refused.
     this.held = []; // { generation, data, deadline, bytes, release, drop }
     this.heldBytes = 0;
-    this.stats = { framesDecrypted: 0, decryptFailures: 0, replays: 0, unknownKey: 0, held: 0 };
+    this.stats = {
+      framesDecrypted: 0,
+      videoFramesDecrypted: 0,
+      decryptFailures: 0,
+      replays: 0,
+      unknownKey: 0,
+      held: 0,
+    };
     this.queue = Promise.resolve();
   }
 
@@ -148,7 +166,9 @@ export class SenderRing {
       // It may have opened frames: never installed again (its replay window is gone).
       if (this.active !== null && victim < this.active) this.floor = Math.max(this.floor, victim + 1);
     }
-    await this.receiver.addKey(groupKid(generation, this.slot), secret);
+    for (const kind of MEDIA_KINDS) {
+      await this.receiver.addKey(groupKid(generation, this.slot, kind), secret);
+    }
     this.gens.set(generation, Uint8Array.from(secret));
     return 'new';
   }
@@ -156,7 +176,7 @@ export class SenderRing {
   erase(generation) {
     this.gens.get(generation)?.fill(0);
     this.gens.delete(generation);
-    this.receiver.removeKey(groupKid(generation, this.slot));
+    for (const kind of MEDIA_KINDS) this.receiver.removeKey(groupKid(generation, this.slot, kind));
   }
 
   advance(generation) {
@@ -171,7 +191,7 @@ export class SenderRing {
 
   /// A frame whose generation runs at most 8 past a held one: tried under the ratcheted key,
   /// which is kept only if the frame authenticates (a wrong guess is not a failure).
-  async derive(generation, data) {
+  async derive(generation, data, kind = KIND_AUDIO, metadata = undefined) {
     const bases = [...this.gens.keys()].filter((g) => g < generation);
     if (!bases.length) return false;
     const base = Math.max(...bases);
@@ -182,10 +202,10 @@ export class SenderRing {
       secret.fill(0);
       secret = next;
     }
-    const trial = new SframeReceiver();
-    await trial.addKey(groupKid(generation, this.slot), secret);
+    const trial = new SframeReceiver(MAX_VIDEO_FRAME_LEN);
+    await trial.addKey(groupKid(generation, this.slot, kind), secret);
     try {
-      await trial.decrypt(data);
+      await trial.decrypt(data, metadata);
     } catch {
       secret.fill(0);
       return false;
@@ -196,15 +216,19 @@ export class SenderRing {
   }
 
   /// { opened } | { nokey } | { failed: SframeError }.
-  async attempt(generation, data) {
+  /// `kind` and `metadata` (the clear VP8 prefix of a video frame) as the frame came.
+  async attempt(generation, data, kind = KIND_AUDIO, metadata = undefined) {
     if (!this.gens.has(generation)) {
-      if (generation < this.floor || !(await this.derive(generation, data))) return { nokey: true };
+      if (generation < this.floor || !(await this.derive(generation, data, kind, metadata))) {
+        return { nokey: true };
+      }
     }
     try {
-      const out = await this.receiver.decrypt(data);
+      const out = await this.receiver.decrypt(data, metadata);
       this.stats.framesDecrypted += 1;
+      if (kind === KIND_VIDEO) this.stats.videoFramesDecrypted += 1;
       this.advance(generation);
-      return { opened: { generation, ctr: out.ctr, plaintext: out.plaintext } };
+      return { opened: { generation, kind, ctr: out.ctr, plaintext: out.plaintext } };
     } catch (e) {
       if (e?.kind === 'replay') this.stats.replays += 1;
       else this.stats.decryptFailures += 1;
@@ -225,7 +249,7 @@ export class SenderRing {
     const waiting = this.held;
     this.held = [];
     for (const f of waiting) {
-      const r = await this.attempt(f.generation, f.data);
+      const r = await this.attempt(f.generation, f.data, f.kind, f.metadata);
       if (r.nokey) {
         this.held.push(f);
         continue;
@@ -278,19 +302,26 @@ export class GroupKeyring {
     });
   }
 
-  /// Opens a forwarded frame: resolves { opened: { slot, generation, ctr, plaintext } } or
-  /// { held: true } (then `release(opened)` or `drop()` is called later), rejects with
-  /// SframeError. A frame is never returned unopened.
-  open(data, now, release, drop) {
+  /// Opens a forwarded frame: resolves { opened: { slot, generation, kind, ctr, plaintext } }
+  /// or { held: true } (then `release(opened)` or `drop()` is called later), rejects with
+  /// SframeError. A frame is never returned unopened. `kind`: what the track carries (a frame
+  /// of another kind is refused); `metadata`: the clear prefix of a video frame (docs/
+  /// call-protocol.md, "Video"), authenticated with it.
+  open(data, now, release, drop, { kind: expected = KIND_AUDIO, metadata = undefined } = {}) {
     const { kid } = decodeHeader(data);
     const { generation, slot, kind } = parseGroupKid(kid);
-    if (kind !== KIND_AUDIO) return Promise.reject(new SframeError('malformed', 'not audio'));
+    if (kind !== expected || !MEDIA_KINDS.includes(kind)) {
+      return Promise.reject(new SframeError('malformed', `kind ${kind} on a track of kind ${expected}`));
+    }
+    if (kind === KIND_AUDIO && data.length > MAX_FRAME_LEN) {
+      return Promise.reject(new SframeError('too_large'));
+    }
     const ring = this.senders.get(slot);
     if (!ring) return Promise.reject(new SframeError('unknown_kid', `no member in slot ${slot}`));
     return ring.run(async () => {
       ring.expire(now);
       const had = ring.gens.size;
-      const r = await ring.attempt(generation, data);
+      const r = await ring.attempt(generation, data, kind, metadata);
       if (r.opened) {
         if (ring.gens.size > had && ring.held.length) await ring.retryHeld();
         return { opened: { slot, ...r.opened } };
@@ -304,6 +335,8 @@ export class GroupKeyring {
       ) {
         ring.held.push({
           generation,
+          kind,
+          metadata,
           data,
           bytes,
           deadline: now + HOLD_MS,

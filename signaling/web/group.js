@@ -8,6 +8,9 @@
 // to the SFU (`sfu_offer` to peer `sfu`) with our voice sealed under our group audio KID and
 // receive-only slot tracks opened by KID in the worker. In a group the DTLS peer is the SFU:
 // the fingerprint each handshake signs is our certificate's, checked against no member's SDP.
+// Video (the "video" section below): our camera's VP8 sealed under our group video KID on the
+// first of three video m-lines, each of which is a receive slot; each tile shows the video of
+// the member whose KID the frames on some slot carry.
 
 import { Handshake, toHex } from './handshake.js';
 import { checkKnownPeer, fingerprint } from './identity.js';
@@ -39,6 +42,11 @@ const MAX_CONTROL_HEX = 2 * 32 * 1024;
 /// Control frames kept per member until its keys are agreed.
 const EARLY_CONTROLS = 32;
 const GATHER_TIMEOUT_MS = 10_000;
+/// Video slots asked of the SFU (as many as speaker slots); the first also sends our camera.
+const VIDEO_SLOTS = 3;
+/// A tile shows a member's video while a frame of it opened this recently, checked this often.
+const VIDEO_STALE_MS = 2000;
+const VIDEO_TICK_MS = 200;
 
 const $ = (id) => document.getElementById(id);
 const q = (name) => JSON.stringify(String(name));
@@ -166,6 +174,7 @@ export function runGroup(ctx) {
     pending?.secret.fill(0);
     for (const [k, u] of unacked) forget(k, u);
     for (const m of members.values()) worker.postMessage({ type: 'group-forget', slot: m.slot });
+    stopGroupVideo();
     signalTo(SFU_PEER, { kind: 'sfu_leave' });
     pc?.close();
     sendServer({ type: 'leave' });
@@ -678,7 +687,9 @@ export function runGroup(ctx) {
       t.receiver.transform = new RTCRtpScriptTransform(worker, { side: 'recv', group: true, track: i });
       slotReceivers.push(t.receiver);
     });
+    await addVideoTransceivers(conn);
     conn.ontrack = (e) => {
+      if (e.track.kind !== 'audio') return; // Video goes to the tiles (showVideos).
       const audio = document.createElement('audio');
       audio.autoplay = true;
       audio.className = 'slot-audio';
@@ -748,6 +759,178 @@ export function runGroup(ctx) {
       if (lostSince === null) throw err;
       console.warn("the SFU's answer while reconnecting:", err);
     }
+  }
+
+  // --- video ---------------------------------------------------------------------------------
+
+  // docs/call-protocol.md, "Group calls in the browser": after its audio m-lines a member
+  // offers VIDEO_SLOTS video m-lines, each a receive slot the SFU may fill with another
+  // member's video; the first one is `sendrecv` with our camera when we have one, the others
+  // (all of them without a camera) `recvonly`. The SFU tells nobody which member a slot
+  // carries: the tiles follow the KIDs of the frames the worker opened on each slot track.
+  const cameraReady = openGroupCamera();
+  const videoReceivers = []; // RTCRtpReceiver per video slot track, in m-line order
+  call.group.videos = {}; // member name -> the video slot track its tile shows
+
+  /// The camera: app.js's if it opened one (`ctx.cameraTrack`), else ours with `&video=1`.
+  async function openGroupCamera() {
+    if (ctx.cameraTrack) return ctx.cameraTrack;
+    if (ctx.params.get('video') !== '1') return null;
+    try {
+      const media = await navigator.mediaDevices.getUserMedia({ video: true });
+      return media.getVideoTracks()[0] ?? null;
+    } catch (e) {
+      call.cameraError = String(e?.message ?? e); // The call goes on without our video.
+      return null;
+    }
+  }
+
+  /// VP8 (and its retransmissions) only: the sealed layout is VP8's. Null if there is none.
+  function vp8Codecs() {
+    const codecs = (RTCRtpReceiver.getCapabilities('video')?.codecs ?? []).filter((c) =>
+      /^video\/(vp8|rtx)$/i.test(c.mimeType),
+    );
+    return codecs.some((c) => /^video\/vp8$/i.test(c.mimeType)) ? codecs : null;
+  }
+
+  /// The video m-lines of an offer to the SFU, with their transforms (before any description).
+  async function addVideoTransceivers(conn) {
+    const camera = await cameraReady;
+    // The SFU rewrites RTP timestamps per slot track, from the publisher's own on a new
+    // connection: the worker's order checks start again (for audio too).
+    worker.postMessage({ type: 'group-connection' });
+    videoReceivers.length = 0;
+    const codecs = vp8Codecs();
+    if (!codecs || ended) return; // No VP8: the call stays audio only.
+    call.camera = camera !== null;
+    for (let i = 0; i < VIDEO_SLOTS; i += 1) {
+      const sends = i === 0 && camera !== null;
+      const t = sends
+        ? conn.addTransceiver(camera, { direction: 'sendrecv', streams: [new MediaStream([camera])] })
+        : conn.addTransceiver('video', { direction: 'recvonly' });
+      if (sends) {
+        t.sender.transform = new RTCRtpScriptTransform(worker, { side: 'send', group: true, kind: 'video' });
+      }
+      t.receiver.transform = new RTCRtpScriptTransform(worker, {
+        side: 'recv',
+        group: true,
+        kind: 'video',
+        track: i,
+      });
+      t.setCodecPreferences(codecs);
+      videoReceivers.push(t.receiver);
+    }
+  }
+
+  /// The tile's <video>, made on first use.
+  function tileVideo(m) {
+    if (!m.tile.video) {
+      const video = document.createElement('video');
+      Object.assign(video, { autoplay: true, muted: true, playsInline: true, hidden: true });
+      video.className = 'tile-video';
+      m.tile.div.append(video);
+      m.tile.video = video;
+    }
+    return m.tile.video;
+  }
+
+  /// Shows `track` in m's tile (`index`: which video slot, or 'local'), or hides its video.
+  function showVideo(m, track, index) {
+    if (!m.tile) return;
+    if (!track) {
+      if (m.tile.video && !m.tile.video.hidden) {
+        m.tile.video.hidden = true;
+        m.tile.video.srcObject = null;
+        delete m.tile.video.dataset.track;
+      }
+      m.videoTrack = null;
+      return;
+    }
+    const video = tileVideo(m);
+    if (m.videoTrack !== track) {
+      m.videoTrack = track;
+      video.srcObject = new MediaStream([track]);
+      video.dataset.track = String(index);
+      video.play().catch(() => {});
+    }
+    video.hidden = false;
+  }
+
+  /// Each trusted member's tile shows the slot track whose latest opened frame was that
+  /// member's (by KID), while it is recent; our own tile shows our camera.
+  async function showVideos() {
+    if (ended) return;
+    const camera = await cameraReady;
+    const tracks = (await ctx.workerStats()).group?.video?.tracks ?? {};
+    const bySender = new Map(); // slot -> { index, agoMs }
+    for (const [index, t] of Object.entries(tracks)) {
+      if (t.agoMs > VIDEO_STALE_MS || !videoReceivers[Number(index)]) continue;
+      const best = bySender.get(t.slot);
+      if (!best || t.agoMs < best.agoMs) bySender.set(t.slot, { index: Number(index), agoMs: t.agoMs });
+    }
+    const videos = {};
+    for (const m of members.values()) {
+      const on = m.keyed && !m.refused ? bySender.get(m.slot) : undefined;
+      showVideo(m, on ? videoReceivers[on.index].track : null, on?.index);
+      if (on && m.info) videos[m.info.name] = on.index;
+    }
+    call.group.videos = videos;
+    showVideo(me, camera && camera.readyState === 'live' ? camera : null, 'local');
+  }
+  const videoTicker = setInterval(
+    () => (ended ? clearInterval(videoTicker) : showVideos().catch(() => {})),
+    VIDEO_TICK_MS,
+  );
+
+  /// Per member with video on its tile: what its slot track decoded (getStats).
+  call.group.videoStats = async () => {
+    const out = {};
+    for (const m of members.values()) {
+      const index = m.tile?.video?.dataset.track;
+      if (!m.info || index === undefined || !m.videoTrack) continue;
+      const receiver = videoReceivers[Number(index)];
+      if (!receiver) continue;
+      for (const s of (await receiver.getStats()).values()) {
+        if (s.type !== 'inbound-rtp') continue;
+        out[m.info.name] = {
+          track: Number(index),
+          framesDecoded: s.framesDecoded ?? 0,
+          frameWidth: s.frameWidth ?? 0,
+          frameHeight: s.frameHeight ?? 0,
+          width: m.tile.video.videoWidth,
+          height: m.tile.video.videoHeight,
+        };
+      }
+    }
+    return out;
+  };
+
+  // A video transform that was not applied would send VP8 in the clear, or decode
+  // ciphertext: as for audio (checkTransforms), packets without sealing end the call.
+  async function checkVideoTransforms() {
+    if (ended || !pc) return;
+    const v = (await ctx.workerStats()).group?.video;
+    if (!v) return;
+    let sent = 0;
+    let received = 0;
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') sent += s.packetsSent ?? 0;
+      if (s.type === 'inbound-rtp' && s.kind === 'video') received += s.packetsReceived ?? 0;
+    }
+    if (sent > 50 && v.sealed === 0 && v.sendDroppedNoKey === 0) {
+      end('video bypassed encryption; call ended');
+    } else if (received > 50 && v.opened + v.failed + v.held + v.duplicates === 0) {
+      end('incoming video bypassed decryption; call ended');
+    }
+  }
+  const videoGuard = setInterval(
+    () => (ended ? clearInterval(videoGuard) : checkVideoTransforms().catch(() => {})),
+    2000,
+  );
+
+  function stopGroupVideo() {
+    cameraReady.then((camera) => camera?.stop()).catch(() => {});
+    for (const m of [me, ...members.values()]) showVideo(m, null);
   }
 
   // --- speaking ------------------------------------------------------------------------------
@@ -903,6 +1086,7 @@ export function runGroup(ctx) {
         decrypt_failures: s.decryptFailures ?? 0,
         replays: s.replays ?? 0,
         unknown_key: s.unknownKey ?? 0,
+        video_frames_decrypted: s.videoFramesDecrypted ?? 0,
         held: s.held ?? 0,
         speaking: m.speaking,
         muted: m.muted,

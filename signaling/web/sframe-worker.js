@@ -22,11 +22,11 @@
 // { type: 'group-key', id, slot, generation, secret, onlyIfHeld } (answered with
 // { type: 'group-key-result', id, ok, inserted | error }).
 
-import { GroupKeyring, groupKid } from './group-keys.js';
+import { GroupKeyring, KIND_VIDEO, groupKid } from './group-keys.js';
 import { MediaReceiver, MediaSender, VIDEO_KID_BASE } from './keys.js';
-import { SframeSender, deriveKeySalt } from './sframe.js';
+import { SframeSender, concat, deriveKeySalt } from './sframe.js';
 import { PlayoutOrder } from './order.js';
-import { openVp8, sealVp8 } from './video.js';
+import { openVp8, sealVp8, sealVp8With, splitSealedVp8 } from './video.js';
 
 /// Keyframe requests to the peer (PLI) at most this often.
 const KEYFRAME_REQUEST_EVERY_MS = 300;
@@ -148,6 +148,7 @@ self.onmessage = async (event) => {
     await onGroupMessage(msg);
   } else if (msg?.type === 'stats') {
     stats.group.senders = groupRing.stats();
+    groupVideoTrackStats();
     const now = performance.now();
     for (const [slot, heard] of groupHeard) {
       Object.assign(stats.group.senders[slot] ?? {}, {
@@ -348,11 +349,19 @@ async function onGroupMessage(msg) {
       // In order: a later key never loses to an earlier one still being derived.
       const kid = groupKid(msg.generation, msg.slot);
       const derived = deriveKeySalt(secret, kid);
+      // WebCrypto copies the secret at once: it is wiped below before these resolve.
+      const videoKid = groupKid(msg.generation, msg.slot, KIND_VIDEO);
+      const videoDerived = deriveKeySalt(secret, videoKid);
       groupSendQueue = groupSendQueue.catch(() => {}).then(async () => {
         const keys = await derived;
+        const videoKeys = await videoDerived;
         if (groupSender) groupSender.setKey(kid, keys);
         else groupSender = new SframeSender(kid, keys.key, keys.salt);
+        const switched = groupVideoSender !== null && groupVideoSender.kid !== videoKid;
+        if (groupVideoSender) groupVideoSender.setKey(videoKid, videoKeys);
+        else groupVideoSender = new SframeSender(videoKid, videoKeys.key, videoKeys.salt);
         stats.group.sendGeneration = msg.generation;
+        if (switched) groupKeyframeAfterSwitch();
       });
       await groupSendQueue.catch(() => {});
     } else if (msg.type === 'group-member') {
@@ -361,6 +370,15 @@ async function onGroupMessage(msg) {
       groupRing.removeSender(msg.slot);
       groupHeard.delete(msg.slot);
       for (const k of [...groupOrders.keys()]) if (k.endsWith(`:${msg.slot}`)) groupOrders.delete(k);
+      forgetGroupVideo(msg.slot);
+    } else if (msg.type === 'group-connection') {
+      // A new connection to the SFU: new RTP streams whose timestamps start anywhere, so the
+      // order checks start again (the counters, bound to the keys, run on).
+      groupOrders.clear();
+      groupVideoOrders.clear();
+      for (const state of groupVideoTracks.values()) {
+        Object.assign(state, { slot: null, generation: null, wantKeyframe: true });
+      }
     } else if (msg.type === 'group-key' && secret) {
       try {
         const inserted = await groupRing.insert(msg.slot, msg.generation, secret, {
@@ -436,15 +454,207 @@ async function openGroup(frame, controller, track) {
   else deliver(out.opened);
 }
 
+// --- group video -------------------------------------------------------------------------
+
+// Group video (transforms with `group: true, kind: 'video'`): our camera's VP8 frames sealed
+// with the two-party video layout (clear prefix as metadata) under our group VIDEO KID (kind
+// 1: its own key, salt and counter from the same secret); each receive-only video slot's
+// frames opened by the key their KID names, whoever the SFU says they come from. The stats
+// say which member each video track carried last (`group.video.tracks`), for the tiles.
+// { type: 'group-connection' } from the page: a new peer connection to the SFU, whose RTP
+// timestamps start anywhere; the order checks (audio and video) start again.
+//
+// Our sender (the counter keeps counting across generations), its transformer (for keyframes
+// after a key switch), the playout order per (video track, sender), and per video track the
+// sender whose frames it carried last.
+let groupVideoSender = null;
+let groupVideoSendTransformer = null;
+const groupVideoOrders = new Map();
+const groupVideoTracks = new Map(); // track -> { slot, at, wantKeyframe, lastRequest }
+stats.group.video = {
+  sealed: 0,
+  keyframesSent: 0,
+  sendDroppedNoKey: 0,
+  notVp8: 0,
+  sendErrors: 0,
+  keyframesAfterSwitch: 0,
+  opened: 0,
+  keyframesReceived: 0,
+  failed: 0,
+  failureKinds: {},
+  duplicates: 0,
+  held: 0,
+  reorderRejected: 0,
+  keyframeRequestsSent: 0,
+  padding: 0,
+  tracks: {}, // track -> { slot, agoMs }: the member a video track carried last, and when
+};
+
+/// After our key switched: a keyframe, where the browser can force one (RFC 9605 section 6.2);
+/// elsewhere receivers ask for it (PLI) when a sender's generation moves on.
+function groupKeyframeAfterSwitch() {
+  const t = groupVideoSendTransformer;
+  if (!t || typeof t.generateKeyFrame !== 'function') return;
+  stats.group.video.keyframesAfterSwitch += 1;
+  Promise.resolve()
+    .then(() => t.generateKeyFrame())
+    .catch(() => {});
+}
+
+async function sealGroupVideo(frame, controller) {
+  const v = stats.group.video;
+  const data = new Uint8Array(frame.data);
+  if (data.length === 0) {
+    v.padding += 1;
+    controller.enqueue(frame);
+    return;
+  }
+  if (!groupVideoSender) {
+    v.sendDroppedNoKey += 1;
+    return;
+  }
+  if (!isVp8(frame)) {
+    v.notVp8 += 1; // Its header layout is unknown: never sent.
+    return;
+  }
+  const key = frame.type === 'key';
+  const sender = groupVideoSender;
+  try {
+    const out = await sealVp8With((plain, prefix) => sender.encrypt(plain, prefix), data, key);
+    frame.data = out.buffer;
+    v.sealed += 1;
+    if (key) v.keyframesSent += 1;
+    controller.enqueue(frame);
+  } catch {
+    v.sendErrors += 1; // Dropped: never sent in the clear.
+  }
+}
+
+/// Asks the member behind video track `track` for a keyframe (PLI; the SFU relays it to the
+/// publisher), at most every KEYFRAME_REQUEST_EVERY_MS per track.
+function groupVideoKeyframeRequest(state, transformer) {
+  const now = performance.now();
+  if (now - state.lastRequest < KEYFRAME_REQUEST_EVERY_MS) return;
+  if (typeof transformer.sendKeyFrameRequest !== 'function') return;
+  state.lastRequest = now;
+  stats.group.video.keyframeRequestsSent += 1;
+  Promise.resolve()
+    .then(() => transformer.sendKeyFrameRequest())
+    .catch(() => {});
+}
+
+function groupVideoTrack(track) {
+  if (!groupVideoTracks.has(track)) {
+    groupVideoTracks.set(track, { slot: null, at: 0, wantKeyframe: true, lastRequest: -Infinity, generation: null });
+  }
+  return groupVideoTracks.get(track);
+}
+
+/// A forwarded video frame on slot track `track`: opened by the key its KID names (the
+/// sender's slot comes from the KID, not from the SFU); never passed on unopened.
+async function openGroupVideo(frame, controller, transformer, track) {
+  const v = stats.group.video;
+  const data = new Uint8Array(frame.data);
+  if (data.length === 0) {
+    v.padding += 1;
+    controller.enqueue(frame);
+    return;
+  }
+  const state = groupVideoTrack(track);
+  const failed = (kind) => {
+    if (kind === 'replay') {
+      v.duplicates += 1; // A retransmitted copy of a frame already opened.
+      return;
+    }
+    v.failed += 1;
+    v.failureKinds[kind] = (v.failureKinds[kind] ?? 0) + 1;
+    state.wantKeyframe = true; // Later frames refer to the one dropped.
+    groupVideoKeyframeRequest(state, transformer);
+  };
+  let parts;
+  try {
+    parts = splitSealedVp8(data);
+  } catch (e) {
+    failed(e?.kind ?? 'error');
+    return;
+  }
+  const deliver = (opened) => {
+    const orderKey = `${track}:${opened.slot}`;
+    if (!groupVideoOrders.has(orderKey)) groupVideoOrders.set(orderKey, new PlayoutOrder());
+    if (groupVideoOrders.get(orderKey).accept(opened.ctr, rtpTimestamp(frame, null)) !== null) {
+      v.reorderRejected += 1; // Authentic but out of its counter's place: never shown.
+      return;
+    }
+    v.opened += 1;
+    // Another member on this track (the SFU reassigned it), or its key moved on: the picture
+    // restarts from a keyframe.
+    if (state.slot !== opened.slot || (state.generation !== null && opened.generation > state.generation)) {
+      state.wantKeyframe = true;
+    }
+    state.slot = opened.slot;
+    state.generation = opened.generation;
+    state.at = performance.now();
+    if (parts.keyframe) {
+      v.keyframesReceived += 1;
+      state.wantKeyframe = false;
+    } else if (state.wantKeyframe) {
+      groupVideoKeyframeRequest(state, transformer);
+    }
+    frame.data = concat(parts.prefix, opened.plaintext).buffer;
+    controller.enqueue(frame);
+  };
+  let out;
+  try {
+    out = await groupRing.open(parts.sealed, performance.now(), deliver, () => failed('unknown_kid'), {
+      kind: KIND_VIDEO,
+      metadata: parts.prefix,
+    });
+  } catch (e) {
+    failed(e?.kind ?? 'error');
+    return;
+  }
+  if (out.held) v.held += 1;
+  else deliver(out.opened);
+}
+
+/// A member left: its video orders go, and no track says it carries that member any more.
+function forgetGroupVideo(slot) {
+  for (const k of [...groupVideoOrders.keys()]) if (k.endsWith(`:${slot}`)) groupVideoOrders.delete(k);
+  for (const state of groupVideoTracks.values()) {
+    if (state.slot === slot) {
+      state.slot = null;
+      state.wantKeyframe = true;
+    }
+  }
+}
+
+function groupVideoTrackStats() {
+  const now = performance.now();
+  const tracks = {};
+  for (const [track, state] of groupVideoTracks) {
+    if (state.slot !== null) tracks[track] = { slot: state.slot, agoMs: Math.round(now - state.at) };
+  }
+  stats.group.video.tracks = tracks;
+}
+
 self.onrtctransform = (event) => {
   const transformer = event.transformer;
   const side = transformer.options?.side === 'send' ? 'send' : 'recv';
   const video = transformer.options?.kind === 'video';
   if (transformer.options?.group === true) {
     const track = Number(transformer.options.track) || 0;
-    stats.transforms[`group-${side}`] = (stats.transforms[`group-${side}`] ?? 0) + 1;
-    const transform =
-      side === 'send' ? sealGroup : (frame, controller) => openGroup(frame, controller, track);
+    const label = video ? `group-video-${side}` : `group-${side}`;
+    stats.transforms[label] = (stats.transforms[label] ?? 0) + 1;
+    let transform;
+    if (video && side === 'send') {
+      groupVideoSendTransformer = transformer;
+      transform = sealGroupVideo;
+    } else if (video) {
+      transform = (frame, controller) => openGroupVideo(frame, controller, transformer, track);
+    } else {
+      transform =
+        side === 'send' ? sealGroup : (frame, controller) => openGroup(frame, controller, track);
+    }
     transformer.readable
       .pipeThrough(new TransformStream({ transform }))
       .pipeTo(transformer.writable)

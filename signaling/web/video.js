@@ -42,3 +42,23 @@ export async function openVp8(receiver, data, now = Date.now()) {
     ctr: opened.ctr,
   };
 }
+
+/// Group calls (docs/call-protocol.md, "Group calls in the browser"): the same layout, sealed
+/// by `seal(plaintext, prefix)` (an SframeSender's encrypt, the prefix as metadata) under the
+/// member's group video KID. Returns the frame to send; a frame shorter than its prefix is
+/// refused (SframeError).
+export async function sealVp8With(seal, data, keyframe) {
+  const n = keyframe ? VP8_KEY_PREFIX : VP8_DELTA_PREFIX;
+  if (data.length < n) throw new SframeError('malformed', 'VP8 frame shorter than its header');
+  const prefix = data.slice(0, n);
+  return concat(prefix, await seal(data.subarray(n), prefix));
+}
+
+/// A sealed VP8 frame as it arrived: { prefix, sealed (the SFrame frame), keyframe }, with n
+/// from byte 0 (authenticated as part of the prefix); throws SframeError if too short.
+export function splitSealedVp8(data) {
+  if (data.length === 0) throw new SframeError('malformed', 'empty frame');
+  const n = vp8PrefixLength(data[0]);
+  if (data.length < n + 1) throw new SframeError('malformed', 'shorter than its prefix');
+  return { prefix: data.subarray(0, n), sealed: data.subarray(n), keyframe: n === VP8_KEY_PREFIX };
+}

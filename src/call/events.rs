@@ -201,6 +201,14 @@ pub enum CallEvent {
         /// Speaking now.
         speaking: bool,
     },
+    /// What we trust of the peer, or of a group member, changed in this call
+    /// ([`Call::verify`](crate::call::Call::verify) marked it verified).
+    TrustChanged {
+        /// Its name (canonical).
+        name: String,
+        /// What the known-peers store says now.
+        trust: PeerTrust,
+    },
     /// Group calls: a member muted or unmuted.
     ParticipantMuted {
         /// Its name (canonical).

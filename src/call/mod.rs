@@ -33,6 +33,7 @@ pub use group::GroupKeysTap;
 pub use group::VideoSinkFactory;
 mod media_loop;
 mod options;
+mod participant_audio;
 mod protocol;
 mod session;
 mod stats;
@@ -50,13 +51,16 @@ pub use options::{
     CallOptions, CallReport, LoadedIdentity, OptionsError, VideoIo, check_duration, check_tone,
     ended_ok, known_peers_path, member_video_path, parse_duration, parse_tone,
 };
+pub use participant_audio::ParticipantAudio;
 pub use protocol::{
     ControlMessage, IncomingSignal, MAX_SDP_LEN, OutgoingSignal, PayloadError, parse_signal,
 };
 pub use stats::{CallStats, ParticipantStats};
 pub use video::VideoSettings;
 
-use crate::handshake::{HandshakeError, Identity, KnownPeers, RotationConfig, TrustPolicy};
+use crate::handshake::{
+    HandshakeError, Identity, KnownPeers, PeerTrust, RotationConfig, TrustPolicy, VerifyError,
+};
 use crate::media::video::{NullVideoSink, VideoCodec, VideoSink, VideoSource};
 use crate::media::{AudioSink, AudioSource, OpusConfig};
 use crate::messages::{Conversation, DisappearingTimer, History, MessageError, MessageId};
@@ -162,6 +166,7 @@ pub struct CallBuilder {
     video_source: Option<Box<dyn VideoSource>>,
     video_sink: Option<Box<dyn VideoSink>>,
     group_video_sinks: Option<VideoSinkFactory>,
+    participant_audio: Option<Box<dyn ParticipantAudio>>,
     history: Option<History>,
 }
 
@@ -190,6 +195,7 @@ impl CallBuilder {
             video_source: None,
             video_sink: None,
             group_video_sinks: None,
+            participant_audio: None,
             history: None,
         }
     }
@@ -276,6 +282,13 @@ impl CallBuilder {
         self
     }
 
+    /// In group calls, also hands each member's voice, before mixing, to `receiver` (see
+    /// [`ParticipantAudio`]). Default: only the mix, on the sink.
+    pub fn participant_audio(mut self, receiver: impl ParticipantAudio + 'static) -> Self {
+        self.participant_audio = Some(Box::new(receiver));
+        self
+    }
+
     /// Keeps this call's messages in `history` across restarts (encrypted at rest, erased at
     /// expiry); its live messages are shown again at start as restored [`CallEvent::Chat`]
     /// events. Default: messages live in memory only.
@@ -330,6 +343,9 @@ impl CallBuilder {
             audio: Arc::new(media_loop::AudioHome::new(source, sink)),
             video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
             group_video: Arc::new(group::GroupVideoHome::new(self.group_video_sinks)),
+            participant_audio: self
+                .participant_audio
+                .map(|p| Arc::new(std::sync::Mutex::new(p))),
             events: events_tx,
             commands,
             shared: Arc::clone(&shared),
@@ -360,6 +376,10 @@ pub(crate) enum Command {
     SetTimer(
         DisappearingTimer,
         tokio::sync::oneshot::Sender<Result<(), MessageError>>,
+    ),
+    Verify(
+        String,
+        tokio::sync::oneshot::Sender<Result<PeerTrust, VerifyError>>,
     ),
 }
 
@@ -411,6 +431,19 @@ impl Call {
             .await
             .map_err(|_| MessageError::NotConnected)?;
         answer.await.unwrap_or(Err(MessageError::NotConnected))
+    }
+
+    /// Marks `name` verified (the people compared the safety code, or the group code, and it
+    /// matched): the identity key it proved in this call is pinned as verified in the
+    /// known-peers store, and [`CallEvent::TrustChanged`] follows. `name` is the peer's or a
+    /// member's name as the events show it.
+    pub async fn verify(&self, name: &str) -> Result<PeerTrust, VerifyError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Verify(crate::names::canonical(name), reply))
+            .await
+            .map_err(|_| VerifyError::CallEnded)?;
+        answer.await.unwrap_or(Err(VerifyError::CallEnded))
     }
 
     /// Hangs up (the peer is told over the encrypted control channel) and waits until the

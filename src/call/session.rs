@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use crate::group::JoinKind;
 use crate::handshake::MediaKind;
 use crate::handshake::{
-    CallKeys, DtlsFingerprint, Established, Handshake, Identity, KnownPeers, MediaReceiver,
-    MediaSender, PeerTrust, Role,
+    CallKeys, DtlsFingerprint, Established, Handshake, Identity, IdentityKey, KnownPeers,
+    MediaReceiver, MediaSender, PeerTrust, Role, VerifyError,
 };
 use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
 use crate::media::{OpusDecoder, OpusEncoder};
@@ -71,6 +71,8 @@ pub(crate) struct Session {
     pub video: std::sync::Mutex<Option<VideoIo>>,
     /// Group calls' video source and per-member sinks.
     pub group_video: Arc<super::group::GroupVideoHome>,
+    /// Where each group member's voice goes before mixing, if the application asked.
+    pub participant_audio: Option<super::participant_audio::SharedParticipantAudio>,
     pub events: mpsc::Sender<CallEvent>,
     pub commands: mpsc::Receiver<Command>,
     pub shared: Arc<SharedStats>,
@@ -185,6 +187,8 @@ struct Run {
     peer_heard: bool,
     /// Whether the path is lost, and when to restart ICE or give up.
     path: Reconnector,
+    /// The peer's name and the identity it proved, once keys are agreed.
+    agreed: Option<(String, IdentityKey)>,
     /// The room as the server described it to us (for a move to a group call).
     room: Option<RoomInfo>,
     /// Set when the call moves to a group call: the members to agree keys with there.
@@ -258,6 +262,19 @@ const EARLY_CONTROLS: usize = 32;
 
 /// Chat items held at most while the control channel opens.
 const CHAT_OUTBOX: usize = 256;
+
+/// Pins `key`, the identity `name` proved in this call, as verified, and saves the store.
+pub(crate) fn verify_key(
+    session: &mut Session,
+    name: &str,
+    key: &IdentityKey,
+) -> Result<PeerTrust, VerifyError> {
+    session.known_peers.verify(name, Some(&key.fingerprint()))?;
+    if let Err(e) = session.known_peers.save() {
+        tracing::warn!("could not save known peers: {e}");
+    }
+    Ok(session.known_peers.check(name, key))
+}
 
 impl Session {
     /// Runs the call to its end, through every change of mode; always emits `Ended` last.
@@ -356,6 +373,19 @@ impl Session {
         self.config.transport.video != VideoDirection::SendReceive
     }
 
+    /// [`verify_key`] for the peer of this two-party call.
+    fn verify_peer(&mut self, run: &Run, name: &str) -> Result<PeerTrust, VerifyError> {
+        let Some((peer, key)) = run.agreed.as_ref().filter(|(n, _)| n == name) else {
+            return Err(VerifyError::NotInCall(name.to_owned()));
+        };
+        let trust = verify_key(self, peer, key)?;
+        self.emit(CallEvent::TrustChanged {
+            name: peer.clone(),
+            trust: trust.clone(),
+        });
+        Ok(trust)
+    }
+
     fn emit(&self, event: CallEvent) {
         // Never block the call on a slow application: stats may be dropped, the rest fits.
         if self.events.try_send(event).is_err() {
@@ -438,6 +468,7 @@ impl Session {
             early_controls: Vec::new(),
             peer_heard: false,
             path: Reconnector::new(RestartRole::Answerer),
+            agreed: None,
             room: None,
             escalate: None,
             signal_events: None,
@@ -531,6 +562,9 @@ impl Session {
                     Some(Command::SetTimer(timer, reply)) => {
                         let set = self.set_timer(&mut run, timer).await;
                         let _ = reply.send(set);
+                    }
+                    Some(Command::Verify(name, reply)) => {
+                        let _ = reply.send(self.verify_peer(&run, &name));
                     }
                 },
                 changed = control_open.changed(), if control_watch => {
@@ -1165,6 +1199,7 @@ impl Session {
         }
         let code = safety_code.to_string();
         self.chat.set_peer(name.clone());
+        run.agreed = Some((name.clone(), key));
         tracing::info!(peer = %name, safety_code = %code, "keys agreed");
         self.emit(CallEvent::SafetyCode(PeerInfo {
             mixed_script: names::is_mixed_script(&name),

@@ -152,6 +152,13 @@ pub enum VerifyError {
     /// The fingerprint is not hex.
     #[error("a fingerprint is 40 hex digits (spaces and colons allowed), or the 64-digit key")]
     MalformedFingerprint,
+    /// [`Call::verify`](crate::call::Call::verify): nobody of that name has agreed keys with
+    /// us in this call.
+    #[error("{0:?} is not in this call, or its keys are not agreed yet")]
+    NotInCall(String),
+    /// [`Call::verify`](crate::call::Call::verify): the call is over.
+    #[error("the call has ended")]
+    CallEnded,
 }
 
 /// A change this process made, applied again to the file as it is on disk when saving.

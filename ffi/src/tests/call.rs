@@ -358,6 +358,34 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
         e.iter()
             .any(|e| e["event"] == "delivered" && e["to"] == "bob")
     });
+    // Alice compared the codes with Bob: she marks him verified. Nobody else is in the call.
+    // SAFETY: a live call; the names are NUL-terminated.
+    unsafe {
+        assert_eq!(sotto_call_verify(alice, null()), SOTTO_ERR_NULL);
+        assert_eq!(sotto_call_verify(alice, c"mallory".as_ptr()), SOTTO_OK);
+        assert_eq!(sotto_call_verify(alice, c"Bob".as_ptr()), SOTTO_OK);
+    }
+    app.wait_for("trust_changed", |e| {
+        e.iter().any(|e| {
+            e["event"] == "trust_changed" && e["name"] == "bob" && e["trust"] == "verified"
+        })
+    });
+    assert!(
+        app.events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "error"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("\"mallory\" is not in this call")),
+        "verifying a stranger says why"
+    );
+    let pins: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("known_peers.json")).unwrap())
+            .unwrap();
+    assert!(pins.to_string().contains("\"verified\":true"), "{pins}");
     // SAFETY: a live call.
     assert_eq!(unsafe { sotto_call_set_muted(alice, true) }, SOTTO_OK);
     // SAFETY: a live call.
@@ -418,6 +446,7 @@ fn a_call_through_the_c_abi_talks_to_an_engine_peer() {
         assert_eq!(sotto_call_wait(alice, 0), SOTTO_OK);
         assert_eq!(sotto_call_hang_up(alice), SOTTO_OK);
         assert_eq!(sotto_call_set_muted(alice, false), SOTTO_ERR_STATE);
+        assert_eq!(sotto_call_verify(alice, c"bob".as_ptr()), SOTTO_ERR_STATE);
         assert_eq!(
             sotto_call_send_message(alice, b"late".as_ptr().cast(), 4),
             SOTTO_ERR_STATE

@@ -10,6 +10,7 @@ mod csp;
 #[path = "../support/forgetful_sfu.rs"]
 mod forgetful_sfu;
 mod group;
+mod group_video;
 #[path = "../support/mitm.rs"]
 mod mitm;
 mod mitm_pages;

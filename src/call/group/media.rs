@@ -25,6 +25,7 @@ use crate::transport::{SfuTransport, SlotFrame, rfc6464_level, seal};
 use super::super::media_loop::{
     AudioHome, MediaNotice, capture_loop, count_sent, finish_or_hand_back, pace_until,
 };
+use super::super::participant_audio::SharedParticipantAudio;
 use super::super::stats::{SharedStats, clock_base};
 
 /// A frame this loud (dBFS) or louder counts as speech for the RFC 6464 voice flag and the
@@ -152,6 +153,8 @@ pub(crate) enum PlaybackInput {
     },
     /// The member in `slot` left: drop its audio now.
     Forget(Slot),
+    /// The member in `slot` (its keys agreed) is called `name`.
+    Named { slot: Slot, name: Arc<str> },
 }
 
 /// Turns an opened audio frame into the packet its sender's counter places: one frame per
@@ -261,6 +264,8 @@ pub(crate) struct GroupPlayback {
     pub notices: mpsc::UnboundedSender<MediaNotice>,
     pub home: Arc<AudioHome>,
     pub handover: Arc<AtomicBool>,
+    /// The application's receiver of each member's voice before mixing, if any.
+    pub participants: Option<SharedParticipantAudio>,
 }
 
 impl GroupPlayback {
@@ -283,6 +288,7 @@ impl GroupPlayback {
         let mut frames: u32 = 0;
         let mut first = true;
         let mut voices: HashMap<Slot, Voice> = HashMap::new();
+        let mut names: HashMap<Slot, Arc<str>> = HashMap::new();
         let mut retired = Totals::default();
         while !self.stop.load(Relaxed) {
             while let Ok(input) = self.inputs.try_recv() {
@@ -312,6 +318,10 @@ impl GroupPlayback {
                         if let Some(v) = voices.remove(&slot) {
                             retire(&mut retired, &v);
                         }
+                        names.remove(&slot);
+                    }
+                    PlaybackInput::Named { slot, name } => {
+                        names.insert(slot, name);
                     }
                 }
             }
@@ -326,6 +336,9 @@ impl GroupPlayback {
                 }
                 !idle
             });
+            // One uncontended lock per frame (only this thread plays a group call), held
+            // while the voices are handed over.
+            let mut participants = self.participants.as_ref().and_then(|p| p.lock().ok());
             for (slot, voice) in &mut voices {
                 let kind = voice.playout.next_frame(now - epoch, &mut one);
                 let real = matches!(kind, DecodeKind::Normal | DecodeKind::Fec);
@@ -333,10 +346,14 @@ impl GroupPlayback {
                 if real && dbfs(&one) >= SPEECH_DBFS {
                     self.speaking.heard(*slot, now);
                 }
+                if let (Some(p), Some(name)) = (participants.as_mut(), names.get(slot)) {
+                    p.frame(name, &one);
+                }
                 for (m, s) in mix.iter_mut().zip(&one) {
                     *m += *s;
                 }
             }
+            drop(participants);
             // Several loud voices can sum past full scale: clip rather than wrap.
             for m in &mut mix {
                 *m = m.clamp(-1.0, 1.0);

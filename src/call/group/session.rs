@@ -15,7 +15,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::group::{GroupEvent, GroupKeys, GroupOutput, JoinKind, Slot};
 use crate::handshake::{
-    DtlsFingerprint, Established, Handshake, IdentityKey, PeerTrust, group_safety_code,
+    DtlsFingerprint, Established, Handshake, IdentityKey, PeerTrust, VerifyError, group_safety_code,
 };
 use crate::media::{OpusEncoder, SAMPLE_RATE};
 use crate::names;
@@ -29,7 +29,7 @@ use super::super::media_loop::MediaNotice;
 use super::super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::super::session::{
     HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, Session, ice_servers_to_use,
-    stop_media, we_initiate,
+    stop_media, verify_key, we_initiate,
 };
 use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
@@ -232,6 +232,30 @@ async fn hand_back(
     })
 }
 
+/// Pins the key `name` proved in this call as verified, and says so.
+fn verify_member(
+    session: &mut Session,
+    run: &mut Run,
+    name: &str,
+) -> Result<PeerTrust, VerifyError> {
+    let info = run
+        .members
+        .values_mut()
+        .filter_map(|m| m.info.as_mut())
+        .find(|i| i.name == name)
+        .ok_or_else(|| VerifyError::NotInCall(name.to_owned()))?;
+    let trust = verify_key(session, name, &info.identity)?;
+    info.trust = trust.clone();
+    emit(
+        session,
+        CallEvent::TrustChanged {
+            name: name.to_owned(),
+            trust: trust.clone(),
+        },
+    );
+    Ok(trust)
+}
+
 fn emit(session: &Session, event: CallEvent) {
     if session.events.try_send(event).is_err() {
         tracing::debug!("event queue full; event dropped");
@@ -350,6 +374,9 @@ async fn events_loop(
                 }
                 Some(Command::SetTimer(_, reply)) => {
                     let _ = reply.send(Err(crate::messages::MessageError::NotInGroupCalls));
+                }
+                Some(Command::Verify(name, reply)) => {
+                    let _ = reply.send(verify_member(session, run, &name));
                 }
             },
             Some((generation, state)) = transport_state.recv() => {
@@ -957,6 +984,12 @@ async fn on_established(session: &mut Session, run: &mut Run, id: &str, est: Est
         names.insert(slot, name.clone());
     }
     tracing::info!(member = %name, slot = slot.get(), "member's keys agreed");
+    if let Some(media) = &run.media {
+        let _ = media.playback.try_send(PlaybackInput::Named {
+            slot,
+            name: name.as_str().into(),
+        });
+    }
     emit(session, CallEvent::ParticipantJoined(info));
     pump(run).await;
     for frame in early {
@@ -1226,14 +1259,15 @@ fn figures_of(m: &Member, keys: &GroupKeys, video: &VideoCounts) -> Option<Parti
     m.control.as_ref()?;
     let info = m.info.as_ref()?;
     let s = keys.stats(m.slot).unwrap_or_default();
-    // The keyring counts every kind; video is counted apart (under the same lock).
+    // The keyring counts every kind (as the page does); video is also counted apart, under
+    // the same lock.
     let (video_ok, video_failed) = (video.decrypted(m.slot), video.failures(m.slot));
     Some(ParticipantStats {
         name: info.name.clone(),
         identity: info.identity.fingerprint(),
         trust: info.trust.as_str(),
-        frames_decrypted: s.frames_decrypted.saturating_sub(video_ok),
-        decrypt_failures: s.decrypt_failures.saturating_sub(video_failed),
+        frames_decrypted: s.frames_decrypted,
+        decrypt_failures: s.decrypt_failures,
         video_frames_decrypted: video_ok,
         video_decrypt_failures: video_failed,
         speaking: m.speaking,
@@ -1306,6 +1340,7 @@ fn start_media(
         notices: notices.clone(),
         home: Arc::clone(&session.audio),
         handover: Arc::clone(&handover),
+        participants: session.participant_audio.clone(),
     };
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
@@ -1317,6 +1352,15 @@ fn start_media(
         spawn("sotto-capture", Box::new(move || capture.run()))?,
         spawn("sotto-playback", Box::new(move || playback.run()))?,
     ];
+    // The playback learns the names of the members already agreed; later ones as they come.
+    for m in run.members.values() {
+        if let Some(info) = &m.info {
+            let _ = playback_tx.try_send(PlaybackInput::Named {
+                slot: m.slot,
+                name: info.name.as_str().into(),
+            });
+        }
+    }
     let samples_per_frame =
         (u64::from(SAMPLE_RATE) * frame.duration().as_micros() as u64) / 1_000_000;
     let mut threads = threads;
