@@ -154,6 +154,16 @@ pub enum CallEvent {
         /// Height in pixels.
         height: u32,
     },
+    /// A group member's video is shown at a new size (its first picture, or a change):
+    /// the group-call counterpart of [`CallEvent::VideoSize`].
+    ParticipantVideoSize {
+        /// The member (canonical name, as in [`CallEvent::ParticipantJoined`]).
+        name: String,
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
     /// A text message arrived, was sent, delivered, refused or expired, the disappearing
     /// timer changed, or (at the end of the call) a message was not delivered. Texts in these
     /// events are wiped when their message expires.

@@ -75,6 +75,12 @@ pub(crate) enum MediaNotice {
     FirstAudio(Duration),
     /// The peer's video is shown at a new size.
     VideoSize(u32, u32),
+    /// A group member's video is shown at a new size.
+    ParticipantVideoSize {
+        name: String,
+        width: u32,
+        height: u32,
+    },
     /// A thread stopped because of an error.
     Failed(String),
 }

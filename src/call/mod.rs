@@ -30,6 +30,7 @@ mod events;
 mod group;
 #[cfg(feature = "insecure-test-hooks")]
 pub use group::GroupKeysTap;
+pub use group::VideoSinkFactory;
 mod media_loop;
 mod options;
 mod participant_audio;
@@ -48,7 +49,7 @@ pub use control::{ControlCrypto, ControlError};
 pub use events::{CallEvent, CallState, EndReason, PeerInfo};
 pub use options::{
     CallOptions, CallReport, LoadedIdentity, OptionsError, VideoIo, check_duration, check_tone,
-    ended_ok, known_peers_path, parse_duration, parse_tone,
+    ended_ok, known_peers_path, member_video_path, parse_duration, parse_tone,
 };
 pub use participant_audio::ParticipantAudio;
 pub use protocol::{
@@ -164,6 +165,7 @@ pub struct CallBuilder {
     sink: Option<Box<dyn AudioSink>>,
     video_source: Option<Box<dyn VideoSource>>,
     video_sink: Option<Box<dyn VideoSink>>,
+    group_video_sinks: Option<VideoSinkFactory>,
     participant_audio: Option<Box<dyn ParticipantAudio>>,
     history: Option<History>,
 }
@@ -192,6 +194,7 @@ impl CallBuilder {
             sink: None,
             video_source: None,
             video_sink: None,
+            group_video_sinks: None,
             participant_audio: None,
             history: None,
         }
@@ -265,6 +268,20 @@ impl CallBuilder {
         self
     }
 
+    /// In a group call, shows each member's video on the sink `factory` makes for it (called
+    /// with the member's name the first time its video shows). Default: decoded and
+    /// counted, not shown. The two-party [`video_sink`](Self::video_sink) is not used in a
+    /// group.
+    pub fn group_video_sinks(
+        mut self,
+        factory: impl FnMut(&str) -> Result<Box<dyn VideoSink>, crate::media::video::VideoError>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.group_video_sinks = Some(Box::new(factory));
+        self
+    }
+
     /// In group calls, also hands each member's voice, before mixing, to `receiver` (see
     /// [`ParticipantAudio`]). Default: only the mix, on the sink.
     pub fn participant_audio(mut self, receiver: impl ParticipantAudio + 'static) -> Self {
@@ -301,11 +318,6 @@ impl CallBuilder {
                 "playout frame and Opus frame differ".into(),
             ));
         }
-        if c.group && self.video_source.is_some() {
-            return Err(CallError::Invalid(
-                "group calls carry audio only for now: drop the video source".into(),
-            ));
-        }
         let identity = match self.identity {
             Some(id) => id,
             None => Arc::new(Identity::generate()?),
@@ -330,6 +342,7 @@ impl CallBuilder {
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
             audio: Arc::new(media_loop::AudioHome::new(source, sink)),
             video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
+            group_video: Arc::new(group::GroupVideoHome::new(self.group_video_sinks)),
             participant_audio: self
                 .participant_audio
                 .map(|p| Arc::new(std::sync::Mutex::new(p))),

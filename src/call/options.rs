@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{CallBuilder, CallConfig, CallStats, EndReason, PeerInfo, VideoSettings};
+use super::{
+    CallBuilder, CallConfig, CallStats, EndReason, PeerInfo, VideoSettings, VideoSinkFactory,
+};
 use crate::handshake::{Identity, KnownPeers, TrustPolicy, default_identity_path};
 use crate::media::video::{
     CameraSource, TestPattern, VideoSink, VideoSource, WindowSink, Y4mSink, Y4mSource,
@@ -439,9 +441,9 @@ impl CallOptions {
         if let Some(video) = &self.video {
             VideoChoice::parse(video)?;
         }
-        if self.group && (self.video.is_some() || self.chat || self.chat_json.is_some()) {
+        if self.group && (self.chat || self.chat_json.is_some()) {
             return Err(OptionsError::Invalid(
-                "--group carries audio only for now: no --video, --chat or --chat-json".into(),
+                "--group carries no text messages for now: no --chat or --chat-json".into(),
             ));
         }
         Ok(())
@@ -571,10 +573,51 @@ impl CallOptions {
     /// [`open_video_source`]: Self::open_video_source
     /// [`open_video_sink`]: Self::open_video_sink
     pub fn open_video(&self) -> Result<VideoIo, OptionsError> {
+        if self.group {
+            return Ok(VideoIo {
+                source: self.open_video_source()?,
+                sink: None,
+                group_sinks: self.group_video_sinks()?,
+            });
+        }
         Ok(VideoIo {
             source: self.open_video_source()?,
             sink: self.open_video_sink()?,
+            group_sinks: None,
         })
+    }
+
+    /// In a group call, each member's video goes to its own sink: `--video-output PATH`
+    /// writes `PATH` with `-<name>` before its extension (`out.y4m`: `out-alice.y4m`; the
+    /// name's characters other than letters, digits, `-` and `_` become `_`), and
+    /// `--video-window` opens a window per member. The directory must exist (checked now).
+    fn group_video_sinks(&self) -> Result<Option<VideoSinkFactory>, OptionsError> {
+        if let Some(path) = &self.video_output {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(OptionsError::Video(format!(
+                    "--video-output {}: {} is not a directory",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+            let path = path.clone();
+            let fps = self.fps.unwrap_or(DEFAULT_FPS);
+            return Ok(Some(Box::new(move |name: &str| {
+                let file = member_video_path(&path, name);
+                tracing::info!(member = %name, file = %file.display(), "member's video file");
+                Ok(Box::new(Y4mSink::create(file, fps)?) as Box<dyn VideoSink>)
+            })));
+        }
+        if self.video_window {
+            return Ok(Some(Box::new(|name: &str| {
+                Ok(Box::new(WindowSink::open(&format!("sotto: {name}"))?) as Box<dyn VideoSink>)
+            })));
+        }
+        Ok(None)
     }
 
     /// A builder for the call, ready to start.
@@ -601,8 +644,35 @@ impl CallOptions {
         if let Some(video) = video.sink {
             builder = builder.boxed_video_sink(video);
         }
+        if let Some(factory) = video.group_sinks {
+            builder = builder.group_video_sinks(factory);
+        }
         builder
     }
+}
+
+/// Where a group member's video goes for `--video-output path`: `path` with `-<name>`
+/// before its extension, the name made safe for a file name.
+pub fn member_video_path(path: &Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = match path.extension() {
+        Some(ext) => format!("{stem}-{safe}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{safe}"),
+    };
+    path.with_file_name(file)
 }
 
 /// The video source and sink a call's options name.
@@ -613,6 +683,8 @@ pub struct VideoIo {
     pub source: Option<Box<dyn VideoSource>>,
     /// Where the peer's video goes (`None`: decoded and counted only).
     pub sink: Option<Box<dyn VideoSink>>,
+    /// In a group call: the sink for each member's video (`None`: decoded and counted only).
+    pub group_sinks: Option<VideoSinkFactory>,
 }
 
 impl std::fmt::Debug for VideoIo {
@@ -620,6 +692,7 @@ impl std::fmt::Debug for VideoIo {
         f.debug_struct("VideoIo")
             .field("source", &self.source.is_some())
             .field("sink", &self.sink.is_some())
+            .field("group_sinks", &self.group_sinks.is_some())
             .finish()
     }
 }
@@ -786,5 +859,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_group_member_s_video_file_is_the_path_with_its_name_before_the_extension() {
+        let p = |path: &str, name: &str| member_video_path(Path::new(path), name);
+        assert_eq!(
+            p("out/video.y4m", "alice"),
+            Path::new("out/video-alice.y4m")
+        );
+        assert_eq!(p("video", "bob"), Path::new("video-bob"));
+        // Nothing in a name leaves the directory or makes a hidden path.
+        assert_eq!(p("/tmp/v.y4m", "../x y"), Path::new("/tmp/v-___x_y.y4m"));
+        assert_eq!(p("v.y4m", "zoë-k_9"), Path::new("v-zoë-k_9.y4m"));
+    }
+
+    #[test]
+    fn a_group_call_may_send_video_but_not_text() {
+        let video = r#"{"server":"ws://h/ws","room":"r","group":true,"video":"test-pattern"}"#;
+        assert!(CallOptions::from_json(video).is_ok());
+        let chat = r#"{"server":"ws://h/ws","room":"r","group":true,"chat":true}"#;
+        assert!(matches!(
+            CallOptions::from_json(chat),
+            Err(OptionsError::Invalid(_))
+        ));
     }
 }

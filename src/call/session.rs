@@ -69,6 +69,8 @@ pub(crate) struct Session {
     pub audio: Arc<AudioHome>,
     /// The same for video.
     pub video: std::sync::Mutex<Option<VideoIo>>,
+    /// Group calls' video source and per-member sinks.
+    pub group_video: Arc<super::group::GroupVideoHome>,
     /// Where each group member's voice goes before mixing, if the application asked.
     pub participant_audio: Option<super::participant_audio::SharedParticipantAudio>,
     pub events: mpsc::Sender<CallEvent>,
@@ -365,7 +367,8 @@ impl Session {
         })
     }
 
-    /// Group calls carry audio only: a call that sends video stays two-party.
+    /// A call that sends video stays two-party (only a call started as a group call carries
+    /// video in the group).
     fn can_move_to_group(&self) -> bool {
         self.config.transport.video != VideoDirection::SendReceive
     }
@@ -654,6 +657,7 @@ impl Session {
                         tracing::info!(width, height, "peer's video size");
                         self.emit(CallEvent::VideoSize { width, height });
                     }
+                    MediaNotice::ParticipantVideoSize { .. } => {}
                     MediaNotice::Failed(e) => break EndReason::MediaFailed(e),
                 },
                 _ = stats_tick.tick() => {

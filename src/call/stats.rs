@@ -130,10 +130,14 @@ pub struct ParticipantStats {
     pub identity: String,
     /// What the known-peers store says about it.
     pub trust: &'static str,
-    /// Its frames that authenticated and decrypted.
+    /// Its frames that authenticated and decrypted (every kind: audio and video).
     pub frames_decrypted: u64,
-    /// Its frames that failed authentication under a key we hold.
+    /// Its frames that failed authentication under a key we hold (every kind).
     pub decrypt_failures: u64,
+    /// Its video frames that authenticated and decrypted (also in `frames_decrypted`).
+    pub video_frames_decrypted: u64,
+    /// Its video frames that failed authentication (also in `decrypt_failures`).
+    pub video_decrypt_failures: u64,
     /// Whether its voice was heard in the last moment.
     pub speaking: bool,
     /// Still in the call (members that left keep their last figures, `present: false`).

@@ -109,7 +109,8 @@ pub use order::{FrameOrder, ORDER_WINDOW, OrderError};
 pub use pacer::{MAX_PACER_DELAY, PACING_FACTOR, VideoPacer};
 pub use restart::{PathAction, RECONNECT_GIVE_UP, Reconnector, RestartRole};
 pub use sfu::{
-    AUDIO_LEVEL_URI, MAX_AUDIO_SLOTS, SfuTransport, SfuTransportConfig, SlotFrame, rfc6464_level,
+    AUDIO_LEVEL_URI, MAX_AUDIO_SLOTS, MAX_VIDEO_SLOTS, SfuTransport, SfuTransportConfig, SlotFrame,
+    SlotVideoFrame, rfc6464_level,
 };
 pub use sync::SenderClock;
 pub use turn_tcp::{

@@ -6,19 +6,29 @@
 //! the loudest speakers; the payload is an SFrame frame it cannot open. What arrives on a slot
 //! is whoever the SFU put there: the sender is the authenticated KID inside the frame, never
 //! the SSRC.
+//!
+//! Video (when asked for) follows the same contract: the first video m-line sends our VP8
+//! frames (sealed, in the layout of [`super::seal_video`]) when we publish, and each video
+//! m-line we receive on is a slot the SFU fills with another publisher's frames. Keyframe
+//! requests go both ways: a PLI on a slot reaches the member the SFU put there, and the
+//! SFU's PLI on our track asks our encoder for one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::extension::HeaderExtension;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCPFeedback, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
@@ -31,9 +41,12 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState,
 };
 
+use super::video::KeyframeRequests;
 use super::{
-    IceServer, SealedFrame, TransportError, TransportState, ice_pacing, ice_policy, opus_codec,
-    random_ssrc, rtc_err, rtc_ice_servers, set_remote_answer, wait_connected,
+    FrameAssembler, IceServer, MAX_VIDEO_RTP_PAYLOAD, ReceivedVideoFrame, SealedFrame,
+    TransportError, TransportState, Vp8Packetizer, ice_pacing, ice_policy, opus_codec,
+    pump_keyframe_requests, random_ssrc, rtc_err, rtc_ice_servers, set_remote_answer, vp8_codec,
+    wait_connected,
 };
 
 /// The RFC 6464 header extension (client-to-mixer audio level).
@@ -42,8 +55,17 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// Most speaker slots a member asks the SFU for.
 pub const MAX_AUDIO_SLOTS: usize = 16;
 
+/// Most video slots a member asks the SFU for.
+pub const MAX_VIDEO_SLOTS: usize = 15;
+
 /// Received frames queued for the application at most (about a second of three speakers).
 const FRAME_QUEUE: usize = 256;
+
+/// Whole video frames queued for the application at most (about a second of three senders).
+const VIDEO_FRAME_QUEUE: usize = 96;
+
+/// VP8's payload type in our offer (the SFU answers with ours).
+const VP8_PAYLOAD_TYPE: u8 = 96;
 
 /// The RFC 6464 level of audio at `dbov` (0 is the loudest, 127 silence).
 pub fn rfc6464_level(dbov: f32) -> u8 {
@@ -67,6 +89,11 @@ pub struct SfuTransportConfig {
     pub audio_slots: usize,
     /// How long ICE gathering may take before the offer goes out with what was found.
     pub gather_timeout: Duration,
+    /// Video slots to receive (0: no video at all; at most [`MAX_VIDEO_SLOTS`]).
+    pub video_slots: usize,
+    /// Whether we publish video (needs `video_slots` of at least 1: our video m-line also
+    /// receives).
+    pub send_video: bool,
 }
 
 impl Default for SfuTransportConfig {
@@ -77,6 +104,8 @@ impl Default for SfuTransportConfig {
             relay_only: false,
             audio_slots: 3,
             gather_timeout: Duration::from_secs(5),
+            video_slots: 0,
+            send_video: false,
         }
     }
 }
@@ -96,11 +125,85 @@ pub struct SlotFrame {
     pub arrival: Instant,
 }
 
+/// A whole video frame the SFU forwarded on one of our video slots, still sealed.
+#[derive(Debug, Clone)]
+pub struct SlotVideoFrame {
+    /// The SSRC of the slot it came on (a slot, not a member: the sender is the frame's KID).
+    pub slot_ssrc: u32,
+    /// The frame, reassembled from the slot's packets.
+    pub frame: ReceivedVideoFrame,
+}
+
+/// Our video slots' tracks by the SSRC the SFU sends them with: where PLIs go.
+type SlotTracks = Arc<Mutex<HashMap<u32, Arc<dyn TrackRemote>>>>;
+
 struct Handler {
     gathered: watch::Sender<bool>,
     state: watch::Sender<TransportState>,
     frames: mpsc::Sender<SlotFrame>,
+    video_frames: mpsc::Sender<SlotVideoFrame>,
+    slot_tracks: SlotTracks,
     runtime: Arc<dyn webrtc::runtime::Runtime>,
+}
+
+/// Reassembles the frames of one video slot and queues them (bounded: a stalled consumer
+/// loses frames, and the next one delivered says so).
+async fn pump_video_slot(
+    track: Arc<dyn TrackRemote>,
+    frames: mpsc::Sender<SlotVideoFrame>,
+    slot_tracks: SlotTracks,
+) {
+    let mut assembler = FrameAssembler::new();
+    let mut dropped = false;
+    let mut ssrc = None;
+    loop {
+        let event = match assembler.deadline() {
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), track.poll()).await {
+                Ok(Some(event)) => Some(event),
+                Ok(None) => break,
+                Err(_) => {
+                    assembler.expire(Instant::now());
+                    None
+                }
+            },
+            None => match track.poll().await {
+                Some(event) => Some(event),
+                None => break,
+            },
+        };
+        if let Some(TrackRemoteEvent::OnRtpPacket(packet)) = event {
+            let h = &packet.header;
+            if ssrc != Some(h.ssrc) {
+                ssrc = Some(h.ssrc);
+                if let Ok(mut t) = slot_tracks.lock() {
+                    t.insert(h.ssrc, Arc::clone(&track));
+                }
+            }
+            if packet.payload.is_empty() {
+                assembler.push_padding(h.sequence_number, h.timestamp, Instant::now());
+            } else {
+                assembler.push(
+                    h.sequence_number,
+                    h.timestamp,
+                    h.marker,
+                    &packet.payload,
+                    Instant::now(),
+                );
+            }
+        }
+        let Some(slot_ssrc) = ssrc else { continue };
+        while let Some(mut frame) = assembler.pop() {
+            frame.after_loss |= dropped;
+            match frames.try_send(SlotVideoFrame { slot_ssrc, frame }) {
+                Ok(()) => dropped = false,
+                Err(mpsc::error::TrySendError::Full(_)) => dropped = true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+    if let (Some(s), Ok(mut t)) = (ssrc, slot_tracks.lock()) {
+        t.remove(&s);
+    }
 }
 
 #[async_trait::async_trait]
@@ -116,6 +219,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if track.kind().await == RtpCodecKind::Video {
+            self.runtime.spawn(Box::pin(pump_video_slot(
+                track,
+                self.video_frames.clone(),
+                Arc::clone(&self.slot_tracks),
+            )));
+            return;
+        }
         if track.kind().await != RtpCodecKind::Audio {
             return;
         }
@@ -144,6 +255,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Our video track to the SFU.
+struct VideoSend {
+    track: Arc<TrackLocalStaticRTP>,
+    timestamp_base: u32,
+    epoch: std::sync::OnceLock<Instant>,
+    state: tokio::sync::Mutex<(Vp8Packetizer, u16)>,
+}
+
 /// A member's peer connection to the SFU: our voice out, the loudest others in.
 pub struct SfuTransport {
     pc: Arc<dyn PeerConnection>,
@@ -154,6 +273,12 @@ pub struct SfuTransport {
     gathered: watch::Receiver<bool>,
     state: watch::Receiver<TransportState>,
     frames: Option<mpsc::Receiver<SlotFrame>>,
+    video: Option<VideoSend>,
+    video_ssrc: u32,
+    video_frames: Option<mpsc::Receiver<SlotVideoFrame>>,
+    keyframe_requests: Option<mpsc::Receiver<()>>,
+    slot_tracks: SlotTracks,
+    runtime: Arc<dyn webrtc::runtime::Runtime>,
     gather_timeout: Duration,
     /// Carries TURN over TCP for the peer connection's TURN client, while the call lasts.
     _turn_tcp: super::turn_tcp::TurnTcpBridges,
@@ -174,6 +299,11 @@ impl SfuTransport {
         if config.audio_slots == 0 || config.audio_slots > MAX_AUDIO_SLOTS {
             return Err(TransportError::WebRtc(format!(
                 "audio slots must be 1 to {MAX_AUDIO_SLOTS}"
+            )));
+        }
+        if config.video_slots > MAX_VIDEO_SLOTS || (config.send_video && config.video_slots == 0) {
+            return Err(TransportError::WebRtc(format!(
+                "video slots must be 0 to {MAX_VIDEO_SLOTS}, and at least 1 to send video"
             )));
         }
         let runtime = webrtc::runtime::default_runtime()
@@ -197,6 +327,27 @@ impl SfuTransport {
                 None,
             )
             .map_err(rtc_err)?;
+        let video = config.video_slots > 0;
+        if video {
+            media
+                .register_codec(
+                    RTCRtpCodecParameters {
+                        rtp_codec: vp8_codec(),
+                        payload_type: VP8_PAYLOAD_TYPE,
+                    },
+                    RtpCodecKind::Video,
+                )
+                .map_err(rtc_err)?;
+            for (typ, parameter) in [("nack", "pli"), ("ccm", "fir")] {
+                media.register_feedback(
+                    RTCPFeedback {
+                        typ: typ.to_owned(),
+                        parameter: parameter.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                );
+            }
+        }
         let (ice_servers, turn_tcp) = super::turn_tcp::bridge_tcp_turn(&config.ice_servers)?;
         let rtc_config = RTCConfigurationBuilder::new()
             .with_ice_servers(rtc_ice_servers(&ice_servers))
@@ -207,17 +358,31 @@ impl SfuTransport {
         let (gathered_tx, gathered) = watch::channel(false);
         let (state_tx, state) = watch::channel(TransportState::Connecting);
         let (frames_tx, frames) = mpsc::channel(FRAME_QUEUE);
-        let pc = PeerConnectionBuilder::new()
+        let (video_frames_tx, video_frames) = mpsc::channel(VIDEO_FRAME_QUEUE);
+        let slot_tracks = SlotTracks::default();
+        let mut builder = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_setting_engine(ice_pacing())
-            .with_media_engine(media)
+            .with_media_engine(media);
+        if video {
+            // Receiver reports tell the SFU about loss on the video it sends us; keyframe
+            // requests (the SFU's, on our track) must reach us.
+            let registry = configure_rtcp_reports(Registry::new()).with(
+                rtc::interceptor::Slot::from(14_000),
+                KeyframeRequests::new(),
+            );
+            builder = builder.with_interceptor_registry(registry);
+        }
+        let pc = builder
             .with_handler(Arc::new(Handler {
                 gathered: gathered_tx,
                 state: state_tx,
                 frames: frames_tx,
+                video_frames: video_frames_tx,
+                slot_tracks: Arc::clone(&slot_tracks),
                 runtime: Arc::clone(&runtime),
             }))
-            .with_runtime(runtime)
+            .with_runtime(Arc::clone(&runtime))
             .with_udp_addrs(config.udp_addrs.clone())
             .build()
             .await
@@ -252,6 +417,57 @@ impl SfuTransport {
             .await
             .map_err(rtc_err)?;
         }
+        let video_ssrc = random_ssrc()?;
+        let mut keyframe_requests = None;
+        let mut video_send = None;
+        if config.send_video {
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                "sotto".to_owned(),
+                format!("sotto-video-{video_ssrc:08x}"),
+                format!("sotto-video-{video_ssrc:08x}"),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(video_ssrc),
+                        ..Default::default()
+                    },
+                    codec: vp8_codec(),
+                    ..Default::default()
+                }],
+            )));
+            pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await
+                .map_err(rtc_err)?;
+            let (tx, rx) = mpsc::channel(4);
+            runtime.spawn(Box::pin(pump_keyframe_requests(
+                Arc::clone(&track),
+                state.clone(),
+                tx,
+            )));
+            keyframe_requests = Some(rx);
+            let random = random_ssrc()?;
+            video_send = Some(VideoSend {
+                track,
+                timestamp_base: random_ssrc()?,
+                epoch: std::sync::OnceLock::new(),
+                state: tokio::sync::Mutex::new((
+                    Vp8Packetizer::new(random as u16, MAX_VIDEO_RTP_PAYLOAD),
+                    (random >> 16) as u16,
+                )),
+            });
+        }
+        let receive_only = config.video_slots - usize::from(config.send_video);
+        for _ in 0..receive_only {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Video,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(rtc_err)?;
+        }
         // Random starting points (RFC 3550), so a capture of one call says nothing about the
         // next.
         let start = random_ssrc()?;
@@ -264,6 +480,12 @@ impl SfuTransport {
             gathered,
             state,
             frames: Some(frames),
+            video: video_send,
+            video_ssrc,
+            video_frames: video.then_some(video_frames),
+            keyframe_requests,
+            slot_tracks,
+            runtime,
             gather_timeout: config.gather_timeout,
             _turn_tcp: turn_tcp,
         })
@@ -346,6 +568,78 @@ impl SfuTransport {
     /// Takes the stream of forwarded (still sealed) frames; `None` after the first call.
     pub fn take_frames(&mut self) -> Option<mpsc::Receiver<SlotFrame>> {
         self.frames.take()
+    }
+
+    /// Sends one sealed video frame (the layout of [`super::seal_video`]) captured at
+    /// `capture`.
+    pub async fn send_video(
+        &self,
+        frame: &SealedFrame,
+        capture: Instant,
+    ) -> Result<(), TransportError> {
+        let video = self
+            .video
+            .as_ref()
+            .ok_or(TransportError::VideoReceiveOnly)?;
+        let epoch = *video.epoch.get_or_init(|| capture);
+        // 90 kHz; RTP timestamps wrap by design.
+        let ticks = capture.saturating_duration_since(epoch).as_micros() * 9 / 100;
+        let timestamp = video.timestamp_base.wrapping_add(ticks as u32);
+        let mut state = video.state.lock().await;
+        let (packetizer, seq) = &mut *state;
+        let payloads = packetizer.packetize(frame.as_bytes());
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == count,
+                    payload_type: VP8_PAYLOAD_TYPE,
+                    sequence_number: *seq,
+                    timestamp,
+                    ssrc: self.video_ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            *seq = seq.wrapping_add(1);
+            video.track.write_rtp(packet).await.map_err(rtc_err)?;
+        }
+        Ok(())
+    }
+
+    /// Asks whoever the SFU sends on the video slot `slot_ssrc` for a keyframe (a PLI the SFU
+    /// relays). False if no such slot is known yet.
+    pub fn request_keyframe(&self, slot_ssrc: u32) -> bool {
+        let track = match self.slot_tracks.lock() {
+            Ok(t) => match t.get(&slot_ssrc) {
+                Some(track) => Arc::clone(track),
+                None => return false,
+            },
+            Err(_) => return false,
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: self.video_ssrc,
+            media_ssrc: slot_ssrc,
+        };
+        self.runtime.spawn(Box::pin(async move {
+            if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                tracing::debug!(error = %e, "PLI not sent");
+            }
+        }));
+        true
+    }
+
+    /// Takes the stream of whole video frames forwarded on our slots (still sealed); `None`
+    /// after the first call, or without video slots.
+    pub fn take_video_frames(&mut self) -> Option<mpsc::Receiver<SlotVideoFrame>> {
+        self.video_frames.take()
+    }
+
+    /// Takes the stream of keyframe requests the SFU relays to us (PLI/FIR on our video
+    /// track); `None` after the first call, or when we do not send video.
+    pub fn take_keyframe_requests(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.keyframe_requests.take()
     }
 
     /// Closes the connection.

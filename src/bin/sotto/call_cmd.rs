@@ -40,11 +40,19 @@ fn print_stats(s: &CallStats) {
             .filter(|p| p.present)
             .map(|p| {
                 format!(
-                    "{} ({}, decrypted {}, failures {}{})",
+                    "{} ({}, decrypted {}, failures {}{}{})",
                     p.name,
                     p.trust,
                     p.frames_decrypted,
                     p.decrypt_failures,
+                    if p.video_frames_decrypted + p.video_decrypt_failures > 0 {
+                        format!(
+                            ", video {} / {} failed",
+                            p.video_frames_decrypted, p.video_decrypt_failures
+                        )
+                    } else {
+                        String::new()
+                    },
                     if p.speaking { ", speaking" } else { "" }
                 )
             })
@@ -284,6 +292,13 @@ async fn call(
                 }
                 Some(CallEvent::VideoSize { width, height }) => {
                     println!("the peer's video: {width}x{height}");
+                }
+                Some(CallEvent::ParticipantVideoSize {
+                    name,
+                    width,
+                    height,
+                }) => {
+                    println!("{name}'s video: {width}x{height}");
                 }
                 Some(CallEvent::Stats(s)) => print_stats(&s),
                 Some(CallEvent::AuthenticationFailures { new, total }) => {

@@ -179,6 +179,7 @@ pub(crate) async fn open_frames(
     packets: SyncSender<PlaybackInput>,
     shared: Arc<SharedStats>,
     samples_per_frame: u64,
+    video_counts: Arc<super::video::VideoCounts>,
 ) {
     let mut opened: Vec<OpenedFrame> = Vec::with_capacity(4);
     while let Some(frame) = frames.recv().await {
@@ -194,6 +195,13 @@ pub(crate) async fn open_frames(
                 Err(e) => count_refusal(&shared, &e),
             }
             while let Some(o) = keys.poll_released() {
+                if o.kind == KeyKind::Video {
+                    // A video frame that waited for its key: decrypted, but its clear prefix
+                    // is gone and its picture's successors were skipped; it is dropped.
+                    video_counts.count_decrypted(o.slot);
+                    shared.video_frames_decrypted.fetch_add(1, Relaxed);
+                    continue;
+                }
                 opened.push(o);
             }
         }

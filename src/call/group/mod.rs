@@ -6,6 +6,10 @@
 mod media;
 mod reconnect;
 mod session;
+mod video;
+
+pub(crate) use video::GroupVideoHome;
+pub use video::VideoSinkFactory;
 
 pub(crate) use session::run;
 

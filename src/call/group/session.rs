@@ -35,6 +35,10 @@ use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
 use super::media::{GroupCapture, GroupPlayback, PLAYBACK_QUEUE, PlaybackInput, Speaking};
 use super::reconnect::{Action, GIVE_UP as RECONNECT_GIVE_UP, SfuReconnect};
+use super::video::{
+    GroupVideoCapture, GroupVideoRender, VIDEO_SLOTS, VideoCounts, VideoNames, open_video_frames,
+};
+use crate::media::video::VideoEncoderConfig;
 
 /// The SFU's reserved peer id on the signaling server.
 const SFU_PEER: &str = "sfu";
@@ -98,6 +102,14 @@ struct Run {
     signaling_up: bool,
     transport: Option<Arc<SfuTransport>>,
     frames: Option<mpsc::Receiver<crate::transport::SlotFrame>>,
+    video_frames: Option<mpsc::Receiver<crate::transport::SlotVideoFrame>>,
+    keyframe_requests: Option<mpsc::Receiver<()>>,
+    /// We publish video (a source was given).
+    sends_video: bool,
+    /// Who each slot is, for the video render thread.
+    video_names: VideoNames,
+    /// Per-member video counts.
+    video_counts: Arc<VideoCounts>,
     /// Our DTLS certificate's fingerprint (the pair handshakes sign it; in a group the DTLS
     /// peer is the SFU, so it binds nothing between members).
     dtls: Option<DtlsFingerprint>,
@@ -145,6 +157,11 @@ pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -
         signaling_up: true,
         transport: None,
         frames: None,
+        video_frames: None,
+        keyframe_requests: None,
+        sends_video: false,
+        video_names: VideoNames::default(),
+        video_counts: Arc::default(),
         dtls: None,
         keys: None,
         members: HashMap::new(),
@@ -161,6 +178,14 @@ pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -
         departed: Vec::new(),
         shared: Arc::clone(&session.shared),
     };
+    // Our video source moves to the group's home, where each capture thread finds it.
+    if let Ok(mut io) = session.video.lock()
+        && let Some((source, _)) = io.as_mut()
+        && let Some(source) = source.take()
+    {
+        session.group_video.put_source(source);
+    }
+    run.sends_video = session.group_video.has_source();
     let (exit, events) = run_inner(session, &mut run, handover).await;
     match exit {
         Exit::End(reason) => {
@@ -198,6 +223,7 @@ async fn hand_back(
     if let Ok(mut g) = session.shared.group.lock() {
         *g = GroupFigures::default();
     }
+    session.group_video.finish();
     Some(RoomHandover {
         signal: run.signal.take()?,
         events: events?,
@@ -419,6 +445,10 @@ async fn events_loop(
                     emit(session, CallEvent::FirstAudio { setup_ms });
                 }
                 MediaNotice::VideoSize(..) => {}
+                MediaNotice::ParticipantVideoSize { name, width, height } => {
+                    tracing::info!(member = %name, width, height, "member's video size");
+                    emit(session, CallEvent::ParticipantVideoSize { name, width, height });
+                }
                 MediaNotice::Failed(e) => return Exit::End(EndReason::MediaFailed(e)),
             },
             _ = speaking_tick.tick() => speaking_changes(session, run),
@@ -616,6 +646,8 @@ async fn connect_sfu(
         ice_servers: session.config.transport.ice_servers.clone(),
         relay_only: session.config.transport.relay_only,
         audio_slots: AUDIO_SLOTS,
+        video_slots: VIDEO_SLOTS,
+        send_video: run.sends_video,
         ..SfuTransportConfig::default()
     };
     if let Some(servers) = ice_servers_to_use(&session.config.transport, ice_servers)? {
@@ -625,6 +657,8 @@ async fn connect_sfu(
         .await
         .map_err(|e| EndReason::ConnectionFailed(e.to_string()))?;
     run.frames = transport.take_frames();
+    run.video_frames = transport.take_video_frames();
+    run.keyframe_requests = transport.take_keyframe_requests();
     let offer = transport
         .create_offer()
         .await
@@ -946,6 +980,9 @@ async fn on_established(session: &mut Session, run: &mut Run, id: &str, est: Est
     {
         tracing::warn!(member = %name, "group keys: {e}");
     }
+    if let Ok(mut names) = run.video_names.lock() {
+        names.insert(slot, name.clone());
+    }
     tracing::info!(member = %name, slot = slot.get(), "member's keys agreed");
     if let Some(media) = &run.media {
         let _ = media.playback.try_send(PlaybackInput::Named {
@@ -1115,7 +1152,7 @@ async fn member_left(session: &Session, run: &mut Run, id: &str) {
             && let Ok(mut k) = keys.lock()
         {
             // Its figures outlive its keys.
-            if let Some(last) = figures_of(&member, &k) {
+            if let Some(last) = figures_of(&member, &k, &run.video_counts) {
                 if run.departed.len() == DEPARTED {
                     run.departed.remove(0);
                 }
@@ -1132,6 +1169,10 @@ async fn member_left(session: &Session, run: &mut Run, id: &str) {
         if let Some(media) = &run.media {
             let _ = media.playback.try_send(PlaybackInput::Forget(member.slot));
         }
+        if let Ok(mut names) = run.video_names.lock() {
+            names.remove(&member.slot);
+        }
+        run.video_counts.clear(member.slot);
         run.speaking.clear(member.slot);
         tracing::info!(member = %name, "member left");
         emit(session, CallEvent::ParticipantLeft { name });
@@ -1214,16 +1255,21 @@ fn speaking_changes(session: &Session, run: &mut Run) {
 }
 
 /// A trusted member's figures now.
-fn figures_of(m: &Member, keys: &GroupKeys) -> Option<ParticipantStats> {
+fn figures_of(m: &Member, keys: &GroupKeys, video: &VideoCounts) -> Option<ParticipantStats> {
     m.control.as_ref()?;
     let info = m.info.as_ref()?;
     let s = keys.stats(m.slot).unwrap_or_default();
+    // The keyring counts every kind (as the page does); video is also counted apart, under
+    // the same lock.
+    let (video_ok, video_failed) = (video.decrypted(m.slot), video.failures(m.slot));
     Some(ParticipantStats {
         name: info.name.clone(),
         identity: info.identity.fingerprint(),
         trust: info.trust.as_str(),
         frames_decrypted: s.frames_decrypted,
         decrypt_failures: s.decrypt_failures,
+        video_frames_decrypted: video_ok,
+        video_decrypt_failures: video_failed,
         speaking: m.speaking,
         present: true,
     })
@@ -1236,7 +1282,7 @@ fn publish_figures(session: &Session, run: &Run) {
     let mut participants: Vec<ParticipantStats> = run
         .members
         .values()
-        .filter_map(|m| figures_of(m, &k))
+        .filter_map(|m| figures_of(m, &k, &run.video_counts))
         .collect();
     participants.sort_by(|a, b| a.name.cmp(&b.name));
     participants.extend(run.departed.iter().rev().cloned());
@@ -1317,13 +1363,18 @@ fn start_media(
     }
     let samples_per_frame =
         (u64::from(SAMPLE_RATE) * frame.duration().as_micros() as u64) / 1_000_000;
-    let tasks = vec![tokio::spawn(super::media::open_frames(
+    let mut threads = threads;
+    let mut tasks = vec![tokio::spawn(super::media::open_frames(
         frames,
-        keys,
+        Arc::clone(&keys),
         playback_tx.clone(),
         Arc::clone(&session.shared),
         samples_per_frame,
+        Arc::clone(&run.video_counts),
     ))];
+    let (video_threads, video_tasks) = start_video(session, run, &keys, &stop, notices)?;
+    threads.extend(video_threads);
+    tasks.extend(video_tasks);
     session.had_media = true;
     run.media = Some(Media {
         threads: MediaThreads {
@@ -1336,6 +1387,104 @@ fn start_media(
     });
     tracing::info!("group media started");
     Ok(())
+}
+
+/// The threads and tasks of one media kind.
+type Workers = (
+    Vec<std::thread::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// The video threads and tasks: the others' video always (any member may send it), ours
+/// when we have a source.
+fn start_video(
+    session: &Session,
+    run: &mut Run,
+    keys: &Arc<Mutex<GroupKeys>>,
+    stop: &Arc<AtomicBool>,
+    notices: &mpsc::UnboundedSender<MediaNotice>,
+) -> Result<Workers, EndReason> {
+    let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .map_err(|e| EndReason::MediaFailed(format!("could not start {name}: {e}")))
+    };
+    let (mut threads, mut tasks) = (Vec::new(), Vec::new());
+    let Some(transport) = run.transport.clone() else {
+        return Ok((threads, tasks));
+    };
+    if let Some(frames) = run.video_frames.take() {
+        let (needs_tx, needs_rx) = mpsc::unbounded_channel();
+        let (opened_tx, opened_rx) =
+            std::sync::mpsc::sync_channel(super::super::video::RENDER_QUEUE);
+        tasks.push(tokio::spawn(open_video_frames(
+            frames,
+            needs_rx,
+            Arc::clone(keys),
+            Arc::clone(&run.video_counts),
+            opened_tx,
+            Arc::clone(&transport),
+            Arc::clone(&session.shared),
+        )));
+        let codec = session.config.video_codec;
+        let render = GroupVideoRender {
+            frames: opened_rx,
+            names: Arc::clone(&run.video_names),
+            new_decoder: Box::new(move || codec.new_decoder()),
+            needs: needs_tx,
+            home: Arc::clone(&session.group_video),
+            shared: Arc::clone(&session.shared),
+            stop: Arc::clone(stop),
+            notices: notices.clone(),
+        };
+        threads.push(spawn("sotto-video-render", Box::new(move || render.run()))?);
+    }
+    if let Some(source) = session.group_video.take_source() {
+        let settings = session.config.video;
+        let (w, h) = settings.size.unwrap_or_else(|| source.size());
+        let mut encoder_config = VideoEncoderConfig::new(w, h);
+        if let Some(fps) = settings.fps {
+            encoder_config.fps = fps;
+        }
+        if let Some(kbps) = settings.max_kbps {
+            encoder_config.target_kbps = kbps;
+        }
+        let encoder = match session.config.video_codec.new_encoder(&encoder_config) {
+            Ok(e) => e,
+            Err(e) => {
+                session.group_video.put_source(source);
+                return Err(media_err(&e));
+            }
+        };
+        let control = Arc::new(super::super::video::VideoControl::default());
+        if let Some(requests) = run.keyframe_requests.take() {
+            tasks.push(tokio::spawn(super::super::video::serve_keyframe_requests(
+                requests,
+                Arc::clone(&control),
+                Arc::clone(&session.shared),
+            )));
+        }
+        let capture = GroupVideoCapture {
+            source: Some(source),
+            encoder,
+            keys: Arc::clone(keys),
+            transport,
+            runtime: tokio::runtime::Handle::current(),
+            shared: Arc::clone(&session.shared),
+            control,
+            stop: Arc::clone(stop),
+            settings,
+            notices: notices.clone(),
+            home: Arc::clone(&session.group_video),
+        };
+        threads.push(spawn(
+            "sotto-video-capture",
+            Box::new(move || capture.run()),
+        )?);
+    }
+    Ok((threads, tasks))
 }
 
 async fn send_handshake(run: &Run, to: &str, message: Vec<u8>) -> Result<(), EndReason> {
@@ -1364,6 +1513,7 @@ async fn shutdown(session: &Session, run: &mut Run, reason: &EndReason) {
     if let Some(media) = run.media.take() {
         stop_media(media.threads).await;
     }
+    session.group_video.finish();
     publish_figures(session, run);
     if *reason == EndReason::LocalHangup {
         broadcast(run, &ControlMessage::Hangup).await;

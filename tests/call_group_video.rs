@@ -1,0 +1,392 @@
+//! Video in group calls, with the engine's real pipeline (VP8, group video keys, SFrame,
+//! WebRTC to the SFU that `sotto-signaling --sfu` hosts, per-member decoding): three members
+//! each send a picture tagged with their own number, and each member sees both others'
+//! pictures on the sink made for that member's name, never anyone else's, with no decrypt
+//! failures; a member that joins late gets a keyframe and sees pictures soon.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{CaptureSink, TestServer};
+use sotto::call::{Call, CallBuilder, CallEvent, CallStats, EndReason};
+use sotto::media::ToneSource;
+use sotto::media::video::{
+    TestPattern, VideoError, VideoFrame, VideoSink, VideoSource, read_code, write_code,
+};
+use tokio::sync::oneshot;
+
+const W: u32 = 640;
+const H: u32 = 360;
+const FPS: u32 = 15;
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Pictures each member must see of each other member.
+const ENOUGH: u64 = 15;
+
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sotto=info,sotto_sfu=info,sotto_signaling=warn")
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
+/// The test pattern with the sender's number in the top 4 bits of its barcode (the frame
+/// number in the other 12), so a receiver can tell whose picture it decoded.
+struct Tagged {
+    pattern: TestPattern,
+    id: u16,
+    n: u16,
+}
+
+impl VideoSource for Tagged {
+    fn read_frame(&mut self, out: &mut VideoFrame) -> Result<bool, VideoError> {
+        let more = self.pattern.read_frame(out)?;
+        write_code(out, (self.id << 12) | (self.n & 0x0fff));
+        self.n = self.n.wrapping_add(1);
+        Ok(more)
+    }
+    fn frame_rate(&self) -> f64 {
+        f64::from(FPS)
+    }
+    fn size(&self) -> (u32, u32) {
+        (W, H)
+    }
+}
+
+/// What one receiver's sink for one member saw.
+#[derive(Debug, Default, Clone)]
+struct Shown {
+    pictures: u64,
+    /// Pictures whose tag named the member the sink is for.
+    right: u64,
+    /// Pictures whose tag named someone else.
+    wrong: u64,
+    first: Option<Instant>,
+}
+
+type Log = Arc<Mutex<HashMap<String, Shown>>>;
+
+/// The sink a receiver's call makes for the member `name` (whose tag is `expected`).
+struct Recording {
+    name: String,
+    expected: Option<u16>,
+    log: Log,
+}
+
+impl VideoSink for Recording {
+    fn write_frame(&mut self, frame: &VideoFrame) -> Result<(), VideoError> {
+        let mut log = self.log.lock().unwrap();
+        let s = log.entry(self.name.clone()).or_default();
+        s.pictures += 1;
+        s.first.get_or_insert_with(Instant::now);
+        if let Some(code) = read_code(frame) {
+            if Some(code >> 12) == self.expected {
+                s.right += 1;
+            } else {
+                s.wrong += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn id_of(name: &str) -> Option<u16> {
+    match name {
+        "alice" => Some(1),
+        "bob" => Some(2),
+        "carol" => Some(3),
+        _ => None,
+    }
+}
+
+/// Each member's picture sizes as shown, and how its call ended.
+type Outcome = (Vec<(String, u32, u32)>, Option<(EndReason, CallStats)>);
+
+struct Member {
+    name: &'static str,
+    log: Log,
+    started: Instant,
+    hang_up: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Outcome>,
+}
+
+fn start(server: &TestServer, room: &str, name: &'static str) -> Member {
+    let log = Log::default();
+    let sinks_log = Arc::clone(&log);
+    let call = CallBuilder::new(server.url.clone(), room)
+        .name(name)
+        .source(ToneSource::new(300.0, 0.3))
+        .sink(CaptureSink::default())
+        .video_source(Tagged {
+            pattern: TestPattern::new(W, H, FPS).unwrap(),
+            id: id_of(name).unwrap(),
+            n: 0,
+        })
+        .group_video_sinks(move |member: &str| {
+            Ok(Box::new(Recording {
+                name: member.to_owned(),
+                expected: id_of(member),
+                log: Arc::clone(&sinks_log),
+            }) as Box<dyn VideoSink>)
+        })
+        .configure(|c| c.group = true)
+        .start()
+        .unwrap();
+    let (hang_up, rx) = oneshot::channel();
+    let done = tokio::spawn(observe(call, name, rx));
+    Member {
+        name,
+        log,
+        started: Instant::now(),
+        hang_up: Some(hang_up),
+        done,
+    }
+}
+
+async fn observe(
+    mut call: Call,
+    name: &'static str,
+    mut hang_up: oneshot::Receiver<()>,
+) -> Outcome {
+    let mut sizes = Vec::new();
+    let mut ended = None;
+    let mut hung_up = false;
+    loop {
+        let event = tokio::select! {
+            e = call.next_event() => e,
+            _ = &mut hang_up, if !hung_up => {
+                hung_up = true;
+                let reason = call.hang_up().await;
+                assert_eq!(reason, EndReason::LocalHangup, "{name}");
+                continue;
+            }
+        };
+        match event {
+            None => break,
+            Some(CallEvent::ParticipantVideoSize {
+                name,
+                width,
+                height,
+            }) => sizes.push((name, width, height)),
+            Some(CallEvent::Ended { reason, stats }) => ended = Some((reason, stats)),
+            Some(_) => {}
+        }
+    }
+    (sizes, ended)
+}
+
+fn shown(m: &Member, of: &str) -> Shown {
+    m.log.lock().unwrap().get(of).cloned().unwrap_or_default()
+}
+
+/// Waits until each of `members` has shown `ENOUGH` pictures of every other one.
+async fn until_everyone_sees_everyone(members: &[&Member]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let missing: Vec<String> = members
+            .iter()
+            .flat_map(|m| {
+                members
+                    .iter()
+                    .filter(|o| o.name != m.name)
+                    .filter(|o| shown(m, o.name).right < ENOUGH)
+                    .map(|o| format!("{} of {}: {:?}", m.name, o.name, shown(m, o.name)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pictures missing: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_see_each_others_video_and_a_late_joiner_gets_a_keyframe() {
+    capture_logs();
+    let server = TestServer::start_with_sfu().await;
+    let room = "group-video";
+    let alice = start(&server, room, "alice");
+    let bob = start(&server, room, "bob");
+    until_everyone_sees_everyone(&[&alice, &bob]).await;
+
+    let carol = start(&server, room, "carol");
+    until_everyone_sees_everyone(&[&alice, &bob, &carol]).await;
+    let first_of = |from: &str| {
+        let at = shown(&carol, from).first.expect("a picture");
+        at.saturating_duration_since(carol.started)
+    };
+    let (of_alice, of_bob) = (first_of("alice"), first_of("bob"));
+    println!(
+        "late joiner: first picture of alice after {} ms, of bob after {} ms (from its start)",
+        of_alice.as_millis(),
+        of_bob.as_millis()
+    );
+
+    let mut members = [alice, bob, carol];
+    for m in &mut members {
+        let _ = m.hang_up.take().unwrap().send(());
+    }
+    for m in members {
+        let (sizes, ended) = m.done.await.unwrap();
+        let (reason, stats) = ended.expect("ended");
+        assert_eq!(reason, EndReason::LocalHangup, "{}", m.name);
+        println!(
+            "{}: video sent {} ({} keyframes, {} asked for), received {}, shown {}, \
+             keyframe requests sent {}, skipped {}",
+            m.name,
+            stats.video_frames_sent,
+            stats.video_keyframes_sent,
+            stats.video_keyframes_requested,
+            stats.video_frames_received,
+            stats.video_frames_rendered,
+            stats.video_keyframe_requests_sent,
+            stats.video_frames_skipped
+        );
+        let others: Vec<&str> = ["alice", "bob", "carol"]
+            .into_iter()
+            .filter(|n| *n != m.name)
+            .collect();
+        let log = m.log.lock().unwrap().clone();
+        // Pictures only on the sinks of the others, each showing that member's tag only.
+        let mut sinks: Vec<&str> = log.keys().map(String::as_str).collect();
+        sinks.sort();
+        assert_eq!(sinks, others, "{}: sinks", m.name);
+        for (of, s) in &log {
+            assert_eq!(
+                s.wrong, 0,
+                "{} showed someone else on {of}'s sink: {s:?}",
+                m.name
+            );
+            assert!(s.right >= ENOUGH, "{} of {of}: {s:?}", m.name);
+        }
+        for other in &others {
+            assert!(
+                sizes.contains(&(other.to_string(), W, H)),
+                "{}: no video size event for {other}: {sizes:?}",
+                m.name
+            );
+            let p = stats
+                .participants
+                .iter()
+                .find(|p| p.name == *other && p.present)
+                .unwrap_or_else(|| panic!("{}: no figures for {other}", m.name));
+            assert!(
+                p.video_frames_decrypted >= ENOUGH,
+                "{} of {other}: {p:?}",
+                m.name
+            );
+            assert_eq!(p.video_decrypt_failures, 0, "{} of {other}: {p:?}", m.name);
+            assert_eq!(p.decrypt_failures, 0, "{} of {other}: {p:?}", m.name);
+            // Every kind counts in frames_decrypted: audio came too.
+            assert!(
+                p.frames_decrypted > p.video_frames_decrypted,
+                "{} of {other}: {p:?}",
+                m.name
+            );
+        }
+        assert_eq!(stats.video_decrypt_failures, 0, "{}: {stats:?}", m.name);
+        let summed: u64 = stats
+            .participants
+            .iter()
+            .map(|p| p.video_frames_decrypted)
+            .sum();
+        assert!(stats.video_frames_decrypted >= summed, "{}", m.name);
+        assert!(stats.video_frames_sent > 0, "{}", m.name);
+        assert!(stats.video_frames_rendered >= 2 * ENOUGH, "{}", m.name);
+    }
+}
+
+/// `sotto call --group --video test-pattern --video-output DIR/video.y4m`: each member's video
+/// lands in `DIR/video-<name>.y4m`, readable, with the pattern's frame numbers in order, and
+/// the stats JSON counts it per participant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_members_write_each_others_video_to_one_file_per_member() {
+    use common::{sotto_cli, temp_dir};
+    use sotto::media::video::Y4mSource;
+    let server = TestServer::start_with_sfu().await;
+    let dir = temp_dir("cli-group-video");
+    let names = ["alice", "bob"];
+    let mut children = Vec::new();
+    for name in names {
+        let own = dir.join(name);
+        std::fs::create_dir_all(&own).unwrap();
+        let mut cmd = sotto_cli();
+        cmd.args([
+            "call",
+            "--group",
+            "--server",
+            &server.url,
+            "--room",
+            "duo-video",
+        ])
+        .args(["--name", name, "--bind", "127.0.0.1:0"])
+        .args(["--tone", "440", "--duration", "5"])
+        .args(["--video", "test-pattern", "--fps", "15"])
+        .arg("--video-output")
+        .arg(own.join("video.y4m"))
+        .arg("--identity")
+        .arg(own.join("identity.json"))
+        .arg("--stats-json")
+        .arg(own.join("stats.json"))
+        .arg("--output")
+        .arg(own.join("audio.wav"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        children.push((name, cmd.spawn().unwrap()));
+    }
+    for (name, child) in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        common::show(name, &out);
+        assert!(out.status.success(), "{name} failed");
+    }
+    for (name, other) in [("alice", "bob"), ("bob", "alice")] {
+        let own = dir.join(name);
+        // Only the other member's file: no two-party file, none for ourselves.
+        let mut files: Vec<String> = std::fs::read_dir(&own)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".y4m"))
+            .collect();
+        files.sort();
+        assert_eq!(files, [format!("video-{other}.y4m")], "{name}");
+        let mut source = Y4mSource::open(own.join(format!("video-{other}.y4m"))).unwrap();
+        let mut picture = VideoFrame::black(2, 2).unwrap();
+        let mut codes = Vec::new();
+        while source.read_frame(&mut picture).unwrap() {
+            assert_eq!(picture.size(), (640, 360), "{name}");
+            codes.extend(read_code(&picture));
+        }
+        assert!(
+            codes.len() >= 20,
+            "{name}: {} pictures of {other}",
+            codes.len()
+        );
+        assert!(
+            codes.windows(2).all(|w| w[1] > w[0]),
+            "{name}: {other}'s pictures out of order: {codes:?}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(own.join("stats.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["mode"], "sfu", "{name}: {report}");
+        assert_eq!(report["video_decrypt_failures"], 0, "{name}: {report}");
+        let p = &report["participants"][0];
+        assert_eq!(p["name"], other, "{name}: {report}");
+        assert!(p["video_frames_decrypted"].as_u64().unwrap() >= 20, "{p}");
+        assert_eq!(p["video_decrypt_failures"], 0, "{p}");
+        assert!(
+            report["video_frames_decrypted"].as_u64().unwrap()
+                >= p["video_frames_decrypted"].as_u64().unwrap(),
+            "{report}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
