@@ -1,7 +1,7 @@
 //! Video in the page's group calls (issue 14): the page's group video frames against the
 //! engine's (`src/group/`, kind video, the VP8 prefix as SFrame metadata), and a group call of
-//! two pages with fake cameras and one audio-only `sotto call --group` member through the SFU,
-//! where each page's tile for the other plays its video.
+//! two pages with fake cameras and one `sotto call --group --video test-pattern` member through
+//! the SFU, where every member shows every other's video.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
@@ -200,9 +200,10 @@ fn presented(peer: &str) -> String {
     )
 }
 
-/// Two pages with cameras and one audio-only CLI member: each page's tile for the other page
-/// plays its video (decoded on that tile's slot track, a sane size), nothing failed to open,
-/// the CLI member's tile shows no video, and everyone still hears everyone.
+/// Two pages with cameras and one CLI member sending its test pattern: each page's tiles for
+/// the other page and for the CLI member play their video (decoded on each tile's own slot
+/// track, a sane size), the CLI member decodes both pages' cameras, nothing failed to open,
+/// and everyone still hears everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_see_each_others_video_in_a_group_call() {
     let test = "two_pages_see_each_others_video_in_a_group_call";
@@ -224,6 +225,7 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
         .args(["call", "--group", "--server", &server.ws_url()])
         .args(["--room", &room, "--name", "carol", "--bind", "127.0.0.1:0"])
         .args(["--tone", "440", "--duration", "25"])
+        .args(["--video", "test-pattern"])
         .arg("--identity")
         .arg(dir.join("carol").join("identity.json"))
         .arg("--stats-json")
@@ -255,13 +257,24 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
             .wait_until(
                 "window.sotto.group?.videoStats?.()",
                 |v| {
-                    v[other]["framesDecoded"].as_u64() >= Some(30)
-                        && v[other]["frameWidth"].as_u64() > Some(0)
+                    [other, "carol"].iter().all(|o| {
+                        v[o]["framesDecoded"].as_u64() >= Some(30)
+                            && v[o]["frameWidth"].as_u64() > Some(0)
+                    })
                 },
                 CONNECT,
-                &format!("{me}'s tile for {other} decoding video"),
+                &format!("{me}'s tiles for {other} and carol decoding video"),
             )
             .await;
+        // The engine's test pattern is 640x360 (the encoder may start smaller).
+        let (w, h) = (
+            video["carol"]["frameWidth"].as_u64().unwrap(),
+            video["carol"]["frameHeight"].as_u64().unwrap(),
+        );
+        assert!(
+            (80..=640).contains(&w) && w * 9 == h * 16,
+            "{me} shows carol at {w}x{h}"
+        );
         let size = page
             .wait_until(
                 &presented(other),
@@ -276,23 +289,24 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
             (80..=640).contains(&w) && (60..=480).contains(&h) && w * 3 == h * 4,
             "{me} shows {other} at {w}x{h}"
         );
-        // Only the other page's tile has video: carol sends none, and our own tile shows
-        // our camera, not a slot track.
+        // Every other member's tile has a slot track of its own; ours shows our camera.
         let tiles = page
             .eval(
                 "Object.fromEntries(Array.from(document.querySelectorAll('#tiles .tile'), (t) => { const v = t.querySelector('video'); return [t.dataset.peer, v && !v.hidden ? v.dataset.track : null]; }))",
             )
             .await;
-        assert_eq!(tiles["carol"], Value::Null, "{me}: {tiles}");
         assert_eq!(tiles[me], "local", "{me}: {tiles}");
-        assert!(
-            tiles[other].as_str().is_some_and(|t| t != "local"),
-            "{me}: {tiles}"
-        );
+        for o in [other, "carol"] {
+            assert!(
+                tiles[o].as_str().is_some_and(|t| t != "local"),
+                "{me}: {tiles}"
+            );
+        }
+        assert_ne!(tiles[other], tiles["carol"], "{me}: {tiles}");
         let names = page.eval("window.sotto.group.videos").await;
         assert_eq!(
             names,
-            json!({ other: video[other]["track"] }),
+            json!({ other: video[other]["track"], "carol": video["carol"]["track"] }),
             "{me}: {names}"
         );
     }
@@ -322,11 +336,7 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
             assert_eq!(p["decrypt_failures"], 0, "{me}: {stats}");
             assert_eq!(p["replays"], 0, "{me}: {stats}");
             let video = p["video_frames_decrypted"].as_u64().unwrap();
-            if p["name"] == "carol" {
-                assert_eq!(video, 0, "{me}: {stats}");
-            } else {
-                assert!(video >= 30, "{me}: {stats}");
-            }
+            assert!(video >= 30, "{me}: {stats}");
         }
         // Frames that came before their sender's key are dropped (never shown) and counted as
         // unknown_kid; nothing else may fail.
@@ -381,7 +391,13 @@ async fn two_pages_see_each_others_video_in_a_group_call() {
             .find(|p| p["name"] == name)
             .unwrap_or_else(|| panic!("carol has no participant {name}: {report}"));
         assert_eq!(p["decrypt_failures"], 0, "{name}: {p}");
+        assert_eq!(p["video_decrypt_failures"], 0, "{name}: {p}");
         assert!(p["frames_decrypted"].as_u64() >= Some(100), "{name}: {p}");
+        // The engine decoded the page's camera, opened under the page's video key.
+        assert!(
+            p["video_frames_decrypted"].as_u64() >= Some(30),
+            "{name}: {p}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(wav);
