@@ -12,9 +12,10 @@ export const MAX_CANDIDATES_PER_GENERATION = 64;
 export const MAX_HELD_CANDIDATES = 32;
 /// Earlier generations remembered, so their late candidates are dropped.
 const OLD_GENERATIONS = 8;
-/// How long a trickled description waits for its first candidate (the host ones come within
-/// milliseconds), so a peer that does not trickle still finds them in it.
-export const HOST_CANDIDATE_WAIT_MS = 50;
+/// How long a trickled description waits for its first candidate at most, so a peer that does
+/// not trickle still finds one in it. The host ones usually come within milliseconds and the
+/// wait ends there; on a loaded machine Chromium took over 50 ms.
+export const HOST_CANDIDATE_WAIT_MS = 500;
 
 const isUfrag = (u) =>
   typeof u === 'string' &&

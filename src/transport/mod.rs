@@ -233,10 +233,11 @@ pub const ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 /// server-reflexive, relay) are usually the ones that work again when the path returns.
 pub const RESTART_GATHER_WAIT: Duration = Duration::from_secs(1);
 
-/// How long a trickled description waits for its first candidate (host candidates come within
-/// a few milliseconds of the description): a peer that does not trickle then still finds
-/// them in it. Relay-only has none and goes out when this passes.
-pub const HOST_CANDIDATE_WAIT: Duration = Duration::from_millis(50);
+/// How long a trickled description waits for its first candidate at most, so a peer that
+/// does not trickle still finds one in it. Host candidates usually come within a few
+/// milliseconds, and the wait ends there; on a loaded machine they took over 50 ms. Relay-only
+/// waits for its relay candidate, or goes out without one when this passes.
+pub const HOST_CANDIDATE_WAIT: Duration = Duration::from_millis(500);
 
 /// Local candidates queued for the caller at most (a caller that does not drain them loses
 /// the rest; they are also in every later description).
