@@ -90,4 +90,7 @@ pub struct ServerConfig {
     /// Serve HTTPS and WSS with this rustls configuration (see [`crate::tls`]); plain HTTP and
     /// WS without it.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Share rooms with other nodes through the Redis server at this URL
+    /// (`redis://HOST:PORT`); rooms live in this process's memory without it.
+    pub redis: Option<String>,
 }

@@ -117,6 +117,10 @@ struct ServeArgs {
     /// Host an SFU for group calls in this process (signals to the peer `sfu`).
     #[arg(long)]
     sfu: bool,
+    /// Share rooms with other nodes through this Redis server (`redis://HOST:PORT`):
+    /// membership, presence and the signals between peers on different nodes.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// The SFU's first UDP media socket [default: the --listen address's IP, a free port];
     /// worker N binds port + N.
     #[arg(long, value_name = "IP:PORT", requires = "sfu")]
@@ -260,6 +264,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
         allowed_origins: args.allowed_origins,
         ice,
         tls: tls.as_ref().map(|t| t.config.clone()),
+        redis: args.redis.clone(),
     };
     let sfu = if args.sfu {
         let defaults = sotto_sfu::SfuConfig::default();

@@ -43,6 +43,9 @@ pub struct App {
     pub sfu: Option<Arc<dyn crate::SfuLink>>,
     /// Attached SFUs, and which SFU each group room is pinned to.
     pub sfus: crate::sfu_pool::SfuPool,
+    /// This process's id among the nodes sharing rooms through Redis (`n` and 16 random hex
+    /// digits); drawn at start, so a restarted node is a new node.
+    pub node_id: Arc<str>,
     tracker: TaskTracker,
     raw: Mutex<RawConnections>,
     refusing: AtomicUsize,
@@ -75,6 +78,7 @@ impl App {
                 metrics.clone(),
             ),
             sfu,
+            node_id: new_node_id(),
             hub: Hub::new(config.limits.max_peers_per_room, metrics.clone()),
             metrics,
             config,
@@ -93,6 +97,20 @@ impl App {
     fn raw(&self) -> MutexGuard<'_, RawConnections> {
         self.raw.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `n` and 16 random hex digits.
+fn new_node_id() -> Arc<str> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // Without randomness the id is still unique enough per host and start time.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    format!("n{}", hex::encode(bytes)).into()
 }
 
 /// The key per-address limits count under: the address itself, except that IPv6 hosts are
