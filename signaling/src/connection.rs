@@ -801,8 +801,22 @@ fn slow_consumer() -> End {
     }
 }
 
-fn kicked(app: &App) -> End {
-    if app.shutdown.is_cancelled() {
+fn kicked(app: &App, reason: Option<ErrorCode>) -> End {
+    if let Some(code) = reason {
+        End::Tell {
+            close: Close {
+                code,
+                // 1013: try again later.
+                ws_code: 1013,
+                reason: "join again",
+            },
+            detail: match code {
+                ErrorCode::Unavailable => "this server lost the cluster's shared state; join again",
+                _ => "the room changed while this server was away; join again",
+            },
+            flush: true,
+        }
+    } else if app.shutdown.is_cancelled() {
         End::Tell {
             close: Close {
                 code: ErrorCode::ShuttingDown,
@@ -817,9 +831,9 @@ fn kicked(app: &App) -> End {
     }
 }
 
-fn write_failed(app: &App, e: WriteFailed) -> End {
+fn write_failed(app: &App, reason: Option<ErrorCode>, e: WriteFailed) -> End {
     match e {
-        WriteFailed::Kicked => kicked(app),
+        WriteFailed::Kicked => kicked(app, reason),
         WriteFailed::TimedOut => slow_consumer(),
         WriteFailed::Io => End::Quiet,
     }
@@ -857,7 +871,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
     let end = loop {
         tokio::select! {
             biased;
-            () = kick.cancelled() => break kicked(&app),
+            () = kick.cancelled() => break kicked(&app, conn.outbox.end_reason()),
             () = &mut join_deadline, if conn.joined.is_none() && conn.attached.is_none() => {
                 break End::Tell {
                     close: Close { code: ErrorCode::JoinTimeout, ws_code: 1008, reason: "no join" },
@@ -869,7 +883,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
             outcome = join_answer(&mut join_wait) => conn.joined_cluster(outcome),
             Some(frame) = inbox.recv() => {
                 if let Err(e) = write(&mut sink, Message::Text(frame), &kick, limits.write_timeout).await {
-                    break write_failed(&app, e);
+                    break write_failed(&app, conn.outbox.end_reason(), e);
                 }
             }
             inbound = stream.next() => {
@@ -909,7 +923,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
                     };
                 }
                 if let Err(e) = write(&mut sink, Message::Ping(Default::default()), &kick, limits.write_timeout).await {
-                    break write_failed(&app, e);
+                    break write_failed(&app, conn.outbox.end_reason(), e);
                 }
             }
         }

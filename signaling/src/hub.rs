@@ -33,6 +33,8 @@ pub struct QueueFull;
 pub struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     queued: Arc<AtomicUsize>,
+    /// Why the hub disconnected the peer, when it was not for being slow.
+    ended: Arc<std::sync::OnceLock<ErrorCode>>,
     max_bytes: usize,
     metrics: Arc<Metrics>,
 }
@@ -54,6 +56,7 @@ pub fn outbox(max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> (
         Outbox {
             tx,
             queued: queued.clone(),
+            ended: Arc::default(),
             max_bytes,
             metrics: metrics.clone(),
         },
@@ -89,6 +92,11 @@ impl Outbox {
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Relaxed)
+    }
+
+    /// Why the hub disconnected this peer (other than being too slow), if it did.
+    pub fn end_reason(&self) -> Option<ErrorCode> {
+        self.ended.get().copied()
     }
 }
 
@@ -684,18 +692,13 @@ impl Hub {
         nodes
     }
 
-    /// Disconnects every member connected here, telling each `code` first (this node lost
-    /// the cluster), and refuses the joins waiting for it.
-    pub fn disconnect_all(&self, code: ErrorCode, message: &str) {
-        let frame = encode(&ServerMessage::Error {
-            v: PROTOCOL_VERSION,
-            code,
-            message: message.to_string(),
-        });
+    /// Disconnects every member connected here, telling each `code` (this node lost the
+    /// cluster), and refuses the joins waiting for it.
+    pub fn disconnect_all(&self, code: ErrorCode) {
         let rooms = self.rooms();
         for m in rooms.values().flat_map(|r| &r.members) {
             if let Reach::Local(handle) = &m.reach {
-                let _ = handle.outbox.try_push(frame.clone());
+                let _ = handle.outbox.ended.set(code);
                 handle.kick.cancel();
             }
         }
@@ -713,8 +716,8 @@ impl Hub {
             .is_some_and(Member::is_local)
     }
 
-    /// Disconnects local member `peer` of `room` after telling it `code`.
-    pub fn disconnect(&self, room: &str, peer: &str, code: ErrorCode, message: &str) {
+    /// Disconnects local member `peer` of `room`, telling it `code`.
+    pub fn disconnect(&self, room: &str, peer: &str, code: ErrorCode) {
         let rooms = self.rooms();
         if let Some(Member {
             reach: Reach::Local(handle),
@@ -723,12 +726,7 @@ impl Hub {
             .get(room)
             .and_then(|r| r.members.iter().find(|m| &*m.id == peer))
         {
-            let frame = encode(&ServerMessage::Error {
-                v: PROTOCOL_VERSION,
-                code,
-                message: message.to_string(),
-            });
-            let _ = handle.outbox.try_push(frame);
+            let _ = handle.outbox.ended.set(code);
             handle.kick.cancel();
         }
     }

@@ -376,3 +376,164 @@ impl Client {
         }
     }
 }
+
+/// A TCP relay between a node and Redis that the test can cut: the node loses Redis while
+/// the other nodes keep it (a split).
+struct Cuttable {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    kill: tokio::sync::watch::Sender<u64>,
+}
+
+impl Cuttable {
+    async fn start(target_port: u16) -> Cuttable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kill, _) = tokio::sync::watch::channel(0u64);
+        let (cut2, kill2) = (cut.clone(), kill.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut killed = kill2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = killed.changed() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { port, cut, kill }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.kill.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// Waits for a message of `kind` (skipping others), or for the connection to close
+/// (`None`); returns it with the time it came.
+async fn wait_for(c: &mut Client, kind: &str) -> (Option<Value>, Instant) {
+    loop {
+        match c.recv().await {
+            Some(v) if v["type"] == kind => return (Some(v), Instant::now()),
+            Some(_) => continue,
+            None => return (None, Instant::now()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_stops_serving_before_the_others_reap_it() {
+    if !available() {
+        return;
+    }
+    let redis = Redis::start();
+    let relay = Cuttable::start(redis.port).await;
+    let cut_off = Node::start(&relay.url()).await;
+    let steady = Node::start(&redis.url()).await;
+    let mut alice = Client::connect(&cut_off.url()).await;
+    let alice_id = alice.join("r", "alice").await["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bob = Client::connect(&steady.url()).await;
+    bob.join("r", "bob").await;
+    alice.expect("peer_joined").await;
+
+    let cut_at = Instant::now();
+    relay.set_cut(true);
+    let alice_side = tokio::spawn(async move {
+        let (err, _) = wait_for(&mut alice, "error").await;
+        let err = err.expect("told why before the close");
+        assert_eq!(err["code"], "unavailable", "{err}");
+        let (closed, at) = wait_for(&mut alice, "nothing").await;
+        assert!(closed.is_none());
+        at
+    });
+    let (left, reaped_at) = wait_for(&mut bob, "peer_left").await;
+    assert_eq!(left.unwrap()["peer_id"], alice_id.as_str());
+    let fenced_at = alice_side.await.unwrap();
+    eprintln!(
+        "cut-off node disconnected its client after {:?}; the other node reaped it after {:?}",
+        fenced_at - cut_at,
+        reaped_at - cut_at
+    );
+    // One copy of the room at any time: the cut-off node let go before the other took over.
+    assert!(fenced_at < reaped_at);
+    // While cut off, it refuses joins; once back, it serves the room again.
+    let mut carol = Client::connect(&cut_off.url()).await;
+    carol.join_refused("r", "carol", "unavailable").await;
+    relay.set_cut(false);
+    let started = Instant::now();
+    loop {
+        let mut alice = Client::connect(&cut_off.url()).await;
+        alice
+            .send(json!({"v":1,"type":"join","room":"r","name":"alice"}))
+            .await;
+        let v = alice.recv().await.expect("answered");
+        if v["type"] == "welcome" {
+            assert_eq!(v["peers"][0]["name"], "bob", "{v}");
+            break;
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(started.elapsed() < WAIT, "the node did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bob.expect("peer_joined").await;
+}
+
+#[tokio::test]
+async fn a_killed_nodes_members_leave_and_their_names_are_free_again() {
+    if !available() {
+        return;
+    }
+    let redis = Redis::start();
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
+        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(doomed.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let doomed_url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let steady = Node::start(&redis.url()).await;
+    let mut alice = Client::connect(&doomed_url).await;
+    let alice_id = alice.join("r", "alice").await["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bob = Client::connect(&steady.url()).await;
+    bob.join("r", "bob").await;
+
+    let killed_at = Instant::now();
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let (left, at) = wait_for(&mut bob, "peer_left").await;
+    assert_eq!(left.unwrap()["peer_id"], alice_id.as_str());
+    eprintln!("members of the killed node left after {:?}", at - killed_at);
+    // Alice comes back through the other node under her name.
+    let mut alice = Client::connect(&steady.url()).await;
+    let w = alice.join("r", "alice").await;
+    assert_eq!(w["peers"][0]["name"], "bob");
+}

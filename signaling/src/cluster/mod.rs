@@ -3,7 +3,7 @@
 //! Each node keeps its own members' connections and a copy of the other members of the rooms
 //! it serves ([`crate::hub`]). Redis holds the rooms themselves:
 //! - `sotto:room:<room>`: a hash from peer id to the member's record (name, slot, node).
-//! - `sotto:node:<node>`: the node's heartbeat, refreshed every second with a 3 s lifetime.
+//! - `sotto:node:<node>`: the node's heartbeat, refreshed every second with a 4 s lifetime.
 //!   Members of a node whose key is gone are reaped by the others.
 //! - channel `sotto:n:<node>`: everything for one node, in order: membership events and the
 //!   signals for its members. Signals are never stored: a publish reaches the node's
@@ -16,7 +16,7 @@
 //! is queued into one pipelined round trip.
 //!
 //! A node that has not reached Redis for [`FENCE_AFTER`] disconnects its clients and refuses
-//! joins until it does again: its key lives 3 s, so by the time other nodes can reap its
+//! joins until it does again: its key lives 4 s, so by the time other nodes can reap its
 //! members, it serves none of them, and no room exists twice. When Redis comes back empty (a
 //! restart), each node puts its members back and the rooms are whole again.
 
@@ -40,7 +40,7 @@ use crate::server::App;
 use event::Event;
 
 /// How long a node's heartbeat key lives; others reap its members once it is gone.
-const NODE_TTL: Duration = Duration::from_secs(3);
+const NODE_TTL: Duration = Duration::from_secs(4);
 /// How often the heartbeat is refreshed.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Without a heartbeat through for this long, the node stops serving (before its key can
@@ -351,12 +351,7 @@ fn on_event(app: &Arc<App>, cluster: &Cluster, payload: &[u8]) {
             if app.hub.is_local(&r, &id) {
                 // This node was taken for dead (it lost Redis for too long): its member must
                 // join again.
-                app.hub.disconnect(
-                    &r,
-                    &id,
-                    ErrorCode::Unavailable,
-                    "the cluster dropped this member; join again",
-                );
+                app.hub.disconnect(&r, &id, ErrorCode::Unavailable);
             }
             app.hub.leave(&r, &id);
         }
@@ -539,12 +534,7 @@ fn on_result(
             let refused: Vec<String> = redis::from_redis_value(value).unwrap_or_default();
             for id in refused {
                 tracing::warn!(peer = %id, "seat taken while Redis was away; disconnecting");
-                app.hub.disconnect(
-                    &room,
-                    &id,
-                    ErrorCode::NameTaken,
-                    "the room changed while the server was away; join again",
-                );
+                app.hub.disconnect(&room, &id, ErrorCode::NameTaken);
             }
         }
         Job::Leave { .. } => {}
@@ -627,10 +617,7 @@ async fn run_heartbeat(
             tracing::error!(
                 "Redis unreachable; disconnecting this node's clients until it is back"
             );
-            app.hub.disconnect_all(
-                ErrorCode::Unavailable,
-                "this server lost the cluster's shared state; join again",
-            );
+            app.hub.disconnect_all(ErrorCode::Unavailable);
         }
     }
 }
