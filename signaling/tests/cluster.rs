@@ -3,68 +3,23 @@
 //! disappear, a Redis restart loses nothing the nodes hold, and a node cut off from Redis stops
 //! serving before the others reap its members.
 
+#[path = "support/cluster_node.rs"]
+mod cluster_node;
 #[path = "support/redis.rs"]
 mod redis_server;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cluster_node::Node;
 use futures_util::{SinkExt, StreamExt};
 use redis_server::{Redis, available};
 use serde_json::{Value, json};
-use sotto_signaling::cluster::Cluster;
-use sotto_signaling::{App, Limits, ServerConfig, serve};
+use sotto_signaling::{Limits, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-struct Node {
-    addr: SocketAddr,
-    app: Arc<App>,
-    shutdown: CancellationToken,
-}
-
-impl Node {
-    async fn start(redis_url: &str) -> Node {
-        Self::with_config(redis_url, ServerConfig::default()).await
-    }
-
-    async fn with_config(redis_url: &str, mut config: ServerConfig) -> Node {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "sotto_signaling=info".into()),
-            )
-            .with_test_writer()
-            .try_init();
-        config.redis = Some(redis_url.to_string());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let app = App::new(config, shutdown.clone());
-        let cluster = Cluster::start(redis_url, &app).await.unwrap();
-        app.cluster.set(cluster).unwrap();
-        tokio::spawn(serve(listener, app.clone()));
-        Node {
-            addr,
-            app,
-            shutdown,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -516,7 +471,11 @@ async fn a_killed_nodes_members_leave_and_their_names_are_free_again() {
         &mut line,
     )
     .unwrap();
-    let doomed_url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let doomed_url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
     let steady = Node::start(&redis.url()).await;
     let mut alice = Client::connect(&doomed_url).await;
     let alice_id = alice.join("r", "alice").await["peer_id"]

@@ -1,4 +1,5 @@
 //! A real `redis-server` for the cluster tests: on a free loopback port, nothing saved to
+#![allow(dead_code)]
 //! disk, stopped (SIGKILL) when dropped. Restartable on the same port.
 
 use std::net::TcpListener;
