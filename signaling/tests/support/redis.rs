@@ -1,6 +1,6 @@
 //! A real `redis-server` for the cluster tests: on a free loopback port, nothing saved to
-#![allow(dead_code)]
 //! disk, stopped (SIGKILL) when dropped. Restartable on the same port.
+#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
