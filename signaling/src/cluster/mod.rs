@@ -108,6 +108,10 @@ pub struct Cluster {
     resubscribed: AtomicBool,
     /// When a heartbeat last went through (sent at).
     last_ok: Mutex<Instant>,
+    /// Tells the subscriber to drop its connection and subscribe again: after the node was
+    /// cut off (a silently dead connection may still look open), or when the node's own join
+    /// events find no subscriber.
+    renew: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Scripts {
@@ -180,6 +184,7 @@ impl Cluster {
             fenced: AtomicBool::new(false),
             resubscribed: AtomicBool::new(false),
             last_ok: Mutex::new(Instant::now()),
+            renew: tokio::sync::Notify::new(),
         });
         // Subscribed before the first heartbeat: once other nodes can see this node, what
         // they send it arrives.
@@ -293,6 +298,7 @@ async fn run_subscriber(
             loop {
                 let msg = tokio::select! {
                     msg = stream.next() => msg,
+                    () = cluster.renew.notified() => None,
                     () = app.shutdown.cancelled() => return,
                 };
                 let Some(msg) = msg else { break };
@@ -375,7 +381,7 @@ async fn run_publisher(
             () = tokio::time::sleep(Duration::from_millis(20)), if !retry.is_empty() => None,
             () = app.shutdown.cancelled() => return,
         };
-        batch.extend(retry.drain(..));
+        batch.extend(retry.drain(..retry.len().min(MAX_BATCH)));
         batch.extend(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -496,7 +502,7 @@ fn on_result(
             app.metrics.cluster_published.fetch_add(1, Relaxed);
             if matches!(value, redis::Value::Int(0)) {
                 // No subscriber on that node's channel now: it is reconnecting, or dead.
-                if since.elapsed() <= DELIVERY_WINDOW {
+                if since.elapsed() <= DELIVERY_WINDOW && retry.len() < QUEUE {
                     retry.push_back(job);
                 } else {
                     app.metrics.cluster_dropped.fetch_add(1, Relaxed);
@@ -509,7 +515,9 @@ fn on_result(
             other => {
                 let answer = redis::from_redis_value::<String>(other);
                 if answer.as_deref() == Ok("retry") && since.elapsed() <= DELIVERY_WINDOW {
-                    // Our own channel is not subscribed yet (Redis just came back).
+                    // Our own channel is not subscribed (Redis just came back, or the
+                    // subscriber's connection died unnoticed): subscribe again, then retry.
+                    cluster.renew.notify_one();
                     retry.push_back(job);
                     return;
                 }
@@ -539,7 +547,6 @@ fn on_result(
         }
         Job::Leave { .. } => {}
     }
-    let _ = cluster;
 }
 
 async fn heartbeat(
@@ -597,6 +604,7 @@ async fn run_heartbeat(
                     if cluster.fenced.swap(false, Relaxed) {
                         app.metrics.cluster_fenced.store(0, Relaxed);
                         tracing::info!("Redis is back; serving rooms again");
+                        cluster.renew.notify_one();
                     }
                     if cluster.resubscribed.swap(false, Relaxed) {
                         restore(&app, &cluster);
