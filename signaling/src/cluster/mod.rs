@@ -9,7 +9,7 @@
 //!   signals for its members. Signals are never stored: a publish reaches the node's
 //!   subscriber or is retried briefly, then dropped.
 //!
-//! Joins, leaves and reaps are Lua scripts ([`scripts`]) that change a room and publish the
+//! Joins, leaves and reaps are Lua scripts (`scripts.rs`) that change a room and publish the
 //! events about it in one atomic step, so every node applies them in one order, and a joiner's
 //! `welcome` (sent when its own join event comes back) precedes any later member's
 //! `peer_joined`. Everything a node sends goes through one publisher task, which batches what
@@ -44,7 +44,7 @@ const NODE_TTL: Duration = Duration::from_secs(4);
 /// How often the heartbeat is refreshed.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// Without a heartbeat through for this long, the node stops serving (before its key can
-/// expire at [`NODE_TTL`]).
+/// expire at `NODE_TTL`, 4 s).
 pub const FENCE_AFTER: Duration = Duration::from_millis(2500);
 /// How long a signal for another node may wait for that node's subscriber (a node
 /// reconnecting to Redis) before it is dropped.
