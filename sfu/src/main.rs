@@ -41,7 +41,12 @@ struct Args {
     metrics: Option<SocketAddr>,
     /// Attach to the signaling hub at this URL (ws://HOST:PORT/ws or wss://...), which then
     /// hands this SFU group rooms; reconnects with back-off when the hub goes away.
-    #[arg(long, value_name = "WS-URL", requires = "token", conflicts_with = "redis")]
+    #[arg(
+        long,
+        value_name = "WS-URL",
+        requires = "token",
+        conflicts_with = "redis"
+    )]
     signaling: Option<String>,
     /// Register in this Redis server (redis://HOST:PORT) and serve the group rooms that
     /// signaling nodes sharing it (`sotto-signaling --redis`) place here.

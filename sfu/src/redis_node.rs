@@ -120,7 +120,11 @@ impl Shared {
         if members.is_empty() {
             return;
         }
-        tracing::warn!(members = members.len(), reason = why, "dropping the members seated through Redis");
+        tracing::warn!(
+            members = members.len(),
+            reason = why,
+            "dropping the members seated through Redis"
+        );
         for (room, peer) in &members {
             self.sfu.leave(room, peer);
         }
@@ -286,11 +290,7 @@ fn subscribed_session(shared: &Shared, channel: &str) -> redis::RedisResult<()> 
                     }
                 },
             };
-            match redis::cmd("PUBLISH")
-                .arg(&to)
-                .arg(&reply)
-                .query::<i64>(con)
-            {
+            match redis::cmd("PUBLISH").arg(&to).arg(&reply).query::<i64>(con) {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "redis: publishing a reply");

@@ -258,6 +258,8 @@ pub struct ClusterSfu {
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     queued_offers: AtomicUsize,
     rooms: Mutex<HashMap<String, Seating>>,
+    /// SFUs found dead whose key may not have expired yet: no room is placed on them.
+    dead: Mutex<HashSet<Arc<str>>>,
     /// The counters.
     pub metrics: ClusterSfuMetrics,
 }
@@ -303,6 +305,7 @@ impl ClusterSfu {
             ops_rx: Mutex::new(Some(rx)),
             queued_offers: AtomicUsize::new(0),
             rooms: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashSet::new()),
             metrics: ClusterSfuMetrics::default(),
         })
     }
@@ -370,7 +373,12 @@ impl ClusterSfu {
 
     /// Seats `peer` in `room` on `sfu`. If this node's members of the room are on another SFU,
     /// the room moved: returns that SFU and those members (to be told), without `peer`.
-    fn seat(&self, room: &str, sfu: &Arc<str>, peer: &Arc<str>) -> Option<(Arc<str>, Vec<Arc<str>>)> {
+    fn seat(
+        &self,
+        room: &str,
+        sfu: &Arc<str>,
+        peer: &Arc<str>,
+    ) -> Option<(Arc<str>, Vec<Arc<str>>)> {
         let mut rooms = self.rooms();
         let before = rooms.len();
         let seating = rooms.entry(room.to_owned()).or_insert_with(|| Seating {
@@ -418,6 +426,22 @@ impl ClusterSfu {
         peers
     }
 
+    fn dead(&self) -> MutexGuard<'_, HashSet<Arc<str>>> {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes `sfu` as dead (counted once).
+    fn mark_dead(&self, sfu: &Arc<str>) {
+        if self.dead().insert(sfu.clone()) {
+            tracing::warn!(%sfu, "an SFU is dead: moving its rooms");
+            self.metrics.sfus_dead.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn known_dead(&self) -> Vec<Arc<str>> {
+        self.dead().iter().cloned().collect()
+    }
+
     fn snapshot(&self) -> Vec<(String, Arc<str>)> {
         self.rooms()
             .iter()
@@ -437,10 +461,7 @@ async fn timed<T>(
 ) -> redis::RedisResult<T> {
     match tokio::time::timeout(REDIS_TIMEOUT, f).await {
         Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "timed out",
-        ))),
+        Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
     }
 }
 
@@ -568,7 +589,7 @@ async fn route_offer(
     peer: &Arc<str>,
     sdp: &str,
 ) {
-    let mut exclude: Vec<Arc<str>> = Vec::new();
+    let mut exclude = cluster.known_dead();
     for _ in 0..ATTEMPTS {
         let sfu = match place(con, room, &exclude).await {
             Ok(Placed::On { sfu, new }) => {
@@ -633,7 +654,7 @@ async fn route_offer(
             Ok(0) => {
                 // Nobody takes the SFU's requests: it is dead, whatever its key says.
                 tracing::warn!(%sfu, %room, "the SFU has no subscriber: placing the room again");
-                cluster.metrics.sfus_dead.fetch_add(1, Relaxed);
+                cluster.mark_dead(&sfu);
                 let others: Vec<Arc<str>> = cluster
                     .take_room(room, &sfu)
                     .into_iter()
@@ -672,7 +693,11 @@ async fn route_offer(
 }
 
 /// Deletes `room`'s placement if it still names `sfu`.
-async fn drop_placement(con: &mut ConnectionManager, room: &str, sfu: &str) -> redis::RedisResult<String> {
+async fn drop_placement(
+    con: &mut ConnectionManager,
+    room: &str,
+    sfu: &str,
+) -> redis::RedisResult<String> {
     let script = redis::Script::new(CHECK);
     let mut call = script.key(placement_key(room));
     call.arg(sfu).arg(PLACEMENT_TTL.as_millis() as u64).arg("1");
@@ -685,13 +710,12 @@ async fn checks(app: Arc<App>, cluster: Arc<ClusterSfu>, mut con: ConnectionMana
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let check = redis::Script::new(CHECK);
-    let mut found_dead: HashSet<Arc<str>> = HashSet::new();
     loop {
         tokio::select! {
             () = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = check_once(&app, &cluster, &mut con, &check, &mut found_dead).await {
+        if let Err(e) = check_once(&app, &cluster, &mut con, &check).await {
             cluster.redis_error("checking the SFUs", &e);
         }
     }
@@ -702,7 +726,6 @@ async fn check_once(
     cluster: &ClusterSfu,
     con: &mut ConnectionManager,
     check: &redis::Script,
-    found_dead: &mut HashSet<Arc<str>>,
 ) -> redis::RedisResult<()> {
     let ids: Vec<String> = timed(redis::cmd("SMEMBERS").arg(SFUS_KEY).query_async(con)).await?;
     let mut live: HashSet<&str> = HashSet::new();
@@ -717,41 +740,45 @@ async fn check_once(
                 .map(|(id, _)| id.as_str()),
         );
     }
-    cluster.metrics.sfus_live.store(live.len() as u64, Relaxed);
 
+    // The SFUs of our rooms, and those found dead before: which still take requests?
     let rooms = cluster.snapshot();
-    if rooms.is_empty() {
-        found_dead.clear();
-        return Ok(());
-    }
-    let sfus: Vec<Arc<str>> = rooms
-        .iter()
-        .map(|(_, sfu)| sfu.clone())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    let mut numsub = redis::cmd("PUBSUB");
-    numsub.arg("NUMSUB");
-    for sfu in &sfus {
-        numsub.arg(sfu_channel(sfu));
-    }
-    let counts: Vec<(String, i64)> = timed(numsub.query_async(con)).await?;
-    let listening: HashSet<String> = counts
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(channel, _)| channel)
-        .collect();
-    let dead: HashSet<&Arc<str>> = sfus
-        .iter()
-        .filter(|sfu| !live.contains(&***sfu) || !listening.contains(&sfu_channel(sfu)))
-        .collect();
-    for sfu in &dead {
-        if found_dead.insert((*sfu).clone()) {
-            tracing::warn!(%sfu, "an SFU is dead: moving its rooms");
-            cluster.metrics.sfus_dead.fetch_add(1, Relaxed);
+    let mut sfus: HashSet<Arc<str>> = rooms.iter().map(|(_, sfu)| sfu.clone()).collect();
+    sfus.extend(cluster.known_dead());
+    let mut dead: HashSet<Arc<str>> = HashSet::new();
+    if !sfus.is_empty() {
+        let sfus: Vec<Arc<str>> = sfus.into_iter().collect();
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB");
+        for sfu in &sfus {
+            numsub.arg(sfu_channel(sfu));
+        }
+        let counts: Vec<(String, i64)> = timed(numsub.query_async(con)).await?;
+        let listening: HashSet<String> = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(channel, _)| channel)
+            .collect();
+        for sfu in sfus {
+            let has_key = live.contains(&*sfu);
+            if has_key && listening.contains(&sfu_channel(&sfu)) {
+                // Back (it subscribed again, and dropped its members meanwhile).
+                cluster.dead().remove(&sfu);
+                continue;
+            }
+            cluster.mark_dead(&sfu);
+            if !has_key {
+                // Its key is gone: no placement can choose it any more.
+                cluster.dead().remove(&sfu);
+            }
+            dead.insert(sfu);
         }
     }
-    found_dead.retain(|sfu| sfus.contains(sfu));
+    let usable = live.iter().filter(|id| !dead.contains(**id)).count();
+    cluster.metrics.sfus_live.store(usable as u64, Relaxed);
+    if rooms.is_empty() {
+        return Ok(());
+    }
 
     // The script is sent by its hash in the pipeline, so load it first (Redis may have
     // restarted and forgotten it).

@@ -344,7 +344,9 @@ impl Conn {
         cluster: &crate::cluster_sfu::ClusterSfu,
         data: &serde_json::value::RawValue,
     ) {
-        let Some(j) = self.joined.as_ref() else { return };
+        let Some(j) = self.joined.as_ref() else {
+            return;
+        };
         match serde_json::from_str::<SfuSignal>(data.get()) {
             Ok(SfuSignal::SfuOffer { sdp }) => {
                 if cluster.offer(&j.room, &j.peer_id, sdp).is_err() {
