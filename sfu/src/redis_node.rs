@@ -441,7 +441,7 @@ fn register(shared: &Shared) {
             last_ok = Instant::now();
             continue;
         }
-        let result = (|| -> redis::RedisResult<Option<String>> {
+        let mut refresh = || -> redis::RedisResult<Option<String>> {
             let c = match con.as_mut() {
                 Some(c) => c,
                 None => con.insert(connect(&shared.client)?),
@@ -457,9 +457,12 @@ fn register(shared: &Shared) {
                 .cmd("SADD")
                 .arg(SFUS_KEY)
                 .arg(&*shared.id)
-                .query(c)?;
+                .query(c)
+                .inspect_err(|_| con = None)?;
             Ok(before)
-        })();
+        };
+        // A connection that broke since the last refresh gets one fresh try at once.
+        let result = refresh().or_else(|_| refresh());
         match result {
             Ok(before) => {
                 metrics.redis_registered.store(1, Ordering::Relaxed);
@@ -471,7 +474,6 @@ fn register(shared: &Shared) {
                 }
             }
             Err(e) => {
-                con = None;
                 metrics.redis_registered.store(0, Ordering::Relaxed);
                 tracing::warn!(error = %e, "redis: refreshing the registration");
                 if last_ok.elapsed() > LAPSE {

@@ -80,6 +80,45 @@ impl Redis {
         }
     }
 
+    /// Kills it and starts it again on the same port, empty.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        let deadline = Instant::now() + WAIT;
+        // The port may take a moment to be free again.
+        loop {
+            self.child = Command::new("redis-server")
+                .args(["--port", &port, "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let ready = loop {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break false;
+                }
+                let ping = redis::Client::open(self.url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+                if ping.is_ok() {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn con(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .unwrap()
@@ -515,6 +554,13 @@ async fn an_in_process_sfu_serves_rooms_placed_by_another_node_and_shrugs_off_ga
         page.contains("sotto_sfu_redis_bad_messages_total 8\n"),
         "{page}"
     );
+    // A member whose connection ends leaves the SFU.
+    assert_eq!(m.participants.load(Relaxed), 2);
+    drop(carol);
+    until("carol's leave reached the SFU", || {
+        m.participants.load(Relaxed) == 1 && m.redis_leaves.load(Relaxed) == 1
+    })
+    .await;
 
     // A node that places rooms through Redis takes no attached SFU.
     let (ws, _) = tokio_tungstenite::connect_async(&a.url).await.unwrap();
@@ -531,6 +577,91 @@ async fn an_in_process_sfu_serves_rooms_placed_by_another_node_and_shrugs_off_ga
         .query(&mut con)
         .unwrap();
     assert_eq!(key, None);
+}
+
+/// Polls `f` until it is true.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} in time"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sfu_answers_on_the_nodes_channel_and_drops_its_members_when_it_loses_redis() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let sfu = Arc::new(
+        sotto_sfu::Sfu::start(sotto_sfu::SfuConfig {
+            workers: 1,
+            ..sotto_sfu::SfuConfig::default()
+        })
+        .unwrap(),
+    );
+    let node = sotto_sfu::redis_node::RedisNode::start(
+        sfu.clone(),
+        &sotto_sfu::redis_node::RedisNodeConfig {
+            url: redis.url.clone(),
+            capacity: 10,
+        },
+    )
+    .unwrap();
+    let url = redis.url.clone();
+    let key = format!("sotto:sfu:{}", node.id());
+    let registered = || {
+        redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("EXISTS").arg(&key).query::<bool>(&mut c))
+            .unwrap_or(false)
+    };
+    until("the SFU registered", registered).await;
+
+    // This test is the signaling node `ntest`: it offers, the answer comes on its channel.
+    let mut sub = redis.con();
+    let mut sub = sub.as_pubsub();
+    sub.subscribe("sotto:n:ntest").unwrap();
+    sub.set_read_timeout(Some(WAIT)).unwrap();
+    let (_client, offer) = Client::new(0, 3, 20).await;
+    let request = json!({"op":"offer","room":"red","peer":"p1","node":"ntest","sdp":offer});
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(format!("sotto:s:{}", node.id()))
+        .arg(request.to_string())
+        .query(&mut redis.con())
+        .unwrap();
+    assert_eq!(receivers, 1);
+    let msg: Value =
+        serde_json::from_slice(sub.get_message().unwrap().get_payload_bytes()).unwrap();
+    assert_eq!(
+        (&msg["t"], &msg["r"], &msg["to"]),
+        (&json!("s"), &json!("red"), &json!("p1"))
+    );
+    // The frame is the very text a member gets from the hub for an answer.
+    let frame = msg["f"].as_str().unwrap();
+    let answer: Value = serde_json::from_str(frame).unwrap();
+    let sdp = answer["data"]["sdp"].as_str().unwrap();
+    let expected = sotto_signaling::hub::encode(&sotto::signal::protocol::ServerMessage::Signal {
+        v: 1,
+        from: "sfu".into(),
+        data: serde_json::value::to_raw_value(&json!({"kind":"sfu_answer","sdp":sdp})).unwrap(),
+    });
+    assert_eq!(frame, expected.as_str());
+    assert_eq!(sfu.metrics().participants.load(Relaxed), 1);
+
+    // Redis comes back empty: the registration had lapsed, so signaling nodes took the room
+    // elsewhere; the SFU drops its member and registers again.
+    drop(sub);
+    redis.restart();
+    until("the member dropped", || {
+        sfu.metrics().participants.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(sfu.metrics().redis_dropped_members.load(Relaxed), 1);
+    until("the SFU registered again", registered).await;
 }
 
 /// A sink that keeps everything played (48 kHz).
