@@ -158,6 +158,10 @@ impl Node {
             ..ServerConfig::default()
         };
         let app = App::with_sfu(config, shutdown.clone(), sfu);
+        let cluster = sotto_signaling::cluster::Cluster::start(&redis.url, &app)
+            .await
+            .unwrap();
+        app.cluster.set(cluster).unwrap();
         tokio::spawn(sotto_signaling::serve(listener, app.clone()));
         Node { app, url, shutdown }
     }
@@ -541,9 +545,17 @@ async fn an_in_process_sfu_serves_rooms_placed_by_another_node_and_shrugs_off_ga
         .arg(b"\xff\xfe\x00".as_slice())
         .query(&mut con)
         .unwrap();
-    let (mut carol, _) = Peer::join(&a, "blue", "carol").await;
+    // A member of the same room on the other node reaches the same SFU.
+    let (mut carol, welcome) = Peer::join(&a, "red", "carol").await;
+    assert_eq!(welcome["peers"][0]["name"], "alice", "{welcome}");
     let (_c, port) = carol.offer_and_get_port(1).await;
     assert!(sfu.local_addrs().iter().any(|addr| addr.port() == port));
+    assert_eq!(
+        sfu.metrics()
+            .rooms
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     let m = sfu.metrics();
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(m.redis_bad_messages.load(Relaxed), 8);
@@ -855,16 +867,22 @@ async fn hang_up_and_check(members: Vec<Member>, seconds: f64) -> Vec<sotto::cal
 async fn engine_members_move_to_the_other_sfu_when_theirs_is_killed() {
     let _one = ONE_CALL.lock().await;
     let Some(redis) = Redis::start() else { return };
+    // Two signaling nodes: alice on one, bob and carol on the other, all on one SFU.
     let node = Node::start(&redis, None).await;
+    let other = Node::start(&redis, None).await;
     let mut sfus = vec![
         SfuProcess::start(&redis, &[]),
         SfuProcess::start(&redis, &[]),
     ];
     node.until_live(2).await;
+    other.until_live(2).await;
     let (marks_tx, mut marks) = tokio::sync::mpsc::unbounded_channel();
     let members: Vec<Member> = TONES
         .iter()
-        .map(|&(name, hz)| member(&node, "trio", name, hz, marks_tx.clone()))
+        .map(|&(name, hz)| {
+            let on = if name == "alice" { &node } else { &other };
+            member(on, "trio", name, hz, marks_tx.clone())
+        })
         .collect();
     until_marked(&mut marks, &EVERYONE, Mark::Full).await;
     // They hear each other through the SFU the room is on.
@@ -901,10 +919,13 @@ async fn engine_members_move_to_the_other_sfu_when_theirs_is_killed() {
         placement(&redis, "trio").as_deref(),
         Some(sfus[0].id.as_str())
     );
-    assert!(
-        node.metrics()
-            .contains("sotto_signaling_cluster_sfu_dead_total 1\n")
-    );
+    for n in [&node, &other] {
+        let metrics = n.metrics();
+        assert!(
+            metrics.contains("sotto_signaling_cluster_sfu_dead_total 1\n"),
+            "{metrics}"
+        );
+    }
 
     // Audio flows both ways for a while after the move, with no decrypt failure at all.
     tokio::time::sleep(Duration::from_secs(3)).await;

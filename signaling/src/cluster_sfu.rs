@@ -6,7 +6,8 @@
 //! `sotto:place:<room>` holds the SFU's id, with `PX 5000`, refreshed every second by each node
 //! that has members of the room seated there. The offer and later the member's leave are
 //! published on the SFU's channel `sotto:s:<sfu_id>`; the SFU answers on this node's channel
-//! `sotto:n:<node_id>` with a `t: "s"` message that is delivered to the member as it is.
+//! `sotto:n:<node_id>` with a `t: "s"` message, which [`crate::cluster`] delivers to the
+//! member as it is.
 //!
 //! Once a second this node checks the SFUs of the rooms where it has members seated. An SFU
 //! whose key is gone, or whose channel has no subscriber, is dead: the room's placement is
@@ -27,12 +28,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sotto::signal::ErrorCode;
 use sotto::signal::protocol::{PROTOCOL_VERSION, SFU_PEER_ID, ServerMessage};
-use sotto_sfu::redis_node::{SFUS_KEY, node_channel, sfu_channel, sfu_key};
+use sotto_sfu::redis_node::{SFUS_KEY, sfu_channel, sfu_key};
 use tokio::sync::mpsc;
 
 use crate::hub::encode;
@@ -48,8 +48,6 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_QUEUED_OFFERS: usize = 4096;
 /// SFUs an offer is tried on before it is refused, when the chosen one turns out dead.
 const ATTEMPTS: usize = 3;
-/// Largest message accepted on this node's channel.
-const MAX_NODE_MESSAGE: usize = 256 * 1024;
 
 /// Checks that `url` is one the Redis client takes (`redis://HOST:PORT`).
 pub fn check_url(url: &str) -> Result<(), String> {
@@ -153,8 +151,6 @@ pub struct ClusterSfuMetrics {
     pub moves: AtomicU64,
     /// Failed Redis commands.
     pub redis_errors: AtomicU64,
-    /// Messages on this node's channel that were not a delivery.
-    pub bad_messages: AtomicU64,
 }
 
 impl ClusterSfuMetrics {
@@ -213,12 +209,6 @@ impl ClusterSfuMetrics {
             "counter",
             "Failed Redis commands on the SFU path.",
             &self.redis_errors,
-        );
-        metric(
-            "sfu_bad_messages_total",
-            "counter",
-            "Messages on this node's channel that were not a delivery.",
-            &self.bad_messages,
         );
         out
     }
@@ -350,8 +340,8 @@ impl ClusterSfu {
         });
     }
 
-    /// Starts the tasks: the ops, the checks, and the delivery of SFU replies. They end when
-    /// the server shuts down.
+    /// Starts the tasks: the ops and the checks. They end when the server shuts down. The
+    /// SFUs' replies come on the node's channel, which [`crate::cluster`] delivers.
     pub(crate) fn start(self: &Arc<Self>, app: &Arc<App>) {
         let Some(rx) = self.ops_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return; // started already
@@ -368,7 +358,6 @@ impl ClusterSfu {
         };
         tokio::spawn(ops(app.clone(), self.clone(), con.clone(), rx));
         tokio::spawn(checks(app.clone(), self.clone(), con));
-        tokio::spawn(deliveries(app.clone(), self.clone()));
     }
 
     /// Seats `peer` in `room` on `sfu`. If this node's members of the room are on another SFU,
@@ -805,62 +794,6 @@ async fn check_once(
         move_off(app, cluster, con, room, &peers, leave_on).await;
     }
     Ok(())
-}
-
-/// A message on this node's channel that this path delivers.
-#[derive(Deserialize)]
-struct Delivery {
-    t: String,
-    r: String,
-    to: String,
-    f: String,
-}
-
-/// Delivers the SFUs' replies (`t: "s"`) published on `sotto:n:<node_id>` to local members.
-///
-/// A stand-in until the cluster core, which owns this channel, delivers them: remove it then,
-/// or every reply arrives twice.
-async fn deliveries(app: Arc<App>, cluster: Arc<ClusterSfu>) {
-    let channel = node_channel(&cluster.node_id);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let session = async {
-            let mut pubsub = timed(cluster.client.get_async_pubsub()).await?;
-            timed(pubsub.subscribe(&channel)).await?;
-            tracing::info!(%channel, "redis: subscribed");
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
-                deliver(&app, &cluster, msg.get_payload_bytes());
-            }
-            redis::RedisResult::Ok(())
-        };
-        tokio::select! {
-            () = app.shutdown.cancelled() => return,
-            ended = session => match ended {
-                Ok(()) => tracing::warn!("redis: the node's channel closed"),
-                Err(e) => cluster.redis_error("the node's channel", &e),
-            },
-        }
-        tokio::select! {
-            () = app.shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn deliver(app: &App, cluster: &ClusterSfu, payload: &[u8]) {
-    let delivery = (payload.len() <= MAX_NODE_MESSAGE)
-        .then(|| serde_json::from_slice::<Delivery>(payload).ok())
-        .flatten()
-        .filter(|d| d.t == "s");
-    let Some(d) = delivery else {
-        cluster.metrics.bad_messages.fetch_add(1, Relaxed);
-        return;
-    };
-    if app.hub.send_to(&d.r, &d.to, &Utf8Bytes::from(d.f)) {
-        app.metrics.messages_relayed.fetch_add(1, Relaxed);
-    }
 }
 
 #[cfg(test)]

@@ -325,6 +325,22 @@ fn run(args: ServeArgs) -> Result<(), String> {
             ),
             None => None,
         };
+        tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let sfu_addrs: Option<Vec<String>> = sfu
+            .as_ref()
+            .map(|sfu| sfu.local_addrs().iter().map(|a| a.to_string()).collect());
+        let sfu = sfu.map(|sfu| sfu as std::sync::Arc<dyn sotto_signaling::SfuLink>);
+        let redis = config.redis.clone();
+        let app = App::with_sfu(config, shutdown, sfu);
+        if let Some(url) = redis {
+            // Before the first line: a node that cannot reach Redis does not start.
+            let cluster = sotto_signaling::cluster::Cluster::start(&url, &app)
+                .await
+                .map_err(|e| format!("--redis: {e}"))?;
+            let _ = app.cluster.set(cluster);
+        }
         // One parseable line on stdout: tools wait for it to learn the port.
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         println!("listening on {scheme}://{addr}/ws");
@@ -333,14 +349,6 @@ fn run(args: ServeArgs) -> Result<(), String> {
             println!("certificate SHA-256 fingerprint {}", tls.fingerprint());
         }
         let _ = std::io::stdout().flush();
-        tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        let sfu_addrs: Option<Vec<String>> = sfu
-            .as_ref()
-            .map(|sfu| sfu.local_addrs().iter().map(|a| a.to_string()).collect());
-        let sfu = sfu.map(|sfu| sfu as std::sync::Arc<dyn sotto_signaling::SfuLink>);
-        let app = App::with_sfu(config, shutdown, sfu);
         if let Some(listener) = metrics_listener {
             let at = listener.local_addr().map_err(|e| e.to_string())?;
             // Another line, only with the flag: the first stays the call address.

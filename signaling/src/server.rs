@@ -46,6 +46,8 @@ pub struct App {
     /// This process's id among the nodes sharing rooms through Redis (`n` and 16 random hex
     /// digits); drawn at start, so a restarted node is a new node.
     pub node_id: Arc<str>,
+    /// With `--redis`: the link to the other nodes, set once at start.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// With `--redis`: group rooms placed on the SFUs registered in Redis (see
     /// [`crate::cluster_sfu`]); they take every offer then.
     pub sfu_cluster: Option<Arc<crate::cluster_sfu::ClusterSfu>>,
@@ -92,6 +94,7 @@ impl App {
             ),
             sfu,
             node_id,
+            cluster: std::sync::OnceLock::new(),
             sfu_cluster,
             hub: Hub::new(config.limits.max_peers_per_room, metrics.clone()),
             metrics,
