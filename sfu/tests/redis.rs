@@ -904,6 +904,8 @@ async fn engine_members_move_to_the_other_sfu_when_theirs_is_killed() {
         .position(|s| s.id == on)
         .expect("on one of ours");
 
+    // At a random point of the nodes' once-a-second check, so that runs sample the wait.
+    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 1000)).await;
     let killed = Instant::now();
     drop(sfus.remove(index)); // SIGKILL
     until_marked(&mut marks, &EVERYONE, Mark::Reconnecting).await;

@@ -46,15 +46,10 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Offers waiting for Redis, over all members; more are refused (`unavailable`).
 const MAX_QUEUED_OFFERS: usize = 4096;
+/// Leaves waiting for Redis; more are not sent (the seat is forgotten at once).
+const MAX_QUEUED_LEAVES: usize = 16_384;
 /// SFUs an offer is tried on before it is refused, when the chosen one turns out dead.
 const ATTEMPTS: usize = 3;
-
-/// Checks that `url` is one the Redis client takes (`redis://HOST:PORT`).
-pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(|_| ())
-        .map_err(|e| format!("{url:?}: {e}"))
-}
 
 /// The key holding the id of the SFU a room is placed on.
 pub fn placement_key(room: &str) -> String {
@@ -247,6 +242,7 @@ pub struct ClusterSfu {
     ops: mpsc::UnboundedSender<Op>,
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     queued_offers: AtomicUsize,
+    queued_leaves: AtomicUsize,
     rooms: Mutex<HashMap<String, Seating>>,
     /// SFUs found dead whose key may not have expired yet: no room is placed on them.
     dead: Mutex<HashSet<Arc<str>>>,
@@ -294,6 +290,7 @@ impl ClusterSfu {
             ops,
             ops_rx: Mutex::new(Some(rx)),
             queued_offers: AtomicUsize::new(0),
+            queued_leaves: AtomicUsize::new(0),
             rooms: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashSet::new()),
             metrics: ClusterSfuMetrics::default(),
@@ -334,10 +331,21 @@ impl ClusterSfu {
 
     /// Queues `peer`'s leave from its room's SFU (ignored if it is not seated by then).
     pub(crate) fn leave(&self, room: &str, peer: &Arc<str>) {
-        let _ = self.ops.send(Op::Leave {
+        if self.queued_leaves.fetch_add(1, Relaxed) >= MAX_QUEUED_LEAVES {
+            // Redis is far behind: forget the seat now; the SFU drops the member when its
+            // connection times out.
+            self.queued_leaves.fetch_sub(1, Relaxed);
+            tracing::warn!("too many leaves waiting for Redis; one is not sent");
+            self.unseat(room, peer);
+            return;
+        }
+        let op = Op::Leave {
             room: room.to_owned(),
             peer: peer.clone(),
-        });
+        };
+        if self.ops.send(op).is_err() {
+            self.queued_leaves.fetch_sub(1, Relaxed);
+        }
     }
 
     /// Starts the tasks: the ops and the checks. They end when the server shuts down. The
@@ -562,6 +570,7 @@ async fn ops(
                 route_offer(&app, &cluster, &mut con, &room, &peer, &sdp).await;
             }
             Op::Leave { room, peer } => {
+                cluster.queued_leaves.fetch_sub(1, Relaxed);
                 if let Some(sfu) = cluster.unseat(&room, &peer) {
                     publish_leave(&cluster, &mut con, &sfu, &room, &peer).await;
                 }

@@ -293,9 +293,6 @@ fn run(args: ServeArgs) -> Result<(), String> {
     } else {
         None
     };
-    if let Some(url) = &args.redis {
-        sotto_signaling::cluster_sfu::check_url(url).map_err(|e| format!("--redis: {e}"))?;
-    }
     // With --redis, the SFU here registers there and serves the rooms any node places on it.
     let _sfu_node = match (&sfu, &args.redis) {
         (Some((sfu, max_rooms)), Some(url)) => Some(
