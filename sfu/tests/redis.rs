@@ -50,33 +50,18 @@ impl Redis {
             eprintln!("skipped: redis-server is not installed");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let redis = Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
         let deadline = Instant::now() + WAIT;
         loop {
-            let ready = redis::Client::open(redis.url.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if ready.is_ok() {
-                return Some(redis);
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let url = format!("redis://127.0.0.1:{port}");
+            if let Some(child) = spawn_redis(&url) {
+                return Some(Redis { child, url });
             }
             assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -84,31 +69,11 @@ impl Redis {
     fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let port = self.url.rsplit(':').next().unwrap().to_owned();
         let deadline = Instant::now() + WAIT;
         // The port may take a moment to be free again.
         loop {
-            self.child = Command::new("redis-server")
-                .args(["--port", &port, "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-            let ready = loop {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    break false;
-                }
-                let ping = redis::Client::open(self.url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-                if ping.is_ok() {
-                    break true;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if ready {
+            if let Some(child) = spawn_redis(&self.url) {
+                self.child = child;
                 return;
             }
             assert!(
@@ -124,6 +89,42 @@ impl Redis {
             .unwrap()
             .get_connection()
             .unwrap()
+    }
+}
+
+/// Starts `redis-server` for `url` (`redis://127.0.0.1:PORT`) and waits until it answers;
+/// `None` if it exits first (the port is taken). The server that answers must be this one,
+/// not another test's on a port reused meanwhile.
+fn spawn_redis(url: &str) -> Option<Child> {
+    let port = url.rsplit(':').next().unwrap();
+    let mut child = Command::new("redis-server")
+        .args(["--port", port, "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ours = format!("process_id:{}\r\n", child.id());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        let info = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
+        match info {
+            Ok(info) if info.contains(&ours) => return Some(child),
+            Ok(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "redis-server did not answer");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
