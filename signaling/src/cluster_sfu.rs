@@ -280,7 +280,7 @@ enum Placed {
 
 impl ClusterSfu {
     /// The SFU path of node `node_id` through the Redis server at `url`; nothing connects
-    /// before [`ClusterSfu::start`].
+    /// before the server starts it (`serve`).
     pub fn new(url: &str, node_id: Arc<str>) -> redis::RedisResult<ClusterSfu> {
         let client = redis::Client::open(url)?;
         let (ops, rx) = mpsc::unbounded_channel();
