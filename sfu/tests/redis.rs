@@ -484,6 +484,54 @@ async fn a_killed_sfu_is_left_by_its_rooms_and_they_are_placed_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_follow_a_room_placed_elsewhere_and_leave_their_old_sfu() {
+    let Some(redis) = Redis::start() else { return };
+    let node = Node::start(&redis, None).await;
+    let sfus = [
+        SfuProcess::start(&redis, &[]),
+        SfuProcess::start(&redis, &[]),
+    ];
+    node.until_live(2).await;
+    let (mut alice, _) = Peer::join(&node, "red", "alice").await;
+    let (_a, port) = alice.offer_and_get_port(0).await;
+    let on = which(&sfus.iter().collect::<Vec<_>>(), port);
+    let (old, new) = (&sfus[on], &sfus[1 - on]);
+    let seated = |sfu: &SfuProcess| -> u64 {
+        let load: Option<String> = redis::cmd("GET")
+            .arg(format!("sotto:sfu:{}", sfu.id))
+            .query(&mut redis.con())
+            .unwrap();
+        let load: Value = serde_json::from_str(&load.unwrap_or_default()).unwrap_or_default();
+        load["seated"].as_u64().unwrap_or(0)
+    };
+    until("alice seated on her SFU", || seated(old) == 1).await;
+
+    // Another node placed the room elsewhere (say it found the SFU dead first).
+    let _: () = redis::cmd("SET")
+        .arg("sotto:place:red")
+        .arg(&new.id)
+        .arg("PX")
+        .arg(5000)
+        .query(&mut redis.con())
+        .unwrap();
+    let left = alice.expect_type("peer_left").await;
+    assert_eq!(left["peer_id"], "sfu", "{left}");
+    until("alice out of her old SFU", || seated(old) == 0).await;
+    alice
+        .send(json!({"v":1,"type":"signal","to":"sfu","data":{"kind":"sfu_leave"}}))
+        .await;
+    let (_a2, port) = alice.offer_and_get_port(1).await;
+    assert!(new.ports.contains(&port), "{port} vs {:?}", new.ports);
+    let metrics = node.metrics();
+    for line in [
+        "sotto_signaling_cluster_sfu_moves_total 1",
+        "sotto_signaling_cluster_sfu_dead_total 0",
+    ] {
+        assert!(metrics.contains(&format!("{line}\n")), "{line}: {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_process_sfu_serves_rooms_placed_by_another_node_and_shrugs_off_garbage() {
     let Some(redis) = Redis::start() else { return };
     // Node A hosts an SFU (`sotto-signaling --sfu --redis`); node B has none.

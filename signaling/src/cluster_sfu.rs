@@ -48,6 +48,8 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_QUEUED_OFFERS: usize = 4096;
 /// Leaves waiting for Redis; more are not sent (the seat is forgotten at once).
 const MAX_QUEUED_LEAVES: usize = 16_384;
+/// How long the ops task leaves Redis alone after a failed command.
+const REST_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// SFUs an offer is tried on before it is refused, when the chosen one turns out dead.
 const ATTEMPTS: usize = 3;
 
@@ -556,6 +558,9 @@ async fn ops(
     mut con: ConnectionManager,
     mut rx: mpsc::UnboundedReceiver<Op>,
 ) {
+    // After a failed command, Redis is left alone for a moment: what queues up meanwhile (a
+    // fenced node's members all leaving, say) must not wait out a timeout each.
+    let mut resting_until: Option<tokio::time::Instant> = None;
     loop {
         let op = tokio::select! {
             () = app.shutdown.cancelled() => return,
@@ -564,17 +569,35 @@ async fn ops(
                 None => return,
             },
         };
+        let resting = resting_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        let errors = cluster.metrics.redis_errors.load(Relaxed);
         match op {
             Op::Offer { room, peer, sdp } => {
                 cluster.queued_offers.fetch_sub(1, Relaxed);
-                route_offer(&app, &cluster, &mut con, &room, &peer, &sdp).await;
+                if resting {
+                    tell_error(
+                        &app,
+                        &room,
+                        &peer,
+                        ErrorCode::SfuRefused,
+                        "unavailable: the SFUs cannot be reached now".into(),
+                    );
+                } else {
+                    route_offer(&app, &cluster, &mut con, &room, &peer, &sdp).await;
+                }
             }
             Op::Leave { room, peer } => {
                 cluster.queued_leaves.fetch_sub(1, Relaxed);
-                if let Some(sfu) = cluster.unseat(&room, &peer) {
+                // Not sent while resting: the SFU drops the member when its connection times out.
+                if let Some(sfu) = cluster.unseat(&room, &peer)
+                    && !resting
+                {
                     publish_leave(&cluster, &mut con, &sfu, &room, &peer).await;
                 }
             }
+        }
+        if cluster.metrics.redis_errors.load(Relaxed) > errors {
+            resting_until = Some(tokio::time::Instant::now() + REST_AFTER_ERROR);
         }
     }
 }
