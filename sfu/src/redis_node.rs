@@ -435,12 +435,19 @@ fn register(shared: &Shared) {
     let metrics = shared.sfu.metrics();
     let mut con: Option<redis::Connection> = None;
     let mut last_ok = Instant::now();
-    while nap(shared, REFRESH_EVERY) {
+    // The next refresh: due at once when the request thread has (again) subscribed.
+    let mut next: Option<Instant> = None;
+    while nap(shared, POLL) {
         if !shared.subscribed.load(Ordering::Relaxed) {
             metrics.redis_registered.store(0, Ordering::Relaxed);
             last_ok = Instant::now();
+            next = None;
             continue;
         }
+        if next.is_some_and(|t| Instant::now() < t) {
+            continue;
+        }
+        next = Some(Instant::now() + REFRESH_EVERY);
         let mut refresh = || -> redis::RedisResult<Option<String>> {
             let c = match con.as_mut() {
                 Some(c) => c,
