@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Load generator for sotto-signaling.
 #[derive(Debug, Parser)]
-#[command(name = "sotto-signaling-load", version, about)]
+#[command(name = "sotto-signaling-load", version, about, args_override_self = true)]
 struct Args {
     /// Server URL (`ws://HOST:PORT/ws`); once per node of a cluster.
     #[arg(long, required = true)]
@@ -39,9 +39,12 @@ struct Args {
     /// Connections opened at once while ramping up.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-    /// PID of the server (once per node), to report its memory.
+    /// PID of the server (once per node), to report its memory and CPU time.
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// PID of the cluster's Redis, to report its CPU time.
+    #[arg(long)]
+    redis_pid: Option<u32>,
 }
 
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -56,12 +59,35 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// CPU seconds (user and system) the processes have used so far; `None` if one cannot be read.
+fn cpu_s(pids: &[u32]) -> Option<f64> {
+    // Clock ticks per second: 100 on Linux for these fields.
+    const TICKS: f64 = 100.0;
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / TICKS)
+        })
+        .sum()
+}
+
 /// The servers' resident memory, summed; `None` if one cannot be read.
 fn rss_total_mb(pids: &[u32]) -> Option<f64> {
     if pids.is_empty() {
         return None;
     }
     pids.iter().map(|p| rss_mb(*p)).sum()
+}
+
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(((after? - before?) * 100.0).round() / 100.0)
+}
+
+fn per_delivery(cpu_s: f64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0 && cpu_s > 0.0).then(|| (cpu_s * 1e6 / deliveries as f64 * 10.0).round() / 10.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -184,6 +210,8 @@ async fn run(args: Args) -> Result<(), String> {
     all_joined.wait().await;
     let connect_s = epoch.elapsed().as_secs_f64();
     let rss_joined = rss_total_mb(&args.server_pid);
+    let redis_pids: Vec<u32> = args.redis_pid.into_iter().collect();
+    let cpu_joined = (cpu_s(&args.server_pid), cpu_s(&redis_pids));
     let start = epoch.elapsed();
     stop_at.store(
         (start + Duration::from_secs(args.duration)).as_micros() as u64,
@@ -191,6 +219,9 @@ async fn run(args: Args) -> Result<(), String> {
     );
     tokio::time::sleep(Duration::from_secs(args.duration) / 2).await;
     let rss_mid = rss_total_mb(&args.server_pid);
+    // At the stop: the steady phase only, no joins or leaves.
+    tokio::time::sleep(Duration::from_secs(args.duration) / 2).await;
+    let cpu_end = (cpu_s(&args.server_pid), cpu_s(&redis_pids));
 
     let mut all = Vec::new();
     for t in tasks {
@@ -225,6 +256,11 @@ async fn run(args: Args) -> Result<(), String> {
             "mean": (mean * 1000.0).round() / 1000.0,
         },
         "server_rss_mb": {"after_join": rss_joined, "under_load": rss_mid},
+        "steady_cpu_s": {"servers": delta(cpu_joined.0, cpu_end.0), "redis": delta(cpu_joined.1, cpu_end.1)},
+        "steady_cpu_us_per_delivery": per_delivery(
+            delta(cpu_joined.0, cpu_end.0).unwrap_or(0.0) + delta(cpu_joined.1, cpu_end.1).unwrap_or(0.0),
+            received_n,
+        ),
     });
     println!(
         "{}",
