@@ -262,6 +262,9 @@ impl Conn {
         let Some(j) = self.joined.as_ref() else {
             return self.error(ErrorCode::NotJoined, "signal before join");
         };
+        if let Some(cluster) = self.app.sfu_cluster.clone() {
+            return self.on_cluster_sfu_signal(&cluster, data);
+        }
         if !self.app.sfus.available() {
             return self.error(ErrorCode::NoSfu, "this server has no SFU");
         }
@@ -348,10 +351,46 @@ impl Conn {
         });
     }
 
+    /// With `--redis`: the offer or leave goes to the room's SFU through Redis; the answer
+    /// comes back through Redis too.
+    fn on_cluster_sfu_signal(
+        &self,
+        cluster: &crate::cluster_sfu::ClusterSfu,
+        data: &serde_json::value::RawValue,
+    ) {
+        let Some(j) = self.joined.as_ref() else {
+            return;
+        };
+        match serde_json::from_str::<SfuSignal>(data.get()) {
+            Ok(SfuSignal::SfuOffer { sdp }) => {
+                if cluster.offer(&j.room, &j.peer_id, sdp).is_err() {
+                    self.app.metrics.error(ErrorCode::SfuRefused);
+                    self.send(&ServerMessage::Error {
+                        v: PROTOCOL_VERSION,
+                        code: ErrorCode::SfuRefused,
+                        message: "unavailable: too many offers waiting".into(),
+                    });
+                }
+            }
+            Ok(SfuSignal::SfuLeave {}) => cluster.leave(&j.room, &j.peer_id),
+            Err(_) => self.error(
+                ErrorCode::BadMessage,
+                "the SFU takes sfu_offer (with sdp) or sfu_leave",
+            ),
+        }
+    }
+
     /// `sfu_attach`: this connection becomes an attached SFU, if its token says so.
     fn on_attach(&mut self, text: &str) {
         if self.joined.is_some() || self.attached.is_some() {
             return self.error(ErrorCode::AlreadyJoined, "already in a room or attached");
+        }
+        if self.app.sfu_cluster.is_some() {
+            // Rooms are placed through Redis here; an attached SFU would never get one.
+            return self.error(
+                ErrorCode::BadMessage,
+                "this server places group rooms through Redis: start the SFU with --redis",
+            );
         }
         let attach = match serde_json::from_str::<SfuAttach>(text) {
             Ok(a) if a.capacity > 0 => a,
@@ -514,7 +553,7 @@ impl Conn {
         }
         let app = &self.app;
         // Asked before the hub's lock is taken: the SFU pool has a lock of its own.
-        let sfu = app.sfus.available();
+        let sfu = sfu_available(app);
         let welcome = |peer_id: &Arc<str>, slot: u8, peers: Vec<PeerInfo>| {
             encode(&ServerMessage::Welcome {
                 v: PROTOCOL_VERSION,
@@ -570,7 +609,7 @@ impl Conn {
             return self.error(ErrorCode::ServerFull, "no peer id could be drawn");
         };
         let app = self.app.clone();
-        let sfu = app.sfus.available();
+        let sfu = sfu_available(&app);
         let welcome_room = room.clone();
         let welcome: crate::hub::WelcomeFn = Box::new(move |peer_id, slot, peers| {
             encode(&ServerMessage::Welcome {
@@ -664,8 +703,20 @@ async fn join_answer(
     }
 }
 
+/// Whether group calls have an SFU now (the `welcome`'s `sfu`): with `--redis`, a live SFU
+/// registered there (or this node's own); else the in-process or an attached one.
+fn sfu_available(app: &App) -> bool {
+    match &app.sfu_cluster {
+        Some(cluster) => cluster.any_live() || app.sfu.is_some(),
+        None => app.sfus.available(),
+    }
+}
+
 /// Tells the room's SFU that `j` left it, if it had offered to it.
 fn leave_sfu(app: &Arc<App>, j: &Joined) {
+    if let Some(cluster) = &app.sfu_cluster {
+        return cluster.leave(&j.room, &j.peer_id);
+    }
     match app.sfus.unseat(&j.room, &j.peer_id) {
         Some(Route::InProcess(sfu)) => {
             let (room, peer) = (j.room.clone(), j.peer_id.clone());

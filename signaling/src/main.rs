@@ -287,10 +287,27 @@ fn run(args: ServeArgs) -> Result<(), String> {
                 config.listen.ip()
             ));
         }
-        Some(sotto_sfu::Sfu::start(config).map_err(|e| format!("--sfu: {e}"))?)
+        let max_rooms = config.max_rooms;
+        let sfu = sotto_sfu::Sfu::start(config).map_err(|e| format!("--sfu: {e}"))?;
+        Some((std::sync::Arc::new(sfu), max_rooms))
     } else {
         None
     };
+    // With --redis, the SFU here registers there and serves the rooms any node places on it.
+    let _sfu_node = match (&sfu, &args.redis) {
+        (Some((sfu, max_rooms)), Some(url)) => Some(
+            sotto_sfu::redis_node::RedisNode::start(
+                sfu.clone(),
+                &sotto_sfu::redis_node::RedisNodeConfig {
+                    url: url.clone(),
+                    capacity: u32::try_from(*max_rooms).unwrap_or(u32::MAX),
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    let sfu = sfu.map(|(sfu, _)| sfu);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -311,8 +328,7 @@ fn run(args: ServeArgs) -> Result<(), String> {
         let sfu_addrs: Option<Vec<String>> = sfu
             .as_ref()
             .map(|sfu| sfu.local_addrs().iter().map(|a| a.to_string()).collect());
-        let sfu =
-            sfu.map(|sfu| std::sync::Arc::new(sfu) as std::sync::Arc<dyn sotto_signaling::SfuLink>);
+        let sfu = sfu.map(|sfu| sfu as std::sync::Arc<dyn sotto_signaling::SfuLink>);
         let redis = config.redis.clone();
         let app = App::with_sfu(config, shutdown, sfu);
         if let Some(url) = redis {
