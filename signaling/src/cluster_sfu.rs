@@ -726,16 +726,22 @@ async fn drop_placement(
 }
 
 /// The checks task: once a second, which SFUs are live, and whether the rooms with members
-/// here are still on a live one.
+/// here are still on a live one. While no SFU is known, every 100 ms: a cluster that is just
+/// starting offers group calls as soon as its first SFU registers.
 async fn checks(app: Arc<App>, cluster: Arc<ClusterSfu>, mut con: ConnectionManager) {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let check = redis::Script::new(CHECK);
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = app.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(next) => {}
         }
+        next = tokio::time::Instant::now()
+            + if cluster.any_live() {
+                CHECK_EVERY
+            } else {
+                CHECK_EVERY / 10
+            };
         if let Err(e) = check_once(&app, &cluster, &mut con, &check).await {
             cluster.redis_error("checking the SFUs", &e);
         }

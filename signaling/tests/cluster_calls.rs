@@ -112,3 +112,280 @@ async fn cli_peers_on_two_nodes_hold_an_e2ee_call() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `scripts/cluster` with the test build's binaries: Redis, three signaling nodes and two SFU
+/// nodes on loopback. Stopped (with everything it started) when dropped.
+struct LocalCluster {
+    child: std::process::Child,
+    nodes: Vec<String>,
+    dir: PathBuf,
+    redis_port: u16,
+}
+
+impl LocalCluster {
+    fn start(dir: &Path) -> LocalCluster {
+        let bin_dir = sotto_bin::sotto_bin().parent().unwrap().to_path_buf();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
+        let port = free_port_block(4);
+        let mut child = Command::new("bash")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--bin-dir"])
+            .arg(&bin_dir)
+            .env("SOTTO_CLUSTER_DIR", dir.join("cluster"))
+            .env("RUST_LOG", "sotto_signaling=info,sotto_sfu=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut nodes = Vec::new();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        for line in std::io::BufRead::lines(stdout) {
+            let line = line.unwrap();
+            if let Some(url) = line.strip_prefix("signaling ") {
+                nodes.push(url.to_string());
+            }
+            if line == "cluster ready" {
+                break;
+            }
+        }
+        assert_eq!(nodes.len(), 3, "scripts/cluster did not come up");
+        // Every node offers group calls once it has seen an SFU register.
+        for node in &nodes {
+            wait_for_sfu(node);
+        }
+        LocalCluster {
+            child,
+            nodes,
+            dir: dir.join("cluster"),
+            redis_port: port,
+        }
+    }
+
+    /// Kills (SIGKILL) a part of the cluster by the name the script gave its pid file
+    /// (`node1`, `sfu2`, `redis`).
+    fn kill_part(&self, name: &str) {
+        let pid = std::fs::read_to_string(self.dir.join(format!("{name}.pid"))).unwrap();
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // SIGTERM to the script: its trap stops every part.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Joins a probe room at `node` until its `welcome` says it has an SFU.
+fn wait_for_sfu(node: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (mut ws, _) = tokio_tungstenite::tungstenite::connect(node).unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"v":1,"type":"join","room":"probe","name":"probe"}"#,
+        ))
+        .unwrap();
+        let welcome: serde_json::Value = loop {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = ws.read().unwrap() {
+                break serde_json::from_str(t.as_str()).unwrap();
+            }
+        };
+        let _ = ws.close(None);
+        if welcome["sfu"] == true {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SFU at {node}: {welcome}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The first of `n` consecutive free loopback ports (from a spot that depends on this
+/// process, so parallel test binaries look in different places).
+fn free_port_block(n: u16) -> u16 {
+    let mut base = 20_000 + (std::process::id() % 20_000) as u16;
+    loop {
+        let free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+        base = if base > 60_000 { 20_000 } else { base + n };
+    }
+}
+
+fn group_member(dir: &Path, server: &str, who: &str, hz: u32, seconds: u32) -> Command {
+    let mut cmd = call(dir, server, "four", who, hz, seconds);
+    // Shown on failure: how the member moved.
+    cmd.arg("--group").env("RUST_LOG", "sotto=info");
+    cmd
+}
+
+/// A running `sotto call` whose stdout is read as it comes: `lines` gets every line.
+struct Member {
+    name: &'static str,
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Member {
+    fn spawn(name: &'static str, mut cmd: Command) -> Member {
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Member {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to a minute) for a stdout line that `pred` accepts (or finds one printed
+    /// already).
+    fn wait_line(&mut self, pred: impl Fn(&str) -> bool) {
+        if self.seen.iter().any(|l| pred(l)) {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: the line never came:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the exit; the status, and everything it printed.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        self.seen.extend(self.lines.iter());
+        (status, format!("{}\n{}", self.seen.join("\n"), err))
+    }
+}
+
+/// The id of the SFU node the room is placed on, and the name of its pid file.
+fn placed_sfu(cluster_dir: &Path, redis_port: u16, room: &str) -> String {
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis_port.to_string(),
+            "GET",
+            &format!("sotto:place:{room}"),
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    for i in 1..=2 {
+        let printed = std::fs::read_to_string(cluster_dir.join(format!("sfu{i}.out"))).unwrap();
+        if printed.lines().any(|l| l == format!("redis id {id}")) {
+            return format!("sfu{i}");
+        }
+    }
+    panic!("room {room} is not on a known SFU ({id:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_members_over_three_nodes_move_off_a_killed_sfu_node() {
+    if !available() {
+        return;
+    }
+    let dir = temp_dir("cluster-four");
+    let cluster = LocalCluster::start(&dir);
+    let members = [("alice", 440), ("bob", 550), ("carol", 660), ("dave", 770)];
+    let mut running = Vec::new();
+    for (i, (who, hz)) in members.iter().enumerate() {
+        let node = &cluster.nodes[i % 3];
+        running.push(Member::spawn(who, group_member(&dir, node, who, *hz, 12)));
+    }
+    // Everyone in one call: each prints the group code over the three others, and they agree.
+    let over_all = |l: &str| {
+        l.starts_with("group safety code: ")
+            && l.split("members besides us: ")
+                .nth(1)
+                .is_some_and(|rest| rest.split(", ").count() == 3)
+    };
+    let mut codes = Vec::new();
+    for m in &mut running {
+        m.wait_line(over_all);
+        let line = m.seen.iter().find(|l| over_all(l)).unwrap();
+        codes.push(line["group safety code: ".len()..][..9].to_string());
+    }
+    assert!(codes.iter().all(|c| *c == codes[0]), "{codes:?}");
+    // And media flowing through the SFU, before it is killed.
+    for m in &mut running {
+        m.wait_line(|l| l == "state: connected (end-to-end encrypted)");
+    }
+    let sfu = placed_sfu(&cluster.dir, cluster.redis_port, "four");
+    cluster.kill_part(&sfu);
+    for m in running {
+        let who = m.name;
+        let (status, shown) = tokio::task::spawn_blocking(move || m.finish())
+            .await
+            .unwrap();
+        assert!(status.success(), "{who}: {status}\n{shown}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{who}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["mode"], "sfu", "{report}\n{shown}");
+        assert_eq!(report["decrypt_failures"], 0, "{report}");
+        // It moved to the other SFU node.
+        assert!(
+            report["sfu_reconnects"].as_u64().unwrap() >= 1,
+            "{who}: {report}\n{shown}"
+        );
+        let others = report["participants"].as_array().unwrap();
+        assert_eq!(others.len(), 3, "{report}\n{shown}");
+        for p in others {
+            assert_eq!(p["decrypt_failures"], 0, "{who}: {p}");
+            assert!(
+                p["frames_decrypted"].as_u64().unwrap() >= 100,
+                "{who}: {p}\n{shown}"
+            );
+        }
+        // After the move, the last two seconds carry every other member's tone.
+        for (other, hz) in members.iter().filter(|(name, _)| *name != who) {
+            let share = tail_share(&dir.join(format!("{who}.wav")), f64::from(*hz));
+            assert!(
+                share > 0.05,
+                "{who} lost {other} ({hz} Hz: {share:.3})\n{shown}"
+            );
+        }
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
