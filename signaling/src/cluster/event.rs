@@ -38,6 +38,54 @@ struct SignalOut<'a> {
     f: &'a str,
 }
 
+/// First byte of a message carrying several events: each follows as a 4-byte big-endian
+/// length and that many bytes. (A single event is a JSON object: `{`.)
+pub(crate) const BATCH: u8 = b'B';
+
+/// The most bytes of events put in one batch.
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// One message carrying `events`: the event itself when there is one, else a [`BATCH`].
+pub(crate) fn batch<'a>(events: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let events: Vec<&[u8]> = events.collect();
+    if let [one] = events.as_slice() {
+        return one.to_vec();
+    }
+    let mut out = Vec::with_capacity(1 + events.iter().map(|e| e.len() + 4).sum::<usize>());
+    out.push(BATCH);
+    for e in events {
+        out.extend_from_slice(&u32::try_from(e.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// The events in a [`BATCH`] message, in order; an item is `None` where the framing breaks
+/// (the rest cannot be read). `None` when `msg` is not a batch.
+pub(crate) fn unbatch(msg: &[u8]) -> Option<impl Iterator<Item = Option<&[u8]>>> {
+    let mut rest = msg.strip_prefix(&[BATCH])?;
+    let mut broken = false;
+    Some(std::iter::from_fn(move || {
+        if rest.is_empty() || broken {
+            return None;
+        }
+        let item = rest.split_first_chunk::<4>().and_then(|(len, tail)| {
+            let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+            (len <= tail.len()).then(|| tail.split_at(len))
+        });
+        match item {
+            Some((event, tail)) => {
+                rest = tail;
+                Some(Some(event))
+            }
+            None => {
+                broken = true;
+                Some(None)
+            }
+        }
+    }))
+}
+
 /// A signal event, encoded.
 pub(crate) fn signal(room: &str, to: &str, frame: &str) -> String {
     serde_json::to_string(&SignalOut {
@@ -52,6 +100,25 @@ pub(crate) fn signal(room: &str, to: &str, frame: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_carry_events_in_order_and_broken_framing_stops_reading() {
+        let events: [&[u8]; 3] = [b"{\"a\":1}", b"", b"{\"b\":2}"];
+        let msg = batch(events.iter().copied());
+        let back: Vec<Option<&[u8]>> = unbatch(&msg).unwrap().collect();
+        assert_eq!(back, events.iter().map(|e| Some(*e)).collect::<Vec<_>>());
+        // One event travels as itself, and is not a batch.
+        assert_eq!(batch([&b"{}"[..]].into_iter()), b"{}");
+        assert!(unbatch(b"{}").is_none());
+        // A length past the end, or a cut length, ends the batch with one `None`.
+        let mut cut = batch(events.iter().copied());
+        cut.truncate(cut.len() - 2);
+        let back: Vec<_> = unbatch(&cut).unwrap().collect();
+        assert_eq!(back.last(), Some(&None));
+        assert_eq!(back.len(), 3);
+        let back: Vec<_> = unbatch(&[BATCH, 0, 0]).unwrap().collect();
+        assert_eq!(back, vec![None]);
+    }
 
     #[test]
     fn events_parse_and_garbage_is_refused() {

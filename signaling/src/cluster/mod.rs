@@ -53,6 +53,8 @@ const DELIVERY_WINDOW: Duration = Duration::from_millis(2500);
 const QUEUE: usize = 65_536;
 /// Most jobs in one round trip.
 const MAX_BATCH: usize = 512;
+/// How long the publisher lets jobs gather before a round trip (unless a full batch waits).
+const GATHER: Duration = Duration::from_micros(500);
 /// Longest message accepted from the cluster.
 const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Room hashes expire unless a node with members in them refreshes them.
@@ -303,7 +305,7 @@ async fn run_subscriber(
                 };
                 let Some(msg) = msg else { break };
                 app.metrics.cluster_received.fetch_add(1, Relaxed);
-                on_event(&app, &cluster, msg.get_payload_bytes());
+                on_message(&app, &cluster, msg.get_payload_bytes());
             }
             tracing::warn!("lost the cluster's channel; reconnecting");
         }
@@ -323,11 +325,28 @@ async fn run_subscriber(
     }
 }
 
-fn on_event(app: &Arc<App>, cluster: &Cluster, payload: &[u8]) {
+fn on_message(app: &Arc<App>, cluster: &Cluster, payload: &[u8]) {
     if payload.len() > MAX_EVENT_BYTES {
         tracing::warn!(len = payload.len(), "oversized cluster message dropped");
         return;
     }
+    match event::unbatch(payload) {
+        Some(events) => {
+            for one in events {
+                match one {
+                    Some(e) => on_event(app, cluster, e),
+                    None => {
+                        tracing::warn!("malformed batch from the cluster; the rest dropped");
+                        return;
+                    }
+                }
+            }
+        }
+        None => on_event(app, cluster, payload),
+    }
+}
+
+fn on_event(app: &Arc<App>, cluster: &Cluster, payload: &[u8]) {
     let event = match serde_json::from_slice::<Event>(payload) {
         Ok(e) => e,
         Err(e) => {
@@ -383,30 +402,50 @@ async fn run_publisher(
         };
         batch.extend(retry.drain(..retry.len().min(MAX_BATCH)));
         batch.extend(first);
+        if batch.len() < MAX_BATCH && rx.len() < MAX_BATCH {
+            // A moment for more to queue: under load one round trip then carries many
+            // signals, and each node's share in one message (fewer wakeups everywhere).
+            tokio::time::sleep(GATHER).await;
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => batch.push(j),
                 Err(_) => break,
             }
         }
+        let mut units = group(std::mem::take(&mut batch));
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut pipe = redis::pipe();
-            for job in &batch {
-                add_job(&mut pipe, job, &scripts, &cluster.node, &app);
+            for unit in &units {
+                match unit {
+                    Unit::Signals { node, payload, .. } => {
+                        pipe.cmd("PUBLISH")
+                            .arg(channel(node))
+                            .arg(payload.as_slice());
+                    }
+                    Unit::Other(job) => add_job(&mut pipe, job, &scripts, &cluster.node, &app),
+                }
             }
             app.metrics.cluster_round_trips.fetch_add(1, Relaxed);
             match pipe.query_async::<Vec<redis::Value>>(&mut conn).await {
                 Ok(values) => {
-                    for (job, value) in batch.drain(..).zip(values) {
-                        on_result(&app, &cluster, job, value, &mut retry);
+                    for (unit, value) in units.drain(..).zip(values) {
+                        match unit {
+                            Unit::Signals { jobs, .. } => {
+                                for job in jobs {
+                                    on_result(&app, &cluster, job, value.clone(), &mut retry);
+                                }
+                            }
+                            Unit::Other(job) => on_result(&app, &cluster, job, value, &mut retry),
+                        }
                     }
                     break;
                 }
                 Err(e) => {
                     tracing::warn!("cluster publish failed: {e}");
-                    expire_jobs(&app, &mut batch);
-                    if batch.is_empty() {
+                    units = expire_units(&app, units);
+                    if units.is_empty() {
                         break;
                     }
                     tokio::select! {
@@ -417,8 +456,90 @@ async fn run_publisher(
                 }
             }
         }
-        batch.clear();
     }
+}
+
+/// What one pipelined command carries: the signals for one node (one message), or another job.
+enum Unit {
+    Signals {
+        node: Arc<str>,
+        payload: Vec<u8>,
+        jobs: Vec<Job>,
+    },
+    Other(Job),
+}
+
+/// Signals for one node that follow each other in the batch go out as one message (a
+/// [`event::BATCH`] of them when there are several); other jobs keep their place.
+fn group(batch: Vec<Job>) -> Vec<Unit> {
+    let mut units = Vec::new();
+    // The current run of signals, per node (few nodes: a short list).
+    let mut run: Vec<(Arc<str>, Vec<Job>)> = Vec::new();
+    let flush = |run: &mut Vec<(Arc<str>, Vec<Job>)>, units: &mut Vec<Unit>| {
+        for (node, jobs) in run.drain(..) {
+            let mut chunk: Vec<Job> = Vec::new();
+            let mut bytes = 0;
+            for job in jobs {
+                let len = match &job {
+                    Job::Publish { payload, .. } => payload.len(),
+                    _ => 0,
+                };
+                if !chunk.is_empty() && bytes + len > event::MAX_BATCH_BYTES {
+                    units.push(signals(&node, std::mem::take(&mut chunk)));
+                    bytes = 0;
+                }
+                bytes += len;
+                chunk.push(job);
+            }
+            if !chunk.is_empty() {
+                units.push(signals(&node, chunk));
+            }
+        }
+    };
+    for job in batch {
+        match job {
+            Job::Publish { ref node, .. } => {
+                let node = node.clone();
+                match run.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, jobs)) => jobs.push(job),
+                    None => run.push((node, vec![job])),
+                }
+            }
+            other => {
+                flush(&mut run, &mut units);
+                units.push(Unit::Other(other));
+            }
+        }
+    }
+    flush(&mut run, &mut units);
+    units
+}
+
+/// One message for `node` carrying the signals of `jobs`.
+fn signals(node: &Arc<str>, jobs: Vec<Job>) -> Unit {
+    let payload = event::batch(jobs.iter().filter_map(|j| match j {
+        Job::Publish { payload, .. } => Some(payload.as_bytes()),
+        _ => None,
+    }));
+    Unit::Signals {
+        node: node.clone(),
+        payload,
+        jobs,
+    }
+}
+
+/// [`expire_jobs`] over units: signals that waited too long leave their unit (which is
+/// rebuilt from the rest).
+fn expire_units(app: &App, units: Vec<Unit>) -> Vec<Unit> {
+    let mut jobs = Vec::new();
+    for unit in units {
+        match unit {
+            Unit::Signals { jobs: held, .. } => jobs.extend(held),
+            Unit::Other(job) => jobs.push(job),
+        }
+    }
+    expire_jobs(app, &mut jobs);
+    group(jobs)
 }
 
 /// Drops signals and refuses joins that waited too long for Redis; leaves, reaps and
