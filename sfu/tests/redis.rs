@@ -7,16 +7,18 @@
 //! at the end. Without `redis-server` the tests are skipped, unless SOTTO_REQUIRE_REDIS=1.
 
 mod common;
+#[path = "../../signaling/tests/support/redis.rs"]
+mod redis_server;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Client;
 use futures_util::{SinkExt, StreamExt};
+use redis_server::Redis;
 use serde_json::{Value, json};
 use sotto_signaling::token::{mint, unix_now};
 use sotto_signaling::{App, ServerConfig};
@@ -26,114 +28,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &[u8] = b"redis-test-secret";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A `redis-server` of this test, killed when dropped.
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Redis {
-    /// Starts one, or returns `None` (the test is skipped) when it is not installed.
-    fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var("SOTTO_REQUIRE_REDIS").as_deref() != Ok("1"),
-                "redis-server is missing and SOTTO_REQUIRE_REDIS=1"
-            );
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let url = format!("redis://127.0.0.1:{port}");
-            if let Some(child) = spawn_redis(&url) {
-                return Some(Redis { child, url });
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-        }
-    }
-
-    /// Kills it and starts it again on the same port, empty.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let deadline = Instant::now() + WAIT;
-        // The port may take a moment to be free again.
-        loop {
-            if let Some(child) = spawn_redis(&self.url) {
-                self.child = child;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start again"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn con(&self) -> redis::Connection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-}
-
-/// Starts `redis-server` for `url` (`redis://127.0.0.1:PORT`) and waits until it answers;
-/// `None` if it exits first (the port is taken). The server that answers must be this one,
-/// not another test's on a port reused meanwhile.
-fn spawn_redis(url: &str) -> Option<Child> {
-    let port = url.rsplit(':').next().unwrap();
-    let mut child = Command::new("redis-server")
-        .args(["--port", port, "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ours = format!("process_id:{}\r\n", child.id());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return None;
-        }
-        let info = redis::Client::open(url)
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
-        match info {
-            Ok(info) if info.contains(&ours) => return Some(child),
-            Ok(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            Err(_) => {}
-        }
-        assert!(Instant::now() < deadline, "redis-server did not answer");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A signaling node in this process with `--redis`, and without an SFU unless given one.
 struct Node {

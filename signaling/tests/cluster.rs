@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cluster_node::Node;
 use futures_util::{SinkExt, StreamExt};
-use redis_server::{Redis, available};
+use redis_server::Redis;
 use serde_json::{Value, json};
 use sotto_signaling::{Limits, ServerConfig};
 use tokio::net::TcpListener;
@@ -98,12 +98,11 @@ fn ids(welcome: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn peers_on_two_nodes_meet_relay_and_part() {
-    if !available() {
+    let Some(redis) = Redis::start() else {
         return;
-    }
-    let redis = Redis::start();
-    let a = Node::start(&redis.url()).await;
-    let b = Node::start(&redis.url()).await;
+    };
+    let a = Node::start(&redis.url).await;
+    let b = Node::start(&redis.url).await;
     assert_ne!(a.app.node_id, b.app.node_id);
 
     let mut alice = Client::connect(&a.url()).await;
@@ -134,7 +133,7 @@ async fn peers_on_two_nodes_meet_relay_and_part() {
     assert_eq!(got["data"]["kind"], "answer");
 
     // A third on a third node sees both, in slot order.
-    let c = Node::start(&redis.url()).await;
+    let c = Node::start(&redis.url).await;
     let mut carol = Client::connect(&c.url()).await;
     let w_carol = carol.join("standup", "carol").await;
     let mut expected = vec![
@@ -171,10 +170,9 @@ async fn peers_on_two_nodes_meet_relay_and_part() {
 
 #[tokio::test]
 async fn room_rules_hold_across_nodes() {
-    if !available() {
+    let Some(redis) = Redis::start() else {
         return;
-    }
-    let redis = Redis::start();
+    };
     let config = ServerConfig {
         limits: Limits {
             max_peers_per_room: 3,
@@ -182,8 +180,8 @@ async fn room_rules_hold_across_nodes() {
         },
         ..ServerConfig::default()
     };
-    let a = Node::with_config(&redis.url(), config.clone()).await;
-    let b = Node::with_config(&redis.url(), config).await;
+    let a = Node::with_config(&redis.url, config.clone()).await;
+    let b = Node::with_config(&redis.url, config).await;
     let mut alice = Client::connect(&a.url()).await;
     alice.join("r", "alice").await;
     // A confusable name on another node is refused, as on one node.
@@ -201,14 +199,13 @@ async fn room_rules_hold_across_nodes() {
 
 #[tokio::test]
 async fn simultaneous_joins_over_three_nodes_each_get_their_welcome_first() {
-    if !available() {
+    let Some(redis) = Redis::start() else {
         return;
-    }
-    let redis = Redis::start();
+    };
     let nodes = [
-        Node::start(&redis.url()).await,
-        Node::start(&redis.url()).await,
-        Node::start(&redis.url()).await,
+        Node::start(&redis.url).await,
+        Node::start(&redis.url).await,
+        Node::start(&redis.url).await,
     ];
     for round in 0..5 {
         let room = format!("race-{round}");
@@ -248,12 +245,11 @@ async fn simultaneous_joins_over_three_nodes_each_get_their_welcome_first() {
 
 #[tokio::test]
 async fn a_redis_restart_loses_no_member() {
-    if !available() {
+    let Some(mut redis) = Redis::start() else {
         return;
-    }
-    let mut redis = Redis::start();
-    let a = Node::start(&redis.url()).await;
-    let b = Node::start(&redis.url()).await;
+    };
+    let a = Node::start(&redis.url).await;
+    let b = Node::start(&redis.url).await;
     let mut alice = Client::connect(&a.url()).await;
     let alice_id = alice.join("r", "alice").await["peer_id"]
         .as_str()
@@ -270,7 +266,7 @@ async fn a_redis_restart_loses_no_member() {
     // The nodes put their members back: a newcomer on a node that knew nothing of the room
     // sees both, and relays work both ways.
     let started = Instant::now();
-    let c = Node::start(&redis.url()).await;
+    let c = Node::start(&redis.url).await;
     let mut carol = loop {
         let mut carol = Client::connect(&c.url()).await;
         let w = carol.join("r", "carol").await;
@@ -395,13 +391,12 @@ async fn wait_for(c: &mut Client, kind: &str) -> (Option<Value>, Instant) {
 
 #[tokio::test]
 async fn a_node_cut_off_from_redis_stops_serving_before_the_others_reap_it() {
-    if !available() {
+    let Some(redis) = Redis::start() else {
         return;
-    }
-    let redis = Redis::start();
+    };
     let relay = Cuttable::start(redis.port).await;
     let cut_off = Node::start(&relay.url()).await;
-    let steady = Node::start(&redis.url()).await;
+    let steady = Node::start(&redis.url).await;
     let mut alice = Client::connect(&cut_off.url()).await;
     let alice_id = alice.join("r", "alice").await["peer_id"]
         .as_str()
@@ -455,12 +450,11 @@ async fn a_node_cut_off_from_redis_stops_serving_before_the_others_reap_it() {
 
 #[tokio::test]
 async fn a_killed_nodes_members_leave_and_their_names_are_free_again() {
-    if !available() {
+    let Some(redis) = Redis::start() else {
         return;
-    }
-    let redis = Redis::start();
+    };
     let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
-        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+        .args(["--listen", "127.0.0.1:0", "--redis", &redis.url])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -476,7 +470,7 @@ async fn a_killed_nodes_members_leave_and_their_names_are_free_again() {
         .strip_prefix("listening on ")
         .unwrap()
         .to_string();
-    let steady = Node::start(&redis.url()).await;
+    let steady = Node::start(&redis.url).await;
     let mut alice = Client::connect(&doomed_url).await;
     let alice_id = alice.join("r", "alice").await["peer_id"]
         .as_str()
