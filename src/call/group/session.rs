@@ -299,6 +299,7 @@ async fn run_inner(
                 session.config.room.clone(),
                 session.config.name.clone(),
             );
+            signal_config.fallback_urls = session.config.fallback_servers.clone();
             signal_config.token = session.config.token.clone();
             signal_config.ca_cert = session.config.ca_cert.clone();
             signal_config.max_attempts = Some(5);
@@ -377,6 +378,10 @@ async fn events_loop(
                 }
                 Some(Command::Verify(name, reply)) => {
                     let _ = reply.send(verify_member(session, run, &name));
+                }
+                #[cfg(feature = "insecure-test-hooks")]
+                Some(Command::RestartIce(reply)) => {
+                    let _ = reply.send(false);
                 }
             },
             Some((generation, state)) = transport_state.recv() => {
