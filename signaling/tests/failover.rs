@@ -29,16 +29,22 @@ struct Server {
 
 impl Server {
     fn start(listen: &str) -> Self {
+        Self::start_with(listen, &[])
+    }
+
+    fn start_with(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sotto-signaling"))
             .args(["--listen", listen, "--web-dir", "/nonexistent"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
+        // It may print more (the SFU's addresses): read on, so it never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let url = line
             .trim()
             .strip_prefix("listening on ")
@@ -567,4 +573,79 @@ async fn a_peer_that_vanishes_still_ends_the_call_on_peer_left() {
     bob.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(alice.end().await, EndReason::PeerLeft);
+}
+
+/// Frames each member decrypted of each other present member, by (observer, name).
+async fn group_flow(
+    members: &[(&str, &Party)],
+) -> std::collections::HashMap<(String, String), u64> {
+    let mut flow = std::collections::HashMap::new();
+    for (who, p) in members {
+        for other in p.stats().await.participants {
+            if other.present {
+                flow.insert(((*who).to_owned(), other.name), other.frames_decrypted);
+            }
+        }
+    }
+    flow
+}
+
+/// Until every member decrypts every other one's audio (more frames over half a second).
+async fn until_everyone_hears_everyone(members: &[(&str, &Party)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the group never heard everyone again"
+        );
+        let before = group_flow(members).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = group_flow(members).await;
+        let all = members.iter().all(|(who, _)| {
+            members.iter().filter(|(o, _)| o != who).all(|(other, _)| {
+                let key = ((*who).to_owned(), (*other).to_owned());
+                let was = before.get(&key).copied().unwrap_or(0);
+                after.get(&key).is_some_and(|now| *now >= was + 10)
+            })
+        });
+        if all {
+            return;
+        }
+    }
+}
+
+/// A group call member whose signaling drops alone (the SFU stays) rejoins under a new id and
+/// is in the call again: everyone hears everyone, with no decrypt failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_whose_signaling_rejoins_is_in_the_call_again() {
+    let _one = ONE_CALL.lock().await;
+    let server = Server::start_with("127.0.0.1:0", &["--sfu"]);
+    let relay = Relay::start(server.addr()).await;
+    let group = |b: CallBuilder| b.configure(|c| c.group = true);
+    let mut alice = Party::start(group(party(&server.url, &[], "g", "alice", 440.0)));
+    alice.reach(CallState::WaitingForPeer).await;
+    let bob = Party::start(group(party(&server.url, &[], "g", "bob", 550.0)));
+    let carol = Party::start(group(party(
+        &relay.url,
+        &[&server.url],
+        "g",
+        "carol",
+        660.0,
+    )));
+    let members = [("alice", &alice), ("bob", &bob), ("carol", &carol)];
+    until_everyone_hears_everyone(&members).await;
+    let cut = Instant::now();
+    relay.cut().await;
+    until_everyone_hears_everyone(&members).await;
+    eprintln!(
+        "FIGURES group member rejoined: everyone hears everyone again after {} ms",
+        cut.elapsed().as_millis()
+    );
+    for (who, p) in &members {
+        let s = p.stats().await;
+        assert_eq!(s.decrypt_failures, 0, "{who}");
+    }
+    assert_eq!(alice.hang_up().await, EndReason::LocalHangup);
+    assert_eq!(bob.hang_up().await, EndReason::LocalHangup);
+    assert_eq!(carol.hang_up().await, EndReason::LocalHangup);
 }

@@ -520,7 +520,10 @@ async fn on_signal(
         } => {
             tracing::info!(%peer_id, others = peers.len(), "joined the room");
             if run.keys.is_some() {
-                return Ok(()); // a rejoin after a reconnect: the call goes on
+                // A rejoin after a reconnect, under a new id: the others saw us leave (and
+                // rekeyed without us) and now see a new member. We come in again as one.
+                tracing::info!("back in the room under a new id: entering the group call again");
+                leave_group(session, run).await;
             }
             let room = RoomInfo {
                 our_id: peer_id,
@@ -602,6 +605,44 @@ async fn on_signal(
         }
     }
     Ok(())
+}
+
+/// Gives up our place in the group after our signaling rejoined under a new id (the server
+/// took the old one out of the room and the SFU): media, the SFU connection, our keys and the
+/// members go; [`enter`] and new handshakes follow, as for a joiner.
+async fn leave_group(session: &Session, run: &mut Run) {
+    if let Some(media) = run.media.take() {
+        // The audio I/O goes home unfinished: the next media threads take it up.
+        media.threads.handover.store(true, Relaxed);
+        stop_media(media.threads).await;
+    }
+    run.sfu_connected = false;
+    if let Some(old) = run.transport.take() {
+        tokio::spawn(async move {
+            if let Err(e) = old.close().await {
+                tracing::debug!("closing the old SFU connection: {e}");
+            }
+        });
+    }
+    // States of the old connection are stale from now on.
+    run.sfu_gen += 1;
+    run.reconnect = SfuReconnect::default();
+    run.keys = None;
+    for (_, member) in run.members.drain() {
+        run.video_counts.clear(member.slot);
+        run.speaking.clear(member.slot);
+        if let Ok(mut names) = run.video_names.lock() {
+            names.remove(&member.slot);
+        }
+        if member.control.is_some() {
+            emit(
+                session,
+                CallEvent::ParticipantLeft {
+                    name: member.name(),
+                },
+            );
+        }
+    }
 }
 
 /// Takes our place in the group: the SFU connection (its offer goes out now) and our keys.
