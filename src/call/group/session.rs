@@ -303,6 +303,7 @@ async fn run_inner(
             signal_config.token = session.config.token.clone();
             signal_config.ca_cert = session.config.ca_cert.clone();
             signal_config.max_attempts = Some(5);
+            signal_config.retry_forever_once_joined = true;
             let (signal, events) = SignalClient::connect(signal_config);
             run.signal = Some(signal);
             events
