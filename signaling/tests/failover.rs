@@ -665,3 +665,22 @@ async fn a_group_member_whose_signaling_rejoins_is_in_the_call_again() {
     assert_eq!(bob.hang_up().await, EndReason::LocalHangup);
     assert_eq!(carol.hang_up().await, EndReason::LocalHangup);
 }
+
+/// Before any media, a call still gives up on signaling that stays gone (once in a call it
+/// keeps trying): one waiting for its peer ends when its server dies and never comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_its_peer_gives_up_when_signaling_stays_gone() {
+    let _one = ONE_CALL.lock().await;
+    for group in [false, true] {
+        let mut server = Server::start_with("127.0.0.1:0", &["--sfu"]);
+        let mut alice = Party::start(
+            party(&server.url, &[], "alone", "alice", 440.0).configure(|c| c.group = group),
+        );
+        alice.reach(CallState::WaitingForPeer).await;
+        server.kill();
+        match alice.end().await {
+            EndReason::SignalingFailed(why) => assert!(why.contains("gave up"), "{why}"),
+            other => panic!("group {group}: {other:?}"),
+        }
+    }
+}

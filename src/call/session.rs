@@ -57,7 +57,7 @@ const STRAY_SIGNALS: usize = 16;
 
 /// How many signaling attempts in a row may fail before a call that never joined the room
 /// gives up (once joined, it keeps trying: the media may still flow).
-const SIGNAL_ATTEMPTS: u32 = 5;
+pub(crate) const SIGNAL_ATTEMPTS: u32 = 5;
 
 /// The application's video source (if it sends video) and sink.
 pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
@@ -945,6 +945,13 @@ impl Session {
             }
             SignalEvent::Reconnecting { attempt, delay } => {
                 tracing::info!(attempt, ?delay, "reconnecting to signaling");
+                // The client retries without limit once joined, for a call in progress; one
+                // that has no media yet gives up as before.
+                if run.media.is_none() && !self.had_media && attempt >= SIGNAL_ATTEMPTS {
+                    return Err(EndReason::SignalingFailed(format!(
+                        "gave up after {attempt} attempts"
+                    )));
+                }
                 Ok(false)
             }
             SignalEvent::Closed { reason } => {

@@ -28,8 +28,8 @@ use super::super::events::{CallEvent, CallState, EndReason, PeerInfo};
 use super::super::media_loop::MediaNotice;
 use super::super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::super::session::{
-    HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, Session, ice_servers_to_use,
-    stop_media, verify_key, we_initiate,
+    HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, SIGNAL_ATTEMPTS, Session,
+    ice_servers_to_use, stop_media, verify_key, we_initiate,
 };
 use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
@@ -302,7 +302,7 @@ async fn run_inner(
             signal_config.fallback_urls = session.config.fallback_servers.clone();
             signal_config.token = session.config.token.clone();
             signal_config.ca_cert = session.config.ca_cert.clone();
-            signal_config.max_attempts = Some(5);
+            signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
             signal_config.retry_forever_once_joined = true;
             let (signal, events) = SignalClient::connect(signal_config);
             run.signal = Some(signal);
@@ -595,6 +595,13 @@ async fn on_signal(
         }
         SignalEvent::Reconnecting { attempt, delay } => {
             tracing::info!(attempt, ?delay, "reconnecting to signaling");
+            // The client retries without limit once joined, for a call in progress; one that
+            // has no media yet gives up as before.
+            if run.media.is_none() && !session.had_media && attempt >= SIGNAL_ATTEMPTS {
+                return Err(EndReason::SignalingFailed(format!(
+                    "gave up after {attempt} attempts"
+                )));
+            }
         }
         SignalEvent::Closed { reason } => {
             run.signaling_up = false;
