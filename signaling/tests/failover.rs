@@ -526,7 +526,8 @@ async fn a_call_moves_to_the_fallback_server_when_its_server_is_killed() {
 }
 
 /// A peer that really vanishes (its process killed: no hang-up, no media) still ends the
-/// call on `peer_left`, not after the 30 s a lost path gets.
+/// call on `peer_left`, not after the 30 s a lost path gets. (Its `sotto call --server` lists
+/// a dead node first.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_vanishes_still_ends_the_call_on_peer_left() {
     let _one = ONE_CALL.lock().await;
@@ -535,15 +536,15 @@ async fn a_peer_that_vanishes_still_ends_the_call_on_peer_left() {
     alice.reach(CallState::WaitingForPeer).await;
     let dir = std::env::temp_dir().join(format!("sotto-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Bob's CLI is given a dead node first: it goes on to the next of its list.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ws://{}/ws", l.local_addr().unwrap())
+    };
+    let servers = format!("{dead},{}", server.url);
     let mut bob = Command::new(sotto_bin::sotto_bin())
         .args([
-            "call",
-            "--server",
-            &server.url,
-            "--room",
-            "vanish",
-            "--name",
-            "bob",
+            "call", "--server", &servers, "--room", "vanish", "--name", "bob",
         ])
         .args([
             "--bind",
