@@ -12,6 +12,7 @@
 //! - [`server`]: worker threads with one UDP socket each; [`Sfu::join`] and [`Sfu::leave`].
 //! - [`metrics`]: Prometheus counters.
 //! - [`attach`]: `--signaling`, the SFU as a WebSocket client of a signaling hub.
+//! - [`redis_node`]: `--redis`, the SFU as a node that signaling nodes find through Redis.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@
 pub mod attach;
 pub mod demux;
 pub mod metrics;
+pub mod redis_node;
 pub mod room;
 pub mod server;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use sotto_sfu::attach::AttachConfig;
+use sotto_sfu::redis_node::{RedisNode, RedisNodeConfig};
 use sotto_sfu::{ForwardConfig, Sfu, SfuConfig};
 
 /// Forwards SFrame-sealed group-call media it cannot decrypt.
@@ -40,8 +41,17 @@ struct Args {
     metrics: Option<SocketAddr>,
     /// Attach to the signaling hub at this URL (ws://HOST:PORT/ws or wss://...), which then
     /// hands this SFU group rooms; reconnects with back-off when the hub goes away.
-    #[arg(long, value_name = "WS-URL", requires = "token")]
+    #[arg(
+        long,
+        value_name = "WS-URL",
+        requires = "token",
+        conflicts_with = "redis"
+    )]
     signaling: Option<String>,
+    /// Register in this Redis server (redis://HOST:PORT) and serve the group rooms that
+    /// signaling nodes sharing it (`sotto-signaling --redis`) place here.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// The hub's token for this SFU (`sotto-signaling token --sfu`).
     #[arg(
         long,
@@ -75,11 +85,12 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let defaults = SfuConfig::default();
+    let capacity = u32::try_from(args.max_rooms).unwrap_or(u32::MAX).max(1);
     let attach = match (args.signaling, args.token) {
         (Some(url), Some(token)) => Some(AttachConfig {
             url,
             token,
-            capacity: u32::try_from(args.max_rooms).unwrap_or(u32::MAX).max(1),
+            capacity,
             ca_cert: args.ca_cert,
         }),
         _ => None,
@@ -109,6 +120,23 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .name("sotto-sfu-metrics".into())
             .spawn(move || serve_metrics(&listener, &sfu))?;
     }
+    // Stops (and deregisters) when dropped, which only an error exit does.
+    let _node = match &args.redis {
+        Some(url) => {
+            let node = RedisNode::start(
+                sfu.clone(),
+                &RedisNodeConfig {
+                    url: url.clone(),
+                    capacity,
+                },
+            )?;
+            // A second line, only with the flag: the id signaling nodes know this SFU by.
+            println!("redis id {}", node.id());
+            std::io::stdout().flush()?;
+            Some(node)
+        }
+        None => None,
+    };
     match attach {
         Some(config) => sotto_sfu::attach::run(&sfu, &config)?,
         None => loop {

@@ -66,6 +66,16 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     /// Keyframe requests relayed to publishers.
     pub keyframe_requests: AtomicU64,
+    /// `--redis`: 1 while the SFU's registration in Redis is refreshed, else 0.
+    pub redis_registered: AtomicU64,
+    /// `--redis`: offers served from the SFU's Redis channel (answered or refused).
+    pub redis_offers: AtomicU64,
+    /// `--redis`: leaves served from the SFU's Redis channel.
+    pub redis_leaves: AtomicU64,
+    /// `--redis`: messages on the SFU's Redis channel that were not a request it serves.
+    pub redis_bad_messages: AtomicU64,
+    /// `--redis`: members dropped because the SFU lost Redis (its rooms move elsewhere).
+    pub redis_dropped_members: AtomicU64,
     dropped: [AtomicU64; 6],
 }
 
@@ -124,6 +134,36 @@ impl Metrics {
             "counter",
             "Keyframe requests relayed to publishers.",
             &self.keyframe_requests,
+        );
+        one(
+            "sotto_sfu_redis_registered",
+            "gauge",
+            "1 while the registration in Redis is refreshed (--redis).",
+            &self.redis_registered,
+        );
+        one(
+            "sotto_sfu_redis_offers_total",
+            "counter",
+            "Offers served from the Redis channel.",
+            &self.redis_offers,
+        );
+        one(
+            "sotto_sfu_redis_leaves_total",
+            "counter",
+            "Leaves served from the Redis channel.",
+            &self.redis_leaves,
+        );
+        one(
+            "sotto_sfu_redis_bad_messages_total",
+            "counter",
+            "Messages on the Redis channel that were not a request the SFU serves.",
+            &self.redis_bad_messages,
+        );
+        one(
+            "sotto_sfu_redis_dropped_members_total",
+            "counter",
+            "Members dropped because the SFU lost Redis.",
+            &self.redis_dropped_members,
         );
         let _ = writeln!(
             s,

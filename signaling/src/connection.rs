@@ -60,6 +60,18 @@ impl Bucket {
     }
 }
 
+/// A join waiting for the cluster: the room, the drawn id, the token claim to keep, and the
+/// answer (taken by the connection's loop).
+struct Joining {
+    room: String,
+    peer_id: Arc<str>,
+    claim: Option<TokenClaim>,
+    answer: Option<tokio::sync::oneshot::Receiver<crate::hub::JoinOutcome>>,
+}
+
+/// How long a join may wait for the cluster before it is refused as `unavailable`.
+const CLUSTER_JOIN_WAIT: Duration = Duration::from_secs(5);
+
 struct Joined {
     room: String,
     peer_id: Arc<str>,
@@ -146,6 +158,8 @@ struct Conn {
     /// Set when this connection is an attached SFU: its id in the pool.
     attached: Option<u64>,
     claim: Option<TokenClaim>,
+    /// A join the cluster (`--redis`) has not answered yet.
+    joining: Option<Joining>,
     bucket: Bucket,
     last_rate_error: Option<Instant>,
 }
@@ -217,7 +231,7 @@ impl Conn {
             } => self.on_join(room, name, token),
             ClientMessage::Leave { .. } => match self.joined.take() {
                 Some(j) => {
-                    self.app.hub.leave(&j.room, &j.peer_id);
+                    leave_room(&self.app, &j);
                     leave_sfu(&self.app, &j);
                 }
                 None => self.error(ErrorCode::NotJoined, "leave before join"),
@@ -248,6 +262,9 @@ impl Conn {
         let Some(j) = self.joined.as_ref() else {
             return self.error(ErrorCode::NotJoined, "signal before join");
         };
+        if let Some(cluster) = self.app.sfu_cluster.clone() {
+            return self.on_cluster_sfu_signal(&cluster, data);
+        }
         if !self.app.sfus.available() {
             return self.error(ErrorCode::NoSfu, "this server has no SFU");
         }
@@ -334,10 +351,46 @@ impl Conn {
         });
     }
 
+    /// With `--redis`: the offer or leave goes to the room's SFU through Redis; the answer
+    /// comes back through Redis too.
+    fn on_cluster_sfu_signal(
+        &self,
+        cluster: &crate::cluster_sfu::ClusterSfu,
+        data: &serde_json::value::RawValue,
+    ) {
+        let Some(j) = self.joined.as_ref() else {
+            return;
+        };
+        match serde_json::from_str::<SfuSignal>(data.get()) {
+            Ok(SfuSignal::SfuOffer { sdp }) => {
+                if cluster.offer(&j.room, &j.peer_id, sdp).is_err() {
+                    self.app.metrics.error(ErrorCode::SfuRefused);
+                    self.send(&ServerMessage::Error {
+                        v: PROTOCOL_VERSION,
+                        code: ErrorCode::SfuRefused,
+                        message: "unavailable: too many offers waiting".into(),
+                    });
+                }
+            }
+            Ok(SfuSignal::SfuLeave {}) => cluster.leave(&j.room, &j.peer_id),
+            Err(_) => self.error(
+                ErrorCode::BadMessage,
+                "the SFU takes sfu_offer (with sdp) or sfu_leave",
+            ),
+        }
+    }
+
     /// `sfu_attach`: this connection becomes an attached SFU, if its token says so.
     fn on_attach(&mut self, text: &str) {
         if self.joined.is_some() || self.attached.is_some() {
             return self.error(ErrorCode::AlreadyJoined, "already in a room or attached");
+        }
+        if self.app.sfu_cluster.is_some() {
+            // Rooms are placed through Redis here; an attached SFU would never get one.
+            return self.error(
+                ErrorCode::BadMessage,
+                "this server places group rooms through Redis: start the SFU with --redis",
+            );
         }
         let attach = match serde_json::from_str::<SfuAttach>(text) {
             Ok(a) if a.capacity > 0 => a,
@@ -455,6 +508,14 @@ impl Conn {
             return self.error(ErrorCode::AlreadyJoined, "already in a room; leave first");
         }
         let mut claim = None;
+        // With a secret, the cluster keeps one member per token (`token_in_use`), as the
+        // claim below does on one node.
+        let token_hash = match (&self.app.config.secret, &token) {
+            (Some(_), Some(token)) if self.app.cluster.get().is_some() => {
+                crate::cluster::token_hash(token)
+            }
+            _ => String::new(),
+        };
         if let Some(secret) = &self.app.config.secret {
             let Some(token) = token else {
                 return self.error(ErrorCode::BadToken, "this server requires a join token");
@@ -480,13 +541,19 @@ impl Conn {
                 });
             }
         }
+        if self.joining.is_some() {
+            return self.error(ErrorCode::AlreadyJoined, "a join is in progress");
+        }
         let handle = PeerHandle {
             outbox: self.outbox.clone(),
             kick: self.kick.clone(),
         };
+        if let Some(cluster) = self.app.cluster.get().cloned() {
+            return self.join_cluster(&cluster, room, name, token_hash, handle, claim);
+        }
         let app = &self.app;
         // Asked before the hub's lock is taken: the SFU pool has a lock of its own.
-        let sfu = app.sfus.available();
+        let sfu = sfu_available(app);
         let welcome = |peer_id: &Arc<str>, slot: u8, peers: Vec<PeerInfo>| {
             encode(&ServerMessage::Welcome {
                 v: PROTOCOL_VERSION,
@@ -519,8 +586,137 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// A join through the cluster: the hub holds the joiner, the cluster adds it to the room
+    /// in Redis, and the join completes when the cluster's event comes back (with the
+    /// `welcome`), in [`Conn::joined_cluster`].
+    fn join_cluster(
+        &mut self,
+        cluster: &crate::cluster::Cluster,
+        room: String,
+        name: String,
+        tok: String,
+        handle: PeerHandle,
+        claim: Option<TokenClaim>,
+    ) {
+        if cluster.is_fenced() {
+            return self.error(
+                ErrorCode::Unavailable,
+                "this server cannot reach the cluster now; try again or another server",
+            );
+        }
+        let Some(peer_id) = self.app.hub.draw_id() else {
+            return self.error(ErrorCode::ServerFull, "no peer id could be drawn");
+        };
+        let app = self.app.clone();
+        let sfu = sfu_available(&app);
+        let welcome_room = room.clone();
+        let welcome: crate::hub::WelcomeFn = Box::new(move |peer_id, slot, peers| {
+            encode(&ServerMessage::Welcome {
+                v: PROTOCOL_VERSION,
+                peer_id: peer_id.to_string(),
+                slot: Some(slot),
+                room: welcome_room,
+                peers,
+                ice_servers: app
+                    .config
+                    .ice
+                    .servers_for(peer_id.as_ref(), crate::token::unix_now()),
+                sfu,
+            })
+        });
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.app
+            .hub
+            .hold_join(peer_id.clone(), handle, welcome, done);
+        let skel = sotto::names::skeleton(&name);
+        if !cluster.join(&room, peer_id.clone(), &name, skel, tok) {
+            self.app
+                .hub
+                .cluster_refused(&peer_id, ErrorCode::Unavailable);
+        }
+        self.joining = Some(Joining {
+            room,
+            peer_id,
+            claim,
+            answer: Some(answer),
+        });
+    }
+
+    /// The cluster answered a join (or it waited too long: `None`).
+    fn joined_cluster(&mut self, outcome: Option<crate::hub::JoinOutcome>) {
+        let Some(joining) = self.joining.take() else {
+            return;
+        };
+        match outcome {
+            Some(Ok((peer_id, _slot))) => {
+                tracing::info!(peer = %peer_id, room = %joining.room, "joined");
+                self.joined = Some(Joined {
+                    room: joining.room,
+                    peer_id,
+                    sfu_jobs: SfuJobs::default(),
+                });
+                if joining.claim.is_some() {
+                    self.claim = joining.claim;
+                }
+            }
+            Some(Err(code)) => self.error(code, refusal_message(code)),
+            None => {
+                // Late answers are undone: the hub forgets the joiner, the cluster removes it.
+                self.app
+                    .hub
+                    .cluster_refused(&joining.peer_id, ErrorCode::Unavailable);
+                if let Some(cluster) = self.app.cluster.get() {
+                    cluster.leave(&joining.room, &joining.peer_id);
+                }
+                self.error(
+                    ErrorCode::Unavailable,
+                    refusal_message(ErrorCode::Unavailable),
+                );
+            }
+        }
+    }
+}
+
+/// Removes `j` from its room: here, and in the cluster's copy with `--redis`.
+fn leave_room(app: &Arc<App>, j: &Joined) {
+    app.hub.leave(&j.room, &j.peer_id);
+    if let Some(cluster) = app.cluster.get() {
+        cluster.leave(&j.room, &j.peer_id);
+    }
+}
+
+/// Waits for the cluster's answer to a join, at most [`CLUSTER_JOIN_WAIT`]; never resolves
+/// without a join waiting.
+async fn join_answer(
+    answer: &mut Option<tokio::sync::oneshot::Receiver<crate::hub::JoinOutcome>>,
+) -> Option<crate::hub::JoinOutcome> {
+    let Some(rx) = answer.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = tokio::time::timeout(CLUSTER_JOIN_WAIT, rx).await;
+    *answer = None;
+    match outcome {
+        Ok(Ok(outcome)) => Some(outcome),
+        Ok(Err(_)) => Some(Err(ErrorCode::Unavailable)),
+        Err(_) => None,
+    }
+}
+
+/// Whether group calls have an SFU now (the `welcome`'s `sfu`): with `--redis`, a live SFU
+/// registered there (or this node's own); else the in-process or an attached one.
+fn sfu_available(app: &App) -> bool {
+    match &app.sfu_cluster {
+        Some(cluster) => cluster.any_live() || app.sfu.is_some(),
+        None => app.sfus.available(),
+    }
+}
+
 /// Tells the room's SFU that `j` left it, if it had offered to it.
 fn leave_sfu(app: &Arc<App>, j: &Joined) {
+    if let Some(cluster) = &app.sfu_cluster {
+        return cluster.leave(&j.room, &j.peer_id);
+    }
     match app.sfus.unseat(&j.room, &j.peer_id) {
         Some(Route::InProcess(sfu)) => {
             let (room, peer) = (j.room.clone(), j.peer_id.clone());
@@ -656,8 +852,22 @@ fn slow_consumer() -> End {
     }
 }
 
-fn kicked(app: &App) -> End {
-    if app.shutdown.is_cancelled() {
+fn kicked(app: &App, reason: Option<ErrorCode>) -> End {
+    if let Some(code) = reason {
+        End::Tell {
+            close: Close {
+                code,
+                // 1013: try again later.
+                ws_code: 1013,
+                reason: "join again",
+            },
+            detail: match code {
+                ErrorCode::Unavailable => "this server lost the cluster's shared state; join again",
+                _ => "the room changed while this server was away; join again",
+            },
+            flush: true,
+        }
+    } else if app.shutdown.is_cancelled() {
         End::Tell {
             close: Close {
                 code: ErrorCode::ShuttingDown,
@@ -672,9 +882,9 @@ fn kicked(app: &App) -> End {
     }
 }
 
-fn write_failed(app: &App, e: WriteFailed) -> End {
+fn write_failed(app: &App, reason: Option<ErrorCode>, e: WriteFailed) -> End {
     match e {
-        WriteFailed::Kicked => kicked(app),
+        WriteFailed::Kicked => kicked(app, reason),
         WriteFailed::TimedOut => slow_consumer(),
         WriteFailed::Io => End::Quiet,
     }
@@ -697,6 +907,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
         joined: None,
         attached: None,
         claim: None,
+        joining: None,
         bucket: Bucket::new(limits.rate_per_sec, limits.rate_burst),
         last_rate_error: None,
     };
@@ -705,12 +916,13 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
     let mut last_seen = Instant::now();
     // Restarted whenever the connection is not in a room: a socket must join to keep its slot.
     let join_deadline = tokio::time::sleep(limits.join_timeout);
+    let mut join_wait = None;
     tokio::pin!(join_deadline);
 
     let end = loop {
         tokio::select! {
             biased;
-            () = kick.cancelled() => break kicked(&app),
+            () = kick.cancelled() => break kicked(&app, conn.outbox.end_reason()),
             () = &mut join_deadline, if conn.joined.is_none() && conn.attached.is_none() => {
                 break End::Tell {
                     close: Close { code: ErrorCode::JoinTimeout, ws_code: 1008, reason: "no join" },
@@ -718,9 +930,11 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
                     flush: true,
                 };
             }
+            // Before the inbox: the connection knows it joined before it writes the welcome.
+            outcome = join_answer(&mut join_wait) => conn.joined_cluster(outcome),
             Some(frame) = inbox.recv() => {
                 if let Err(e) = write(&mut sink, Message::Text(frame), &kick, limits.write_timeout).await {
-                    break write_failed(&app, e);
+                    break write_failed(&app, conn.outbox.end_reason(), e);
                 }
             }
             inbound = stream.next() => {
@@ -732,6 +946,9 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
                         let was_joined = conn.joined.is_some();
                         if let Some(close) = conn.on_text(text.as_str(), now) {
                             break End::Tell { close, detail: "message exceeds the size limit", flush: true };
+                        }
+                        if let Some(answer) = conn.joining.as_mut().and_then(|j| j.answer.take()) {
+                            join_wait = Some(answer);
                         }
                         if was_joined && conn.joined.is_none() {
                             join_deadline.as_mut().reset(tokio::time::Instant::now() + limits.join_timeout);
@@ -757,7 +974,7 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
                     };
                 }
                 if let Err(e) = write(&mut sink, Message::Ping(Default::default()), &kick, limits.write_timeout).await {
-                    break write_failed(&app, e);
+                    break write_failed(&app, conn.outbox.end_reason(), e);
                 }
             }
         }
@@ -773,9 +990,14 @@ pub(crate) async fn run(socket: WebSocket, app: Arc<App>) {
     };
     drop(conn.claim.take());
     if let Some(j) = conn.joined.take() {
-        app.hub.leave(&j.room, &j.peer_id);
+        leave_room(&app, &j);
         leave_sfu(&app, &j);
         tracing::info!(peer = %j.peer_id, room = %j.room, "left");
+    }
+    if let Some(joining) = conn.joining.take() {
+        // The cluster may still add it: the hub's answer then finds no joiner and undoes it.
+        app.hub
+            .cluster_refused(&joining.peer_id, ErrorCode::Unavailable);
     }
     if let Some(id) = conn.attached.take() {
         detach_sfu(&app, id);

@@ -33,6 +33,8 @@ pub struct QueueFull;
 pub struct Outbox {
     tx: mpsc::Sender<Utf8Bytes>,
     queued: Arc<AtomicUsize>,
+    /// Why the hub disconnected the peer, when it was not for being slow.
+    ended: Arc<std::sync::OnceLock<ErrorCode>>,
     max_bytes: usize,
     metrics: Arc<Metrics>,
 }
@@ -54,6 +56,7 @@ pub fn outbox(max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> (
         Outbox {
             tx,
             queued: queued.clone(),
+            ended: Arc::default(),
             max_bytes,
             metrics: metrics.clone(),
         },
@@ -89,6 +92,11 @@ impl Outbox {
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         self.queued.load(Relaxed)
+    }
+
+    /// Why the hub disconnected this peer (other than being too slow), if it did.
+    pub fn end_reason(&self) -> Option<ErrorCode> {
+        self.ended.get().copied()
     }
 }
 
@@ -131,6 +139,15 @@ pub struct PeerHandle {
     pub kick: CancellationToken,
 }
 
+/// How a member is reached: through its connection here, or through the node it is on.
+#[derive(Debug)]
+enum Reach {
+    /// Connected to this process.
+    Local(PeerHandle),
+    /// Connected to another node of the cluster (`--redis`): a copy of its record.
+    Remote(Arc<str>),
+}
+
 #[derive(Debug)]
 struct Member {
     id: Arc<str>,
@@ -139,7 +156,21 @@ struct Member {
     name: String,
     /// `sotto::names::skeleton(name)`: names with equal skeletons look alike.
     skeleton: String,
-    handle: PeerHandle,
+    reach: Reach,
+}
+
+impl Member {
+    fn is_local(&self) -> bool {
+        matches!(self.reach, Reach::Local(_))
+    }
+
+    fn info(&self) -> PeerInfo {
+        PeerInfo {
+            peer_id: self.id.to_string(),
+            name: self.name.clone(),
+            slot: Some(self.slot),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -147,10 +178,63 @@ struct Room {
     members: Vec<Member>,
 }
 
+impl Room {
+    fn has_local(&self) -> bool {
+        self.members.iter().any(Member::is_local)
+    }
+}
+
+/// Makes a joiner's `welcome` from its id, its slot and the members already there.
+pub type WelcomeFn = Box<dyn FnOnce(&Arc<str>, u8, Vec<PeerInfo>) -> Utf8Bytes + Send>;
+
+/// What a join through the cluster ends with: the joiner's id and slot, or a refusal.
+pub type JoinOutcome = Result<(Arc<str>, u8), ErrorCode>;
+
+/// A local member whose join the cluster has not confirmed yet.
+struct PendingJoin {
+    handle: PeerHandle,
+    welcome: WelcomeFn,
+    done: tokio::sync::oneshot::Sender<JoinOutcome>,
+}
+
+impl std::fmt::Debug for PendingJoin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingJoin")
+    }
+}
+
+/// A member as the cluster records it (see [`crate::cluster`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Peer id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The name's skeleton.
+    pub skel: String,
+    /// Slot in the room.
+    pub slot: u8,
+    /// The node the member is connected to.
+    pub node: String,
+    /// SHA-256 of its join token (hex), or empty.
+    #[serde(default)]
+    pub tok: String,
+}
+
+/// Where signals for members on other nodes go (the cluster's publisher).
+pub trait RemoteDelivery: Send + Sync + std::fmt::Debug {
+    /// Queues `frame` for member `to` of `room`, connected to `node`; false if the queue
+    /// towards the cluster is full (the frame is dropped).
+    fn deliver(&self, node: &str, room: &str, to: &str, frame: &Utf8Bytes) -> bool;
+}
+
 /// All rooms of a server, and the join tokens held by open connections.
 #[derive(Debug)]
 pub struct Hub {
     rooms: Mutex<HashMap<String, Room>>,
+    /// Local joins waiting for the cluster (only with `--redis`); locked after `rooms`.
+    pending: Mutex<HashMap<Arc<str>, PendingJoin>>,
+    remote: std::sync::OnceLock<Arc<dyn RemoteDelivery>>,
     tokens: Mutex<HashSet<String>>,
     rng: SystemRandom,
     max_peers_per_room: usize,
@@ -162,6 +246,8 @@ impl Hub {
     pub fn new(max_peers_per_room: usize, metrics: Arc<Metrics>) -> Self {
         Hub {
             rooms: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            remote: std::sync::OnceLock::new(),
             tokens: Mutex::new(HashSet::new()),
             rng: SystemRandom::new(),
             max_peers_per_room,
@@ -172,6 +258,15 @@ impl Hub {
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
         // A panic while holding the lock would be a bug; keep serving with the data as is.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<Arc<str>, PendingJoin>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends signals for members on other nodes through `remote` (set once, at start).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteDelivery>) {
+        let _ = self.remote.set(remote);
     }
 
     fn tokens(&self) -> MutexGuard<'_, HashSet<String>> {
@@ -192,11 +287,36 @@ impl Hub {
         self.tokens().remove(token);
     }
 
-    fn deliver(&self, to: &Member, frame: &Utf8Bytes) {
-        if to.handle.outbox.try_push(frame.clone()).is_err() && !to.handle.kick.is_cancelled() {
+    fn deliver(&self, room: &str, to: &Member, frame: &Utf8Bytes) {
+        match &to.reach {
+            Reach::Local(handle) => Self::push(&to.id, handle, frame),
+            Reach::Remote(node) => {
+                let queued = self
+                    .remote
+                    .get()
+                    .is_some_and(|r| r.deliver(node, room, &to.id, frame));
+                if !queued {
+                    self.metrics.cluster_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    fn push(id: &str, handle: &PeerHandle, frame: &Utf8Bytes) {
+        if handle.outbox.try_push(frame.clone()).is_err() && !handle.kick.is_cancelled() {
             // The connection counts the `slow_consumer` error once, when it closes.
-            tracing::warn!(peer = %to.id, "outbound queue full; disconnecting slow peer");
-            to.handle.kick.cancel();
+            tracing::warn!(peer = %id, "outbound queue full; disconnecting slow peer");
+            handle.kick.cancel();
+        }
+    }
+
+    /// Tells the members connected here (but `except`) that something happened in the room.
+    /// Membership news for members on other nodes comes from their own nodes.
+    fn announce(&self, room: &Room, except: &str, frame: &Utf8Bytes) {
+        for m in &room.members {
+            if let (Reach::Local(handle), true) = (&m.reach, &*m.id != except) {
+                Self::push(&m.id, handle, frame);
+            }
         }
     }
 
@@ -254,24 +374,15 @@ impl Hub {
                 return Err(code);
             }
         };
-        let existing = entry
-            .members
-            .iter()
-            .map(|m| PeerInfo {
-                peer_id: m.id.to_string(),
-                name: m.name.clone(),
-                slot: Some(m.slot),
-            })
-            .collect();
+        let mut existing: Vec<PeerInfo> = entry.members.iter().map(Member::info).collect();
+        existing.sort_by_key(|p| p.slot);
         let announce = encode(&ServerMessage::PeerJoined {
             v: PROTOCOL_VERSION,
             peer_id: id.to_string(),
             name: name.to_string(),
             slot: Some(slot),
         });
-        for m in &entry.members {
-            self.deliver(m, &announce);
-        }
+        self.announce(entry, "", &announce);
         if handle
             .outbox
             .try_push(welcome(&id, slot, existing))
@@ -286,7 +397,7 @@ impl Hub {
             slot,
             name: name.to_string(),
             skeleton,
-            handle,
+            reach: Reach::Local(handle),
         });
         if is_new {
             self.metrics.rooms.fetch_add(1, Relaxed);
@@ -295,49 +406,53 @@ impl Hub {
         Ok(id)
     }
 
-    /// Removes a peer and tells the rest of its room.
+    /// Removes a peer and tells the rest of its room (those connected here: the others hear
+    /// it from their own nodes).
     pub fn leave(&self, room: &str, peer_id: &str) {
         let mut rooms = self.rooms();
         let Some(entry) = rooms.get_mut(room) else {
             return;
         };
-        let before = entry.members.len();
-        entry.members.retain(|m| &*m.id != peer_id);
-        if entry.members.len() == before {
+        let Some(at) = entry.members.iter().position(|m| &*m.id == peer_id) else {
             return;
+        };
+        let gone = entry.members.remove(at);
+        if gone.is_local() {
+            self.metrics.peers.fetch_sub(1, Relaxed);
         }
-        self.metrics.peers.fetch_sub(1, Relaxed);
         let announce = encode(&ServerMessage::PeerLeft {
             v: PROTOCOL_VERSION,
             peer_id: peer_id.to_string(),
         });
-        for m in &entry.members {
-            self.deliver(m, &announce);
-        }
-        if entry.members.is_empty() {
+        self.announce(entry, "", &announce);
+        if !entry.has_local() {
+            // Copies of other nodes' members are kept only for rooms with members here.
             rooms.remove(room);
             self.metrics.rooms.fetch_sub(1, Relaxed);
         }
     }
 
-    /// Queues `frame` for member `peer` of `room`; false if there is no such member.
+    /// Queues `frame` for member `peer` of `room` if it is connected here; false if not.
     pub fn send_to(&self, room: &str, peer: &str, frame: &Utf8Bytes) -> bool {
         let rooms = self.rooms();
-        let Some(member) = rooms
+        let Some(Member {
+            reach: Reach::Local(handle),
+            ..
+        }) = rooms
             .get(room)
             .and_then(|r| r.members.iter().find(|m| &*m.id == peer))
         else {
             return false;
         };
-        self.deliver(member, frame);
+        Self::push(peer, handle, frame);
         true
     }
 
-    /// Queues `frame` for every member of `room`.
+    /// Queues `frame` for every member of `room` connected here.
     pub fn send_to_room(&self, room: &str, frame: &Utf8Bytes) {
         let rooms = self.rooms();
-        for m in rooms.get(room).into_iter().flat_map(|r| &r.members) {
-            self.deliver(m, frame);
+        if let Some(entry) = rooms.get(room) {
+            self.announce(entry, "", frame);
         }
     }
 
@@ -367,12 +482,12 @@ impl Hub {
                     .iter()
                     .find(|m| &*m.id == to && &*m.id != from)
                     .ok_or(ErrorCode::UnknownPeer)?;
-                self.deliver(target, &frame);
+                self.deliver(room, target, &frame);
                 delivered = 1;
             }
             None => {
                 for m in entry.members.iter().filter(|m| &*m.id != from) {
-                    self.deliver(m, &frame);
+                    self.deliver(room, m, &frame);
                     delivered += 1;
                 }
             }
@@ -381,6 +496,239 @@ impl Hub {
             .messages_relayed
             .fetch_add(delivered as u64, Relaxed);
         Ok(delivered)
+    }
+
+    // ---- The cluster's side (`--redis`): see `crate::cluster`. ----
+
+    /// Draws a peer id for a join through the cluster (it checks the id is free).
+    pub fn draw_id(&self) -> Option<Arc<str>> {
+        self.new_id(&Room::default())
+    }
+
+    /// Holds a local joiner until the cluster confirms its join with [`Hub::cluster_joined`]
+    /// or refuses it with [`Hub::cluster_refused`]; `done` then tells the connection.
+    pub fn hold_join(
+        &self,
+        id: Arc<str>,
+        handle: PeerHandle,
+        welcome: WelcomeFn,
+        done: tokio::sync::oneshot::Sender<JoinOutcome>,
+    ) {
+        self.pending().insert(
+            id,
+            PendingJoin {
+                handle,
+                welcome,
+                done,
+            },
+        );
+    }
+
+    /// The cluster refused (or could not make) a held join.
+    pub fn cluster_refused(&self, id: &str, code: ErrorCode) {
+        if let Some(p) = self.pending().remove(id) {
+            let _ = p.done.send(Err(code));
+        }
+    }
+
+    /// The cluster added `member` to `room`. `roster` (the members already there) comes with
+    /// the joiner's own node's copy. Returns false when the joiner is ours but no longer
+    /// waits (its connection ended): the cluster must remove it again.
+    pub fn cluster_joined(
+        &self,
+        room: &str,
+        member: MemberRecord,
+        roster: Option<Vec<MemberRecord>>,
+        this_node: &str,
+    ) -> bool {
+        let mut rooms = self.rooms();
+        if member.node == this_node {
+            let Some(p) = self.pending().remove(member.id.as_str()) else {
+                return false;
+            };
+            let is_new = !rooms.contains_key(room);
+            let entry = rooms.entry(room.to_string()).or_default();
+            for r in roster.into_iter().flatten() {
+                // Members of this node are here already (or have left, their leave queued).
+                if r.node != this_node && r.id != member.id {
+                    self.add_remote(room, entry, r);
+                }
+            }
+            let id: Arc<str> = member.id.as_str().into();
+            let mut existing: Vec<PeerInfo> = entry.members.iter().map(Member::info).collect();
+            existing.sort_by_key(|p| p.slot);
+            let announce = encode(&ServerMessage::PeerJoined {
+                v: PROTOCOL_VERSION,
+                peer_id: member.id.clone(),
+                name: member.name.clone(),
+                slot: Some(member.slot),
+            });
+            self.announce(entry, "", &announce);
+            // The connection learns it joined before it writes the welcome (see `connection`).
+            let _ = p.done.send(Ok((id.clone(), member.slot)));
+            if p.handle
+                .outbox
+                .try_push((p.welcome)(&id, member.slot, existing))
+                .is_err()
+            {
+                p.handle.kick.cancel();
+            }
+            entry.members.push(Member {
+                id,
+                slot: member.slot,
+                name: member.name,
+                skeleton: member.skel,
+                reach: Reach::Local(p.handle),
+            });
+            if is_new {
+                self.metrics.rooms.fetch_add(1, Relaxed);
+            }
+            self.metrics.peers.fetch_add(1, Relaxed);
+            return true;
+        }
+        if let Some(entry) = rooms.get_mut(room) {
+            self.add_remote(room, entry, member);
+        }
+        true
+    }
+
+    /// Adds a copy of another node's member and tells the members here; ignored if known.
+    fn add_remote(&self, _room: &str, entry: &mut Room, r: MemberRecord) {
+        if entry.members.iter().any(|m| *m.id == *r.id) {
+            return;
+        }
+        let announce = encode(&ServerMessage::PeerJoined {
+            v: PROTOCOL_VERSION,
+            peer_id: r.id.clone(),
+            name: r.name.clone(),
+            slot: Some(r.slot),
+        });
+        self.announce(entry, "", &announce);
+        entry.members.push(Member {
+            id: r.id.as_str().into(),
+            slot: r.slot,
+            name: r.name,
+            skeleton: r.skel,
+            reach: Reach::Remote(r.node.as_str().into()),
+        });
+    }
+
+    /// The cluster's full roster of `room`, sent when a node put its members back (Redis
+    /// restarted, or a node's channel dropped and events may have been missed). Members not
+    /// known here are added. A copy of another node's member is removed when that node's
+    /// members are in the roster but it is not (it left while events were missed); members of
+    /// nodes absent from the roster stay until those nodes put theirs back or are reaped.
+    pub fn cluster_roster(&self, room: &str, roster: Vec<MemberRecord>, this_node: &str) {
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get_mut(room) else {
+            return;
+        };
+        let listed: HashSet<&str> = roster.iter().map(|r| r.node.as_str()).collect();
+        let gone: Vec<Arc<str>> = entry
+            .members
+            .iter()
+            .filter(|m| match &m.reach {
+                Reach::Remote(node) => {
+                    listed.contains(&**node) && !roster.iter().any(|r| *r.id == *m.id)
+                }
+                Reach::Local(_) => false,
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        for id in gone {
+            entry.members.retain(|m| m.id != id);
+            let announce = encode(&ServerMessage::PeerLeft {
+                v: PROTOCOL_VERSION,
+                peer_id: id.to_string(),
+            });
+            self.announce(entry, "", &announce);
+        }
+        for r in roster {
+            if r.node != this_node {
+                self.add_remote(room, entry, r);
+            }
+        }
+    }
+
+    /// The members connected here, per room, as the cluster records them (to rebuild what a
+    /// restarted Redis lost).
+    pub fn local_records(&self, this_node: &str) -> Vec<(String, Vec<MemberRecord>)> {
+        let rooms = self.rooms();
+        rooms
+            .iter()
+            .map(|(room, entry)| {
+                let members = entry
+                    .members
+                    .iter()
+                    .filter(|m| m.is_local())
+                    .map(|m| MemberRecord {
+                        id: m.id.to_string(),
+                        name: m.name.clone(),
+                        skel: m.skeleton.clone(),
+                        slot: m.slot,
+                        node: this_node.to_string(),
+                        tok: String::new(),
+                    })
+                    .collect();
+                (room.clone(), members)
+            })
+            .collect()
+    }
+
+    /// Other nodes with members in rooms here, and those rooms.
+    pub fn remote_nodes(&self) -> HashMap<Arc<str>, Vec<String>> {
+        let rooms = self.rooms();
+        let mut nodes: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+        for (room, entry) in rooms.iter() {
+            let mut seen = HashSet::new();
+            for m in &entry.members {
+                if let Reach::Remote(node) = &m.reach
+                    && seen.insert(node.clone())
+                {
+                    nodes.entry(node.clone()).or_default().push(room.clone());
+                }
+            }
+        }
+        nodes
+    }
+
+    /// Disconnects every member connected here, telling each `code` (this node lost the
+    /// cluster), and refuses the joins waiting for it.
+    pub fn disconnect_all(&self, code: ErrorCode) {
+        let rooms = self.rooms();
+        for m in rooms.values().flat_map(|r| &r.members) {
+            if let Reach::Local(handle) = &m.reach {
+                let _ = handle.outbox.ended.set(code);
+                handle.kick.cancel();
+            }
+        }
+        drop(rooms);
+        for (_, p) in self.pending().drain() {
+            let _ = p.done.send(Err(code));
+        }
+    }
+
+    /// Whether `peer` of `room` is connected here.
+    pub fn is_local(&self, room: &str, peer: &str) -> bool {
+        self.rooms()
+            .get(room)
+            .and_then(|r| r.members.iter().find(|m| &*m.id == peer))
+            .is_some_and(Member::is_local)
+    }
+
+    /// Disconnects local member `peer` of `room`, telling it `code`.
+    pub fn disconnect(&self, room: &str, peer: &str, code: ErrorCode) {
+        let rooms = self.rooms();
+        if let Some(Member {
+            reach: Reach::Local(handle),
+            ..
+        }) = rooms
+            .get(room)
+            .and_then(|r| r.members.iter().find(|m| &*m.id == peer))
+        {
+            let _ = handle.outbox.ended.set(code);
+            handle.kick.cancel();
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+pub mod cluster;
+pub mod cluster_sfu;
 pub mod config;
 mod connection;
 pub mod hub;

@@ -287,10 +287,27 @@ fn run(args: ServeArgs) -> Result<(), String> {
                 config.listen.ip()
             ));
         }
-        Some(sotto_sfu::Sfu::start(config).map_err(|e| format!("--sfu: {e}"))?)
+        let max_rooms = config.max_rooms;
+        let sfu = sotto_sfu::Sfu::start(config).map_err(|e| format!("--sfu: {e}"))?;
+        Some((std::sync::Arc::new(sfu), max_rooms))
     } else {
         None
     };
+    // With --redis, the SFU here registers there and serves the rooms any node places on it.
+    let _sfu_node = match (&sfu, &args.redis) {
+        (Some((sfu, max_rooms)), Some(url)) => Some(
+            sotto_sfu::redis_node::RedisNode::start(
+                sfu.clone(),
+                &sotto_sfu::redis_node::RedisNodeConfig {
+                    url: url.clone(),
+                    capacity: u32::try_from(*max_rooms).unwrap_or(u32::MAX),
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    let sfu = sfu.map(|(sfu, _)| sfu);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -305,6 +322,22 @@ fn run(args: ServeArgs) -> Result<(), String> {
             ),
             None => None,
         };
+        tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let sfu_addrs: Option<Vec<String>> = sfu
+            .as_ref()
+            .map(|sfu| sfu.local_addrs().iter().map(|a| a.to_string()).collect());
+        let sfu = sfu.map(|sfu| sfu as std::sync::Arc<dyn sotto_signaling::SfuLink>);
+        let redis = config.redis.clone();
+        let app = App::with_sfu(config, shutdown, sfu);
+        if let Some(url) = redis {
+            // Before the first line: a node that cannot reach Redis does not start.
+            let cluster = sotto_signaling::cluster::Cluster::start(&url, &app)
+                .await
+                .map_err(|e| format!("--redis: {e}"))?;
+            let _ = app.cluster.set(cluster);
+        }
         // One parseable line on stdout: tools wait for it to learn the port.
         let scheme = if tls.is_some() { "wss" } else { "ws" };
         println!("listening on {scheme}://{addr}/ws");
@@ -313,15 +346,6 @@ fn run(args: ServeArgs) -> Result<(), String> {
             println!("certificate SHA-256 fingerprint {}", tls.fingerprint());
         }
         let _ = std::io::stdout().flush();
-        tracing::info!(%addr, tokens = config.secret.is_some(), "sotto-signaling started");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        let sfu_addrs: Option<Vec<String>> = sfu
-            .as_ref()
-            .map(|sfu| sfu.local_addrs().iter().map(|a| a.to_string()).collect());
-        let sfu =
-            sfu.map(|sfu| std::sync::Arc::new(sfu) as std::sync::Arc<dyn sotto_signaling::SfuLink>);
-        let app = App::with_sfu(config, shutdown, sfu);
         if let Some(listener) = metrics_listener {
             let at = listener.local_addr().map_err(|e| e.to_string())?;
             // Another line, only with the flag: the first stays the call address.

@@ -30,6 +30,18 @@ pub struct Metrics {
     pub sfus_attached: AtomicU64,
     /// Messages from attached SFUs that were malformed or about members they do not serve.
     pub sfu_bad_messages: AtomicU64,
+    /// `--redis`: round trips to Redis made by the node's publisher (each carries a batch).
+    pub cluster_round_trips: AtomicU64,
+    /// `--redis`: messages published to other nodes (signals and membership commands).
+    pub cluster_published: AtomicU64,
+    /// `--redis`: messages received from the cluster.
+    pub cluster_received: AtomicU64,
+    /// `--redis`: signals for other nodes dropped (queue full, or undeliverable in time).
+    pub cluster_dropped: AtomicU64,
+    /// `--redis`: members of dead nodes removed by this node.
+    pub cluster_reaped: AtomicU64,
+    /// `--redis`: 1 while this node cannot reach Redis and serves no rooms.
+    pub cluster_fenced: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -123,6 +135,46 @@ impl Metrics {
             "Malformed or unwarranted messages from attached SFUs.",
             self.sfu_bad_messages.load(Relaxed),
         );
+        for (name, kind, help, value) in [
+            (
+                "cluster_round_trips_total",
+                "counter",
+                "Round trips to Redis by the publisher (--redis); each carries a batch.",
+                &self.cluster_round_trips,
+            ),
+            (
+                "cluster_published_total",
+                "counter",
+                "Messages published to other nodes through Redis.",
+                &self.cluster_published,
+            ),
+            (
+                "cluster_received_total",
+                "counter",
+                "Messages received from other nodes through Redis.",
+                &self.cluster_received,
+            ),
+            (
+                "cluster_dropped_total",
+                "counter",
+                "Signals for other nodes dropped (queue full or not deliverable in time).",
+                &self.cluster_dropped,
+            ),
+            (
+                "cluster_reaped_total",
+                "counter",
+                "Members of dead nodes removed by this node.",
+                &self.cluster_reaped,
+            ),
+            (
+                "cluster_fenced",
+                "gauge",
+                "1 while this node cannot reach Redis and serves no rooms.",
+                &self.cluster_fenced,
+            ),
+        ] {
+            metric(name, kind, help, value.load(Relaxed));
+        }
         let _ = writeln!(
             out,
             "# HELP sotto_signaling_errors_total Errors sent to clients, by code."

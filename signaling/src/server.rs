@@ -46,6 +46,11 @@ pub struct App {
     /// This process's id among the nodes sharing rooms through Redis (`n` and 16 random hex
     /// digits); drawn at start, so a restarted node is a new node.
     pub node_id: Arc<str>,
+    /// With `--redis`: the link to the other nodes, set once at start.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// With `--redis`: group rooms placed on the SFUs registered in Redis (see
+    /// [`crate::cluster_sfu`]); they take every offer then.
+    pub sfu_cluster: Option<Arc<crate::cluster_sfu::ClusterSfu>>,
     tracker: TaskTracker,
     raw: Mutex<RawConnections>,
     refusing: AtomicUsize,
@@ -71,6 +76,16 @@ impl App {
         sfu: Option<Arc<dyn crate::SfuLink>>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
+        let node_id = new_node_id();
+        let sfu_cluster = config.redis.as_deref().and_then(|url| {
+            match crate::cluster_sfu::ClusterSfu::new(url, node_id.clone()) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    tracing::error!(error = %e, "--redis: no SFU placement through Redis");
+                    None
+                }
+            }
+        });
         Arc::new(App {
             sfus: crate::sfu_pool::SfuPool::new(
                 sfu.clone(),
@@ -78,7 +93,9 @@ impl App {
                 metrics.clone(),
             ),
             sfu,
-            node_id: new_node_id(),
+            node_id,
+            cluster: std::sync::OnceLock::new(),
+            sfu_cluster,
             hub: Hub::new(config.limits.max_peers_per_room, metrics.clone()),
             metrics,
             config,
@@ -278,7 +295,11 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         match &app.sfu {
             Some(sfu) => app.metrics.render() + &sfu.render_metrics(),
             None => app.metrics.render(),
-        },
+        } + &app
+            .sfu_cluster
+            .as_ref()
+            .map(|c| c.metrics.render())
+            .unwrap_or_default(),
     )
 }
 
@@ -456,6 +477,9 @@ async fn accept_loop(
 /// is cancelled, then closes every connection with a reason and waits (up to 5 s) for them
 /// to finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    if let Some(cluster) = &app.sfu_cluster {
+        cluster.start(&app);
+    }
     let result = accept_loop(listener, router(app.clone()), app.clone(), true).await;
     app.tracker.close();
     if tokio::time::timeout(Duration::from_secs(5), app.tracker.wait())

@@ -247,11 +247,14 @@ pub enum ErrorCode {
     NoSfu,
     /// The SFU refused the offer (room or server full, or an offer it cannot serve).
     SfuRefused,
+    /// The server cannot reach the state it shares with other nodes (`--redis`); try again,
+    /// here or at another node (a joined connection is closed after it).
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadJson,
         ErrorCode::UnknownType,
         ErrorCode::BadMessage,
@@ -274,6 +277,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::NoSfu,
         ErrorCode::SfuRefused,
+        ErrorCode::Unavailable,
     ];
 
     /// The snake_case name used on the wire and in metrics.
@@ -301,6 +305,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::NoSfu => "no_sfu",
             ErrorCode::SfuRefused => "sfu_refused",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -1,8 +1,11 @@
-//! `sotto-signaling-load`: many concurrent WebSocket clients against a running server.
+//! `sotto-signaling-load`: many concurrent WebSocket clients against a running server, or
+//! against several nodes of a cluster (`--url` given once per node).
 //!
 //! Clients join rooms of `--room-size` peers; each sends a small message to its room every
 //! `--interval-ms`, stamped with its send time; receivers record the relay latency (sender and
-//! receivers share this process's clock). Prints one JSON object with the figures.
+//! receivers share this process's clock). Client `i` connects to node `i % nodes`, so the
+//! members of a room sit on different nodes whenever there are as many nodes as members or
+//! more. Prints one JSON object with the figures.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -16,11 +19,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Load generator for sotto-signaling.
 #[derive(Debug, Parser)]
-#[command(name = "sotto-signaling-load", version, about)]
+#[command(name = "sotto-signaling-load", version, about, args_override_self = true)]
 struct Args {
-    /// Server URL (`ws://HOST:PORT/ws`).
-    #[arg(long)]
-    url: String,
+    /// Server URL (`ws://HOST:PORT/ws`); once per node of a cluster.
+    #[arg(long, required = true)]
+    url: Vec<String>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -36,9 +39,12 @@ struct Args {
     /// Connections opened at once while ramping up.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-    /// PID of the server, to report its memory.
+    /// PID of the server (once per node), to report its memory and CPU time.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
+    /// PID of the cluster's Redis, to report its CPU time.
+    #[arg(long)]
+    redis_pid: Option<u32>,
 }
 
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -51,6 +57,37 @@ fn rss_mb(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+/// CPU seconds (user and system) the processes have used so far; `None` if one cannot be read.
+fn cpu_s(pids: &[u32]) -> Option<f64> {
+    // Clock ticks per second: 100 on Linux for these fields.
+    const TICKS: f64 = 100.0;
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / TICKS)
+        })
+        .sum()
+}
+
+/// The servers' resident memory, summed; `None` if one cannot be read.
+fn rss_total_mb(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| rss_mb(*p)).sum()
+}
+
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(((after? - before?) * 100.0).round() / 100.0)
+}
+
+fn per_delivery(cpu_s: f64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0 && cpu_s > 0.0).then(|| (cpu_s * 1e6 / deliveries as f64 * 10.0).round() / 10.0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -82,7 +119,8 @@ async fn run(args: Args) -> Result<(), String> {
 
     let mut tasks = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let (url, gate, barrier) = (args.url.clone(), connect_gate.clone(), all_joined.clone());
+        let url = args.url[i % args.url.len()].clone();
+        let (gate, barrier) = (connect_gate.clone(), all_joined.clone());
         let (sent, received, errors, stop_at) = (
             sent.clone(),
             received.clone(),
@@ -171,14 +209,19 @@ async fn run(args: Args) -> Result<(), String> {
 
     all_joined.wait().await;
     let connect_s = epoch.elapsed().as_secs_f64();
-    let rss_joined = args.server_pid.and_then(rss_mb);
+    let rss_joined = rss_total_mb(&args.server_pid);
+    let redis_pids: Vec<u32> = args.redis_pid.into_iter().collect();
+    let cpu_joined = (cpu_s(&args.server_pid), cpu_s(&redis_pids));
     let start = epoch.elapsed();
     stop_at.store(
         (start + Duration::from_secs(args.duration)).as_micros() as u64,
         Relaxed,
     );
     tokio::time::sleep(Duration::from_secs(args.duration) / 2).await;
-    let rss_mid = args.server_pid.and_then(rss_mb);
+    let rss_mid = rss_total_mb(&args.server_pid);
+    // At the stop: the steady phase only, no joins or leaves.
+    tokio::time::sleep(Duration::from_secs(args.duration) / 2).await;
+    let cpu_end = (cpu_s(&args.server_pid), cpu_s(&redis_pids));
 
     let mut all = Vec::new();
     for t in tasks {
@@ -192,7 +235,9 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         all.iter().sum::<u64>() as f64 / all.len() as f64 / 1000.0
     };
+    let received_n = received.load(Relaxed);
     let report = json!({
+        "nodes": args.url.len(),
         "clients": args.clients,
         "room_size": args.room_size,
         "rooms": args.clients.div_ceil(room_size),
@@ -200,7 +245,8 @@ async fn run(args: Args) -> Result<(), String> {
         "interval_ms": args.interval_ms,
         "connect_and_join_s": (connect_s * 100.0).round() / 100.0,
         "messages_sent": sent.load(Relaxed),
-        "messages_received": received.load(Relaxed),
+        "messages_received": received_n,
+        "deliveries_per_s": (received_n as f64 / args.duration.max(1) as f64).round(),
         "errors": errors.load(Relaxed),
         "latency_ms": {
             "p50": percentile(&all, 0.50),
@@ -210,6 +256,11 @@ async fn run(args: Args) -> Result<(), String> {
             "mean": (mean * 1000.0).round() / 1000.0,
         },
         "server_rss_mb": {"after_join": rss_joined, "under_load": rss_mid},
+        "steady_cpu_s": {"servers": delta(cpu_joined.0, cpu_end.0), "redis": delta(cpu_joined.1, cpu_end.1)},
+        "steady_cpu_us_per_delivery": per_delivery(
+            delta(cpu_joined.0, cpu_end.0).unwrap_or(0.0) + delta(cpu_joined.1, cpu_end.1).unwrap_or(0.0),
+            received_n,
+        ),
     });
     println!(
         "{}",
