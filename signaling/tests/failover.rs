@@ -3,6 +3,8 @@
 //! side, signaling between the two works again afterwards (an ICE restart is negotiated), and
 //! a peer that really vanished still ends the call at once.
 
+#[path = "support/redis.rs"]
+mod redis;
 #[path = "support/sotto_bin.rs"]
 mod sotto_bin;
 
@@ -304,6 +306,18 @@ impl Watcher {
         }
     }
 
+    /// Waits until it sees every one of `names` in the room.
+    async fn sees(&mut self, names: &[&str]) {
+        tokio::time::timeout(
+            STEP,
+            self.joined
+                .wait_for(|m| names.iter().all(|n| m.contains_key(*n))),
+        )
+        .await
+        .expect("the watcher never saw everyone")
+        .unwrap();
+    }
+
     /// Whether every one of `names` joined after `since`, and when the last did.
     fn back(&self, names: &[&str], since: Instant) -> Option<Instant> {
         let joined = self.joined.borrow();
@@ -465,7 +479,8 @@ async fn a_call_goes_on_when_one_side_rejoins_signaling_under_a_new_id() {
         party(&relay.url, &[&server.url], "one-side", "bob", 660.0),
     )
     .await;
-    let watcher = Watcher::start(&server.url, "one-side");
+    let mut watcher = Watcher::start(&server.url, "one-side");
+    watcher.sees(&["alice", "bob"]).await;
     let cut = Instant::now();
     relay.cut().await;
     let outage = until_signaling_works(&alice, &bob, cut, &watcher, &["bob"]).await;
@@ -683,5 +698,42 @@ async fn a_call_waiting_for_its_peer_gives_up_when_signaling_stays_gone() {
             EndReason::SignalingFailed(why) => assert!(why.contains("gave up"), "{why}"),
             other => panic!("group {group}: {other:?}"),
         }
+    }
+}
+
+/// Two nodes sharing the room through Redis (issue 18): the node of one side is killed
+/// (SIGKILL) mid-call. That side moves to the other node of its list; the server reaps its
+/// old member about 3 s later (the other side hears `peer_left` while the media flows, and
+/// the move is refused as `name_taken` until then); the call goes on, an ICE restart is
+/// negotiated at the new id, and a hang-up ends both. Once with each side's node killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_the_node_of_one_side_being_killed() {
+    if !redis::available() {
+        return;
+    }
+    let _one = ONE_CALL.lock().await;
+    let redis = redis::Redis::start();
+    for (round, killed) in ["alice", "bob"].into_iter().enumerate() {
+        let mut a = Server::start_with("127.0.0.1:0", &["--redis", &redis.url()]);
+        let mut b = Server::start_with("127.0.0.1:0", &["--redis", &redis.url()]);
+        let room = format!("cluster-{round}");
+        let (alice, bob) = connected_call(
+            party(&a.url, &[&b.url], &room, "alice", 440.0),
+            party(&b.url, &[&a.url], &room, "bob", 660.0),
+        )
+        .await;
+        let survivor = if killed == "alice" { &b.url } else { &a.url };
+        let mut watcher = Watcher::start(survivor, &room);
+        watcher.sees(&["alice", "bob"]).await;
+        let at = Instant::now();
+        if killed == "alice" {
+            a.kill();
+        } else {
+            b.kill();
+        }
+        let outage = until_signaling_works(&alice, &bob, at, &watcher, &[killed]).await;
+        report(&format!("{killed}'s node killed (cluster)"), &outage);
+        assert_eq!(alice.hang_up().await, EndReason::LocalHangup);
+        assert_eq!(bob.end().await, EndReason::RemoteHangup);
     }
 }

@@ -19,7 +19,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Load generator for sotto-signaling.
 #[derive(Debug, Parser)]
-#[command(name = "sotto-signaling-load", version, about, args_override_self = true)]
+#[command(
+    name = "sotto-signaling-load",
+    version,
+    about,
+    args_override_self = true
+)]
 struct Args {
     /// Server URL (`ws://HOST:PORT/ws`); once per node of a cluster.
     #[arg(long, required = true)]
