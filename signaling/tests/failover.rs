@@ -112,6 +112,7 @@ impl Relay {
 /// What the test asks a running call.
 enum Ask {
     Stats(oneshot::Sender<CallStats>),
+    Send(String),
     Restart(oneshot::Sender<bool>),
     HangUp,
 }
@@ -120,6 +121,8 @@ enum Ask {
 struct Party {
     asks: mpsc::Sender<Ask>,
     state: watch::Receiver<CallState>,
+    /// Texts the peer acknowledged.
+    delivered: watch::Receiver<u64>,
     ended: tokio::task::JoinHandle<EndReason>,
 }
 
@@ -134,8 +137,14 @@ impl Party {
         let call = builder.start().unwrap();
         let (asks, rx) = mpsc::channel(8);
         let (state_tx, state) = watch::channel(CallState::Joining);
-        let ended = tokio::spawn(drive(call, rx, state_tx));
-        Party { asks, state, ended }
+        let (delivered_tx, delivered) = watch::channel(0);
+        let ended = tokio::spawn(drive(call, rx, state_tx, delivered_tx));
+        Party {
+            asks,
+            state,
+            delivered,
+            ended,
+        }
     }
 
     async fn reach(&mut self, wanted: CallState) {
@@ -158,6 +167,17 @@ impl Party {
         matches!(tokio::time::timeout(wait, rx).await, Ok(Ok(true)))
     }
 
+    /// Sends a text over the encrypted control channel and waits for the peer's
+    /// acknowledgement: the channel works both ways.
+    async fn text(&mut self, text: &str) {
+        let before = *self.delivered.borrow();
+        self.asks.send(Ask::Send(text.to_owned())).await.unwrap();
+        tokio::time::timeout(STEP, self.delivered.wait_for(|n| *n > before))
+            .await
+            .expect("the text was never acknowledged")
+            .unwrap();
+    }
+
     async fn hang_up(self) -> EndReason {
         self.asks.send(Ask::HangUp).await.unwrap();
         self.end().await
@@ -175,6 +195,7 @@ async fn drive(
     mut call: Call,
     mut asks: mpsc::Receiver<Ask>,
     state: watch::Sender<CallState>,
+    delivered: watch::Sender<u64>,
 ) -> EndReason {
     loop {
         tokio::select! {
@@ -187,12 +208,18 @@ async fn drive(
                     let _ = state.send(CallState::Ended);
                     return reason;
                 }
+                Some(CallEvent::Chat(sotto::messages::ChatEvent::Delivered { .. })) => {
+                    delivered.send_modify(|n| *n += 1);
+                }
                 Some(_) => {}
                 None => return call.ended().await,
             },
             ask = asks.recv() => match ask {
                 Some(Ask::Stats(tx)) => {
                     let _ = tx.send(call.stats());
+                }
+                Some(Ask::Send(text)) => {
+                    call.send_message(&text).await.unwrap();
                 }
                 // The restart's answer is awaited aside, so events keep being read.
                 Some(Ask::Restart(tx)) => {
@@ -474,7 +501,7 @@ async fn a_call_goes_on_when_one_side_rejoins_signaling_under_a_new_id() {
     let _one = ONE_CALL.lock().await;
     let server = Server::start("127.0.0.1:0");
     let relay = Relay::start(server.addr()).await;
-    let (alice, bob) = connected_call(
+    let (mut alice, mut bob) = connected_call(
         party(&server.url, &[], "one-side", "alice", 440.0),
         party(&relay.url, &[&server.url], "one-side", "bob", 660.0),
     )
@@ -489,6 +516,9 @@ async fn a_call_goes_on_when_one_side_rejoins_signaling_under_a_new_id() {
         alice.stats().await.ice_restarts >= 1,
         "the restart reached alice"
     );
+    // The encrypted control channel works both ways after the move.
+    alice.text("still here").await;
+    bob.text("me too").await;
     assert_eq!(alice.hang_up().await, EndReason::LocalHangup);
     assert_eq!(bob.end().await, EndReason::RemoteHangup);
 }
@@ -501,7 +531,7 @@ async fn a_call_survives_its_signaling_server_being_killed_and_replaced() {
     let _one = ONE_CALL.lock().await;
     let mut server = Server::start("127.0.0.1:0");
     let addr = server.addr();
-    let (alice, bob) = connected_call(
+    let (mut alice, mut bob) = connected_call(
         party(&server.url, &[], "killed", "alice", 440.0),
         party(&server.url, &[], "killed", "bob", 660.0),
     )
@@ -516,6 +546,9 @@ async fn a_call_survives_its_signaling_server_being_killed_and_replaced() {
         alice.stats().await.ice_restarts >= 1,
         "the restart reached alice"
     );
+    // The encrypted control channel works both ways after the move.
+    alice.text("still here").await;
+    bob.text("me too").await;
     assert_eq!(bob.hang_up().await, EndReason::LocalHangup);
     assert_eq!(alice.end().await, EndReason::RemoteHangup);
 }
@@ -526,7 +559,7 @@ async fn a_call_moves_to_the_fallback_server_when_its_server_is_killed() {
     let _one = ONE_CALL.lock().await;
     let mut first = Server::start("127.0.0.1:0");
     let second = Server::start("127.0.0.1:0");
-    let (alice, bob) = connected_call(
+    let (mut alice, mut bob) = connected_call(
         party(&first.url, &[&second.url], "moved", "alice", 440.0),
         party(&first.url, &[&second.url], "moved", "bob", 660.0),
     )
@@ -536,6 +569,9 @@ async fn a_call_moves_to_the_fallback_server_when_its_server_is_killed() {
     let watcher = Watcher::start(&second.url, "moved");
     let outage = until_signaling_works(&alice, &bob, killed, &watcher, &["alice", "bob"]).await;
     report("moved to the fallback server", &outage);
+    // The encrypted control channel works both ways after the move.
+    alice.text("still here").await;
+    bob.text("me too").await;
     assert_eq!(alice.hang_up().await, EndReason::LocalHangup);
     assert_eq!(bob.end().await, EndReason::RemoteHangup);
 }
@@ -717,7 +753,7 @@ async fn a_call_survives_the_node_of_one_side_being_killed() {
         let mut a = Server::start_with("127.0.0.1:0", &["--redis", &redis.url()]);
         let mut b = Server::start_with("127.0.0.1:0", &["--redis", &redis.url()]);
         let room = format!("cluster-{round}");
-        let (alice, bob) = connected_call(
+        let (mut alice, mut bob) = connected_call(
             party(&a.url, &[&b.url], &room, "alice", 440.0),
             party(&b.url, &[&a.url], &room, "bob", 660.0),
         )
@@ -733,6 +769,9 @@ async fn a_call_survives_the_node_of_one_side_being_killed() {
         }
         let outage = until_signaling_works(&alice, &bob, at, &watcher, &[killed]).await;
         report(&format!("{killed}'s node killed (cluster)"), &outage);
+        // The encrypted control channel works both ways after the move.
+        alice.text("still here").await;
+        bob.text("me too").await;
         assert_eq!(alice.hang_up().await, EndReason::LocalHangup);
         assert_eq!(bob.end().await, EndReason::RemoteHangup);
     }

@@ -767,17 +767,29 @@ impl Session {
                     // A rejoin after a reconnect: the call goes on, but signals in flight may
                     // have been lost, and we have a new id the peer must learn from us.
                     run.path.signaling_rejoined();
-                    if let Some(p) = peers.iter().find(|p| p.peer_id == peer.id) {
-                        peer.slot = p.slot;
-                    } else if let Some(p) = peers.iter().find(|p| same_name(p, peer)) {
-                        run.rejoin_seen = Some(p.clone());
+                    let here = peers
+                        .iter()
+                        .find(|p| p.peer_id == peer.id)
+                        .or_else(|| peers.iter().find(|p| same_name(p, peer)));
+                    if let Some(p) = here {
+                        if p.peer_id == peer.id {
+                            peer.slot = p.slot;
+                        } else {
+                            run.rejoin_seen = Some(p.clone());
+                        }
                     }
+                    let relay_to = here.map(|p| p.peer_id.clone());
                     if let Some(room) = run.room.as_mut() {
                         room.our_id.clone_from(&peer_id);
                         room.slot = slot;
                     }
                     run.announce_id = Some(peer_id);
                     self.announce_rejoin(run).await;
+                    // Also through the server, sealed the same: the path (and with it the data
+                    // channel) may be down, and a restart needs each side's new id.
+                    if let Some(to) = relay_to {
+                        self.relay_our_id(run, &to).await;
+                    }
                     return Ok(false);
                 }
                 run.room = Some(RoomInfo {
@@ -850,6 +862,8 @@ impl Session {
                         // Names are unique in a room: the peer's signaling reconnected. It
                         // says its new id itself, over the control channel.
                         tracing::info!(peer = %info.peer_id, "the peer is back in the room");
+                        // It may have missed our own new id while it was away.
+                        self.relay_our_id(run, &info.peer_id).await;
                         run.rejoin_seen = Some(info);
                         return Ok(false);
                     }
@@ -917,6 +931,12 @@ impl Session {
                 Ok(false)
             }
             SignalEvent::Message { from, data } => {
+                if run.control.is_some()
+                    && let Ok(IncomingSignal::Control(frame)) = parse_signal(data.get())
+                {
+                    self.on_relayed_control(run, &from, &frame).await?;
+                    return Ok(false);
+                }
                 if run.peer.as_ref().is_none_or(|p| p.id != from) {
                     if run.control.is_some() {
                         // Perhaps the peer from its new id, ahead of its `rejoined` message.
@@ -1644,9 +1664,11 @@ impl Session {
             .into_iter()
             .partition(|(from, _)| *from == peer_id);
         run.stray_signals = others.into();
-        for (from, data) in early {
-            self.on_signal(run, SignalEvent::Message { from, data })
-                .await?;
+        for (_, data) in early {
+            match parse_signal(data.get()) {
+                Ok(message) => self.on_call_message(run, message).await?,
+                Err(e) => tracing::warn!("ignoring a bad payload from the peer: {e}"),
+            }
         }
         self.drive_path(run).await
     }
@@ -1682,6 +1704,60 @@ impl Session {
             run.restart_waiter = Some(reply);
         }
         Ok(())
+    }
+
+    /// Sends our current peer id, sealed under the control key as on the data channel, through
+    /// the server to `to` (where the room says the peer is now).
+    async fn relay_our_id(&self, run: &mut Run, to: &str) {
+        let (Some(room), Some(control), Some(signal)) =
+            (run.room.as_ref(), run.control.as_mut(), run.signal.as_ref())
+        else {
+            return;
+        };
+        let message = ControlMessage::Rejoined {
+            peer_id: room.our_id.clone(),
+        };
+        let sealed = match control.seal(&message) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::warn!("could not seal our new id: {e}");
+                return;
+            }
+        };
+        let frame = hex::encode(sealed.as_bytes());
+        if let Err(e) = signal
+            .send_to(to, &OutgoingSignal::Control { frame: &frame })
+            .await
+        {
+            tracing::debug!("could not relay our new id: {e}");
+        }
+    }
+
+    /// A sealed control frame relayed by the server (two-party control travels on the data
+    /// channel): only the peer's `rejoined`, from the id it names, is acted on (its path may
+    /// be down). Anything else, or what does not open, is ignored.
+    async fn on_relayed_control(
+        &mut self,
+        run: &mut Run,
+        from: &str,
+        frame: &[u8],
+    ) -> Result<(), EndReason> {
+        let Some(control) = run.control.as_mut() else {
+            return Ok(());
+        };
+        match control.open(frame) {
+            Ok(ControlMessage::Rejoined { peer_id }) if peer_id == from => {
+                self.on_peer_rejoined(run, peer_id).await
+            }
+            Ok(_) => {
+                tracing::debug!("ignoring a control message relayed by the server");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(%from, "a relayed control frame did not open: {e}");
+                Ok(())
+            }
+        }
     }
 
     /// Tells the peer our new peer id after a rejoin, once the control channel takes it.

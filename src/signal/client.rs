@@ -34,7 +34,7 @@ pub struct SignalConfig {
     pub name: String,
     /// Join token, for servers with a secret.
     pub token: Option<String>,
-    /// First reconnect delay; doubles per failed attempt.
+    /// First reconnect delay; doubles per round of failed attempts over the server list.
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
@@ -302,9 +302,11 @@ async fn run(
                 if limit.is_some_and(|max| failures >= max) {
                     format!("gave up after {failures} attempts: {reason}")
                 } else {
-                    let exp = config
-                        .backoff_initial
-                        .saturating_mul(1u32 << (failures - 1).min(16));
+                    // The delay grows per round of the server list: a dead node does not
+                    // hold up trying the next one.
+                    let servers = u32::try_from(1 + config.fallback_urls.len()).unwrap_or(u32::MAX);
+                    let round = (failures - 1) / servers;
+                    let exp = config.backoff_initial.saturating_mul(1u32 << round.min(16));
                     let delay = jitter(exp.min(config.backoff_max));
                     let _ = events
                         .send(SignalEvent::Reconnecting {
