@@ -93,6 +93,9 @@ pub enum CallError {
 pub struct CallConfig {
     /// Signaling server URL as it prints it (`ws://HOST:PORT/ws`).
     pub server_url: String,
+    /// Other signaling servers of the same deployment (nodes sharing rooms), tried in turn
+    /// after `server_url` when the connection drops or cannot be made.
+    pub fallback_servers: Vec<String>,
     /// Room to meet the peer in; also the handshake's call id.
     pub room: String,
     /// Our display name.
@@ -135,6 +138,7 @@ impl CallConfig {
     pub fn new(server_url: impl Into<String>, room: impl Into<String>) -> Self {
         CallConfig {
             server_url: server_url.into(),
+            fallback_servers: Vec::new(),
             room: room.into(),
             name: "sotto".into(),
             token: None,
@@ -216,6 +220,13 @@ impl CallBuilder {
     /// a self-signed server's certificate) instead of the public roots.
     pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.ca_cert = Some(path.into());
+        self
+    }
+
+    /// Other signaling servers sharing the rooms, tried in turn when the connection to the
+    /// current one drops (default: none).
+    pub fn fallback_servers(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.config.fallback_servers = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -381,6 +392,10 @@ pub(crate) enum Command {
         String,
         tokio::sync::oneshot::Sender<Result<PeerTrust, VerifyError>>,
     ),
+    /// Test only: restart ICE now (the initiator of a two-party call); told `true` when the
+    /// peer's answer has been applied, `false` if the restart could not be made.
+    #[cfg(feature = "insecure-test-hooks")]
+    RestartIce(tokio::sync::oneshot::Sender<bool>),
 }
 
 /// A running call. Dropping it hangs up.
@@ -444,6 +459,17 @@ impl Call {
             .await
             .map_err(|_| VerifyError::CallEnded)?;
         answer.await.unwrap_or(Err(VerifyError::CallEnded))
+    }
+
+    /// Test only (`insecure-test-hooks`): restarts ICE now, as a lost path would. The
+    /// receiver is told `true` once the peer's answer (through signaling) has been applied;
+    /// `false` (or dropped) if no restart was made: only the two-party call's initiator
+    /// restarts, with media running, while its signaling is connected.
+    #[cfg(feature = "insecure-test-hooks")]
+    pub async fn restart_ice_for_tests(&self) -> tokio::sync::oneshot::Receiver<bool> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let _ = self.commands.send(Command::RestartIce(reply)).await;
+        answer
     }
 
     /// Hangs up (the peer is told over the encrypted control channel) and waits until the

@@ -52,7 +52,9 @@ pub enum OptionsError {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CallOptions {
-    /// Signaling server URL, as the server prints it (ws://HOST:PORT/ws).
+    /// Signaling server URL, as the server prints it (ws://HOST:PORT/ws); or several nodes of
+    /// one deployment, comma-separated (ws://a/ws,ws://b/ws), tried in turn when the
+    /// connection drops or cannot be made.
     #[arg(long, value_name = "WS-URL")]
     pub server: String,
     /// Room to meet the other peer in.
@@ -401,16 +403,17 @@ impl CallOptions {
     /// Checks what the flag parser checks (for options that did not come through it) and the
     /// server URL.
     pub fn validate(&self) -> Result<(), OptionsError> {
-        if !(self.server.starts_with("ws://") || self.server.starts_with("wss://")) {
-            return Err(OptionsError::Invalid(format!(
-                "--server must be a ws:// or wss:// URL, got {:?}",
-                self.server
-            )));
-        }
-        if self.ca_cert.is_some() && !self.server.starts_with("wss://") {
-            return Err(OptionsError::Invalid(
-                "--ca-cert is for a wss:// --server".into(),
-            ));
+        for url in self.server_urls() {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(OptionsError::Invalid(format!(
+                    "--server must be a ws:// or wss:// URL (or several, comma-separated), got {url:?}"
+                )));
+            }
+            if self.ca_cert.is_some() && !url.starts_with("wss://") {
+                return Err(OptionsError::Invalid(
+                    "--ca-cert is for a wss:// --server".into(),
+                ));
+            }
         }
         if let Some(hz) = self.tone {
             check_tone(hz).map_err(OptionsError::Invalid)?;
@@ -541,9 +544,19 @@ impl CallOptions {
             .map_err(|e| OptionsError::Invalid(format!("--history: {e}")))
     }
 
+    /// The signaling servers `--server` names: one URL, or several comma-separated.
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.server.split(',').map(str::trim).collect()
+    }
+
     /// The engine settings these options give.
     pub fn config(&self) -> CallConfig {
-        let mut config = CallConfig::new(self.server.clone(), self.room.clone());
+        let urls = self.server_urls();
+        let (first, rest) = urls
+            .split_first()
+            .map_or((self.server.as_str(), &[][..]), |(f, r)| (*f, r));
+        let mut config = CallConfig::new(first, self.room.clone());
+        config.fallback_servers = rest.iter().map(|u| (*u).to_owned()).collect();
         config.transport.udp_addrs = self.bind.iter().map(|a| a.to_string()).collect();
         config.ca_cert = self.ca_cert.clone();
         if !self.ice_server.is_empty() {
@@ -834,6 +847,28 @@ mod tests {
             matches!(plain, Err(OptionsError::Invalid(ref m)) if m.contains("--ca-cert")),
             "{plain:?}"
         );
+    }
+
+    #[test]
+    fn several_servers_are_the_first_and_its_fallbacks() {
+        let one = CallOptions::from_json(r#"{"server":"ws://a:1/ws","room":"r"}"#).unwrap();
+        let config = one.config();
+        assert_eq!(config.server_url, "ws://a:1/ws");
+        assert!(config.fallback_servers.is_empty());
+        let three = CallOptions::from_json(
+            r#"{"server":"ws://a:1/ws, ws://b:2/ws,wss://c/ws","room":"r"}"#,
+        )
+        .unwrap();
+        let config = three.config();
+        assert_eq!(config.server_url, "ws://a:1/ws");
+        assert_eq!(config.fallback_servers, ["ws://b:2/ws", "wss://c/ws"]);
+        for bad in [
+            r#"{"server":"ws://a/ws,http://b/ws","room":"r"}"#,
+            r#"{"server":"ws://a/ws,","room":"r"}"#,
+            r#"{"server":"wss://a/ws,ws://b/ws","room":"r","ca-cert":"c.pem"}"#,
+        ] {
+            assert!(CallOptions::from_json(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

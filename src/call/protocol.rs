@@ -261,6 +261,13 @@ pub enum ControlMessage {
         /// The ping's id.
         id: u64,
     },
+    /// Two-party calls: the sender's signaling connection was made anew and it is in the room
+    /// again under this peer id; signals for it go there from now on. Sent sealed, so the
+    /// server can neither forge nor redirect it.
+    Rejoined {
+        /// The sender's new peer id in the room.
+        peer_id: String,
+    },
     /// Group calls: a key bundle for the recipient (`docs/call-protocol.md`, "Group keys"),
     /// hex. Holds a secret: wiped once used.
     #[serde(rename = "group_key")]
@@ -283,6 +290,18 @@ pub enum ControlMessage {
 /// The `type`s of chat items: a plaintext of one of these that does not parse is a
 /// malformed message (refused and counted), not an unknown type to ignore.
 const CHAT_TYPES: [&str; 3] = ["message", "delivered", "timer"];
+
+/// Longest peer id a `rejoined` message may carry (the server's are 17 characters).
+const MAX_PEER_ID_LEN: usize = 64;
+
+/// Whether `id` can be a peer id the server gave (ASCII letters and digits, bounded): a
+/// `rejoined` message with anything else is ignored. `sfu` is the SFU's, never a peer's.
+pub(crate) fn is_peer_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_PEER_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        && id != "sfu"
+}
 
 impl ControlMessage {
     /// The JSON text that gets sealed.
@@ -507,6 +526,18 @@ a=x","ufrag":"abcd"}}"#
             Some(ControlMessage::Ping { id: 7 })
         );
         assert_eq!(ControlMessage::parse(br#"{"type":"dance"}"#), None);
+        let rejoined = ControlMessage::Rejoined {
+            peer_id: "p0123456789abcdef".into(),
+        };
+        assert_eq!(
+            rejoined.to_json(),
+            br#"{"type":"rejoined","peer_id":"p0123456789abcdef"}"#
+        );
+        assert_eq!(ControlMessage::parse(&rejoined.to_json()), Some(rejoined));
+        assert!(is_peer_id("p0123456789abcdef"));
+        for bad in ["", "sfu", "p 1", "p\u{0}", &"p".repeat(65)] {
+            assert!(!is_peer_id(bad), "{bad:?}");
+        }
         assert_eq!(ControlMessage::parse(b"\xff\x00"), None);
         let id = "ab".repeat(16);
         let chat = format!(

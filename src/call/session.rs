@@ -46,8 +46,18 @@ const HANGUP_LINGER: Duration = Duration::from_millis(150);
 /// `peer_left` can overtake the control channel's `hangup` on a loaded machine).
 const HANGUP_GRACE: Duration = Duration::from_millis(500);
 
-/// How long signaling may keep failing before a call that is not connected yet gives up.
-const SIGNAL_ATTEMPTS: u32 = 5;
+/// After the grace, how often a peer that left the room while its media still flows is
+/// checked: its signaling reconnects (and it says its new id), or its media stops and the
+/// call ends.
+const AWAY_CHECK: Duration = Duration::from_secs(1);
+
+/// Signals kept from peers not in the call (the peer's from a new id may come before its
+/// `rejoined` message).
+const STRAY_SIGNALS: usize = 16;
+
+/// How many signaling attempts in a row may fail before a call that never joined the room
+/// gives up (once joined, it keeps trying: the media may still flow).
+pub(crate) const SIGNAL_ATTEMPTS: u32 = 5;
 
 /// The application's video source (if it sends video) and sink.
 pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
@@ -171,8 +181,23 @@ struct Run {
     last_decrypted: u64,
     /// Since when the peer's frames fail authentication with none decrypting.
     failing_since: Option<Instant>,
-    /// The server said the peer left: the call ends then, unless its hang-up arrives first.
+    /// The server said the peer left: the call ends then, unless its hang-up arrives first
+    /// or its media still flows (its signaling reconnects: then this is the next check).
     peer_left_at: Option<tokio::time::Instant>,
+    /// Frames decrypted (audio and video) when the peer's leave was seen or last checked:
+    /// more since then mean its media is alive though it left the room.
+    peer_left_frames: u64,
+    /// Our peer id after a rejoin, until the peer has been told over the control channel.
+    announce_id: Option<String>,
+    /// The peer back in the room under a new id as the server says it, until the peer itself
+    /// says so over the control channel (the server cannot redirect the call).
+    rejoin_seen: Option<SignalPeer>,
+    /// Signals from peers not in the call, kept a moment: the peer's from its new id can
+    /// arrive before its `rejoined` message.
+    stray_signals: std::collections::VecDeque<(String, Box<RawValue>)>,
+    /// Test only: told when the answer to a restart asked for by the application arrives.
+    #[cfg(feature = "insecure-test-hooks")]
+    restart_waiter: Option<tokio::sync::oneshot::Sender<bool>>,
     signaling_up: bool,
     /// Chat items waiting for the control channel to open (sealed when they leave, so the
     /// peer sees them in order).
@@ -441,9 +466,11 @@ impl Session {
                     self.config.room.clone(),
                     self.config.name.clone(),
                 );
+                signal_config.fallback_urls = self.config.fallback_servers.clone();
                 signal_config.token = self.config.token.clone();
                 signal_config.ca_cert = self.config.ca_cert.clone();
                 signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
+                signal_config.retry_forever_once_joined = true;
                 let (signal, events) = SignalClient::connect(signal_config);
                 (signal, events, Vec::new())
             }
@@ -463,6 +490,12 @@ impl Session {
             last_decrypted: 0,
             failing_since: None,
             peer_left_at: None,
+            peer_left_frames: 0,
+            announce_id: None,
+            rejoin_seen: None,
+            stray_signals: std::collections::VecDeque::new(),
+            #[cfg(feature = "insecure-test-hooks")]
+            restart_waiter: None,
             signaling_up: true,
             chat_outbox: std::collections::VecDeque::new(),
             early_controls: Vec::new(),
@@ -566,6 +599,12 @@ impl Session {
                     Some(Command::Verify(name, reply)) => {
                         let _ = reply.send(self.verify_peer(&run, &name));
                     }
+                    #[cfg(feature = "insecure-test-hooks")]
+                    Some(Command::RestartIce(reply)) => {
+                        if let Err(reason) = self.restart_for_tests(&mut run, reply).await {
+                            break reason;
+                        }
+                    }
                 },
                 changed = control_open.changed(), if control_watch => {
                     if changed.is_err() {
@@ -579,6 +618,7 @@ impl Session {
                             run.ping = Some((id, Instant::now()));
                         }
                         self.flush_outbox(&mut run).await;
+                        self.announce_rejoin(&mut run).await;
                     }
                 }
                 _ = tokio::time::sleep_until(
@@ -675,6 +715,7 @@ impl Session {
                         });
                         run.reported_failures = failures;
                     }
+                    self.announce_rejoin(&mut run).await;
                     if run.media.is_some() {
                         self.emit(CallEvent::Stats(stats));
                         let id = run.next_ping;
@@ -686,6 +727,12 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(run.peer_left_at.unwrap_or(far)),
                     if run.peer_left_at.is_some() => {
+                    if self.peer_media_alive(&mut run) {
+                        // Its signaling dropped, not the call: it comes back under a new id.
+                        tracing::info!("the peer left the room but its media flows: waiting for it");
+                        run.peer_left_at = Some(tokio::time::Instant::now() + AWAY_CHECK);
+                        continue;
+                    }
                     break match run.media {
                         Some(_) => EndReason::PeerLeft,
                         None if self.had_media => EndReason::PeerLeft,
@@ -716,10 +763,33 @@ impl Session {
                 sfu,
             } => {
                 tracing::info!(%peer_id, others = peers.len(), "joined the room");
-                if run.peer.is_some() {
+                if let Some(peer) = run.peer.as_mut() {
                     // A rejoin after a reconnect: the call goes on, but signals in flight may
-                    // have been lost.
+                    // have been lost, and we have a new id the peer must learn from us.
                     run.path.signaling_rejoined();
+                    let here = peers
+                        .iter()
+                        .find(|p| p.peer_id == peer.id)
+                        .or_else(|| peers.iter().find(|p| same_name(p, peer)));
+                    if let Some(p) = here {
+                        if p.peer_id == peer.id {
+                            peer.slot = p.slot;
+                        } else {
+                            run.rejoin_seen = Some(p.clone());
+                        }
+                    }
+                    let relay_to = here.map(|p| p.peer_id.clone());
+                    if let Some(room) = run.room.as_mut() {
+                        room.our_id.clone_from(&peer_id);
+                        room.slot = slot;
+                    }
+                    run.announce_id = Some(peer_id);
+                    self.announce_rejoin(run).await;
+                    // Also through the server, sealed the same: the path (and with it the data
+                    // channel) may be down, and a restart needs each side's new id.
+                    if let Some(to) = relay_to {
+                        self.relay_our_id(run, &to).await;
+                    }
                     return Ok(false);
                 }
                 run.room = Some(RoomInfo {
@@ -785,6 +855,18 @@ impl Session {
             }
             SignalEvent::PeerJoined(info) => {
                 if let Some(peer) = &run.peer {
+                    if info.peer_id == peer.id {
+                        return Ok(false);
+                    }
+                    if run.control.is_some() && same_name(&info, peer) {
+                        // Names are unique in a room: the peer's signaling reconnected. It
+                        // says its new id itself, over the control channel.
+                        tracing::info!(peer = %info.peer_id, "the peer is back in the room");
+                        // It may have missed our own new id while it was away.
+                        self.relay_our_id(run, &info.peer_id).await;
+                        run.rejoin_seen = Some(info);
+                        return Ok(false);
+                    }
                     let room = run
                         .room
                         .as_ref()
@@ -839,14 +921,32 @@ impl Session {
                     }
                     // A peer that hangs up sends `hangup` on the control channel and then
                     // leaves the room; the leave can overtake it. Give the hang-up a moment.
-                    run.peer_left_at
-                        .get_or_insert_with(|| tokio::time::Instant::now() + HANGUP_GRACE);
+                    // A peer whose signaling dropped leaves the room too, but its media goes
+                    // on: that is checked when the moment is over.
+                    if run.peer_left_at.is_none() {
+                        run.peer_left_at = Some(tokio::time::Instant::now() + HANGUP_GRACE);
+                        run.peer_left_frames = self.frames_decrypted();
+                    }
                 }
                 Ok(false)
             }
             SignalEvent::Message { from, data } => {
+                if run.control.is_some()
+                    && let Ok(IncomingSignal::Control(frame)) = parse_signal(data.get())
+                {
+                    self.on_relayed_control(run, &from, &frame).await?;
+                    return Ok(false);
+                }
                 if run.peer.as_ref().is_none_or(|p| p.id != from) {
-                    tracing::debug!(%from, "ignoring a message from a peer not in this call");
+                    if run.control.is_some() {
+                        // Perhaps the peer from its new id, ahead of its `rejoined` message.
+                        if run.stray_signals.len() >= STRAY_SIGNALS {
+                            run.stray_signals.pop_front();
+                        }
+                        run.stray_signals.push_back((from, data));
+                    } else {
+                        tracing::debug!(%from, "ignoring a message from a peer not in this call");
+                    }
                     return Ok(false);
                 }
                 match parse_signal(data.get()) {
@@ -865,6 +965,13 @@ impl Session {
             }
             SignalEvent::Reconnecting { attempt, delay } => {
                 tracing::info!(attempt, ?delay, "reconnecting to signaling");
+                // The client retries without limit once joined, for a call in progress; one
+                // that has no media yet gives up as before.
+                if run.media.is_none() && !self.had_media && attempt >= SIGNAL_ATTEMPTS {
+                    return Err(EndReason::SignalingFailed(format!(
+                        "gave up after {attempt} attempts"
+                    )));
+                }
                 Ok(false)
             }
             SignalEvent::Closed { reason } => {
@@ -978,7 +1085,13 @@ impl Session {
                     return Ok(());
                 }
                 match run.transport.accept_answer(&sdp).await {
-                    Ok(()) => self.apply_held_candidates(run, &sdp).await,
+                    Ok(()) => {
+                        self.apply_held_candidates(run, &sdp).await;
+                        #[cfg(feature = "insecure-test-hooks")]
+                        if again && let Some(waiter) = run.restart_waiter.take() {
+                            let _ = waiter.send(true);
+                        }
+                    }
                     Err(e) if !again => return Err(EndReason::ConnectionFailed(e.to_string())),
                     // Not fatal during a restart: the next one follows.
                     Err(e) => tracing::warn!("could not apply an ICE restart answer: {e}"),
@@ -1488,6 +1601,11 @@ impl Session {
         }
         match message {
             ControlMessage::Hangup => return Some(EndReason::RemoteHangup),
+            ControlMessage::Rejoined { peer_id } => {
+                if let Err(reason) = self.on_peer_rejoined(run, peer_id).await {
+                    return Some(reason);
+                }
+            }
             ControlMessage::Mute { muted } => {
                 self.shared.peer_muted.store(muted, Relaxed);
                 self.emit(CallEvent::PeerMuted(muted));
@@ -1516,6 +1634,158 @@ impl Session {
             }
         }
         None
+    }
+
+    /// The peer says (sealed) that it is in the room again under `peer_id`: its signals come
+    /// from there and ours go there. Signals that came from there first are handled now.
+    async fn on_peer_rejoined(&mut self, run: &mut Run, peer_id: String) -> Result<(), EndReason> {
+        if !super::protocol::is_peer_id(&peer_id) {
+            tracing::warn!("ignoring a rejoin to an id that is not a peer id");
+            return Ok(());
+        }
+        let Some(peer) = run.peer.as_mut() else {
+            return Ok(());
+        };
+        if peer.id == peer_id {
+            return Ok(());
+        }
+        tracing::info!(old = %peer.id, new = %peer_id, "the peer rejoined the room");
+        peer.id.clone_from(&peer_id);
+        if let Some(seen) = run.rejoin_seen.take()
+            && seen.peer_id == peer_id
+        {
+            peer.slot = seen.slot;
+        }
+        // Whatever the room said about the old id is history now.
+        run.peer_left_at = None;
+        // Restart offers or answers sent to the old id are lost.
+        run.path.signaling_rejoined();
+        let (early, others): (Vec<_>, Vec<_>) = std::mem::take(&mut run.stray_signals)
+            .into_iter()
+            .partition(|(from, _)| *from == peer_id);
+        run.stray_signals = others.into();
+        for (_, data) in early {
+            match parse_signal(data.get()) {
+                Ok(message) => self.on_call_message(run, message).await?,
+                Err(e) => tracing::warn!("ignoring a bad payload from the peer: {e}"),
+            }
+        }
+        self.drive_path(run).await
+    }
+
+    /// Test only: restarts ICE as if the path were lost (the engine's own restart machinery
+    /// takes it from there); `reply` is told when the restart's answer is applied.
+    #[cfg(feature = "insecure-test-hooks")]
+    async fn restart_for_tests(
+        &self,
+        run: &mut Run,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    ) -> Result<(), EndReason> {
+        let initiator = run
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.handshake.role() == Role::Initiator);
+        // A restart offer that cannot leave would only break a working path.
+        let joined = run.signal.as_ref().is_some_and(SignalClient::is_joined);
+        let ready = initiator && joined && run.media.is_some();
+        if !ready || run.path.is_lost() || run.transport.state() != TransportState::Connected {
+            let _ = reply.send(false);
+            return Ok(());
+        }
+        let before = run.path.restarts();
+        run.path
+            .on_state(TransportState::Disconnected, Instant::now());
+        self.drive_path(run).await?;
+        if run.path.restarts() == before {
+            // The peer does not answer restarts: the path was never lost.
+            run.path.on_state(TransportState::Connected, Instant::now());
+            let _ = reply.send(false);
+        } else {
+            run.restart_waiter = Some(reply);
+        }
+        Ok(())
+    }
+
+    /// Sends our current peer id, sealed under the control key as on the data channel, through
+    /// the server to `to` (where the room says the peer is now).
+    async fn relay_our_id(&self, run: &mut Run, to: &str) {
+        let (Some(room), Some(control), Some(signal)) =
+            (run.room.as_ref(), run.control.as_mut(), run.signal.as_ref())
+        else {
+            return;
+        };
+        let message = ControlMessage::Rejoined {
+            peer_id: room.our_id.clone(),
+        };
+        let sealed = match control.seal(&message) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                tracing::warn!("could not seal our new id: {e}");
+                return;
+            }
+        };
+        let frame = hex::encode(sealed.as_bytes());
+        if let Err(e) = signal
+            .send_to(to, &OutgoingSignal::Control { frame: &frame })
+            .await
+        {
+            tracing::debug!("could not relay our new id: {e}");
+        }
+    }
+
+    /// A sealed control frame relayed by the server (two-party control travels on the data
+    /// channel): only the peer's `rejoined`, from the id it names, is acted on (its path may
+    /// be down). Anything else, or what does not open, is ignored.
+    async fn on_relayed_control(
+        &mut self,
+        run: &mut Run,
+        from: &str,
+        frame: &[u8],
+    ) -> Result<(), EndReason> {
+        let Some(control) = run.control.as_mut() else {
+            return Ok(());
+        };
+        match control.open(frame) {
+            Ok(ControlMessage::Rejoined { peer_id }) if peer_id == from => {
+                self.on_peer_rejoined(run, peer_id).await
+            }
+            Ok(_) => {
+                tracing::debug!("ignoring a control message relayed by the server");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(%from, "a relayed control frame did not open: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the peer our new peer id after a rejoin, once the control channel takes it.
+    async fn announce_rejoin(&self, run: &mut Run) {
+        let Some(peer_id) = run.announce_id.clone() else {
+            return;
+        };
+        if !run.peer_heard {
+            return;
+        }
+        let message = ControlMessage::Rejoined { peer_id };
+        if self.send_control(run, &message).await {
+            run.announce_id = None;
+        }
+    }
+
+    /// Frames of the peer decrypted so far, audio and video.
+    fn frames_decrypted(&self) -> u64 {
+        self.shared.frames_decrypted.load(Relaxed)
+            + self.shared.video_frames_decrypted.load(Relaxed)
+    }
+
+    /// Whether the peer's media came since the last look (the leave or the last check).
+    fn peer_media_alive(&self, run: &mut Run) -> bool {
+        let now = self.frames_decrypted();
+        let alive = run.media.is_some() && now > run.peer_left_frames;
+        run.peer_left_frames = now;
+        alive
     }
 
     /// Whether messages can be accepted: keys are agreed (they leave once the control channel
@@ -1786,4 +2056,10 @@ fn setup_stage(state: CallState) -> &'static str {
         CallState::Handshaking => "the key agreement did not finish",
         _ => "the WebRTC connection never came up (check the network, STUN and TURN)",
     }
+}
+
+/// Whether `info` has the name the server attested for `peer` (names are unique in a room,
+/// so this is the peer back under a new id, or an impostor the control channel tells apart).
+fn same_name(info: &SignalPeer, peer: &Peer) -> bool {
+    names::canonical(&info.name) == names::canonical(&peer.attested_name)
 }

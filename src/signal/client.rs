@@ -25,18 +25,24 @@ use super::tls::{self, ConnectError, Io};
 pub struct SignalConfig {
     /// The server's WebSocket URL, as it prints it (`ws://HOST:PORT/ws`).
     pub url: String,
+    /// Other servers of the same deployment (nodes sharing rooms), tried in turn after `url`
+    /// when a connection drops or cannot be made. Empty: `url` only.
+    pub fallback_urls: Vec<String>,
     /// Room to join.
     pub room: String,
     /// Display name.
     pub name: String,
     /// Join token, for servers with a secret.
     pub token: Option<String>,
-    /// First reconnect delay; doubles per failed attempt.
+    /// First reconnect delay; doubles per round of failed attempts over the server list.
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
     /// Give up after this many consecutive failed attempts (`None`: never).
     pub max_attempts: Option<u32>,
+    /// Once joined, reconnect without limit: `max_attempts` then bounds the first join only
+    /// (a call in progress keeps trying to get its signaling back while its media flows).
+    pub retry_forever_once_joined: bool,
     /// Time allowed for one connection attempt.
     pub connect_timeout: Duration,
     /// For `wss://`: trust only the certificates in this PEM file (a private CA, or a
@@ -49,14 +55,28 @@ impl SignalConfig {
     pub fn new(url: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
         SignalConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             room: room.into(),
             name: name.into(),
             token: None,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             max_attempts: None,
+            retry_forever_once_joined: false,
             connect_timeout: Duration::from_secs(5),
             ca_cert: None,
+        }
+    }
+
+    /// The URL of attempt number `attempt` (0 first): `url`, then each fallback, in a ring.
+    fn url_for(&self, attempt: usize) -> &str {
+        let count = 1 + self.fallback_urls.len();
+        match attempt % count {
+            0 => &self.url,
+            i => self
+                .fallback_urls
+                .get(i - 1)
+                .map_or(&self.url, String::as_str),
         }
     }
 }
@@ -254,25 +274,39 @@ async fn run(
     joined: Arc<AtomicBool>,
 ) {
     let mut failures: u32 = 0;
+    // Which server of the list the next attempt uses: the one that last worked stays, and a
+    // drop or a failed attempt moves on to the next (the node may be gone).
+    let mut server: usize = 0;
+    let mut ever_joined = false;
     loop {
-        let end = session(&config, &mut commands, &events, &joined, &mut failures).await;
-        joined.store(false, Ordering::Release);
+        let url = config.url_for(server);
+        tracing::debug!(url, "connecting to signaling");
+        let end = session(&config, url, &mut commands, &events, &joined, &mut failures).await;
+        ever_joined |= joined.swap(false, Ordering::AcqRel);
+        let limit = if ever_joined && config.retry_forever_once_joined {
+            None
+        } else {
+            config.max_attempts
+        };
         let reason = match end {
             SessionEnd::ClosedByUser => "closed".to_string(),
             SessionEnd::Fatal(reason) => reason,
             SessionEnd::Dropped(reason) => {
+                server = server.wrapping_add(1);
                 let _ = events
                     .send(SignalEvent::Disconnected {
                         reason: reason.clone(),
                     })
                     .await;
                 failures = failures.saturating_add(1);
-                if config.max_attempts.is_some_and(|max| failures >= max) {
+                if limit.is_some_and(|max| failures >= max) {
                     format!("gave up after {failures} attempts: {reason}")
                 } else {
-                    let exp = config
-                        .backoff_initial
-                        .saturating_mul(1u32 << (failures - 1).min(16));
+                    // The delay grows per round of the server list: a dead node does not
+                    // hold up trying the next one.
+                    let servers = u32::try_from(1 + config.fallback_urls.len()).unwrap_or(u32::MAX);
+                    let round = (failures - 1) / servers;
+                    let exp = config.backoff_initial.saturating_mul(1u32 << round.min(16));
                     let delay = jitter(exp.min(config.backoff_max));
                     let _ = events
                         .send(SignalEvent::Reconnecting {
@@ -299,27 +333,24 @@ async fn run(
 /// Opens the WebSocket: `ws://` over TCP, `wss://` over TLS.
 async fn connect(
     config: &SignalConfig,
+    url: &str,
 ) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, ConnectError> {
-    let request = config
-        .url
-        .as_str()
+    let request = url
         .into_client_request()
-        .map_err(|e| ConnectError::Fatal(format!("bad server URL {:?}: {e}", config.url)))?;
+        .map_err(|e| ConnectError::Fatal(format!("bad server URL {url:?}: {e}")))?;
     let uri = request.uri();
     let secure = match uri.scheme_str() {
         Some("ws") => false,
         Some("wss") => true,
         _ => {
             return Err(ConnectError::Fatal(format!(
-                "server URL {:?} is not ws:// or wss://",
-                config.url
+                "server URL {url:?} is not ws:// or wss://"
             )));
         }
     };
     let Some(host) = uri.host().map(str::to_string) else {
         return Err(ConnectError::Fatal(format!(
-            "server URL {:?} has no host",
-            config.url
+            "server URL {url:?} has no host"
         )));
     };
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
@@ -338,12 +369,13 @@ async fn connect(
 /// One connection: connect, join, relay until it ends.
 async fn session(
     config: &SignalConfig,
+    url: &str,
     commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<SignalEvent>,
     joined: &AtomicBool,
     failures: &mut u32,
 ) -> SessionEnd {
-    let ws = match tokio::time::timeout(config.connect_timeout, connect(config)).await {
+    let ws = match tokio::time::timeout(config.connect_timeout, connect(config, url)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(ConnectError::Transient(e))) => return SessionEnd::Dropped(e),
         Ok(Err(ConnectError::Fatal(e))) => return SessionEnd::Fatal(e),

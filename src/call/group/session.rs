@@ -28,8 +28,8 @@ use super::super::events::{CallEvent, CallState, EndReason, PeerInfo};
 use super::super::media_loop::MediaNotice;
 use super::super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::super::session::{
-    HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, Session, ice_servers_to_use,
-    stop_media, verify_key, we_initiate,
+    HandoverPeer, MediaThreads, Mode, Outcome, RoomHandover, RoomInfo, SIGNAL_ATTEMPTS, Session,
+    ice_servers_to_use, stop_media, verify_key, we_initiate,
 };
 use super::super::stats::{ParticipantStats, RateMeter, SharedStats};
 use super::super::{Command, stats::GroupFigures};
@@ -299,9 +299,11 @@ async fn run_inner(
                 session.config.room.clone(),
                 session.config.name.clone(),
             );
+            signal_config.fallback_urls = session.config.fallback_servers.clone();
             signal_config.token = session.config.token.clone();
             signal_config.ca_cert = session.config.ca_cert.clone();
-            signal_config.max_attempts = Some(5);
+            signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
+            signal_config.retry_forever_once_joined = true;
             let (signal, events) = SignalClient::connect(signal_config);
             run.signal = Some(signal);
             events
@@ -377,6 +379,10 @@ async fn events_loop(
                 }
                 Some(Command::Verify(name, reply)) => {
                     let _ = reply.send(verify_member(session, run, &name));
+                }
+                #[cfg(feature = "insecure-test-hooks")]
+                Some(Command::RestartIce(reply)) => {
+                    let _ = reply.send(false);
                 }
             },
             Some((generation, state)) = transport_state.recv() => {
@@ -515,7 +521,10 @@ async fn on_signal(
         } => {
             tracing::info!(%peer_id, others = peers.len(), "joined the room");
             if run.keys.is_some() {
-                return Ok(()); // a rejoin after a reconnect: the call goes on
+                // A rejoin after a reconnect, under a new id: the others saw us leave (and
+                // rekeyed without us) and now see a new member. We come in again as one.
+                tracing::info!("back in the room under a new id: entering the group call again");
+                leave_group(session, run).await;
             }
             let room = RoomInfo {
                 our_id: peer_id,
@@ -586,6 +595,13 @@ async fn on_signal(
         }
         SignalEvent::Reconnecting { attempt, delay } => {
             tracing::info!(attempt, ?delay, "reconnecting to signaling");
+            // The client retries without limit once joined, for a call in progress; one that
+            // has no media yet gives up as before.
+            if run.media.is_none() && !session.had_media && attempt >= SIGNAL_ATTEMPTS {
+                return Err(EndReason::SignalingFailed(format!(
+                    "gave up after {attempt} attempts"
+                )));
+            }
         }
         SignalEvent::Closed { reason } => {
             run.signaling_up = false;
@@ -597,6 +613,44 @@ async fn on_signal(
         }
     }
     Ok(())
+}
+
+/// Gives up our place in the group after our signaling rejoined under a new id (the server
+/// took the old one out of the room and the SFU): media, the SFU connection, our keys and the
+/// members go; [`enter`] and new handshakes follow, as for a joiner.
+async fn leave_group(session: &Session, run: &mut Run) {
+    if let Some(media) = run.media.take() {
+        // The audio I/O goes home unfinished: the next media threads take it up.
+        media.threads.handover.store(true, Relaxed);
+        stop_media(media.threads).await;
+    }
+    run.sfu_connected = false;
+    if let Some(old) = run.transport.take() {
+        tokio::spawn(async move {
+            if let Err(e) = old.close().await {
+                tracing::debug!("closing the old SFU connection: {e}");
+            }
+        });
+    }
+    // States of the old connection are stale from now on.
+    run.sfu_gen += 1;
+    run.reconnect = SfuReconnect::default();
+    run.keys = None;
+    for (_, member) in run.members.drain() {
+        run.video_counts.clear(member.slot);
+        run.speaking.clear(member.slot);
+        if let Ok(mut names) = run.video_names.lock() {
+            names.remove(&member.slot);
+        }
+        if member.control.is_some() {
+            emit(
+                session,
+                CallEvent::ParticipantLeft {
+                    name: member.name(),
+                },
+            );
+        }
+    }
 }
 
 /// Takes our place in the group: the SFU connection (its offer goes out now) and our keys.
