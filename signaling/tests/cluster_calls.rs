@@ -388,3 +388,62 @@ async fn four_members_over_three_nodes_move_off_a_killed_sfu_node() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_whose_sfu_node_dies_during_set_up_use_the_other() {
+    if !available() {
+        return;
+    }
+    let dir = temp_dir("cluster-setup");
+    let cluster = LocalCluster::start(&dir);
+    let members = [("alice", 440), ("bob", 550), ("carol", 660)];
+    let mut running = Vec::new();
+    for (i, (who, hz)) in members.iter().enumerate() {
+        running.push(Member::spawn(
+            who,
+            group_member(&dir, &cluster.nodes[i % 3], who, *hz, 8),
+        ));
+    }
+    // The first offer places the room: its SFU dies before anyone's media is up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let sfu = loop {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &cluster.redis_port.to_string(),
+                "GET",
+                "sotto:place:four",
+            ])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            break placed_sfu(&cluster.dir, cluster.redis_port, "four");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room was never placed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    cluster.kill_part(&sfu);
+    for m in running {
+        let who = m.name;
+        let (status, shown) = tokio::task::spawn_blocking(move || m.finish())
+            .await
+            .unwrap();
+        assert!(status.success(), "{who}: {status}\n{shown}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{who}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["decrypt_failures"], 0, "{report}");
+        for p in report["participants"].as_array().unwrap() {
+            assert!(
+                p["frames_decrypted"].as_u64().unwrap() >= 100,
+                "{who}: {p}\n{shown}"
+            );
+        }
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -559,6 +559,10 @@ async fn on_signal(
             if session.had_media {
                 run.reconnect.failed(Instant::now());
                 set_state(session, run, CallState::Reconnecting);
+            } else if run.keys.is_some() {
+                // Gone before our media came up (an SFU node died during the set-up): offer
+                // again at once, to wherever the server places the room now.
+                run.reconnect.failed(Instant::now());
             }
         }
         SignalEvent::PeerLeft { peer_id } => {
