@@ -53,7 +53,8 @@ fn show(who: &str, out: &Output) -> String {
     )
 }
 
-/// Share of `hz` in the last two seconds of a 48 kHz WAV.
+/// Share of `hz` in the two seconds before the last one of a 48 kHz WAV (in a group the
+/// others hang up at slightly different times, which the last second may show).
 fn tail_share(path: &Path, hz: f64) -> f64 {
     let mut src = sotto::media::WavSource::open(path).unwrap();
     let mut all = Vec::new();
@@ -61,7 +62,8 @@ fn tail_share(path: &Path, hz: f64) -> f64 {
     while src.read_frame(&mut frame).unwrap() {
         all.extend_from_slice(&frame);
     }
-    let tail = &all[all.len().saturating_sub(96_000)..];
+    let end = all.len().saturating_sub(48_000);
+    let tail = &all[end.saturating_sub(96_000)..end];
     sotto::media::tone_share(tail, 48_000.0, hz)
 }
 
@@ -261,9 +263,18 @@ impl Member {
     /// Waits (up to a minute) for a stdout line that `pred` accepts (or finds one printed
     /// already).
     fn wait_line(&mut self, pred: impl Fn(&str) -> bool) {
-        if self.seen.iter().any(|l| pred(l)) {
-            return;
+        self.wait_line_since(0, pred);
+    }
+
+    /// As [`Member::wait_line`], among the lines from the `mark`-th on.
+    fn wait_line_since(&mut self, mark: usize, pred: impl Fn(&str) -> bool) {
+        if !self.seen.iter().skip(mark).any(|l| pred(l)) {
+            self.wait_new_line(pred);
         }
+    }
+
+    /// Waits (up to a minute) for a stdout line that `pred` accepts, among those not yet read.
+    fn wait_new_line(&mut self, pred: impl Fn(&str) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -318,7 +329,7 @@ fn placed_sfu(cluster_dir: &Path, redis_port: u16, room: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_members_over_three_nodes_move_off_a_killed_sfu_node() {
+async fn four_members_over_three_nodes_ride_out_a_killed_signaling_node_then_sfu_node() {
     if !available() {
         return;
     }
@@ -327,8 +338,12 @@ async fn four_members_over_three_nodes_move_off_a_killed_sfu_node() {
     let members = [("alice", 440), ("bob", 550), ("carol", 660), ("dave", 770)];
     let mut running = Vec::new();
     for (i, (who, hz)) in members.iter().enumerate() {
-        let node = &cluster.nodes[i % 3];
-        running.push(Member::spawn(who, group_member(&dir, node, who, *hz, 12)));
+        // Its node, then the next one to move to.
+        let servers = format!("{},{}", cluster.nodes[i % 3], cluster.nodes[(i + 1) % 3]);
+        running.push(Member::spawn(
+            who,
+            group_member(&dir, &servers, who, *hz, 25),
+        ));
     }
     // Everyone in one call: each prints the group code over the three others, and they agree.
     let over_all = |l: &str| {
@@ -344,10 +359,26 @@ async fn four_members_over_three_nodes_move_off_a_killed_sfu_node() {
         codes.push(line["group safety code: ".len()..][..9].to_string());
     }
     assert!(codes.iter().all(|c| *c == codes[0]), "{codes:?}");
-    // And media flowing through the SFU, before it is killed.
+    let connected = |l: &str| l == "state: connected (end-to-end encrypted)";
     for m in &mut running {
-        m.wait_line(|l| l == "state: connected (end-to-end encrypted)");
+        m.wait_line(connected);
     }
+    // Node 1 (alice's and dave's) dies: they move to their next node and come back into the
+    // call; everyone shows all three others again.
+    let marks: Vec<usize> = running.iter().map(|m| m.seen.len()).collect();
+    let killed_at = std::time::Instant::now();
+    cluster.kill_part("node1");
+    for (m, mark) in running.iter_mut().zip(&marks) {
+        m.wait_line_since(*mark, over_all);
+        if matches!(m.name, "alice" | "dave") {
+            m.wait_line_since(*mark, connected);
+        }
+    }
+    eprintln!(
+        "all four back in one call {:?} after node 1 died",
+        killed_at.elapsed()
+    );
+    // Then the SFU node the room is on dies: everyone moves to the other.
     let sfu = placed_sfu(&cluster.dir, cluster.redis_port, "four");
     cluster.kill_part(&sfu);
     for m in running {
@@ -362,21 +393,19 @@ async fn four_members_over_three_nodes_move_off_a_killed_sfu_node() {
         .unwrap();
         assert_eq!(report["mode"], "sfu", "{report}\n{shown}");
         assert_eq!(report["decrypt_failures"], 0, "{report}");
-        // It moved to the other SFU node.
-        assert!(
-            report["sfu_reconnects"].as_u64().unwrap() >= 1,
-            "{who}: {report}\n{shown}"
-        );
-        let others = report["participants"].as_array().unwrap();
-        assert_eq!(others.len(), 3, "{report}\n{shown}");
-        for p in others {
-            assert_eq!(p["decrypt_failures"], 0, "{who}: {p}");
-            assert!(
-                p["frames_decrypted"].as_u64().unwrap() >= 100,
-                "{who}: {p}\n{shown}"
-            );
-        }
-        // After the move, the last two seconds carry every other member's tone.
+        // Each other member was met (again, after the move), with nothing that failed to
+        // decrypt. (Whether still present depends on who hung up first at the end.)
+        let mut met: Vec<&str> = report["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .inspect(|p| assert_eq!(p["decrypt_failures"], 0, "{who}: {p}"))
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        met.sort_unstable();
+        met.dedup();
+        assert_eq!(met.len(), 3, "{report}\n{shown}");
+        // After both moves, the end of the call carries every other member's tone.
         for (other, hz) in members.iter().filter(|(name, _)| *name != who) {
             let share = tail_share(&dir.join(format!("{who}.wav")), f64::from(*hz));
             assert!(
