@@ -390,3 +390,330 @@ async fn cli_members_write_each_others_video_to_one_file_per_member() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Which sink of a receiver showed a picture: the two-party one, or a member's in a group.
+const TWO_PARTY: &str = "(two-party)";
+
+/// Every picture a receiver showed: when, on which sink, and the sender's tag it carried.
+#[derive(Debug, Default)]
+struct Timeline {
+    pictures: Vec<(Instant, String, Option<u16>)>,
+    /// When each sink was finished.
+    finished: Vec<(Instant, String)>,
+    /// The call's mode (`p2p` or `sfu`) each time it changed, as the stats say.
+    modes: Vec<(Instant, &'static str)>,
+}
+
+type SharedTimeline = Arc<Mutex<Timeline>>;
+
+/// A sink that adds what it shows to the receiver's timeline.
+struct Timed {
+    sink: String,
+    timeline: SharedTimeline,
+}
+
+impl VideoSink for Timed {
+    fn write_frame(&mut self, frame: &VideoFrame) -> Result<(), VideoError> {
+        let tag = read_code(frame).map(|c| c >> 12);
+        let mut t = self.timeline.lock().unwrap();
+        t.pictures.push((Instant::now(), self.sink.clone(), tag));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), VideoError> {
+        let mut t = self.timeline.lock().unwrap();
+        t.finished.push((Instant::now(), self.sink.clone()));
+        Ok(())
+    }
+}
+
+struct Mover {
+    name: &'static str,
+    timeline: SharedTimeline,
+    hang_up: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Option<(EndReason, CallStats)>>,
+}
+
+impl Mover {
+    /// Pictures of `of` shown on `sink` since `since`, with the right tag, and with another.
+    fn shown(&self, sink: &str, of: &str, since: Instant) -> (u64, u64) {
+        let expected = id_of(of);
+        let t = self.timeline.lock().unwrap();
+        let on: Vec<_> = t
+            .pictures
+            .iter()
+            .filter(|(at, s, tag)| *at >= since && s == sink && tag.is_some())
+            .collect();
+        let right = on.iter().filter(|p| p.2 == expected).count() as u64;
+        (right, on.len() as u64 - right)
+    }
+
+    /// When the call's mode became `mode` at or after `since`.
+    fn mode_since(&self, mode: &str, since: Instant) -> Option<Instant> {
+        let t = self.timeline.lock().unwrap();
+        t.modes
+            .iter()
+            .find(|(at, m)| *at >= since && *m == mode)
+            .map(|(at, _)| *at)
+    }
+
+    fn mode(&self) -> Option<&'static str> {
+        self.timeline.lock().unwrap().modes.last().map(|m| m.1)
+    }
+
+    /// The last picture of `of` on `sink` before `at`, and the first one on `then` after it.
+    fn around(&self, at: Instant, sink: &str, then: &str, of: &str) -> (Instant, Instant) {
+        let expected = id_of(of);
+        let t = self.timeline.lock().unwrap();
+        let of_sender = |s: &str| -> Vec<Instant> {
+            t.pictures
+                .iter()
+                .filter(|p| p.1 == s && p.2 == expected)
+                .map(|p| p.0)
+                .collect()
+        };
+        let before = of_sender(sink).into_iter().rfind(|p| *p < at);
+        let after = of_sender(then).into_iter().find(|p| *p >= at);
+        (
+            before.unwrap_or_else(|| panic!("{}: no picture of {of} before the move", self.name)),
+            after.unwrap_or_else(|| panic!("{}: no picture of {of} after the move", self.name)),
+        )
+    }
+}
+
+/// Starts `name` as a call without `--group` (two-party, moving to the SFU when a third comes)
+/// that sends its tagged picture, shows the peer's on the two-party sink and each member's on
+/// its own sink in a group.
+fn start_mover(server: &TestServer, room: &str, name: &'static str) -> Mover {
+    let timeline = SharedTimeline::default();
+    let members = Arc::clone(&timeline);
+    let mut call = CallBuilder::new(server.url.clone(), room)
+        .name(name)
+        .source(ToneSource::new(300.0, 0.3))
+        .sink(CaptureSink::default())
+        .video_source(Tagged {
+            pattern: TestPattern::new(W, H, FPS).unwrap(),
+            id: id_of(name).unwrap(),
+            n: 0,
+        })
+        .video_sink(Timed {
+            sink: TWO_PARTY.into(),
+            timeline: Arc::clone(&timeline),
+        })
+        .group_video_sinks(move |member: &str| {
+            Ok(Box::new(Timed {
+                sink: member.to_owned(),
+                timeline: Arc::clone(&members),
+            }) as Box<dyn VideoSink>)
+        })
+        .start()
+        .unwrap();
+    let (hang_up, mut hang_up_rx) = oneshot::channel::<()>();
+    let modes = Arc::clone(&timeline);
+    let done = tokio::spawn(async move {
+        let mut ended = None;
+        let mut hung_up = false;
+        // The stats say the mode: looked at often, so a move is seen within a few ms.
+        let mut look = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            let event = tokio::select! {
+                e = call.next_event() => e,
+                _ = look.tick() => {
+                    let mode = call.stats().mode;
+                    let mut t = modes.lock().unwrap();
+                    if t.modes.last().is_none_or(|m| m.1 != mode) {
+                        t.modes.push((Instant::now(), mode));
+                    }
+                    continue;
+                }
+                _ = &mut hang_up_rx, if !hung_up => {
+                    hung_up = true;
+                    assert_eq!(call.hang_up().await, EndReason::LocalHangup, "{name}");
+                    continue;
+                }
+            };
+            match event {
+                None => break,
+                Some(CallEvent::Ended { reason, stats }) => ended = Some((reason, stats)),
+                Some(_) => {}
+            }
+        }
+        ended
+    });
+    Mover {
+        name,
+        timeline,
+        hang_up: Some(hang_up),
+        done,
+    }
+}
+
+/// Waits until `check` holds, looking every 50 ms, for at most `WAIT` twice over (the moves
+/// agree new keys and connect anew, on a loaded machine too).
+async fn until(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_party_video_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_leaves() {
+    capture_logs();
+    let server = TestServer::start_with_sfu().await;
+    let room = "video-moves";
+    let t0 = Instant::now();
+    let alice = start_mover(&server, room, "alice");
+    let bob = start_mover(&server, room, "bob");
+    let pair = [(&alice, "bob"), (&bob, "alice")];
+    until("the two-party pictures", || {
+        for (m, of) in pair {
+            let (right, _) = m.shown(TWO_PARTY, of, t0);
+            if right < ENOUGH || m.mode() != Some("p2p") {
+                return Err(format!("{} of {of}: {right}, mode {:?}", m.name, m.mode()));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // A third comes, sending video too: everyone moves to the SFU, each member's pictures on
+    // that member's sink.
+    let joined = Instant::now();
+    let carol = start_mover(&server, room, "carol");
+    let trio = [
+        (&alice, ["bob", "carol"]),
+        (&bob, ["alice", "carol"]),
+        (&carol, ["alice", "bob"]),
+    ];
+    until("the group's pictures", || {
+        for (m, others) in trio {
+            for of in others {
+                let (right, _) = m.shown(of, of, joined);
+                if right < ENOUGH || m.mode() != Some("sfu") {
+                    return Err(format!("{} of {of}: {right}, mode {:?}", m.name, m.mode()));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let mut up = Vec::new();
+    for (m, of) in pair {
+        let switch = m.mode_since("sfu", joined).expect("moved to the SFU");
+        let (last, first) = m.around(switch, TWO_PARTY, of, of);
+        println!(
+            "to the SFU: {} shows {of} {} ms after its move ({} ms without a picture)",
+            m.name,
+            ms(first - switch),
+            ms(first - last)
+        );
+        up.push(first - switch);
+    }
+
+    // The third leaves: alice and bob meet peer to peer again, with new pictures on the
+    // two-party sink.
+    let _ = carol.hang_up.unwrap().send(());
+    let (reason, carol_stats) = tokio::time::timeout(2 * WAIT, carol.done)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("carol ended");
+    assert_eq!(reason, EndReason::LocalHangup);
+    assert_eq!(carol_stats.video_decrypt_failures, 0, "{carol_stats:?}");
+    let left = Instant::now();
+    until("the two-party pictures again", || {
+        for (m, of) in pair {
+            let Some(back) = m.mode_since("p2p", joined) else {
+                return Err(format!("{} is still {:?}", m.name, m.mode()));
+            };
+            let (right, _) = m.shown(TWO_PARTY, of, back);
+            if right < ENOUGH {
+                return Err(format!("{} of {of} since the move back: {right}", m.name));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let mut down = Vec::new();
+    for (m, of) in pair {
+        let switch = m.mode_since("p2p", joined).expect("back to two-party");
+        let (last, first) = m.around(switch, of, TWO_PARTY, of);
+        println!(
+            "back to two-party: {} shows {of} {} ms after its move ({} ms without a picture, \
+             {} ms after carol hung up)",
+            m.name,
+            ms(first - switch),
+            ms(first - last),
+            ms(first.saturating_duration_since(left))
+        );
+        down.push(first - switch);
+    }
+
+    let mut pair = [alice, bob];
+    for m in &mut pair {
+        let _ = m.hang_up.take().unwrap().send(());
+    }
+    for m in pair {
+        let (reason, stats) = tokio::time::timeout(2 * WAIT, m.done)
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("ended");
+        assert_eq!(reason, EndReason::LocalHangup, "{}", m.name);
+        assert_eq!(stats.mode, "p2p", "{} ends two-party", m.name);
+        assert_eq!(stats.video_decrypt_failures, 0, "{}: {stats:?}", m.name);
+        println!(
+            "{}: video sent {} ({} keyframes, {} asked for), shown {}, keyframe requests sent {}",
+            m.name,
+            stats.video_frames_sent,
+            stats.video_keyframes_sent,
+            stats.video_keyframes_requested,
+            stats.video_frames_rendered,
+            stats.video_keyframe_requests_sent
+        );
+        let t = m.timeline.lock().unwrap();
+        // Never anyone's picture on another's sink, in any mode.
+        for (at, sink, tag) in &t.pictures {
+            let expected = if sink == TWO_PARTY {
+                id_of(if m.name == "alice" { "bob" } else { "alice" })
+            } else {
+                id_of(sink)
+            };
+            assert!(
+                tag.is_none() || *tag == expected,
+                "{}: tag {tag:?} on {sink}'s sink at {:?}",
+                m.name,
+                at.duration_since(t0)
+            );
+        }
+        // Each sink finished once, at the end: the two-party one was kept through the group.
+        let last_picture = t.pictures.last().map(|p| p.0).unwrap();
+        let mut finished: Vec<&str> = t.finished.iter().map(|f| f.1.as_str()).collect();
+        finished.sort();
+        let mut sinks = vec![TWO_PARTY, "carol"];
+        sinks.push(if m.name == "alice" { "bob" } else { "alice" });
+        sinks.sort();
+        assert_eq!(finished, sinks, "{}: finished sinks", m.name);
+        assert!(
+            t.finished.iter().all(|f| f.0 >= last_picture),
+            "{}: a sink finished before the call ended: {:?}",
+            m.name,
+            t.finished
+        );
+    }
+    let show = |v: &[Duration]| v.iter().map(|d| format!("{} ms", ms(*d))).collect::<Vec<_>>();
+    println!(
+        "video back after the move: to the SFU {:?}, back to two-party {:?}",
+        show(&up),
+        show(&down)
+    );
+}

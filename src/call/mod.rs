@@ -261,7 +261,9 @@ impl CallBuilder {
         self
     }
 
-    /// Shows the peer's video on `sink` (default: decoded and counted, not shown).
+    /// Shows the peer's video on `sink` (default: decoded and counted, not shown). A
+    /// two-party call that moves into a group call keeps it, unfinished, and goes on writing
+    /// to it when it comes back to two; it is finished when the call ends.
     pub fn video_sink(mut self, sink: impl VideoSink + 'static) -> Self {
         self.video_sink = Some(Box::new(sink));
         self
@@ -279,9 +281,10 @@ impl CallBuilder {
         self
     }
 
-    /// In a group call, shows each member's video on the sink `factory` makes for it (called
-    /// with the member's name the first time its video shows). Default: decoded and
-    /// counted, not shown. The two-party [`video_sink`](Self::video_sink) is not used in a
+    /// In a group call (started as one, or a two-party call a third member joined), shows
+    /// each member's video on the sink `factory` makes for it (called with the member's name
+    /// the first time its video shows; the sinks last until the call ends). Default: decoded
+    /// and counted, not shown. The two-party [`video_sink`](Self::video_sink) is not used in a
     /// group.
     pub fn group_video_sinks(
         mut self,
@@ -352,7 +355,7 @@ impl CallBuilder {
             identity,
             known_peers: self.known_peers.unwrap_or_else(KnownPeers::in_memory),
             audio: Arc::new(media_loop::AudioHome::new(source, sink)),
-            video: std::sync::Mutex::new(Some((self.video_source, video_sink))),
+            video: Arc::new(video::VideoHome::new(self.video_source, video_sink)),
             group_video: Arc::new(group::GroupVideoHome::new(self.group_video_sinks)),
             participant_audio: self
                 .participant_audio

@@ -147,11 +147,13 @@ pub struct CallOptions {
     #[arg(long, value_name = "test-pattern|FILE.y4m|camera[:NAME]")]
     #[serde(default)]
     pub video: Option<String>,
-    /// Write the peer's video to this Y4M file (each decoded picture once).
+    /// Write the peer's video to this Y4M file (each decoded picture once). In a group call
+    /// (`--group`, or a two-party call a third joined) each member's goes to
+    /// `FILE-<name>.y4m`.
     #[arg(long, value_name = "FILE.y4m")]
     #[serde(default)]
     pub video_output: Option<PathBuf>,
-    /// Show the peer's video in a desktop window.
+    /// Show the peer's video in a desktop window (in a group call, one window per member).
     #[arg(long)]
     #[serde(default)]
     pub video_window: bool,
@@ -579,9 +581,10 @@ impl CallOptions {
         config
     }
 
-    /// Opens the video source and sink the options name (see [`open_video_source`] and
-    /// [`open_video_sink`]); open them before anything is created or joined, so a bad one
-    /// fails first.
+    /// Opens the video source and sinks the options name (see [`open_video_source`] and
+    /// [`open_video_sink`]; with `--group` no two-party sink, and without it both the
+    /// two-party sink and the members' sinks for a move into a group call); open them before
+    /// anything is created or joined, so a bad one fails first.
     ///
     /// [`open_video_source`]: Self::open_video_source
     /// [`open_video_sink`]: Self::open_video_sink
@@ -593,14 +596,17 @@ impl CallOptions {
                 group_sinks: self.group_video_sinks()?,
             });
         }
+        // A two-party call moves into a group call when a third member comes: there each
+        // member's video goes to its own sink, as with `--group`.
         Ok(VideoIo {
             source: self.open_video_source()?,
             sink: self.open_video_sink()?,
-            group_sinks: None,
+            group_sinks: self.group_video_sinks()?,
         })
     }
 
-    /// In a group call, each member's video goes to its own sink: `--video-output PATH`
+    /// In a group call (with `--group`, or a two-party call a third member joined), each
+    /// member's video goes to its own sink: `--video-output PATH`
     /// writes `PATH` with `-<name>` before its extension (`out.y4m`: `out-alice.y4m`; the
     /// name's characters other than letters, digits, `-` and `_` become `_`), and
     /// `--video-window` opens a window per member. The directory must exist (checked now).
@@ -907,6 +913,35 @@ mod tests {
         // Nothing in a name leaves the directory or makes a hidden path.
         assert_eq!(p("/tmp/v.y4m", "../x y"), Path::new("/tmp/v-___x_y.y4m"));
         assert_eq!(p("v.y4m", "zoë-k_9"), Path::new("v-zoë-k_9.y4m"));
+    }
+
+    #[test]
+    fn a_two_party_call_s_video_output_names_each_member_s_file_for_a_group_stretch() {
+        let dir = std::env::temp_dir().join(format!("sotto-options-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.y4m");
+        let json = |group: bool| {
+            serde_json::json!({
+                "server": "ws://h/ws", "room": "r", "group": group, "video-output": out,
+            })
+            .to_string()
+        };
+        // Without --group: the two-party file, and a member's own file once it shows.
+        let io = CallOptions::from_json(&json(false))
+            .unwrap()
+            .open_video()
+            .unwrap();
+        assert!(io.sink.is_some() && out.exists());
+        let mut factory = io.group_sinks.expect("the members' sinks for a group stretch");
+        factory("bob").unwrap();
+        assert!(dir.join("out-bob.y4m").exists());
+        // With --group: the members' sinks only.
+        let io = CallOptions::from_json(&json(true))
+            .unwrap()
+            .open_video()
+            .unwrap();
+        assert!(io.sink.is_none() && io.group_sinks.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::signal::{IceServerInfo, PeerInfo as SignalPeer};
 use crate::signal::{SignalClient, SignalConfig, SignalEvent};
 use crate::transport::{
     IceServer, LocalCandidate, MediaTransport, PathAction, RECONNECT_GIVE_UP, Reconnector,
-    RestartRole, TransportConfig, TransportState, VideoDirection, has_turn,
+    RestartRole, TransportConfig, TransportState, has_turn,
 };
 
 use super::control::{ControlCrypto, ControlError};
@@ -36,7 +36,7 @@ use super::media_loop::{self, AudioHome, Capture, MediaNotice, PLAYBACK_QUEUE, P
 use super::protocol::{ControlMessage, IncomingSignal, OutgoingSignal, parse_signal};
 use super::stats::{RateMeter, SharedStats};
 use super::trickle::{LocalTrickle, RemoteTrickle, Verdict, ice_ufrag};
-use super::video::{self, VideoCapture, VideoControl, VideoOpener, VideoRender};
+use super::video::{self, VideoCapture, VideoControl, VideoHome, VideoOpener, VideoRender};
 use super::{CallConfig, Command};
 
 /// How long a hang-up message gets to leave before the connection closes.
@@ -59,9 +59,6 @@ const STRAY_SIGNALS: usize = 16;
 /// gives up (once joined, it keeps trying: the media may still flow).
 pub(crate) const SIGNAL_ATTEMPTS: u32 = 5;
 
-/// The application's video source (if it sends video) and sink.
-pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
-
 /// The threads and tasks of one media kind.
 type Workers = (
     Vec<std::thread::JoinHandle<()>>,
@@ -77,8 +74,9 @@ pub(crate) struct Session {
     pub known_peers: KnownPeers,
     /// The application's audio I/O while no media thread holds it.
     pub audio: Arc<AudioHome>,
-    /// The same for video.
-    pub video: std::sync::Mutex<Option<VideoIo>>,
+    /// The same for two-party video (the source moves to `group_video` for a group stretch
+    /// and back).
+    pub video: Arc<VideoHome>,
     /// Group calls' video source and per-member sinks.
     pub group_video: Arc<super::group::GroupVideoHome>,
     /// Where each group member's voice goes before mixing, if the application asked.
@@ -327,6 +325,10 @@ impl Session {
                 }
             }
         };
+        // Sinks a change of mode left at home are finished now (a call that ends in a group
+        // stretch still holds the two-party sink, and one that ends two-party the members').
+        self.video.finish();
+        self.group_video.finish();
         // Messages the peer did not acknowledge are reported, never silently lost; texts held
         // in memory are wiped (the history, if any, keeps and expires its copies).
         self.chat.end();
@@ -357,6 +359,10 @@ impl Session {
     /// One two-party stretch of the call: to its end, or to the move to a group call.
     async fn run_two_party(&mut self, handover: Option<RoomHandover>) -> Outcome {
         self.shared.group_mode.store(false, Relaxed);
+        // Back from a group stretch, our video source is in the group's home.
+        if let Some(source) = self.group_video.take_source() {
+            self.video.put_source(source);
+        }
         let (reason, run) = self.run_inner(handover).await;
         let Some(mut run) = run else {
             return Outcome::Ended(reason);
@@ -390,12 +396,6 @@ impl Session {
             room,
             peers,
         })
-    }
-
-    /// A call that sends video stays two-party (only a call started as a group call carries
-    /// video in the group).
-    fn can_move_to_group(&self) -> bool {
-        self.config.transport.video != VideoDirection::SendReceive
     }
 
     /// [`verify_key`] for the peer of this two-party call.
@@ -798,7 +798,7 @@ impl Session {
                     ice_servers: ice_servers.clone(),
                     sfu,
                 });
-                if sfu && peers.len() >= 2 && self.can_move_to_group() {
+                if sfu && peers.len() >= 2 {
                     // Two or more are here already: a group call, and we start every pair.
                     run.escalate = Some(
                         peers
@@ -867,10 +867,7 @@ impl Session {
                         run.rejoin_seen = Some(info);
                         return Ok(false);
                     }
-                    let room = run
-                        .room
-                        .as_ref()
-                        .filter(|r| r.sfu && self.can_move_to_group());
+                    let room = run.room.as_ref().filter(|r| r.sfu);
                     let Some(room) = room else {
                         tracing::info!(peer = %info.peer_id, "ignoring a third peer");
                         return Ok(false);
@@ -1440,10 +1437,15 @@ impl Session {
             packets_tx,
             Arc::clone(&self.shared),
         ))];
-        let video_io = self.video.lock().ok().and_then(|mut v| v.take());
-        if let Some((source, sink)) = video_io {
-            let video =
-                self.start_video(run, video_keys, source, sink, video_streams, &stop, notices)?;
+        if let Some((source, sink)) = self.video.take() {
+            let video = self.start_video(
+                run,
+                video_keys,
+                (source, sink),
+                video_streams,
+                (&stop, &handover),
+                notices,
+            )?;
             threads.extend(video.0);
             tasks.extend(video.1);
         }
@@ -1460,7 +1462,6 @@ impl Session {
 
     /// Starts the video threads and tasks: always the receiving side (the peer may send
     /// video), and the sending side when we have a source.
-    #[allow(clippy::too_many_arguments)]
     fn start_video(
         &self,
         run: &Run,
@@ -1468,10 +1469,9 @@ impl Session {
             crate::handshake::DirectionKey,
             crate::handshake::DirectionKey,
         ),
-        source: Option<Box<dyn VideoSource>>,
-        sink: Box<dyn VideoSink>,
+        (source, sink): (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>),
         streams: &mut VideoStreams,
-        stop: &Arc<AtomicBool>,
+        (stop, handover): (&Arc<AtomicBool>, &Arc<AtomicBool>),
         notices: &mpsc::UnboundedSender<MediaNotice>,
     ) -> Result<Workers, EndReason> {
         let media_err = |e: &dyn std::fmt::Display| EndReason::MediaFailed(e.to_string());
@@ -1516,8 +1516,12 @@ impl Session {
                 need_keyframe,
                 notices: notices.clone(),
                 clocks: run.transport.peer_clocks(),
+                home: Arc::clone(&self.video),
+                handover: Arc::clone(handover),
             };
             threads.push(spawn("sotto-video-render", Box::new(move || render.run()))?);
+        } else {
+            self.video.put_sink(sink);
         }
         if let Some(source) = source {
             let settings = self.config.video;
@@ -1563,6 +1567,7 @@ impl Session {
                 stop: Arc::clone(stop),
                 settings,
                 notices: notices.clone(),
+                home: Arc::clone(&self.video),
             };
             threads.push(spawn(
                 "sotto-video-capture",

@@ -42,6 +42,60 @@ pub(crate) const RENDER_QUEUE: usize = 32;
 /// Longest a frame is held back to meet its audio.
 const MAX_SYNC_HOLD: Duration = Duration::from_millis(300);
 
+/// The application's two-party video I/O while no media thread holds it: our source (if we
+/// send video) and the sink the peer's video is shown on. A call that moves into a group call
+/// and back keeps both: the capture thread always puts the source back, the render thread puts
+/// the sink back unfinished on a change of mode (and finishes it at the call's end).
+pub(crate) struct VideoHome {
+    source: std::sync::Mutex<Option<Box<dyn VideoSource>>>,
+    sink: std::sync::Mutex<Option<Box<dyn VideoSink>>>,
+}
+
+impl VideoHome {
+    /// A home holding `source` (if any) and `sink`.
+    pub(crate) fn new(source: Option<Box<dyn VideoSource>>, sink: Box<dyn VideoSink>) -> Self {
+        VideoHome {
+            source: std::sync::Mutex::new(source),
+            sink: std::sync::Mutex::new(Some(sink)),
+        }
+    }
+
+    /// The source (if any) and the sink, or `None` (then nothing is taken) while a render
+    /// thread still holds the sink.
+    pub(crate) fn take(&self) -> Option<(Option<Box<dyn VideoSource>>, Box<dyn VideoSink>)> {
+        let mut sink = self.sink.lock().ok()?;
+        let sink = sink.take()?;
+        Some((self.take_source(), sink))
+    }
+
+    /// Takes the source (`None` if there is none, or a capture thread has it).
+    pub(crate) fn take_source(&self) -> Option<Box<dyn VideoSource>> {
+        self.source.lock().ok()?.take()
+    }
+
+    pub(crate) fn put_source(&self, source: Box<dyn VideoSource>) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = Some(source);
+        }
+    }
+
+    pub(crate) fn put_sink(&self, sink: Box<dyn VideoSink>) {
+        if let Ok(mut s) = self.sink.lock() {
+            *s = Some(sink);
+        }
+    }
+
+    /// Finishes the sink if it is here (the call ended while a group call showed the others).
+    pub(crate) fn finish(&self) {
+        let sink = self.sink.lock().ok().and_then(|mut s| s.take());
+        if let Some(mut sink) = sink
+            && let Err(e) = sink.finish()
+        {
+            tracing::warn!("finishing the video sink: {e}");
+        }
+    }
+}
+
 /// Video settings of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VideoSettings {
@@ -197,15 +251,19 @@ pub(crate) struct VideoCapture {
     pub stop: Arc<AtomicBool>,
     pub settings: VideoSettings,
     pub notices: mpsc::UnboundedSender<MediaNotice>,
+    /// Where the source goes back when the thread stops (the next mode's capture takes it).
+    pub home: Arc<VideoHome>,
 }
 
 impl VideoCapture {
-    /// Runs until `stop`; a source or codec failure ends the thread with a notice.
+    /// Runs until `stop`; a source or codec failure ends the thread with a notice. The
+    /// source goes back home either way.
     pub(crate) fn run(mut self) {
         if let Err(e) = self.run_inner() {
             tracing::error!("video capture stopped: {e}");
             let _ = self.notices.send(MediaNotice::Failed(e));
         }
+        self.home.put_source(self.source);
     }
 
     fn run_inner(&mut self) -> Result<(), String> {
@@ -512,6 +570,10 @@ pub(crate) struct VideoRender {
         watch::Receiver<Option<SenderClock>>,
         watch::Receiver<Option<SenderClock>>,
     ),
+    /// Where the sink goes back, unfinished, when the call changes mode (`handover` raised
+    /// before `stop`).
+    pub home: Arc<VideoHome>,
+    pub handover: Arc<AtomicBool>,
 }
 
 /// When the picture with RTP timestamp `video_ts` should be shown to meet its audio: the
@@ -536,11 +598,16 @@ pub(crate) fn sync_target(
 }
 
 impl VideoRender {
-    /// Runs until `stop`, then finishes the sink.
+    /// Runs until `stop`, then finishes the sink, or hands it back on a change of mode.
     pub(crate) fn run(mut self) {
         let result = self.run_inner();
-        let finished = self.sink.finish().map_err(|e| e.to_string());
-        if let Err(e) = result.and(finished) {
+        let result = if self.handover.load(Relaxed) {
+            self.home.put_sink(self.sink);
+            result
+        } else {
+            result.and(self.sink.finish().map_err(|e| e.to_string()))
+        };
+        if let Err(e) = result {
             tracing::error!("video render stopped: {e}");
             let _ = self.notices.send(MediaNotice::Failed(e));
         }

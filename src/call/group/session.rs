@@ -178,11 +178,9 @@ pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -
         departed: Vec::new(),
         shared: Arc::clone(&session.shared),
     };
-    // Our video source moves to the group's home, where each capture thread finds it.
-    if let Ok(mut io) = session.video.lock()
-        && let Some((source, _)) = io.as_mut()
-        && let Some(source) = source.take()
-    {
+    // Our video source moves to the group's home, where each capture thread finds it (a
+    // two-party stretch's capture thread put it back in the two-party home).
+    if let Some(source) = session.video.take_source() {
         session.group_video.put_source(source);
     }
     run.sends_video = session.group_video.has_source();
@@ -203,7 +201,8 @@ pub(crate) async fn run(session: &mut Session, handover: Option<RoomHandover>) -
     }
 }
 
-/// Leaves the SFU (the audio I/O goes back home) and hands signaling to the two-party call.
+/// Leaves the SFU (the audio and video I/O go back home) and hands signaling to the
+/// two-party call.
 async fn hand_back(
     session: &Session,
     run: &mut Run,
@@ -223,7 +222,11 @@ async fn hand_back(
     if let Ok(mut g) = session.shared.group.lock() {
         *g = GroupFigures::default();
     }
-    session.group_video.finish();
+    // Our video source goes back to the two-party side. The members' sinks stay until the
+    // call ends: a later group stretch goes on writing to them.
+    if let Some(source) = session.group_video.take_source() {
+        session.video.put_source(source);
+    }
     Some(RoomHandover {
         signal: run.signal.take()?,
         events: events?,
