@@ -621,6 +621,7 @@ async fn a_two_party_video_call_moves_to_the_sfu_when_a_third_comes_and_back_whe
 
     // The third leaves: alice and bob meet peer to peer again, with new pictures on the
     // two-party sink.
+    let left = Instant::now();
     let _ = carol.hang_up.unwrap().send(());
     let (reason, carol_stats) = tokio::time::timeout(2 * WAIT, carol.done)
         .await
@@ -629,7 +630,6 @@ async fn a_two_party_video_call_moves_to_the_sfu_when_a_third_comes_and_back_whe
         .expect("carol ended");
     assert_eq!(reason, EndReason::LocalHangup);
     assert_eq!(carol_stats.video_decrypt_failures, 0, "{carol_stats:?}");
-    let left = Instant::now();
     until("the two-party pictures again", || {
         for (m, of) in pair {
             let Some(back) = m.mode_since("p2p", joined) else {
