@@ -710,10 +710,207 @@ async fn a_two_party_video_call_moves_to_the_sfu_when_a_third_comes_and_back_whe
             t.finished
         );
     }
-    let show = |v: &[Duration]| v.iter().map(|d| format!("{} ms", ms(*d))).collect::<Vec<_>>();
+    let show = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{} ms", ms(*d)))
+            .collect::<Vec<_>>()
+    };
     println!(
         "video back after the move: to the SFU {:?}, back to two-party {:?}",
         show(&up),
         show(&down)
     );
+}
+
+/// A `sotto call` child whose stdout lines arrive as they are printed.
+struct Cli {
+    name: &'static str,
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Cli {
+    /// `sotto call` without `--group`, sending the test pattern and writing what it shows to
+    /// `dir/name/video.y4m`.
+    fn spawn(server: &TestServer, room: &str, name: &'static str, dir: &std::path::Path) -> Cli {
+        use std::io::BufRead;
+        let own = dir.join(name);
+        std::fs::create_dir_all(&own).unwrap();
+        let mut cmd = common::sotto_cli();
+        cmd.args(["call", "--server", &server.url, "--room", room])
+            .args(["--name", name, "--bind", "127.0.0.1:0"])
+            .args(["--tone", "440", "--duration", "120"])
+            .args(["--video", "test-pattern", "--fps", "15"])
+            .arg("--video-output")
+            .arg(own.join("video.y4m"))
+            .arg("--identity")
+            .arg(own.join("identity.json"))
+            .arg("--stats-json")
+            .arg(own.join("stats.json"))
+            .arg("--output")
+            .arg(own.join("audio.wav"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(own.join("stderr.log")).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Cli {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until lines holding each of `texts` were printed (after those already read).
+    async fn until(&mut self, texts: &[&str]) {
+        let deadline = tokio::time::Instant::now() + 2 * WAIT;
+        let mut missing: Vec<&str> = texts.to_vec();
+        while !missing.is_empty() {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{}: no {missing:?} in time: {:#?}", self.name, self.seen)
+                })
+                .unwrap_or_else(|| {
+                    panic!("{}: ended before {missing:?}: {:#?}", self.name, self.seen)
+                });
+            missing.retain(|t| !line.contains(t));
+            self.seen.push(line);
+        }
+    }
+
+    /// Hangs up as Ctrl-C does and waits for the process to end well.
+    async fn hang_up(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let status = tokio::task::spawn_blocking(move || self.child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "{}: {status}", self.name);
+    }
+}
+
+/// The test pattern's frame numbers in a Y4M file, each picture 640x360.
+fn codes_in(path: &std::path::Path) -> Vec<u16> {
+    let mut source = sotto::media::video::Y4mSource::open(path).unwrap();
+    let mut picture = VideoFrame::black(2, 2).unwrap();
+    let mut codes = Vec::new();
+    while source.read_frame(&mut picture).unwrap() {
+        assert_eq!(picture.size(), (640, 360), "{}", path.display());
+        codes.extend(read_code(&picture));
+    }
+    codes
+}
+
+/// `sotto call --video test-pattern --video-output DIR/video.y4m` without `--group`: alice and
+/// bob start two-party, carol joins and leaves. Each of the first two writes the other's
+/// pictures to `video.y4m` before and after the group stretch (one file, kept open through
+/// it), and each member's from the group stretch to `video-<name>.y4m`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_calls_without_group_keep_the_two_party_file_and_write_one_per_member_in_the_group() {
+    let server = TestServer::start_with_sfu().await;
+    let dir = common::temp_dir("cli-video-moves");
+    let room = "video-moves-cli";
+    let mut alice = Cli::spawn(&server, room, "alice", &dir);
+    let mut bob = Cli::spawn(&server, room, "bob", &dir);
+    alice.until(&["the peer's video"]).await;
+    bob.until(&["the peer's video"]).await;
+    // Pictures written to `who`'s file `file` so far (the header is shorter than a picture).
+    let frames = |who: &str, file: &str| {
+        std::fs::metadata(dir.join(who).join(file)).map_or(0, |m| m.len()) / (6 + 640 * 360 * 3 / 2)
+    };
+    let until_written = |files: Vec<(&'static str, &'static str, u64)>| async move {
+        let deadline = Instant::now() + 2 * WAIT;
+        while let Some((who, file, n)) = files
+            .iter()
+            .find(|(who, file, n)| frames(who, file) < n + ENOUGH)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{who}: {file} stays at {n} pictures"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until_written(vec![("alice", "video.y4m", 0), ("bob", "video.y4m", 0)]).await;
+    let carol = Cli::spawn(&server, room, "carol", &dir);
+    alice.until(&["bob's video", "carol's video"]).await;
+    bob.until(&["alice's video", "carol's video"]).await;
+    until_written(vec![
+        ("alice", "video-bob.y4m", 0),
+        ("alice", "video-carol.y4m", 0),
+        ("bob", "video-alice.y4m", 0),
+        ("bob", "video-carol.y4m", 0),
+    ])
+    .await;
+    carol.hang_up().await;
+    // Back two-party: the peer's picture shows again, on the file of the first stretch.
+    alice.until(&["the peer's video"]).await;
+    bob.until(&["the peer's video"]).await;
+    let back = (frames("alice", "video.y4m"), frames("bob", "video.y4m"));
+    until_written(vec![
+        ("alice", "video.y4m", back.0),
+        ("bob", "video.y4m", back.1),
+    ])
+    .await;
+    alice.hang_up().await;
+    bob.hang_up().await;
+    for (name, other) in [("alice", "bob"), ("bob", "alice")] {
+        let own = dir.join(name);
+        let mut files: Vec<String> = std::fs::read_dir(&own)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.ends_with(".y4m"))
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                "video-alice.y4m",
+                "video-bob.y4m",
+                "video-carol.y4m",
+                "video.y4m"
+            ]
+            .into_iter()
+            .filter(|f| *f != format!("video-{name}.y4m"))
+            .collect::<Vec<_>>(),
+            "{name}"
+        );
+        let two_party = codes_in(&own.join("video.y4m"));
+        let group = codes_in(&own.join(format!("video-{other}.y4m")));
+        let of_carol = codes_in(&own.join("video-carol.y4m"));
+        assert!(
+            group.len() >= 5 && of_carol.len() >= 5,
+            "{name}: {group:?} {of_carol:?}"
+        );
+        // The other's source went on through both moves: its pictures before the group
+        // stretch, in it, and after it, in order, the first and last on the two-party file.
+        let (first, last) = (group[0], group[group.len() - 1]);
+        let before = two_party.iter().filter(|c| **c < first).count() as u64;
+        let after = two_party.iter().filter(|c| **c > last).count() as u64;
+        assert!(
+            before >= ENOUGH && after >= ENOUGH,
+            "{name}: {before} pictures of {other} before the group, {after} after: {two_party:?}"
+        );
+        assert!(
+            two_party.windows(2).all(|w| w[1] > w[0]) && group.windows(2).all(|w| w[1] > w[0]),
+            "{name}: {other}'s pictures out of order: {two_party:?} {group:?}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(own.join("stats.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["mode"], "p2p", "{name}: {report}");
+        assert_eq!(report["video_decrypt_failures"], 0, "{name}: {report}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -932,7 +932,9 @@ mod tests {
             .open_video()
             .unwrap();
         assert!(io.sink.is_some() && out.exists());
-        let mut factory = io.group_sinks.expect("the members' sinks for a group stretch");
+        let mut factory = io
+            .group_sinks
+            .expect("the members' sinks for a group stretch");
         factory("bob").unwrap();
         assert!(dir.join("out-bob.y4m").exists());
         // With --group: the members' sinks only.

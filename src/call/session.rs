@@ -15,7 +15,7 @@ use crate::handshake::{
     CallKeys, DtlsFingerprint, Established, Handshake, Identity, IdentityKey, KnownPeers,
     MediaReceiver, MediaSender, PeerTrust, Role, VerifyError,
 };
-use crate::media::video::{VideoEncoderConfig, VideoSink, VideoSource};
+use crate::media::video::VideoEncoderConfig;
 use crate::media::{OpusDecoder, OpusEncoder};
 use crate::messages::{
     ChatEvent, Conversation, DisappearingTimer, History, MessageError, MessageId, Rejection,
@@ -1469,7 +1469,7 @@ impl Session {
             crate::handshake::DirectionKey,
             crate::handshake::DirectionKey,
         ),
-        (source, sink): (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>),
+        (source, sink): video::VideoIo,
         streams: &mut VideoStreams,
         (stop, handover): (&Arc<AtomicBool>, &Arc<AtomicBool>),
         notices: &mpsc::UnboundedSender<MediaNotice>,

@@ -42,6 +42,9 @@ pub(crate) const RENDER_QUEUE: usize = 32;
 /// Longest a frame is held back to meet its audio.
 const MAX_SYNC_HOLD: Duration = Duration::from_millis(300);
 
+/// Our video source (if we send video) and the sink the peer's video is shown on.
+pub(crate) type VideoIo = (Option<Box<dyn VideoSource>>, Box<dyn VideoSink>);
+
 /// The application's two-party video I/O while no media thread holds it: our source (if we
 /// send video) and the sink the peer's video is shown on. A call that moves into a group call
 /// and back keeps both: the capture thread always puts the source back, the render thread puts
@@ -62,7 +65,7 @@ impl VideoHome {
 
     /// The source (if any) and the sink, or `None` (then nothing is taken) while a render
     /// thread still holds the sink.
-    pub(crate) fn take(&self) -> Option<(Option<Box<dyn VideoSource>>, Box<dyn VideoSink>)> {
+    pub(crate) fn take(&self) -> Option<VideoIo> {
         let mut sink = self.sink.lock().ok()?;
         let sink = sink.take()?;
         Some((self.take_source(), sink))
