@@ -10,6 +10,7 @@
 //!
 //! Usage: `stack-bench [PACKETS] [--only rtc|str0m] [--rtc-srtp gcm128|gcm256]`.
 
+mod crypto;
 mod net;
 mod rtc_stack;
 mod str0m_stack;
@@ -26,6 +27,9 @@ pub const TICKS: u32 = 960;
 pub const RECEIVERS: usize = 3;
 /// Packets forwarded before the timing starts.
 pub const WARMUP: usize = 2_000;
+
+/// One stack's run: packets to forward, whether `rtc` negotiates AES-256-GCM.
+type Run = fn(usize, bool) -> Result<Report, String>;
 
 /// What one stack's run measured.
 #[derive(Debug, Clone)]
@@ -69,6 +73,12 @@ impl Report {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut packets = 200_000usize;
     let mut only: Option<String> = None;
     let mut rtc_gcm256 = true;
@@ -90,8 +100,7 @@ fn main() {
     }
     let mut parts = Vec::new();
     let mut failed = false;
-    let runs: [(&str, fn(usize, bool) -> Result<Report, String>); 2] =
-        [("rtc", rtc_stack::run), ("str0m", str0m_stack::run)];
+    let runs: [(&str, Run); 2] = [("rtc", rtc_stack::run), ("str0m", str0m_stack::run)];
     for (name, run) in runs {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
@@ -110,6 +119,19 @@ fn main() {
             }
             Err(e) => {
                 eprintln!("{name}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if only.is_none() {
+        match crypto::measure() {
+            Ok(c) => parts.push(format!(
+                "\"aes_256_gcm_ns\": {{\"ring_seal\": {:.0}, \"ring_open\": {:.0}, \
+                 \"rustcrypto_seal\": {:.0}, \"rustcrypto_open\": {:.0}}}",
+                c.ring_seal, c.ring_open, c.rustcrypto_seal, c.rustcrypto_open
+            )),
+            Err(e) => {
+                eprintln!("crypto: {e}");
                 failed = true;
             }
         }

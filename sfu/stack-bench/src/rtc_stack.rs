@@ -350,8 +350,8 @@ pub fn run(packets: usize, gcm256: bool) -> Result<Report, String> {
         other_ns: 0,
     };
     let mut sender_id = None;
-    let mut sfu_senders = vec![None; 4];
-    for i in 0..4 {
+    let mut sfu_senders = [None; 4];
+    for (i, sfu_sender) in sfu_senders.iter_mut().enumerate() {
         let mut c = client_pc(now, gcm256)?;
         host(&mut c, client_addr(i))?;
         if i == 0 {
@@ -373,7 +373,7 @@ pub fn run(packets: usize, gcm256: bool) -> Result<Report, String> {
         s.set_remote_description(now, offer).map_err(e)?;
         if i > 0 {
             let ssrc = 0x5f00_0000 + i as u32;
-            sfu_senders[i] = Some(
+            *sfu_sender = Some(
                 s.add_track(audio_track(ssrc, &format!("sfu-out-{i}")))
                     .map_err(e)?,
             );
