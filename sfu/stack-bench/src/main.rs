@@ -38,6 +38,8 @@ pub struct Report {
     pub packets_in: u64,
     /// Nanoseconds of the SFU side's forwarding over the timed packets.
     pub forward_ns: u128,
+    /// The part of it from the datagram to the RTP packet in the application's hands.
+    pub receive_ns: u128,
     /// Nanoseconds the SFU side spent on everything else meanwhile (its timers, the clients'
     /// RTCP and ICE keepalives), over the same packets.
     pub other_ns: u128,
@@ -57,11 +59,14 @@ impl Report {
         let forwarded = self.packets_in * RECEIVERS as u64;
         format!(
             "{{\"ns_per_forwarded_packet\": {:.0}, \"ns_per_packet_in\": {:.0}, \
+             \"receive_ns_per_packet_in\": {:.0}, \"send_ns_per_forwarded_packet\": {:.0}, \
              \"received_by_clients\": {}, \"forwarded_expected\": {}, \
              \"other_sfu_ns_per_packet_in\": {:.0}, \"srtp_profile\": \"{}\", \
              \"datagram_bytes_in\": {}, \"datagram_bytes_out\": {}}}",
             self.forward_ns as f64 / forwarded as f64,
             self.forward_ns as f64 / self.packets_in as f64,
+            self.receive_ns as f64 / self.packets_in as f64,
+            (self.forward_ns - self.receive_ns) as f64 / forwarded as f64,
             self.received,
             forwarded,
             self.other_ns as f64 / self.packets_in as f64,

@@ -425,6 +425,7 @@ pub fn run(packets: usize, gcm256: bool) -> Result<Report, String> {
     let offsets: [u16; 4] = [0, 1_000, 20_000, 40_000];
 
     let mut forward_ns = 0u128;
+    let mut receive_ns = 0u128;
     let mut received = 0u64;
     let mut bytes_in = 0;
     let mut bytes_out = 0;
@@ -482,6 +483,7 @@ pub fn run(packets: usize, gcm256: bool) -> Result<Report, String> {
                 reads_sfu.push(message);
             }
         }
+        let received_at = Instant::now();
         for m in reads_sfu.drain(..) {
             let RTCMessage::RtpPacket(track_id, p) = m else {
                 continue;
@@ -536,6 +538,7 @@ pub fn run(packets: usize, gcm256: bool) -> Result<Report, String> {
         }
         if timed {
             forward_ns += t.elapsed().as_nanos();
+            receive_ns += (received_at - t).as_nanos();
         }
 
         for d in out {
@@ -572,6 +575,7 @@ pub fn run(packets: usize, gcm256: bool) -> Result<Report, String> {
     Ok(Report {
         packets_in: packets as u64,
         forward_ns,
+        receive_ns,
         other_ns: w.other_ns,
         received,
         srtp_profile: if gcm256 {

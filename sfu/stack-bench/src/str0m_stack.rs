@@ -250,6 +250,7 @@ pub fn run(packets: usize, _rtc_gcm256: bool) -> Result<Report, String> {
     }
 
     let mut forward_ns = 0u128;
+    let mut receive_ns = 0u128;
     let mut received = 0u64;
     let mut bytes_in = 0;
     let mut bytes_out = 0;
@@ -296,6 +297,7 @@ pub fn run(packets: usize, _rtc_gcm256: bool) -> Result<Report, String> {
         let t = Instant::now();
         w.sfu[0].receive(now, &media)?;
         w.sfu[0].poll(&mut w.net, &mut scratch)?;
+        let received_at = Instant::now();
         for e in scratch.drain(..) {
             let Event::RtpPacket(p) = e else {
                 w.sfu_events.push(e);
@@ -335,6 +337,7 @@ pub fn run(packets: usize, _rtc_gcm256: bool) -> Result<Report, String> {
         }
         if timed {
             forward_ns += t.elapsed().as_nanos();
+            receive_ns += (received_at - t).as_nanos();
         }
 
         // The receivers decrypt, untimed.
@@ -375,6 +378,7 @@ pub fn run(packets: usize, _rtc_gcm256: bool) -> Result<Report, String> {
     Ok(Report {
         packets_in: packets as u64,
         forward_ns,
+        receive_ns,
         other_ns: w.other_ns,
         received,
         srtp_profile: "SRTP_AEAD_AES_256_GCM".into(),
