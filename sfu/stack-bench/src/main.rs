@@ -146,3 +146,25 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness itself: each stack connects, forwards every packet to every receiver, and
+    /// the receivers get the sender's payloads (a stack doing nothing would fail here).
+    #[test]
+    fn each_stack_connects_and_every_forwarded_packet_arrives() {
+        let runs: [(&str, Run); 2] = [("rtc", rtc_stack::run), ("str0m", str0m_stack::run)];
+        for (name, run) in runs {
+            let r = run(100, true).unwrap();
+            assert_eq!(r.packets_in, 100, "{name}");
+            assert_eq!(r.received, 100 * RECEIVERS as u64, "{name}");
+            assert!(r.forward_ns > r.receive_ns && r.receive_ns > 0, "{name}");
+            assert!(
+                r.bytes_in > PAYLOAD_LEN && r.bytes_out > PAYLOAD_LEN,
+                "{name}"
+            );
+        }
+    }
+}

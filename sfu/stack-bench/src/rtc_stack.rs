@@ -31,8 +31,7 @@ use rtc::rtp_transceiver::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use crate::net::{Datagram, client_addr, client_of, is_rtp, sfu_addr};
-use crate::str0m_stack::payload;
+use crate::net::{Datagram, client_addr, client_of, is_rtp, payload, sfu_addr};
 use crate::{FRAME, Report, TICKS, WARMUP};
 
 const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";

@@ -11,8 +11,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
-use crate::net::{Datagram, client_addr, client_of, is_rtp, sfu_addr};
-use crate::{FRAME, PAYLOAD_LEN, RECEIVERS, Report, TICKS, WARMUP};
+use crate::net::{Datagram, client_addr, client_of, is_rtp, payload, sfu_addr};
+use crate::{FRAME, RECEIVERS, Report, TICKS, WARMUP};
 
 const SENDER_SSRC: u32 = 0x5e0d_0001;
 
@@ -62,14 +62,6 @@ impl Node {
             ))
             .map_err(|e| e.to_string())
     }
-}
-
-/// The payload of the sender's packet number `n`: distinct per packet, so a receiver's check
-/// means the right packet arrived.
-pub fn payload(n: u64) -> Vec<u8> {
-    (0..PAYLOAD_LEN)
-        .map(|k| (n as u8).wrapping_mul(31).wrapping_add(k as u8))
-        .collect()
 }
 
 struct World {
