@@ -103,6 +103,44 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// How long a client waits for the messages its room's others said they sent.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// One client's count of the others' messages.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    expected: u64,
+    marks: usize,
+}
+
+/// A text frame from the server, as the load sees it.
+enum Incoming {
+    /// One of the others' messages, sent at this many microseconds after the epoch.
+    Data(u64),
+    /// Another member's closing mark: it sent this many messages.
+    Done(u64),
+    Error,
+    Other,
+}
+
+fn parse(t: &str) -> Incoming {
+    let number = |key: &str| {
+        let rest = t.split(key).nth(1)?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u64>().ok()
+    };
+    if let Some(at) = number("\"t\":") {
+        Incoming::Data(at)
+    } else if let Some(n) = number("\"done\":") {
+        Incoming::Done(n)
+    } else if t.contains("\"error\"") {
+        Incoming::Error
+    } else {
+        Incoming::Other
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -116,6 +154,7 @@ async fn run(args: Args) -> Result<(), String> {
     let epoch = Instant::now();
     let connect_gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let all_joined = Arc::new(Barrier::new(args.clients + 1));
+    let all_finished = Arc::new(Barrier::new(args.clients));
     let sent = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -133,6 +172,9 @@ async fn run(args: Args) -> Result<(), String> {
             stop_at.clone(),
         );
         let interval = Duration::from_millis(args.interval_ms);
+        // The last room may hold fewer.
+        let peers = room_size.min(args.clients - i / room_size * room_size) - 1;
+        let finished = all_finished.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u64> = Vec::new();
             let ws = {
@@ -142,6 +184,7 @@ async fn run(args: Args) -> Result<(), String> {
             let Ok((ws, _)) = ws else {
                 errors.fetch_add(1, Relaxed);
                 barrier.wait().await;
+                finished.wait().await;
                 return latencies;
             };
             let (mut sink, mut stream) = ws.split();
@@ -162,6 +205,28 @@ async fn run(args: Args) -> Result<(), String> {
             // Stagger senders across the interval so the load is steady, not bursty.
             let offset = interval.mul_f64((i % 1000) as f64 / 1000.0);
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+            // What the room's others said they sent (their closing marks), and what came.
+            let mut tally = Tally::default();
+            let mut sent_here = 0u64;
+            let on_text = |tally: &mut Tally, t: &str, latencies: &mut Vec<u64>| {
+                match parse(t) {
+                    Incoming::Data(at) => {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        latencies.push(now.saturating_sub(at));
+                        received.fetch_add(1, Relaxed);
+                        tally.received += 1;
+                    }
+                    Incoming::Done(n) => {
+                        tally.expected += n;
+                        tally.marks += 1;
+                    }
+                    Incoming::Error => {
+                        errors.fetch_add(1, Relaxed);
+                    }
+                    Incoming::Other => {}
+                }
+            };
+            let mut open = true;
             loop {
                 let stop = stop_at.load(Relaxed);
                 tokio::select! {
@@ -171,42 +236,37 @@ async fn run(args: Args) -> Result<(), String> {
                         let msg = format!(r#"{{"v":1,"type":"signal","data":{{"t":{now}}}}}"#);
                         if sink.send(Message::text(msg)).await.is_err() {
                             errors.fetch_add(1, Relaxed);
+                            open = false;
                             break;
                         }
                         sent.fetch_add(1, Relaxed);
+                        sent_here += 1;
                     }
                     msg = stream.next() => match msg {
-                        Some(Ok(Message::Text(t))) => {
-                            let t = t.as_str();
-                            if let Some(rest) = t.split("\"t\":").nth(1) {
-                                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                                if let Ok(at) = digits.parse::<u64>() {
-                                    let now = epoch.elapsed().as_micros() as u64;
-                                    latencies.push(now.saturating_sub(at));
-                                    received.fetch_add(1, Relaxed);
-                                }
-                            } else if t.contains("\"error\"") {
-                                errors.fetch_add(1, Relaxed);
-                            }
-                        }
+                        Some(Ok(Message::Text(t))) => on_text(&mut tally, t.as_str(), &mut latencies),
                         Some(Ok(_)) => {}
-                        _ => { errors.fetch_add(1, Relaxed); break; }
+                        _ => { errors.fetch_add(1, Relaxed); open = false; break; }
                     }
                 }
             }
-            // Drain briefly so in-flight messages are counted.
-            let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                while let Some(Ok(Message::Text(t))) = stream.next().await {
-                    if let Some(rest) = t.as_str().split("\"t\":").nth(1) {
-                        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                        if let Ok(at) = digits.parse::<u64>() {
-                            latencies.push((epoch.elapsed().as_micros() as u64).saturating_sub(at));
-                            received.fetch_add(1, Relaxed);
+            // The closing mark says how many we sent; the others' marks say how many to
+            // wait for. Waiting for them (not for a fixed time) counts what was in flight
+            // however slow the machine is, so a message missing after that was lost.
+            let mark = format!(r#"{{"v":1,"type":"signal","data":{{"done":{sent_here}}}}}"#);
+            if open && sink.send(Message::text(mark)).await.is_ok() {
+                let _ = tokio::time::timeout(DRAIN_LIMIT, async {
+                    while tally.marks < peers || tally.received < tally.expected {
+                        match stream.next().await {
+                            Some(Ok(Message::Text(t))) => on_text(&mut tally, t.as_str(), &mut latencies),
+                            Some(Ok(_)) => {}
+                            _ => break,
                         }
                     }
-                }
-            })
-            .await;
+                })
+                .await;
+            }
+            // Nobody leaves before everyone has what it waited for.
+            finished.wait().await;
             let _ = sink.close().await;
             latencies
         }));
