@@ -60,11 +60,17 @@ fn profile_dir() -> PathBuf {
 /// Builds the shared library and the workspace binaries, once per test run, and returns
 /// `target/<profile>`. `cargo test` does not build a crate's cdylib (its integration tests
 /// cannot link it), so this runs `cargo build` itself; it selects what `cargo test
-/// --workspace` selects, so features match and it reuses that build's artifacts.
+/// --workspace` selects, so features match and it reuses that build's artifacts. With
+/// `SOTTO_TESTS_PREBUILT` set, scripts/test built them already.
 fn built() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = profile_dir();
+        // scripts/test builds these before any test runs, and meanwhile cargo's build
+        // directory may be busy with its checks beside the tests.
+        if std::env::var_os("SOTTO_TESTS_PREBUILT").is_some() {
+            return dir;
+        }
         let mut cargo = Command::new(env!("CARGO"));
         cargo
             .current_dir(repo_root())
