@@ -307,37 +307,17 @@ async fn three_members_see_each_others_video_and_a_late_joiner_gets_a_keyframe()
 /// the stats JSON counts it per participant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_members_write_each_others_video_to_one_file_per_member() {
-    use common::{sotto_cli, temp_dir};
+    use common::temp_dir;
     use sotto::media::video::Y4mSource;
     let server = TestServer::start_with_sfu().await;
     let dir = temp_dir("cli-group-video");
     let names = ["alice", "bob"];
     let mut children = Vec::new();
     for name in names {
-        let own = dir.join(name);
-        std::fs::create_dir_all(&own).unwrap();
-        let mut cmd = sotto_cli();
-        cmd.args([
-            "call",
-            "--group",
-            "--server",
-            &server.url,
-            "--room",
-            "duo-video",
-        ])
-        .args(["--name", name, "--bind", "127.0.0.1:0"])
-        .args(["--tone", "440", "--duration", "5"])
-        .args(["--video", "test-pattern", "--fps", "15"])
-        .arg("--video-output")
-        .arg(own.join("video.y4m"))
-        .arg("--identity")
-        .arg(own.join("identity.json"))
-        .arg("--stats-json")
-        .arg(own.join("stats.json"))
-        .arg("--output")
-        .arg(own.join("audio.wav"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        let mut cmd = video_member(&server.url, "duo-video", name, &dir, "5");
+        cmd.arg("--group")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         children.push((name, cmd.spawn().unwrap()));
     }
     for (name, child) in children {
@@ -722,6 +702,33 @@ async fn a_two_party_video_call_moves_to_the_sfu_when_a_third_comes_and_back_whe
     );
 }
 
+/// `sotto call` for member `name` of `room`: a 440 Hz tone and the test pattern at 15 fps
+/// for `secs` seconds, its files (video output, identity, stats, audio) in `dir/name/`.
+fn video_member(
+    server: &str,
+    room: &str,
+    name: &str,
+    dir: &std::path::Path,
+    secs: &str,
+) -> std::process::Command {
+    let own = dir.join(name);
+    std::fs::create_dir_all(&own).unwrap();
+    let mut cmd = common::sotto_cli();
+    cmd.args(["call", "--server", server, "--room", room])
+        .args(["--name", name, "--bind", "127.0.0.1:0"])
+        .args(["--tone", "440", "--duration", secs])
+        .args(["--video", "test-pattern", "--fps", "15"])
+        .arg("--video-output")
+        .arg(own.join("video.y4m"))
+        .arg("--identity")
+        .arg(own.join("identity.json"))
+        .arg("--stats-json")
+        .arg(own.join("stats.json"))
+        .arg("--output")
+        .arg(own.join("audio.wav"));
+    cmd
+}
+
 /// A `sotto call` child whose stdout lines arrive as they are printed.
 struct Cli {
     name: &'static str,
@@ -735,23 +742,9 @@ impl Cli {
     /// `dir/name/video.y4m`.
     fn spawn(server: &TestServer, room: &str, name: &'static str, dir: &std::path::Path) -> Cli {
         use std::io::BufRead;
-        let own = dir.join(name);
-        std::fs::create_dir_all(&own).unwrap();
-        let mut cmd = common::sotto_cli();
-        cmd.args(["call", "--server", &server.url, "--room", room])
-            .args(["--name", name, "--bind", "127.0.0.1:0"])
-            .args(["--tone", "440", "--duration", "120"])
-            .args(["--video", "test-pattern", "--fps", "15"])
-            .arg("--video-output")
-            .arg(own.join("video.y4m"))
-            .arg("--identity")
-            .arg(own.join("identity.json"))
-            .arg("--stats-json")
-            .arg(own.join("stats.json"))
-            .arg("--output")
-            .arg(own.join("audio.wav"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(own.join("stderr.log")).unwrap());
+        let mut cmd = video_member(&server.url, room, name, dir, "120");
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(name).join("stderr.log")).unwrap());
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
