@@ -536,11 +536,12 @@ async function main() {
     call.mixedScript = isMixedScript(call.peerName);
     peerKey = Uint8Array.from(done.peerIdentity);
     const known = await checkKnownPeer(call.peerName, peerKey);
-    call.peerTrust = known.trust;
-    call.lookalike = known.lookalike ?? null;
     showTrustWarning(known);
     $('mark-verified').disabled = known.trust === 'verified';
     await showKnownPeers();
+    // Set last: once the trust is known, the warning and the known-peers table show it too.
+    call.lookalike = known.lookalike ?? null;
+    call.peerTrust = known.trust;
   }
 
   $('mark-verified').onclick = async () => {
@@ -553,10 +554,10 @@ async function main() {
       console.error('could not mark the peer verified', e);
       return;
     }
-    call.peerTrust = 'verified';
-    call.lookalike = null;
     showTrustWarning({ trust: 'verified' });
     await showKnownPeers();
+    call.lookalike = null;
+    call.peerTrust = 'verified';
   };
 
   /// The handshake is done: check the peer's name against the server's attestation and, once
