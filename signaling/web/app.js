@@ -726,7 +726,8 @@ async function main() {
   /// Turns the camera on or off during the call: the sender's track is replaced, with no
   /// renegotiation (the video m-line is always there).
   async function setCamera(on) {
-    if (ended || on === (cameraTrack !== null)) return;
+    // Not during a group call: group.js sends the camera it was given as it is.
+    if (ended || group || on === (cameraTrack !== null)) return;
     if (on) {
       let next;
       try {
@@ -970,8 +971,8 @@ async function main() {
 
   const validSlot = (slot) => Number.isInteger(slot) && slot >= 0 && slot <= 127;
   /// Whether a third person moves this call to the SFU (as the engine's can_move_to_group):
-  /// the server hosts one, the room gave slots, and we send no video.
-  const canMove = (p) => serverSfu && mySlot !== null && validSlot(p.slot) && !cameraTrack;
+  /// the server hosts one and the room gave slots. Our camera moves with us.
+  const canMove = (p) => serverSfu && mySlot !== null && validSlot(p.slot);
 
   /// Two-party media stops (the peer connection closes 3 s later, so the peer does not take
   /// the move for a failure) and the pair's state is new for the next two-party call.
@@ -1045,6 +1046,9 @@ async function main() {
       dtls,
       stream,
       track,
+      // The camera as it is now (null when off): group.js sends it and hands it back on
+      // the way back to two-party; it opens none of its own in a moved call.
+      cameraTrack,
       worker,
       workerStats,
       setStatus,

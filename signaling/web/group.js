@@ -661,7 +661,7 @@ export function runGroup(ctx) {
     pending?.secret.fill(0);
     for (const [k, u] of unacked) forget(k, u);
     for (const m of members.values()) worker.postMessage({ type: 'group-forget', slot: m.slot });
-    stopGroupVideo();
+    stopGroupVideo(true);
     signalTo(SFU_PEER, { kind: 'sfu_leave' });
     pc?.close();
     pc = null;
@@ -855,8 +855,9 @@ export function runGroup(ctx) {
   call.group.videos = {}; // member name -> the video slot track its tile shows
 
   /// The camera: app.js's if it opened one (`ctx.cameraTrack`), else ours with `&video=1`.
+  /// A call moved from two-party keeps the camera as it was (on or off).
   async function openGroupCamera() {
-    if (ctx.cameraTrack) return ctx.cameraTrack;
+    if (ctx.cameraTrack || moving) return ctx.cameraTrack ?? null;
     if (ctx.params.get('video') !== '1') return null;
     try {
       const media = await navigator.mediaDevices.getUserMedia({ video: true });
@@ -1010,8 +1011,9 @@ export function runGroup(ctx) {
     2000,
   );
 
-  function stopGroupVideo() {
-    cameraReady.then((camera) => camera?.stop()).catch(() => {});
+  /// `keepCamera`: back to two-party, where app.js goes on sending the camera it gave us.
+  function stopGroupVideo(keepCamera = false) {
+    if (!keepCamera) cameraReady.then((camera) => camera?.stop()).catch(() => {});
     for (const m of [me, ...members.values()]) showVideo(m, null);
   }
 

@@ -34,10 +34,24 @@ impl Cli {
         hz: f64,
         secs: u32,
     ) -> Cli {
+        Cli::spawn_with(server, room, dir, name, hz, secs, &[])
+    }
+
+    /// As `spawn`, with more arguments (`--video test-pattern`).
+    fn spawn_with(
+        server: &Server,
+        room: &str,
+        dir: &Path,
+        name: &'static str,
+        hz: f64,
+        secs: u32,
+        extra: &[&str],
+    ) -> Cli {
         let mut child = Command::new(sotto_bin())
             .args(["call", "--server", &server.ws_url(), "--room", room])
             .args(["--name", name, "--bind", "127.0.0.1:0"])
             .args(["--tone", &hz.to_string(), "--duration", &secs.to_string()])
+            .args(extra)
             .arg("--identity")
             .arg(dir.join(name).join("identity.json"))
             .arg("--stats-json")
@@ -463,6 +477,133 @@ async fn a_page_joining_two_cli_in_a_call_makes_it_a_group_call() {
     assert!(
         last > 0.15,
         "alice barely hears the page at the end: {last:.2}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(wav);
+}
+
+/// Records, every 50 ms, the page's time, its mode and how many of alice's pictures it
+/// decoded on the current connection (the peer connection's, or her tile's slot in the group).
+const VIDEO_RECORDER: &str = r#"(() => {
+    window.videoLog = [];
+    const tick = async () => {
+        let n = null;
+        if (window.sotto.mode === 'sfu') {
+            const v = await window.sotto.group?.videoStats?.().catch(() => null);
+            n = v?.alice?.framesDecoded ?? 0;
+        } else {
+            const s = await window.sotto.stats().catch(() => null);
+            n = s?.videoInbound?.framesDecoded ?? 0;
+        }
+        window.videoLog.push([performance.now(), window.sotto.mode, n]);
+        setTimeout(tick, 50);
+    };
+    tick();
+    return true;
+})()"#;
+
+/// The page's stats once its current peer connection decoded and encoded 30 pictures.
+async fn p2p_video(page: &Page, what: &str) -> Value {
+    page.wait_until(
+        "window.sotto.stats().then((s) => ({ ...s, mode: window.sotto.mode }))",
+        |s| {
+            s["mode"] == "p2p"
+                && s["videoInbound"]["framesDecoded"].as_u64() >= Some(30)
+                && s["videoOutbound"]["framesEncoded"].as_u64() >= Some(30)
+        },
+        CONNECT,
+        what,
+    )
+    .await
+}
+
+/// A page sending its camera and a `sotto call` sending its test pattern, peer to peer; a
+/// third `sotto call` (audio only) moves all three to the SFU and its leaving brings the two
+/// back. In every stretch the page sends its camera sealed and shows alice's picture (her tile
+/// in the group), and nothing fails to open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_sending_video_moves_to_the_sfu_and_back_with_its_camera() {
+    let test = "a_page_sending_video_moves_to_the_sfu_and_back_with_its_camera";
+    let _media = crate::MEDIA.lock().await;
+    let wav = tone_wav(880.0, 5);
+    // Chromium's own fake camera (640x480, moving).
+    let Some(browser) = crate::cdp::Browser::launch(Some(&wav)).await else {
+        return skip(test);
+    };
+    let server = Server::start_with_sfu().await;
+    let room = room("escalate-video");
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let video = ["--video", "test-pattern"];
+
+    let page = browser.new_page(None).await;
+    page.goto(&format!("{}&video=1", server.page_url(&room, "web")))
+        .await;
+    wait_status(&page, "waiting for someone", CONNECT).await;
+    let alice = Cli::spawn_with(&server, &room, &dir, "alice", 440.0, 30, &video);
+    page_pair_code(&page).await;
+    page.eval(VIDEO_RECORDER).await;
+    let first = p2p_video(&page, "30 pictures each way peer to peer").await;
+    let sealed_before = first["media"]["video"]["sealed"].as_u64().unwrap();
+    assert!(sealed_before >= 30, "{first}");
+
+    // carol comes: the page moves with its camera and shows alice's picture on her tile.
+    let carol = Cli::spawn(&server, &room, &dir, "carol", 660.0, 10);
+    page.wait_until(
+        "window.sotto.group?.videoStats?.()",
+        |v| v["alice"]["framesDecoded"].as_u64() >= Some(30),
+        CONNECT,
+        "30 of alice's pictures on her tile through the SFU",
+    )
+    .await;
+    let in_group = page
+        .wait_until(
+            "window.sotto.stats()",
+            |s| s["mode"] == "sfu" && s["media"]["group"]["video"]["sealed"].as_u64() >= Some(30),
+            CONNECT,
+            "30 of the page's pictures sealed under its group key",
+        )
+        .await;
+    assert_eq!(
+        in_group["media"]["group"]["video"]["failed"], 0,
+        "{in_group}"
+    );
+    let tile = page
+        .eval("(() => { const v = document.querySelector('#tiles .tile[data-peer=\"web\"] video'); return v && !v.hidden ? v.dataset.track : null; })()")
+        .await;
+    assert_eq!(tile, "local", "the page's own tile shows its camera");
+    let (carol_out, carol_report, _) = carol.finish(&dir).await;
+    let from_page = carol_report["participants"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "web"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(
+        from_page["video_frames_decrypted"].as_u64() >= Some(10)
+            && from_page["video_decrypt_failures"] == 0,
+        "carol decrypted too few of the page's pictures: {from_page}\n{carol_out}"
+    );
+
+    // Back peer to peer: a new peer connection, the same camera, alice's picture again.
+    page_pair_code_after(&page, 2).await;
+    let back = p2p_video(&page, "30 pictures each way peer to peer again").await;
+    assert!(
+        back["media"]["video"]["sealed"].as_u64() > Some(sealed_before),
+        "{back}"
+    );
+    assert_eq!(back["media"]["video"]["failed"], 0, "{back}");
+    assert_eq!(page.eval("window.sotto.camera").await, true);
+    let log = page.eval("window.videoLog").await;
+    let (up, down) = (gap_at(&log, 1), gap_at(&log, 2));
+    let (alice_out, alice_report, _) = alice.finish(&dir).await;
+    assert_eq!(alice_report["video_decrypt_failures"], 0, "{alice_report}");
+    assert!(
+        alice_report["video_frames_decrypted"].as_u64() >= Some(30),
+        "alice decrypted too few of the page's pictures: {alice_report}\n{alice_out}"
+    );
+    eprintln!(
+        "moves with video: the page went without a picture of alice for {up:?} to the group, {down:?} back"
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(wav);
