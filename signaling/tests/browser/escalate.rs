@@ -596,6 +596,8 @@ async fn a_page_sending_video_moves_to_the_sfu_and_back_with_its_camera() {
     assert_eq!(page.eval("window.sotto.camera").await, true);
     let log = page.eval("window.videoLog").await;
     let (up, down) = (gap_at(&log, 1), gap_at(&log, 2));
+    // The page hangs up: alice's call ends there (her --duration is only a bound).
+    page.eval("window.sotto.hangup()").await;
     let (alice_out, alice_report, _) = alice.finish(&dir).await;
     assert_eq!(alice_report["video_decrypt_failures"], 0, "{alice_report}");
     assert!(
