@@ -40,6 +40,8 @@ struct Seen {
     states: Vec<(std::time::Instant, CallState)>,
     /// Every trust change shown.
     trust: Vec<(String, PeerTrust)>,
+    /// Two-party safety codes shown (one per two-party stretch with keys).
+    pair_codes: usize,
     ended: Option<(EndReason, CallStats)>,
 }
 
@@ -456,6 +458,8 @@ enum Mark {
     Pair,
     /// A group code over this many other members.
     Group(usize),
+    /// Alone in the room, waiting for someone.
+    Waiting,
 }
 
 /// A sink that keeps each frame played with the time it was played: a change of mode writes
@@ -551,9 +555,17 @@ fn start_marked(
             let Some(event) = event else { break };
             // Marks go out once media flows: a code shown while connecting waits for it.
             let mut out = Vec::new();
+            if matches!(event, CallEvent::SafetyCode(_)) {
+                seen.pair_codes += 1;
+            }
             match event {
                 CallEvent::SafetyCode(_) if connected => out.push(Mark::Pair),
                 CallEvent::SafetyCode(_) => pair_pending = true,
+                CallEvent::State(CallState::WaitingForPeer) => {
+                    connected = false;
+                    last_group = None;
+                    out.push(Mark::Waiting);
+                }
                 CallEvent::GroupSafetyCode { code, members, .. } => {
                     last_group = Some(members.len());
                     if connected {
@@ -666,6 +678,63 @@ async fn a_two_party_call_moves_to_the_sfu_when_a_third_comes_and_back_when_it_l
             gap <= Duration::from_secs(1),
             "{who}: {other} Hz missing for {gap:?}"
         );
+    }
+}
+
+/// A member that is always in the group call (`group`, as `--group`) and one that moves
+/// between modes, alone together in a room: they meet on the SFU whoever comes first, and a
+/// third that comes and goes leaves them there. Neither ever has a two-party call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_and_a_moving_member_meet_on_the_sfu_in_a_room_of_two() {
+    let _one = ONE_CALL.lock().await;
+    capture_logs();
+    let server = TestServer::start_with_sfu().await;
+    for (room, group_first) in [("mix-a", true), ("mix-b", false)] {
+        let (marks_tx, mut marks) = mpsc::unbounded_channel();
+        let first = if group_first { "gina" } else { "paul" };
+        let start = |name: &'static str| {
+            let (hz, group) = if name == "gina" {
+                (440.0, true)
+            } else {
+                (660.0, false)
+            };
+            start_marked(&server, room, name, (hz, 0.3), group, marks_tx.clone())
+        };
+        let a = start(first);
+        until_marked(&mut marks, &[first], Mark::Waiting).await;
+        let b = start(if group_first { "paul" } else { "gina" });
+        let ((gina_sink, gina_hang_up, gina), (paul_sink, paul_hang_up, paul)) =
+            if group_first { (a, b) } else { (b, a) };
+        until_marked(&mut marks, &["gina", "paul"], Mark::Group(1)).await;
+        if group_first {
+            // A third comes and goes: paul stays on the SFU with gina.
+            let (_, carl_hang_up, carl) =
+                start_auto(&server, room, "carl", 880.0, marks_tx.clone());
+            until_marked(&mut marks, &["gina", "paul", "carl"], Mark::Group(2)).await;
+            let _ = carl_hang_up.send(());
+            let carl_seen = tokio::time::timeout(WAIT, carl).await.unwrap().unwrap();
+            assert_eq!(carl_seen.ended.unwrap().1.decrypt_failures, 0);
+            until_marked(&mut marks, &["gina", "paul"], Mark::Group(1)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (who, sink, other) in [("gina", &gina_sink, 660.0), ("paul", &paul_sink, 440.0)] {
+            let s = share(&sink.tail(1.5), other);
+            assert!(s > 0.4, "{room}: {who} barely hears {other} Hz: {s:.2}");
+        }
+        let _ = gina_hang_up.send(());
+        let _ = paul_hang_up.send(());
+        for (who, seen) in [("gina", gina), ("paul", paul)] {
+            let seen = tokio::time::timeout(WAIT, seen).await.unwrap().unwrap();
+            let (_, stats) = seen.ended.unwrap();
+            assert_eq!(stats.mode, "sfu", "{room}: {who} ends on the SFU");
+            assert_eq!(stats.decrypt_failures, 0, "{room}: {who}");
+            assert_eq!(seen.pair_codes, 0, "{room}: {who} had a two-party call");
+            assert!(
+                seen.codes.iter().any(|c| c.1.len() == 1),
+                "{room}: {who}: {:?}",
+                seen.codes
+            );
+        }
     }
 }
 

@@ -227,8 +227,12 @@ impl Conn {
         };
         match msg {
             ClientMessage::Join {
-                room, name, token, ..
-            } => self.on_join(room, name, token),
+                room,
+                name,
+                token,
+                group,
+                ..
+            } => self.on_join(room, name, token, group),
             ClientMessage::Leave { .. } => match self.joined.take() {
                 Some(j) => {
                     leave_room(&self.app, &j);
@@ -503,7 +507,7 @@ impl Conn {
         self.error(ErrorCode::BadMessage, message);
     }
 
-    fn on_join(&mut self, room: String, name: String, token: Option<String>) {
+    fn on_join(&mut self, room: String, name: String, token: Option<String>, group: bool) {
         if self.joined.is_some() || self.attached.is_some() {
             return self.error(ErrorCode::AlreadyJoined, "already in a room; leave first");
         }
@@ -549,7 +553,7 @@ impl Conn {
             kick: self.kick.clone(),
         };
         if let Some(cluster) = self.app.cluster.get().cloned() {
-            return self.join_cluster(&cluster, room, name, token_hash, handle, claim);
+            return self.join_cluster(&cluster, room, name, group, token_hash, handle, claim);
         }
         let app = &self.app;
         // Asked before the hub's lock is taken: the SFU pool has a lock of its own.
@@ -568,7 +572,7 @@ impl Conn {
                 sfu,
             })
         };
-        match app.hub.join(&room, &name, handle, welcome) {
+        match app.hub.join(&room, &name, group, handle, welcome) {
             Ok(peer_id) => {
                 tracing::info!(peer = %peer_id, room = %room, "joined");
                 self.joined = Some(Joined {
@@ -595,6 +599,7 @@ impl Conn {
         cluster: &crate::cluster::Cluster,
         room: String,
         name: String,
+        group: bool,
         tok: String,
         handle: PeerHandle,
         claim: Option<TokenClaim>,
@@ -630,7 +635,7 @@ impl Conn {
             .hub
             .hold_join(peer_id.clone(), handle, welcome, done);
         let skel = sotto::names::skeleton(&name);
-        if !cluster.join(&room, peer_id.clone(), &name, skel, tok) {
+        if !cluster.join(&room, peer_id.clone(), &name, skel, tok, group) {
             self.app
                 .hub
                 .cluster_refused(&peer_id, ErrorCode::Unavailable);

@@ -156,6 +156,8 @@ struct Member {
     name: String,
     /// `sotto::names::skeleton(name)`: names with equal skeletons look alike.
     skeleton: String,
+    /// Joined as a group member (`join` with `"group": true`).
+    group: bool,
     reach: Reach,
 }
 
@@ -169,6 +171,7 @@ impl Member {
             peer_id: self.id.to_string(),
             name: self.name.clone(),
             slot: Some(self.slot),
+            group: self.group,
         }
     }
 }
@@ -219,6 +222,9 @@ pub struct MemberRecord {
     /// SHA-256 of its join token (hex), or empty.
     #[serde(default)]
     pub tok: String,
+    /// Joined as a group member (`join` with `"group": true`).
+    #[serde(default)]
+    pub grp: bool,
 }
 
 /// Where signals for members on other nodes go (the cluster's publisher).
@@ -345,6 +351,7 @@ impl Hub {
         &self,
         room: &str,
         name: &str,
+        group: bool,
         handle: PeerHandle,
         welcome: impl FnOnce(&Arc<str>, u8, Vec<PeerInfo>) -> Utf8Bytes,
     ) -> Result<Arc<str>, ErrorCode> {
@@ -381,6 +388,7 @@ impl Hub {
             peer_id: id.to_string(),
             name: name.to_string(),
             slot: Some(slot),
+            group,
         });
         self.announce(entry, "", &announce);
         if handle
@@ -397,6 +405,7 @@ impl Hub {
             slot,
             name: name.to_string(),
             skeleton,
+            group,
             reach: Reach::Local(handle),
         });
         if is_new {
@@ -562,6 +571,7 @@ impl Hub {
                 peer_id: member.id.clone(),
                 name: member.name.clone(),
                 slot: Some(member.slot),
+                group: member.grp,
             });
             self.announce(entry, "", &announce);
             // The connection learns it joined before it writes the welcome (see `connection`).
@@ -578,6 +588,7 @@ impl Hub {
                 slot: member.slot,
                 name: member.name,
                 skeleton: member.skel,
+                group: member.grp,
                 reach: Reach::Local(p.handle),
             });
             if is_new {
@@ -602,6 +613,7 @@ impl Hub {
             peer_id: r.id.clone(),
             name: r.name.clone(),
             slot: Some(r.slot),
+            group: r.grp,
         });
         self.announce(entry, "", &announce);
         entry.members.push(Member {
@@ -609,6 +621,7 @@ impl Hub {
             slot: r.slot,
             name: r.name,
             skeleton: r.skel,
+            group: r.grp,
             reach: Reach::Remote(r.node.as_str().into()),
         });
     }
@@ -668,6 +681,7 @@ impl Hub {
                         slot: m.slot,
                         node: this_node.to_string(),
                         tok: String::new(),
+                        grp: m.group,
                     })
                     .collect();
                 (room.clone(), members)

@@ -105,8 +105,12 @@ async fn peers_on_two_nodes_meet_relay_and_part() {
     let b = Node::start(&redis.url).await;
     assert_ne!(a.app.node_id, b.app.node_id);
 
+    // alice is a group member (`--group`): the flag crosses nodes with her record.
     let mut alice = Client::connect(&a.url()).await;
-    let w_alice = alice.join("standup", "alice").await;
+    alice
+        .send(json!({"v":1,"type":"join","room":"standup","name":"alice","group":true}))
+        .await;
+    let w_alice = alice.expect("welcome").await;
     assert!(ids(&w_alice).is_empty());
     let alice_id = w_alice["peer_id"].as_str().unwrap().to_string();
 
@@ -114,12 +118,14 @@ async fn peers_on_two_nodes_meet_relay_and_part() {
     let w_bob = bob.join("standup", "bob").await;
     assert_eq!(ids(&w_bob), vec![alice_id.clone()]);
     assert_eq!(w_bob["peers"][0]["name"], "alice");
+    assert_eq!(w_bob["peers"][0]["group"], true, "{w_bob}");
     let bob_id = w_bob["peer_id"].as_str().unwrap().to_string();
     assert_ne!(w_bob["slot"], w_alice["slot"]);
 
     let joined = alice.expect("peer_joined").await;
     assert_eq!(joined["peer_id"], bob_id.as_str());
     assert_eq!(joined["name"], "bob");
+    assert!(joined.get("group").is_none(), "{joined}");
 
     // Both ways, addressed and broadcast; the server stamps the sender.
     alice.signal(&bob_id, json!({"kind":"offer","n":1})).await;
@@ -145,6 +151,13 @@ async fn peers_on_two_nodes_meet_relay_and_part() {
         ids(&w_carol),
         expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
     );
+    for p in w_carol["peers"].as_array().unwrap() {
+        assert_eq!(
+            p["group"].as_bool(),
+            (p["name"] == "alice").then_some(true),
+            "{w_carol}"
+        );
+    }
     alice.expect("peer_joined").await;
     bob.expect("peer_joined").await;
 

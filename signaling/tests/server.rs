@@ -261,6 +261,46 @@ async fn slots_are_unique_in_a_room_and_reused_after_a_leave() {
     server.stop().await;
 }
 
+/// `join` with `"group": true` marks a member always in the group call: the server says so
+/// in `welcome.peers` and `peer_joined`, and says nothing for the others.
+#[tokio::test]
+async fn group_members_are_marked_in_welcome_and_peer_joined() {
+    let server = Server::start(ServerConfig::default()).await;
+    let mut g = Client::connect(&server).await;
+    let mut p = Client::connect(&server).await;
+    let mut q = Client::connect(&server).await;
+    g.send(json!({"v":1,"type":"join","room":"mix","name":"gina","group":true}))
+        .await;
+    g.expect("welcome").await;
+    let wp = p.join("mix", "paul").await;
+    assert_eq!(wp["peers"][0]["name"], "gina");
+    assert_eq!(wp["peers"][0]["group"], true, "{wp}");
+    let joined = g.expect("peer_joined").await;
+    assert_eq!(joined["name"], "paul");
+    assert!(joined.get("group").is_none(), "{joined}");
+    q.send(json!({"v":1,"type":"join","room":"mix","name":"quin","group":true}))
+        .await;
+    let wq = q.expect("welcome").await;
+    let flags: Vec<&Value> = wq["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["group"])
+        .collect();
+    assert_eq!(flags, [&json!(true), &Value::Null], "{wq}");
+    for c in [&mut g, &mut p] {
+        let joined = c.expect("peer_joined").await;
+        assert_eq!(joined["group"], true, "{joined}");
+    }
+    // Anything but a boolean is a bad message; the connection survives.
+    let mut r = Client::connect(&server).await;
+    r.send(json!({"v":1,"type":"join","room":"mix","name":"rob","group":"yes"}))
+        .await;
+    r.expect_error("bad_message").await;
+    r.ping().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_server_without_an_sfu_says_so() {
     let server = Server::start(ServerConfig::default()).await;

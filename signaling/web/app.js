@@ -1060,7 +1060,10 @@ async function main() {
         slot: mySlot,
         iceServers,
         fromPair,
-        peers: roster.map((r) => ({ ...r, peer: { id: r.peer.id, name: r.peer.name, slot: r.peer.slot } })),
+        peers: roster.map((r) => ({
+          ...r,
+          peer: { id: r.peer.id, name: r.peer.name, slot: r.peer.slot, group: r.peer.group === true },
+        })),
         onPair: backToPair,
       },
     });
@@ -1091,7 +1094,7 @@ async function main() {
     if (msg === null || typeof msg !== 'object' || msg.v !== 1) return;
     const peerInfo = (p) =>
       p && typeof p.peer_id === 'string' && typeof p.name === 'string'
-        ? { id: p.peer_id, name: p.name, shown: canonical(p.name), slot: p.slot }
+        ? { id: p.peer_id, name: p.name, shown: canonical(p.name), slot: p.slot, group: p.group === true }
         : null;
     if (msg.type === 'peer_joined' && peerInfo(msg)) roomPeers.set(msg.peer_id, peerInfo(msg));
     if (msg.type === 'peer_left') roomPeers.delete(msg.peer_id);
@@ -1109,8 +1112,9 @@ async function main() {
         const peers = Array.isArray(msg.peers) ? msg.peers.map(peerInfo).filter(Boolean) : [];
         for (const p of peers) roomPeers.set(p.id, p);
         showPeers(roomPeers);
-        if (peers.length >= 2 && peers.every(canMove)) {
-          // Two or more are here already: a group call, and we start every pair.
+        if ((peers.length >= 2 || peers.some((p) => p.group)) && peers.every(canMove)) {
+          // Two or more are here already, or a member always in the group call (`--group`,
+          // `&group=1`): a group call, and we start every pair.
           enterGroup(peers.map((peer) => ({ peer, join: 'present', initiate: true })), false);
         } else if (peers.length) startCall('initiator', peers[0]);
         else setStatus('waiting for someone to join');
@@ -1121,7 +1125,10 @@ async function main() {
         if (!p) break;
         showPeers(roomPeers);
         if (ended) break;
-        if (!call.peer) startCall('responder', p);
+        if (!call.peer && p.group && canMove(p)) {
+          // A member always in the group call joined us: we meet it on the SFU (it starts).
+          enterGroup([{ peer: p, join: 'new', initiate: false }], false);
+        } else if (!call.peer) startCall('responder', p);
         else if (canMove(p) && canMove(call.peer)) {
           // A third person: everyone moves to the SFU with new keys.
           const partner = call.peer;

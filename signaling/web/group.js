@@ -502,6 +502,7 @@ export function runGroup(ctx) {
       id: peer.id,
       attestedName: peer.name,
       slot: peer.slot,
+      group: peer.group === true, // always in the group call (`--group`, `&group=1`)
       join,
       handshake: null,
       control: null,
@@ -644,8 +645,10 @@ export function runGroup(ctx) {
       serial(() => m.keyed && memberLeftKeys(m.slot));
       rosterChanged(why);
     }
-    if (moving && members.size === 1) {
-      backToPair([...members.values()][0]);
+    // Down to one other member: back to two-party, unless it is always in the group call.
+    const [last] = members.values();
+    if (moving && members.size === 1 && !last.group) {
+      backToPair(last);
       return;
     }
     updateStatus();
@@ -1079,7 +1082,9 @@ export function runGroup(ctx) {
     ws.onopen = () => {
       setStatus('joining');
       const token = ctx.params.get('token');
-      sendServer({ type: 'join', room, name, ...(token ? { token } : {}) });
+      // `group`: we are always in the group call, so members that move between two-party and
+      // group calls meet us on the SFU even in a room of two.
+      sendServer({ type: 'join', room, name, group: true, ...(token ? { token } : {}) });
     };
     ws.onclose = () => {
       if (!ended) end('lost the signaling server');
@@ -1099,7 +1104,7 @@ export function runGroup(ctx) {
     if (msg === null || typeof msg !== 'object' || msg.v !== 1 || ended) return;
     const peerInfo = (p) =>
       p && typeof p.peer_id === 'string' && typeof p.name === 'string'
-        ? { id: p.peer_id, name: p.name, slot: p.slot }
+        ? { id: p.peer_id, name: p.name, slot: p.slot, group: p.group === true }
         : null;
     switch (msg.type) {
       case 'welcome': {

@@ -121,6 +121,7 @@ impl Peer {
             peer_id: id,
             name: attested_name,
             slot,
+            ..
         } = info;
         Peer {
             id,
@@ -798,8 +799,9 @@ impl Session {
                     ice_servers: ice_servers.clone(),
                     sfu,
                 });
-                if sfu && peers.len() >= 2 {
-                    // Two or more are here already: a group call, and we start every pair.
+                if sfu && (peers.len() >= 2 || peers.iter().any(|p| p.group)) {
+                    // Two or more are here already, or a member always in the group call
+                    // (`--group`): a group call, and we start every pair.
                     run.escalate = Some(
                         peers
                             .into_iter()
@@ -877,6 +879,7 @@ impl Session {
                         peer_id: peer.id.clone(),
                         name: peer.attested_name.clone(),
                         slot: peer.slot,
+                        group: false,
                     };
                     run.escalate = Some(vec![
                         HandoverPeer {
@@ -890,6 +893,16 @@ impl Session {
                             join: JoinKind::NewJoiner,
                         },
                     ]);
+                    return Err(EndReason::LocalHangup);
+                }
+                if info.group && run.room.as_ref().is_some_and(|r| r.sfu) {
+                    // A member always in the group call (`--group`) joined us: we meet it on
+                    // the SFU, and it starts the handshake, as a newcomer does.
+                    run.escalate = Some(vec![HandoverPeer {
+                        info,
+                        initiate: false,
+                        join: JoinKind::NewJoiner,
+                    }]);
                     return Err(EndReason::LocalHangup);
                 }
                 let handshake = Handshake::responder(

@@ -34,6 +34,9 @@ pub struct SignalConfig {
     pub name: String,
     /// Join token, for servers with a secret.
     pub token: Option<String>,
+    /// Join as a group member (`join` with `"group": true`): set by calls that are group
+    /// calls from the start, so the others know to meet them on the SFU.
+    pub group: bool,
     /// First reconnect delay; doubles per round of failed attempts over the server list.
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
@@ -59,6 +62,7 @@ impl SignalConfig {
             room: room.into(),
             name: name.into(),
             token: None,
+            group: false,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             max_attempts: None,
@@ -387,6 +391,7 @@ async fn session(
         room: config.room.clone(),
         name: config.name.clone(),
         token: config.token.clone(),
+        group: config.group,
     };
     let Ok(join) = serde_json::to_string(&join) else {
         return SessionEnd::Fatal("cannot encode join".into());
@@ -429,7 +434,7 @@ async fn session(
                         *failures = 0;
                         SignalEvent::Joined { peer_id, slot, peers, ice_servers, sfu }
                     }
-                    ServerMessage::PeerJoined { peer_id, name, slot, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name, slot }),
+                    ServerMessage::PeerJoined { peer_id, name, slot, group, .. } => SignalEvent::PeerJoined(PeerInfo { peer_id, name, slot, group }),
                     ServerMessage::PeerLeft { peer_id, .. } => SignalEvent::PeerLeft { peer_id },
                     ServerMessage::Signal { from, data, .. } => SignalEvent::Message { from, data },
                     ServerMessage::Pong { .. } => continue,

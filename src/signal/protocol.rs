@@ -47,6 +47,11 @@ pub enum ClientMessage {
         /// Join token, required when the server has a secret.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Whether we are in the room's group call whatever the room holds (`--group`), so
+        /// members that are not move to it even while the room holds two (see
+        /// [`PeerInfo::group`]). Left out when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        group: bool,
     },
     /// Leave the room (the connection stays open).
     Leave {
@@ -95,6 +100,10 @@ pub struct PeerInfo {
     /// group call puts into the peer's key ids; absent from servers that predate group calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u8>,
+    /// Whether the peer joined as a group member (`join` with `"group": true`): it is always
+    /// in the group call, so a call with it goes through the SFU even while the room holds two.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group: bool,
 }
 
 /// Slots a room hands out, so also the most peers a room can hold.
@@ -165,6 +174,9 @@ pub enum ServerMessage {
         /// The new peer's slot (see [`PeerInfo::slot`]).
         #[serde(skip_serializing_if = "Option::is_none")]
         slot: Option<u8>,
+        /// Whether it joined as a group member (see [`PeerInfo::group`]).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        group: bool,
     },
     /// Someone left our room (or disconnected).
     PeerLeft {
@@ -377,6 +389,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
                 room: m.room,
                 name: m.name,
                 token: m.token,
+                group: m.group,
             }
         }
         Some("signal") => {
@@ -421,6 +434,8 @@ mod wire {
         pub name: String,
         #[serde(default)]
         pub token: Option<String>,
+        #[serde(default)]
+        pub group: bool,
     }
 
     #[derive(Deserialize)]
@@ -462,6 +477,8 @@ mod wire {
         pub name: String,
         #[serde(default)]
         pub slot: Option<u8>,
+        #[serde(default)]
+        pub group: bool,
     }
 
     #[derive(Deserialize)]
@@ -524,6 +541,7 @@ impl ServerMessage {
                     peer_id: m.peer_id,
                     name: m.name,
                     slot: m.slot,
+                    group: m.group,
                 }
             }
             "peer_left" => {

@@ -75,6 +75,8 @@ enum Job {
         name: String,
         skel: String,
         tok: String,
+        /// A group member (`join` with `"group": true`).
+        group: bool,
         since: Instant,
     },
     Leave {
@@ -225,7 +227,15 @@ impl Cluster {
 
     /// Asks the cluster to add a member held with [`crate::hub::Hub::hold_join`]. The hub
     /// completes (or refuses) it when the cluster answers.
-    pub fn join(&self, room: &str, id: Arc<str>, name: &str, skel: String, tok: String) -> bool {
+    pub fn join(
+        &self,
+        room: &str,
+        id: Arc<str>,
+        name: &str,
+        skel: String,
+        tok: String,
+        group: bool,
+    ) -> bool {
         self.jobs
             .try_send(Job::Join {
                 room: room.to_string(),
@@ -233,6 +243,7 @@ impl Cluster {
                 name: name.to_string(),
                 skel,
                 tok,
+                group,
                 since: Instant::now(),
             })
             .is_ok()
@@ -569,6 +580,7 @@ fn add_job(pipe: &mut redis::Pipeline, job: &Job, scripts: &Scripts, node: &str,
             name,
             skel,
             tok,
+            group,
             ..
         } => {
             pipe.cmd("EVAL")
@@ -582,7 +594,8 @@ fn add_job(pipe: &mut redis::Pipeline, job: &Job, scripts: &Scripts, node: &str,
                 .arg(tok)
                 .arg(app.config.limits.max_peers_per_room)
                 .arg(MAX_SLOTS)
-                .arg(room);
+                .arg(room)
+                .arg(if *group { "1" } else { "0" });
         }
         Job::Leave { room, id } => {
             pipe.cmd("EVAL")

@@ -28,13 +28,14 @@ end
 "#;
 
 /// KEYS: the room's hash. ARGV: id, name, skeleton, node, token hash, max peers, max slots,
-/// room. Returns the slot, or the refusal's error code (`room_full`, `token_in_use`,
+/// room, group member (`1` or `0`). Returns the slot, or the refusal's error code (`room_full`, `token_in_use`,
 /// `name_taken`, `id_taken`), or `retry` when the joiner's node is not subscribed. Members of
 /// dead nodes are reaped first.
 pub(crate) const JOIN_BODY: &str = r#"
 local key = KEYS[1]
 local id, name, skel, node, tok = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_peers, max_slots, room = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local grp = ARGV[9] == '1'
 local all = redis.call('HGETALL', key)
 local raws, used, nodes, reaped = {}, {}, {}, {}
 local refusal = nil
@@ -63,7 +64,7 @@ if refusal ~= nil then
   if #raws == 0 then redis.call('DEL', key) end
   return refusal
 end
-local rec = cjson.encode({id = id, name = name, skel = skel, slot = slot, node = node, tok = tok})
+local rec = cjson.encode({id = id, name = name, skel = skel, slot = slot, node = node, tok = tok, grp = grp})
 local head = '{"t":"j","r":' .. cjson.encode(room) .. ',"m":' .. rec
 -- The joiner's node first: if it is not subscribed (it is reconnecting to Redis), it would
 -- never complete the join, so nothing changes and the node tries again.

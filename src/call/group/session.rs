@@ -67,6 +67,8 @@ struct Member {
     /// The name the server attested (its join name, unique in the room).
     attested_name: String,
     slot: Slot,
+    /// It joined as a group member (`--group`): it never goes back to a two-party call.
+    group_member: bool,
     /// Whether it came after us (it gets our ratcheted key) or was there first.
     join: JoinKind,
     /// Until its keys are agreed.
@@ -304,6 +306,8 @@ async fn run_inner(
             );
             signal_config.fallback_urls = session.config.fallback_servers.clone();
             signal_config.token = session.config.token.clone();
+            // Always in the group: the others meet us on the SFU even in a room of two.
+            signal_config.group = session.config.group;
             signal_config.ca_cert = session.config.ca_cert.clone();
             signal_config.max_attempts = Some(SIGNAL_ATTEMPTS);
             signal_config.retry_forever_once_joined = true;
@@ -875,6 +879,7 @@ async fn add_member(
             id: id.clone(),
             attested_name: peer.name,
             slot,
+            group_member: peer.group,
             join,
             handshake: Some(handshake),
             control: None,
@@ -1240,10 +1245,12 @@ async fn member_left(session: &Session, run: &mut Run, id: &str) {
         pump(run).await;
         roster_changed(session, run);
     }
-    // A call that became a group call goes back to two-party when one other member is left.
+    // A call that became a group call goes back to two-party when one other member is left,
+    // unless that member is always in the group (`--group`): then the two stay on the SFU.
     if !session.config.group
         && run.members.len() == 1
         && let Some(other) = run.members.values().next()
+        && !other.group_member
     {
         let our_slot = run.room.as_ref().and_then(|r| r.slot);
         run.back = Some(HandoverPeer {
@@ -1252,6 +1259,7 @@ async fn member_left(session: &Session, run: &mut Run, id: &str) {
                 peer_id: other.id.clone(),
                 name: other.attested_name.clone(),
                 slot: Some(other.slot.get()),
+                group: false,
             },
             join: JoinKind::AlreadyPresent,
         });
