@@ -610,3 +610,72 @@ async fn a_page_sending_video_moves_to_the_sfu_and_back_with_its_camera() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(wav);
 }
+
+/// A page without `&group=1` and a `sotto call --group`, alone together in a room: the page
+/// meets it on the SFU whether it was there first (the member joins it) or came second (it
+/// finds the member in `welcome`), and both show one group code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_meets_a_group_member_on_the_sfu_in_a_room_of_two() {
+    let test = "a_page_meets_a_group_member_on_the_sfu_in_a_room_of_two";
+    let _media = crate::MEDIA.lock().await;
+    let wav = tone_wav(880.0, 5);
+    let Some(browser) = crate::cdp::Browser::launch(Some(&wav)).await else {
+        return skip(test);
+    };
+    let server = Server::start_with_sfu().await;
+    let dir = std::env::temp_dir().join(format!("sotto-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let group = ["--group"];
+
+    // The page first, then the group member.
+    let first = room("mix-page-first");
+    let page1 = browser.new_page(None).await;
+    page1.goto(&server.page_url(&first, "web")).await;
+    wait_status(&page1, "waiting for someone", CONNECT).await;
+    let gina = Cli::spawn_with(&server, &first, &dir, "gina", 440.0, 8, &group);
+    // The group member first, then the page.
+    let second = room("mix-member-first");
+    let gabe = Cli::spawn_with(&server, &second, &dir, "gabe", 660.0, 8, &group);
+    // The page, gina (or not yet) and gabe: gabe is in once the server counts three.
+    crate::group::wait_peers(&server, 3).await;
+    let page2 = browser.new_page(None).await;
+    page2.goto(&server.page_url(&second, "web")).await;
+
+    for (page, cli) in [(&page1, &gina), (&page2, &gabe)] {
+        let stats = page
+            .wait_until(
+                "window.sotto.stats()",
+                |s| {
+                    s["mode"] == "sfu"
+                        && s["participants"].as_array().is_some_and(|p| {
+                            p.len() == 1 && p[0]["frames_decrypted"].as_u64() >= Some(50)
+                        })
+                },
+                CONNECT,
+                &format!("50 frames from {} through the SFU", cli.name),
+            )
+            .await;
+        assert_eq!(stats["participants"][0]["decrypt_failures"], 0, "{stats}");
+        // Straight into the group: no two-party call on the way.
+        assert_eq!(page.eval("window.sotto.moves").await, 1);
+        let code = page
+            .wait_for(
+                "(() => { const c = window.sotto.group.codes.find((c) => c.members.length === 1); return c ? c.code : null; })()",
+                CONNECT,
+                "the page's code over the member",
+            )
+            .await;
+        assert_eq!(cli.wait_group_code(&["web"]).await, code.as_str().unwrap());
+    }
+    for cli in [gina, gabe] {
+        let name = cli.name;
+        let (out, report, heard) = cli.finish(&dir).await;
+        assert_eq!(report["mode"], "sfu", "{name}: {report}");
+        assert_eq!(report["decrypt_failures"], 0, "{name}: {report}");
+        let s = best_share(&heard, 880.0);
+        assert!(s > 0.15, "{name} never heard the page: {s:.2}\n{out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(wav);
+}

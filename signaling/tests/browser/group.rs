@@ -233,7 +233,7 @@ fn printed_codes(out: &Output) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-async fn wait_peers(server: &Server, n: u64) {
+pub(crate) async fn wait_peers(server: &Server, n: u64) {
     let deadline = Instant::now() + CONNECT;
     while server.app.metrics.peers.load(Relaxed) < n {
         assert!(Instant::now() < deadline, "the room never had {n} members");
