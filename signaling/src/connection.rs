@@ -548,13 +548,13 @@ impl Conn {
         if self.joining.is_some() {
             return self.error(ErrorCode::AlreadyJoined, "a join is in progress");
         }
+        if let Some(cluster) = self.app.cluster.get().cloned() {
+            return self.join_cluster(&cluster, room, name, group, token_hash, claim);
+        }
         let handle = PeerHandle {
             outbox: self.outbox.clone(),
             kick: self.kick.clone(),
         };
-        if let Some(cluster) = self.app.cluster.get().cloned() {
-            return self.join_cluster(&cluster, room, name, group, token_hash, handle, claim);
-        }
         let app = &self.app;
         // Asked before the hub's lock is taken: the SFU pool has a lock of its own.
         let sfu = sfu_available(app);
@@ -601,7 +601,6 @@ impl Conn {
         name: String,
         group: bool,
         tok: String,
-        handle: PeerHandle,
         claim: Option<TokenClaim>,
     ) {
         if cluster.is_fenced() {
@@ -631,6 +630,10 @@ impl Conn {
             })
         });
         let (done, answer) = tokio::sync::oneshot::channel();
+        let handle = PeerHandle {
+            outbox: self.outbox.clone(),
+            kick: self.kick.clone(),
+        };
         self.app
             .hub
             .hold_join(peer_id.clone(), handle, welcome, done);
