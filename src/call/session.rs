@@ -43,8 +43,10 @@ use super::{CallConfig, Command};
 const HANGUP_LINGER: Duration = Duration::from_millis(150);
 
 /// How long after the server says the peer left its hang-up may still arrive (the room's
-/// `peer_left` can overtake the control channel's `hangup` on a loaded machine).
-const HANGUP_GRACE: Duration = Duration::from_millis(500);
+/// `peer_left` can overtake the control channel's `hangup` on a loaded machine, by one SCTP
+/// retransmission (about 1 s) when the hang-up's first packet was lost, as right after an
+/// ICE restart).
+const HANGUP_GRACE: Duration = Duration::from_millis(1500);
 
 /// After the grace, how often a peer that left the room while its media still flows is
 /// checked: its signaling reconnects (and it says its new id), or its media stops and the
